@@ -1,0 +1,143 @@
+//! The `VhostUserBackend` glue: vhost-user messages and epoll events in, calls
+//! into [`Device`] out.
+
+use std::io;
+use std::sync::Arc;
+
+use log::error;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock};
+use virtio_accel_spec::{VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::config::Config;
+use crate::device::{Device, DeviceError};
+use crate::engine::Engine;
+
+/// The vhost-user backend of one connection.
+pub struct AccelBackend {
+    device: Device,
+    num_queues: usize,
+    queue_size: usize,
+}
+
+impl AccelBackend {
+    /// A backend for `config` on `engine`.
+    pub fn new(config: Config, engine: &Arc<dyn Engine>) -> Result<Self, DeviceError> {
+        let num_queues = usize::from(config.request_queues) + 1;
+        let queue_size = usize::from(config.queue_size);
+        Ok(AccelBackend {
+            device: Device::new(config, engine.as_ref())?,
+            num_queues,
+            queue_size,
+        })
+    }
+
+    /// The epoll event id of hardware queue `queue`'s completions (ids up to
+    /// `num_queues` belong to the virtqueues and the exit event).
+    pub fn completion_event_id(&self, queue: usize) -> u64 {
+        (self.num_queues + 1 + queue) as u64
+    }
+
+    /// The device model.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Logs a device error; the worker thread keeps serving the other queues (an
+/// error returned to the event loop would end it).
+fn log_error(result: Result<(), DeviceError>) -> io::Result<()> {
+    if let Err(e) = result {
+        error!("{e}");
+    }
+    Ok(())
+}
+
+impl VhostUserBackendMut for AccelBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.num_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.queue_size
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_ACCEL_F_OBJECTS)
+            | (1 << VIRTIO_ACCEL_F_FENCES)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        self.device.set_features(features);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    fn reset_device(&mut self) {
+        self.device.reset();
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.device.set_event_idx(enabled);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let space = self.device.config_space();
+        let start = (offset as usize).min(space.len());
+        let end = start.saturating_add(size as usize).min(space.len());
+        space[start..end].to_vec()
+    }
+
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.device.set_memory(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK)
+            .map_err(|e| error!("cannot create exit event: {e}"))
+            .ok()
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Ok(());
+        }
+        let event = usize::from(device_event);
+        if event < self.num_queues {
+            return log_error(self.device.handle_queue(device_event, vrings));
+        }
+        match event
+            .checked_sub(self.num_queues + 1)
+            .and_then(|queue| u16::try_from(queue).ok())
+        {
+            Some(queue) => log_error(self.device.handle_completions(queue, vrings)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Walks a descriptor chain once, translating it to host memory.
+//!
+//! The virtio-queue `Reader`/`Writer` copy data and accept readable descriptors
+//! after writable ones; the device needs neither. [`walk`] reads every
+//! descriptor exactly once (no double fetch), enforces the virtio ordering rule
+//! (readable before writable, 2.7.4.2 of the virtio specification) and the
+//! device's `max_segments` limit (§10), translates each descriptor to host
+//! segments of the current memory snapshot, and keeps going after an error as
+//! far as it can so that the response can still be written.
+
+use thiserror::Error;
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::sg::{HostSeg, SgList};
+
+/// What is wrong with a chain.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum ChainError {
+    /// A device-readable descriptor follows a device-writable one.
+    #[error("readable descriptor after a writable one")]
+    ReadableAfterWritable,
+    /// More descriptors than the device's `max_segments`.
+    #[error("more than {0} descriptors")]
+    TooManyDescriptors(u32),
+    /// The chain ends on a descriptor that claims a successor: a loop, a `next`
+    /// out of range, or an unreadable indirect table.
+    #[error("chain is truncated (loop, bad next index or bad indirect table)")]
+    Truncated,
+    /// A descriptor points outside guest memory.
+    #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
+    BadAddress {
+        /// Guest-physical address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The chain's total length overflows.
+    #[error("chain length overflows")]
+    Overflow,
+}
+
+/// The buffers of a chain, and the first problem met while walking it.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Device-readable bytes, in chain order.
+    pub readable: SgList,
+    /// Device-writable bytes, in chain order.
+    pub writable: SgList,
+    /// The first error, if any; the lists hold what was valid before and after it.
+    pub error: Option<ChainError>,
+}
+
+impl Walk {
+    fn fail(&mut self, error: ChainError) {
+        self.error.get_or_insert(error);
+    }
+}
+
+/// Walks `descriptors` (a chain's iterator) against `mem`, accepting at most
+/// `max_descriptors` descriptors.
+///
+/// The returned segments point into `mem`: the caller must keep that snapshot
+/// alive as long as it uses them.
+pub fn walk(
+    descriptors: impl Iterator<Item = Descriptor>,
+    mem: &GuestMemoryMmap,
+    max_descriptors: u32,
+) -> Walk {
+    let mut walk = Walk::default();
+    let mut count: u32 = 0;
+    let mut claims_next = false;
+    let mut seen_writable = false;
+    for desc in descriptors {
+        claims_next = desc.has_next();
+        count += 1;
+        if count > max_descriptors {
+            walk.fail(ChainError::TooManyDescriptors(max_descriptors));
+            return walk;
+        }
+        if desc.is_write_only() {
+            seen_writable = true;
+        } else if seen_writable {
+            walk.fail(ChainError::ReadableAfterWritable);
+            continue;
+        }
+        let target = if desc.is_write_only() {
+            &mut walk.writable
+        } else {
+            &mut walk.readable
+        };
+        if let Err(error) = translate(mem, desc.addr().0, u64::from(desc.len()), target) {
+            walk.fail(error);
+        }
+    }
+    if claims_next {
+        walk.fail(ChainError::Truncated);
+    }
+    walk
+}
+
+/// Appends the host segments of `len` bytes at guest address `addr` to `list`.
+pub fn translate(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    len: u64,
+    list: &mut SgList,
+) -> Result<(), ChainError> {
+    let bad = ChainError::BadAddress { addr, len };
+    let count = usize::try_from(len).map_err(|_| bad)?;
+    let mut segs = Vec::new();
+    for slice in mem.get_slices(vm_memory::GuestAddress(addr), count) {
+        let slice = slice.map_err(|_| bad)?;
+        // SAFETY: `slice` borrows from `mem`; the caller keeps that snapshot
+        // alive as long as it uses the segments (documented on `walk`).
+        segs.push(unsafe { HostSeg::from_volatile(&slice) }.ok_or(bad)?);
+    }
+    for seg in segs {
+        list.push(seg).ok_or(ChainError::Overflow)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,653 @@
+//! The device model of one connection: chains in, jobs out, completions back.
+//!
+//! A request taken from a request queue is walked ([`crate::chain`]), decoded
+//! ([`crate::command`]), given a fence, resolved to host buffers (direct data
+//! or objects) and turned into a [`Job`]. Jobs whose dependencies have all
+//! signalled go to the queue's hardware queue; the others wait on their fences.
+//! Completions come back through the hardware queue's eventfd, become responses
+//! and used-ring entries, and signal fences, which may release waiting requests
+//! and FENCE_WAIT commands. Used entries are batched and the guest notified
+//! once per batch, subject to `VIRTIO_RING_F_EVENT_IDX`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use log::{debug, warn};
+use thiserror::Error;
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_accel_spec::{
+    CtrlResp, Fence, Resp, Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS,
+};
+use virtio_queue::QueueOwnedT;
+use vm_memory::{
+    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
+};
+
+use crate::chain::{walk, Walk};
+use crate::command::{decode_control, decode_request, BufSpec, Control, FenceId, Request};
+use crate::config::Config;
+use crate::engine::{Completion, Engine, EngineError, HwQueue, Job};
+use crate::fence::Fences;
+use crate::objects::{Object, ObjectTable};
+use crate::ops::Outcome;
+use crate::ratelimit::RateLimit;
+use crate::sg::{Keepalive, SgList};
+
+/// Errors that stop processing of a queue (as opposed to a bad request, which
+/// only fails that request).
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    /// A hardware queue could not be opened.
+    #[error("cannot open hardware queue")]
+    Engine(#[from] EngineError),
+    /// The used ring could not be updated or the guest notified.
+    #[error("cannot update virtqueue {index}")]
+    Vring {
+        /// Virtqueue index.
+        index: u16,
+        /// Cause.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The guest could not be notified.
+    #[error("cannot notify virtqueue {index}")]
+    Notify {
+        /// Virtqueue index.
+        index: u16,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Snapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
+
+/// Bookkeeping of a request between submission and response.
+struct InFlight {
+    vq: u16,
+    head: u16,
+    fence: FenceId,
+    resp: SgList,
+    direct_output: bool,
+    /// Fence attachments: the objects stay alive until this request completes.
+    _objects: Vec<Arc<Object>>,
+    _mem: Keepalive,
+}
+
+/// Something waiting for fences to signal.
+enum Waiter {
+    /// A request whose job starts when its dependencies have signalled.
+    Request { queue: u16, job: Job },
+    /// A FENCE_WAIT command.
+    Control {
+        head: u16,
+        resp: SgList,
+        _mem: Keepalive,
+    },
+}
+
+struct Waiting {
+    remaining: usize,
+    waiter: Waiter,
+}
+
+/// What a control command came to.
+enum ControlOutcome {
+    /// Answer now with this value.
+    Done(u64),
+    /// A FENCE_WAIT on these unsignalled fences.
+    Wait(Vec<FenceId>),
+}
+
+/// A used-ring entry to publish.
+struct Used {
+    vq: u16,
+    head: u16,
+    len: u32,
+}
+
+/// The state of the accelerator device for one connection.
+pub struct Device {
+    config: Config,
+    ops: u32,
+    features: u64,
+    hw_queues: Vec<Box<dyn HwQueue>>,
+    objects: ObjectTable,
+    fences: Fences<u64>,
+    inflight: HashMap<u64, InFlight>,
+    waiting: HashMap<u64, Waiting>,
+    next_id: u64,
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    ready: Vec<Vec<Job>>,
+    used: Vec<Used>,
+    event_idx: bool,
+    log_limit: RateLimit,
+}
+
+const RESP_SIZE: usize = std::mem::size_of::<Resp>();
+const CTRL_RESP_SIZE: usize = std::mem::size_of::<CtrlResp>();
+/// Used length of an answered control command (§7).
+const CTRL_USED_LEN: u32 = 16;
+const _: () = assert!(CTRL_USED_LEN as usize == CTRL_RESP_SIZE);
+
+impl Device {
+    /// A device for `config`, with one hardware queue of `engine` per request queue.
+    pub fn new(config: Config, engine: &dyn Engine) -> Result<Self, DeviceError> {
+        let hw_queues = (0..config.request_queues)
+            .map(|_| engine.create_queue(usize::from(config.queue_size)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Device {
+            ops: engine.capabilities(),
+            features: 0,
+            hw_queues,
+            objects: ObjectTable::new(config.limits),
+            fences: Fences::new(config.request_queues),
+            inflight: HashMap::new(),
+            waiting: HashMap::new(),
+            next_id: 1,
+            mem: None,
+            ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
+            used: Vec::new(),
+            event_idx: false,
+            log_limit: RateLimit::new(10, std::time::Duration::from_secs(1)),
+            config,
+        })
+    }
+
+    /// The hardware queues, to register their completion eventfds.
+    pub fn hw_queues(&self) -> &[Box<dyn HwQueue>] {
+        &self.hw_queues
+    }
+
+    /// The configuration space bytes (§5).
+    pub fn config_space(&self) -> Vec<u8> {
+        self.config.device_config(self.ops).as_slice().to_vec()
+    }
+
+    /// Records the features the driver accepted.
+    pub fn set_features(&mut self, features: u64) {
+        self.features = features;
+    }
+
+    /// Enables or disables `VIRTIO_RING_F_EVENT_IDX` handling.
+    pub fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    /// Installs a new guest memory table.
+    pub fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        self.mem = Some(mem);
+    }
+
+    /// Device reset (§11): objects, fences and pending work are forgotten.
+    /// Jobs already on the hardware keep their memory mapped until they finish;
+    /// their completions are then ignored.
+    pub fn reset(&mut self) {
+        self.objects.clear();
+        self.fences = Fences::new(self.config.request_queues);
+        self.inflight.clear();
+        self.waiting.clear();
+        self.ready.iter_mut().for_each(Vec::clear);
+        self.used.clear();
+        self.features = 0;
+    }
+
+    fn has_feature(&self, bit: u32) -> bool {
+        self.features & (1 << bit) != 0
+    }
+
+    fn guest_error(&mut self, args: fmt::Arguments<'_>) {
+        let (allowed, suppressed) = self.log_limit.allow();
+        if suppressed > 0 {
+            warn!("{suppressed} guest error messages suppressed");
+        }
+        if allowed {
+            warn!("guest error: {args}");
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Processes the available chains of virtqueue `vq`, then flushes.
+    pub fn handle_queue(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
+        let Some(vring) = vrings.get(usize::from(vq)) else {
+            return Ok(());
+        };
+        loop {
+            if self.event_idx {
+                vring
+                    .disable_notification()
+                    .map_err(|source| DeviceError::Vring { index: vq, source })?;
+            }
+            self.drain_queue(vq, vring);
+            if !self.event_idx
+                || !vring
+                    .enable_notification()
+                    .map_err(|source| DeviceError::Vring { index: vq, source })?
+            {
+                break;
+            }
+        }
+        self.flush(vrings)
+    }
+
+    fn drain_queue(&mut self, vq: u16, vring: &VringRwLock) {
+        let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
+            return;
+        };
+        let chains = {
+            let mut state = vring.get_mut();
+            match state.get_queue_mut().iter(mem.clone()) {
+                Ok(iter) => iter.collect::<Vec<_>>(),
+                Err(e) => {
+                    drop(state);
+                    self.guest_error(format_args!("virtqueue {vq}: {e}"));
+                    return;
+                }
+            }
+        };
+        for chain in chains {
+            let head = chain.head_index();
+            let walked = walk(chain, &mem, self.config.limits.max_segments);
+            if vq == virtio_accel_spec::CONTROL_QUEUE {
+                self.accept_control(head, walked, &mem);
+            } else {
+                self.accept_request(vq, head, walked, &mem);
+            }
+        }
+    }
+
+    /// Takes one request (§6): every request gets a fence, even a failing one.
+    fn accept_request(&mut self, vq: u16, head: u16, mut walked: Walk, mem: &Snapshot) {
+        let queue = vq - virtio_accel_spec::FIRST_REQUEST_QUEUE;
+        let Some(fence) = self.fences.issue(queue) else {
+            return;
+        };
+        let Some(resp) = walked.writable.take_front(RESP_SIZE) else {
+            self.guest_error(format_args!(
+                "request queue {queue}: no room for a response"
+            ));
+            self.finish_unanswered(vq, head, fence);
+            return;
+        };
+        let mut inflight = InFlight {
+            vq,
+            head,
+            fence,
+            resp,
+            direct_output: false,
+            _objects: Vec::new(),
+            _mem: Arc::new(mem.clone()),
+        };
+        match self.prepare(&mut walked, &mut inflight, mem) {
+            Ok((request, job)) => self.schedule(queue, request.deps, job, inflight),
+            Err(status) => self.finish(inflight, Outcome::failed(status)),
+        }
+    }
+
+    /// Decodes and resolves a request into a job (§6.1, §6.3).
+    fn prepare(
+        &mut self,
+        walked: &mut Walk,
+        inflight: &mut InFlight,
+        mem: &Snapshot,
+    ) -> Result<(Request, Job), Status> {
+        if let Some(error) = walked.error {
+            self.guest_error(format_args!("request chain: {error}"));
+            return Err(match error {
+                crate::chain::ChainError::TooManyDescriptors(_) => Status::Limit,
+                crate::chain::ChainError::BadAddress { .. } => Status::BadAddress,
+                _ => Status::Invalid,
+            });
+        }
+        let request = decode_request(&mut walked.readable, &self.config.limits).map_err(|e| {
+            let status = e.status();
+            self.guest_error(format_args!("request: {e}"));
+            status
+        })?;
+        let op = request.operation.op();
+        if self.ops & op.capability() == 0 {
+            return Err(Status::Unsupported);
+        }
+        if !request.deps.is_empty() && !self.has_feature(VIRTIO_ACCEL_F_FENCES) {
+            return Err(Status::Unsupported);
+        }
+        for dep in &request.deps {
+            if self.fences.is_signalled(*dep).is_err() {
+                self.guest_error(format_args!("request depends on unknown fence {dep:?}"));
+                return Err(Status::NoFence);
+            }
+        }
+        let mut objects = Vec::new();
+        let inputs = request
+            .inputs
+            .iter()
+            .map(|spec| self.resolve(*spec, &mut walked.readable, mem, &mut objects))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = request
+            .outputs
+            .iter()
+            .map(|spec| self.resolve(*spec, &mut walked.writable, mem, &mut objects))
+            .collect::<Result<Vec<_>, _>>()?;
+        inflight.direct_output = request
+            .outputs
+            .iter()
+            .any(|spec| matches!(spec, BufSpec::Direct { .. }));
+        inflight._objects = objects;
+        let job = Job {
+            operation: request.operation.clone(),
+            inputs,
+            outputs,
+            cookie: self.next_id(),
+            keepalive: Arc::clone(&inflight._mem),
+        };
+        Ok((request, job))
+    }
+
+    /// Host buffers of one buffer reference (§6.3); direct data is taken off `direct`.
+    fn resolve(
+        &mut self,
+        spec: BufSpec,
+        direct: &mut SgList,
+        mem: &Snapshot,
+        objects: &mut Vec<Arc<Object>>,
+    ) -> Result<SgList, Status> {
+        if spec.len() > self.config.limits.max_buffer_size {
+            self.guest_error(format_args!(
+                "buffer of {} bytes is over the limit",
+                spec.len()
+            ));
+            return Err(Status::Limit);
+        }
+        let len = usize::try_from(spec.len()).map_err(|_| Status::Limit)?;
+        match spec {
+            BufSpec::Direct { .. } => direct.take_front(len).ok_or_else(|| {
+                self.guest_error(format_args!(
+                    "direct buffer of {len} bytes is not in the chain"
+                ));
+                Status::Range
+            }),
+            BufSpec::Object {
+                handle,
+                offset,
+                len,
+            } => {
+                if !self.has_feature(VIRTIO_ACCEL_F_OBJECTS) {
+                    return Err(Status::Unsupported);
+                }
+                let resolved = self
+                    .objects
+                    .get(handle)
+                    .and_then(|object| Ok((object.resolve(mem, offset, len)?, object)));
+                match resolved {
+                    Ok((list, object)) => {
+                        objects.push(object);
+                        Ok(list)
+                    }
+                    Err(e) => {
+                        self.guest_error(format_args!("object buffer: {e}"));
+                        Err(e.status())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the job now, or parks it until its dependencies signal (§6.2).
+    fn schedule(&mut self, queue: u16, deps: Vec<FenceId>, job: Job, inflight: InFlight) {
+        let id = job.cookie;
+        self.inflight.insert(id, inflight);
+        let pending: Vec<FenceId> = deps
+            .into_iter()
+            .filter(|dep| self.fences.is_signalled(*dep) == Ok(false))
+            .collect();
+        if pending.is_empty() {
+            self.ready[usize::from(queue)].push(job);
+            return;
+        }
+        for dep in &pending {
+            self.fences.wait(*dep, id);
+        }
+        self.waiting.insert(
+            id,
+            Waiting {
+                remaining: pending.len(),
+                waiter: Waiter::Request { queue, job },
+            },
+        );
+    }
+
+    /// Completes a request: response, used entry, fence signal.
+    fn finish(&mut self, inflight: InFlight, outcome: Outcome) {
+        let resp = Resp {
+            status: u32::from(outcome.status).into(),
+            reserved: 0.into(),
+            fence: Fence::new(inflight.fence.queue, inflight.fence.seqno),
+            bytes_written: outcome.bytes_written.into(),
+            result: outcome.result,
+        };
+        inflight.resp.write_from(resp.as_slice());
+        let output = if inflight.direct_output && outcome.status.is_ok() {
+            outcome.bytes_written
+        } else {
+            0
+        };
+        let len = u32::try_from(output.saturating_add(RESP_SIZE as u64)).unwrap_or(u32::MAX);
+        self.used.push(Used {
+            vq: inflight.vq,
+            head: inflight.head,
+            len,
+        });
+        self.signal(inflight.fence);
+    }
+
+    /// Completes a request that has no room for a response.
+    fn finish_unanswered(&mut self, vq: u16, head: u16, fence: FenceId) {
+        self.used.push(Used { vq, head, len: 0 });
+        self.signal(fence);
+    }
+
+    /// Signals a fence and releases what waited on it.
+    fn signal(&mut self, fence: FenceId) {
+        for id in self.fences.signal(fence) {
+            let Some(waiting) = self.waiting.get_mut(&id) else {
+                continue;
+            };
+            waiting.remaining -= 1;
+            if waiting.remaining > 0 {
+                continue;
+            }
+            let Some(done) = self.waiting.remove(&id) else {
+                continue;
+            };
+            match done.waiter {
+                Waiter::Request { queue, job } => self.ready[usize::from(queue)].push(job),
+                Waiter::Control { head, resp, .. } => {
+                    self.answer_control(head, &resp, Status::Ok, 0)
+                }
+            }
+        }
+    }
+
+    /// Takes the completions of hardware queue `queue`, then flushes.
+    pub fn handle_completions(
+        &mut self,
+        queue: u16,
+        vrings: &[VringRwLock],
+    ) -> Result<(), DeviceError> {
+        let Some(hw_queue) = self.hw_queues.get(usize::from(queue)) else {
+            return Ok(());
+        };
+        // Acknowledge the interrupt first, so a completion posted after the
+        // reap below raises it again.
+        if let Err(e) = hw_queue.completion_event().read() {
+            debug!("hardware queue {queue}: completion event: {e}");
+        }
+        let mut completions = Vec::new();
+        hw_queue.reap(&mut completions);
+        for Completion { cookie, outcome } in completions {
+            // Unknown cookies belong to work from before a device reset.
+            if let Some(inflight) = self.inflight.remove(&cookie) {
+                self.finish(inflight, outcome);
+            }
+        }
+        self.flush(vrings)
+    }
+
+    /// Submits ready jobs and publishes used entries, notifying the guest once
+    /// per touched queue.
+    fn flush(&mut self, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
+        for queue in 0..self.ready.len() {
+            let mut jobs = std::mem::take(&mut self.ready[queue]);
+            if jobs.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.hw_queues[queue].submit(&mut jobs) {
+                warn!("hardware queue {queue}: {e}");
+                for job in jobs {
+                    if let Some(inflight) = self.inflight.remove(&job.cookie) {
+                        self.finish(inflight, Outcome::failed(Status::DeviceError));
+                    }
+                }
+            }
+        }
+        let mut touched = 0u128;
+        for Used { vq, head, len } in std::mem::take(&mut self.used) {
+            let Some(vring) = vrings.get(usize::from(vq)) else {
+                continue;
+            };
+            vring
+                .add_used(head, len)
+                .map_err(|source| DeviceError::Vring { index: vq, source })?;
+            touched |= 1 << vq;
+        }
+        for (index, vring) in (0u16..).zip(vrings) {
+            if touched & (1 << index) == 0 {
+                continue;
+            }
+            if vring
+                .needs_notification()
+                .map_err(|source| DeviceError::Vring { index, source })?
+            {
+                vring
+                    .signal_used_queue()
+                    .map_err(|source| DeviceError::Notify { index, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one control command (§7).
+    fn accept_control(&mut self, head: u16, mut walked: Walk, mem: &Snapshot) {
+        let Some(resp) = walked.writable.take_front(CTRL_RESP_SIZE) else {
+            self.guest_error(format_args!("control queue: no room for a response"));
+            self.used.push(Used {
+                vq: 0,
+                head,
+                len: 0,
+            });
+            return;
+        };
+        if let Some(error) = walked.error {
+            self.guest_error(format_args!("control chain: {error}"));
+            self.answer_control(head, &resp, Status::Invalid, 0);
+            return;
+        }
+        let command = match decode_control(&mut walked.readable, &self.config.limits) {
+            Ok(command) => command,
+            Err(e) => {
+                self.guest_error(format_args!("control command: {e}"));
+                self.answer_control(head, &resp, e.status(), 0);
+                return;
+            }
+        };
+        match self.run_control(command, mem) {
+            Ok(ControlOutcome::Done(value)) => self.answer_control(head, &resp, Status::Ok, value),
+            Ok(ControlOutcome::Wait(pending)) => self.park_fence_wait(head, resp, mem, &pending),
+            Err(status) => self.answer_control(head, &resp, status, 0),
+        }
+    }
+
+    /// Runs a command.
+    fn run_control(&mut self, command: Control, mem: &Snapshot) -> Result<ControlOutcome, Status> {
+        let needed = match command {
+            Control::ObjectCreate(_) | Control::ObjectDestroy(_) => VIRTIO_ACCEL_F_OBJECTS,
+            Control::FenceQuery(_) | Control::FenceWait(_) => VIRTIO_ACCEL_F_FENCES,
+        };
+        if !self.has_feature(needed) {
+            return Err(Status::Unsupported);
+        }
+        let result = match command {
+            Control::ObjectCreate(segments) => self.objects.create(segments, mem).map(u64::from),
+            Control::ObjectDestroy(handle) => self.objects.destroy(handle).map(|()| 0),
+            Control::FenceQuery(fence) => {
+                return self
+                    .fences
+                    .is_signalled(fence)
+                    .map(|s| ControlOutcome::Done(u64::from(s)))
+                    .map_err(|e| {
+                        self.guest_error(format_args!("FENCE_QUERY: {e}"));
+                        Status::NoFence
+                    });
+            }
+            Control::FenceWait(fences) => return self.prepare_fence_wait(&fences),
+        };
+        result.map(ControlOutcome::Done).map_err(|e| {
+            self.guest_error(format_args!("object command: {e}"));
+            e.status()
+        })
+    }
+
+    /// Checks a FENCE_WAIT (§7.4): done at once, or the fences still to signal.
+    fn prepare_fence_wait(&mut self, fences: &[FenceId]) -> Result<ControlOutcome, Status> {
+        let mut pending = Vec::new();
+        for fence in fences {
+            match self.fences.is_signalled(*fence) {
+                Ok(true) => {}
+                Ok(false) => pending.push(*fence),
+                Err(e) => {
+                    self.guest_error(format_args!("FENCE_WAIT: {e}"));
+                    return Err(Status::NoFence);
+                }
+            }
+        }
+        Ok(if pending.is_empty() {
+            ControlOutcome::Done(0)
+        } else {
+            ControlOutcome::Wait(pending)
+        })
+    }
+
+    fn park_fence_wait(&mut self, head: u16, resp: SgList, mem: &Snapshot, pending: &[FenceId]) {
+        let id = self.next_id();
+        for fence in pending {
+            self.fences.wait(*fence, id);
+        }
+        let waiter = Waiter::Control {
+            head,
+            resp,
+            _mem: Arc::new(mem.clone()),
+        };
+        self.waiting.insert(
+            id,
+            Waiting {
+                remaining: pending.len(),
+                waiter,
+            },
+        );
+    }
+
+    fn answer_control(&mut self, head: u16, resp: &SgList, status: Status, value: u64) {
+        resp.write_from(CtrlResp::new(status, value).as_slice());
+        self.used.push(Used {
+            vq: virtio_accel_spec::CONTROL_QUEUE,
+            head,
+            len: CTRL_USED_LEN,
+        });
+    }
+}

@@ -1,0 +1,106 @@
+//! The hardware behind the device: engines and their hardware queues.
+//!
+//! An [`Engine`] models an accelerator with shared virtual addressing: its
+//! [`HwQueue`]s take [`Job`]s whose buffers are plain host addresses
+//! ([`SgList`]), a submission rings the doorbell, and completions are reported
+//! through a ring plus an eventfd, like an MSI. The default engine,
+//! [`software::SoftwareEngine`], runs the operations on host CPU threads.
+
+pub mod software;
+
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::ops::{Operation, Outcome};
+use crate::sg::{Keepalive, SgList};
+
+/// Errors of engines and hardware queues.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// More jobs than the queue's depth.
+    #[error("hardware queue is full")]
+    QueueFull,
+    /// The engine is shutting down.
+    #[error("engine is shut down")]
+    ShutDown,
+    /// An OS resource could not be made.
+    #[error("cannot create {what}")]
+    Resource {
+        /// What was being made.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One unit of work, as a hardware descriptor would carry it.
+#[derive(Debug)]
+pub struct Job {
+    /// What to do.
+    pub operation: Operation,
+    /// Input buffers, in the operation's order (§8).
+    pub inputs: Vec<SgList>,
+    /// Output buffers, in the operation's order (§8).
+    pub outputs: Vec<SgList>,
+    /// Opaque value returned with the completion.
+    pub cookie: u64,
+    /// Keeps the memory of every segment mapped until the job is dropped, which
+    /// the engine does only after it has finished with the buffers.
+    pub keepalive: Keepalive,
+}
+
+/// The completion of a [`Job`].
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    /// The job's cookie.
+    pub cookie: u64,
+    /// What the operation produced.
+    pub outcome: Outcome,
+}
+
+/// A submission/completion queue pair of an engine.
+pub trait HwQueue: Send + Sync {
+    /// Queues `jobs` (draining the vector) and rings the doorbell once.
+    fn submit(&self, jobs: &mut Vec<Job>) -> Result<(), EngineError>;
+
+    /// Moves every pending completion into `out`.
+    fn reap(&self, out: &mut Vec<Completion>);
+
+    /// Readable while completions may be pending; reading it acknowledges the
+    /// interrupt. Consume it before calling [`HwQueue::reap`].
+    fn completion_event(&self) -> &EventFd;
+}
+
+/// An accelerator.
+pub trait Engine: Send + Sync {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Capability mask of the operations it runs (§5 `ops`).
+    fn capabilities(&self) -> u32;
+
+    /// Opens a hardware queue able to hold `depth` jobs in flight.
+    fn create_queue(&self, depth: usize) -> Result<Box<dyn HwQueue>, EngineError>;
+}
+
+/// Runs one job through `queue` and waits for its completion: the "direct"
+/// path of benchmarks and tests, without any virtio in between.
+pub fn run_blocking(queue: &dyn HwQueue, job: Job) -> Result<Completion, EngineError> {
+    let mut batch = vec![job];
+    queue.submit(&mut batch)?;
+    let mut done = Vec::with_capacity(1);
+    loop {
+        queue
+            .completion_event()
+            .read()
+            .map_err(|source| EngineError::Resource {
+                what: "completion read",
+                source,
+            })?;
+        queue.reap(&mut done);
+        if let Some(completion) = done.pop() {
+            return Ok(completion);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The software engine: worker threads that run the operations on the host CPU.
+//!
+//! Every hardware queue feeds one shared run queue; idle workers sleep on a
+//! condition variable. A worker that finishes a job posts the completion to the
+//! job's queue and signals that queue's eventfd only when its completion ring
+//! was empty, so a busy queue costs one interrupt per batch, not per job.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use log::{error, warn};
+use virtio_accel_spec::{Op, Status};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Completion, Engine, EngineError, HwQueue, Job};
+use crate::ops::{execute, Outcome, Scratch};
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it:
+/// the queues hold plain data that stays consistent across a panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Completion side of one hardware queue.
+struct CompletionRing {
+    done: Mutex<Vec<Completion>>,
+    event: EventFd,
+}
+
+impl CompletionRing {
+    fn post(&self, completion: Completion) {
+        let was_empty = {
+            let mut done = lock(&self.done);
+            done.push(completion);
+            done.len() == 1
+        };
+        if was_empty {
+            if let Err(e) = self.event.write(1) {
+                error!("software engine: cannot signal completion: {e}");
+            }
+        }
+    }
+}
+
+struct RunQueue {
+    jobs: VecDeque<(Job, Arc<CompletionRing>)>,
+    shutdown: bool,
+}
+
+struct Shared {
+    run: Mutex<RunQueue>,
+    wake: Condvar,
+}
+
+/// An engine that executes jobs on `threads` host threads.
+pub struct SoftwareEngine {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl SoftwareEngine {
+    /// Starts `threads` workers (at least one).
+    pub fn new(threads: usize) -> Result<Self, EngineError> {
+        let shared = Arc::new(Shared {
+            run: Mutex::new(RunQueue {
+                jobs: VecDeque::new(),
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let mut engine = SoftwareEngine {
+            shared,
+            workers: Vec::new(),
+        };
+        for index in 0..threads.max(1) {
+            let shared = Arc::clone(&engine.shared);
+            let worker = std::thread::Builder::new()
+                .name(format!("accel-engine-{index}"))
+                .spawn(move || worker_loop(&shared))
+                .map_err(|source| EngineError::Resource {
+                    what: "engine worker thread",
+                    source,
+                })?;
+            engine.workers.push(worker);
+        }
+        Ok(engine)
+    }
+}
+
+fn worker_loop(shared: &Shared) {
+    let mut scratch = Scratch::default();
+    loop {
+        let (job, ring) = {
+            let mut run = lock(&shared.run);
+            loop {
+                if let Some(next) = run.jobs.pop_front() {
+                    break next;
+                }
+                if run.shutdown {
+                    return;
+                }
+                run = shared
+                    .wake
+                    .wait(run)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let outcome = run_job(&job, &mut scratch);
+        let cookie = job.cookie;
+        // The buffers are done with: release their mappings before completing.
+        drop(job);
+        ring.post(Completion { cookie, outcome });
+    }
+}
+
+/// Executes a job; a panic inside an operation's library becomes a device
+/// error for that job instead of a dead worker.
+fn run_job(job: &Job, scratch: &mut Scratch) -> Outcome {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        execute(&job.operation, &job.inputs, &job.outputs, scratch)
+    }));
+    result.unwrap_or_else(|_| {
+        warn!(
+            "software engine: {:?} panicked; job failed",
+            job.operation.op()
+        );
+        *scratch = Scratch::default();
+        Outcome::failed(Status::DeviceError)
+    })
+}
+
+impl Drop for SoftwareEngine {
+    fn drop(&mut self) {
+        lock(&self.shared.run).shutdown = true;
+        self.shared.wake.notify_all();
+        for worker in self.workers.drain(..) {
+            if worker.join().is_err() {
+                error!("software engine: a worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Engine for SoftwareEngine {
+    fn name(&self) -> &'static str {
+        "software"
+    }
+
+    fn capabilities(&self) -> u32 {
+        Op::all_capabilities()
+    }
+
+    fn create_queue(&self, depth: usize) -> Result<Box<dyn HwQueue>, EngineError> {
+        let event = EventFd::new(0).map_err(|source| EngineError::Resource {
+            what: "completion eventfd",
+            source,
+        })?;
+        Ok(Box::new(SoftwareQueue {
+            shared: Arc::clone(&self.shared),
+            ring: Arc::new(CompletionRing {
+                done: Mutex::new(Vec::new()),
+                event,
+            }),
+            depth,
+        }))
+    }
+}
+
+/// A hardware queue of the software engine.
+struct SoftwareQueue {
+    shared: Arc<Shared>,
+    ring: Arc<CompletionRing>,
+    depth: usize,
+}
+
+impl HwQueue for SoftwareQueue {
+    fn submit(&self, jobs: &mut Vec<Job>) -> Result<(), EngineError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        // Jobs in flight = queued for a worker + completed but not reaped;
+        // running ones are not counted, so the depth is a soft bound.
+        if jobs.len() > self.depth {
+            return Err(EngineError::QueueFull);
+        }
+        let count = jobs.len();
+        {
+            let mut run = lock(&self.shared.run);
+            if run.shutdown {
+                return Err(EngineError::ShutDown);
+            }
+            run.jobs
+                .extend(jobs.drain(..).map(|job| (job, Arc::clone(&self.ring))));
+        }
+        if count == 1 {
+            self.shared.wake.notify_one();
+        } else {
+            self.shared.wake.notify_all();
+        }
+        Ok(())
+    }
+
+    fn reap(&self, out: &mut Vec<Completion>) {
+        out.append(&mut lock(&self.ring.done));
+    }
+
+    fn completion_event(&self) -> &EventFd {
+        &self.ring.event
+    }
+}

@@ -1,0 +1,476 @@
+//! The operations of §8, executed on scatter-gather lists.
+//!
+//! Nothing here knows about virtio: an [`Operation`] is decoded from a request's
+//! `op` and parameter block, and [`execute`] runs it on host buffers. Inputs that
+//! drive a parser (deflate) are copied to private scratch memory first, so that
+//! a guest rewriting its buffers mid-operation cannot steer the parser; the other
+//! operations only stream over their inputs.
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use virtio_accel_spec::op::{
+    OpParams, COMPARE_EQUAL, DEFLATE_MAX_LEVEL, GCM_IV_SIZE, GCM_TAG_SIZE, PARAMS_SIZE,
+};
+use virtio_accel_spec::request::RESULT_SIZE;
+use virtio_accel_spec::{
+    AesGcmParams, Crc32cParams, DeflateFormat, DeflateParams, FillParams, Op, Status,
+};
+
+use crate::sg::SgList;
+
+/// Why a parameter block was rejected (§8).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParamsError {
+    /// A reserved byte is not zero.
+    #[error("reserved parameter bytes of {0:?} are not zero")]
+    ReservedNotZero(Op),
+    /// The deflate format is unknown.
+    #[error(transparent)]
+    Format(#[from] virtio_accel_spec::op::UnknownFormat),
+    /// The deflate level is out of range.
+    #[error("deflate level {0} is above {DEFLATE_MAX_LEVEL}")]
+    Level(u8),
+}
+
+/// AES-256-GCM key material.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GcmKey {
+    key: [u8; 32],
+    iv: [u8; GCM_IV_SIZE],
+}
+
+impl std::fmt::Debug for GcmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GcmKey(..)")
+    }
+}
+
+/// A decoded operation with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// §8.1.
+    Copy,
+    /// §8.2.
+    Fill {
+        /// Byte to write.
+        pattern: u8,
+    },
+    /// §8.3.
+    Compare,
+    /// §8.4.
+    Crc32c {
+        /// CRC of preceding data.
+        seed: u32,
+    },
+    /// §8.5.
+    Sha256,
+    /// §8.6.
+    AesGcmSeal(GcmKey),
+    /// §8.7.
+    AesGcmOpen(GcmKey, [u8; GCM_TAG_SIZE]),
+    /// §8.8.
+    DeflateCompress {
+        /// Framing.
+        format: DeflateFormat,
+        /// Level 0..=9.
+        level: u8,
+    },
+    /// §8.9.
+    DeflateDecompress {
+        /// Framing.
+        format: DeflateFormat,
+    },
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+impl Operation {
+    /// Decodes `op` and its parameter block, checking reserved bytes (§8).
+    pub fn decode(op: Op, raw: &[u8; PARAMS_SIZE]) -> Result<Self, ParamsError> {
+        let reserved_ok = |ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ParamsError::ReservedNotZero(op))
+            }
+        };
+        let operation = match op {
+            Op::Copy | Op::Compare | Op::Sha256 => {
+                reserved_ok(all_zero(raw))?;
+                match op {
+                    Op::Copy => Operation::Copy,
+                    Op::Compare => Operation::Compare,
+                    _ => Operation::Sha256,
+                }
+            }
+            Op::Fill => {
+                let p = FillParams::from_params(raw);
+                reserved_ok(all_zero(&p.reserved))?;
+                Operation::Fill { pattern: p.pattern }
+            }
+            Op::Crc32c => {
+                let p = Crc32cParams::from_params(raw);
+                reserved_ok(all_zero(&p.reserved))?;
+                Operation::Crc32c {
+                    seed: p.seed.into(),
+                }
+            }
+            Op::AesGcmSeal | Op::AesGcmOpen => {
+                let p = AesGcmParams::from_params(raw);
+                reserved_ok(all_zero(&p.reserved))?;
+                let key = GcmKey {
+                    key: p.key,
+                    iv: p.iv,
+                };
+                if op == Op::AesGcmSeal {
+                    reserved_ok(all_zero(&p.tag))?;
+                    Operation::AesGcmSeal(key)
+                } else {
+                    Operation::AesGcmOpen(key, p.tag)
+                }
+            }
+            Op::DeflateCompress | Op::DeflateDecompress => {
+                let p = DeflateParams::from_params(raw);
+                reserved_ok(all_zero(&p.reserved))?;
+                let format = DeflateFormat::try_from(p.format)?;
+                if op == Op::DeflateCompress {
+                    if p.level > DEFLATE_MAX_LEVEL {
+                        return Err(ParamsError::Level(p.level));
+                    }
+                    Operation::DeflateCompress {
+                        format,
+                        level: p.level,
+                    }
+                } else {
+                    reserved_ok(p.level == 0)?;
+                    Operation::DeflateDecompress { format }
+                }
+            }
+        };
+        Ok(operation)
+    }
+
+    /// The operation code.
+    pub fn op(&self) -> Op {
+        match self {
+            Operation::Copy => Op::Copy,
+            Operation::Fill { .. } => Op::Fill,
+            Operation::Compare => Op::Compare,
+            Operation::Crc32c { .. } => Op::Crc32c,
+            Operation::Sha256 => Op::Sha256,
+            Operation::AesGcmSeal(_) => Op::AesGcmSeal,
+            Operation::AesGcmOpen(..) => Op::AesGcmOpen,
+            Operation::DeflateCompress { .. } => Op::DeflateCompress,
+            Operation::DeflateDecompress { .. } => Op::DeflateDecompress,
+        }
+    }
+}
+
+/// What an operation produced (§6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Status of the request.
+    pub status: Status,
+    /// Bytes written to the output buffer.
+    pub bytes_written: u64,
+    /// Operation-specific result.
+    pub result: [u8; RESULT_SIZE],
+}
+
+impl Outcome {
+    /// A failed outcome.
+    pub fn failed(status: Status) -> Self {
+        Outcome {
+            status,
+            bytes_written: 0,
+            result: [0; RESULT_SIZE],
+        }
+    }
+
+    fn ok(bytes_written: usize, result_bytes: &[u8]) -> Self {
+        let mut result = [0; RESULT_SIZE];
+        let n = result_bytes.len().min(RESULT_SIZE);
+        result[..n].copy_from_slice(&result_bytes[..n]);
+        Outcome {
+            status: Status::Ok,
+            bytes_written: bytes_written as u64,
+            result,
+        }
+    }
+}
+
+/// Per-worker memory reused across operations.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    input: Vec<u8>,
+    aad: Vec<u8>,
+    output: Vec<u8>,
+}
+
+/// Chunk size of the deflate bounce buffers.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// Runs `operation` on `inputs` and `outputs`, whose counts must match the
+/// operation's arity (§8); a mismatch is reported as [`Status::DeviceError`].
+pub fn execute(
+    operation: &Operation,
+    inputs: &[SgList],
+    outputs: &[SgList],
+    scratch: &mut Scratch,
+) -> Outcome {
+    let (num_in, num_out) = operation.op().arity();
+    if inputs.len() != usize::from(num_in) || outputs.len() != usize::from(num_out) {
+        return Outcome::failed(Status::DeviceError);
+    }
+    match operation {
+        Operation::Copy => copy(&inputs[0], &outputs[0]),
+        Operation::Fill { pattern } => {
+            outputs[0].fill(*pattern);
+            Outcome::ok(outputs[0].len(), &[])
+        }
+        Operation::Compare => compare(&inputs[0], &inputs[1]),
+        Operation::Crc32c { seed } => {
+            let crc = inputs[0].chunks().fold(*seed, crc32c::crc32c_append);
+            Outcome::ok(0, &crc.to_le_bytes())
+        }
+        Operation::Sha256 => {
+            let mut hasher = Sha256::new();
+            inputs[0].chunks().for_each(|chunk| hasher.update(chunk));
+            Outcome::ok(0, &hasher.finalize())
+        }
+        Operation::AesGcmSeal(key) => gcm_seal(key, &inputs[0], &inputs[1], &outputs[0], scratch),
+        Operation::AesGcmOpen(key, tag) => {
+            gcm_open(key, tag, &inputs[0], &inputs[1], &outputs[0], scratch)
+        }
+        Operation::DeflateCompress { format, level } => {
+            deflate(*format, *level, &inputs[0], &outputs[0], scratch)
+        }
+        Operation::DeflateDecompress { format } => {
+            inflate(*format, &inputs[0], &outputs[0], scratch)
+        }
+    }
+}
+
+fn copy(src: &SgList, dst: &SgList) -> Outcome {
+    if dst.len() < src.len() {
+        return Outcome::failed(Status::NoSpace);
+    }
+    let copied = src.copy_to(dst);
+    Outcome::ok(copied, &[])
+}
+
+fn compare(a: &SgList, b: &SgList) -> Outcome {
+    let mut a_chunks = a.chunks();
+    let mut b_chunks = b.chunks();
+    let (mut ac, mut bc): (&[u8], &[u8]) = (&[], &[]);
+    let mut offset: usize = 0;
+    loop {
+        if ac.is_empty() {
+            ac = a_chunks.next().unwrap_or_default();
+        }
+        if bc.is_empty() {
+            bc = b_chunks.next().unwrap_or_default();
+        }
+        if ac.is_empty() || bc.is_empty() {
+            break;
+        }
+        let n = ac.len().min(bc.len());
+        if let Some(pos) = ac[..n].iter().zip(&bc[..n]).position(|(x, y)| x != y) {
+            return Outcome::ok(0, &(offset + pos).to_le_bytes());
+        }
+        offset += n;
+        ac = &ac[n..];
+        bc = &bc[n..];
+    }
+    let first_difference = if a.len() == b.len() {
+        COMPARE_EQUAL
+    } else {
+        a.len().min(b.len()) as u64
+    };
+    Outcome::ok(0, &first_difference.to_le_bytes())
+}
+
+/// Gathers a list into `buffer` (resized to fit).
+fn gather(list: &SgList, buffer: &mut Vec<u8>) {
+    buffer.clear();
+    buffer.resize(list.len(), 0);
+    list.read_into(buffer);
+}
+
+fn gcm_cipher(key: &GcmKey) -> Aes256Gcm {
+    Aes256Gcm::new(&key.key.into())
+}
+
+fn gcm_seal(
+    key: &GcmKey,
+    aad: &SgList,
+    plain: &SgList,
+    out: &SgList,
+    scratch: &mut Scratch,
+) -> Outcome {
+    if out.len() < plain.len() {
+        return Outcome::failed(Status::NoSpace);
+    }
+    gather(aad, &mut scratch.aad);
+    gather(plain, &mut scratch.input);
+    let nonce = Nonce::from(key.iv);
+    match gcm_cipher(key).encrypt_in_place_detached(&nonce, &scratch.aad, &mut scratch.input) {
+        Ok(tag) => {
+            out.write_from(&scratch.input);
+            Outcome::ok(scratch.input.len(), &tag)
+        }
+        Err(_) => Outcome::failed(Status::Limit),
+    }
+}
+
+fn gcm_open(
+    key: &GcmKey,
+    tag: &[u8; GCM_TAG_SIZE],
+    aad: &SgList,
+    cipher: &SgList,
+    out: &SgList,
+    scratch: &mut Scratch,
+) -> Outcome {
+    if out.len() < cipher.len() {
+        return Outcome::failed(Status::NoSpace);
+    }
+    gather(aad, &mut scratch.aad);
+    gather(cipher, &mut scratch.input);
+    let nonce = Nonce::from(key.iv);
+    let tag = Tag::from(*tag);
+    match gcm_cipher(key).decrypt_in_place_detached(&nonce, &scratch.aad, &mut scratch.input, &tag)
+    {
+        Ok(()) => {
+            out.write_from(&scratch.input);
+            Outcome::ok(scratch.input.len(), &[])
+        }
+        Err(_) => Outcome::failed(Status::AuthFailed),
+    }
+}
+
+/// Streams `input` through `step`, a chunk at a time through private bounce
+/// buffers, writing what it produces to `out`. `step(input, output, at_end)`
+/// returns (bytes consumed, bytes produced, stream finished) or a status;
+/// a step that makes no progress ends the stream with `stall`.
+fn stream<F>(
+    input: &SgList,
+    out: &SgList,
+    scratch: &mut Scratch,
+    stall: Status,
+    mut step: F,
+) -> Outcome
+where
+    F: FnMut(&[u8], &mut [u8], bool) -> Result<(usize, usize, bool), Status>,
+{
+    let Scratch {
+        input: in_buf,
+        output: out_buf,
+        ..
+    } = scratch;
+    in_buf.resize(STREAM_CHUNK, 0);
+    out_buf.resize(STREAM_CHUNK, 0);
+    let mut remaining = input.clone();
+    let (mut pending_start, mut pending_end) = (0, 0);
+    let mut written = 0;
+    loop {
+        if pending_start == pending_end && !remaining.is_empty() {
+            let n = remaining.len().min(STREAM_CHUNK);
+            let Some(chunk) = remaining.take_front(n) else {
+                return Outcome::failed(Status::DeviceError);
+            };
+            chunk.read_into(&mut in_buf[..n]);
+            (pending_start, pending_end) = (0, n);
+        }
+        let at_end = remaining.is_empty();
+        let (consumed, produced, finished) =
+            match step(&in_buf[pending_start..pending_end], out_buf, at_end) {
+                Ok(progress) => progress,
+                Err(status) => return Outcome::failed(status),
+            };
+        pending_start += consumed;
+        if produced > 0 {
+            if written + produced > out.len() {
+                return Outcome::failed(Status::NoSpace);
+            }
+            out.write_at(written, &out_buf[..produced]);
+            written += produced;
+        }
+        if finished {
+            return Outcome::ok(written, &[]);
+        }
+        if consumed == 0 && produced == 0 {
+            // A step that neither consumes nor produces cannot make progress
+            // (input ended before the stream did): stop rather than spin.
+            return Outcome::failed(stall);
+        }
+    }
+}
+
+/// Bytes a (de)compressor step moved, from its running totals.
+fn progress(before: u64, after: u64) -> Result<usize, Status> {
+    after
+        .checked_sub(before)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or(Status::DeviceError)
+}
+
+fn deflate(
+    format: DeflateFormat,
+    level: u8,
+    input: &SgList,
+    out: &SgList,
+    scratch: &mut Scratch,
+) -> Outcome {
+    let level = Compression::new(u32::from(level));
+    let mut compressor = match format {
+        DeflateFormat::Raw => Compress::new(level, false),
+        DeflateFormat::Zlib => Compress::new(level, true),
+        DeflateFormat::Gzip => Compress::new_gzip(level, 15),
+    };
+    stream(
+        input,
+        out,
+        scratch,
+        Status::DeviceError,
+        |src, dst, at_end| {
+            let (before_in, before_out) = (compressor.total_in(), compressor.total_out());
+            let flush = if at_end {
+                FlushCompress::Finish
+            } else {
+                FlushCompress::None
+            };
+            let status = compressor
+                .compress(src, dst, flush)
+                .map_err(|_| Status::DeviceError)?;
+            Ok((
+                progress(before_in, compressor.total_in())?,
+                progress(before_out, compressor.total_out())?,
+                status == flate2::Status::StreamEnd,
+            ))
+        },
+    )
+}
+
+fn inflate(format: DeflateFormat, input: &SgList, out: &SgList, scratch: &mut Scratch) -> Outcome {
+    let mut decompressor = match format {
+        DeflateFormat::Raw => Decompress::new(false),
+        DeflateFormat::Zlib => Decompress::new(true),
+        DeflateFormat::Gzip => Decompress::new_gzip(15),
+    };
+    stream(input, out, scratch, Status::BadData, |src, dst, _| {
+        let (before_in, before_out) = (decompressor.total_in(), decompressor.total_out());
+        let status = decompressor
+            .decompress(src, dst, FlushDecompress::None)
+            .map_err(|_| Status::BadData)?;
+        Ok((
+            progress(before_in, decompressor.total_in())?,
+            progress(before_out, decompressor.total_out())?,
+            status == flate2::Status::StreamEnd,
+        ))
+    })
+}

@@ -1,0 +1,333 @@
+//! Scatter-gather lists of host memory, as a device with shared virtual addressing sees them.
+//!
+//! A [`SgList`] is what a hardware descriptor carries: plain host addresses. It
+//! knows nothing of virtio; the code that builds one guarantees the memory stays
+//! mapped while it is used, by keeping a [`Keepalive`] beside it.
+
+use std::any::Any;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
+
+/// Owner of the memory that a set of [`HostSeg`]s points into; dropping the last
+/// clone may unmap that memory.
+pub type Keepalive = Arc<dyn Any + Send + Sync>;
+
+/// One contiguous run of host memory.
+#[derive(Debug, Clone, Copy)]
+pub struct HostSeg {
+    addr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a `HostSeg` is an address and a length, like a DMA descriptor; every
+// access through it happens under the contract of `HostSeg::new` (the memory
+// stays mapped while the owning job's keepalive lives), whichever thread does it.
+unsafe impl Send for HostSeg {}
+// SAFETY: as above; shared references give no access that `Send` does not.
+unsafe impl Sync for HostSeg {}
+
+impl HostSeg {
+    /// Describes `len` bytes at `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `addr..addr + len` must be mapped, readable and writable for as long as
+    /// this segment (or any copy of it) can be accessed. Callers ensure this by
+    /// keeping the owner of the mapping alive (see [`Keepalive`]) beside it.
+    pub unsafe fn new(addr: NonNull<u8>, len: usize) -> Self {
+        HostSeg { addr, len }
+    }
+
+    /// Describes the memory of a guest memory slice.
+    ///
+    /// # Safety
+    ///
+    /// The mapping that `slice` borrows from must outlive every use of the
+    /// returned segment (hold the memory snapshot it came from in a [`Keepalive`]).
+    pub unsafe fn from_volatile<B: BitmapSlice>(slice: &VolatileSlice<'_, B>) -> Option<Self> {
+        let addr = NonNull::new(slice.ptr_guard_mut().as_ptr())?;
+        Some(HostSeg {
+            addr,
+            len: slice.len(),
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the segment is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first `len` bytes and the rest; `len` must not exceed the length.
+    fn split(self, len: usize) -> (HostSeg, HostSeg) {
+        debug_assert!(len <= self.len);
+        let len = len.min(self.len);
+        // SAFETY: `len <= self.len`, so the pointer stays within (or one past the
+        // end of) the same mapped run.
+        let rest = unsafe { NonNull::new_unchecked(self.addr.as_ptr().add(len)) };
+        (
+            HostSeg {
+                addr: self.addr,
+                len,
+            },
+            HostSeg {
+                addr: rest,
+                len: self.len - len,
+            },
+        )
+    }
+
+    /// Reads the segment as a byte slice.
+    ///
+    /// The memory may be shared with a guest that writes it concurrently, as
+    /// with any DMA device: the bytes are untrusted and may change under us, so
+    /// callers must never derive memory indices from them (see `ops`).
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the contract of `HostSeg::new` keeps `addr..addr+len` mapped
+        // while the segment is alive.
+        unsafe { std::slice::from_raw_parts(self.addr.as_ptr(), self.len) }
+    }
+}
+
+/// An ordered list of segments forming one buffer.
+#[derive(Debug, Clone, Default)]
+pub struct SgList {
+    segs: Vec<HostSeg>,
+    len: usize,
+}
+
+impl SgList {
+    /// An empty list.
+    pub fn new() -> Self {
+        SgList::default()
+    }
+
+    /// Appends a segment; empty segments are dropped. Returns `None` if the
+    /// total length overflows.
+    pub fn push(&mut self, seg: HostSeg) -> Option<()> {
+        if seg.is_empty() {
+            return Some(());
+        }
+        self.len = self.len.checked_add(seg.len)?;
+        self.segs.push(seg);
+        Some(())
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the list holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segs.len()
+    }
+
+    /// Removes and returns the first `len` bytes, or `None` (leaving the list
+    /// untouched) if it holds fewer.
+    pub fn take_front(&mut self, len: usize) -> Option<SgList> {
+        if len > self.len {
+            return None;
+        }
+        let mut front = SgList::new();
+        let mut left = len;
+        let mut consumed = 0;
+        for seg in &mut self.segs {
+            if left == 0 {
+                break;
+            }
+            if seg.len <= left {
+                left -= seg.len;
+                front.push(*seg)?;
+                consumed += 1;
+            } else {
+                let (head, tail) = seg.split(left);
+                front.push(head)?;
+                *seg = tail;
+                left = 0;
+            }
+        }
+        self.segs.drain(..consumed);
+        self.len -= len;
+        Some(front)
+    }
+
+    /// The sub-list of `len` bytes at `offset`, or `None` if out of range.
+    pub fn slice(&self, offset: usize, len: usize) -> Option<SgList> {
+        let mut rest = self.clone();
+        rest.take_front(offset)?;
+        rest.take_front(len)
+    }
+
+    /// Iterates the bytes of each segment in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.segs.iter().map(HostSeg::bytes)
+    }
+
+    /// Copies the first `dst.len()` bytes into `dst`; returns how many were copied.
+    pub fn read_into(&self, dst: &mut [u8]) -> usize {
+        let mut done = 0;
+        for seg in &self.segs {
+            let n = seg.len.min(dst.len() - done);
+            // SAFETY: `seg` is mapped (contract of `HostSeg::new`), `dst` is a
+            // distinct Rust buffer of at least `done + n` bytes.
+            unsafe { std::ptr::copy(seg.addr.as_ptr(), dst[done..].as_mut_ptr(), n) };
+            done += n;
+            if done == dst.len() {
+                break;
+            }
+        }
+        done
+    }
+
+    /// Copies `src` to the start of the list; returns how many bytes fit.
+    pub fn write_from(&self, src: &[u8]) -> usize {
+        self.write_at(0, src)
+    }
+
+    /// Copies `src` to byte `offset` of the list; returns how many bytes fit.
+    pub fn write_at(&self, offset: usize, src: &[u8]) -> usize {
+        let Some(target) = self.slice(
+            offset.min(self.len),
+            src.len().min(self.len.saturating_sub(offset)),
+        ) else {
+            return 0;
+        };
+        let mut done = 0;
+        for seg in &target.segs {
+            // SAFETY: `seg` is mapped and writable (contract of `HostSeg::new`);
+            // `src[done..done + seg.len]` is in bounds because `target` is no
+            // longer than `src`. `ptr::copy` tolerates overlap with guest memory.
+            unsafe { std::ptr::copy(src[done..].as_ptr(), seg.addr.as_ptr(), seg.len) };
+            done += seg.len;
+        }
+        done
+    }
+
+    /// Sets every byte to `value`.
+    pub fn fill(&self, value: u8) {
+        for seg in &self.segs {
+            // SAFETY: `seg` is mapped and writable (contract of `HostSeg::new`).
+            unsafe { std::ptr::write_bytes(seg.addr.as_ptr(), value, seg.len) };
+        }
+    }
+
+    /// Copies `min(self.len, dst.len)` bytes from this list into `dst`; the two
+    /// may overlap (guest buffers can alias), which gives memmove semantics per
+    /// segment pair. Returns the number of bytes copied.
+    pub fn copy_to(&self, dst: &SgList) -> usize {
+        let total = self.len.min(dst.len);
+        let mut src_iter = self.segs.iter().copied();
+        let mut dst_iter = dst.segs.iter().copied();
+        let (mut s, mut d) = (src_iter.next(), dst_iter.next());
+        let mut done = 0;
+        while done < total {
+            let (Some(src), Some(dstseg)) = (s, d) else {
+                break;
+            };
+            let n = src.len.min(dstseg.len).min(total - done);
+            // SAFETY: both segments are mapped, `n` is within both; `ptr::copy`
+            // allows the source and destination to overlap.
+            unsafe { std::ptr::copy(src.addr.as_ptr(), dstseg.addr.as_ptr(), n) };
+            done += n;
+            let (_, src_rest) = src.split(n);
+            let (_, dst_rest) = dstseg.split(n);
+            s = if src_rest.is_empty() {
+                src_iter.next()
+            } else {
+                Some(src_rest)
+            };
+            d = if dst_rest.is_empty() {
+                dst_iter.next()
+            } else {
+                Some(dst_rest)
+            };
+        }
+        done
+    }
+}
+
+/// Host buffers owned by the caller, turned into [`SgList`]s for jobs that do
+/// not come from a guest (the direct engine path of benchmarks, unit tests).
+#[derive(Debug)]
+pub struct OwnedBuffers {
+    /// Leaked boxed slices, freed in `Drop`; raw so that a job may write them
+    /// while the owner holds shared references to `self`.
+    buffers: Vec<(NonNull<u8>, usize)>,
+}
+
+// SAFETY: the buffers are plain heap memory owned by this value; access goes
+// through `SgList` (under its contract) or `get` (documented below).
+unsafe impl Send for OwnedBuffers {}
+// SAFETY: as above.
+unsafe impl Sync for OwnedBuffers {}
+
+impl OwnedBuffers {
+    /// Takes ownership of `buffers`.
+    pub fn new(buffers: Vec<Vec<u8>>) -> Arc<Self> {
+        let buffers = buffers
+            .into_iter()
+            .map(|buffer| {
+                let len = buffer.len();
+                let raw = Box::into_raw(buffer.into_boxed_slice());
+                // A boxed slice pointer is never null (dangling but non-null when empty).
+                (
+                    NonNull::new(raw.cast::<u8>()).unwrap_or(NonNull::dangling()),
+                    len,
+                )
+            })
+            .collect();
+        Arc::new(OwnedBuffers { buffers })
+    }
+
+    /// A list over buffer `index` split into segments of at most `seg_size`
+    /// bytes, or `None` if there is no such buffer.
+    ///
+    /// The list stays valid as long as `self` (keep the `Arc` as the job's keepalive).
+    pub fn sg(&self, index: usize, seg_size: usize) -> Option<SgList> {
+        let &(addr, len) = self.buffers.get(index)?;
+        let mut list = SgList::new();
+        let mut offset = 0;
+        while offset < len {
+            let n = seg_size.max(1).min(len - offset);
+            // SAFETY: `offset < len`, so the pointer stays inside the allocation.
+            let seg_addr = unsafe { NonNull::new_unchecked(addr.as_ptr().add(offset)) };
+            // SAFETY: the allocation lives until `self` drops, and the caller
+            // keeps `self` alive beside the list.
+            list.push(unsafe { HostSeg::new(seg_addr, n) })?;
+            offset += n;
+        }
+        Some(list)
+    }
+
+    /// The bytes of buffer `index`; call it only when no job using the
+    /// buffer is running.
+    pub fn get(&self, index: usize) -> Option<&[u8]> {
+        let &(addr, len) = self.buffers.get(index)?;
+        // SAFETY: the allocation is live for `&self`; no job writes it now (contract above).
+        Some(unsafe { std::slice::from_raw_parts(addr.as_ptr(), len) })
+    }
+}
+
+impl Drop for OwnedBuffers {
+    fn drop(&mut self) {
+        for &(addr, len) in &self.buffers {
+            let raw = std::ptr::slice_from_raw_parts_mut(addr.as_ptr(), len);
+            // SAFETY: `raw` is exactly the pointer and length `Box::into_raw`
+            // gave in `new`, and it is freed once.
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
+}
