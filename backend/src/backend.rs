@@ -112,6 +112,11 @@ impl VhostUserBackendMut for AccelBackend {
         Ok(())
     }
 
+    fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
+        self.device.stop();
+        Ok(())
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK)
             .map_err(|e| error!("cannot create exit event: {e}"))
@@ -128,6 +133,7 @@ impl VhostUserBackendMut for AccelBackend {
         if evset != EventSet::IN {
             return Ok(());
         }
+        self.device.attach_vrings(vrings);
         let event = usize::from(device_event);
         if event < self.num_queues {
             return log_error(self.device.handle_queue(device_event, vrings));

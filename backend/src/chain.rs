@@ -40,6 +40,20 @@ pub enum ChainError {
     Overflow,
 }
 
+impl ChainError {
+    /// The status the device returns for a chain with this defect (§6.5).
+    pub fn status(&self) -> virtio_accel_spec::Status {
+        use virtio_accel_spec::Status;
+        match self {
+            ChainError::TooManyDescriptors(_) => Status::Limit,
+            ChainError::BadAddress { .. } => Status::BadAddress,
+            ChainError::ReadableAfterWritable | ChainError::Truncated | ChainError::Overflow => {
+                Status::Invalid
+            }
+        }
+    }
+}
+
 /// The buffers of a chain, and the first problem met while walking it.
 #[derive(Debug, Default)]
 pub struct Walk {

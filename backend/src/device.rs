@@ -12,8 +12,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, error, warn};
 use thiserror::Error;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_accel_spec::{
@@ -123,7 +124,11 @@ pub struct Device {
     used: Vec<Used>,
     event_idx: bool,
     log_limit: RateLimit,
+    vrings: Vec<VringRwLock>,
 }
+
+/// How long a reset or a ring stop waits for work on the hardware.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 const RESP_SIZE: usize = std::mem::size_of::<Resp>();
 const CTRL_RESP_SIZE: usize = std::mem::size_of::<CtrlResp>();
@@ -150,7 +155,8 @@ impl Device {
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
             event_idx: false,
-            log_limit: RateLimit::new(10, std::time::Duration::from_secs(1)),
+            log_limit: RateLimit::new(10, Duration::from_secs(1)),
+            vrings: Vec::new(),
             config,
         })
     }
@@ -180,10 +186,21 @@ impl Device {
         self.mem = Some(mem);
     }
 
-    /// Device reset (§11): objects, fences and pending work are forgotten.
-    /// Jobs already on the hardware keep their memory mapped until they finish;
-    /// their completions are then ignored.
+    /// Device reset (§11): requests that never reached the hardware are
+    /// dropped, the hardware is drained, then objects, fences and all pending
+    /// state are forgotten. Nothing touches guest memory after this returns.
     pub fn reset(&mut self) {
+        for (id, _) in self.waiting.drain() {
+            self.inflight.remove(&id);
+        }
+        for job in self.ready.iter_mut().flat_map(std::mem::take) {
+            self.inflight.remove(&job.cookie);
+        }
+        self.run_until_idle(|device, queue| {
+            for completion in device.reap(queue) {
+                device.inflight.remove(&completion.cookie);
+            }
+        });
         self.objects.clear();
         self.fences = Fences::new(self.config.request_queues);
         self.inflight.clear();
@@ -191,6 +208,47 @@ impl Device {
         self.ready.iter_mut().for_each(Vec::clear);
         self.used.clear();
         self.features = 0;
+    }
+
+    /// Stopping a ring (`GET_VRING_BASE`): every accepted request runs to
+    /// completion and is published in its used ring before this returns, so
+    /// the ring state handed back to the VMM is final.
+    pub fn stop(&mut self) {
+        let vrings = self.vrings.clone();
+        self.run_until_idle(|device, queue| {
+            let completions = device.reap(queue);
+            device.finish_all(completions);
+            if let Err(e) = device.flush(&vrings) {
+                warn!("stopping queues: {e}");
+            }
+        });
+    }
+
+    /// Calls `step` on each hardware queue until no request is in flight, or
+    /// gives up (loudly) after [`QUIESCE_TIMEOUT`].
+    fn run_until_idle(&mut self, mut step: impl FnMut(&mut Self, u16)) {
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        let queues = self.config.request_queues;
+        while !self.inflight.is_empty() {
+            if Instant::now() > deadline {
+                error!(
+                    "{} requests still in flight after {QUIESCE_TIMEOUT:?}",
+                    self.inflight.len()
+                );
+                return;
+            }
+            for queue in 0..queues {
+                step(self, queue);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Remembers the vrings of the connection, for [`Device::stop`].
+    pub fn attach_vrings(&mut self, vrings: &[VringRwLock]) {
+        if self.vrings.len() != vrings.len() {
+            self.vrings = vrings.to_vec();
+        }
     }
 
     fn has_feature(&self, bit: u32) -> bool {
@@ -299,11 +357,7 @@ impl Device {
     ) -> Result<(Request, Job), Status> {
         if let Some(error) = walked.error {
             self.guest_error(format_args!("request chain: {error}"));
-            return Err(match error {
-                crate::chain::ChainError::TooManyDescriptors(_) => Status::Limit,
-                crate::chain::ChainError::BadAddress { .. } => Status::BadAddress,
-                _ => Status::Invalid,
-            });
+            return Err(error.status());
         }
         let request = decode_request(&mut walked.readable, &self.config.limits).map_err(|e| {
             let status = e.status();
@@ -318,7 +372,8 @@ impl Device {
             return Err(Status::Unsupported);
         }
         for dep in &request.deps {
-            if self.fences.is_signalled(*dep).is_err() {
+            // A request cannot wait for itself: its own fence counts as not issued (§6.2).
+            if *dep == inflight.fence || self.fences.is_signalled(*dep).is_err() {
                 self.guest_error(format_args!("request depends on unknown fence {dep:?}"));
                 return Err(Status::NoFence);
             }
@@ -488,15 +543,26 @@ impl Device {
         if let Err(e) = hw_queue.completion_event().read() {
             debug!("hardware queue {queue}: completion event: {e}");
         }
+        let completions = self.reap(queue);
+        self.finish_all(completions);
+        self.flush(vrings)
+    }
+
+    /// The pending completions of hardware queue `queue`.
+    fn reap(&self, queue: u16) -> Vec<Completion> {
         let mut completions = Vec::new();
-        hw_queue.reap(&mut completions);
+        if let Some(hw_queue) = self.hw_queues.get(usize::from(queue)) {
+            hw_queue.reap(&mut completions);
+        }
+        completions
+    }
+
+    fn finish_all(&mut self, completions: Vec<Completion>) {
         for Completion { cookie, outcome } in completions {
-            // Unknown cookies belong to work from before a device reset.
             if let Some(inflight) = self.inflight.remove(&cookie) {
                 self.finish(inflight, outcome);
             }
         }
-        self.flush(vrings)
     }
 
     /// Submits ready jobs and publishes used entries, notifying the guest once
@@ -555,7 +621,7 @@ impl Device {
         };
         if let Some(error) = walked.error {
             self.guest_error(format_args!("control chain: {error}"));
-            self.answer_control(head, &resp, Status::Invalid, 0);
+            self.answer_control(head, &resp, error.status(), 0);
             return;
         }
         let command = match decode_control(&mut walked.readable, &self.config.limits) {

@@ -331,3 +331,69 @@ impl Drop for OwnedBuffers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| u8::try_from(i % 251).unwrap_or(0) ^ 0x5a)
+            .collect()
+    }
+
+    fn bytes_of(list: &SgList) -> Vec<u8> {
+        list.chunks().flatten().copied().collect()
+    }
+
+    #[test]
+    fn take_front_and_slice_cross_segments() {
+        let owned = OwnedBuffers::new(vec![pattern(100)]);
+        let mut list = owned.sg(0, 7).unwrap();
+        assert_eq!((list.len(), list.segment_count()), (100, 15));
+        let front = list.take_front(10).unwrap();
+        assert_eq!(bytes_of(&front), pattern(100)[..10]);
+        assert_eq!(bytes_of(&list), pattern(100)[10..]);
+        assert!(
+            list.take_front(91).is_none(),
+            "too long leaves the list alone"
+        );
+        assert_eq!(list.len(), 90);
+        let middle = list.slice(5, 20).unwrap();
+        assert_eq!(bytes_of(&middle), pattern(100)[15..35]);
+        assert!(list.slice(80, 11).is_none());
+        assert_eq!(list.slice(90, 0).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn writes_fills_and_reads_across_segments() {
+        let owned = OwnedBuffers::new(vec![vec![0; 20]]);
+        let list = owned.sg(0, 3).unwrap();
+        assert_eq!(list.write_at(5, &[9; 10]), 10);
+        assert_eq!(list.write_at(18, &[1; 10]), 2, "clipped at the end");
+        assert_eq!(list.write_at(25, &[1; 1]), 0);
+        let mut expected = [0; 20];
+        expected[5..15].fill(9);
+        expected[18..].fill(1);
+        assert_eq!(owned.get(0).unwrap(), &expected[..]);
+        let mut back = vec![0; 8];
+        assert_eq!(list.slice(4, 8).unwrap().read_into(&mut back), 8);
+        assert_eq!(back, expected[4..12]);
+        list.fill(0xAB);
+        assert!(owned.get(0).unwrap().iter().all(|&b| b == 0xAB));
+    }
+
+    #[test]
+    fn copy_between_lists_with_different_segmentation() {
+        let owned = OwnedBuffers::new(vec![pattern(50), vec![0; 60]]);
+        let src = owned.sg(0, 7).unwrap();
+        let dst = owned.sg(1, 11).unwrap();
+        assert_eq!(src.copy_to(&dst), 50);
+        assert_eq!(&owned.get(1).unwrap()[..50], &pattern(50)[..]);
+        assert!(owned.get(1).unwrap()[50..].iter().all(|&b| b == 0));
+        let short = dst.slice(0, 5).unwrap();
+        assert_eq!(src.copy_to(&short), 5);
+    }
+}

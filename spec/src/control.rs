@@ -16,7 +16,7 @@ wire_enum! {
     pub enum ControlCommand: u32, UnknownCommand {
         /// §7.1: make an object of guest memory segments.
         ObjectCreate = 0x100,
-        /// §7.2: destroy an object, once its fences have signalled.
+        /// §7.2: destroy an object; its memory is released once the requests using it complete.
         ObjectDestroy = 0x101,
         /// §7.3: ask whether a fence has signalled.
         FenceQuery = 0x200,

@@ -32,7 +32,8 @@ pub use status::Status;
 ///
 /// **Provisional**: the virtio specification has not assigned an ID for this
 /// device. 63 is the highest ID a modern virtio-pci function can carry
-/// (PCI device ID 0x1040 + 63 = 0x107f) and is unassigned.
+/// (PCI device ID 0x1040 + 63 = 0x107f) and the specification leaves it
+/// unassigned; crosvm's out-of-tree virtio-wayland device uses it too.
 pub const VIRTIO_ID_ACCEL: u32 = 63;
 
 /// Feature bit: memory objects and object buffer references (§3).

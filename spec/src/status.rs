@@ -20,7 +20,7 @@ wire_enum! {
         Unsupported = 2,
         /// An object handle names no live object.
         NoObject = 3,
-        /// A fence names no fence that the device has issued.
+        /// A fence names no fence that the device has issued, or a request names its own fence.
         NoFence = 4,
         /// An offset or length falls outside an object or outside the chain.
         Range = 5,
