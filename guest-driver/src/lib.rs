@@ -1,1 +1,61 @@
-//! placeholder
+//! Driver for the virtio accelerator device (`virtio-accel`).
+//!
+//! The driver is one transport-agnostic core plus transports. In this process
+//! the driver plays the guest: its "guest RAM" is a memfd that the transport
+//! shares with the device.
+//!
+//! Map of the crate:
+//! - [`memory`]: [`DmaMemory`], memfd-backed guest memory regions at chosen
+//!   guest-physical addresses, and [`DmaBuf`], buffers allocated in them;
+//! - [`virtqueue`]: [`SplitQueue`], the driver side of a split virtqueue
+//!   (descriptors, indirect tables, event-index notification suppression,
+//!   and a raw API to build malformed chains);
+//! - [`transport`]: the [`Transport`] trait the core needs from a transport;
+//! - [`vhost_user`]: [`VhostUserTransport`], a vhost-user frontend that plays
+//!   the VMM toward a vhost-user backend;
+//! - [`device`]: [`Device`], the accelerator protocol over any transport:
+//!   feature negotiation, control commands (objects, fences), requests,
+//!   completions, and raw queue access for fault tests.
+//!
+//! A minimal session:
+//!
+//! ```no_run
+//! use accel_driver::{Buffer, Device, DmaMemory, Request, VhostUserTransport, DEFAULT_FEATURES};
+//! use virtio_accel_spec::Op;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let memory = DmaMemory::new(64 << 20)?;
+//! let transport = VhostUserTransport::connect("/tmp/accel.sock", &memory)?;
+//! let device = Device::open(transport, DEFAULT_FEATURES)?;
+//! let data = memory.alloc(9)?;
+//! memory.write(&data, 0, b"123456789")?;
+//! let done = device.run(0, &Request::new(Op::Crc32c).input(Buffer::direct(&data)))?.check()?;
+//! assert_eq!(done.result_u32(), 0xe306_9283);
+//! # Ok(())
+//! # }
+//! ```
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation
+    )
+)]
+
+pub mod device;
+pub mod memory;
+pub mod transport;
+pub mod vhost_user;
+pub mod virtqueue;
+
+#[cfg(test)]
+mod testing;
+
+pub use device::{
+    feature, Buffer, Completion, ControlCompletion, Device, OpenOptions, Request, DEFAULT_FEATURES,
+};
+pub use memory::{DmaBuf, DmaMemory, MemoryRegion};
+pub use transport::Transport;
+pub use vhost_user::{VhostUserOptions, VhostUserTransport};
+pub use virtqueue::{Descriptor, QueueAddresses, RawDesc, RawNext, SplitQueue, Used};

@@ -59,7 +59,11 @@ impl RangeAllocator {
             .map(|&(start, len)| RegionFree {
                 start,
                 end: start + len,
-                free: if len > 0 { vec![(start, len)] } else { Vec::new() },
+                free: if len > 0 {
+                    vec![(start, len)]
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         RangeAllocator { regions }
@@ -257,7 +261,10 @@ mod tests {
         assert_eq!(a.alloc_at(0x10_0800, 0x100), Ok(0x10_0800));
         assert_eq!(
             a.alloc_at(0x10_0880, 0x10),
-            Err(Error::NotFree { gpa: 0x10_0880, len: 0x10 })
+            Err(Error::NotFree {
+                gpa: 0x10_0880,
+                len: 0x10
+            })
         );
         assert!(a.alloc_at(0x2000, 0x10).is_err());
         assert_eq!(a.free_ranges(), 3);

@@ -1,0 +1,336 @@
+//! One virtqueue as the device core drives it: submission with a driver-owned
+//! header buffer, reaping of used entries, and waiting shared by threads.
+//!
+//! Any thread that holds the lock reaps used entries and files them: a
+//! completion someone blocks on goes to that waiter, other request completions
+//! to the `ready` list returned by poll/wait, and chains the core did not add
+//! (raw chains) to `raw_ready`. At most one thread at a time sleeps on the
+//! transport's interrupt (the "poller"); the others wait on a condition
+//! variable that the poller and every reaper signal.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::memory::{DmaBuf, DmaMemory};
+use crate::transport::Transport;
+use crate::virtqueue::{self, SplitQueue, Used};
+
+use super::request::RESP_SIZE;
+use super::Error;
+
+/// Size of the pooled header buffers: a header of up to 448 bytes plus the response.
+const SLOT_SIZE: usize = 512;
+/// Offset of the response area: the header rounded up to 64 bytes.
+fn resp_offset(header_len: usize) -> usize {
+    header_len.div_ceil(64) * 64
+}
+
+/// A chain the core added and the device has not returned.
+#[derive(Debug)]
+struct Pending {
+    buf: DmaBuf,
+    resp_offset: usize,
+    token: u64,
+    waiter: Option<u64>,
+}
+
+/// A used entry of a core-added chain, with the response bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    pub(crate) token: u64,
+    pub(crate) used_len: u32,
+    pub(crate) resp: [u8; RESP_SIZE as usize],
+}
+
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    pub(crate) vq: SplitQueue,
+    pending: HashMap<u16, Pending>,
+    ready: VecDeque<Finished>,
+    claimed: HashMap<u64, Finished>,
+    abandoned: HashSet<u64>,
+    raw_ready: VecDeque<Used>,
+    next_waiter: u64,
+    polling: bool,
+    spare: Vec<DmaBuf>,
+}
+
+impl QueueState {
+    /// Files every used entry; returns whether any completion went to a waiter
+    /// or a list (so sleepers must look).
+    fn reap(&mut self, queue: u16, mem: &DmaMemory) -> Result<bool, Error> {
+        let mut filed = false;
+        loop {
+            let used = match self.vq.pop_used() {
+                Ok(Some(used)) => used,
+                Ok(None) => return Ok(filed),
+                Err(source) => return Err(Error::Queue { queue, source }),
+            };
+            filed = true;
+            let Some(pending) = self.pending.remove(&used.head) else {
+                self.raw_ready.push_back(used);
+                continue;
+            };
+            let mut resp = [0u8; RESP_SIZE as usize];
+            mem.read(&pending.buf, pending.resp_offset, &mut resp)?;
+            let finished = Finished {
+                token: pending.token,
+                used_len: used.len,
+                resp,
+            };
+            if pending.buf.len() == SLOT_SIZE && self.spare.len() < usize::from(self.vq.size()) {
+                self.spare.push(pending.buf);
+            }
+            match pending.waiter {
+                Some(id) if self.abandoned.remove(&id) => {
+                    log::warn!("virtqueue {queue}: completion of an abandoned request dropped");
+                }
+                Some(id) => {
+                    self.claimed.insert(id, finished);
+                }
+                None => self.ready.push_back(finished),
+            }
+        }
+    }
+}
+
+/// One virtqueue shared by the threads using a device.
+#[derive(Debug)]
+pub(crate) struct DriverQueue {
+    index: u16,
+    mem: DmaMemory,
+    state: Mutex<QueueState>,
+    cond: Condvar,
+}
+
+impl DriverQueue {
+    pub(crate) fn new(index: u16, vq: SplitQueue) -> Self {
+        DriverQueue {
+            index,
+            mem: vq.memory().clone(),
+            state: Mutex::new(QueueState {
+                vq,
+                pending: HashMap::new(),
+                ready: VecDeque::new(),
+                claimed: HashMap::new(),
+                abandoned: HashSet::new(),
+                raw_ready: VecDeque::new(),
+                next_waiter: 0,
+                polling: false,
+                spare: Vec::new(),
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Exclusive access, for raw use.
+    pub(crate) fn state_mut(&mut self) -> &mut QueueState {
+        self.state.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a chain `[header] + readable | [response (resp_len)] + writable`.
+    /// With `wait`, returns a waiter id to pass to [`wait_for`](Self::wait_for).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit(
+        &self,
+        header: &[u8],
+        resp_len: u32,
+        readable: &[(u64, u32)],
+        writable: &[(u64, u32)],
+        token: u64,
+        wait: bool,
+    ) -> Result<Option<u64>, Error> {
+        let resp_off = resp_offset(header.len());
+        let needed = resp_off + RESP_SIZE as usize;
+        let mut st = self.lock();
+        let buf = match st.spare.pop() {
+            Some(buf) if needed <= SLOT_SIZE => buf,
+            spare => {
+                if let Some(buf) = spare {
+                    st.spare.push(buf);
+                }
+                self.mem.alloc(needed.max(SLOT_SIZE))?
+            }
+        };
+        self.mem.write(&buf, 0, header)?;
+        self.mem
+            .write(&buf, resp_off, &[0xff; RESP_SIZE as usize])?;
+
+        let header_len =
+            u32::try_from(header.len()).map_err(|_| Error::HeaderTooLong(header.len()))?;
+        let mut rd = Vec::with_capacity(1 + readable.len());
+        rd.push((buf.gpa(), header_len));
+        rd.extend_from_slice(readable);
+        let mut wr = Vec::with_capacity(1 + writable.len());
+        if resp_len > 0 {
+            wr.push((buf.gpa() + resp_off as u64, resp_len));
+        }
+        wr.extend_from_slice(writable);
+
+        let head = match st.vq.add(&rd, &wr, token) {
+            Ok(head) => head,
+            Err(virtqueue::Error::QueueFull { .. }) => {
+                if buf.len() == SLOT_SIZE {
+                    st.spare.push(buf);
+                }
+                return Err(Error::QueueFull { queue: self.index });
+            }
+            Err(source) => {
+                return Err(Error::Queue {
+                    queue: self.index,
+                    source,
+                })
+            }
+        };
+        let waiter = wait.then(|| {
+            st.next_waiter += 1;
+            st.next_waiter
+        });
+        st.pending.insert(
+            head,
+            Pending {
+                buf,
+                resp_offset: resp_off,
+                token,
+                waiter,
+            },
+        );
+        Ok(waiter)
+    }
+
+    /// Publishes added chains and notifies the device if it asked for it.
+    /// Returns whether it was notified.
+    pub(crate) fn flush<T: Transport + ?Sized>(&self, transport: &T) -> Result<bool, Error> {
+        let notify = {
+            let mut st = self.lock();
+            st.vq.publish_and_check().map_err(|source| Error::Queue {
+                queue: self.index,
+                source,
+            })?
+        };
+        if notify {
+            transport.notify(self.index)?;
+        }
+        Ok(notify)
+    }
+
+    /// Reaps without blocking and returns the request completions not claimed by a waiter.
+    pub(crate) fn poll(&self) -> Result<Vec<Finished>, Error> {
+        let mut st = self.lock();
+        if st.reap(self.index, &self.mem)? {
+            self.cond.notify_all();
+        }
+        Ok(st.ready.drain(..).collect())
+    }
+
+    /// Chains added and not yet returned.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().vq.in_flight()
+    }
+
+    /// Waits until `take` yields something or `timeout` passes (`None`: forever).
+    pub(crate) fn wait_until<T, R>(
+        &self,
+        transport: &T,
+        timeout: Option<Duration>,
+        mut take: impl FnMut(&mut QueueState) -> Option<R>,
+    ) -> Result<Option<R>, Error>
+    where
+        T: Transport + ?Sized,
+    {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.lock();
+        loop {
+            if st.reap(self.index, &self.mem)? {
+                self.cond.notify_all();
+            }
+            if let Some(found) = take(&mut st) {
+                return Ok(Some(found));
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    Some(d - now)
+                }
+            };
+            if st.polling {
+                st = match left {
+                    None => self.cond.wait(st).unwrap_or_else(PoisonError::into_inner),
+                    Some(left) => {
+                        self.cond
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                };
+                continue;
+            }
+            let queue = self.index;
+            let vq_err = |source| Error::Queue { queue, source };
+            if st.vq.enable_notifications().map_err(vq_err)? {
+                st.vq.disable_notifications().map_err(vq_err)?;
+                continue;
+            }
+            st.polling = true;
+            drop(st);
+            let woke = transport.wait_interrupt(self.index, left);
+            st = self.lock();
+            st.polling = false;
+            let disabled = st.vq.disable_notifications();
+            self.cond.notify_all();
+            woke?;
+            disabled.map_err(vq_err)?;
+        }
+    }
+
+    /// Waits for the completion of waiter `id`; on timeout the request is
+    /// abandoned (its completion will be dropped) and `None` returned.
+    pub(crate) fn wait_for<T: Transport + ?Sized>(
+        &self,
+        transport: &T,
+        id: u64,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Finished>, Error> {
+        let found = self.wait_until(transport, timeout, |st| st.claimed.remove(&id))?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        let mut st = self.lock();
+        if let Some(f) = st.claimed.remove(&id) {
+            return Ok(Some(f));
+        }
+        st.abandoned.insert(id);
+        Ok(None)
+    }
+
+    /// Waits for at least one unclaimed request completion; empty on timeout.
+    pub(crate) fn wait_ready<T: Transport + ?Sized>(
+        &self,
+        transport: &T,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Finished>, Error> {
+        Ok(self
+            .wait_until(transport, timeout, |st| {
+                (!st.ready.is_empty()).then(|| st.ready.drain(..).collect())
+            })?
+            .unwrap_or_default())
+    }
+
+    /// Waits for the used entry of a raw chain.
+    pub(crate) fn wait_raw<T: Transport + ?Sized>(
+        &self,
+        transport: &T,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Used>, Error> {
+        self.wait_until(transport, timeout, |st| st.raw_ready.pop_front())
+    }
+}

@@ -1,0 +1,497 @@
+//! "Guest RAM" for the driver: memfd-backed regions at fixed guest-physical
+//! addresses, and an allocator of DMA buffers inside them.
+//!
+//! [`DmaMemory`] is a cheap, clonable handle. All of its regions live in one
+//! memfd (region `i` at a page-aligned file offset after region `i - 1`), so a
+//! transport can hand the whole memory to a device process (vhost-user
+//! `SET_MEM_TABLE`) or map it for DMA. Regions may leave holes in the
+//! guest-physical space, which fault tests use to build addresses that are not
+//! backed by memory.
+//!
+//! [`DmaBuf`] is an allocated range; it returns itself to the allocator when
+//! dropped. The driver never keeps a reference from the device to a buffer: the
+//! owner of a buffer must keep it alive while a request that names it is in
+//! flight.
+
+mod alloc;
+mod memfd;
+
+use std::ffi::CStr;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use thiserror::Error;
+use vm_memory::{
+    ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryError,
+    GuestMemoryMmap, GuestRegionMmap,
+};
+
+pub use alloc::Error as AllocError;
+use alloc::RangeAllocator;
+
+/// Page size assumed for region placement and page-aligned allocations.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Default alignment of [`DmaMemory::alloc`].
+pub const DEFAULT_ALIGN: u64 = 64;
+
+/// Errors of guest memory set-up, allocation and access.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// No region was given.
+    #[error("guest memory needs at least one region")]
+    NoRegions,
+    /// A region is empty or not page aligned.
+    #[error("region {gpa:#x}+{size:#x} is empty or not page aligned")]
+    BadRegion {
+        /// Guest-physical start of the region.
+        gpa: u64,
+        /// Size of the region.
+        size: u64,
+    },
+    /// Two regions overlap, or a region wraps around the address space.
+    #[error("region {gpa:#x}+{size:#x} overlaps another region or wraps around")]
+    Overlap {
+        /// Guest-physical start of the region.
+        gpa: u64,
+        /// Size of the region.
+        size: u64,
+    },
+    /// The memfd could not be created or sized.
+    #[error("cannot create the guest memory file")]
+    Memfd(#[source] io::Error),
+    /// The memfd could not be mapped.
+    #[error("cannot map guest memory")]
+    Map(#[source] vm_memory::mmap::FromRangesError),
+    /// The allocator could not satisfy a request.
+    #[error("cannot allocate a DMA buffer")]
+    Alloc(#[from] AllocError),
+    /// An access falls outside its buffer.
+    #[error("access {offset:#x}+{len:#x} is outside a buffer of {buf_len:#x} bytes")]
+    OutOfBounds {
+        /// Offset of the access in the buffer.
+        offset: usize,
+        /// Length of the access.
+        len: usize,
+        /// Length of the buffer.
+        buf_len: usize,
+    },
+    /// Guest memory could not be read or written (address not backed by a region).
+    #[error("guest memory access at {gpa:#x} failed")]
+    Access {
+        /// Guest-physical address of the access.
+        gpa: u64,
+        /// Cause.
+        #[source]
+        source: GuestMemoryError,
+    },
+}
+
+/// Result of this module's operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One region of guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryRegion {
+    /// Guest-physical start address.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Offset of the region in the memfd ([`DmaMemory::file`]).
+    pub file_offset: u64,
+    /// Address of the region's mapping in this process.
+    pub host_addr: u64,
+}
+
+impl MemoryRegion {
+    /// Whether `gpa..gpa + len` lies entirely in this region.
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        gpa >= self.gpa
+            && gpa
+                .checked_add(len)
+                .is_some_and(|end| end <= self.gpa + self.size)
+    }
+}
+
+struct Inner {
+    guest: GuestMemoryMmap,
+    file: Arc<File>,
+    regions: Vec<MemoryRegion>,
+    alloc: Arc<Mutex<RangeAllocator>>,
+}
+
+/// Driver-visible guest memory: memfd-backed regions plus a buffer allocator.
+///
+/// Clones share the same memory and allocator.
+#[derive(Clone)]
+pub struct DmaMemory {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for DmaMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaMemory")
+            .field("regions", &self.inner.regions)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(alloc: &Mutex<RangeAllocator>) -> MutexGuard<'_, RangeAllocator> {
+    alloc.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+const MEMFD_NAME: &CStr = c"accel-driver-guest-ram";
+
+impl DmaMemory {
+    /// One region of `size` bytes at guest-physical address 0.
+    pub fn new(size: usize) -> Result<Self> {
+        Self::with_regions(&[(0, size)])
+    }
+
+    /// One region of `size` bytes at guest-physical address `base`.
+    pub fn with_base(base: u64, size: usize) -> Result<Self> {
+        Self::with_regions(&[(base, size)])
+    }
+
+    /// Regions `(gpa, size)`, each page aligned and non-empty, in any order,
+    /// not overlapping. Addresses between regions are holes.
+    pub fn with_regions(regions: &[(u64, usize)]) -> Result<Self> {
+        if regions.is_empty() {
+            return Err(Error::NoRegions);
+        }
+        let mut sorted: Vec<(u64, u64)> = regions.iter().map(|&(g, s)| (g, s as u64)).collect();
+        sorted.sort_unstable();
+        let mut prev_end = 0u64;
+        for (i, &(gpa, size)) in sorted.iter().enumerate() {
+            if size == 0 || gpa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+                return Err(Error::BadRegion { gpa, size });
+            }
+            let end = gpa.checked_add(size).ok_or(Error::Overlap { gpa, size })?;
+            if i > 0 && gpa < prev_end {
+                return Err(Error::Overlap { gpa, size });
+            }
+            prev_end = end;
+        }
+        let total: u64 = sorted.iter().map(|&(_, s)| s).sum();
+        let file = Arc::new(memfd::create(MEMFD_NAME, total).map_err(Error::Memfd)?);
+
+        let mut mapped = Vec::with_capacity(sorted.len());
+        let mut offset = 0u64;
+        for &(gpa, size) in &sorted {
+            let len = usize::try_from(size).map_err(|_| Error::BadRegion { gpa, size })?;
+            let region = GuestRegionMmap::<()>::from_range(
+                GuestAddress(gpa),
+                len,
+                Some(FileOffset::from_arc(Arc::clone(&file), offset)),
+            )
+            .map_err(Error::Map)?;
+            mapped.push((region, offset));
+            offset += size;
+        }
+        let infos: Vec<MemoryRegion> = mapped
+            .iter()
+            .map(|(region, file_offset)| MemoryRegion {
+                gpa: vm_memory::GuestMemoryRegion::start_addr(region).0,
+                size: vm_memory::GuestMemoryRegion::len(region),
+                file_offset: *file_offset,
+                host_addr: region.as_ptr() as u64,
+            })
+            .collect();
+        let guest = GuestMemoryMmap::from_regions(mapped.into_iter().map(|(r, _)| r).collect())
+            .map_err(|e| Error::Map(e.into()))?;
+        let alloc = RangeAllocator::new(&sorted);
+        Ok(DmaMemory {
+            inner: Arc::new(Inner {
+                guest,
+                file,
+                regions: infos,
+                alloc: Arc::new(Mutex::new(alloc)),
+            }),
+        })
+    }
+
+    /// The regions, sorted by guest-physical address.
+    pub fn regions(&self) -> &[MemoryRegion] {
+        &self.inner.regions
+    }
+
+    /// The memfd that backs every region (at [`MemoryRegion::file_offset`]).
+    pub fn file(&self) -> &File {
+        &self.inner.file
+    }
+
+    /// The mapped guest memory, for transports and raw accesses.
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.inner.guest
+    }
+
+    /// Total size of all regions.
+    pub fn size(&self) -> u64 {
+        self.inner.regions.iter().map(|r| r.size).sum()
+    }
+
+    /// Whether `gpa..gpa + len` lies entirely inside one region.
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        self.inner.regions.iter().any(|r| r.contains(gpa, len))
+    }
+
+    /// Address in this process of guest-physical `gpa`, if it is backed.
+    pub fn host_address(&self, gpa: u64) -> Option<u64> {
+        self.inner
+            .guest
+            .get_host_address(GuestAddress(gpa))
+            .ok()
+            .map(|p| p as u64)
+    }
+
+    /// Free bytes left in the allocator.
+    pub fn free_bytes(&self) -> u64 {
+        lock(&self.inner.alloc).free_bytes()
+    }
+
+    /// Allocates `len` bytes aligned to [`DEFAULT_ALIGN`] (64).
+    pub fn alloc(&self, len: usize) -> Result<DmaBuf> {
+        self.alloc_aligned(len, DEFAULT_ALIGN)
+    }
+
+    /// Allocates `len` bytes aligned to `align` (a power of two).
+    pub fn alloc_aligned(&self, len: usize, align: u64) -> Result<DmaBuf> {
+        let gpa = lock(&self.inner.alloc).alloc(len as u64, align)?;
+        Ok(self.buf(gpa, len))
+    }
+
+    /// Allocates `len` bytes aligned to [`PAGE_SIZE`].
+    pub fn alloc_pages(&self, len: usize) -> Result<DmaBuf> {
+        self.alloc_aligned(len, PAGE_SIZE)
+    }
+
+    /// Allocates exactly `gpa..gpa + len`, which must be free.
+    pub fn alloc_at(&self, gpa: u64, len: usize) -> Result<DmaBuf> {
+        lock(&self.inner.alloc).alloc_at(gpa, len as u64)?;
+        Ok(self.buf(gpa, len))
+    }
+
+    fn buf(&self, gpa: u64, len: usize) -> DmaBuf {
+        DmaBuf {
+            gpa,
+            len,
+            alloc: Arc::clone(&self.inner.alloc),
+        }
+    }
+
+    fn check(buf: &DmaBuf, offset: usize, len: usize) -> Result<u64> {
+        match offset.checked_add(len) {
+            Some(end) if end <= buf.len => Ok(buf.gpa + offset as u64),
+            _ => Err(Error::OutOfBounds {
+                offset,
+                len,
+                buf_len: buf.len,
+            }),
+        }
+    }
+
+    /// Writes `data` at `offset` of `buf`.
+    pub fn write(&self, buf: &DmaBuf, offset: usize, data: &[u8]) -> Result<()> {
+        let gpa = Self::check(buf, offset, data.len())?;
+        self.write_at(gpa, data)
+    }
+
+    /// Reads `out.len()` bytes at `offset` of `buf`.
+    pub fn read(&self, buf: &DmaBuf, offset: usize, out: &mut [u8]) -> Result<()> {
+        let gpa = Self::check(buf, offset, out.len())?;
+        self.read_at(gpa, out)
+    }
+
+    /// Reads `len` bytes at `offset` of `buf` into a new vector.
+    pub fn read_vec(&self, buf: &DmaBuf, offset: usize, len: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0; len];
+        self.read(buf, offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Sets every byte of `buf` to `byte`.
+    pub fn fill(&self, buf: &DmaBuf, byte: u8) -> Result<()> {
+        self.fill_at(buf.gpa, buf.len, byte)
+    }
+
+    /// Writes the object `val` at `offset` of `buf`.
+    pub fn write_obj<T: ByteValued>(&self, buf: &DmaBuf, offset: usize, val: T) -> Result<()> {
+        self.write(buf, offset, val.as_slice())
+    }
+
+    /// Reads an object at `offset` of `buf`.
+    pub fn read_obj<T: ByteValued>(&self, buf: &DmaBuf, offset: usize) -> Result<T> {
+        let gpa = Self::check(buf, offset, std::mem::size_of::<T>())?;
+        self.read_obj_at(gpa)
+    }
+
+    /// Writes `data` at any guest-physical address (may cross regions, not holes).
+    pub fn write_at(&self, gpa: u64, data: &[u8]) -> Result<()> {
+        self.inner
+            .guest
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|source| Error::Access { gpa, source })
+    }
+
+    /// Reads at any guest-physical address (may cross regions, not holes).
+    pub fn read_at(&self, gpa: u64, out: &mut [u8]) -> Result<()> {
+        self.inner
+            .guest
+            .read_slice(out, GuestAddress(gpa))
+            .map_err(|source| Error::Access { gpa, source })
+    }
+
+    /// Sets `len` bytes at guest-physical `gpa` to `byte`.
+    pub fn fill_at(&self, gpa: u64, len: usize, byte: u8) -> Result<()> {
+        const CHUNK: usize = 64 * 1024;
+        let chunk = vec![byte; len.min(CHUNK)];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            self.write_at(gpa + done as u64, &chunk[..n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes the object `val` at guest-physical `gpa`.
+    pub fn write_obj_at<T: ByteValued>(&self, gpa: u64, val: T) -> Result<()> {
+        self.write_at(gpa, val.as_slice())
+    }
+
+    /// Reads an object at guest-physical `gpa`.
+    pub fn read_obj_at<T: ByteValued>(&self, gpa: u64) -> Result<T> {
+        self.inner
+            .guest
+            .read_obj(GuestAddress(gpa))
+            .map_err(|source| Error::Access { gpa, source })
+    }
+}
+
+/// An allocated range of guest memory; freed when dropped.
+pub struct DmaBuf {
+    gpa: u64,
+    len: usize,
+    alloc: Arc<Mutex<RangeAllocator>>,
+}
+
+impl DmaBuf {
+    /// Guest-physical address of the first byte.
+    pub fn gpa(&self) -> u64 {
+        self.gpa
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty (never, for an allocated buffer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer as an object segment `(gpa, len)`.
+    pub fn segment(&self) -> (u64, u64) {
+        (self.gpa, self.len as u64)
+    }
+
+    /// Guest-physical address of `offset..offset + len` of this buffer, if in bounds.
+    pub fn range(&self, offset: usize, len: usize) -> Option<u64> {
+        DmaMemory::check(self, offset, len).ok()
+    }
+}
+
+impl fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaBuf")
+            .field("gpa", &format_args!("{:#x}", self.gpa))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        if !lock(&self.alloc).free(self.gpa, self.len as u64) {
+            log::error!("DMA buffer {:#x}+{:#x} freed twice", self.gpa, self.len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_region_alloc_rw_fill() {
+        let mem = DmaMemory::new(1 << 20).unwrap();
+        assert_eq!(mem.regions().len(), 1);
+        assert_eq!(mem.size(), 1 << 20);
+        let a = mem.alloc(100).unwrap();
+        let b = mem.alloc_pages(10).unwrap();
+        assert_eq!(a.gpa() % 64, 0);
+        assert_eq!(b.gpa() % PAGE_SIZE, 0);
+        mem.write(&a, 10, b"hello").unwrap();
+        let mut out = [0u8; 5];
+        mem.read(&a, 10, &mut out).unwrap();
+        assert_eq!(&out, b"hello");
+        assert!(matches!(
+            mem.write(&a, 98, b"xyz"),
+            Err(Error::OutOfBounds { .. })
+        ));
+        mem.fill(&b, 0xab).unwrap();
+        assert_eq!(mem.read_vec(&b, 0, 10).unwrap(), vec![0xab; 10]);
+        let free = mem.free_bytes();
+        drop(a);
+        drop(b);
+        assert!(mem.free_bytes() > free);
+        assert_eq!(mem.free_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn memfd_is_shared_with_the_mapping() {
+        use std::os::unix::fs::FileExt;
+        let mem = DmaMemory::with_regions(&[(0x10_0000, 0x1000), (0, 0x2000)]).unwrap();
+        // Sorted by address; file offsets follow that order.
+        assert_eq!(mem.regions()[0].gpa, 0);
+        assert_eq!(mem.regions()[1].gpa, 0x10_0000);
+        assert_eq!(mem.regions()[1].file_offset, 0x2000);
+        mem.write_at(0x10_0010, b"abc").unwrap();
+        let mut out = [0u8; 3];
+        mem.file().read_exact_at(&mut out, 0x2010).unwrap();
+        assert_eq!(&out, b"abc");
+        assert!(mem.host_address(0x10_0000).is_some());
+        assert!(mem.host_address(0x8000).is_none());
+    }
+
+    #[test]
+    fn holes_are_not_accessible() {
+        let mem = DmaMemory::with_regions(&[(0, 0x1000), (0x4000, 0x1000)]).unwrap();
+        assert!(mem.contains(0x4000, 0x1000));
+        assert!(!mem.contains(0xf00, 0x200));
+        assert!(mem.write_at(0x2000, b"x").is_err());
+        let held = mem.alloc_at(0x4800, 0x100).unwrap();
+        assert_eq!(held.gpa(), 0x4800);
+        assert!(mem.alloc_at(0x4880, 1).is_err());
+        assert!(mem.alloc_at(0x2000, 1).is_err());
+    }
+
+    #[test]
+    fn bad_regions_are_refused() {
+        assert!(matches!(
+            DmaMemory::with_regions(&[]),
+            Err(Error::NoRegions)
+        ));
+        assert!(matches!(
+            DmaMemory::with_regions(&[(0x10, 0x1000)]),
+            Err(Error::BadRegion { .. })
+        ));
+        assert!(matches!(
+            DmaMemory::with_regions(&[(0, 0x2000), (0x1000, 0x1000)]),
+            Err(Error::Overlap { .. })
+        ));
+    }
+}

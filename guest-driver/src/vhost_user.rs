@@ -1,0 +1,541 @@
+//! vhost-user transport: this process plays the VMM and the guest.
+//!
+//! [`VhostUserTransport`] connects to a vhost-user backend socket, shares the
+//! [`DmaMemory`] memfd with it (`SET_MEM_TABLE`), and sets up each virtqueue
+//! with a kick and a call eventfd. Negotiation at connect time:
+//! `SET_OWNER`, `GET_FEATURES`, `GET_PROTOCOL_FEATURES` /
+//! `SET_PROTOCOL_FEATURES` (the offered subset of CONFIG, MQ, REPLY_ACK and
+//! RESET_DEVICE, by default), `GET_QUEUE_NUM` (with MQ). When REPLY_ACK is
+//! negotiated every request asks for an acknowledgement, so backend errors
+//! surface at the request that caused them.
+//!
+//! vhost-user ring addresses are addresses in the frontend's address space;
+//! the transport translates the guest-physical ring addresses it is given.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{
+    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_accel_spec::MAX_REQUEST_QUEUES;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::memory::{DmaMemory, MemoryRegion};
+use crate::transport::{self, Transport};
+use crate::virtqueue::QueueAddresses;
+
+/// Errors of the vhost-user transport.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The socket could not be connected to.
+    #[error("cannot connect to vhost-user socket {path}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A vhost-user request failed or was refused.
+    #[error("vhost-user {request} failed")]
+    Request {
+        /// The request.
+        request: &'static str,
+        /// Cause.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The backend does not offer `VHOST_USER_F_PROTOCOL_FEATURES`.
+    #[error("backend does not offer VHOST_USER_F_PROTOCOL_FEATURES")]
+    NoProtocolFeatures,
+    /// The backend does not offer a protocol feature the transport needs.
+    #[error("backend does not offer protocol feature {0}")]
+    MissingProtocolFeature(&'static str),
+    /// The backend reports more queues than a virtqueue index can name.
+    #[error("backend reports {0} queues")]
+    TooManyQueues(u64),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] io::Error),
+    /// The kick eventfd could not be written.
+    #[error("cannot kick virtqueue {queue}")]
+    Kick {
+        /// Virtqueue index.
+        queue: u16,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting on the call eventfd failed.
+    #[error("cannot wait for an interrupt of virtqueue {queue}")]
+    Wait {
+        /// Virtqueue index.
+        queue: u16,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A ring address is not backed by guest memory.
+    #[error("ring of virtqueue {queue} at {gpa:#x} is not in guest memory")]
+    RingAddress {
+        /// Virtqueue index.
+        queue: u16,
+        /// Guest-physical address.
+        gpa: u64,
+    },
+    /// The configuration reply has the wrong size.
+    #[error("GET_CONFIG returned {got} bytes, {expected} expected")]
+    ConfigSize {
+        /// Bytes asked for.
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
+}
+
+impl From<Error> for transport::Error {
+    fn from(e: Error) -> Self {
+        transport::Error::Backend(Box::new(e))
+    }
+}
+
+/// Result of this module's operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn request(request: &'static str) -> impl FnOnce(vhost::Error) -> Error {
+    move |source| Error::Request { request, source }
+}
+
+/// Connection options.
+#[derive(Debug, Clone)]
+pub struct VhostUserOptions {
+    /// Size of every virtqueue the device core may set up (the backend's
+    /// `--queue-size`; the vhost-user protocol has no way to ask for it).
+    pub queue_size: u16,
+    /// Protocol features to acknowledge, when offered.
+    pub protocol_features: VhostUserProtocolFeatures,
+    /// How long to retry connecting while the socket does not exist or refuses.
+    pub connect_timeout: Duration,
+}
+
+impl Default for VhostUserOptions {
+    fn default() -> Self {
+        VhostUserOptions {
+            queue_size: 256,
+            protocol_features: VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::RESET_DEVICE,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct QueueEvents {
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// A vhost-user frontend session with one backend.
+pub struct VhostUserTransport {
+    frontend: Frontend,
+    memory: DmaMemory,
+    backend_features: u64,
+    protocol_features: VhostUserProtocolFeatures,
+    num_queues: u16,
+    queue_size: u16,
+    queues: Vec<Option<QueueEvents>>,
+}
+
+/// Virtio feature bit that vhost-user borrows for protocol features.
+const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+fn connect_socket(path: &Path, timeout: Duration) -> Result<UnixStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => return Ok(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(Error::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Describes a region of the memfd `fd` to the backend.
+// With vhost's `xen` feature the struct has more fields, hence the update syntax.
+#[allow(clippy::needless_update)]
+fn region_info(r: &MemoryRegion, fd: RawFd) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: r.gpa,
+        memory_size: r.size,
+        userspace_addr: r.host_addr,
+        mmap_offset: r.file_offset,
+        mmap_handle: fd,
+        ..Default::default()
+    }
+}
+
+/// Waits until `fd` is readable or `deadline` passes; `Ok(false)` on timeout.
+fn poll_readable(fd: RawFd, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid, initialised pollfd that lives across the
+        // call, matching the count of 1; the result is checked.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n > 0 {
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
+    }
+}
+
+impl std::fmt::Debug for VhostUserTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserTransport")
+            .field(
+                "backend_features",
+                &format_args!("{:#x}", self.backend_features),
+            )
+            .field("protocol_features", &self.protocol_features)
+            .field("num_queues", &self.num_queues)
+            .field("queue_size", &self.queue_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VhostUserTransport {
+    /// Connects with default [`VhostUserOptions`].
+    pub fn connect(socket_path: impl AsRef<Path>, memory: &DmaMemory) -> Result<Self> {
+        Self::connect_with(socket_path, memory, &VhostUserOptions::default())
+    }
+
+    /// Connects to the backend at `socket_path` (retrying while it does not
+    /// listen yet) and negotiates protocol features.
+    pub fn connect_with(
+        socket_path: impl AsRef<Path>,
+        memory: &DmaMemory,
+        options: &VhostUserOptions,
+    ) -> Result<Self> {
+        let stream = connect_socket(socket_path.as_ref(), options.connect_timeout)?;
+        Self::from_stream(stream, memory, options)
+    }
+
+    /// Negotiates over an already connected socket.
+    pub fn from_stream(
+        stream: UnixStream,
+        memory: &DmaMemory,
+        options: &VhostUserOptions,
+    ) -> Result<Self> {
+        let max_queues = u64::from(MAX_REQUEST_QUEUES) + 1;
+        let mut frontend = Frontend::from_stream(stream, max_queues);
+        frontend.set_owner().map_err(request("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(request("GET_FEATURES"))?;
+        if backend_features & PROTOCOL_FEATURES_BIT == 0 {
+            return Err(Error::NoProtocolFeatures);
+        }
+        let offered = frontend
+            .get_protocol_features()
+            .map_err(request("GET_PROTOCOL_FEATURES"))?;
+        let acked = offered & options.protocol_features;
+        frontend
+            .set_protocol_features(acked)
+            .map_err(request("SET_PROTOCOL_FEATURES"))?;
+        if !acked.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(Error::MissingProtocolFeature("CONFIG"));
+        }
+        let num_queues = if acked.contains(VhostUserProtocolFeatures::MQ) {
+            let n = frontend.get_queue_num().map_err(request("GET_QUEUE_NUM"))?;
+            u16::try_from(n)
+                .ok()
+                .filter(|&n| u64::from(n) <= max_queues)
+                .ok_or(Error::TooManyQueues(n))?
+        } else {
+            // Without MQ the backend cannot say; let the device configuration decide.
+            MAX_REQUEST_QUEUES + 1
+        };
+        if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        log::debug!(
+            "vhost-user: features {backend_features:#x}, protocol features {acked:?}, {num_queues} queues"
+        );
+        Ok(VhostUserTransport {
+            frontend,
+            memory: memory.clone(),
+            backend_features,
+            protocol_features: acked,
+            num_queues,
+            queue_size: options.queue_size,
+            queues: (0..num_queues).map(|_| None).collect(),
+        })
+    }
+
+    /// The vhost-user frontend, for raw protocol requests in tests.
+    pub fn frontend(&mut self) -> &mut Frontend {
+        &mut self.frontend
+    }
+
+    /// Feature bits exactly as `GET_FEATURES` returned them.
+    pub fn backend_features(&self) -> u64 {
+        self.backend_features
+    }
+
+    /// Protocol features acknowledged.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol_features
+    }
+
+    /// The call eventfd of virtqueue `queue`, once set up.
+    pub fn call_event(&self, queue: u16) -> Option<&EventFd> {
+        self.events(queue).ok().map(|e| &e.call)
+    }
+
+    /// The kick eventfd of virtqueue `queue`, once set up.
+    pub fn kick_event(&self, queue: u16) -> Option<&EventFd> {
+        self.events(queue).ok().map(|e| &e.kick)
+    }
+
+    /// Sends the whole memory table of the transport's [`DmaMemory`] again.
+    pub fn set_mem_table(&self) -> Result<()> {
+        self.set_mem_table_regions(self.memory.regions())
+    }
+
+    /// Sends a memory table of exactly `regions` (backed by the memfd at their
+    /// file offsets), e.g. a subset of the memory to unplug a region, or
+    /// deliberately wrong regions for fault tests.
+    pub fn set_mem_table_regions(&self, regions: &[MemoryRegion]) -> Result<()> {
+        let fd = self.memory.file().as_raw_fd();
+        let infos: Vec<VhostUserMemoryRegionInfo> =
+            regions.iter().map(|r| region_info(r, fd)).collect();
+        self.frontend
+            .set_mem_table(&infos)
+            .map_err(request("SET_MEM_TABLE"))?;
+        Ok(())
+    }
+
+    /// Closes the connection; the backend sees a disconnect.
+    pub fn disconnect(self) {
+        drop(self);
+    }
+
+    fn events(&self, queue: u16) -> transport::Result<&QueueEvents> {
+        self.queues
+            .get(usize::from(queue))
+            .ok_or(transport::Error::InvalidQueue(queue))?
+            .as_ref()
+            .ok_or(transport::Error::QueueNotReady(queue))
+    }
+
+    fn host_addr(&self, queue: u16, gpa: u64) -> Result<u64> {
+        self.memory
+            .host_address(gpa)
+            .ok_or(Error::RingAddress { queue, gpa })
+    }
+}
+
+impl Transport for VhostUserTransport {
+    fn memory(&self) -> &DmaMemory {
+        &self.memory
+    }
+
+    fn device_features(&self) -> u64 {
+        self.backend_features & !PROTOCOL_FEATURES_BIT
+    }
+
+    fn set_driver_features(&mut self, features: u64) -> transport::Result<()> {
+        self.frontend
+            .set_features(features | PROTOCOL_FEATURES_BIT)
+            .map_err(request("SET_FEATURES"))?;
+        self.set_mem_table()?;
+        Ok(())
+    }
+
+    fn max_queues(&self) -> u16 {
+        self.num_queues
+    }
+
+    fn max_queue_size(&self, queue: u16) -> transport::Result<u16> {
+        if queue >= self.num_queues {
+            return Err(transport::Error::InvalidQueue(queue));
+        }
+        Ok(self.queue_size)
+    }
+
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> transport::Result<()> {
+        let size = u32::try_from(buf.len()).map_err(|_| Error::ConfigSize {
+            expected: buf.len(),
+            got: 0,
+        })?;
+        let zeros = vec![0u8; buf.len()];
+        let (_, payload) = self
+            .frontend
+            .get_config(offset, size, VhostUserConfigFlags::empty(), &zeros)
+            .map_err(request("GET_CONFIG"))?;
+        if payload.len() != buf.len() {
+            return Err(Error::ConfigSize {
+                expected: buf.len(),
+                got: payload.len(),
+            }
+            .into());
+        }
+        buf.copy_from_slice(&payload);
+        Ok(())
+    }
+
+    fn setup_queue(&mut self, queue: u16, addrs: &QueueAddresses) -> transport::Result<()> {
+        if queue >= self.num_queues {
+            return Err(transport::Error::InvalidQueue(queue));
+        }
+        let index = usize::from(queue);
+        let config = VringConfigData {
+            queue_max_size: addrs.size,
+            queue_size: addrs.size,
+            flags: 0,
+            desc_table_addr: self.host_addr(queue, addrs.desc)?,
+            used_ring_addr: self.host_addr(queue, addrs.used)?,
+            avail_ring_addr: self.host_addr(queue, addrs.avail)?,
+            log_addr: None,
+        };
+        let events = QueueEvents {
+            kick: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            call: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+        };
+        let f = &mut self.frontend;
+        f.set_vring_num(index, addrs.size)
+            .map_err(request("SET_VRING_NUM"))?;
+        f.set_vring_addr(index, &config)
+            .map_err(request("SET_VRING_ADDR"))?;
+        f.set_vring_base(index, 0)
+            .map_err(request("SET_VRING_BASE"))?;
+        f.set_vring_call(index, &events.call)
+            .map_err(request("SET_VRING_CALL"))?;
+        f.set_vring_kick(index, &events.kick)
+            .map_err(request("SET_VRING_KICK"))?;
+        f.set_vring_enable(index, true)
+            .map_err(request("SET_VRING_ENABLE"))?;
+        self.queues[index] = Some(events);
+        Ok(())
+    }
+
+    fn activate(&mut self) -> transport::Result<()> {
+        Ok(())
+    }
+
+    fn notify(&self, queue: u16) -> transport::Result<()> {
+        self.events(queue)?
+            .kick
+            .write(1)
+            .map_err(|source| Error::Kick { queue, source })?;
+        Ok(())
+    }
+
+    fn wait_interrupt(&self, queue: u16, timeout: Option<Duration>) -> transport::Result<bool> {
+        let call = &self.events(queue)?.call;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let ready = poll_readable(call.as_raw_fd(), deadline)
+                .map_err(|source| Error::Wait { queue, source })?;
+            if !ready {
+                return Ok(false);
+            }
+            match call.read() {
+                Ok(_) => return Ok(true),
+                // Another thread consumed it first: keep waiting.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(source) => return Err(Error::Wait { queue, source }.into()),
+            }
+        }
+    }
+
+    fn reset(&mut self) -> transport::Result<()> {
+        for index in 0..self.queues.len() {
+            if self.queues[index].is_none() {
+                continue;
+            }
+            self.frontend
+                .set_vring_enable(index, false)
+                .map_err(request("SET_VRING_ENABLE"))?;
+            self.frontend
+                .get_vring_base(index)
+                .map_err(request("GET_VRING_BASE"))?;
+            self.queues[index] = None;
+        }
+        if self
+            .protocol_features
+            .contains(VhostUserProtocolFeatures::RESET_DEVICE)
+        {
+            self.frontend
+                .reset_device()
+                .map_err(request("RESET_DEVICE"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_times_out_and_wakes() {
+        let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let start = Instant::now();
+        let deadline = Some(start + Duration::from_millis(30));
+        assert!(!poll_readable(fd.as_raw_fd(), deadline).unwrap());
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        fd.write(1).unwrap();
+        assert!(poll_readable(fd.as_raw_fd(), deadline).unwrap());
+    }
+
+    #[test]
+    fn connect_to_missing_socket_fails_after_timeout() {
+        let mem = DmaMemory::new(1 << 16).unwrap();
+        let options = VhostUserOptions {
+            connect_timeout: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let err = VhostUserTransport::connect_with("/nonexistent/accel.sock", &mem, &options)
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }));
+    }
+}
