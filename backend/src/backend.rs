@@ -96,8 +96,9 @@ impl VhostUserBackendMut for AccelBackend {
         self.device.reset();
     }
 
-    fn set_event_idx(&mut self, enabled: bool) {
-        self.device.set_event_idx(enabled);
+    fn set_event_idx(&mut self, _enabled: bool) {
+        // The vrings apply VIRTIO_RING_F_EVENT_IDX themselves (the handler sets
+        // it on each queue); the device only ever asks them.
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {

@@ -76,6 +76,54 @@ struct InFlight {
     _mem: Keepalive,
 }
 
+/// The requests between submission and response, counted per virtqueue.
+#[derive(Default)]
+struct InFlightTable {
+    requests: HashMap<u64, InFlight>,
+    per_vq: Vec<usize>,
+}
+
+impl InFlightTable {
+    fn new(virtqueues: usize) -> Self {
+        InFlightTable {
+            requests: HashMap::new(),
+            per_vq: vec![0; virtqueues],
+        }
+    }
+
+    fn insert(&mut self, id: u64, inflight: InFlight) {
+        if let Some(count) = self.per_vq.get_mut(usize::from(inflight.vq)) {
+            *count += 1;
+        }
+        self.requests.insert(id, inflight);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<InFlight> {
+        let inflight = self.requests.remove(&id)?;
+        if let Some(count) = self.per_vq.get_mut(usize::from(inflight.vq)) {
+            *count = count.saturating_sub(1);
+        }
+        Some(inflight)
+    }
+
+    fn on_queue(&self, vq: u16) -> usize {
+        self.per_vq.get(usize::from(vq)).copied().unwrap_or(0)
+    }
+
+    fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.requests.clear();
+        self.per_vq.iter_mut().for_each(|count| *count = 0);
+    }
+}
+
 /// Something waiting for fences to signal.
 enum Waiter {
     /// A request whose job starts when its dependencies have signalled.
@@ -116,13 +164,14 @@ pub struct Device {
     hw_queues: Vec<Box<dyn HwQueue>>,
     objects: ObjectTable,
     fences: Fences<u64>,
-    inflight: HashMap<u64, InFlight>,
+    inflight: InFlightTable,
+    /// Jobs the engine runs at once: past that, kicks are not needed.
+    parallelism: usize,
     waiting: HashMap<u64, Waiting>,
     next_id: u64,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     ready: Vec<Vec<Job>>,
     used: Vec<Used>,
-    event_idx: bool,
     log_limit: RateLimit,
     vrings: Vec<VringRwLock>,
 }
@@ -148,13 +197,13 @@ impl Device {
             hw_queues,
             objects: ObjectTable::new(config.limits),
             fences: Fences::new(config.request_queues),
-            inflight: HashMap::new(),
+            inflight: InFlightTable::new(usize::from(config.request_queues) + 1),
+            parallelism: engine.parallelism().max(1),
             waiting: HashMap::new(),
             next_id: 1,
             mem: None,
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
-            event_idx: false,
             log_limit: RateLimit::new(10, Duration::from_secs(1)),
             vrings: Vec::new(),
             config,
@@ -176,11 +225,6 @@ impl Device {
         self.features = features;
     }
 
-    /// Enables or disables `VIRTIO_RING_F_EVENT_IDX` handling.
-    pub fn set_event_idx(&mut self, enabled: bool) {
-        self.event_idx = enabled;
-    }
-
     /// Installs a new guest memory table.
     pub fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
         self.mem = Some(mem);
@@ -191,14 +235,14 @@ impl Device {
     /// state are forgotten. Nothing touches guest memory after this returns.
     pub fn reset(&mut self) {
         for (id, _) in self.waiting.drain() {
-            self.inflight.remove(&id);
+            self.inflight.remove(id);
         }
         for job in self.ready.iter_mut().flat_map(std::mem::take) {
-            self.inflight.remove(&job.cookie);
+            self.inflight.remove(job.cookie);
         }
         self.run_until_idle(|device, queue| {
             for completion in device.reap(queue) {
-                device.inflight.remove(&completion.cookie);
+                device.inflight.remove(completion.cookie);
             }
         });
         self.objects.clear();
@@ -271,27 +315,35 @@ impl Device {
         id
     }
 
-    /// Processes the available chains of virtqueue `vq`, then flushes.
+    /// Processes the available chains of virtqueue `vq` (a kick), then flushes.
     pub fn handle_queue(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
+        self.poll_ring(vq, vrings)?;
+        self.flush(vrings)
+    }
+
+    /// Takes every available chain of virtqueue `vq`. While the queue keeps
+    /// the engine saturated, kicks stay disabled: each completion polls the
+    /// ring instead (see [`Device::handle_completions`]), which saves the
+    /// driver a notification per request. Otherwise kicks are re-enabled, and
+    /// the ring checked once more for chains added meanwhile.
+    fn poll_ring(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
         let Some(vring) = vrings.get(usize::from(vq)) else {
             return Ok(());
         };
+        let vring_error = |source| DeviceError::Vring { index: vq, source };
         loop {
-            if self.event_idx {
-                vring
-                    .disable_notification()
-                    .map_err(|source| DeviceError::Vring { index: vq, source })?;
-            }
+            vring.disable_notification().map_err(vring_error)?;
             self.drain_queue(vq, vring);
-            if !self.event_idx
-                || !vring
-                    .enable_notification()
-                    .map_err(|source| DeviceError::Vring { index: vq, source })?
-            {
-                break;
+            if self.is_saturated(vq) || !vring.enable_notification().map_err(vring_error)? {
+                return Ok(());
             }
         }
-        self.flush(vrings)
+    }
+
+    /// Whether request virtqueue `vq` has enough work in flight to keep
+    /// every engine worker busy.
+    fn is_saturated(&self, vq: u16) -> bool {
+        vq != virtio_accel_spec::CONTROL_QUEUE && self.inflight.on_queue(vq) >= self.parallelism
     }
 
     fn drain_queue(&mut self, vq: u16, vring: &VringRwLock) {
@@ -545,6 +597,7 @@ impl Device {
         }
         let completions = self.reap(queue);
         self.finish_all(completions);
+        self.poll_ring(queue + virtio_accel_spec::FIRST_REQUEST_QUEUE, vrings)?;
         self.flush(vrings)
     }
 
@@ -559,7 +612,7 @@ impl Device {
 
     fn finish_all(&mut self, completions: Vec<Completion>) {
         for Completion { cookie, outcome } in completions {
-            if let Some(inflight) = self.inflight.remove(&cookie) {
+            if let Some(inflight) = self.inflight.remove(cookie) {
                 self.finish(inflight, outcome);
             }
         }
@@ -576,7 +629,7 @@ impl Device {
             if let Err(e) = self.hw_queues[queue].submit(&mut jobs) {
                 warn!("hardware queue {queue}: {e}");
                 for job in jobs {
-                    if let Some(inflight) = self.inflight.remove(&job.cookie) {
+                    if let Some(inflight) = self.inflight.remove(job.cookie) {
                         self.finish(inflight, Outcome::failed(Status::DeviceError));
                     }
                 }

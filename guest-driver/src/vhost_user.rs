@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -142,6 +143,17 @@ impl Default for VhostUserOptions {
 struct QueueEvents {
     kick: EventFd,
     call: EventFd,
+    kicks: AtomicU64,
+    interrupts: AtomicU64,
+}
+
+/// Notification counters of one queue, for benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Kicks the driver sent to the device.
+    pub kicks: u64,
+    /// Interrupts (used-buffer notifications) the driver has consumed.
+    pub interrupts: u64,
 }
 
 /// A vhost-user frontend session with one backend.
@@ -358,6 +370,15 @@ impl VhostUserTransport {
         drop(self);
     }
 
+    /// Notification counters of `queue` (kicks sent, interrupts consumed).
+    pub fn queue_stats(&self, queue: u16) -> Option<QueueStats> {
+        let events = self.queues.get(usize::from(queue))?.as_ref()?;
+        Some(QueueStats {
+            kicks: events.kicks.load(Ordering::Relaxed),
+            interrupts: events.interrupts.load(Ordering::Relaxed),
+        })
+    }
+
     fn events(&self, queue: u16) -> transport::Result<&QueueEvents> {
         self.queues
             .get(usize::from(queue))
@@ -439,6 +460,8 @@ impl Transport for VhostUserTransport {
         let events = QueueEvents {
             kick: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
             call: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            kicks: AtomicU64::new(0),
+            interrupts: AtomicU64::new(0),
         };
         let f = &mut self.frontend;
         f.set_vring_num(index, addrs.size)
@@ -462,10 +485,12 @@ impl Transport for VhostUserTransport {
     }
 
     fn notify(&self, queue: u16) -> transport::Result<()> {
-        self.events(queue)?
+        let events = self.events(queue)?;
+        events
             .kick
             .write(1)
             .map_err(|source| Error::Kick { queue, source })?;
+        events.kicks.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -479,7 +504,13 @@ impl Transport for VhostUserTransport {
                 return Ok(false);
             }
             match call.read() {
-                Ok(_) => return Ok(true),
+                Ok(count) => {
+                    // The eventfd adds up notifications sent while nobody waited.
+                    self.events(queue)?
+                        .interrupts
+                        .fetch_add(count, Ordering::Relaxed);
+                    return Ok(true);
+                }
                 // Another thread consumed it first: keep waiting.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(source) => return Err(Error::Wait { queue, source }.into()),

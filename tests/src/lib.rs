@@ -1,1 +1,22 @@
-//! placeholder
+//! Test support for vhost-user-accel, shared by the integration tests
+//! (`tests/tests/`) and the benchmark (`src/bin/`).
+//!
+//! Map of the library:
+//! - [`reference`]: independent reference implementations of every operation
+//!   (bitwise CRC-32C, `ring` SHA-256 and AES-256-GCM, `miniz_oxide` deflate with
+//!   hand-built gzip framing, compare/copy/fill), never using the engine's crates.
+//! - [`data`]: seeded random inputs (random and text-like bytes, the interesting
+//!   buffer sizes) whose seed is reported when a test fails.
+//! - [`harness`]: the daemon and the driver over a real vhost-user socket.
+//! - [`workload`]: one job per operation, runnable through the daemon or on an
+//!   engine directly.
+//!
+//! Test targets:
+//! - `tests/engine.rs`: every operation through the software engine directly
+//!   (no virtio), against [`reference`], over all sizes and scatter-gather
+//!   layouts, plus concurrent submission.
+
+pub mod data;
+pub mod harness;
+pub mod reference;
+pub mod workload;

@@ -2,12 +2,17 @@
 //!
 //! Every hardware queue feeds one shared run queue; idle workers sleep on a
 //! condition variable. A worker that finishes a job posts the completion to the
-//! job's queue and signals that queue's eventfd only when its completion ring
-//! was empty, so a busy queue costs one interrupt per batch, not per job.
+//! job's queue. The queue's eventfd (its interrupt) is moderated like a NIC's:
+//! it is raised once per batch of completions, when the queue runs idle, when
+//! [`MODERATION_BATCH`] completions are pending, or when the oldest pending
+//! completion has waited [`MODERATION_DELAY`]. The last completion of a busy
+//! period always finds the queue idle, so no completion is ever stranded.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use log::{error, warn};
 use virtio_accel_spec::{Op, Status};
@@ -22,24 +27,55 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Pending completions that raise the interrupt at once.
+pub const MODERATION_BATCH: usize = 16;
+/// Longest a completion waits for its interrupt while the queue stays busy.
+pub const MODERATION_DELAY: Duration = Duration::from_micros(30);
+
+#[derive(Default)]
+struct Pending {
+    done: Vec<Completion>,
+    /// The interrupt was raised and not yet acknowledged by a reap.
+    raised: bool,
+    /// When the oldest unreaped completion was posted.
+    oldest: Option<Instant>,
+}
+
 /// Completion side of one hardware queue.
 struct CompletionRing {
-    done: Mutex<Vec<Completion>>,
+    pending: Mutex<Pending>,
+    /// Jobs submitted and not yet posted.
+    outstanding: AtomicUsize,
     event: EventFd,
 }
 
 impl CompletionRing {
     fn post(&self, completion: Completion) {
-        let was_empty = {
-            let mut done = lock(&self.done);
-            done.push(completion);
-            done.len() == 1
+        let raise = {
+            let mut pending = lock(&self.pending);
+            pending.done.push(completion);
+            let now = Instant::now();
+            let oldest = *pending.oldest.get_or_insert(now);
+            let idle = self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1;
+            let due = idle
+                || pending.done.len() >= MODERATION_BATCH
+                || now.duration_since(oldest) >= MODERATION_DELAY;
+            let raise = due && !pending.raised;
+            pending.raised |= raise;
+            raise
         };
-        if was_empty {
+        if raise {
             if let Err(e) = self.event.write(1) {
                 error!("software engine: cannot signal completion: {e}");
             }
         }
+    }
+
+    fn reap(&self, out: &mut Vec<Completion>) {
+        let mut pending = lock(&self.pending);
+        out.append(&mut pending.done);
+        pending.raised = false;
+        pending.oldest = None;
     }
 }
 
@@ -57,6 +93,13 @@ struct Shared {
 pub struct SoftwareEngine {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+}
+
+impl SoftwareEngine {
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
 }
 
 impl SoftwareEngine {
@@ -151,6 +194,10 @@ impl Engine for SoftwareEngine {
         Op::all_capabilities()
     }
 
+    fn parallelism(&self) -> usize {
+        self.threads()
+    }
+
     fn create_queue(&self, depth: usize) -> Result<Box<dyn HwQueue>, EngineError> {
         let event = EventFd::new(0).map_err(|source| EngineError::Resource {
             what: "completion eventfd",
@@ -159,7 +206,8 @@ impl Engine for SoftwareEngine {
         Ok(Box::new(SoftwareQueue {
             shared: Arc::clone(&self.shared),
             ring: Arc::new(CompletionRing {
-                done: Mutex::new(Vec::new()),
+                pending: Mutex::new(Pending::default()),
+                outstanding: AtomicUsize::new(0),
                 event,
             }),
             depth,
@@ -190,6 +238,7 @@ impl HwQueue for SoftwareQueue {
             if run.shutdown {
                 return Err(EngineError::ShutDown);
             }
+            self.ring.outstanding.fetch_add(count, Ordering::AcqRel);
             run.jobs
                 .extend(jobs.drain(..).map(|job| (job, Arc::clone(&self.ring))));
         }
@@ -202,7 +251,7 @@ impl HwQueue for SoftwareQueue {
     }
 
     fn reap(&self, out: &mut Vec<Completion>) {
-        out.append(&mut lock(&self.ring.done));
+        self.ring.reap(out);
     }
 
     fn completion_event(&self) -> &EventFd {

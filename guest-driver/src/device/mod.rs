@@ -410,6 +410,19 @@ impl<T: Transport> Device<T> {
             .collect())
     }
 
+    /// Waits up to `timeout` until at least `min` completions are ready and
+    /// returns all ready ones (fewer on timeout). The device is asked for a
+    /// single interrupt for the whole batch, which is how a busy driver keeps
+    /// interrupts far below one per request.
+    pub fn wait_batch(&self, queue: u16, min: usize, timeout: Duration) -> Result<Vec<Completion>> {
+        Ok(self
+            .request_queue(queue)?
+            .wait_ready_batch(&self.transport, min, Some(timeout))?
+            .iter()
+            .map(to_completion)
+            .collect())
+    }
+
     /// Submits, flushes and waits for this request (within the device
     /// timeout); other completions of the queue stay available to
     /// [`poll`](Self::poll). The completion is returned whatever its status.

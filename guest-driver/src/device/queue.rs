@@ -238,6 +238,7 @@ impl DriverQueue {
         &self,
         transport: &T,
         timeout: Option<Duration>,
+        want: impl Fn(&QueueState) -> u16,
         mut take: impl FnMut(&mut QueueState) -> Option<R>,
     ) -> Result<Option<R>, Error>
     where
@@ -276,7 +277,8 @@ impl DriverQueue {
             }
             let queue = self.index;
             let vq_err = |source| Error::Queue { queue, source };
-            if st.vq.enable_notifications().map_err(vq_err)? {
+            let more = want(&st);
+            if st.vq.enable_notifications_after(more).map_err(vq_err)? {
                 st.vq.disable_notifications().map_err(vq_err)?;
                 continue;
             }
@@ -300,7 +302,7 @@ impl DriverQueue {
         id: u64,
         timeout: Option<Duration>,
     ) -> Result<Option<Finished>, Error> {
-        let found = self.wait_until(transport, timeout, |st| st.claimed.remove(&id))?;
+        let found = self.wait_until(transport, timeout, |_| 1, |st| st.claimed.remove(&id))?;
         if found.is_some() {
             return Ok(found);
         }
@@ -318,11 +320,29 @@ impl DriverQueue {
         transport: &T,
         timeout: Option<Duration>,
     ) -> Result<Vec<Finished>, Error> {
-        Ok(self
-            .wait_until(transport, timeout, |st| {
-                (!st.ready.is_empty()).then(|| st.ready.drain(..).collect())
-            })?
-            .unwrap_or_default())
+        self.wait_ready_batch(transport, 1, timeout)
+    }
+
+    /// Waits for at least `min` (>= 1) unclaimed request completions, asking
+    /// the device for one interrupt when that many are done (EVENT_IDX), and
+    /// returns every ready one; what is ready on timeout, possibly nothing.
+    pub(crate) fn wait_ready_batch<T: Transport + ?Sized>(
+        &self,
+        transport: &T,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Finished>, Error> {
+        let min = min.max(1);
+        let missing = |st: &QueueState| {
+            u16::try_from(min.saturating_sub(st.ready.len()).max(1)).unwrap_or(u16::MAX)
+        };
+        let found = self.wait_until(transport, timeout, missing, |st| {
+            (st.ready.len() >= min).then(|| st.ready.drain(..).collect())
+        })?;
+        Ok(match found {
+            Some(batch) => batch,
+            None => self.lock().ready.drain(..).collect(),
+        })
     }
 
     /// Waits for the used entry of a raw chain.
@@ -331,6 +351,6 @@ impl DriverQueue {
         transport: &T,
         timeout: Option<Duration>,
     ) -> Result<Option<Used>, Error> {
-        self.wait_until(transport, timeout, |st| st.raw_ready.pop_front())
+        self.wait_until(transport, timeout, |_| 1, |st| st.raw_ready.pop_front())
     }
 }

@@ -1,0 +1,260 @@
+//! `accel-bench`: throughput of every operation through the daemon over the
+//! vhost-user socket, side by side with the same jobs on the engine called
+//! directly, and memcpy on the same buffer sizes as the physical limit.
+//!
+//! Both paths keep `--depth` jobs in flight on one queue with the same number
+//! of engine threads, so their ratio is the cost of virtio, vhost-user and the
+//! daemon. Notification counts come from the driver's transport.
+
+use std::error::Error;
+use std::time::{Duration, Instant};
+
+use accel_driver::{DmaBuf, DmaMemory};
+use accel_tests::data::TestRng;
+use accel_tests::harness::{AccelDevice, Daemon};
+use accel_tests::workload::Workload;
+use clap::Parser;
+use vhost_user_accel::engine::software::SoftwareEngine;
+use vhost_user_accel::engine::{Engine, HwQueue};
+use virtio_accel_spec::Op;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark: daemon over vhost-user vs engine called directly vs memcpy")]
+struct Args {
+    /// Request sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 4096, 65536, 1 << 20])]
+    sizes: Vec<usize>,
+    /// Operations (names as in `accelctl`: copy, fill, compare, crc32c, sha256,
+    /// aes-gcm-seal, aes-gcm-open, deflate, inflate); all by default.
+    #[arg(long, value_delimiter = ',')]
+    ops: Vec<String>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 0.5)]
+    seconds: f64,
+    /// Jobs kept in flight.
+    #[arg(long, default_value_t = 32)]
+    depth: usize,
+    /// Engine worker threads (both paths).
+    #[arg(long, default_value_t = 2)]
+    engine_threads: usize,
+    /// Measure only the path through the daemon (for profiling it); prints no ratio.
+    #[arg(long)]
+    daemon_only: bool,
+}
+
+/// Jobs completed and time taken.
+struct Run {
+    jobs: u64,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn jobs_per_sec(&self) -> f64 {
+        self.jobs as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn gb_per_sec(&self, bytes: usize) -> f64 {
+        self.jobs_per_sec() * bytes as f64 / 1e9
+    }
+}
+
+/// The in-flight slots of one measurement: a request and its guest buffers.
+type Slots = Vec<(accel_driver::Request, Vec<DmaBuf>)>;
+
+/// The slot a token or cookie names.
+fn slot(
+    slots: &Slots,
+    token: u64,
+) -> Result<&(accel_driver::Request, Vec<DmaBuf>), Box<dyn Error>> {
+    usize::try_from(token)
+        .ok()
+        .and_then(|index| slots.get(index))
+        .ok_or_else(|| format!("no slot {token}").into())
+}
+
+fn through_daemon(
+    device: &AccelDevice,
+    slots: &Slots,
+    seconds: f64,
+) -> Result<Run, Box<dyn Error>> {
+    for (token, (request, _)) in slots.iter().enumerate() {
+        device.submit(0, request, token as u64)?;
+    }
+    device.flush(0)?;
+    let duration = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let (mut jobs, mut outstanding, mut stopping) = (0, slots.len(), false);
+    while outstanding > 0 {
+        // One interrupt per half of the slots, not one per request.
+        let batch = (outstanding / 2).max(1);
+        let completions = device.wait_batch(0, batch, Duration::from_secs(30))?;
+        stopping |= start.elapsed() >= duration;
+        for completion in completions {
+            let token = completion.token;
+            completion.check()?;
+            jobs += 1;
+            if stopping {
+                outstanding -= 1;
+            } else {
+                device.submit(0, &slot(slots, token)?.0, token)?;
+            }
+        }
+        device.flush(0)?;
+    }
+    Ok(Run {
+        jobs,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn direct(
+    queue: &dyn HwQueue,
+    workload: &Workload,
+    memory: &DmaMemory,
+    slots: &Slots,
+    seconds: f64,
+) -> Result<Run, Box<dyn Error>> {
+    let job = |cookie: u64| -> Result<_, Box<dyn Error>> {
+        workload
+            .job(memory, &slot(slots, cookie)?.1, cookie)
+            .ok_or_else(|| "buffer outside guest memory".into())
+    };
+    let mut batch = (0..slots.len() as u64)
+        .map(job)
+        .collect::<Result<Vec<_>, _>>()?;
+    queue.submit(&mut batch)?;
+    let duration = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let (mut jobs, mut outstanding, mut stopping) = (0, slots.len(), false);
+    let mut done = Vec::new();
+    while outstanding > 0 {
+        queue.completion_event().read()?;
+        queue.reap(&mut done);
+        stopping |= start.elapsed() >= duration;
+        for completion in done.drain(..) {
+            if !completion.outcome.status.is_ok() {
+                return Err(format!("direct job failed: {:?}", completion.outcome.status).into());
+            }
+            jobs += 1;
+            if stopping {
+                outstanding -= 1;
+            } else {
+                batch.push(job(completion.cookie)?);
+            }
+        }
+        queue.submit(&mut batch)?;
+    }
+    Ok(Run {
+        jobs,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// memcpy bandwidth between two `size`-byte buffers of guest RAM, in GB/s.
+fn memcpy_gbps(memory: &DmaMemory, size: usize, seconds: f64) -> Result<f64, Box<dyn Error>> {
+    let (src, dst) = (memory.alloc(size.max(1))?, memory.alloc(size.max(1))?);
+    let host = |buf: &DmaBuf| {
+        memory
+            .host_address(buf.gpa())
+            .ok_or("buffer outside guest memory")
+    };
+    let (from, to) = (host(&src)? as *const u8, host(&dst)? as *mut u8);
+    let start = Instant::now();
+    let mut copies = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..64 {
+            // SAFETY: both are distinct live `size`-byte allocations of the
+            // mapped guest RAM, which `memory` keeps mapped.
+            unsafe { std::ptr::copy_nonoverlapping(std::hint::black_box(from), to, size) };
+        }
+        copies += 64;
+    }
+    Ok(copies as f64 * size as f64 / start.elapsed().as_secs_f64() / 1e9)
+}
+
+fn selected_ops(names: &[String]) -> Result<Vec<Op>, String> {
+    if names.is_empty() {
+        return Ok(Op::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|name| {
+            Op::ALL
+                .iter()
+                .copied()
+                .find(|op| op.name() == name)
+                .ok_or_else(|| format!("unknown operation {name:?}"))
+        })
+        .collect()
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = Args::parse();
+    let ops = selected_ops(&args.ops)?;
+    let largest = args.sizes.iter().copied().max().unwrap_or(0);
+    let daemon = Daemon::start_with(|config| config.engine_threads = args.engine_threads);
+    let ram = (args.depth * (3 * largest + largest / 4 + 8192)).div_ceil(1 << 20) + 64;
+    let memory = accel_tests::harness::guest_ram(ram);
+    let device = daemon.connect(&memory);
+    let engine = SoftwareEngine::new(args.engine_threads)?;
+    let queue = engine.create_queue(args.depth)?;
+    let mut rng = TestRng::with_seed("accel-bench", 0x5eed);
+
+    println!(
+        "engine threads {}, depth {}, {:.1} s per point; GB/s counts the job's input bytes",
+        args.engine_threads, args.depth, args.seconds
+    );
+    if !args.daemon_only {
+        println!("memcpy on guest RAM (physical limit):");
+        for &size in &args.sizes {
+            println!(
+                "  {:>8} B: {:>7.2} GB/s",
+                size,
+                memcpy_gbps(&memory, size, args.seconds)?
+            );
+        }
+    }
+    println!(
+        "{:<13} {:>8} | {:>11} {:>8} | {:>11} {:>8} | {:>6} | {:>8} {:>8}",
+        "op", "size", "daemon j/s", "GB/s", "direct j/s", "GB/s", "ratio", "irq/req", "kick/req"
+    );
+    for op in ops {
+        for &size in &args.sizes {
+            let workload = Workload::new(op, size, &mut rng);
+            let slots = (0..args.depth)
+                .map(|_| workload.request(&memory))
+                .collect::<Result<Slots, _>>()?;
+            let before = device.transport().queue_stats(1).unwrap_or_default();
+            let through = through_daemon(&device, &slots, args.seconds)?;
+            // Collect interrupts the driver did not need to wait for.
+            let _ = accel_driver::Transport::wait_interrupt(
+                device.transport(),
+                1,
+                Some(Duration::ZERO),
+            );
+            let after = device.transport().queue_stats(1).unwrap_or_default();
+            let straight = if args.daemon_only {
+                Run {
+                    jobs: 0,
+                    elapsed: Duration::from_secs(1),
+                }
+            } else {
+                direct(queue.as_ref(), &workload, &memory, &slots, args.seconds)?
+            };
+            let per_request = |n: u64| n as f64 / through.jobs as f64;
+            println!(
+                "{:<13} {:>8} | {:>11.0} {:>8.3} | {:>11.0} {:>8.3} | {:>6.3} | {:>8.3} {:>8.3}",
+                op.name(),
+                size,
+                through.jobs_per_sec(),
+                through.gb_per_sec(workload.bytes),
+                straight.jobs_per_sec(),
+                straight.gb_per_sec(workload.bytes),
+                through.jobs_per_sec() / straight.jobs_per_sec(),
+                per_request(after.interrupts - before.interrupts),
+                per_request(after.kicks - before.kicks),
+            );
+        }
+    }
+    Ok(())
+}
