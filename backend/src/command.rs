@@ -161,11 +161,9 @@ pub enum Control {
 
 /// Copies one `T` off the front of `list`.
 fn take<T: ByteValued + Default>(list: &mut SgList, what: &'static str) -> Result<T, DecodeError> {
-    let bytes = list
-        .take_front(std::mem::size_of::<T>())
-        .ok_or(DecodeError::Short(what))?;
     let mut value = T::default();
-    bytes.read_into(value.as_mut_slice());
+    list.read_front(value.as_mut_slice())
+        .ok_or(DecodeError::Short(what))?;
     Ok(value)
 }
 

@@ -76,54 +76,6 @@ struct InFlight {
     _mem: Keepalive,
 }
 
-/// The requests between submission and response, counted per virtqueue.
-#[derive(Default)]
-struct InFlightTable {
-    requests: HashMap<u64, InFlight>,
-    per_vq: Vec<usize>,
-}
-
-impl InFlightTable {
-    fn new(virtqueues: usize) -> Self {
-        InFlightTable {
-            requests: HashMap::new(),
-            per_vq: vec![0; virtqueues],
-        }
-    }
-
-    fn insert(&mut self, id: u64, inflight: InFlight) {
-        if let Some(count) = self.per_vq.get_mut(usize::from(inflight.vq)) {
-            *count += 1;
-        }
-        self.requests.insert(id, inflight);
-    }
-
-    fn remove(&mut self, id: u64) -> Option<InFlight> {
-        let inflight = self.requests.remove(&id)?;
-        if let Some(count) = self.per_vq.get_mut(usize::from(inflight.vq)) {
-            *count = count.saturating_sub(1);
-        }
-        Some(inflight)
-    }
-
-    fn on_queue(&self, vq: u16) -> usize {
-        self.per_vq.get(usize::from(vq)).copied().unwrap_or(0)
-    }
-
-    fn len(&self) -> usize {
-        self.requests.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.requests.is_empty()
-    }
-
-    fn clear(&mut self) {
-        self.requests.clear();
-        self.per_vq.iter_mut().for_each(|count| *count = 0);
-    }
-}
-
 /// Something waiting for fences to signal.
 enum Waiter {
     /// A request whose job starts when its dependencies have signalled.
@@ -164,9 +116,7 @@ pub struct Device {
     hw_queues: Vec<Box<dyn HwQueue>>,
     objects: ObjectTable,
     fences: Fences<u64>,
-    inflight: InFlightTable,
-    /// Jobs the engine runs at once: past that, kicks are not needed.
-    parallelism: usize,
+    inflight: HashMap<u64, InFlight>,
     waiting: HashMap<u64, Waiting>,
     next_id: u64,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
@@ -197,8 +147,7 @@ impl Device {
             hw_queues,
             objects: ObjectTable::new(config.limits),
             fences: Fences::new(config.request_queues),
-            inflight: InFlightTable::new(usize::from(config.request_queues) + 1),
-            parallelism: engine.parallelism().max(1),
+            inflight: HashMap::new(),
             waiting: HashMap::new(),
             next_id: 1,
             mem: None,
@@ -235,14 +184,14 @@ impl Device {
     /// state are forgotten. Nothing touches guest memory after this returns.
     pub fn reset(&mut self) {
         for (id, _) in self.waiting.drain() {
-            self.inflight.remove(id);
+            self.inflight.remove(&id);
         }
         for job in self.ready.iter_mut().flat_map(std::mem::take) {
-            self.inflight.remove(job.cookie);
+            self.inflight.remove(&job.cookie);
         }
         self.run_until_idle(|device, queue| {
             for completion in device.reap(queue) {
-                device.inflight.remove(completion.cookie);
+                device.inflight.remove(&completion.cookie);
             }
         });
         self.objects.clear();
@@ -321,11 +270,9 @@ impl Device {
         self.flush(vrings)
     }
 
-    /// Takes every available chain of virtqueue `vq`. While the queue keeps
-    /// the engine saturated, kicks stay disabled: each completion polls the
-    /// ring instead (see [`Device::handle_completions`]), which saves the
-    /// driver a notification per request. Otherwise kicks are re-enabled, and
-    /// the ring checked once more for chains added meanwhile.
+    /// Takes every available chain of virtqueue `vq`, with kicks disabled
+    /// meanwhile; then re-enables them and checks once more for chains added
+    /// in between (the usual race-free pattern, 2.7.10 of the virtio spec).
     fn poll_ring(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
         let Some(vring) = vrings.get(usize::from(vq)) else {
             return Ok(());
@@ -334,16 +281,10 @@ impl Device {
         loop {
             vring.disable_notification().map_err(vring_error)?;
             self.drain_queue(vq, vring);
-            if self.is_saturated(vq) || !vring.enable_notification().map_err(vring_error)? {
+            if !vring.enable_notification().map_err(vring_error)? {
                 return Ok(());
             }
         }
-    }
-
-    /// Whether request virtqueue `vq` has enough work in flight to keep
-    /// every engine worker busy.
-    fn is_saturated(&self, vq: u16) -> bool {
-        vq != virtio_accel_spec::CONTROL_QUEUE && self.inflight.on_queue(vq) >= self.parallelism
     }
 
     fn drain_queue(&mut self, vq: u16, vring: &VringRwLock) {
@@ -361,19 +302,28 @@ impl Device {
                 }
             }
         };
+        // One reference on the snapshot for the whole batch, cloned per request.
+        let keepalive: Keepalive = Arc::new(mem.clone());
         for chain in chains {
             let head = chain.head_index();
             let walked = walk(chain, &mem, self.config.limits.max_segments);
             if vq == virtio_accel_spec::CONTROL_QUEUE {
-                self.accept_control(head, walked, &mem);
+                self.accept_control(head, walked, &mem, &keepalive);
             } else {
-                self.accept_request(vq, head, walked, &mem);
+                self.accept_request(vq, head, walked, &mem, &keepalive);
             }
         }
     }
 
     /// Takes one request (§6): every request gets a fence, even a failing one.
-    fn accept_request(&mut self, vq: u16, head: u16, mut walked: Walk, mem: &Snapshot) {
+    fn accept_request(
+        &mut self,
+        vq: u16,
+        head: u16,
+        mut walked: Walk,
+        mem: &Snapshot,
+        keepalive: &Keepalive,
+    ) {
         let queue = vq - virtio_accel_spec::FIRST_REQUEST_QUEUE;
         let Some(fence) = self.fences.issue(queue) else {
             return;
@@ -392,7 +342,7 @@ impl Device {
             resp,
             direct_output: false,
             _objects: Vec::new(),
-            _mem: Arc::new(mem.clone()),
+            _mem: Arc::clone(keepalive),
         };
         match self.prepare(&mut walked, &mut inflight, mem) {
             Ok((request, job)) => self.schedule(queue, request.deps, job, inflight),
@@ -597,7 +547,6 @@ impl Device {
         }
         let completions = self.reap(queue);
         self.finish_all(completions);
-        self.poll_ring(queue + virtio_accel_spec::FIRST_REQUEST_QUEUE, vrings)?;
         self.flush(vrings)
     }
 
@@ -612,7 +561,7 @@ impl Device {
 
     fn finish_all(&mut self, completions: Vec<Completion>) {
         for Completion { cookie, outcome } in completions {
-            if let Some(inflight) = self.inflight.remove(cookie) {
+            if let Some(inflight) = self.inflight.remove(&cookie) {
                 self.finish(inflight, outcome);
             }
         }
@@ -629,30 +578,30 @@ impl Device {
             if let Err(e) = self.hw_queues[queue].submit(&mut jobs) {
                 warn!("hardware queue {queue}: {e}");
                 for job in jobs {
-                    if let Some(inflight) = self.inflight.remove(job.cookie) {
+                    if let Some(inflight) = self.inflight.remove(&job.cookie) {
                         self.finish(inflight, Outcome::failed(Status::DeviceError));
                     }
                 }
             }
         }
-        let mut touched = 0u128;
-        for Used { vq, head, len } in std::mem::take(&mut self.used) {
-            let Some(vring) = vrings.get(usize::from(vq)) else {
-                continue;
-            };
-            vring
-                .add_used(head, len)
-                .map_err(|source| DeviceError::Vring { index: vq, source })?;
-            touched |= 1 << vq;
+        let used = std::mem::take(&mut self.used);
+        if used.is_empty() {
+            return Ok(());
         }
         for (index, vring) in (0u16..).zip(vrings) {
-            if touched & (1 << index) == 0 {
+            let mut entries = used.iter().filter(|entry| entry.vq == index).peekable();
+            if entries.peek().is_none() {
                 continue;
             }
-            if vring
-                .needs_notification()
-                .map_err(|source| DeviceError::Vring { index, source })?
-            {
+            let vring_error = |source| DeviceError::Vring { index, source };
+            let notify = {
+                let mut state = vring.get_mut();
+                for entry in entries {
+                    state.add_used(entry.head, entry.len).map_err(vring_error)?;
+                }
+                state.needs_notification().map_err(vring_error)?
+            };
+            if notify {
                 vring
                     .signal_used_queue()
                     .map_err(|source| DeviceError::Notify { index, source })?;
@@ -662,7 +611,13 @@ impl Device {
     }
 
     /// Takes one control command (§7).
-    fn accept_control(&mut self, head: u16, mut walked: Walk, mem: &Snapshot) {
+    fn accept_control(
+        &mut self,
+        head: u16,
+        mut walked: Walk,
+        mem: &Snapshot,
+        keepalive: &Keepalive,
+    ) {
         let Some(resp) = walked.writable.take_front(CTRL_RESP_SIZE) else {
             self.guest_error(format_args!("control queue: no room for a response"));
             self.used.push(Used {
@@ -687,7 +642,9 @@ impl Device {
         };
         match self.run_control(command, mem) {
             Ok(ControlOutcome::Done(value)) => self.answer_control(head, &resp, Status::Ok, value),
-            Ok(ControlOutcome::Wait(pending)) => self.park_fence_wait(head, resp, mem, &pending),
+            Ok(ControlOutcome::Wait(pending)) => {
+                self.park_fence_wait(head, resp, keepalive, &pending)
+            }
             Err(status) => self.answer_control(head, &resp, status, 0),
         }
     }
@@ -742,7 +699,13 @@ impl Device {
         })
     }
 
-    fn park_fence_wait(&mut self, head: u16, resp: SgList, mem: &Snapshot, pending: &[FenceId]) {
+    fn park_fence_wait(
+        &mut self,
+        head: u16,
+        resp: SgList,
+        keepalive: &Keepalive,
+        pending: &[FenceId],
+    ) {
         let id = self.next_id();
         for fence in pending {
             self.fences.wait(*fence, id);
@@ -750,7 +713,7 @@ impl Device {
         let waiter = Waiter::Control {
             head,
             resp,
-            _mem: Arc::new(mem.clone()),
+            _mem: Arc::clone(keepalive),
         };
         self.waiting.insert(
             id,

@@ -8,6 +8,7 @@ use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
@@ -96,10 +97,13 @@ impl HostSeg {
     }
 }
 
+/// Segments kept inline: most buffers are one or two runs of host memory.
+type Segments = SmallVec<[HostSeg; 2]>;
+
 /// An ordered list of segments forming one buffer.
 #[derive(Debug, Clone, Default)]
 pub struct SgList {
-    segs: Vec<HostSeg>,
+    segs: Segments,
     len: usize,
 }
 
@@ -138,36 +142,65 @@ impl SgList {
     /// Removes and returns the first `len` bytes, or `None` (leaving the list
     /// untouched) if it holds fewer.
     pub fn take_front(&mut self, len: usize) -> Option<SgList> {
+        let mut front = self.clone();
+        self.advance(len)?;
+        front.truncate(len);
+        Some(front)
+    }
+
+    /// Drops the first `len` bytes, or returns `None` (leaving the list
+    /// untouched) if it holds fewer.
+    pub fn advance(&mut self, len: usize) -> Option<()> {
         if len > self.len {
             return None;
         }
-        let mut front = SgList::new();
         let mut left = len;
-        let mut consumed = 0;
+        let mut whole = 0;
         for seg in &mut self.segs {
-            if left == 0 {
+            if seg.len > left {
+                *seg = seg.split(left).1;
                 break;
             }
-            if seg.len <= left {
-                left -= seg.len;
-                front.push(*seg)?;
-                consumed += 1;
-            } else {
-                let (head, tail) = seg.split(left);
-                front.push(head)?;
-                *seg = tail;
-                left = 0;
-            }
+            left -= seg.len;
+            whole += 1;
         }
-        self.segs.drain(..consumed);
+        self.segs.drain(..whole);
         self.len -= len;
-        Some(front)
+        Some(())
+    }
+
+    /// Keeps only the first `len` bytes (all of them if it holds fewer).
+    fn truncate(&mut self, len: usize) {
+        let mut kept = 0;
+        let mut count = 0;
+        for seg in &mut self.segs {
+            if kept >= len {
+                break;
+            }
+            if seg.len > len - kept {
+                *seg = seg.split(len - kept).0;
+            }
+            kept += seg.len;
+            count += 1;
+        }
+        self.segs.truncate(count);
+        self.len = kept;
+    }
+
+    /// Copies the first `dst.len()` bytes into `dst` and drops them from the
+    /// list, or returns `None` (leaving the list untouched) if it holds fewer.
+    pub fn read_front(&mut self, dst: &mut [u8]) -> Option<()> {
+        if dst.len() > self.len {
+            return None;
+        }
+        self.read_into(dst);
+        self.advance(dst.len())
     }
 
     /// The sub-list of `len` bytes at `offset`, or `None` if out of range.
     pub fn slice(&self, offset: usize, len: usize) -> Option<SgList> {
         let mut rest = self.clone();
-        rest.take_front(offset)?;
+        rest.advance(offset)?;
         rest.take_front(len)
     }
 

@@ -80,9 +80,6 @@ pub trait Engine: Send + Sync {
     /// Capability mask of the operations it runs (§5 `ops`).
     fn capabilities(&self) -> u32;
 
-    /// How many jobs it runs at once; more in flight on a queue only wait.
-    fn parallelism(&self) -> usize;
-
     /// Opens a hardware queue able to hold `depth` jobs in flight.
     fn create_queue(&self, depth: usize) -> Result<Box<dyn HwQueue>, EngineError>;
 }

@@ -194,10 +194,6 @@ impl Engine for SoftwareEngine {
         Op::all_capabilities()
     }
 
-    fn parallelism(&self) -> usize {
-        self.threads()
-    }
-
     fn create_queue(&self, depth: usize) -> Result<Box<dyn HwQueue>, EngineError> {
         let event = EventFd::new(0).map_err(|source| EngineError::Resource {
             what: "completion eventfd",
