@@ -45,10 +45,7 @@ impl Daemon {
     /// daemon instead (which must run with the default configuration).
     pub fn start_with(configure: impl FnOnce(&mut Config)) -> Daemon {
         if let Some(socket) = std::env::var_os(EXTERNAL_SOCKET_ENV) {
-            return Daemon {
-                socket: PathBuf::from(socket),
-                queue_size: Config::new(SocketSource::Fd(-1)).queue_size,
-            };
+            return Daemon::external(PathBuf::from(socket));
         }
         let socket = unique_socket_path();
         let mut config = Config::new(SocketSource::Path(socket.clone()));
@@ -67,6 +64,14 @@ impl Daemon {
             })
             .unwrap_or_else(|e| panic!("cannot spawn the daemon thread: {e}"));
         Daemon { socket, queue_size }
+    }
+
+    /// A daemon started elsewhere (with the default configuration), listening on `socket`.
+    pub fn external(socket: PathBuf) -> Daemon {
+        Daemon {
+            socket,
+            queue_size: Config::new(SocketSource::Fd(-1)).queue_size,
+        }
     }
 
     /// The socket path.

@@ -20,6 +20,9 @@ pub enum EngineError {
     /// More jobs than the queue's depth.
     #[error("hardware queue is full")]
     QueueFull,
+    /// A blocking call found other jobs in flight on its queue.
+    #[error("the queue has other jobs in flight")]
+    Busy,
     /// The engine is shutting down.
     #[error("engine is shut down")]
     ShutDown,
@@ -85,12 +88,14 @@ pub trait Engine: Send + Sync {
 }
 
 /// Runs one job through `queue` and waits for its completion: the "direct"
-/// path of benchmarks and tests, without any virtio in between.
+/// path of tests, without any virtio in between. The queue must have no other
+/// job in flight: a completion of another job is reported as an error.
 pub fn run_blocking(queue: &dyn HwQueue, job: Job) -> Result<Completion, EngineError> {
+    let cookie = job.cookie;
     let mut batch = vec![job];
     queue.submit(&mut batch)?;
     let mut done = Vec::with_capacity(1);
-    loop {
+    while done.is_empty() {
         queue
             .completion_event()
             .read()
@@ -99,8 +104,9 @@ pub fn run_blocking(queue: &dyn HwQueue, job: Job) -> Result<Completion, EngineE
                 source,
             })?;
         queue.reap(&mut done);
-        if let Some(completion) = done.pop() {
-            return Ok(completion);
-        }
+    }
+    match done.as_slice() {
+        [completion] if completion.cookie == cookie => Ok(*completion),
+        _ => Err(EngineError::Busy),
     }
 }
