@@ -32,8 +32,11 @@ struct Args {
     #[arg(long, default_value_t = 0.5)]
     seconds: f64,
     /// Jobs kept in flight.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     depth: usize,
+    /// Completions the driver waits for per interrupt (default: a quarter of --depth).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Engine worker threads (both paths).
     #[arg(long, default_value_t = 2)]
     engine_threads: usize,
@@ -75,6 +78,7 @@ fn slot(
 fn through_daemon(
     device: &AccelDevice,
     slots: &Slots,
+    batch: usize,
     seconds: f64,
 ) -> Result<Run, Box<dyn Error>> {
     for (token, (request, _)) in slots.iter().enumerate() {
@@ -85,9 +89,8 @@ fn through_daemon(
     let start = Instant::now();
     let (mut jobs, mut outstanding, mut stopping) = (0, slots.len(), false);
     while outstanding > 0 {
-        // One interrupt per half of the slots, not one per request.
-        let batch = (outstanding / 2).max(1);
-        let completions = device.wait_batch(0, batch, Duration::from_secs(30))?;
+        // One interrupt per batch of completions, not one per request.
+        let completions = device.wait_batch(0, batch.min(outstanding), Duration::from_secs(30))?;
         stopping |= start.elapsed() >= duration;
         for completion in completions {
             let token = completion.token;
@@ -201,8 +204,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut rng = TestRng::with_seed("accel-bench", 0x5eed);
 
     println!(
-        "engine threads {}, depth {}, {:.1} s per point; GB/s counts the job's input bytes",
-        args.engine_threads, args.depth, args.seconds
+        "engine threads {}, depth {}, driver batch {}, {:.1} s per point; GB/s counts the job's input bytes",
+        args.engine_threads,
+        args.depth,
+        args.batch.unwrap_or(args.depth / 4).max(1),
+        args.seconds
     );
     if !args.daemon_only {
         println!("memcpy on guest RAM (physical limit):");
@@ -225,7 +231,8 @@ fn main() -> Result<(), Box<dyn Error>> {
                 .map(|_| workload.request(&memory))
                 .collect::<Result<Slots, _>>()?;
             let before = device.transport().queue_stats(1).unwrap_or_default();
-            let through = through_daemon(&device, &slots, args.seconds)?;
+            let batch = args.batch.unwrap_or(args.depth / 4).max(1);
+            let through = through_daemon(&device, &slots, batch, args.seconds)?;
             // Collect interrupts the driver did not need to wait for.
             let _ = accel_driver::Transport::wait_interrupt(
                 device.transport(),
