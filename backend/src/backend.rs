@@ -20,6 +20,10 @@ use crate::config::Config;
 use crate::device::{Device, DeviceError};
 use crate::engine::Engine;
 
+/// Size of the configuration window a VMM may read (virtio-pci maps device
+/// configuration in a 4 KiB capability).
+const CONFIG_WINDOW: usize = 4096;
+
 /// The vhost-user backend of one connection.
 pub struct AccelBackend {
     device: Device,
@@ -101,11 +105,18 @@ impl VhostUserBackendMut for AccelBackend {
         // it on each queue); the device only ever asks them.
     }
 
+    /// Bytes `offset..offset + size` of the configuration space (§5); bytes
+    /// past the structure read as zero, as a VMM configured with a larger
+    /// `config_size` expects. A range past [`CONFIG_WINDOW`] gets an empty
+    /// reply, which vhost-user reports to the VMM as an error.
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let space = self.device.config_space();
-        let start = (offset as usize).min(space.len());
-        let end = start.saturating_add(size as usize).min(space.len());
-        space[start..end].to_vec()
+        let (offset, size) = (offset as usize, size as usize);
+        if offset.checked_add(size).is_none_or(|end| end > CONFIG_WINDOW) {
+            return Vec::new();
+        }
+        let mut space = self.device.config_space();
+        space.resize(CONFIG_WINDOW, 0);
+        space[offset..offset + size].to_vec()
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
@@ -146,5 +157,38 @@ impl VhostUserBackendMut for AccelBackend {
             Some(queue) => log_error(self.device.handle_completions(queue, vrings)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::SocketSource;
+    use crate::engine::software::SoftwareEngine;
+    use virtio_accel_spec::{Op, VirtioAccelConfig};
+    use vm_memory::ByteValued;
+
+    fn backend() -> AccelBackend {
+        let engine: Arc<dyn Engine> = Arc::new(SoftwareEngine::new(1).unwrap());
+        let mut config = Config::new(SocketSource::Fd(-1));
+        config.request_queues = 3;
+        AccelBackend::new(config, &engine).unwrap()
+    }
+
+    #[test]
+    fn config_space_reads_are_bounded_and_zero_padded() {
+        let backend = backend();
+        let bytes = backend.get_config(0, 40);
+        let mut config = VirtioAccelConfig::default();
+        config.as_mut_slice().copy_from_slice(&bytes);
+        assert_eq!(u32::from(config.num_request_queues), 3);
+        assert_eq!(u32::from(config.ops), Op::all_capabilities());
+        assert_eq!(backend.get_config(36, 8)[..4], bytes[36..]);
+        assert_eq!(backend.get_config(36, 8)[4..], [0; 4]);
+        assert!(backend.get_config(4090, 10).is_empty());
+        assert!(backend.get_config(u32::MAX, 2).is_empty());
+        assert_eq!(backend.num_queues(), 4);
     }
 }
