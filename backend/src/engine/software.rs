@@ -71,6 +71,20 @@ impl CompletionRing {
         }
     }
 
+    /// Counts `count` more jobs as outstanding, unless that would put more
+    /// than `depth` in flight: submitted and not completed, plus completed and
+    /// not reaped. Both counts change only under the `pending` lock, so the
+    /// sum is exact.
+    fn reserve(&self, count: usize, depth: usize) -> Result<(), EngineError> {
+        let pending = lock(&self.pending);
+        let in_flight = self.outstanding.load(Ordering::Acquire) + pending.done.len();
+        if in_flight + count > depth {
+            return Err(EngineError::QueueFull);
+        }
+        self.outstanding.fetch_add(count, Ordering::AcqRel);
+        Ok(())
+    }
+
     fn reap(&self, out: &mut Vec<Completion>) {
         let mut pending = lock(&self.pending);
         out.append(&mut pending.done);
@@ -223,20 +237,14 @@ impl HwQueue for SoftwareQueue {
         if jobs.is_empty() {
             return Ok(());
         }
-        // In flight: submitted and not yet completed, plus completed and not
-        // yet reaped (the completion ring holds at most `depth` entries).
-        let in_flight =
-            self.ring.outstanding.load(Ordering::Acquire) + lock(&self.ring.pending).done.len();
-        if in_flight + jobs.len() > self.depth {
-            return Err(EngineError::QueueFull);
-        }
         let count = jobs.len();
+        self.ring.reserve(count, self.depth)?;
         {
             let mut run = lock(&self.shared.run);
             if run.shutdown {
+                self.ring.outstanding.fetch_sub(count, Ordering::AcqRel);
                 return Err(EngineError::ShutDown);
             }
-            self.ring.outstanding.fetch_add(count, Ordering::AcqRel);
             run.jobs
                 .extend(jobs.drain(..).map(|job| (job, Arc::clone(&self.ring))));
         }
