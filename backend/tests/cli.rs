@@ -33,37 +33,42 @@ fn assert_rejected(args: &[&str], code: i32, needle: &str) {
 
 #[test]
 fn bad_command_lines_are_refused_with_a_message() {
-    assert_rejected(&[], 2, "--socket-path");
-    assert_rejected(
-        &["--socket-path", "/tmp/x", "--queues", "0"],
-        2,
-        "--queues must be between 1 and 64",
-    );
-    assert_rejected(
-        &["--socket-path", "/tmp/x", "--queue-size", "300"],
-        2,
-        "power of two",
-    );
-    assert_rejected(
-        &["--socket-path", "/tmp/x", "--engine-threads", "0"],
-        2,
-        "--engine-threads",
-    );
-    assert_rejected(
-        &["--socket-path", "/tmp/x", "--engine", "gpu"],
-        2,
-        "invalid value 'gpu'",
-    );
-    assert_rejected(
-        &["--socket-fd", "987"],
-        2,
-        "--socket-fd 987 is not an open socket",
-    );
-    assert_rejected(
-        &["--socket-path", "/nonexistent-dir/accel.sock"],
-        1,
-        "cannot listen",
-    );
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&[], 2, "--socket-path"),
+        (
+            &["--socket-path", "/tmp/x", "--queues", "0"],
+            2,
+            "--queues must be between 1 and 64",
+        ),
+        (
+            &["--socket-path", "/tmp/x", "--queue-size", "300"],
+            2,
+            "power of two",
+        ),
+        (
+            &["--socket-path", "/tmp/x", "--engine-threads", "0"],
+            2,
+            "--engine-threads",
+        ),
+        (
+            &["--socket-path", "/tmp/x", "--engine", "gpu"],
+            2,
+            "invalid value 'gpu'",
+        ),
+        (
+            &["--socket-fd", "987"],
+            2,
+            "--socket-fd 987 is not an open socket",
+        ),
+        (
+            &["--socket-path", "/nonexistent-dir/accel.sock"],
+            1,
+            "cannot listen",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        assert_rejected(args, *code, needle);
+    }
 }
 
 /// The daemon process, killed when dropped.
