@@ -111,7 +111,10 @@ impl VhostUserBackendMut for AccelBackend {
     /// reply, which vhost-user reports to the VMM as an error.
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let (offset, size) = (offset as usize, size as usize);
-        if offset.checked_add(size).is_none_or(|end| end > CONFIG_WINDOW) {
+        if offset
+            .checked_add(size)
+            .is_none_or(|end| end > CONFIG_WINDOW)
+        {
             return Vec::new();
         }
         let mut space = self.device.config_space();

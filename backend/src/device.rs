@@ -26,7 +26,7 @@ use vm_memory::{
 };
 
 use crate::chain::{walk, Walk};
-use crate::command::{decode_control, decode_request, BufSpec, Control, FenceId, Request};
+use crate::command::{decode_control, decode_request, BufSpec, Control, FenceId};
 use crate::config::Config;
 use crate::engine::{Completion, Engine, EngineError, HwQueue, Job};
 use crate::fence::Fences;
@@ -345,7 +345,7 @@ impl Device {
             _mem: Arc::clone(keepalive),
         };
         match self.prepare(&mut walked, &mut inflight, mem) {
-            Ok((request, job)) => self.schedule(queue, request.deps, job, inflight),
+            Ok((deps, job)) => self.schedule(queue, deps, job, inflight),
             Err(status) => self.finish(inflight, Outcome::failed(status)),
         }
     }
@@ -356,7 +356,7 @@ impl Device {
         walked: &mut Walk,
         inflight: &mut InFlight,
         mem: &Snapshot,
-    ) -> Result<(Request, Job), Status> {
+    ) -> Result<(Vec<FenceId>, Job), Status> {
         if let Some(error) = walked.error {
             self.guest_error(format_args!("request chain: {error}"));
             return Err(error.status());
@@ -397,13 +397,13 @@ impl Device {
             .any(|spec| matches!(spec, BufSpec::Direct { .. }));
         inflight._objects = objects;
         let job = Job {
-            operation: request.operation.clone(),
+            operation: request.operation,
             inputs,
             outputs,
             cookie: self.next_id(),
             keepalive: Arc::clone(&inflight._mem),
         };
-        Ok((request, job))
+        Ok((request.deps, job))
     }
 
     /// Host buffers of one buffer reference (§6.3); direct data is taken off `direct`.

@@ -50,7 +50,12 @@ impl Timeline {
     }
 
     fn signal(&mut self, seqno: u64) {
-        self.signalled_above.insert(seqno);
+        if seqno != self.signalled_below {
+            self.signalled_above.insert(seqno);
+            return;
+        }
+        // In-order completion, the common case, touches no set node.
+        self.signalled_below += 1;
         while self.signalled_above.remove(&self.signalled_below) {
             self.signalled_below += 1;
         }
@@ -100,6 +105,9 @@ impl<W> Fences<W> {
     pub fn signal(&mut self, fence: FenceId) -> Vec<W> {
         if let Some(timeline) = self.timelines.get_mut(usize::from(fence.queue)) {
             timeline.signal(fence.seqno);
+        }
+        if self.waiters.is_empty() {
+            return Vec::new();
         }
         self.waiters.remove(&fence).unwrap_or_default()
     }
