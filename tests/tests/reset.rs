@@ -1,0 +1,131 @@
+//! Stopping and resetting the device with work in flight (spec §11): a ring
+//! is stopped (`GET_VRING_BASE`) only after every request it accepted has
+//! completed, a reset forgets objects and fences, and the same connection can
+//! set the device up again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use accel_driver::{
+    Buffer, DmaBuf, DmaMemory, OpenOptions, Request, VhostUserOptions, VhostUserTransport,
+    DEFAULT_FEATURES,
+};
+use accel_tests::data::TestRng;
+use accel_tests::harness::{guest_ram, AccelDevice, Daemon};
+use accel_tests::reference;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use virtio_accel_spec::{DeflateFormat, DeflateParams, Op, Status};
+
+const JOBS: usize = 6;
+const SIZE: usize = 1 << 20;
+
+/// Submits slow jobs (deflate level 9 of random data) spread over the request
+/// queues; returns each input with its input and output buffers (which must
+/// stay allocated while the jobs run).
+fn submit_slow_jobs(
+    device: &AccelDevice,
+    memory: &DmaMemory,
+    rng: &mut TestRng,
+) -> Vec<(Vec<u8>, DmaBuf, DmaBuf)> {
+    let params = DeflateParams {
+        format: DeflateFormat::Raw.into(),
+        level: 9,
+        ..Default::default()
+    };
+    let mut jobs = Vec::new();
+    for token in 0..JOBS {
+        let input = rng.bytes(SIZE);
+        let src = memory.alloc(SIZE).unwrap();
+        memory.write(&src, 0, &input).unwrap();
+        let dst = memory.alloc(SIZE + 4096).unwrap();
+        let request = Request::new(Op::DeflateCompress)
+            .params(&params)
+            .input(Buffer::direct(&src))
+            .output(Buffer::direct(&dst));
+        let queue = u16::try_from(token).unwrap() % device.num_request_queues();
+        device.submit(queue, &request, token as u64).unwrap();
+        jobs.push((input, src, dst));
+    }
+    for queue in 0..device.num_request_queues() {
+        device.flush(queue).unwrap();
+    }
+    jobs
+}
+
+/// Every job's output is complete: the daemon drained its work before
+/// answering the stop.
+fn assert_all_done(memory: &DmaMemory, jobs: &[(Vec<u8>, DmaBuf, DmaBuf)]) {
+    for (index, (input, _, dst)) in jobs.iter().enumerate() {
+        let out = memory.read_vec(dst, 0, SIZE + 4096).unwrap();
+        let inflated = reference::decompress_prefix(DeflateFormat::Raw, &out, SIZE).unwrap();
+        assert!(
+            &inflated.data == input,
+            "job {index}: output does not inflate to its input"
+        );
+    }
+}
+
+#[test]
+fn reset_waits_for_work_in_flight_and_forgets_objects_and_fences() {
+    let daemon = Daemon::start();
+    let memory = guest_ram(64);
+    let device = daemon.connect(&memory);
+    let mut rng = TestRng::new("reset");
+    let object = device
+        .create_object(&[(memory.alloc(4096).unwrap().gpa(), 4096)])
+        .unwrap();
+    let jobs = submit_slow_jobs(&device, &memory, &mut rng);
+
+    let started = Instant::now();
+    let transport = device.close().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "reset took {:?}",
+        started.elapsed()
+    );
+    assert_all_done(&memory, &jobs);
+
+    // The same connection sets the device up again, from scratch.
+    let options = OpenOptions {
+        features: DEFAULT_FEATURES,
+        ..OpenOptions::default()
+    };
+    let device = AccelDevice::open_with(transport, &options).unwrap();
+    let buf = memory.alloc(16).unwrap();
+    let done = device
+        .run(0, &Request::new(Op::Sha256).input(Buffer::direct(&buf)))
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(
+        u64::from(done.fence().seqno),
+        1,
+        "fences restart after a reset"
+    );
+    let err = device.destroy_object(object).unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(Status::NoObject),
+        "objects die with the reset"
+    );
+}
+
+#[test]
+fn stopping_the_rings_waits_for_work_in_flight() {
+    let daemon = Daemon::start();
+    let memory = guest_ram(64);
+    // Without RESET_DEVICE, closing only stops the rings (GET_VRING_BASE), as
+    // a VMM does when it pauses or migrates a VM.
+    let options = VhostUserOptions {
+        protocol_features: VhostUserOptions::default().protocol_features
+            - VhostUserProtocolFeatures::RESET_DEVICE,
+        ..VhostUserOptions::default()
+    };
+    let transport = VhostUserTransport::connect_with(daemon.socket(), &memory, &options).unwrap();
+    let device = AccelDevice::open_with(transport, &OpenOptions::default()).unwrap();
+    let mut rng = TestRng::new("stop");
+    let jobs = submit_slow_jobs(&device, &memory, &mut rng);
+    device.close().unwrap();
+    assert_all_done(&memory, &jobs);
+}
