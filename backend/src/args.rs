@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use thiserror::Error;
+use vhost_user_accel::config::MAX_QUEUES;
 use vhost_user_accel::{Config, EngineKind, Limits, SocketSource};
-use virtio_accel_spec::MAX_REQUEST_QUEUES;
 
 /// Engines selectable on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,7 +47,7 @@ pub struct Args {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ArgsError {
     /// `--queues` out of range.
-    #[error("--queues must be between 1 and {MAX_REQUEST_QUEUES}, got {0}")]
+    #[error("--queues must be between 1 and {MAX_QUEUES}, got {0}")]
     Queues(u16),
     /// `--queue-size` not a power of two in range.
     #[error("--queue-size must be a power of two between 2 and 32768, got {0}")]
@@ -82,7 +82,7 @@ impl TryFrom<Args> for Config {
     type Error = ArgsError;
 
     fn try_from(args: Args) -> Result<Self, Self::Error> {
-        if !(1..=MAX_REQUEST_QUEUES).contains(&args.queues) {
+        if !(1..=MAX_QUEUES).contains(&args.queues) {
             return Err(ArgsError::Queues(args.queues));
         }
         if args.queue_size < 2 || !args.queue_size.is_power_of_two() {
@@ -129,7 +129,8 @@ mod tests {
         assert_eq!(config.request_queues, 2);
         assert_eq!(config.queue_size, 256);
         assert_eq!(parse(&["--queues", "0"]), Err(ArgsError::Queues(0)));
-        assert_eq!(parse(&["--queues", "65"]), Err(ArgsError::Queues(65)));
+        assert_eq!(parse(&["--queues", "64"]), Err(ArgsError::Queues(64)));
+        assert_eq!(parse(&["--queues", "63"]).unwrap().request_queues, 63);
         assert_eq!(
             parse(&["--queue-size", "100"]),
             Err(ArgsError::QueueSize(100))

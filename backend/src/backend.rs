@@ -127,6 +127,12 @@ impl VhostUserBackendMut for AccelBackend {
         Ok(())
     }
 
+    /// Every vring on the one worker thread (the default mask covers only 32).
+    fn queues_per_thread(&self) -> Vec<u64> {
+        let all = u64::MAX >> (64 - self.num_queues.clamp(1, 64));
+        vec![all]
+    }
+
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
         self.device.stop();
         Ok(())

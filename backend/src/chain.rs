@@ -72,11 +72,15 @@ impl Walk {
 }
 
 /// Walks `descriptors` (a chain's iterator) against `mem`, accepting at most
-/// `max_descriptors` descriptors.
+/// `max_descriptors` descriptors. The writable list is always a prefix of the
+/// chain's writable part: it ends before the first writable descriptor that
+/// cannot be translated, so a response is never written in the wrong place.
 ///
-/// The returned segments point into `mem`: the caller must keep that snapshot
-/// alive as long as it uses them.
-pub fn walk(
+/// # Safety
+///
+/// The returned segments point into `mem`'s mappings: the caller must keep
+/// that memory snapshot alive for as long as it uses them.
+pub unsafe fn walk(
     descriptors: impl Iterator<Item = Descriptor>,
     mem: &GuestMemoryMmap,
     max_descriptors: u32,
@@ -85,6 +89,7 @@ pub fn walk(
     let mut count: u32 = 0;
     let mut claims_next = false;
     let mut seen_writable = false;
+    let mut writable_broken = false;
     for desc in descriptors {
         claims_next = desc.has_next();
         count += 1;
@@ -99,11 +104,17 @@ pub fn walk(
             continue;
         }
         let target = if desc.is_write_only() {
+            if writable_broken {
+                continue;
+            }
             &mut walk.writable
         } else {
             &mut walk.readable
         };
-        if let Err(error) = translate(mem, desc.addr().0, u64::from(desc.len()), target) {
+        // SAFETY: the caller keeps `mem` alive while it uses the segments.
+        if let Err(error) = unsafe { translate(mem, desc.addr().0, u64::from(desc.len()), target) }
+        {
+            writable_broken |= desc.is_write_only();
             walk.fail(error);
         }
     }
@@ -114,7 +125,12 @@ pub fn walk(
 }
 
 /// Appends the host segments of `len` bytes at guest address `addr` to `list`.
-pub fn translate(
+///
+/// # Safety
+///
+/// The segments point into `mem`'s mappings: the caller must keep that memory
+/// snapshot alive for as long as it uses them.
+pub unsafe fn translate(
     mem: &GuestMemoryMmap,
     addr: u64,
     len: u64,
@@ -126,7 +142,7 @@ pub fn translate(
     for slice in mem.get_slices(vm_memory::GuestAddress(addr), count) {
         let slice = slice.map_err(|_| bad)?;
         // SAFETY: `slice` borrows from `mem`; the caller keeps that snapshot
-        // alive as long as it uses the segments (documented on `walk`).
+        // alive as long as it uses the segments (this function's contract).
         segs.push(unsafe { HostSeg::from_volatile(&slice) }.ok_or(bad)?);
     }
     for seg in segs {

@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use virtio_accel_spec::VirtioAccelConfig;
 
+/// Most request queues this daemon serves: vhost-user-backend assigns vrings
+/// to worker threads with a 64-bit mask, and the control queue takes one bit.
+/// (The specification allows up to `MAX_REQUEST_QUEUES`, 64.)
+pub const MAX_QUEUES: u16 = 63;
+
 /// Where the vhost-user socket comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketSource {

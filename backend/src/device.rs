@@ -9,7 +9,7 @@
 //! and FENCE_WAIT commands. Used entries are batched and the guest notified
 //! once per batch, subject to `VIRTIO_RING_F_EVENT_IDX`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_accel_spec::{
     CtrlResp, Fence, Resp, Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS,
 };
-use virtio_queue::QueueOwnedT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{
     ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
 };
@@ -122,6 +122,8 @@ pub struct Device {
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     ready: Vec<Vec<Job>>,
     used: Vec<Used>,
+    /// (virtqueue, head) of every chain taken and not yet returned.
+    busy_heads: HashSet<(u16, u16)>,
     log_limit: RateLimit,
     vrings: Vec<VringRwLock>,
 }
@@ -153,6 +155,7 @@ impl Device {
             mem: None,
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
+            busy_heads: HashSet::new(),
             log_limit: RateLimit::new(10, Duration::from_secs(1)),
             vrings: Vec::new(),
             config,
@@ -179,14 +182,21 @@ impl Device {
         self.mem = Some(mem);
     }
 
-    /// Device reset (§11): requests that never reached the hardware are
-    /// dropped, the hardware is drained, then objects, fences and all pending
-    /// state are forgotten. Nothing touches guest memory after this returns.
+    /// Device reset and disconnection (§11): requests that have not started
+    /// (waiting on fences, ready, or queued on the hardware) are dropped, the
+    /// running ones are waited for, then objects, fences and all pending state
+    /// are forgotten. Nothing touches guest memory after this returns.
     pub fn reset(&mut self) {
         for (id, _) in self.waiting.drain() {
             self.inflight.remove(&id);
         }
-        for job in self.ready.iter_mut().flat_map(std::mem::take) {
+        let not_started = self.hw_queues.iter().flat_map(|queue| queue.cancel());
+        for job in self
+            .ready
+            .iter_mut()
+            .flat_map(std::mem::take)
+            .chain(not_started)
+        {
             self.inflight.remove(&job.cookie);
         }
         self.run_until_idle(|device, queue| {
@@ -200,6 +210,7 @@ impl Device {
         self.waiting.clear();
         self.ready.iter_mut().for_each(Vec::clear);
         self.used.clear();
+        self.busy_heads.clear();
         self.features = 0;
     }
 
@@ -273,6 +284,8 @@ impl Device {
     /// Takes every available chain of virtqueue `vq`, with kicks disabled
     /// meanwhile; then re-enables them and checks once more for chains added
     /// in between (the usual race-free pattern, 2.7.10 of the virtio spec).
+    /// A ring the device cannot read (a bad `idx`, a queue not ready) is left
+    /// alone until the next kick instead of being polled in a loop.
     fn poll_ring(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
         let Some(vring) = vrings.get(usize::from(vq)) else {
             return Ok(());
@@ -280,25 +293,29 @@ impl Device {
         let vring_error = |source| DeviceError::Vring { index: vq, source };
         loop {
             vring.disable_notification().map_err(vring_error)?;
-            self.drain_queue(vq, vring);
-            if !vring.enable_notification().map_err(vring_error)? {
+            let readable = self.drain_queue(vq, vring);
+            let more = vring.enable_notification().map_err(vring_error)?;
+            if !readable || !more {
                 return Ok(());
             }
         }
     }
 
-    fn drain_queue(&mut self, vq: u16, vring: &VringRwLock) {
+    /// Takes the available chains of virtqueue `vq`; `false` if the ring
+    /// cannot be read.
+    fn drain_queue(&mut self, vq: u16, vring: &VringRwLock) -> bool {
         let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
-            return;
+            return false;
         };
-        let chains = {
+        let (chains, size) = {
             let mut state = vring.get_mut();
+            let size = state.get_queue().size();
             match state.get_queue_mut().iter(mem.clone()) {
-                Ok(iter) => iter.collect::<Vec<_>>(),
+                Ok(iter) => (iter.collect::<Vec<_>>(), size),
                 Err(e) => {
                     drop(state);
                     self.guest_error(format_args!("virtqueue {vq}: {e}"));
-                    return;
+                    return false;
                 }
             }
         };
@@ -306,13 +323,42 @@ impl Device {
         let keepalive: Keepalive = Arc::new(mem.clone());
         for chain in chains {
             let head = chain.head_index();
-            let walked = walk(chain, &mem, self.config.limits.max_segments);
+            if head >= size || !self.busy_heads.insert((vq, head)) {
+                // §6.5: no chain, or one already in flight: it cannot be
+                // answered without corrupting the request that owns it.
+                self.guest_error(format_args!(
+                    "virtqueue {vq}: head {head} is out of range or in flight"
+                ));
+                self.consume_unanswerable(vq);
+                continue;
+            }
+            // SAFETY: the segments point into `mem`, which `keepalive` keeps
+            // mapped; every request built from them holds a clone of it.
+            let walked = unsafe { walk(chain, &mem, self.config.limits.max_segments) };
             if vq == virtio_accel_spec::CONTROL_QUEUE {
                 self.accept_control(head, walked, &mem, &keepalive);
             } else {
                 self.accept_request(vq, head, walked, &mem, &keepalive);
             }
         }
+        true
+    }
+
+    /// An available entry that names no chain the device may answer: on a
+    /// request queue it still gets a fence, which signals at once (§6.5).
+    fn consume_unanswerable(&mut self, vq: u16) {
+        if let Some(fence) = vq
+            .checked_sub(virtio_accel_spec::FIRST_REQUEST_QUEUE)
+            .and_then(|queue| self.fences.issue(queue))
+        {
+            self.signal(fence);
+        }
+    }
+
+    /// Queues the used entry of `head`, which is then no longer in flight.
+    fn push_used(&mut self, vq: u16, head: u16, len: u32) {
+        self.busy_heads.remove(&(vq, head));
+        self.used.push(Used { vq, head, len });
     }
 
     /// Takes one request (§6): every request gets a fence, even a failing one.
@@ -437,10 +483,12 @@ impl Device {
                 if !self.has_feature(VIRTIO_ACCEL_F_OBJECTS) {
                     return Err(Status::Unsupported);
                 }
+                // SAFETY: the list goes into a job built from this batch,
+                // which holds the batch's keepalive on `mem` (drain_queue).
                 let resolved = self
                     .objects
                     .get(handle)
-                    .and_then(|object| Ok((object.resolve(mem, offset, len)?, object)));
+                    .and_then(|object| Ok((unsafe { object.resolve(mem, offset, len) }?, object)));
                 match resolved {
                     Ok((list, object)) => {
                         objects.push(object);
@@ -495,17 +543,13 @@ impl Device {
             0
         };
         let len = u32::try_from(output.saturating_add(RESP_SIZE as u64)).unwrap_or(u32::MAX);
-        self.used.push(Used {
-            vq: inflight.vq,
-            head: inflight.head,
-            len,
-        });
+        self.push_used(inflight.vq, inflight.head, len);
         self.signal(inflight.fence);
     }
 
     /// Completes a request that has no room for a response.
     fn finish_unanswered(&mut self, vq: u16, head: u16, fence: FenceId) {
-        self.used.push(Used { vq, head, len: 0 });
+        self.push_used(vq, head, 0);
         self.signal(fence);
     }
 
@@ -570,12 +614,20 @@ impl Device {
     /// Submits ready jobs and publishes used entries, notifying the guest once
     /// per touched queue.
     fn flush(&mut self, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
-        for queue in 0..self.ready.len() {
+        self.submit_ready();
+        self.publish_used(vrings);
+        Ok(())
+    }
+
+    /// Sends every ready job to its hardware queue. A refused batch fails
+    /// its requests, which may release more jobs: repeat until none is left.
+    fn submit_ready(&mut self) {
+        while let Some(queue) = self.ready.iter().position(|jobs| !jobs.is_empty()) {
             let mut jobs = std::mem::take(&mut self.ready[queue]);
-            if jobs.is_empty() {
+            let Some(hw_queue) = self.hw_queues.get(queue) else {
                 continue;
-            }
-            if let Err(e) = self.hw_queues[queue].submit(&mut jobs) {
+            };
+            if let Err(e) = hw_queue.submit(&mut jobs) {
                 warn!("hardware queue {queue}: {e}");
                 for job in jobs {
                     if let Some(inflight) = self.inflight.remove(&job.cookie) {
@@ -584,30 +636,36 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// Adds the queued used entries to their rings (§6.4) and notifies each
+    /// touched ring once, if the driver asked for it. A ring the guest broke
+    /// (used ring outside its memory) costs only its own entries.
+    fn publish_used(&mut self, vrings: &[VringRwLock]) {
         let used = std::mem::take(&mut self.used);
         if used.is_empty() {
-            return Ok(());
+            return;
         }
         for (index, vring) in (0u16..).zip(vrings) {
             let mut entries = used.iter().filter(|entry| entry.vq == index).peekable();
             if entries.peek().is_none() {
                 continue;
             }
-            let vring_error = |source| DeviceError::Vring { index, source };
             let notify = {
                 let mut state = vring.get_mut();
                 for entry in entries {
-                    state.add_used(entry.head, entry.len).map_err(vring_error)?;
+                    if let Err(e) = state.add_used(entry.head, entry.len) {
+                        warn!("virtqueue {index}: cannot return head {}: {e}", entry.head);
+                    }
                 }
-                state.needs_notification().map_err(vring_error)?
+                state.needs_notification().unwrap_or(true)
             };
             if notify {
-                vring
-                    .signal_used_queue()
-                    .map_err(|source| DeviceError::Notify { index, source })?;
+                if let Err(e) = vring.signal_used_queue() {
+                    warn!("virtqueue {index}: cannot notify the driver: {e}");
+                }
             }
         }
-        Ok(())
     }
 
     /// Takes one control command (§7).
@@ -620,11 +678,7 @@ impl Device {
     ) {
         let Some(resp) = walked.writable.take_front(CTRL_RESP_SIZE) else {
             self.guest_error(format_args!("control queue: no room for a response"));
-            self.used.push(Used {
-                vq: 0,
-                head,
-                len: 0,
-            });
+            self.push_used(virtio_accel_spec::CONTROL_QUEUE, head, 0);
             return;
         };
         if let Some(error) = walked.error {
@@ -726,10 +780,6 @@ impl Device {
 
     fn answer_control(&mut self, head: u16, resp: &SgList, status: Status, value: u64) {
         resp.write_from(CtrlResp::new(status, value).as_slice());
-        self.used.push(Used {
-            vq: virtio_accel_spec::CONTROL_QUEUE,
-            head,
-            len: CTRL_USED_LEN,
-        });
+        self.push_used(virtio_accel_spec::CONTROL_QUEUE, head, CTRL_USED_LEN);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_accel_spec::Status;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::chain::{translate, ChainError};
 use crate::config::Limits;
@@ -78,7 +78,12 @@ impl Object {
     }
 
     /// Host segments of bytes `offset..offset + len` in the memory snapshot `mem`.
-    pub fn resolve(
+    ///
+    /// # Safety
+    ///
+    /// The segments point into `mem`'s mappings: the caller must keep that
+    /// memory snapshot alive for as long as it uses them.
+    pub unsafe fn resolve(
         &self,
         mem: &GuestMemoryMmap,
         offset: u64,
@@ -100,7 +105,8 @@ impl Object {
             let from = offset.max(seg_start);
             let to = end.min(seg_end);
             if from < to {
-                translate(mem, addr + (from - seg_start), to - from, &mut list)
+                // SAFETY: forwarded to our caller (this function's contract).
+                unsafe { translate(mem, addr + (from - seg_start), to - from, &mut list) }
                     .map_err(ObjectError::Unmapped)?;
             }
             if seg_end >= end {
@@ -141,10 +147,11 @@ impl ObjectTable {
         }
         let mut size: u64 = 0;
         for &(addr, len) in &segments {
-            let bad = ObjectError::BadSegment { addr, len };
-            addr.checked_add(len).ok_or(bad)?;
-            translate(mem, addr, len, &mut SgList::new())
-                .map_err(|_| ObjectError::BadSegment { addr, len })?;
+            let in_memory = addr.checked_add(len).is_some()
+                && usize::try_from(len).is_ok_and(|len| mem.check_range(GuestAddress(addr), len));
+            if !in_memory {
+                return Err(ObjectError::BadSegment { addr, len });
+            }
             size = size
                 .checked_add(len)
                 .filter(|&s| s <= self.limits.max_object_size)

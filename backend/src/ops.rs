@@ -1,10 +1,11 @@
 //! The operations of §8, executed on scatter-gather lists.
 //!
 //! Nothing here knows about virtio: an [`Operation`] is decoded from a request's
-//! `op` and parameter block, and [`execute`] runs it on host buffers. Inputs that
-//! drive a parser (deflate) are copied to private scratch memory first, so that
-//! a guest rewriting its buffers mid-operation cannot steer the parser; the other
-//! operations only stream over their inputs.
+//! `op` and parameter block, and [`execute`] runs it on host buffers. Guest
+//! memory may change under the device at any time (a guest vCPU, or another
+//! job on overlapping buffers), so no Rust reference to it is ever made: inputs
+//! are copied to per-worker scratch memory a chunk at a time and the libraries
+//! work on those copies; outputs are written with raw copies.
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
@@ -214,6 +215,9 @@ pub struct Scratch {
 
 /// Chunk size of the deflate bounce buffers.
 const STREAM_CHUNK: usize = 64 * 1024;
+/// Chunk size of the bounce buffers of CRC32C, SHA-256 and COMPARE: small
+/// enough to stay in the first-level cache between the copy and the use.
+const HASH_CHUNK: usize = 16 * 1024;
 
 /// Runs `operation` on `inputs` and `outputs`, whose counts must match the
 /// operation's arity (§8); a mismatch is reported as [`Status::DeviceError`].
@@ -233,14 +237,17 @@ pub fn execute(
             outputs[0].fill(*pattern);
             Outcome::ok(outputs[0].len(), &[])
         }
-        Operation::Compare => compare(&inputs[0], &inputs[1]),
+        Operation::Compare => compare(&inputs[0], &inputs[1], scratch),
         Operation::Crc32c { seed } => {
-            let crc = inputs[0].chunks().fold(*seed, crc32c::crc32c_append);
+            let mut crc = *seed;
+            for_each_chunk(&inputs[0], &mut scratch.input, |chunk| {
+                crc = crc32c::crc32c_append(crc, chunk)
+            });
             Outcome::ok(0, &crc.to_le_bytes())
         }
         Operation::Sha256 => {
             let mut hasher = Sha256::new();
-            inputs[0].chunks().for_each(|chunk| hasher.update(chunk));
+            for_each_chunk(&inputs[0], &mut scratch.input, |chunk| hasher.update(chunk));
             Outcome::ok(0, &hasher.finalize())
         }
         Operation::AesGcmSeal(key) => gcm_seal(key, &inputs[0], &inputs[1], &outputs[0], scratch),
@@ -264,28 +271,42 @@ fn copy(src: &SgList, dst: &SgList) -> Outcome {
     Outcome::ok(copied, &[])
 }
 
-fn compare(a: &SgList, b: &SgList) -> Outcome {
-    let mut a_chunks = a.chunks();
-    let mut b_chunks = b.chunks();
-    let (mut ac, mut bc): (&[u8], &[u8]) = (&[], &[]);
+/// Feeds `list` to `f` a chunk at a time, each first copied to `bounce`:
+/// hashing code then reads private memory, never guest memory that the guest
+/// may be writing at the same moment.
+fn for_each_chunk(list: &SgList, bounce: &mut Vec<u8>, mut f: impl FnMut(&[u8])) {
+    bounce.resize(HASH_CHUNK, 0);
+    let mut rest = list.clone();
+    while !rest.is_empty() {
+        let n = rest.len().min(HASH_CHUNK);
+        let chunk = &mut bounce[..n];
+        if rest.read_front(chunk).is_none() {
+            return;
+        }
+        f(chunk);
+    }
+}
+
+fn compare(a: &SgList, b: &SgList, scratch: &mut Scratch) -> Outcome {
+    let Scratch {
+        input: bounce_a,
+        aad: bounce_b,
+        ..
+    } = scratch;
+    bounce_a.resize(HASH_CHUNK, 0);
+    bounce_b.resize(HASH_CHUNK, 0);
+    let (mut rest_a, mut rest_b) = (a.clone(), b.clone());
     let mut offset: usize = 0;
-    loop {
-        if ac.is_empty() {
-            ac = a_chunks.next().unwrap_or_default();
+    while !rest_a.is_empty() && !rest_b.is_empty() {
+        let n = rest_a.len().min(rest_b.len()).min(HASH_CHUNK);
+        let (chunk_a, chunk_b) = (&mut bounce_a[..n], &mut bounce_b[..n]);
+        if rest_a.read_front(chunk_a).is_none() || rest_b.read_front(chunk_b).is_none() {
+            return Outcome::failed(Status::DeviceError);
         }
-        if bc.is_empty() {
-            bc = b_chunks.next().unwrap_or_default();
-        }
-        if ac.is_empty() || bc.is_empty() {
-            break;
-        }
-        let n = ac.len().min(bc.len());
-        if let Some(pos) = ac[..n].iter().zip(&bc[..n]).position(|(x, y)| x != y) {
+        if let Some(pos) = chunk_a.iter().zip(chunk_b.iter()).position(|(x, y)| x != y) {
             return Outcome::ok(0, &(offset + pos).to_le_bytes());
         }
         offset += n;
-        ac = &ac[n..];
-        bc = &bc[n..];
     }
     let first_difference = if a.len() == b.len() {
         COMPARE_EQUAL

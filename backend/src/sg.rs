@@ -84,17 +84,6 @@ impl HostSeg {
             },
         )
     }
-
-    /// Reads the segment as a byte slice.
-    ///
-    /// The memory may be shared with a guest that writes it concurrently, as
-    /// with any DMA device: the bytes are untrusted and may change under us, so
-    /// callers must never derive memory indices from them (see `ops`).
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the contract of `HostSeg::new` keeps `addr..addr+len` mapped
-        // while the segment is alive.
-        unsafe { std::slice::from_raw_parts(self.addr.as_ptr(), self.len) }
-    }
 }
 
 /// Segments kept inline: most buffers are one or two runs of host memory.
@@ -202,11 +191,6 @@ impl SgList {
         let mut rest = self.clone();
         rest.advance(offset)?;
         rest.take_front(len)
-    }
-
-    /// Iterates the bytes of each segment in order.
-    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
-        self.segs.iter().map(HostSeg::bytes)
     }
 
     /// Copies the first `dst.len()` bytes into `dst`; returns how many were copied.
@@ -325,11 +309,36 @@ impl OwnedBuffers {
         Arc::new(OwnedBuffers { buffers })
     }
 
+    /// A job on these buffers: buffer `i` (in `inputs` then `outputs` order
+    /// of the indices given) split into segments of `seg_size(i)` bytes. The
+    /// job keeps the buffers alive. `None` if an index names no buffer.
+    pub fn job(
+        self: &Arc<Self>,
+        operation: crate::ops::Operation,
+        inputs: &[usize],
+        outputs: &[usize],
+        seg_size: impl Fn(usize) -> usize,
+        cookie: u64,
+    ) -> Option<crate::engine::Job> {
+        // SAFETY: every list goes into the job, whose keepalive is `self`.
+        let list = |&index: &usize| unsafe { self.sg(index, seg_size(index)) };
+        Some(crate::engine::Job {
+            operation,
+            inputs: inputs.iter().map(list).collect::<Option<_>>()?,
+            outputs: outputs.iter().map(list).collect::<Option<_>>()?,
+            cookie,
+            keepalive: Arc::clone(self) as Keepalive,
+        })
+    }
+
     /// A list over buffer `index` split into segments of at most `seg_size`
     /// bytes, or `None` if there is no such buffer.
     ///
-    /// The list stays valid as long as `self` (keep the `Arc` as the job's keepalive).
-    pub fn sg(&self, index: usize, seg_size: usize) -> Option<SgList> {
+    /// # Safety
+    ///
+    /// The list points into `self`: the caller must keep `self` alive for as
+    /// long as it uses the list (a job does, with `self` as its keepalive).
+    pub unsafe fn sg(&self, index: usize, seg_size: usize) -> Option<SgList> {
         let &(addr, len) = self.buffers.get(index)?;
         let mut list = SgList::new();
         let mut offset = 0;
@@ -378,13 +387,16 @@ mod tests {
     }
 
     fn bytes_of(list: &SgList) -> Vec<u8> {
-        list.chunks().flatten().copied().collect()
+        let mut bytes = vec![0; list.len()];
+        list.read_into(&mut bytes);
+        bytes
     }
 
     #[test]
     fn take_front_and_slice_cross_segments() {
         let owned = OwnedBuffers::new(vec![pattern(100)]);
-        let mut list = owned.sg(0, 7).unwrap();
+        // SAFETY: `owned` outlives the list, used only in this test.
+        let mut list = unsafe { owned.sg(0, 7) }.unwrap();
         assert_eq!((list.len(), list.segment_count()), (100, 15));
         let front = list.take_front(10).unwrap();
         assert_eq!(bytes_of(&front), pattern(100)[..10]);
@@ -403,7 +415,8 @@ mod tests {
     #[test]
     fn writes_fills_and_reads_across_segments() {
         let owned = OwnedBuffers::new(vec![vec![0; 20]]);
-        let list = owned.sg(0, 3).unwrap();
+        // SAFETY: `owned` outlives the list, used only in this test.
+        let list = unsafe { owned.sg(0, 3) }.unwrap();
         assert_eq!(list.write_at(5, &[9; 10]), 10);
         assert_eq!(list.write_at(18, &[1; 10]), 2, "clipped at the end");
         assert_eq!(list.write_at(25, &[1; 1]), 0);
@@ -421,8 +434,10 @@ mod tests {
     #[test]
     fn copy_between_lists_with_different_segmentation() {
         let owned = OwnedBuffers::new(vec![pattern(50), vec![0; 60]]);
-        let src = owned.sg(0, 7).unwrap();
-        let dst = owned.sg(1, 11).unwrap();
+        // SAFETY: `owned` outlives the list, used only in this test.
+        let src = unsafe { owned.sg(0, 7) }.unwrap();
+        // SAFETY: `owned` outlives the list, used only in this test.
+        let dst = unsafe { owned.sg(1, 11) }.unwrap();
         assert_eq!(src.copy_to(&dst), 50);
         assert_eq!(&owned.get(1).unwrap()[..50], &pattern(50)[..]);
         assert!(owned.get(1).unwrap()[50..].iter().all(|&b| b == 0));

@@ -38,7 +38,7 @@ fn bad_command_lines_are_refused_with_a_message() {
         (
             &["--socket-path", "/tmp/x", "--queues", "0"],
             2,
-            "--queues must be between 1 and 64",
+            "--queues must be between 1 and 63",
         ),
         (
             &["--socket-path", "/tmp/x", "--queue-size", "300"],

@@ -220,18 +220,18 @@ impl Case {
         let num_in = self.inputs.len();
         let num_out = self.outputs.len();
         let buffers = OwnedBuffers::new(self.inputs.into_iter().chain(self.outputs).collect());
-        let seg = |index: usize| {
-            buffers
-                .sg(index, self.layout[index % self.layout.len()])
-                .unwrap()
-        };
-        let job = Job {
-            operation: self.operation,
-            inputs: (0..num_in).map(seg).collect(),
-            outputs: (num_in..num_in + num_out).map(seg).collect(),
-            cookie,
-            keepalive: buffers.clone(),
-        };
+        let inputs: Vec<usize> = (0..num_in).collect();
+        let outputs: Vec<usize> = (num_in..num_in + num_out).collect();
+        let layout = self.layout;
+        let job = buffers
+            .job(
+                self.operation,
+                &inputs,
+                &outputs,
+                |index| layout[index % layout.len()],
+                cookie,
+            )
+            .unwrap();
         let pending = Pending {
             label: self.label,
             buffers,

@@ -70,6 +70,9 @@ pub trait HwQueue: Send + Sync {
     /// Moves every pending completion into `out`.
     fn reap(&self, out: &mut Vec<Completion>);
 
+    /// Takes back the jobs that no worker has started; they will not complete.
+    fn cancel(&self) -> Vec<Job>;
+
     /// Readable while completions may be pending; reading it acknowledges the
     /// interrupt. Consume it before calling [`HwQueue::reap`].
     fn completion_event(&self) -> &EventFd;

@@ -5,12 +5,13 @@
 //! job's queue. The queue's eventfd (its interrupt) is moderated like a NIC's:
 //! it is raised once per batch of completions, when the queue runs idle, when
 //! [`MODERATION_BATCH`] completions are pending, or when the oldest pending
-//! completion has waited [`MODERATION_DELAY`]. The last completion of a busy
-//! period always finds the queue idle, so no completion is ever stranded.
+//! completion has waited [`MODERATION_DELAY`]; a timer thread enforces that
+//! delay when no other completion comes along (a short job finishing next to a
+//! long one), so a completion never waits longer than that for its interrupt.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,11 +51,14 @@ struct CompletionRing {
 }
 
 impl CompletionRing {
-    fn post(&self, completion: Completion) {
-        let raise = {
+    /// Adds a completion; raises the interrupt if it is due, else makes sure
+    /// the moderation timer will.
+    fn post(self: &Arc<Self>, completion: Completion, timer: &ModerationTimer) {
+        let now = Instant::now();
+        let (raise, arm) = {
             let mut pending = lock(&self.pending);
             pending.done.push(completion);
-            let now = Instant::now();
+            let first = pending.oldest.is_none();
             let oldest = *pending.oldest.get_or_insert(now);
             let idle = self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1;
             let due = idle
@@ -62,12 +66,31 @@ impl CompletionRing {
                 || now.duration_since(oldest) >= MODERATION_DELAY;
             let raise = due && !pending.raised;
             pending.raised |= raise;
+            (raise, first && !pending.raised)
+        };
+        if raise {
+            self.raise();
+        } else if arm {
+            timer.arm(now + MODERATION_DELAY, Arc::downgrade(self));
+        }
+    }
+
+    /// Raises the interrupt if completions wait without one (the timer's path).
+    fn raise_if_pending(&self) {
+        let raise = {
+            let mut pending = lock(&self.pending);
+            let raise = !pending.done.is_empty() && !pending.raised;
+            pending.raised |= raise;
             raise
         };
         if raise {
-            if let Err(e) = self.event.write(1) {
-                error!("software engine: cannot signal completion: {e}");
-            }
+            self.raise();
+        }
+    }
+
+    fn raise(&self) {
+        if let Err(e) = self.event.write(1) {
+            error!("software engine: cannot signal completion: {e}");
         }
     }
 
@@ -93,6 +116,65 @@ impl CompletionRing {
     }
 }
 
+/// Raises the interrupts of queues whose completions reached
+/// [`MODERATION_DELAY`] with no other event to raise them.
+#[derive(Default)]
+struct ModerationTimer {
+    state: Mutex<TimerState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct TimerState {
+    deadlines: Vec<(Instant, Weak<CompletionRing>)>,
+    shutdown: bool,
+}
+
+impl ModerationTimer {
+    fn arm(&self, deadline: Instant, ring: Weak<CompletionRing>) {
+        lock(&self.state).deadlines.push((deadline, ring));
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        let mut state = lock(&self.state);
+        while !state.shutdown {
+            let now = Instant::now();
+            let (due, later) = std::mem::take(&mut state.deadlines)
+                .into_iter()
+                .partition::<Vec<_>, _>(|(deadline, _)| *deadline <= now);
+            state.deadlines = later;
+            if !due.is_empty() {
+                drop(state);
+                due.iter()
+                    .filter_map(|(_, ring)| ring.upgrade())
+                    .for_each(|ring| ring.raise_if_pending());
+                state = lock(&self.state);
+                continue;
+            }
+            let next = state.deadlines.iter().map(|(deadline, _)| *deadline).min();
+            state = match next {
+                Some(deadline) => {
+                    let timeout = deadline.saturating_duration_since(now);
+                    self.wake
+                        .wait_timeout(state, timeout)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+    }
+
+    fn shut_down(&self) {
+        lock(&self.state).shutdown = true;
+        self.wake.notify_all();
+    }
+}
+
 struct RunQueue {
     jobs: VecDeque<(Job, Arc<CompletionRing>)>,
     shutdown: bool,
@@ -101,19 +183,14 @@ struct RunQueue {
 struct Shared {
     run: Mutex<RunQueue>,
     wake: Condvar,
+    timer: ModerationTimer,
 }
 
 /// An engine that executes jobs on `threads` host threads.
 pub struct SoftwareEngine {
     shared: Arc<Shared>,
+    /// The workers and the moderation timer.
     workers: Vec<JoinHandle<()>>,
-}
-
-impl SoftwareEngine {
-    /// Number of worker threads.
-    pub fn threads(&self) -> usize {
-        self.workers.len()
-    }
 }
 
 impl SoftwareEngine {
@@ -125,6 +202,7 @@ impl SoftwareEngine {
                 shutdown: false,
             }),
             wake: Condvar::new(),
+            timer: ModerationTimer::default(),
         });
         let mut engine = SoftwareEngine {
             shared,
@@ -141,6 +219,15 @@ impl SoftwareEngine {
                 })?;
             engine.workers.push(worker);
         }
+        let shared = Arc::clone(&engine.shared);
+        let timer = std::thread::Builder::new()
+            .name(String::from("accel-moderation"))
+            .spawn(move || shared.timer.run())
+            .map_err(|source| EngineError::Resource {
+                what: "moderation timer thread",
+                source,
+            })?;
+        engine.workers.push(timer);
         Ok(engine)
     }
 }
@@ -167,7 +254,7 @@ fn worker_loop(shared: &Shared) {
         let cookie = job.cookie;
         // The buffers are done with: release their mappings before completing.
         drop(job);
-        ring.post(Completion { cookie, outcome });
+        ring.post(Completion { cookie, outcome }, &shared.timer);
     }
 }
 
@@ -191,6 +278,7 @@ impl Drop for SoftwareEngine {
     fn drop(&mut self) {
         lock(&self.shared.run).shutdown = true;
         self.shared.wake.notify_all();
+        self.shared.timer.shut_down();
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 error!("software engine: a worker thread panicked");
@@ -260,6 +348,19 @@ impl HwQueue for SoftwareQueue {
         self.ring.reap(out);
     }
 
+    fn cancel(&self) -> Vec<Job> {
+        let mut run = lock(&self.shared.run);
+        let (mine, others): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut run.jobs)
+            .into_iter()
+            .partition(|(_, ring)| Arc::ptr_eq(ring, &self.ring));
+        run.jobs = others;
+        // Under the run lock no worker can start one of them meanwhile.
+        self.ring
+            .outstanding
+            .fetch_sub(mine.len(), Ordering::AcqRel);
+        mine.into_iter().map(|(job, _)| job).collect()
+    }
+
     fn completion_event(&self) -> &EventFd {
         &self.ring.event
     }
@@ -274,14 +375,9 @@ mod tests {
     use crate::sg::OwnedBuffers;
 
     fn fill_job(cookie: u64) -> Job {
-        let buffers = OwnedBuffers::new(vec![vec![0; 4096]]);
-        Job {
-            operation: Operation::Fill { pattern: 1 },
-            inputs: Vec::new(),
-            outputs: vec![buffers.sg(0, 4096).unwrap()],
-            cookie,
-            keepalive: buffers,
-        }
+        OwnedBuffers::new(vec![vec![0; 4096]])
+            .job(Operation::Fill { pattern: 1 }, &[], &[0], |_| 4096, cookie)
+            .unwrap()
     }
 
     #[test]
@@ -302,6 +398,30 @@ mod tests {
         }
         assert!(done.iter().all(|c| c.outcome.status == Status::Ok));
         queue.submit(&mut third).unwrap();
+    }
+
+    #[test]
+    fn a_short_job_next_to_a_long_one_is_not_held_back() {
+        let engine = SoftwareEngine::new(2).unwrap();
+        let queue = engine.create_queue(4).unwrap();
+        let long = OwnedBuffers::new(vec![vec![7; 64 << 20], vec![0; 64 << 20]])
+            .job(Operation::Copy, &[0], &[1], |_| 4096, 1)
+            .unwrap();
+        queue.submit(&mut vec![long, fill_job(2)]).unwrap();
+        let start = Instant::now();
+        let mut done = Vec::new();
+        while done.is_empty() {
+            queue.completion_event().read().unwrap();
+            queue.reap(&mut done);
+        }
+        // The copy of 64 MiB in 4 KiB segments takes milliseconds; the fill
+        // is reported on its own, within the moderation delay.
+        let cookies: Vec<u64> = done.iter().map(|c| c.cookie).collect();
+        assert_eq!(cookies, [2], "after {:?}", start.elapsed());
+        while done.len() < 2 {
+            queue.completion_event().read().unwrap();
+            queue.reap(&mut done);
+        }
     }
 
     #[test]
