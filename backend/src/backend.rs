@@ -2,7 +2,8 @@
 //! into [`Device`] out.
 
 use std::io;
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -29,6 +30,10 @@ pub struct AccelBackend {
     device: Device,
     num_queues: usize,
     queue_size: usize,
+    /// Exit-event descriptors handed to vhost-user-backend, which takes them
+    /// with `into_raw_fd` and never closes them (0.24): see
+    /// [`AccelBackend::close_exit_events`].
+    exit_events: Mutex<Vec<RawFd>>,
 }
 
 impl AccelBackend {
@@ -40,6 +45,7 @@ impl AccelBackend {
             device: Device::new(config, engine.as_ref())?,
             num_queues,
             queue_size,
+            exit_events: Mutex::new(Vec::new()),
         })
     }
 
@@ -53,6 +59,32 @@ impl AccelBackend {
     pub fn device(&self) -> &Device {
         &self.device
     }
+
+    /// The connection is over (§11): drains the device and forgets its state.
+    pub fn disconnect(&mut self) {
+        self.device.reset();
+    }
+
+    /// Closes the exit-event descriptors that vhost-user-backend 0.24 leaks,
+    /// one per connection otherwise. Call only once the daemon of this
+    /// backend is dropped (its worker threads joined, its epoll closed).
+    pub fn close_exit_events(&self) {
+        for fd in lock(&self.exit_events).drain(..) {
+            // Only a descriptor that is still an eventfd is ours to close.
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+            if !target.is_ok_and(|t| t.as_os_str() == "anon_inode:[eventfd]") {
+                continue;
+            }
+            // SAFETY: vhost-user-backend took this descriptor with
+            // `into_raw_fd` for an epoll that is now closed and never closes
+            // it; nothing else refers to it, so this is its only owner.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Logs a device error; the worker thread keeps serving the other queues (an
@@ -139,9 +171,11 @@ impl VhostUserBackendMut for AccelBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK)
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
             .map_err(|e| error!("cannot create exit event: {e}"))
-            .ok()
+            .ok()?;
+        lock(&self.exit_events).push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn handle_event(

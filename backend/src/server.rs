@@ -6,7 +6,7 @@
 //! connection on the same socket.
 
 use std::os::fd::FromRawFd;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use log::{info, warn};
 use thiserror::Error;
@@ -106,6 +106,13 @@ impl Server {
         for handler in &handlers {
             handler.send_exit_event();
         }
+        // Dropping the daemon joins its worker threads; then the device is
+        // drained and reset, so nothing outlives the connection (§11).
+        drop(handlers);
+        drop(daemon);
+        let mut backend = backend.write().unwrap_or_else(PoisonError::into_inner);
+        backend.disconnect();
+        backend.close_exit_events();
         match result {
             Ok(()) => Ok(()),
             Err(vhost_user_backend::Error::HandleRequest(
