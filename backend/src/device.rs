@@ -177,8 +177,13 @@ impl Device {
         self.features = features;
     }
 
-    /// Installs a new guest memory table.
+    /// Installs a new guest memory table. Work accepted under the old table
+    /// is run to completion first, so that once the VMM has its reply nothing
+    /// touches the old mappings any more (§11).
     pub fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        if self.mem.is_some() {
+            self.stop();
+        }
         self.mem = Some(mem);
     }
 
@@ -214,9 +219,10 @@ impl Device {
         self.features = 0;
     }
 
-    /// Stopping a ring (`GET_VRING_BASE`): every accepted request runs to
-    /// completion and is published in its used ring before this returns, so
-    /// the ring state handed back to the VMM is final.
+    /// Quiesces the device for a ring stop (`GET_VRING_BASE`) or a memory
+    /// table change: every accepted request runs to completion and is
+    /// published in its used ring before this returns, so the ring state
+    /// handed back to the VMM is final (§11).
     pub fn stop(&mut self) {
         let vrings = self.vrings.clone();
         self.run_until_idle(|device, queue| {

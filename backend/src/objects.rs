@@ -72,11 +72,6 @@ pub struct Object {
 }
 
 impl Object {
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Host segments of bytes `offset..offset + len` in the memory snapshot `mem`.
     ///
     /// # Safety
@@ -188,16 +183,6 @@ impl ObjectTable {
             .get(&handle)
             .cloned()
             .ok_or(ObjectError::NoObject(handle))
-    }
-
-    /// Number of live handles.
-    pub fn len(&self) -> usize {
-        self.objects.len()
-    }
-
-    /// Whether no handle is live.
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
     }
 
     /// Drops every handle (device reset, §11).

@@ -7,6 +7,7 @@
 //! are copied to per-worker scratch memory a chunk at a time and the libraries
 //! work on those copies; outputs are written with raw copies.
 
+use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
@@ -323,8 +324,40 @@ fn gather(list: &SgList, buffer: &mut Vec<u8>) {
     list.read_into(buffer);
 }
 
-fn gcm_cipher(key: &GcmKey) -> Aes256Gcm {
-    Aes256Gcm::new(&key.key.into())
+/// AES-256-GCM over private copies (§8.6, §8.7): gathers `aad` and `input`,
+/// runs `crypt` in place, and writes the result to `out` only if `crypt`
+/// succeeded; its error becomes the status.
+fn gcm(
+    key: &GcmKey,
+    aad: &SgList,
+    input: &SgList,
+    out: &SgList,
+    scratch: &mut Scratch,
+    crypt: impl FnOnce(
+        &Aes256Gcm,
+        &Nonce<U12>,
+        &[u8],
+        &mut Vec<u8>,
+    ) -> Result<[u8; GCM_TAG_SIZE], Status>,
+) -> Outcome {
+    if out.len() < input.len() {
+        return Outcome::failed(Status::NoSpace);
+    }
+    gather(aad, &mut scratch.aad);
+    gather(input, &mut scratch.input);
+    let cipher = Aes256Gcm::new(&key.key.into());
+    match crypt(
+        &cipher,
+        &Nonce::from(key.iv),
+        &scratch.aad,
+        &mut scratch.input,
+    ) {
+        Ok(tag) => {
+            out.write_from(&scratch.input);
+            Outcome::ok(scratch.input.len(), &tag)
+        }
+        Err(status) => Outcome::failed(status),
+    }
 }
 
 fn gcm_seal(
@@ -334,44 +367,43 @@ fn gcm_seal(
     out: &SgList,
     scratch: &mut Scratch,
 ) -> Outcome {
-    if out.len() < plain.len() {
-        return Outcome::failed(Status::NoSpace);
-    }
-    gather(aad, &mut scratch.aad);
-    gather(plain, &mut scratch.input);
-    let nonce = Nonce::from(key.iv);
-    match gcm_cipher(key).encrypt_in_place_detached(&nonce, &scratch.aad, &mut scratch.input) {
-        Ok(tag) => {
-            out.write_from(&scratch.input);
-            Outcome::ok(scratch.input.len(), &tag)
-        }
-        Err(_) => Outcome::failed(Status::Limit),
-    }
+    gcm(
+        key,
+        aad,
+        plain,
+        out,
+        scratch,
+        |cipher, nonce, aad, buffer| {
+            let tag = cipher
+                .encrypt_in_place_detached(nonce, aad, buffer)
+                .map_err(|_| Status::Limit)?;
+            Ok(tag.into())
+        },
+    )
 }
 
 fn gcm_open(
     key: &GcmKey,
     tag: &[u8; GCM_TAG_SIZE],
     aad: &SgList,
-    cipher: &SgList,
+    sealed: &SgList,
     out: &SgList,
     scratch: &mut Scratch,
 ) -> Outcome {
-    if out.len() < cipher.len() {
-        return Outcome::failed(Status::NoSpace);
-    }
-    gather(aad, &mut scratch.aad);
-    gather(cipher, &mut scratch.input);
-    let nonce = Nonce::from(key.iv);
-    let tag = Tag::from(*tag);
-    match gcm_cipher(key).decrypt_in_place_detached(&nonce, &scratch.aad, &mut scratch.input, &tag)
-    {
-        Ok(()) => {
-            out.write_from(&scratch.input);
-            Outcome::ok(scratch.input.len(), &[])
-        }
-        Err(_) => Outcome::failed(Status::AuthFailed),
-    }
+    // OPEN has no result bytes (§8.7): the zero "tag" leaves them zero.
+    gcm(
+        key,
+        aad,
+        sealed,
+        out,
+        scratch,
+        |cipher, nonce, aad, buffer| {
+            cipher
+                .decrypt_in_place_detached(nonce, aad, buffer, &Tag::from(*tag))
+                .map_err(|_| Status::AuthFailed)?;
+            Ok([0; GCM_TAG_SIZE])
+        },
+    )
 }
 
 /// Streams `input` through `step`, a chunk at a time through private bounce

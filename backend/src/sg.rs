@@ -123,11 +123,6 @@ impl SgList {
         self.len == 0
     }
 
-    /// Number of segments.
-    pub fn segment_count(&self) -> usize {
-        self.segs.len()
-    }
-
     /// Removes and returns the first `len` bytes, or `None` (leaving the list
     /// untouched) if it holds fewer.
     pub fn take_front(&mut self, len: usize) -> Option<SgList> {
@@ -397,7 +392,7 @@ mod tests {
         let owned = OwnedBuffers::new(vec![pattern(100)]);
         // SAFETY: `owned` outlives the list, used only in this test.
         let mut list = unsafe { owned.sg(0, 7) }.unwrap();
-        assert_eq!((list.len(), list.segment_count()), (100, 15));
+        assert_eq!((list.len(), list.segs.len()), (100, 15));
         let front = list.take_front(10).unwrap();
         assert_eq!(bytes_of(&front), pattern(100)[..10]);
         assert_eq!(bytes_of(&list), pattern(100)[10..]);
