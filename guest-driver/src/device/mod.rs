@@ -426,6 +426,10 @@ impl<T: Transport> Device<T> {
     /// Submits, flushes and waits for this request (within the device
     /// timeout); other completions of the queue stay available to
     /// [`poll`](Self::poll). The completion is returned whatever its status.
+    ///
+    /// On [`Error::Timeout`] the request is abandoned, not cancelled: the
+    /// device may still read and write its direct buffers until it returns
+    /// the chain (spec §11.1), so keep them allocated (or reset the device).
     pub fn run(&self, queue: u16, request: &Request) -> Result<Completion> {
         let dq = self.request_queue(queue)?;
         let id = self

@@ -263,7 +263,16 @@ impl DriverQueue {
                     Some(d - now)
                 }
             };
+            let queue = self.index;
+            let vq_err = |source| Error::Queue { queue, source };
             if st.polling {
+                // Another thread sleeps on the interrupt, perhaps asking for a
+                // whole batch: make the next used entry interrupt it, so that
+                // this waiter is not held up by that batch. If entries are
+                // already pending, reap them now instead of sleeping.
+                if st.vq.enable_notifications_after(1).map_err(vq_err)? {
+                    continue;
+                }
                 st = match left {
                     None => self.cond.wait(st).unwrap_or_else(PoisonError::into_inner),
                     Some(left) => {
@@ -275,8 +284,6 @@ impl DriverQueue {
                 };
                 continue;
             }
-            let queue = self.index;
-            let vq_err = |source| Error::Queue { queue, source };
             let more = want(&st);
             if st.vq.enable_notifications_after(more).map_err(vq_err)? {
                 st.vq.disable_notifications().map_err(vq_err)?;
