@@ -23,8 +23,9 @@ pub enum ChainError {
     /// More descriptors than the device's `max_segments`.
     #[error("more than {0} descriptors")]
     TooManyDescriptors(u32),
-    /// The chain ends on a descriptor that claims a successor: a loop, a `next`
-    /// out of range, or an unreadable indirect table.
+    /// The chain ends on a descriptor that claims a successor: a loop (cut
+    /// after a queue size of descriptors), a `next` out of range, or an
+    /// unreadable indirect table.
     #[error("chain is truncated (loop, bad next index or bad indirect table)")]
     Truncated,
     /// A descriptor points outside guest memory.
@@ -94,8 +95,11 @@ pub unsafe fn walk(
         claims_next = desc.has_next();
         count += 1;
         if count > max_descriptors {
+            // Keep walking, without translating, to tell a loop (Invalid)
+            // from a long chain (Limit); the iterator stops after at most a
+            // queue size of descriptors either way.
             walk.fail(ChainError::TooManyDescriptors(max_descriptors));
-            return walk;
+            continue;
         }
         if desc.is_write_only() {
             seen_writable = true;
@@ -119,6 +123,10 @@ pub unsafe fn walk(
         }
     }
     if claims_next {
+        // A loop is a malformed chain before it is a long one (§6.5).
+        if matches!(walk.error, Some(ChainError::TooManyDescriptors(_))) {
+            walk.error = None;
+        }
         walk.fail(ChainError::Truncated);
     }
     walk
