@@ -20,7 +20,10 @@ fn all_request_queues_are_served_at_the_maximum_count() {
     memory.write(&data, 0, b"123456789").unwrap();
     for queue in 0..MAX_QUEUES {
         let done = device
-            .run(queue, &Request::new(Op::Crc32c).input(Buffer::direct(&data)))
+            .run(
+                queue,
+                &Request::new(Op::Crc32c).input(Buffer::direct(&data)),
+            )
             .unwrap()
             .check()
             .unwrap();
