@@ -139,7 +139,7 @@ impl VhostUserBackendMut for AccelBackend {
 
     /// Bytes `offset..offset + size` of the configuration space (§5); bytes
     /// past the structure read as zero, as a VMM configured with a larger
-    /// `config_size` expects. A range past [`CONFIG_WINDOW`] gets an empty
+    /// `config_size` expects. A range past the 4 KiB window gets an empty
     /// reply, which vhost-user reports to the VMM as an error.
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let (offset, size) = (offset as usize, size as usize);

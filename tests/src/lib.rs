@@ -2,7 +2,7 @@
 //! (`tests/tests/`) and the benchmark (`src/bin/`).
 //!
 //! Map of the library:
-//! - [`reference`]: independent reference implementations of every operation
+//! - [`mod@reference`]: independent reference implementations of every operation
 //!   (bitwise CRC-32C, `ring` SHA-256 and AES-256-GCM, `miniz_oxide` deflate with
 //!   hand-built gzip framing, compare/copy/fill), never using the engine's crates.
 //! - [`data`]: seeded random inputs (random and text-like bytes, the interesting
@@ -13,7 +13,7 @@
 //!
 //! Test targets:
 //! - `tests/engine.rs`: every operation through the software engine directly
-//!   (no virtio), against [`reference`], over all sizes and scatter-gather
+//!   (no virtio), against [`mod@reference`], over all sizes and scatter-gather
 //!   layouts, plus concurrent submission.
 
 pub mod data;
