@@ -304,8 +304,9 @@ fn compare(a: &SgList, b: &SgList, scratch: &mut Scratch) -> Outcome {
         if rest_a.read_front(chunk_a).is_none() || rest_b.read_front(chunk_b).is_none() {
             return Outcome::failed(Status::DeviceError);
         }
-        if let Some(pos) = chunk_a.iter().zip(chunk_b.iter()).position(|(x, y)| x != y) {
-            return Outcome::ok(0, &(offset + pos).to_le_bytes());
+        if chunk_a != chunk_b {
+            let pos = chunk_a.iter().zip(chunk_b.iter()).position(|(x, y)| x != y);
+            return Outcome::ok(0, &(offset + pos.unwrap_or(0)).to_le_bytes());
         }
         offset += n;
     }
