@@ -193,13 +193,13 @@ impl VhostUserBackendMut for AccelBackend {
         if event < self.num_queues {
             return log_error(self.device.handle_queue(device_event, vrings));
         }
-        match event
+        if let Some(queue) = event
             .checked_sub(self.num_queues + 1)
             .and_then(|queue| u16::try_from(queue).ok())
         {
-            Some(queue) => log_error(self.device.handle_completions(queue, vrings)),
-            None => Ok(()),
+            self.device.handle_completions(queue, vrings);
         }
+        Ok(())
     }
 }
 

@@ -55,6 +55,9 @@ impl ChainError {
     }
 }
 
+/// How far past `max_segments` a walk goes looking for the end of a chain.
+const LOOP_SEARCH_FACTOR: u32 = 4;
+
 /// The buffers of a chain, and the first problem met while walking it.
 #[derive(Debug, Default)]
 pub struct Walk {
@@ -95,10 +98,13 @@ pub unsafe fn walk(
         claims_next = desc.has_next();
         count += 1;
         if count > max_descriptors {
-            // Keep walking, without translating, to tell a loop (Invalid)
-            // from a long chain (Limit); the iterator stops after at most a
-            // queue size of descriptors either way.
+            // Keep walking a little, without translating, to tell a short
+            // loop (Invalid) from a long chain (Limit); past the budget both
+            // are reported as Limit (§6.5 allows either for such a chain).
             walk.fail(ChainError::TooManyDescriptors(max_descriptors));
+            if count > max_descriptors.saturating_mul(LOOP_SEARCH_FACTOR) {
+                return walk;
+            }
             continue;
         }
         if desc.is_write_only() {

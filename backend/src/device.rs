@@ -228,10 +228,9 @@ impl Device {
         self.run_until_idle(|device, queue| {
             let completions = device.reap(queue);
             device.finish_all(completions);
-            if let Err(e) = device.flush(&vrings) {
-                warn!("stopping queues: {e}");
-            }
+            device.submit_ready();
         });
+        self.publish_used(&vrings);
     }
 
     /// Calls `step` on each hardware queue until no request is in flight, or
@@ -283,8 +282,10 @@ impl Device {
 
     /// Processes the available chains of virtqueue `vq` (a kick), then flushes.
     pub fn handle_queue(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
-        self.poll_ring(vq, vrings)?;
-        self.flush(vrings)
+        let polled = self.poll_ring(vq, vrings);
+        // Publish what was taken even if the ring then failed.
+        self.flush(vrings);
+        polled
     }
 
     /// Takes every available chain of virtqueue `vq`, with kicks disabled
@@ -299,19 +300,21 @@ impl Device {
         let vring_error = |source| DeviceError::Vring { index: vq, source };
         loop {
             vring.disable_notification().map_err(vring_error)?;
-            let readable = self.drain_queue(vq, vring);
+            let taken = self.drain_queue(vq, vring);
             let more = vring.enable_notification().map_err(vring_error)?;
-            if !readable || !more {
+            // Go round again only if this pass made progress: an entry the
+            // device cannot read must not turn into a busy loop.
+            if taken == 0 || !more {
                 return Ok(());
             }
         }
     }
 
-    /// Takes the available chains of virtqueue `vq`; `false` if the ring
-    /// cannot be read.
-    fn drain_queue(&mut self, vq: u16, vring: &VringRwLock) -> bool {
+    /// Takes the available chains of virtqueue `vq`; returns how many (0 if
+    /// the ring cannot be read).
+    fn drain_queue(&mut self, vq: u16, vring: &VringRwLock) -> usize {
         let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
-            return false;
+            return 0;
         };
         let (chains, size) = {
             let mut state = vring.get_mut();
@@ -321,12 +324,13 @@ impl Device {
                 Err(e) => {
                     drop(state);
                     self.guest_error(format_args!("virtqueue {vq}: {e}"));
-                    return false;
+                    return 0;
                 }
             }
         };
         // One reference on the snapshot for the whole batch, cloned per request.
         let keepalive: Keepalive = Arc::new(mem.clone());
+        let taken = chains.len();
         for chain in chains {
             let head = chain.head_index();
             if head >= size || !self.busy_heads.insert((vq, head)) {
@@ -347,7 +351,7 @@ impl Device {
                 self.accept_request(vq, head, walked, &mem, &keepalive);
             }
         }
-        true
+        taken
     }
 
     /// An available entry that names no chain the device may answer: on a
@@ -361,9 +365,9 @@ impl Device {
         }
     }
 
-    /// Queues the used entry of `head`, which is then no longer in flight.
+    /// Queues the used entry of `head`; the head stays in flight until the
+    /// entry is published.
     fn push_used(&mut self, vq: u16, head: u16, len: u32) {
-        self.busy_heads.remove(&(vq, head));
         self.used.push(Used { vq, head, len });
     }
 
@@ -378,6 +382,9 @@ impl Device {
     ) {
         let queue = vq - virtio_accel_spec::FIRST_REQUEST_QUEUE;
         let Some(fence) = self.fences.issue(queue) else {
+            // Cannot happen (`vq` is a request queue of this device); the
+            // chain is returned anyway so that its head is not lost.
+            self.push_used(vq, head, 0);
             return;
         };
         let Some(resp) = walked.writable.take_front(RESP_SIZE) else {
@@ -582,13 +589,9 @@ impl Device {
     }
 
     /// Takes the completions of hardware queue `queue`, then flushes.
-    pub fn handle_completions(
-        &mut self,
-        queue: u16,
-        vrings: &[VringRwLock],
-    ) -> Result<(), DeviceError> {
+    pub fn handle_completions(&mut self, queue: u16, vrings: &[VringRwLock]) {
         let Some(hw_queue) = self.hw_queues.get(usize::from(queue)) else {
-            return Ok(());
+            return;
         };
         // Acknowledge the interrupt first, so a completion posted after the
         // reap below raises it again.
@@ -597,7 +600,7 @@ impl Device {
         }
         let completions = self.reap(queue);
         self.finish_all(completions);
-        self.flush(vrings)
+        self.flush(vrings);
     }
 
     /// The pending completions of hardware queue `queue`.
@@ -619,10 +622,9 @@ impl Device {
 
     /// Submits ready jobs and publishes used entries, notifying the guest once
     /// per touched queue.
-    fn flush(&mut self, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
+    fn flush(&mut self, vrings: &[VringRwLock]) {
         self.submit_ready();
         self.publish_used(vrings);
-        Ok(())
     }
 
     /// Sends every ready job to its hardware queue. A refused batch fails
@@ -660,6 +662,7 @@ impl Device {
             let notify = {
                 let mut state = vring.get_mut();
                 for entry in entries {
+                    self.busy_heads.remove(&(index, entry.head));
                     if let Err(e) = state.add_used(entry.head, entry.len) {
                         warn!("virtqueue {index}: cannot return head {}: {e}", entry.head);
                     }

@@ -5,8 +5,9 @@
 //! restarted) the device state is dropped and the daemon waits for the next
 //! connection on the same socket.
 
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use log::{info, warn};
 use thiserror::Error;
@@ -41,6 +42,9 @@ pub enum ServerError {
     Register(#[source] std::io::Error),
 }
 
+/// Pause before accepting again after a connection failed.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// A bound socket and the engine shared by all connections.
 pub struct Server {
     config: Config,
@@ -67,26 +71,36 @@ impl Server {
         })
     }
 
-    /// Serves one VMM connection until it ends.
+    /// Serves one VMM connection until it ends; then drains and resets the
+    /// device, so nothing of the connection outlives it (§11).
     pub fn serve_one(&mut self) -> Result<(), ServerError> {
-        let backend = AccelBackend::new(self.config.clone(), &self.engine)?;
-        let completion_events: Vec<(i32, u64)> = backend
-            .device()
-            .hw_queues()
-            .iter()
-            .enumerate()
-            .map(|(index, queue)| {
-                use std::os::fd::AsRawFd;
-                (
-                    queue.completion_event().as_raw_fd(),
-                    backend.completion_event_id(index),
-                )
-            })
-            .collect();
-        let backend = Arc::new(RwLock::new(backend));
+        let backend = Arc::new(RwLock::new(AccelBackend::new(
+            self.config.clone(),
+            &self.engine,
+        )?));
+        let result = self.run_connection(&backend);
+        // The daemon is dropped by now (its worker threads joined).
+        let mut backend = backend.write().unwrap_or_else(PoisonError::into_inner);
+        backend.disconnect();
+        backend.close_exit_events();
+        result
+    }
+
+    fn run_connection(&mut self, backend: &Arc<RwLock<AccelBackend>>) -> Result<(), ServerError> {
+        let completion_events: Vec<(RawFd, u64)> = {
+            let backend = backend.read().unwrap_or_else(PoisonError::into_inner);
+            let events = backend
+                .device()
+                .hw_queues()
+                .iter()
+                .map(|q| q.completion_event().as_raw_fd());
+            events
+                .zip((0..).map(|index| backend.completion_event_id(index)))
+                .collect()
+        };
         let mut daemon = VhostUserDaemon::new(
             String::from("vhost-user-accel"),
-            Arc::clone(&backend),
+            Arc::clone(backend),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(ServerError::Daemon)?;
@@ -106,13 +120,6 @@ impl Server {
         for handler in &handlers {
             handler.send_exit_event();
         }
-        // Dropping the daemon joins its worker threads; then the device is
-        // drained and reset, so nothing outlives the connection (§11).
-        drop(handlers);
-        drop(daemon);
-        let mut backend = backend.write().unwrap_or_else(PoisonError::into_inner);
-        backend.disconnect();
-        backend.close_exit_events();
         match result {
             Ok(()) => Ok(()),
             Err(vhost_user_backend::Error::HandleRequest(
@@ -130,6 +137,9 @@ impl Server {
                 Ok(()) => info!("VMM disconnected; waiting for the next connection"),
                 Err(ServerError::Daemon(e)) => {
                     warn!("connection ended with an error: {e}; waiting for the next connection");
+                    // An error that repeats at once (say, out of descriptors
+                    // at accept) must not turn into a busy loop.
+                    std::thread::sleep(RETRY_DELAY);
                 }
                 Err(e) => return Err(e),
             }

@@ -15,7 +15,7 @@ use accel_tests::data::TestRng;
 use accel_tests::harness::{guest_ram, AccelDevice, Daemon};
 use accel_tests::reference;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use virtio_accel_spec::{DeflateFormat, DeflateParams, Op, Status};
+use virtio_accel_spec::{DeflateFormat, DeflateParams, Fence, Op, Status};
 
 const JOBS: usize = 6;
 const SIZE: usize = 1 << 20;
@@ -50,7 +50,30 @@ fn submit_slow_jobs(
     for queue in 0..device.num_request_queues() {
         device.flush(queue).unwrap();
     }
+    wait_until_taken(device, JOBS);
     jobs
+}
+
+/// Waits until the device has taken `count` requests spread round-robin over
+/// its queues: a request is taken once its fence is issued (FENCE_QUERY no
+/// longer answers NoFence). Only taken requests are the device's to finish.
+fn wait_until_taken(device: &AccelDevice, count: usize) {
+    let queues = usize::from(device.num_request_queues());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for queue in 0..queues.min(count) {
+        // Round-robin: queue q got count / queues requests, plus one if q
+        // is below the remainder; its last request has that sequence number.
+        let on_queue = count / queues + usize::from(queue < count % queues);
+        let last = u64::try_from(on_queue).unwrap();
+        let fence = Fence::new(u16::try_from(queue).unwrap(), last);
+        while device.query_fence(fence).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "queue {queue} never took request {last}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 /// Every job's output is complete: the daemon drained its work before

@@ -96,8 +96,9 @@ impl CompletionRing {
 
     /// Counts `count` more jobs as outstanding, unless that would put more
     /// than `depth` in flight: submitted and not completed, plus completed and
-    /// not reaped. Both counts change only under the `pending` lock, so the
-    /// sum is exact.
+    /// not reaped. Posting moves a job from one count to the other under the
+    /// `pending` lock; cancelling only lowers `outstanding`, so the sum read
+    /// here is never too low (at worst a refusal is spurious).
     fn reserve(&self, count: usize, depth: usize) -> Result<(), EngineError> {
         let pending = lock(&self.pending);
         let in_flight = self.outstanding.load(Ordering::Acquire) + pending.done.len();
