@@ -152,3 +152,59 @@ fn stopping_the_rings_waits_for_work_in_flight() {
     device.close().unwrap();
     assert_all_done(&memory, &jobs);
 }
+
+#[test]
+fn a_head_made_available_twice_is_answered_once() {
+    use accel_driver::RawDesc;
+    use virtio_accel_spec::request::Resp;
+    use vm_memory::ByteValued;
+
+    let daemon = Daemon::start();
+    let memory = guest_ram(8);
+    let mut device = daemon.connect(&memory);
+    let data = memory.alloc(9).unwrap();
+    memory.write(&data, 0, b"123456789").unwrap();
+    let request = Request::new(Op::Crc32c).input(Buffer::direct(&data));
+    // A request that fails at once (unknown operation): its head must stay
+    // in flight until its used entry is published, or the duplicate entry
+    // right behind it would be taken as a new request.
+    let bad = Request::raw_op(0).input(Buffer::direct(&data));
+    let header = bad.encode_header().unwrap();
+    let hdr = memory.alloc(header.len()).unwrap();
+    memory.write(&hdr, 0, &header).unwrap();
+    let resp = memory.alloc(64).unwrap();
+    let chain = RawDesc::chain(&[
+        (hdr.gpa(), u32::try_from(header.len()).unwrap(), false),
+        (data.gpa(), 9, false),
+        (resp.gpa(), 64, true),
+    ]);
+    let vq = 1;
+    let queue = device.raw_queue(vq).unwrap();
+    // The same head twice in one batch: the second entry names a chain that
+    // is already in flight and must not be answered (§6.5).
+    let head = queue.add_raw(&chain, 7).unwrap();
+    queue.push_avail_raw(head).unwrap();
+    queue.publish().unwrap();
+    device.notify(vq).unwrap();
+
+    let used = device
+        .wait_used(vq, Duration::from_secs(5))
+        .unwrap()
+        .expect("the chain comes back");
+    assert_eq!((used.head, used.len), (head, 64));
+    let mut answer = Resp::default();
+    answer
+        .as_mut_slice()
+        .copy_from_slice(&memory.read_vec(&resp, 0, 64).unwrap());
+    assert_eq!(u32::from(answer.status), u32::from(Status::Unsupported));
+    assert!(
+        device
+            .wait_used(vq, Duration::from_millis(300))
+            .unwrap()
+            .is_none(),
+        "the duplicate entry was answered"
+    );
+    // The queue keeps working; the duplicate consumed fence 2.
+    let done = device.run(0, &request).unwrap().check().unwrap();
+    assert_eq!(u64::from(done.fence().seqno), 3);
+}
