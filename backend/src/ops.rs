@@ -20,6 +20,7 @@ use virtio_accel_spec::request::RESULT_SIZE;
 use virtio_accel_spec::{
     AesGcmParams, Crc32cParams, DeflateFormat, DeflateParams, FillParams, Op, Status,
 };
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::sg::SgList;
 
@@ -37,8 +38,8 @@ pub enum ParamsError {
     Level(u8),
 }
 
-/// AES-256-GCM key material.
-#[derive(Clone, PartialEq, Eq)]
+/// AES-256-GCM key material, wiped from memory when dropped (§12.6).
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct GcmKey {
     key: [u8; 32],
     iv: [u8; GCM_IV_SIZE],
@@ -347,7 +348,7 @@ fn gcm(
     gather(aad, &mut scratch.aad);
     gather(input, &mut scratch.input);
     let cipher = Aes256Gcm::new(&key.key.into());
-    match crypt(
+    let outcome = match crypt(
         &cipher,
         &Nonce::from(key.iv),
         &scratch.aad,
@@ -358,7 +359,11 @@ fn gcm(
             Outcome::ok(scratch.input.len(), &tag)
         }
         Err(status) => Outcome::failed(status),
-    }
+    };
+    // No plaintext lingers in the worker's scratch memory (§12.6).
+    scratch.input.zeroize();
+    scratch.aad.zeroize();
+    outcome
 }
 
 fn gcm_seal(
