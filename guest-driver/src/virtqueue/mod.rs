@@ -207,7 +207,13 @@ pub struct SplitQueue {
     last_used: u16,
     /// Whether the driver currently wants interrupts.
     interrupts: bool,
+    /// Indirect tables of [`SPARE_TABLE_BYTES`], kept for reuse.
+    spare_tables: Vec<DmaBuf>,
 }
+
+/// Size of reused indirect tables (16 descriptors): enough for any request of
+/// a few buffers; longer chains get a table of their own size.
+const SPARE_TABLE_BYTES: usize = 16 * 16;
 
 impl SplitQueue {
     /// Allocates and initialises a queue of `size` descriptors (a power of two)
@@ -238,6 +244,7 @@ impl SplitQueue {
             kicked: 0,
             last_used: 0,
             interrupts: true,
+            spare_tables: Vec::new(),
         };
         queue.disable_notifications()?;
         Ok(queue)
@@ -368,6 +375,17 @@ impl SplitQueue {
         Ok(())
     }
 
+    /// An indirect table of `bytes` bytes: a reused one when it fits.
+    fn indirect_table(&mut self, bytes: usize) -> Result<DmaBuf> {
+        if bytes <= SPARE_TABLE_BYTES {
+            if let Some(table) = self.spare_tables.pop() {
+                return Ok(table);
+            }
+            return Ok(self.mem.alloc_aligned(SPARE_TABLE_BYTES, DESC_SIZE)?);
+        }
+        Ok(self.mem.alloc_aligned(bytes, DESC_SIZE)?)
+    }
+
     /// Adds a chain of device-readable then device-writable buffers
     /// `(gpa, len)` and puts its head in the avail ring (unpublished).
     ///
@@ -417,7 +435,7 @@ impl SplitQueue {
                         len: n,
                         size: self.size(),
                     })?;
-            let table = self.mem.alloc_aligned(table_len as usize, DESC_SIZE)?;
+            let table = self.indirect_table(table_len as usize)?;
             self.mem
                 .write(&table, 0, &Descriptor::table_bytes(&descs))?;
             let slots = self.take_slots(1)?;
@@ -600,6 +618,13 @@ impl SplitQueue {
             return Err(Error::BadUsedId { id, len });
         };
         self.free.extend(chain.slots.iter().rev());
+        if let Some(table) = chain._indirect {
+            if table.len() == SPARE_TABLE_BYTES
+                && self.spare_tables.len() < usize::from(self.size())
+            {
+                self.spare_tables.push(table);
+            }
+        }
         Ok(Some(Used {
             head,
             token: chain.token,

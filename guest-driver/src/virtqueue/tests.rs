@@ -74,7 +74,7 @@ fn direct_chain_layout_and_free() {
 }
 
 #[test]
-fn indirect_chain_uses_one_slot_and_frees_its_table() {
+fn indirect_chain_uses_one_slot_and_reuses_its_table() {
     let (mem, mut q, mut dev) = setup(4, BOTH);
     let before = mem.free_bytes();
     let head = q
@@ -99,7 +99,15 @@ fn indirect_chain_uses_one_slot_and_frees_its_table() {
     assert_eq!(u16::from(q.read_desc(single).unwrap().flags), 0);
     dev.push_used(u32::from(head), 64);
     assert_eq!(q.pop_used().unwrap().unwrap().token, 1);
-    assert_eq!(mem.free_bytes(), before);
+    // The table is kept for the next indirect chain instead of being freed.
+    let kept = mem.free_bytes();
+    assert!(kept < before);
+    let again = q.add(&[(0x1000, 1)], &[(0x2000, 64)], 3).unwrap();
+    assert_eq!(
+        u16::from(q.read_desc(again).unwrap().flags),
+        DESC_F_INDIRECT
+    );
+    assert_eq!(mem.free_bytes(), kept, "the spare table is reused");
 }
 
 #[test]
