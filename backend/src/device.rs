@@ -525,7 +525,7 @@ impl Device {
             .filter(|dep| self.fences.is_signalled(*dep) == Ok(false))
             .collect();
         if pending.is_empty() {
-            self.ready[usize::from(queue)].push(job);
+            self.make_ready(queue, job);
             return;
         }
         for dep in &pending {
@@ -538,6 +538,19 @@ impl Device {
                 waiter: Waiter::Request { queue, job },
             },
         );
+    }
+
+    /// Queues a job whose dependencies have signalled for its hardware queue.
+    /// (`queue` always names one; a job that somehow does not is failed.)
+    fn make_ready(&mut self, queue: u16, job: Job) {
+        match self.ready.get_mut(usize::from(queue)) {
+            Some(ready) => ready.push(job),
+            None => {
+                if let Some(inflight) = self.inflight.remove(&job.cookie) {
+                    self.finish(inflight, Outcome::failed(Status::DeviceError));
+                }
+            }
+        }
     }
 
     /// Completes a request: response, used entry, fence signal.
@@ -580,7 +593,7 @@ impl Device {
                 continue;
             };
             match done.waiter {
-                Waiter::Request { queue, job } => self.ready[usize::from(queue)].push(job),
+                Waiter::Request { queue, job } => self.make_ready(queue, job),
                 Waiter::Control { head, resp, .. } => {
                     self.answer_control(head, &resp, Status::Ok, 0)
                 }

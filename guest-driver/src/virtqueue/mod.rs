@@ -375,6 +375,19 @@ impl SplitQueue {
         Ok(())
     }
 
+    /// Records the chain whose descriptors fill `slots` (head first) under
+    /// `token` and puts its head in the avail ring (unpublished).
+    fn record(&mut self, slots: Vec<u16>, token: u64, indirect: Option<DmaBuf>) -> Result<u16> {
+        let head = slots.first().copied().ok_or(Error::EmptyChain)?;
+        self.chains[usize::from(head)] = Some(Chain {
+            token,
+            slots,
+            _indirect: indirect,
+        });
+        self.push_avail(head)?;
+        Ok(head)
+    }
+
     /// An indirect table of `bytes` bytes: a reused one when it fits.
     fn indirect_table(&mut self, bytes: usize) -> Result<DmaBuf> {
         if bytes <= SPARE_TABLE_BYTES {
@@ -444,13 +457,7 @@ impl SplitQueue {
                 head,
                 Descriptor::new(table.gpa(), table_len, DESC_F_INDIRECT, 0),
             )?;
-            self.chains[usize::from(head)] = Some(Chain {
-                token,
-                slots,
-                _indirect: Some(table),
-            });
-            self.push_avail(head)?;
-            return Ok(head);
+            return self.record(slots, token, Some(table));
         }
 
         if n > usize::from(self.size()) {
@@ -467,14 +474,7 @@ impl SplitQueue {
             };
             self.write_desc(slots[i], desc)?;
         }
-        let head = slots[0];
-        self.chains[usize::from(head)] = Some(Chain {
-            token,
-            slots,
-            _indirect: None,
-        });
-        self.push_avail(head)?;
-        Ok(head)
+        self.record(slots, token, None)
     }
 
     /// Writes `descs` verbatim into free slots (flags as given, `next` as
@@ -514,14 +514,7 @@ impl SplitQueue {
             };
             self.write_desc(slots[i], Descriptor::new(d.addr, d.len, d.flags, next))?;
         }
-        let head = slots[0];
-        self.chains[usize::from(head)] = Some(Chain {
-            token,
-            slots,
-            _indirect: None,
-        });
-        self.push_avail(head)?;
-        Ok(head)
+        self.record(slots, token, None)
     }
 
     /// Puts `head` in the next avail-ring slot (unpublished) without checking
