@@ -132,9 +132,17 @@ struct TimerState {
 }
 
 impl ModerationTimer {
+    /// Adds a deadline. The timer thread is woken only when it would
+    /// otherwise sleep past it: deadlines are mostly armed in time order, so
+    /// the thread usually wakes for an earlier one first and picks this one up.
     fn arm(&self, deadline: Instant, ring: Weak<CompletionRing>) {
-        lock(&self.state).deadlines.push((deadline, ring));
-        self.wake.notify_one();
+        let mut state = lock(&self.state);
+        let sooner = state.deadlines.iter().all(|(armed, _)| deadline < *armed);
+        state.deadlines.push((deadline, ring));
+        drop(state);
+        if sooner {
+            self.wake.notify_one();
+        }
     }
 
     fn run(&self) {

@@ -28,7 +28,7 @@ use crate::transport::{self, Transport};
 use crate::virtqueue::{self, RingFeatures, SplitQueue, Used};
 
 pub use completion::{Completion, ControlCompletion, CTRL_RESP_SIZE};
-pub use request::{Buffer, Error as RequestError, Request, MAX_DESC_LEN, RESP_SIZE};
+pub use request::{Buffer, Error as RequestError, Request, Segments, MAX_DESC_LEN, RESP_SIZE};
 
 use queue::{DriverQueue, Finished};
 
@@ -365,7 +365,7 @@ impl<T: Transport> Device<T> {
         token: u64,
         wait: bool,
     ) -> Result<Option<u64>> {
-        let header = request.encode_header()?;
+        let header = request.header_bytes()?;
         dq.submit(
             &header,
             request.resp_len(),

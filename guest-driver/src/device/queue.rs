@@ -16,7 +16,7 @@ use crate::memory::{DmaBuf, DmaMemory};
 use crate::transport::Transport;
 use crate::virtqueue::{self, SplitQueue, Used};
 
-use super::request::RESP_SIZE;
+use super::request::{Segments, RESP_SIZE};
 use super::Error;
 
 /// Size of the pooled header buffers: a header of up to 448 bytes plus the response.
@@ -46,7 +46,8 @@ pub(crate) struct Finished {
 #[derive(Debug)]
 pub(crate) struct QueueState {
     pub(crate) vq: SplitQueue,
-    pending: HashMap<u16, Pending>,
+    /// Core-added chains in flight, by head.
+    pending: Vec<Option<Pending>>,
     ready: VecDeque<Finished>,
     claimed: HashMap<u64, Finished>,
     abandoned: HashSet<u64>,
@@ -68,7 +69,11 @@ impl QueueState {
                 Err(source) => return Err(Error::Queue { queue, source }),
             };
             filed = true;
-            let Some(pending) = self.pending.remove(&used.head) else {
+            let Some(pending) = self
+                .pending
+                .get_mut(usize::from(used.head))
+                .and_then(Option::take)
+            else {
                 self.raw_ready.push_back(used);
                 continue;
             };
@@ -106,12 +111,13 @@ pub(crate) struct DriverQueue {
 
 impl DriverQueue {
     pub(crate) fn new(index: u16, vq: SplitQueue) -> Self {
+        let pending = (0..vq.size()).map(|_| None).collect();
         DriverQueue {
             index,
             mem: vq.memory().clone(),
             state: Mutex::new(QueueState {
                 vq,
-                pending: HashMap::new(),
+                pending,
                 ready: VecDeque::new(),
                 claimed: HashMap::new(),
                 abandoned: HashSet::new(),
@@ -163,10 +169,10 @@ impl DriverQueue {
 
         let header_len =
             u32::try_from(header.len()).map_err(|_| Error::HeaderTooLong(header.len()))?;
-        let mut rd = Vec::with_capacity(1 + readable.len());
+        let mut rd = Segments::new();
         rd.push((buf.gpa(), header_len));
         rd.extend_from_slice(readable);
-        let mut wr = Vec::with_capacity(1 + writable.len());
+        let mut wr = Segments::new();
         if resp_len > 0 {
             wr.push((buf.gpa() + resp_off as u64, resp_len));
         }
@@ -191,15 +197,15 @@ impl DriverQueue {
             st.next_waiter += 1;
             st.next_waiter
         });
-        st.pending.insert(
-            head,
-            Pending {
+        // The queue hands out heads below its size, the length of `pending`.
+        if let Some(entry) = st.pending.get_mut(usize::from(head)) {
+            *entry = Some(Pending {
                 buf,
                 resp_offset: resp_off,
                 token,
                 waiter,
-            },
-        );
+            });
+        }
         Ok(waiter)
     }
 

@@ -9,6 +9,7 @@
 //!            [direct output data ...]                      (the caller's buffers)
 //! ```
 
+use smallvec::SmallVec;
 use thiserror::Error;
 use virtio_accel_spec::op::{OpParams, PARAMS_SIZE};
 use virtio_accel_spec::{BufRef, Fence, Op, Req, Resp};
@@ -16,6 +17,14 @@ use vm_memory::endian::{Le16, Le32};
 use vm_memory::ByteValued;
 
 use crate::memory::DmaBuf;
+
+/// Descriptors `(gpa, len)` of one direction of a chain; requests of up to
+/// eight pieces build it without allocating.
+pub type Segments = SmallVec<[(u64, u32); 8]>;
+
+/// A header block: inline up to 256 bytes (a header, two dependencies and
+/// five buffer references).
+pub(crate) type HeaderBytes = SmallVec<[u8; 256]>;
 
 /// Errors of request building.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -128,19 +137,23 @@ impl Buffer {
     /// Descriptors `(gpa, len)` the buffer contributes to the chain
     /// (none for an object; zero-length pieces are left out).
     pub fn segments(&self) -> Vec<(u64, u32)> {
+        let mut segs = Segments::new();
+        self.append_segments(&mut segs);
+        segs.into_vec()
+    }
+
+    fn append_segments(&self, out: &mut Segments) {
         match self {
-            Buffer::Object { .. } => Vec::new(),
-            Buffer::Scattered(segs) => segs.iter().copied().filter(|&(_, l)| l > 0).collect(),
+            Buffer::Object { .. } => {}
+            Buffer::Scattered(segs) => out.extend(segs.iter().copied().filter(|&(_, l)| l > 0)),
             &Buffer::Direct { gpa, len } => {
-                let mut segs = Vec::new();
                 let mut done = 0;
                 while done < len {
                     let n = (len - done).min(MAX_DESC_LEN);
                     // n <= MAX_DESC_LEN < 2^32.
-                    segs.push((gpa + done, u32::try_from(n).unwrap_or(u32::MAX)));
+                    out.push((gpa + done, u32::try_from(n).unwrap_or(u32::MAX)));
                     done += n;
                 }
-                segs
             }
         }
     }
@@ -274,8 +287,14 @@ impl Request {
 
     /// The readable header block: `Req | Fence * deps | BufRef * (in + out)`.
     pub fn encode_header(&self) -> Result<Vec<u8>, Error> {
+        Ok(self.header_bytes()?.into_vec())
+    }
+
+    /// The header block in a buffer that needs no allocation for requests
+    /// of a few buffers (the submission path).
+    pub(crate) fn header_bytes(&self) -> Result<HeaderBytes, Error> {
         let header = self.header()?;
-        let mut bytes = Vec::with_capacity(self.header_len());
+        let mut bytes = HeaderBytes::new();
         bytes.extend_from_slice(header.as_slice());
         for fence in &self.deps {
             bytes.extend_from_slice(fence.as_slice());
@@ -294,13 +313,21 @@ impl Request {
     }
 
     /// Direct input descriptors, in order.
-    pub fn input_segments(&self) -> Vec<(u64, u32)> {
-        self.inputs.iter().flat_map(Buffer::segments).collect()
+    pub fn input_segments(&self) -> Segments {
+        Self::chain_segments(&self.inputs)
     }
 
     /// Direct output descriptors, in order.
-    pub fn output_segments(&self) -> Vec<(u64, u32)> {
-        self.outputs.iter().flat_map(Buffer::segments).collect()
+    pub fn output_segments(&self) -> Segments {
+        Self::chain_segments(&self.outputs)
+    }
+
+    fn chain_segments(buffers: &[Buffer]) -> Segments {
+        let mut segs = Segments::new();
+        for buffer in buffers {
+            buffer.append_segments(&mut segs);
+        }
+        segs
     }
 }
 
@@ -350,7 +377,7 @@ mod tests {
         b.as_mut_slice().copy_from_slice(&bytes[136..160]);
         assert_eq!(b, BufRef::object(42, 4096, 50));
 
-        assert_eq!(req.input_segments(), vec![(input.gpa() + 10, 50)]);
+        assert_eq!(req.input_segments().as_slice(), [(input.gpa() + 10, 50)]);
         assert!(req.output_segments().is_empty());
     }
 

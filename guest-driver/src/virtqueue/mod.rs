@@ -23,9 +23,10 @@ mod ring;
 
 use std::sync::atomic::{fence, Ordering};
 
+use smallvec::SmallVec;
 use thiserror::Error;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use crate::memory::{self, DmaBuf, DmaMemory, PAGE_SIZE};
 use ring::RingLayout;
@@ -182,7 +183,7 @@ pub struct Used {
 #[derive(Debug)]
 struct Chain {
     token: u64,
-    slots: Vec<u16>,
+    slots: Slots,
     _indirect: Option<DmaBuf>,
 }
 
@@ -209,7 +210,12 @@ pub struct SplitQueue {
     interrupts: bool,
     /// Indirect tables of [`SPARE_TABLE_BYTES`], kept for reuse.
     spare_tables: Vec<DmaBuf>,
+    /// Bytes of the indirect table being built, kept to avoid an allocation per chain.
+    table_scratch: Vec<u8>,
 }
+
+/// Descriptor slots of one chain, head first (one for an indirect chain).
+type Slots = SmallVec<[u16; 4]>;
 
 /// Size of reused indirect tables (16 descriptors): enough for any request of
 /// a few buffers; longer chains get a table of their own size.
@@ -245,6 +251,7 @@ impl SplitQueue {
             last_used: 0,
             interrupts: true,
             spare_tables: Vec::new(),
+            table_scratch: Vec::new(),
         };
         queue.disable_notifications()?;
         Ok(queue)
@@ -354,7 +361,7 @@ impl SplitQueue {
 
     // ---- adding chains --------------------------------------------------
 
-    fn take_slots(&mut self, n: usize) -> Result<Vec<u16>> {
+    fn take_slots(&mut self, n: usize) -> Result<Slots> {
         if n > self.free.len() {
             return Err(Error::QueueFull {
                 needed: n,
@@ -362,9 +369,7 @@ impl SplitQueue {
             });
         }
         let at = self.free.len() - n;
-        let mut slots = self.free.split_off(at);
-        slots.reverse();
-        Ok(slots)
+        Ok(self.free.drain(at..).rev().collect())
     }
 
     fn push_avail(&mut self, head: u16) -> Result<()> {
@@ -377,7 +382,7 @@ impl SplitQueue {
 
     /// Records the chain whose descriptors fill `slots` (head first) under
     /// `token` and puts its head in the avail ring (unpublished).
-    fn record(&mut self, slots: Vec<u16>, token: u64, indirect: Option<DmaBuf>) -> Result<u16> {
+    fn record(&mut self, slots: Slots, token: u64, indirect: Option<DmaBuf>) -> Result<u16> {
         let head = slots.first().copied().ok_or(Error::EmptyChain)?;
         self.chains[usize::from(head)] = Some(Chain {
             token,
@@ -424,22 +429,6 @@ impl SplitQueue {
             if self.free.is_empty() {
                 return Err(Error::QueueFull { needed: 1, free: 0 });
             }
-            let descs: Vec<Descriptor> = bufs
-                .enumerate()
-                .map(|(i, (addr, len, flags))| {
-                    if i + 1 < n {
-                        // i + 1 < n <= u16::MAX is checked below.
-                        Descriptor::new(
-                            addr,
-                            len,
-                            flags | DESC_F_NEXT,
-                            u16::try_from(i + 1).unwrap_or(0),
-                        )
-                    } else {
-                        Descriptor::new(addr, len, flags, 0)
-                    }
-                })
-                .collect();
             let table_len =
                 u16::try_from(n)
                     .ok()
@@ -448,9 +437,16 @@ impl SplitQueue {
                         len: n,
                         size: self.size(),
                     })?;
+            self.table_scratch.clear();
+            for (i, (addr, len, flags)) in bufs.enumerate() {
+                let desc = match u16::try_from(i + 1) {
+                    Ok(next) if i + 1 < n => Descriptor::new(addr, len, flags | DESC_F_NEXT, next),
+                    _ => Descriptor::new(addr, len, flags, 0),
+                };
+                self.table_scratch.extend_from_slice(desc.as_slice());
+            }
             let table = self.indirect_table(table_len as usize)?;
-            self.mem
-                .write(&table, 0, &Descriptor::table_bytes(&descs))?;
+            self.mem.write(&table, 0, &self.table_scratch)?;
             let slots = self.take_slots(1)?;
             let head = slots[0];
             self.write_desc(

@@ -60,7 +60,10 @@ impl Descriptor {
 
     /// Encodes `descs` as the bytes of a descriptor table.
     pub fn table_bytes(descs: &[Descriptor]) -> Vec<u8> {
-        descs.iter().flat_map(|d| d.as_slice().to_vec()).collect()
+        descs
+            .iter()
+            .flat_map(|d| d.as_slice().iter().copied())
+            .collect()
     }
 }
 
