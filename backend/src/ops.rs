@@ -360,10 +360,19 @@ fn gcm(
         }
         Err(status) => Outcome::failed(status),
     };
-    // No plaintext lingers in the worker's scratch memory (§12.6).
-    scratch.input.zeroize();
-    scratch.aad.zeroize();
+    // No plaintext lingers in the worker's scratch memory (§12.6). Only the
+    // bytes this job filled are wiped: `gather` sized the buffers before
+    // copying into them, so no copy was left behind by a reallocation, and
+    // wiping the whole capacity would cost a small job the size of the
+    // largest one before it.
+    wipe(&mut scratch.input);
+    wipe(&mut scratch.aad);
     outcome
+}
+
+fn wipe(buffer: &mut Vec<u8>) {
+    buffer.as_mut_slice().zeroize();
+    buffer.clear();
 }
 
 fn gcm_seal(
@@ -532,4 +541,23 @@ fn inflate(format: DeflateFormat, input: &SgList, out: &SgList, scratch: &mut Sc
             status == flate2::Status::StreamEnd,
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wipe;
+
+    #[test]
+    fn wipe_zeroes_the_filled_bytes_and_keeps_the_allocation() {
+        let mut buffer = vec![0xa5u8; 4096];
+        let start = buffer.as_ptr();
+        wipe(&mut buffer);
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.as_ptr(), start);
+        assert!(buffer.capacity() >= 4096);
+        // SAFETY: the 4096 bytes were initialised by `vec!` and the
+        // allocation, still owned by `buffer`, was neither moved nor freed.
+        let old = unsafe { std::slice::from_raw_parts(start, 4096) };
+        assert!(old.iter().all(|&b| b == 0));
+    }
 }
