@@ -421,6 +421,14 @@ fn gcm_open(
     )
 }
 
+/// What a finished stream moved.
+struct Streamed {
+    /// Bytes written to the output.
+    written: usize,
+    /// Input bytes the stream took (the rest of the input is after its end).
+    consumed: usize,
+}
+
 /// Streams `input` through `step`, a chunk at a time through private bounce
 /// buffers, writing what it produces to `out`. `step(input, output, at_end)`
 /// returns (bytes consumed, bytes produced, stream finished) or a status;
@@ -431,7 +439,7 @@ fn stream<F>(
     scratch: &mut Scratch,
     stall: Status,
     mut step: F,
-) -> Outcome
+) -> Result<Streamed, Status>
 where
     F: FnMut(&[u8], &mut [u8], bool) -> Result<(usize, usize, bool), Status>,
 {
@@ -448,33 +456,32 @@ where
     loop {
         if pending_start == pending_end && !remaining.is_empty() {
             let n = remaining.len().min(STREAM_CHUNK);
-            let Some(chunk) = remaining.take_front(n) else {
-                return Outcome::failed(Status::DeviceError);
-            };
+            let chunk = remaining.take_front(n).ok_or(Status::DeviceError)?;
             chunk.read_into(&mut in_buf[..n]);
             (pending_start, pending_end) = (0, n);
         }
         let at_end = remaining.is_empty();
         let (consumed, produced, finished) =
-            match step(&in_buf[pending_start..pending_end], out_buf, at_end) {
-                Ok(progress) => progress,
-                Err(status) => return Outcome::failed(status),
-            };
+            step(&in_buf[pending_start..pending_end], out_buf, at_end)?;
         pending_start += consumed;
         if produced > 0 {
             if written + produced > out.len() {
-                return Outcome::failed(Status::NoSpace);
+                return Err(Status::NoSpace);
             }
             out.write_at(written, &out_buf[..produced]);
             written += produced;
         }
         if finished {
-            return Outcome::ok(written, &[]);
+            let unread = remaining.len() + (pending_end - pending_start);
+            return Ok(Streamed {
+                written,
+                consumed: input.len() - unread,
+            });
         }
         if consumed == 0 && produced == 0 {
             // A step that neither consumes nor produces cannot make progress
             // (input ended before the stream did): stop rather than spin.
-            return Outcome::failed(stall);
+            return Err(stall);
         }
     }
 }
@@ -500,7 +507,7 @@ fn deflate(
         DeflateFormat::Zlib => Compress::new(level, true),
         DeflateFormat::Gzip => Compress::new_gzip(level, 15),
     };
-    stream(
+    let streamed = stream(
         input,
         out,
         scratch,
@@ -521,7 +528,9 @@ fn deflate(
                 status == flate2::Status::StreamEnd,
             ))
         },
-    )
+    );
+    // DEFLATE_COMPRESS has no result (§8.8).
+    streamed.map_or_else(Outcome::failed, |done| Outcome::ok(done.written, &[]))
 }
 
 fn inflate(format: DeflateFormat, input: &SgList, out: &SgList, scratch: &mut Scratch) -> Outcome {
@@ -530,7 +539,7 @@ fn inflate(format: DeflateFormat, input: &SgList, out: &SgList, scratch: &mut Sc
         DeflateFormat::Zlib => Decompress::new(true),
         DeflateFormat::Gzip => Decompress::new_gzip(15),
     };
-    stream(input, out, scratch, Status::BadData, |src, dst, _| {
+    let streamed = stream(input, out, scratch, Status::BadData, |src, dst, _| {
         let (before_in, before_out) = (decompressor.total_in(), decompressor.total_out());
         let status = decompressor
             .decompress(src, dst, FlushDecompress::None)
@@ -540,6 +549,11 @@ fn inflate(format: DeflateFormat, input: &SgList, out: &SgList, scratch: &mut Sc
             progress(before_out, decompressor.total_out())?,
             status == flate2::Status::StreamEnd,
         ))
+    });
+    // The result is the length of the stream in the input (§8.9), which
+    // lets a driver find the member after it in a multi-member gzip file.
+    streamed.map_or_else(Outcome::failed, |done| {
+        Outcome::ok(done.written, &(done.consumed as u64).to_le_bytes())
     })
 }
 

@@ -974,6 +974,7 @@ fn deflate_decompress_all_formats_levels_sizes_and_layouts() {
                     Op::DeflateDecompress,
                 )
                 .params(&deflate_params(format, 0))
+                .result(&(packed.len() as u64).to_le_bytes())
                 .input(packed)
                 .output(n + extra, OutCheck::Bytes(input));
                 run_layouts(&rig, &mut rng, &case, &layouts_for(n, salt), salt);
@@ -995,25 +996,30 @@ fn deflate_decompress_headers_and_trailing_bytes() {
             Op::DeflateDecompress,
         )
         .params(&deflate_params(DeflateFormat::Gzip, 0))
+        .result(&(packed.len() as u64).to_le_bytes())
         .input(packed)
         .output(n, OutCheck::Bytes(input.clone()));
         run_layouts(&rig, &mut rng, &case, &LAYOUTS, salt);
-        // Two gzip members: only the first is decoded.
+        // Two gzip members: only the first is decoded, and the result says
+        // where the second starts (§8.9).
         let second_len = 1 + rng.below(1000);
         let second = rng.data(second_len);
         let mut packed = reference::compress(DeflateFormat::Gzip, 6, &input);
+        let first_len = packed.len() as u64;
         packed.extend_from_slice(&reference::compress(DeflateFormat::Gzip, 6, &second));
         let case = Case::new(
             format!("decompress the first of two gzip members, {n} B"),
             Op::DeflateDecompress,
         )
         .params(&deflate_params(DeflateFormat::Gzip, 0))
+        .result(&first_len.to_le_bytes())
         .input(packed)
         .output(n + second.len(), OutCheck::Bytes(input.clone()));
         run_layouts(&rig, &mut rng, &case, &LAYOUTS, salt);
-        // Bytes after the end of the stream are ignored.
+        // Bytes after the end of the stream are not decoded.
         for format in DeflateFormat::ALL.iter().copied() {
             let mut packed = reference::compress(format, 1, &input);
+            let stream_len = packed.len() as u64;
             let garbage = 1 + rng.below(100);
             packed.extend_from_slice(&rng.bytes(garbage));
             let case = Case::new(
@@ -1021,6 +1027,7 @@ fn deflate_decompress_headers_and_trailing_bytes() {
                 Op::DeflateDecompress,
             )
             .params(&deflate_params(format, 0))
+            .result(&stream_len.to_le_bytes())
             .input(packed)
             .output(n, OutCheck::Bytes(input.clone()));
             run_layouts(&rig, &mut rng, &case, &LAYOUTS, salt);

@@ -482,7 +482,13 @@ fn expect_inflate(format: DeflateFormat, input: &[u8], out_len: usize) -> Expect
         Ok(inflated) => {
             let mut out = sentinel(out_len);
             out[..inflated.data.len()].copy_from_slice(&inflated.data);
-            Expected::ok(inflated.data.len(), &[], vec![OutputCheck::Exact(out)])
+            // The result is the stream's length in the input (§8.9).
+            let consumed = (inflated.consumed as u64).to_le_bytes();
+            Expected::ok(
+                inflated.data.len(),
+                &consumed,
+                vec![OutputCheck::Exact(out)],
+            )
         }
         Err(InflateError::TooLarge) => Expected::failed(Status::NoSpace),
         Err(_) => Expected::failed(Status::BadData),
@@ -1157,7 +1163,11 @@ fn deflate_decompress_gzip_header_fields() {
                     &[input.len()],
                     layout,
                 ),
-                &Expected::ok(input.len(), &[], vec![OutputCheck::Exact(input.clone())]),
+                &Expected::ok(
+                    input.len(),
+                    &(compressed.len() as u64).to_le_bytes(),
+                    vec![OutputCheck::Exact(input.clone())],
+                ),
             );
         }
     }
@@ -1167,6 +1177,7 @@ fn deflate_decompress_gzip_header_fields() {
         ..GzipHeader::minimal()
     };
     let compressed = reference::compress_gzip(&header, 6, &input);
+    let consumed = (compressed.len() as u64).to_le_bytes();
     rig.check(
         Case::new(
             "inflate gzip 64 KiB extra field",
@@ -1175,7 +1186,11 @@ fn deflate_decompress_gzip_header_fields() {
             &[input.len()],
             &[7],
         ),
-        &Expected::ok(input.len(), &[], vec![OutputCheck::Exact(input.clone())]),
+        &Expected::ok(
+            input.len(),
+            &consumed,
+            vec![OutputCheck::Exact(input.clone())],
+        ),
     );
 }
 
