@@ -13,6 +13,9 @@
 //! - [`transport`]: the [`Transport`] trait the core needs from a transport;
 //! - [`vhost_user`]: [`VhostUserTransport`], a vhost-user frontend that plays
 //!   the VMM toward a vhost-user backend;
+//! - [`pci`]: [`PciTransport`], a modern virtio-pci transport from Linux
+//!   userspace (`uio_pci_generic`, sysfs BARs, hugepage DMA memory from
+//!   [`DmaMemory::hugepages`]), plus listing and binding of devices;
 //! - [`device`]: [`Device`], the accelerator protocol over any transport:
 //!   feature negotiation, control commands (objects, fences), requests,
 //!   completions, and raw queue access for fault tests.
@@ -45,6 +48,7 @@
 
 pub mod device;
 pub mod memory;
+pub mod pci;
 pub mod transport;
 pub mod vhost_user;
 pub mod virtqueue;
@@ -56,6 +60,7 @@ pub use device::{
     feature, Buffer, Completion, ControlCompletion, Device, OpenOptions, Request, DEFAULT_FEATURES,
 };
 pub use memory::{DmaBuf, DmaMemory, MemoryRegion};
+pub use pci::{PciOptions, PciTransport};
 pub use transport::Transport;
 pub use vhost_user::{VhostUserOptions, VhostUserTransport};
 pub use virtqueue::{Descriptor, QueueAddresses, RawDesc, RawNext, SplitQueue, Used};

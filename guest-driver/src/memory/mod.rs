@@ -14,6 +14,7 @@
 //! flight.
 
 mod alloc;
+pub mod hugepage;
 mod memfd;
 
 use std::ffi::CStr;
@@ -30,6 +31,8 @@ use vm_memory::{
 
 pub use alloc::Error as AllocError;
 use alloc::RangeAllocator;
+use hugepage::Placement;
+pub use hugepage::{Error as HugepageError, HUGEPAGE_SIZE};
 
 /// Page size assumed for region placement and page-aligned allocations.
 pub const PAGE_SIZE: u64 = 4096;
@@ -65,6 +68,9 @@ pub enum Error {
     /// The memfd could not be mapped.
     #[error("cannot map guest memory")]
     Map(#[source] vm_memory::mmap::FromRangesError),
+    /// Hugepage memory could not be set up.
+    #[error("cannot set up hugepage guest memory")]
+    Hugepages(#[from] HugepageError),
     /// The allocator could not satisfy a request.
     #[error("cannot allocate a DMA buffer")]
     Alloc(#[from] AllocError),
@@ -175,20 +181,49 @@ impl DmaMemory {
             prev_end = end;
         }
         let total: u64 = sorted.iter().map(|&(_, s)| s).sum();
-        let file = Arc::new(memfd::create(MEMFD_NAME, total).map_err(Error::Memfd)?);
-
-        let mut mapped = Vec::with_capacity(sorted.len());
+        let file = memfd::create(MEMFD_NAME, total).map_err(Error::Memfd)?;
+        let mut placements = Vec::with_capacity(sorted.len());
         let mut offset = 0u64;
         for &(gpa, size) in &sorted {
-            let len = usize::try_from(size).map_err(|_| Error::BadRegion { gpa, size })?;
+            placements.push(Placement {
+                gpa,
+                size,
+                file_offset: offset,
+            });
+            offset += size;
+        }
+        Self::from_file(file, &placements)
+    }
+
+    /// `size` bytes (rounded up to whole 2 MiB pages) of hugepages, each region at its
+    /// physical address (guest-physical, in a guest): memory a real device
+    /// can DMA to without an IOMMU. Physically contiguous pages form one
+    /// region; buffers never straddle regions, so a buffer is at most as large
+    /// as the largest run (2 MiB at least). Needs root and reserved hugepages
+    /// (`/proc/sys/vm/nr_hugepages`); see [`hugepage`].
+    pub fn hugepages(size: usize) -> Result<Self> {
+        let (file, mut placements) = hugepage::allocate(size)?;
+        placements.sort_unstable_by_key(|p| p.gpa);
+        Self::from_file(file, &placements)
+    }
+
+    /// Maps `placements` (sorted by guest-physical address, not overlapping,
+    /// page aligned) of `file`.
+    fn from_file(file: File, placements: &[Placement]) -> Result<Self> {
+        let file = Arc::new(file);
+        let mut mapped = Vec::with_capacity(placements.len());
+        for p in placements {
+            let len = usize::try_from(p.size).map_err(|_| Error::BadRegion {
+                gpa: p.gpa,
+                size: p.size,
+            })?;
             let region = GuestRegionMmap::<()>::from_range(
-                GuestAddress(gpa),
+                GuestAddress(p.gpa),
                 len,
-                Some(FileOffset::from_arc(Arc::clone(&file), offset)),
+                Some(FileOffset::from_arc(Arc::clone(&file), p.file_offset)),
             )
             .map_err(Error::Map)?;
-            mapped.push((region, offset));
-            offset += size;
+            mapped.push((region, p.file_offset));
         }
         let infos: Vec<MemoryRegion> = mapped
             .iter()
@@ -201,7 +236,8 @@ impl DmaMemory {
             .collect();
         let guest = GuestMemoryMmap::from_regions(mapped.into_iter().map(|(r, _)| r).collect())
             .map_err(|e| Error::Map(e.into()))?;
-        let alloc = RangeAllocator::new(&sorted);
+        let ranges: Vec<(u64, u64)> = placements.iter().map(|p| (p.gpa, p.size)).collect();
+        let alloc = RangeAllocator::new(&ranges);
         Ok(DmaMemory {
             inner: Arc::new(Inner {
                 guest,
@@ -477,6 +513,62 @@ mod tests {
         assert_eq!(held.gpa(), 0x4800);
         assert!(mem.alloc_at(0x4880, 1).is_err());
         assert!(mem.alloc_at(0x2000, 1).is_err());
+    }
+
+    #[test]
+    fn hugepages_when_the_host_has_them() {
+        let free = hugepage::free_hugepages().unwrap_or(0);
+        if free < 2 {
+            // No hugepages reserved: the error must say how to reserve them.
+            match DmaMemory::hugepages(2 * HUGEPAGE_SIZE as usize) {
+                Err(Error::Hugepages(e)) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("/proc/sys/vm/nr_hugepages"), "{msg}");
+                    eprintln!("skipped: {free} free hugepages ({msg})");
+                }
+                Ok(_) => eprintln!("hugepages allocated although HugePages_Free was {free}"),
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+            return;
+        }
+        let mem = match DmaMemory::hugepages(2 * HUGEPAGE_SIZE as usize) {
+            Ok(mem) => mem,
+            Err(Error::Hugepages(HugepageError::NoPfn)) => {
+                eprintln!("skipped: not root, physical addresses hidden");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(mem.size(), 2 * HUGEPAGE_SIZE);
+        for r in mem.regions() {
+            assert_eq!(r.gpa % HUGEPAGE_SIZE, 0);
+            assert_eq!(r.size % HUGEPAGE_SIZE, 0);
+        }
+        let buf = mem.alloc(HUGEPAGE_SIZE as usize).unwrap();
+        assert!(mem
+            .regions()
+            .iter()
+            .any(|r| r.contains(buf.gpa(), HUGEPAGE_SIZE)));
+        mem.write(&buf, 0, b"dma").unwrap();
+        assert_eq!(mem.read_vec(&buf, 0, 3).unwrap(), b"dma");
+    }
+
+    #[test]
+    fn buffers_never_straddle_hugepage_regions() {
+        // Two physically distant "hugepages" laid out as DmaMemory::hugepages
+        // lays them out (file order differs from physical order).
+        let page = 0x20_0000u64;
+        let file = memfd::create(MEMFD_NAME, 2 * page).unwrap();
+        let mut placements = hugepage::merge_contiguous(&[7 * page, 3 * page], page);
+        placements.sort_unstable_by_key(|p| p.gpa);
+        let mem = DmaMemory::from_file(file, &placements).unwrap();
+        assert_eq!(mem.regions()[0].gpa, 3 * page);
+        assert_eq!(mem.regions()[0].file_offset, page);
+        assert!(mem.alloc(page as usize + 1).is_err());
+        let a = mem.alloc(page as usize - 64).unwrap();
+        let b = mem.alloc(128).unwrap();
+        assert_eq!(a.gpa(), 3 * page);
+        assert_eq!(b.gpa(), 7 * page, "does not fit after `a`: next region");
     }
 
     #[test]

@@ -1,0 +1,390 @@
+//! INTx interrupts through `uio_pci_generic`, shared by every virtqueue.
+//!
+//! `uio_pci_generic` masks INTx (command register bit 10) when the function
+//! raises it and counts the interrupt; `read(2)` on `/dev/uioN` returns the
+//! 32-bit count, writing a 32-bit 1 unmasks INTx again. The device keeps the
+//! line asserted until the driver reads the ISR status register (§4.1.4.5),
+//! so the acknowledgement is: read the count, read ISR, unmask.
+//!
+//! One INTx line serves every queue, and reading ISR clears it for everyone.
+//! `Intx` therefore lets one waiting thread at a time (the leader) wait on
+//! the line and acknowledge; each acknowledged interrupt bumps an epoch, and
+//! each queue wakes when the epoch moved since that queue last woke. A queue
+//! may wake without having work (the driver core then checks its used ring and
+//! waits again), but never misses an interrupt: the epoch moves after the ISR
+//! read, and the device asserts again after unmasking if it raised more.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use thiserror::Error;
+
+use super::regs;
+
+/// Errors of interrupt handling.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// Waiting on, reading or re-enabling the interrupt line failed.
+    #[error("INTx line {what} failed")]
+    Line {
+        /// What was done.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The ISR status register could not be read.
+    #[error("cannot read the ISR status register")]
+    Ack(#[source] regs::Error),
+}
+
+/// Result of this module's operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// An interrupt line that masks itself when it fires.
+pub(crate) trait IrqLine: fmt::Debug + Send + Sync {
+    /// Waits until the line fired or `deadline` passes; consumes the event.
+    /// `Ok(false)` on timeout.
+    fn wait(&self, deadline: Option<Instant>) -> io::Result<bool>;
+
+    /// Unmasks the line after the device was acknowledged.
+    fn unmask(&self) -> io::Result<()>;
+}
+
+/// `/dev/uioN`, opened non-blocking.
+#[derive(Debug)]
+pub(crate) struct UioLine {
+    file: File,
+}
+
+impl UioLine {
+    pub(crate) fn new(file: File) -> Self {
+        UioLine { file }
+    }
+}
+
+/// Waits until `fd` is readable or `deadline` passes; `Ok(false)` on timeout.
+pub(crate) fn poll_readable(fd: i32, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid, initialised pollfd that lives across the
+        // call, matching the count of 1; the result is checked.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n > 0 {
+            if pfd.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                return Err(io::Error::other("poll reports an error on the descriptor"));
+            }
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
+    }
+}
+
+impl IrqLine for UioLine {
+    fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        if !poll_readable(self.file.as_raw_fd(), deadline)? {
+            return Ok(false);
+        }
+        let mut count = [0u8; 4];
+        match (&self.file).read(&mut count) {
+            Ok(4) => Ok(true),
+            Ok(n) => Err(io::Error::other(format!(
+                "short read of {n} bytes from the uio device"
+            ))),
+            // Readable but already consumed: harmless, report a (spurious) interrupt.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn unmask(&self) -> io::Result<()> {
+        // uio's irqcontrol takes a native-endian s32; 1 enables.
+        (&self.file).write_all(&1i32.to_ne_bytes())
+    }
+}
+
+fn lock(m: &Mutex<bool>) -> MutexGuard<'_, bool> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One shared INTx line demultiplexed to per-queue waiters.
+#[derive(Debug)]
+pub(crate) struct Intx {
+    line: Box<dyn IrqLine>,
+    /// Interrupts acknowledged so far.
+    epoch: AtomicU64,
+    /// Per queue: the epoch when that queue last woke.
+    seen: Vec<AtomicU64>,
+    /// Whether a thread is waiting on the line.
+    leader: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Intx {
+    /// Demultiplexes `line` to `queues` queues; unmasks the line.
+    pub(crate) fn new(line: Box<dyn IrqLine>, queues: u16) -> Result<Self> {
+        line.unmask().map_err(|source| Error::Line {
+            what: "unmask",
+            source,
+        })?;
+        Ok(Intx {
+            line,
+            epoch: AtomicU64::new(0),
+            seen: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            leader: Mutex::new(false),
+            cond: Condvar::new(),
+        })
+    }
+
+    /// Interrupts acknowledged so far.
+    #[cfg(test)]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Waits until an interrupt arrived since `queue` last woke, or `deadline`.
+    /// `ack` reads (and so clears) the ISR status register.
+    pub(crate) fn wait(
+        &self,
+        queue: u16,
+        deadline: Option<Instant>,
+        ack: &dyn Fn() -> regs::Result<u8>,
+    ) -> Result<bool> {
+        let Some(seen) = self.seen.get(usize::from(queue)) else {
+            return Ok(false);
+        };
+        let mut leading = lock(&self.leader);
+        loop {
+            // Checked under the lock: a leader bumps the epoch before it takes
+            // the lock to step down, so this check cannot miss its wake-up.
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            if seen.load(Ordering::SeqCst) != epoch {
+                seen.store(epoch, Ordering::SeqCst);
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(false);
+            }
+            if *leading {
+                leading = match deadline {
+                    None => self
+                        .cond
+                        .wait(leading)
+                        .unwrap_or_else(PoisonError::into_inner),
+                    Some(d) => {
+                        self.cond
+                            .wait_timeout(leading, d - now)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                };
+                continue;
+            }
+            *leading = true;
+            drop(leading);
+            let led = self.lead(deadline, ack);
+            leading = lock(&self.leader);
+            *leading = false;
+            self.cond.notify_all();
+            led?;
+        }
+    }
+
+    fn lead(&self, deadline: Option<Instant>, ack: &dyn Fn() -> regs::Result<u8>) -> Result<()> {
+        let fired = self.line.wait(deadline).map_err(|source| Error::Line {
+            what: "wait",
+            source,
+        })?;
+        if fired {
+            let isr = ack().map_err(Error::Ack)?;
+            log::trace!("INTx: ISR {isr:#x}");
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.line.unmask().map_err(|source| Error::Line {
+                what: "unmask",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A fake self-masking interrupt line, for tests of this crate.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Debug, Default)]
+    struct LineState {
+        pending: bool,
+        masked: bool,
+        fired: u32,
+        unmasks: u32,
+    }
+
+    /// A level-triggered line: `raise` while masked stays pending until unmasked.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeLine {
+        state: Mutex<LineState>,
+        cond: Condvar,
+    }
+
+    impl FakeLine {
+        pub(crate) fn new() -> Arc<Self> {
+            Arc::new(FakeLine::default())
+        }
+
+        /// The device asserts the line.
+        pub(crate) fn raise(&self) {
+            let mut st = self.state.lock().unwrap();
+            st.pending = true;
+            self.cond.notify_all();
+        }
+
+        /// (interrupts delivered, unmasks).
+        pub(crate) fn counts(&self) -> (u32, u32) {
+            let st = self.state.lock().unwrap();
+            (st.fired, st.unmasks)
+        }
+    }
+
+    impl IrqLine for Arc<FakeLine> {
+        fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+            let mut st = self.state.lock().unwrap();
+            loop {
+                if st.pending && !st.masked {
+                    st.pending = false;
+                    st.masked = true;
+                    st.fired += 1;
+                    return Ok(true);
+                }
+                match deadline {
+                    None => st = self.cond.wait(st).unwrap(),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            return Ok(false);
+                        }
+                        st = self.cond.wait_timeout(st, d - now).unwrap().0;
+                    }
+                }
+            }
+        }
+
+        fn unmask(&self) -> io::Result<()> {
+            let mut st = self.state.lock().unwrap();
+            st.masked = false;
+            st.unmasks += 1;
+            self.cond.notify_all();
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeLine;
+    use super::*;
+    use std::sync::atomic::AtomicU8;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn soon(ms: u64) -> Option<Instant> {
+        Some(Instant::now() + Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn wakes_on_interrupt_acks_and_unmasks() {
+        let line = FakeLine::new();
+        let intx = Intx::new(Box::new(Arc::clone(&line)), 2).unwrap();
+        let isr = AtomicU8::new(0);
+        let ack = || Ok(isr.swap(0, Ordering::SeqCst));
+        assert!(!intx.wait(0, soon(20), &ack).unwrap());
+        isr.store(1, Ordering::SeqCst);
+        line.raise();
+        assert!(intx.wait(0, soon(1000), &ack).unwrap());
+        assert_eq!(isr.load(Ordering::SeqCst), 0, "ISR read to acknowledge");
+        assert_eq!(
+            line.counts(),
+            (1, 2),
+            "one interrupt, unmasked at start and after it"
+        );
+        // Queue 1 has not woken since: the same interrupt wakes it once.
+        assert!(intx.wait(1, soon(1000), &ack).unwrap());
+        assert!(!intx.wait(1, soon(10), &ack).unwrap());
+        assert!(!intx.wait(0, soon(10), &ack).unwrap());
+        // Unknown queues never wake.
+        assert!(!intx.wait(9, None, &ack).unwrap());
+    }
+
+    #[test]
+    fn threads_share_one_line() {
+        let line = FakeLine::new();
+        let intx = Arc::new(Intx::new(Box::new(Arc::clone(&line)), 4).unwrap());
+        let waiters: Vec<_> = (0..4u16)
+            .map(|q| {
+                let intx = Arc::clone(&intx);
+                std::thread::spawn(move || intx.wait(q, soon(5000), &|| Ok(1)).unwrap())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(30));
+        line.raise();
+        for w in waiters {
+            assert!(
+                w.join().unwrap(),
+                "every waiter wakes on the shared interrupt"
+            );
+        }
+        assert_eq!(intx.epoch(), 1);
+    }
+
+    #[test]
+    fn ack_failures_are_reported() {
+        let line = FakeLine::new();
+        let intx = Intx::new(Box::new(Arc::clone(&line)), 1).unwrap();
+        line.raise();
+        let err = intx
+            .wait(0, soon(1000), &|| {
+                Err(regs::Error::Misaligned {
+                    offset: 1,
+                    width: 2,
+                })
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::Ack(_)));
+    }
+
+    #[test]
+    fn poll_times_out() {
+        let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let start = Instant::now();
+        assert!(!poll_readable(r.as_raw_fd(), soon(20)).unwrap());
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,493 @@
+//! Tests of [`PciTransport`] against the in-memory device model, and of
+//! [`PciTransport::open`] on a fake sysfs tree.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_accel_spec::{Op, VirtioAccelConfig};
+use virtio_bindings::virtio_config::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
+use vm_memory::endian::{Le32, Le64};
+use vm_memory::ByteValued;
+
+use super::caps::{self, synth};
+use super::fake::{FakeVirtioPci, BAR};
+use super::irq::fake::FakeLine;
+use super::layout::*;
+use super::regs::Registers;
+use super::sysfs::fake::FakeSysfs;
+use super::*;
+use crate::device::{feature, Device, DEFAULT_FEATURES};
+use crate::memory::DmaMemory;
+use crate::transport::{self, Transport};
+use crate::virtqueue::QueueAddresses;
+
+const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
+const ACCESS_PLATFORM: u64 = 1 << VIRTIO_F_ACCESS_PLATFORM;
+
+fn accel_config(request_queues: u32) -> Vec<u8> {
+    VirtioAccelConfig {
+        num_request_queues: Le32::from(request_queues),
+        ops: Le32::from(Op::all_capabilities()),
+        max_segments: Le32::from(64),
+        max_deps: Le32::from(16),
+        max_objects: Le32::from(1024),
+        max_inflight: Le32::from(16),
+        max_object_size: Le64::from(1 << 30),
+        max_buffer_size: Le64::from(64 << 20),
+    }
+    .as_slice()
+    .to_vec()
+}
+
+fn bars(dev: &Arc<FakeVirtioPci>) -> [Option<Arc<dyn Registers>>; 6] {
+    let mut bars: [Option<Arc<dyn Registers>>; 6] = Default::default();
+    bars[usize::from(BAR)] = Some(Arc::clone(dev) as Arc<dyn Registers>);
+    bars
+}
+
+fn transport_for(dev: &Arc<FakeVirtioPci>, mem: &DmaMemory) -> Result<PciTransport> {
+    let caps = caps::parse(&FakeVirtioPci::config_space(), &synth::QEMU_BARS).unwrap();
+    PciTransport::with_registers(mem, &caps, &bars(dev), Duration::from_millis(50))
+}
+
+fn setup(features: u64, queue_max: &[u16]) -> (Arc<FakeVirtioPci>, DmaMemory, PciTransport) {
+    let dev = FakeVirtioPci::new(features, queue_max, &accel_config(2));
+    let mem = DmaMemory::new(1 << 20).unwrap();
+    let t = transport_for(&dev, &mem).unwrap();
+    (dev, mem, t)
+}
+
+fn addrs(size: u16, base: u64) -> QueueAddresses {
+    QueueAddresses {
+        size,
+        desc: base,
+        avail: base + 0x1000,
+        used: base + 0x2000,
+    }
+}
+
+fn pci_err(e: transport::Error) -> Error {
+    match e {
+        transport::Error::Backend(b) => *b.downcast::<Error>().unwrap(),
+        other => panic!("not a PCI error: {other:?}"),
+    }
+}
+
+#[test]
+fn open_resets_acknowledges_and_reads_features() {
+    let offered = VERSION_1 | ACCESS_PLATFORM | 0b11;
+    let (dev, _mem, t) = setup(offered, &[256, 128, 64]);
+    {
+        let st = dev.state();
+        assert_eq!(st.status_writes, vec![0, 1, 3]);
+        assert_eq!(st.resets, 1);
+        assert_eq!(st.status, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    }
+    assert_eq!(t.offered_features(), offered);
+    // ACCESS_PLATFORM is the transport's business.
+    assert_eq!(t.device_features(), VERSION_1 | 0b11);
+    assert_eq!(t.max_queues(), 3);
+    // Queue sizes are discovered after FEATURES_OK (§3.1.1 step 7).
+    assert!(matches!(
+        pci_err(t.max_queue_size(0).unwrap_err()),
+        Error::Sequence(_)
+    ));
+    assert!(matches!(
+        t.max_queue_size(3),
+        Err(transport::Error::InvalidQueue(3))
+    ));
+}
+
+#[test]
+fn features_are_negotiated_in_both_windows() {
+    let offered = VERSION_1 | ACCESS_PLATFORM | 0b11;
+    let (dev, _mem, mut t) = setup(offered, &[256, 128, 64]);
+    t.set_driver_features(VERSION_1 | 1).unwrap();
+    {
+        let st = dev.state();
+        assert_eq!(st.driver_features, VERSION_1 | ACCESS_PLATFORM | 1);
+        assert_eq!(st.status_writes.last(), Some(&(1 | 2 | 8)));
+        assert_ne!(st.status & STATUS_FEATURES_OK, 0);
+    }
+    assert_eq!(
+        t.negotiated_features(),
+        Some(VERSION_1 | ACCESS_PLATFORM | 1)
+    );
+    assert_eq!(t.max_queue_size(0).unwrap(), 256);
+    assert_eq!(t.max_queue_size(2).unwrap(), 64);
+    // Twice without a reset is refused.
+    assert!(matches!(
+        pci_err(t.set_driver_features(VERSION_1).unwrap_err()),
+        Error::Sequence(_)
+    ));
+}
+
+#[test]
+fn features_not_offered_are_refused_before_the_device_sees_them() {
+    let (dev, _mem, mut t) = setup(VERSION_1, &[8]);
+    let err = pci_err(t.set_driver_features(VERSION_1 | 4).unwrap_err());
+    assert!(matches!(err, Error::FeaturesNotOffered { wanted, .. } if wanted == VERSION_1 | 4));
+    // Asking for the transport's bit directly is refused too.
+    assert!(t.set_driver_features(ACCESS_PLATFORM).is_err());
+    assert_eq!(dev.state().driver_features, 0);
+}
+
+#[test]
+fn features_ok_refused_by_the_device_then_reset_recovers() {
+    let (dev, _mem, mut t) = setup(VERSION_1 | 1, &[8, 8]);
+    dev.state().refuse_features = true;
+    let err = pci_err(t.set_driver_features(VERSION_1).unwrap_err());
+    assert!(
+        matches!(err, Error::FeaturesRefused(f) if f == VERSION_1),
+        "{err}"
+    );
+    assert_ne!(dev.state().status & STATUS_FAILED, 0);
+    assert!(t.setup_queue(0, &addrs(8, 0x10000)).is_err());
+    dev.state().refuse_features = false;
+    t.reset().unwrap();
+    assert_eq!(dev.state().resets, 2);
+    t.set_driver_features(VERSION_1 | 1).unwrap();
+    assert_eq!(dev.state().driver_features, VERSION_1 | 1);
+}
+
+#[test]
+fn queues_are_programmed() {
+    let (dev, _mem, mut t) = setup(VERSION_1, &[256, 128, 64]);
+    assert!(matches!(
+        pci_err(t.setup_queue(1, &addrs(64, 0x1_0000)).unwrap_err()),
+        Error::Sequence(_)
+    ));
+    t.set_driver_features(VERSION_1).unwrap();
+    let high = 0x1_2345_6000;
+    t.setup_queue(1, &addrs(64, high)).unwrap();
+    t.setup_queue(2, &addrs(64, 0x4_0000)).unwrap();
+    {
+        let st = dev.state();
+        let q = &st.queues[1];
+        assert_eq!(q.size, 64);
+        assert_eq!(q.msix, VIRTIO_MSI_NO_VECTOR);
+        assert_eq!(q.desc, high);
+        assert_eq!(q.driver, high + 0x1000);
+        assert_eq!(q.device, high + 0x2000);
+        assert_eq!(q.enable, 1);
+        assert_eq!(st.queues[0].enable, 0);
+        assert_eq!(st.queues[2].desc, 0x4_0000);
+    }
+    for (queue, size, max) in [(2, 128, 64), (0, 0, 256), (0, 48, 256)] {
+        let err = pci_err(t.setup_queue(queue, &addrs(size, 0)).unwrap_err());
+        assert!(
+            matches!(err, Error::QueueSize { queue: q, size: s, max: m } if (q, s, m) == (queue, size, max)),
+            "{err}"
+        );
+    }
+    assert!(matches!(
+        t.setup_queue(3, &addrs(8, 0)),
+        Err(transport::Error::InvalidQueue(3))
+    ));
+    t.activate().unwrap();
+    assert_eq!(dev.state().status, 1 | 2 | 8 | 4);
+}
+
+#[test]
+fn notifications_go_to_each_queues_address() {
+    let (dev, _mem, mut t) = setup(VERSION_1, &[8, 8, 8]);
+    assert!(matches!(
+        t.notify(1),
+        Err(transport::Error::QueueNotReady(1))
+    ));
+    t.set_driver_features(VERSION_1).unwrap();
+    for q in 0..3 {
+        t.setup_queue(q, &addrs(8, 0x1_0000 * (u64::from(q) + 1)))
+            .unwrap();
+    }
+    t.notify(2).unwrap();
+    t.notify(0).unwrap();
+    t.notify(1).unwrap();
+    // The model's queue_notify_off is 3 * index; the multiplier is 4.
+    assert_eq!(dev.state().notifies, vec![(24, 2), (0, 0), (12, 1)]);
+    assert!(matches!(
+        t.notify(3),
+        Err(transport::Error::InvalidQueue(3))
+    ));
+}
+
+#[test]
+fn notify_offsets_outside_the_area_are_refused() {
+    let (dev, _mem, mut t) = setup(VERSION_1, &[8, 8]);
+    dev.state().queues[1].notify_off = 0x400; // 0x1000: just past the area
+    t.set_driver_features(VERSION_1).unwrap();
+    let err = pci_err(t.setup_queue(1, &addrs(8, 0x1_0000)).unwrap_err());
+    assert!(
+        matches!(
+            err,
+            Error::NotifyOutOfRange {
+                queue: 1,
+                offset: 0x1000
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(dev.state().queues[1].enable, 0);
+}
+
+#[test]
+fn config_reads_use_natural_accesses() {
+    let (dev, _mem, mut t) = setup(VERSION_1, &[8]);
+    let expected = accel_config(2);
+    let mut buf = vec![0u8; expected.len()];
+    t.read_config(0, &mut buf).unwrap();
+    assert_eq!(buf, expected);
+    // 40 bytes in ten 32-bit reads.
+    assert_eq!(dev.state().config_reads, 10);
+    let mut odd = [0u8; 3];
+    t.read_config(5, &mut odd).unwrap();
+    assert_eq!(odd, expected[5..8]);
+    let mut past = [0u8; 8];
+    assert!(matches!(
+        pci_err(t.read_config(0xffc, &mut past).unwrap_err()),
+        Error::ConfigOutOfRange { .. }
+    ));
+}
+
+#[test]
+fn config_read_retries_across_a_generation_change() {
+    let (dev, _mem, mut t) = setup(VERSION_1, &[8]);
+    let next = accel_config(7);
+    // The configuration changes in the middle of the first pass.
+    dev.state().change_config_at = Some((4, next.clone()));
+    let mut buf = vec![0u8; next.len()];
+    t.read_config(0, &mut buf).unwrap();
+    assert_eq!(buf, next, "a torn read would mix old and new values");
+    assert_eq!(dev.state().config_reads, 20);
+    dev.state().unstable_config = true;
+    assert!(matches!(
+        pci_err(t.read_config(0, &mut buf).unwrap_err()),
+        Error::ConfigUnstable(_)
+    ));
+}
+
+#[test]
+fn no_device_config_structure() {
+    let dev = FakeVirtioPci::new(VERSION_1, &[8], &[]);
+    let mem = DmaMemory::new(1 << 16).unwrap();
+    let mut caps = caps::parse(&FakeVirtioPci::config_space(), &synth::QEMU_BARS).unwrap();
+    caps.device = None;
+    let mut t =
+        PciTransport::with_registers(&mem, &caps, &bars(&dev), Duration::from_millis(50)).unwrap();
+    assert!(matches!(
+        pci_err(t.read_config(0, &mut [0u8; 4]).unwrap_err()),
+        Error::NoDeviceConfig
+    ));
+}
+
+#[test]
+fn reset_forgets_queues_and_waits_for_status_zero() {
+    let (dev, _mem, mut t) = setup(VERSION_1, &[8, 8]);
+    t.set_driver_features(VERSION_1).unwrap();
+    t.setup_queue(0, &addrs(8, 0x1_0000)).unwrap();
+    t.activate().unwrap();
+    dev.state().reset_delay = 3;
+    t.reset().unwrap();
+    {
+        let st = dev.state();
+        assert_eq!(st.resets, 2);
+        assert_eq!(st.queues[0].enable, 0);
+        assert_eq!(st.queues[0].desc, 0);
+        assert_eq!(st.status, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    }
+    assert!(matches!(
+        t.notify(0),
+        Err(transport::Error::QueueNotReady(0))
+    ));
+    assert_eq!(t.negotiated_features(), None);
+    // Set up again after the reset.
+    t.set_driver_features(VERSION_1).unwrap();
+    t.setup_queue(0, &addrs(8, 0x2_0000)).unwrap();
+    assert_eq!(dev.state().queues[0].desc, 0x2_0000);
+
+    // A device that never finishes its reset.
+    dev.state().reset_delay = u32::MAX;
+    let err = pci_err(t.reset().unwrap_err());
+    assert!(
+        matches!(err, Error::ResetTimeout { status: 1, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn drop_resets_the_device() {
+    let (dev, _mem, mut t) = setup(VERSION_1, &[8]);
+    t.set_driver_features(VERSION_1).unwrap();
+    t.activate().unwrap();
+    drop(t);
+    let st = dev.state();
+    assert_eq!(st.resets, 2);
+    assert_eq!(st.status, 0);
+}
+
+#[test]
+fn polling_mode_sleeps_and_reports_possible_work() {
+    let (_dev, _mem, mut t) = setup(VERSION_1, &[8]);
+    assert!(matches!(
+        t.wait_interrupt(0, Some(Duration::ZERO)),
+        Err(transport::Error::QueueNotReady(0))
+    ));
+    t.set_driver_features(VERSION_1).unwrap();
+    t.setup_queue(0, &addrs(8, 0x1_0000)).unwrap();
+    assert!(t.wait_interrupt(0, None).unwrap());
+    assert!(t.wait_interrupt(0, Some(Duration::from_secs(1))).unwrap());
+    assert!(!t.wait_interrupt(0, Some(Duration::from_micros(1))).unwrap());
+}
+
+#[test]
+fn intx_interrupts_are_acknowledged_through_isr() {
+    let line = FakeLine::new();
+    let dev = FakeVirtioPci::with_line(VERSION_1, &[8, 8], &accel_config(1), Some(line.clone()));
+    let mem = DmaMemory::new(1 << 20).unwrap();
+    let mut t = transport_for(&dev, &mem).unwrap();
+    t.set_intx(Box::new(Arc::clone(&line))).unwrap();
+    t.set_driver_features(VERSION_1).unwrap();
+    t.setup_queue(0, &addrs(8, 0x1_0000)).unwrap();
+    t.setup_queue(1, &addrs(8, 0x2_0000)).unwrap();
+    t.activate().unwrap();
+    assert!(!t
+        .wait_interrupt(1, Some(Duration::from_millis(10)))
+        .unwrap());
+    let t = Arc::new(t);
+    let waiter = {
+        let t = Arc::clone(&t);
+        std::thread::spawn(move || t.wait_interrupt(1, Some(Duration::from_secs(5))).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let start = Instant::now();
+    dev.queue_interrupt();
+    assert!(waiter.join().unwrap());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(dev.state().isr, 0, "ISR read to acknowledge the interrupt");
+    assert_eq!(line.counts(), (1, 2));
+    // Queue 0 sees the same (shared) interrupt once.
+    assert!(t
+        .wait_interrupt(0, Some(Duration::from_millis(10)))
+        .unwrap());
+    assert!(!t
+        .wait_interrupt(0, Some(Duration::from_millis(10)))
+        .unwrap());
+}
+
+#[test]
+fn the_device_core_runs_over_the_transport() {
+    let offered = DEFAULT_FEATURES | ACCESS_PLATFORM;
+    let dev = FakeVirtioPci::new(offered, &[64, 32, 32], &accel_config(2));
+    let mem = DmaMemory::new(1 << 20).unwrap();
+    let t = transport_for(&dev, &mem).unwrap();
+    let device = Device::open(t, DEFAULT_FEATURES).unwrap();
+    assert_eq!(device.features(), DEFAULT_FEATURES);
+    assert_eq!(device.num_request_queues(), 2);
+    let st = dev.state();
+    assert_eq!(st.driver_features, DEFAULT_FEATURES | ACCESS_PLATFORM);
+    assert_eq!(st.status, 1 | 2 | 8 | 4);
+    assert!(st.queues.iter().all(|q| q.enable == 1));
+    assert_eq!(st.queues[0].size, 64);
+    assert!(st.queues.iter().all(|q| mem.contains(q.desc, 16)));
+    assert!(DEFAULT_FEATURES & feature(VIRTIO_F_VERSION_1) != 0);
+}
+
+const RESOURCE: &str = "\
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x00000000febd1000 0x00000000febd1fff 0x0000000000040200
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x00000000fe000000 0x00000000fe003fff 0x000000000014220c
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+";
+
+fn fake_function(fake: &FakeSysfs, bdf: &str, driver: &str) -> std::path::PathBuf {
+    let dir = fake.add_device(
+        bdf,
+        VIRTIO_PCI_VENDOR_ID,
+        ACCEL_PCI_DEVICE_ID,
+        Some(driver),
+        Some(0),
+    );
+    let mut config = synth::qemu_like(ACCEL_PCI_DEVICE_ID);
+    config[pci_header::COMMAND] = pci_header::COMMAND_MEMORY as u8;
+    fs::write(dir.join("config"), &config).unwrap();
+    fs::write(dir.join("resource"), RESOURCE).unwrap();
+    fs::write(dir.join("resource4"), vec![0u8; 0x4000]).unwrap();
+    dir
+}
+
+#[test]
+fn open_on_a_fake_sysfs_tree() {
+    let fake = FakeSysfs::new("open");
+    let bdf = "0000:00:04.0";
+    let dir = fake_function(&fake, bdf, UIO_DRIVER);
+    let options = PciOptions {
+        poll: true,
+        sysfs_root: fake.root.clone(),
+        ..PciOptions::default()
+    };
+    let mem = DmaMemory::new(1 << 16).unwrap();
+    // The BAR is a plain file: the "device" offers nothing and has no queues.
+    let t = PciTransport::open(bdf, &mem, &options).unwrap();
+    assert_eq!(t.max_queues(), 0);
+    drop(t);
+    let config = fs::read(dir.join("config")).unwrap();
+    let command = u16::from_le_bytes([config[4], config[5]]);
+    assert_eq!(
+        command,
+        pci_header::COMMAND_MEMORY | pci_header::COMMAND_BUS_MASTER
+    );
+    let bar = fs::read(dir.join("resource4")).unwrap();
+    assert_eq!(
+        bar[usize::try_from(common::DEVICE_STATUS).unwrap()],
+        0,
+        "reset on close"
+    );
+
+    // INTx mode needs /dev/uio0, which the fake tree cannot provide... unless
+    // the host has one; only check that the error names the device node.
+    if !std::path::Path::new("/dev/uio0").exists() {
+        let intx = PciOptions {
+            poll: false,
+            ..options.clone()
+        };
+        let err = PciTransport::open(bdf, &mem, &intx).unwrap_err();
+        assert!(err.to_string().contains("/dev/uio0"), "{err}");
+    }
+}
+
+#[test]
+fn open_explains_a_missing_uio_binding() {
+    let fake = FakeSysfs::new("unbound");
+    let bdf = "0000:00:04.0";
+    let dir = fake_function(&fake, bdf, "virtio-pci");
+    let options = PciOptions {
+        poll: true,
+        sysfs_root: fake.root.clone(),
+        ..PciOptions::default()
+    };
+    let mem = DmaMemory::new(1 << 16).unwrap();
+    let err = PciTransport::open(bdf, &mem, &options).unwrap_err();
+    assert!(
+        matches!(err, Error::Sysfs(sysfs::Error::NotBoundToUio { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("driver_override"), "{err}");
+    // Bound, but the configuration space is what a non-root user sees.
+    fs::remove_file(dir.join("driver")).unwrap();
+    symlink(fake.add_driver(UIO_DRIVER), dir.join("driver")).unwrap();
+    fs::write(
+        dir.join("config"),
+        &synth::qemu_like(ACCEL_PCI_DEVICE_ID)[..64],
+    )
+    .unwrap();
+    let err = PciTransport::open(bdf, &mem, &options).unwrap_err();
+    assert!(matches!(err, Error::Caps(caps::Error::Short(64))), "{err}");
+    // A virtio function of another type.
+    fs::write(dir.join("config"), synth::qemu_like(0x1041)).unwrap();
+    let err = PciTransport::open(bdf, &mem, &options).unwrap_err();
+    assert!(matches!(err, Error::NotAccel(1)), "{err}");
+}

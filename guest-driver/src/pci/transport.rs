@@ -1,0 +1,613 @@
+//! [`PciTransport`]: drives a modern virtio-pci function from userspace
+//! (virtio 1.2 §4.1), the way DPDK and SPDK do without VFIO: BARs mapped from
+//! sysfs `resourceN`, INTx through `uio_pci_generic` (or busy polling), DMA to
+//! guest-physical addresses of [`DmaMemory`] (hugepages, see
+//! [`DmaMemory::hugepages`]).
+//!
+//! Initialisation follows §3.1.1: reset, ACKNOWLEDGE, DRIVER, read the device
+//! features ([`PciTransport::open`]); write the driver features, FEATURES_OK,
+//! check it stuck ([`Transport::set_driver_features`]); program each queue
+//! ([`Transport::setup_queue`]); DRIVER_OK ([`Transport::activate`]).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use virtio_accel_spec::VIRTIO_ID_ACCEL;
+use virtio_bindings::virtio_config::VIRTIO_F_ACCESS_PLATFORM;
+
+use super::caps::{self, CapRegion, VirtioPciCaps};
+use super::irq::{self, Intx, UioLine};
+use super::layout::{common as cc, pci_header, *};
+use super::regs::{self, MmioBar, Registers, Window};
+use super::sysfs::{self, SYSFS_ROOT};
+use crate::memory::DmaMemory;
+use crate::transport::{self, Transport};
+use crate::virtqueue::QueueAddresses;
+
+/// Errors of the virtio-pci transport (and, through `From`, of its submodules).
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A sysfs operation failed.
+    #[error(transparent)]
+    Sysfs(#[from] sysfs::Error),
+    /// The configuration space does not describe a usable virtio-pci function.
+    #[error("invalid virtio-pci configuration space")]
+    Caps(#[from] caps::Error),
+    /// A register access or BAR mapping failed.
+    #[error("virtio-pci register access failed")]
+    Regs(#[from] regs::Error),
+    /// Waiting for or acknowledging an interrupt failed.
+    #[error("virtio-pci interrupt handling failed")]
+    Irq(#[from] irq::Error),
+    /// The function is a virtio device of another type.
+    #[error("the function is virtio device type {0}, not the accelerator ({VIRTIO_ID_ACCEL})")]
+    NotAccel(u16),
+    /// A virtio structure lives in an I/O-port BAR, which sysfs cannot map.
+    #[error("virtio structures in I/O-port BAR {0} are not supported")]
+    IoBar(u8),
+    /// `/dev/uioN` could not be opened.
+    #[error("cannot open {}", path.display())]
+    OpenUio {
+        /// The device node.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The device did not read back status 0 after a reset.
+    #[error("device status is {status:#x}, not 0, {waited:?} after a reset")]
+    ResetTimeout {
+        /// The last status read.
+        status: u8,
+        /// How long the driver waited.
+        waited: Duration,
+    },
+    /// The driver asked for features the device does not offer.
+    #[error("features {wanted:#x} are not all offered ({offered:#x})")]
+    FeaturesNotOffered {
+        /// What was asked for.
+        wanted: u64,
+        /// What the device offers (without transport bits).
+        offered: u64,
+    },
+    /// The device cleared FEATURES_OK: it refuses the feature set (§3.1.1 step 6).
+    #[error("the device refused features {0:#x} (FEATURES_OK did not stick)")]
+    FeaturesRefused(u64),
+    /// Features were negotiated already, or not yet, for this call.
+    #[error("{0}")]
+    Sequence(&'static str),
+    /// The queue size is zero, not a power of two, or above the device's maximum.
+    #[error("virtqueue {queue}: size {size} is not a power of two in 1..={max}")]
+    QueueSize {
+        /// Virtqueue index.
+        queue: u16,
+        /// Requested size.
+        size: u16,
+        /// Device maximum (0: the queue is unavailable).
+        max: u16,
+    },
+    /// The queue's notification address is outside the notification area.
+    #[error("virtqueue {queue}: notification offset {offset:#x} is outside the notify area")]
+    NotifyOutOfRange {
+        /// Virtqueue index.
+        queue: u16,
+        /// Offset in the notify structure.
+        offset: u64,
+    },
+    /// The device has no device-specific configuration structure.
+    #[error("the device has no device configuration structure")]
+    NoDeviceConfig,
+    /// A configuration read falls outside the device configuration structure.
+    #[error("configuration read {offset:#x}+{len:#x} is outside {size:#x} bytes")]
+    ConfigOutOfRange {
+        /// Offset.
+        offset: u32,
+        /// Length.
+        len: usize,
+        /// Size of the structure.
+        size: u64,
+    },
+    /// `config_generation` kept changing while the configuration was read.
+    #[error("device configuration changed during each of {0} reads")]
+    ConfigUnstable(u32),
+}
+
+impl From<Error> for transport::Error {
+    fn from(e: Error) -> Self {
+        transport::Error::Backend(Box::new(e))
+    }
+}
+
+/// Result of the transport's operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Options of [`PciTransport::open`].
+#[derive(Debug, Clone)]
+pub struct PciOptions {
+    /// Busy-poll instead of waiting for INTx: `wait_interrupt` sleeps
+    /// `poll_interval` and reports a (possible) interrupt. `/dev/uioN` is not used.
+    pub poll: bool,
+    /// Sleep of one polling round.
+    pub poll_interval: Duration,
+    /// Where sysfs is mounted.
+    pub sysfs_root: PathBuf,
+    /// How long a reset may take before it is an error.
+    pub reset_timeout: Duration,
+}
+
+impl Default for PciOptions {
+    fn default() -> Self {
+        PciOptions {
+            poll: false,
+            poll_interval: Duration::from_micros(20),
+            sysfs_root: PathBuf::from(SYSFS_ROOT),
+            reset_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Feature bits the transport handles itself, acknowledged whenever offered.
+///
+/// `ACCESS_PLATFORM`: the device goes through the platform's DMA translation.
+/// Without an IOMMU in use (uio has none) the addresses the device needs are
+/// guest-physical addresses, which is what this transport gives it.
+const TRANSPORT_FEATURES: u64 = 1 << VIRTIO_F_ACCESS_PLATFORM;
+
+/// Most attempts at a consistent configuration read (§2.5.1).
+const CONFIG_RETRIES: u32 = 100;
+
+#[derive(Debug)]
+enum Wait {
+    Poll(Duration),
+    Intx(Intx),
+}
+
+/// A modern virtio-pci function driven from userspace.
+#[derive(Debug)]
+pub struct PciTransport {
+    memory: DmaMemory,
+    common: Window,
+    notify: Window,
+    notify_multiplier: u64,
+    isr: Window,
+    device: Option<Window>,
+    reset_timeout: Duration,
+    /// All feature bits the device offers.
+    offered: u64,
+    /// Negotiated features (driver's plus transport bits), after FEATURES_OK.
+    negotiated: Option<u64>,
+    num_queues: u16,
+    /// Maximum size of each queue, read after FEATURES_OK.
+    queue_max: Vec<u16>,
+    /// Notification offset of each set-up queue.
+    queue_notify: Vec<Option<u64>>,
+    wait: Wait,
+}
+
+fn window(bars: &[Option<Arc<dyn Registers>>; 6], r: &CapRegion) -> Result<Window> {
+    let regs = bars[usize::from(r.bar)]
+        .clone()
+        .ok_or(regs::Error::OutOfBounds {
+            offset: r.offset.into(),
+            width: 0,
+            len: 0,
+        })?;
+    Ok(Window::new(regs, r.offset.into(), r.length.into())?)
+}
+
+// A device core may run queues from several threads, and tools box the transport.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<PciTransport>();
+};
+
+impl PciTransport {
+    /// Opens the virtio-accel function `bdf`, which must be bound to
+    /// `uio_pci_generic` (see [`bind_uio`](super::bind_uio)): maps its BARs,
+    /// enables bus mastering, resets it and reads its features.
+    pub fn open(bdf: &str, memory: &DmaMemory, options: &PciOptions) -> Result<Self> {
+        let root = options.sysfs_root.as_path();
+        let uio = sysfs::require_uio(root, bdf)?;
+        let config = sysfs::read_config(root, bdf)?;
+        let bars = sysfs::bars(root, bdf)?;
+        let caps = caps::parse(&config, &bars.map(|b| Some(b.size)))?;
+        if u32::from(caps.virtio_id) != VIRTIO_ID_ACCEL {
+            return Err(Error::NotAccel(caps.virtio_id));
+        }
+        let mut mapped: [Option<Arc<dyn Registers>>; 6] = Default::default();
+        for r in [
+            Some(caps.common),
+            Some(caps.notify),
+            Some(caps.isr),
+            caps.device,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let i = usize::from(r.bar);
+            if bars[i].is_io() {
+                return Err(Error::IoBar(r.bar));
+            }
+            if mapped[i].is_none() {
+                let path = sysfs::resource_path(root, bdf, r.bar);
+                mapped[i] = Some(Arc::new(MmioBar::open(&path)?));
+            }
+        }
+        let old = sysfs::set_command_bits(
+            root,
+            bdf,
+            pci_header::COMMAND_MEMORY | pci_header::COMMAND_BUS_MASTER,
+        )?;
+        log::debug!("{bdf}: command register {old:#06x}, bus mastering enabled");
+        let wait = if options.poll {
+            None
+        } else {
+            Some(open_uio(&uio)?)
+        };
+        let mut t = Self::with_registers(memory, &caps, &mapped, options.reset_timeout)?;
+        t.wait = match wait {
+            None => Wait::Poll(options.poll_interval),
+            Some(line) => Wait::Intx(Intx::new(Box::new(line), t.num_queues)?),
+        };
+        log::info!(
+            "{bdf}: virtio-pci accel, {} queues, features {:#x}, {}",
+            t.num_queues,
+            t.offered,
+            if options.poll {
+                "polling"
+            } else {
+                "INTx via uio"
+            }
+        );
+        Ok(t)
+    }
+
+    /// A transport over already mapped BARs (`bars[i]`: BAR `i`), polling.
+    /// Resets the device, sets ACKNOWLEDGE and DRIVER and reads its features.
+    pub fn with_registers(
+        memory: &DmaMemory,
+        caps: &VirtioPciCaps,
+        bars: &[Option<Arc<dyn Registers>>; 6],
+        reset_timeout: Duration,
+    ) -> Result<Self> {
+        let mut t = PciTransport {
+            memory: memory.clone(),
+            common: window(bars, &caps.common)?,
+            notify: window(bars, &caps.notify)?,
+            notify_multiplier: caps.notify_off_multiplier.into(),
+            isr: window(bars, &caps.isr)?,
+            device: caps.device.as_ref().map(|d| window(bars, d)).transpose()?,
+            reset_timeout,
+            offered: 0,
+            negotiated: None,
+            num_queues: 0,
+            queue_max: Vec::new(),
+            queue_notify: Vec::new(),
+            wait: Wait::Poll(PciOptions::default().poll_interval),
+        };
+        t.init()?;
+        Ok(t)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_intx(&mut self, line: Box<dyn irq::IrqLine>) -> Result<()> {
+        self.wait = Wait::Intx(Intx::new(line, self.num_queues)?);
+        Ok(())
+    }
+
+    /// The device status register (§2.1).
+    pub fn status(&self) -> Result<u8> {
+        Ok(self.common.read8(cc::DEVICE_STATUS)?)
+    }
+
+    /// Every feature bit the device offers, transport bits included.
+    pub fn offered_features(&self) -> u64 {
+        self.offered
+    }
+
+    /// Negotiated features (transport bits included), once FEATURES_OK stuck.
+    pub fn negotiated_features(&self) -> Option<u64> {
+        self.negotiated
+    }
+
+    fn set_status(&self, status: u8) -> Result<()> {
+        Ok(self.common.write8(cc::DEVICE_STATUS, status)?)
+    }
+
+    /// Writes 0 to `device_status` and waits until it reads 0 (§4.1.4.3.1).
+    fn device_reset(&self) -> Result<()> {
+        self.set_status(0)?;
+        let start = Instant::now();
+        loop {
+            let status = self.status()?;
+            if status == 0 {
+                return Ok(());
+            }
+            let waited = start.elapsed();
+            if waited >= self.reset_timeout {
+                return Err(Error::ResetTimeout { status, waited });
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Reset, ACKNOWLEDGE, DRIVER, read features and the queue count.
+    fn init(&mut self) -> Result<()> {
+        self.device_reset()?;
+        self.negotiated = None;
+        self.queue_max.clear();
+        self.queue_notify.clear();
+        self.set_status(STATUS_ACKNOWLEDGE)?;
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER)?;
+        let c = &self.common;
+        c.write32(cc::DEVICE_FEATURE_SELECT, 0)?;
+        let low = c.read32(cc::DEVICE_FEATURE)?;
+        c.write32(cc::DEVICE_FEATURE_SELECT, 1)?;
+        let high = c.read32(cc::DEVICE_FEATURE)?;
+        self.offered = u64::from(high) << 32 | u64::from(low);
+        self.num_queues = c.read16(cc::NUM_QUEUES)?;
+        Ok(())
+    }
+
+    fn negotiate(&mut self, features: u64) -> Result<()> {
+        if self.negotiated.is_some() {
+            return Err(Error::Sequence(
+                "features are already negotiated: reset the transport first",
+            ));
+        }
+        let offered = self.offered & !TRANSPORT_FEATURES;
+        if features & !offered != 0 {
+            return Err(Error::FeaturesNotOffered {
+                wanted: features,
+                offered,
+            });
+        }
+        let all = features | (self.offered & TRANSPORT_FEATURES);
+        let c = &self.common;
+        c.write32(cc::DRIVER_FEATURE_SELECT, 0)?;
+        c.write32(cc::DRIVER_FEATURE, low32(all))?;
+        c.write32(cc::DRIVER_FEATURE_SELECT, 1)?;
+        c.write32(cc::DRIVER_FEATURE, low32(all >> 32))?;
+        let status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        self.set_status(status)?;
+        if self.status()? & STATUS_FEATURES_OK == 0 {
+            // §3.1.1 step 6: the device does not support this subset.
+            self.set_status(status | STATUS_FAILED)?;
+            return Err(Error::FeaturesRefused(all));
+        }
+        // §3.1.1 step 7: discover the virtqueues.
+        let mut max = Vec::with_capacity(usize::from(self.num_queues));
+        for q in 0..self.num_queues {
+            c.write16(cc::QUEUE_SELECT, q)?;
+            max.push(c.read16(cc::QUEUE_SIZE)?);
+        }
+        self.queue_max = max;
+        self.queue_notify = vec![None; usize::from(self.num_queues)];
+        self.negotiated = Some(all);
+        Ok(())
+    }
+
+    fn program_queue(&mut self, queue: u16, addrs: &QueueAddresses) -> Result<()> {
+        let max = self.queue_max[usize::from(queue)];
+        if addrs.size == 0 || !addrs.size.is_power_of_two() || addrs.size > max {
+            return Err(Error::QueueSize {
+                queue,
+                size: addrs.size,
+                max,
+            });
+        }
+        let c = &self.common;
+        c.write16(cc::QUEUE_SELECT, queue)?;
+        let notify_off = c.read16(cc::QUEUE_NOTIFY_OFF)?;
+        let offset = u64::from(notify_off) * self.notify_multiplier;
+        if offset + 2 > self.notify.len() {
+            return Err(Error::NotifyOutOfRange { queue, offset });
+        }
+        c.write16(cc::QUEUE_SIZE, addrs.size)?;
+        // INTx only: uio_pci_generic does not enable MSI-X (§4.1.5.1.2).
+        c.write16(cc::QUEUE_MSIX_VECTOR, VIRTIO_MSI_NO_VECTOR)?;
+        write64_split(c, cc::QUEUE_DESC, addrs.desc)?;
+        write64_split(c, cc::QUEUE_DRIVER, addrs.avail)?;
+        write64_split(c, cc::QUEUE_DEVICE, addrs.used)?;
+        c.write16(cc::QUEUE_ENABLE, 1)?;
+        self.queue_notify[usize::from(queue)] = Some(offset);
+        Ok(())
+    }
+
+    fn read_device_config(&self, offset: u32, buf: &mut [u8]) -> Result<()> {
+        let device = self.device.as_ref().ok_or(Error::NoDeviceConfig)?;
+        let out_of_range = || Error::ConfigOutOfRange {
+            offset,
+            len: buf.len(),
+            size: device.len(),
+        };
+        if u64::from(offset) + buf.len() as u64 > device.len() {
+            return Err(out_of_range());
+        }
+        for _ in 0..CONFIG_RETRIES {
+            let before = self.common.read8(cc::CONFIG_GENERATION)?;
+            read_config_bytes(device, offset.into(), buf)?;
+            let after = self.common.read8(cc::CONFIG_GENERATION)?;
+            if before == after {
+                return Ok(());
+            }
+        }
+        Err(Error::ConfigUnstable(CONFIG_RETRIES))
+    }
+
+    fn queue_index(&self, queue: u16) -> transport::Result<usize> {
+        if queue >= self.num_queues {
+            return Err(transport::Error::InvalidQueue(queue));
+        }
+        Ok(usize::from(queue))
+    }
+
+    fn notify_offset(&self, queue: u16) -> transport::Result<u64> {
+        self.queue_notify
+            .get(self.queue_index(queue)?)
+            .copied()
+            .flatten()
+            .ok_or(transport::Error::QueueNotReady(queue))
+    }
+
+    /// Reads ISR (acknowledging INTx), warning about configuration changes.
+    fn ack(&self) -> regs::Result<u8> {
+        let isr = self.isr.read8(0)?;
+        if isr & ISR_CONFIG != 0 {
+            let status = self.common.read8(cc::DEVICE_STATUS)?;
+            if status & STATUS_DEVICE_NEEDS_RESET != 0 {
+                log::error!("virtio-pci: the device needs a reset (status {status:#x})");
+            } else {
+                log::info!("virtio-pci: device configuration changed");
+            }
+        }
+        Ok(isr)
+    }
+}
+
+fn low32(v: u64) -> u32 {
+    u32::from_le_bytes(v.to_le_bytes()[..4].try_into().unwrap_or([0; 4]))
+}
+
+/// Writes a 64-bit field as two 32-bit halves, low first (§4.1.3.1 allows it;
+/// devices need not support 64-bit accesses).
+fn write64_split(w: &Window, offset: u64, value: u64) -> regs::Result<()> {
+    w.write32(offset, low32(value))?;
+    w.write32(offset + 4, low32(value >> 32))
+}
+
+/// Reads device configuration with the widest naturally aligned accesses
+/// (§4.1.3.1: 8-bit fields by 8-bit accesses, 16-bit by 16-bit, 32 and 64-bit
+/// fields by 32-bit accesses).
+fn read_config_bytes(w: &Window, mut offset: u64, buf: &mut [u8]) -> regs::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let left = buf.len() - done;
+        let n = if offset % 4 == 0 && left >= 4 {
+            buf[done..done + 4].copy_from_slice(&w.read32(offset)?.to_le_bytes());
+            4
+        } else if offset % 2 == 0 && left >= 2 {
+            buf[done..done + 2].copy_from_slice(&w.read16(offset)?.to_le_bytes());
+            2
+        } else {
+            buf[done] = w.read8(offset)?;
+            1
+        };
+        done += n;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+fn open_uio(path: &Path) -> Result<UioLine> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::PermissionDenied => Error::Sysfs(sysfs::Error::PermissionDenied {
+                path: path.to_path_buf(),
+                source,
+            }),
+            _ => Error::OpenUio {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    Ok(UioLine::new(file))
+}
+
+impl Transport for PciTransport {
+    fn memory(&self) -> &DmaMemory {
+        &self.memory
+    }
+
+    fn device_features(&self) -> u64 {
+        self.offered & !TRANSPORT_FEATURES
+    }
+
+    fn set_driver_features(&mut self, features: u64) -> transport::Result<()> {
+        Ok(self.negotiate(features)?)
+    }
+
+    fn max_queues(&self) -> u16 {
+        self.num_queues
+    }
+
+    fn max_queue_size(&self, queue: u16) -> transport::Result<u16> {
+        let index = self.queue_index(queue)?;
+        self.queue_max.get(index).copied().ok_or_else(|| {
+            Error::Sequence("queue sizes are known after feature negotiation").into()
+        })
+    }
+
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> transport::Result<()> {
+        Ok(self.read_device_config(offset, buf)?)
+    }
+
+    fn setup_queue(&mut self, queue: u16, addrs: &QueueAddresses) -> transport::Result<()> {
+        self.queue_index(queue)?;
+        if self.negotiated.is_none() {
+            return Err(Error::Sequence("set the driver features before the queues").into());
+        }
+        Ok(self.program_queue(queue, addrs)?)
+    }
+
+    fn activate(&mut self) -> transport::Result<()> {
+        if self.negotiated.is_none() {
+            return Err(Error::Sequence("set the driver features before DRIVER_OK").into());
+        }
+        self.set_status(
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        )?;
+        Ok(())
+    }
+
+    fn notify(&self, queue: u16) -> transport::Result<()> {
+        let offset = self.notify_offset(queue)?;
+        // §4.1.5.2: the 16-bit queue index at the queue's notification address.
+        self.notify.write16(offset, queue).map_err(Error::from)?;
+        Ok(())
+    }
+
+    fn wait_interrupt(&self, queue: u16, timeout: Option<Duration>) -> transport::Result<bool> {
+        self.notify_offset(queue)?;
+        match &self.wait {
+            Wait::Poll(interval) => {
+                if let Some(t) = timeout.filter(|t| t < interval) {
+                    std::thread::sleep(t);
+                    return Ok(false);
+                }
+                std::thread::sleep(*interval);
+                Ok(true)
+            }
+            Wait::Intx(intx) => {
+                let deadline = timeout.map(|t| Instant::now() + t);
+                Ok(intx
+                    .wait(queue, deadline, &|| self.ack())
+                    .map_err(Error::from)?)
+            }
+        }
+    }
+
+    /// Resets the device, then sets ACKNOWLEDGE and DRIVER again and re-reads
+    /// the features, so that the transport can be set up again.
+    fn reset(&mut self) -> transport::Result<()> {
+        Ok(self.init()?)
+    }
+}
+
+impl Drop for PciTransport {
+    /// Resets the device so that it stops using the memory, which may be freed.
+    fn drop(&mut self) {
+        if let Err(e) = self.device_reset() {
+            log::error!("virtio-pci: reset on close failed: {e}");
+        }
+    }
+}
