@@ -70,3 +70,51 @@ pub trait Transport {
     /// Stops the device and forgets every queue; the transport may be set up again.
     fn reset(&mut self) -> Result<()>;
 }
+
+/// A boxed transport is a transport, so a tool can pick one at run time
+/// (`Device<Box<dyn Transport + Send>>`).
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn memory(&self) -> &DmaMemory {
+        (**self).memory()
+    }
+
+    fn device_features(&self) -> u64 {
+        (**self).device_features()
+    }
+
+    fn set_driver_features(&mut self, features: u64) -> Result<()> {
+        (**self).set_driver_features(features)
+    }
+
+    fn max_queues(&self) -> u16 {
+        (**self).max_queues()
+    }
+
+    fn max_queue_size(&self, queue: u16) -> Result<u16> {
+        (**self).max_queue_size(queue)
+    }
+
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<()> {
+        (**self).read_config(offset, buf)
+    }
+
+    fn setup_queue(&mut self, queue: u16, addrs: &QueueAddresses) -> Result<()> {
+        (**self).setup_queue(queue, addrs)
+    }
+
+    fn activate(&mut self) -> Result<()> {
+        (**self).activate()
+    }
+
+    fn notify(&self, queue: u16) -> Result<()> {
+        (**self).notify(queue)
+    }
+
+    fn wait_interrupt(&self, queue: u16, timeout: Option<Duration>) -> Result<bool> {
+        (**self).wait_interrupt(queue, timeout)
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        (**self).reset()
+    }
+}

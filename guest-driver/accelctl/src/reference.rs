@@ -1,6 +1,7 @@
-//! Reference implementations of the operations of the brief ("Operations"),
-//! independent of the crates the engine uses (`crc32c`, `sha2`, `aes-gcm`,
-//! `flate2`): what the device must produce, computed another way.
+//! Reference implementations of the operations (§8 of the specification),
+//! independent of the crates the daemon's software engine uses (`crc32c`,
+//! `sha2`, `aes-gcm`, `flate2`): what the device must produce, computed
+//! another way. `accelctl selftest` and the test suite check devices against it.
 //!
 //! - CRC-32C and CRC-32 (IEEE): plain bitwise loops over the reflected polynomials.
 //! - SHA-256 and AES-256-GCM: `ring`.

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use accel_driver::{DmaBuf, DmaMemory};
 use accel_tests::data::TestRng;
-use accel_tests::harness::{AccelDevice, Daemon};
-use accel_tests::workload::Workload;
+use accel_tests::harness::Daemon;
+use accel_tests::workload::{engine_job, Workload};
+use accelctl::bench::{make_slots, pipeline, Run, Slot};
 use clap::Parser;
 use vhost_user_accel::engine::software::SoftwareEngine;
 use vhost_user_accel::engine::{Engine, HwQueue};
@@ -45,81 +46,23 @@ struct Args {
     daemon_only: bool,
 }
 
-/// Jobs completed and time taken.
-struct Run {
-    jobs: u64,
-    elapsed: Duration,
-}
-
-impl Run {
-    fn jobs_per_sec(&self) -> f64 {
-        self.jobs as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn gb_per_sec(&self, bytes: usize) -> f64 {
-        self.jobs_per_sec() * bytes as f64 / 1e9
-    }
-}
-
-/// The in-flight slots of one measurement: a request and its guest buffers.
-type Slots = Vec<(accel_driver::Request, Vec<DmaBuf>)>;
-
-/// The slot a token or cookie names.
-fn slot(
-    slots: &Slots,
-    token: u64,
-) -> Result<&(accel_driver::Request, Vec<DmaBuf>), Box<dyn Error>> {
-    usize::try_from(token)
+/// The slot a cookie names.
+fn slot(slots: &[Slot], cookie: u64) -> Result<&Slot, Box<dyn Error>> {
+    usize::try_from(cookie)
         .ok()
         .and_then(|index| slots.get(index))
-        .ok_or_else(|| format!("no slot {token}").into())
-}
-
-fn through_daemon(
-    device: &AccelDevice,
-    slots: &Slots,
-    batch: usize,
-    seconds: f64,
-) -> Result<Run, Box<dyn Error>> {
-    for (token, (request, _)) in slots.iter().enumerate() {
-        device.submit(0, request, token as u64)?;
-    }
-    device.flush(0)?;
-    let duration = Duration::from_secs_f64(seconds);
-    let start = Instant::now();
-    let (mut jobs, mut outstanding, mut stopping) = (0, slots.len(), false);
-    while outstanding > 0 {
-        // One interrupt per batch of completions, not one per request.
-        let completions = device.wait_batch(0, batch.min(outstanding), Duration::from_secs(30))?;
-        stopping |= start.elapsed() >= duration;
-        for completion in completions {
-            let token = completion.token;
-            completion.check()?;
-            jobs += 1;
-            if stopping {
-                outstanding -= 1;
-            } else {
-                device.submit(0, &slot(slots, token)?.0, token)?;
-            }
-        }
-        device.flush(0)?;
-    }
-    Ok(Run {
-        jobs,
-        elapsed: start.elapsed(),
-    })
+        .ok_or_else(|| format!("no slot {cookie}").into())
 }
 
 fn direct(
     queue: &dyn HwQueue,
     workload: &Workload,
     memory: &DmaMemory,
-    slots: &Slots,
+    slots: &[Slot],
     seconds: f64,
 ) -> Result<Run, Box<dyn Error>> {
     let job = |cookie: u64| -> Result<_, Box<dyn Error>> {
-        workload
-            .job(memory, &slot(slots, cookie)?.1, cookie)
+        engine_job(workload, memory, &slot(slots, cookie)?.1, cookie)
             .ok_or_else(|| "buffer outside guest memory".into())
     };
     let mut batch = (0..slots.len() as u64)
@@ -202,6 +145,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let engine = SoftwareEngine::new(args.engine_threads)?;
     let queue = engine.create_queue(args.depth)?;
     let mut rng = TestRng::with_seed("accel-bench", 0x5eed);
+    let duration = Duration::from_secs_f64(args.seconds);
 
     println!(
         "engine threads {}, depth {}, driver batch {}, {:.1} s per point; GB/s counts the job's input bytes",
@@ -226,13 +170,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     for op in ops {
         for &size in &args.sizes {
-            let workload = Workload::new(op, size, &mut rng);
-            let slots = (0..args.depth)
-                .map(|_| workload.request(&memory))
-                .collect::<Result<Slots, _>>()?;
+            let workload = Workload::new(op, rng.text(size));
+            let slots = make_slots(&workload, &memory, args.depth)?;
             let before = device.transport().queue_stats(1).unwrap_or_default();
             let batch = args.batch.unwrap_or(args.depth / 4).max(1);
-            let through = through_daemon(&device, &slots, batch, args.seconds)?;
+            let through = pipeline(&device, 0, &slots, batch, duration)?;
             // Collect interrupts the driver did not need to wait for.
             let _ = accel_driver::Transport::wait_interrupt(
                 device.transport(),

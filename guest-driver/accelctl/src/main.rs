@@ -1,0 +1,214 @@
+//! `accelctl`: see the library's documentation for the commands.
+
+use std::error::Error;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use accel_driver::pci::{self, SYSFS_ROOT, UIO_DRIVER};
+use accelctl::args::{Args, BenchArgs, Command, RunArgs};
+use accelctl::bench;
+use accelctl::data::DataSource;
+use accelctl::report::{describe_device, supported_ops};
+use accelctl::run::execute;
+use accelctl::selftest::{self, SelfTest};
+use accelctl::target::{pci_address, pci_devices, AnyDevice, Target};
+use clap::Parser;
+use virtio_accel_spec::Op;
+
+/// DMA memory of `list` and `selftest`: the largest self-test job with room.
+const SMALL_MEMORY: usize = 64 << 20;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    match dispatch(&args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("accelctl: error: {error}");
+            let mut cause = error.source();
+            while let Some(inner) = cause {
+                eprintln!("  caused by: {inner}");
+                cause = inner.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn target(args: &Args) -> Target {
+    match &args.vhost_user {
+        Some(path) => Target::VhostUser(path.clone()),
+        None => Target::Pci {
+            address: args.pci.clone(),
+            poll: args.poll,
+        },
+    }
+}
+
+fn timeout(args: &Args) -> Result<Duration, Box<dyn Error>> {
+    Duration::try_from_secs_f64(args.timeout)
+        .map_err(|_| format!("--timeout {} is not a duration", args.timeout).into())
+}
+
+fn open(args: &Args, memory: usize) -> Result<AnyDevice, Box<dyn Error>> {
+    let timeout = timeout(args)?;
+    Ok(target(args).open(memory, timeout)?)
+}
+
+fn dispatch(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
+    match &args.command {
+        Command::List => list_command(args),
+        Command::Bind { dry_run, force } => bind_command(args, *dry_run, *force),
+        Command::Run(run) => run_command(args, run),
+        Command::Selftest { seed } => selftest_command(args, *seed),
+        Command::Bench(bench) => bench_command(args, bench),
+    }
+}
+
+fn list_command(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
+    if args.vhost_user.is_some() || args.pci.is_some() {
+        println!("{}", describe_device(&open(args, SMALL_MEMORY)?));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let devices = pci_devices()?;
+    if devices.is_empty() {
+        return Err(accelctl::target::Error::NoPciDevice.into());
+    }
+    for device in devices {
+        let driver = device.driver.as_deref().unwrap_or("no driver");
+        println!("{} ({driver})", device.bdf);
+        if device.driver.as_deref() == Some(UIO_DRIVER) {
+            let target = Target::Pci {
+                address: Some(device.bdf.clone()),
+                poll: args.poll,
+            };
+            println!(
+                "{}",
+                describe_device(&target.open(SMALL_MEMORY, timeout(args)?)?)
+            );
+        } else {
+            println!(
+                "  not usable until bound: accelctl --pci {} bind",
+                device.bdf
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bind_command(args: &Args, dry_run: bool, force: bool) -> Result<ExitCode, Box<dyn Error>> {
+    if args.vhost_user.is_some() {
+        return Err("bind applies to virtio-pci devices, not to --vhost-user".into());
+    }
+    let bdf = pci_address(args.pci.as_deref())?;
+    let root = Path::new(SYSFS_ROOT);
+    if dry_run {
+        let commands = pci::bind_commands(root, &bdf)?;
+        if commands.is_empty() {
+            println!("# {bdf} is already bound to {UIO_DRIVER}");
+        }
+        commands.iter().for_each(|line| println!("{line}"));
+    } else {
+        let node = pci::bind_uio(root, &bdf, force)?;
+        println!("{bdf} bound to {UIO_DRIVER}: {}", node.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Box<dyn Error>> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
+}
+
+fn run_command(args: &Args, run: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
+    let aad = run
+        .aad
+        .as_deref()
+        .map(read)
+        .transpose()?
+        .unwrap_or_default();
+    let job = run.job(aad)?;
+    let inputs = run
+        .inputs
+        .iter()
+        .map(|path| read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let input_len = inputs.iter().map(Vec::len).sum();
+    let device = open(args, job.memory_needed(input_len))?;
+    let output = execute(&device, args.queue, &job, &inputs)?;
+    if let (Some(data), Some(path)) = (&output.data, &run.output) {
+        std::fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    println!("{}", output.summary);
+    Ok(if output.same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn selftest_command(args: &Args, seed: Option<u64>) -> Result<ExitCode, Box<dyn Error>> {
+    let device = open(args, SMALL_MEMORY)?;
+    let mut data = seed.map_or_else(DataSource::from_clock, DataSource::new);
+    println!(
+        "selftest: seed {} (replay with --seed {})",
+        data.seed(),
+        data.seed()
+    );
+    let report = SelfTest::new(&device, &mut data).run(|check| match &check.failure {
+        None => println!("ok    {}", check.name),
+        Some(why) => println!("FAIL  {}: {why}", check.name),
+    })?;
+    let failures = report.failures();
+    println!(
+        "selftest: {} checks, {failures} failed, sizes {:?}",
+        report.checks.len(),
+        selftest::SIZES
+    );
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn bench_command(args: &Args, bench_args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
+    let device = open(args, bench_args.memory << 20)?;
+    let offered = supported_ops(u32::from(device.config().ops));
+    let ops: Vec<Op> = if bench_args.ops.is_empty() {
+        offered
+    } else {
+        bench_args.ops.iter().map(|&name| Op::from(name)).collect()
+    };
+    let options = bench::Options {
+        ops,
+        sizes: bench_args.sizes.clone(),
+        duration: Duration::try_from_secs_f64(bench_args.seconds)
+            .map_err(|_| format!("--seconds {} is not a duration", bench_args.seconds))?,
+        depth: bench_args.depth.max(1),
+        batch: bench_args.batch.unwrap_or(bench_args.depth / 4).max(1),
+        queue: args.queue,
+    };
+    println!(
+        "{:<14} {:>9} | {:>6} {:>12} {:>10}",
+        "op", "size", "depth", "jobs/s", "GB/s"
+    );
+    let mut data = DataSource::new(0x5eed);
+    let points = bench::measure(&device, &options, &mut data, |n, total, op, size| {
+        eprint!("\r[{n}/{total}] {} {size} B          ", op.name());
+        let _ = std::io::stderr().flush();
+    })?;
+    eprintln!();
+    for point in points {
+        println!(
+            "{:<14} {:>9} | {:>6} {:>12.0} {:>10.3}",
+            point.op.name(),
+            point.size,
+            point.depth,
+            point.run.jobs_per_sec(),
+            point.run.gb_per_sec(point.size)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,522 @@
+//! `accelctl selftest`: every operation the device offers, on seeded random
+//! and text data of awkward sizes, checked against [`crate::reference`];
+//! the error statuses of tampered inputs; objects (§7.1, §7.2) and fences
+//! across queues (§6.2). Each check is reported as it finishes.
+
+use accel_driver::{Buffer, Completion, DmaBuf, Request, Transport};
+use thiserror::Error;
+use virtio_accel_spec::op::{OpParams, COMPARE_EQUAL, GCM_TAG_SIZE};
+use virtio_accel_spec::{
+    AesGcmParams, Crc32cParams, DeflateFormat, DeflateParams, Fence, FillParams, Op, Status,
+    VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS,
+};
+
+use crate::data::DataSource;
+use crate::reference;
+
+/// Job sizes: empty, tiny, unaligned, page-sized, page-crossing, large.
+pub const SIZES: &[usize] = &[0, 1, 63, 4096, 3 * 4096 + 17, 65536, (1 << 20) - 3];
+
+/// Errors that stop the self-test (a device that answers wrongly fails a
+/// check instead).
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The transport or the device stopped working.
+    #[error("device")]
+    Device(#[source] accel_driver::device::Error),
+    /// DMA memory ran out or failed.
+    #[error("DMA memory")]
+    Memory(#[from] accel_driver::memory::Error),
+}
+
+impl From<accel_driver::device::Error> for Error {
+    fn from(error: accel_driver::device::Error) -> Self {
+        Error::Device(error)
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// `None` if it passed, else what went wrong.
+    pub failure: Option<String>,
+}
+
+/// All checks of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The checks, in order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|check| check.failure.is_none())
+    }
+
+    /// Number of failed checks.
+    pub fn failures(&self) -> usize {
+        self.checks.iter().filter(|c| c.failure.is_some()).count()
+    }
+}
+
+/// What a check compares: `Ok(())` or a description of the difference.
+type Verdict = Result<(), String>;
+
+fn expect(ok: bool, what: impl FnOnce() -> String) -> Verdict {
+    if ok {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+/// A job's completion and its output buffers' contents.
+struct Outcome {
+    completion: Completion,
+    outputs: Vec<Vec<u8>>,
+}
+
+impl Outcome {
+    /// The completion must be Ok.
+    fn ok(&self) -> Verdict {
+        match self.completion.check() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("device answered {e}")),
+        }
+    }
+
+    /// The completion must carry `status`.
+    fn status(&self, status: Status) -> Verdict {
+        let got = self.completion.status();
+        expect(got == Ok(status), || {
+            format!("expected {status:?}, got {got:?}")
+        })
+    }
+
+    /// The first `bytes_written` bytes of output 0.
+    fn written(&self) -> &[u8] {
+        let n = usize::try_from(self.completion.bytes_written()).unwrap_or(usize::MAX);
+        self.outputs
+            .first()
+            .map_or(&[][..], |out| &out[..n.min(out.len())])
+    }
+}
+
+/// Runs the self-test on `device`, calling `on_check` as each check ends.
+pub struct SelfTest<'a, T: Transport> {
+    device: &'a accel_driver::Device<T>,
+    data: &'a mut DataSource,
+    report: Report,
+}
+
+impl<'a, T: Transport> SelfTest<'a, T> {
+    /// A self-test of `device` with inputs from `data`.
+    pub fn new(device: &'a accel_driver::Device<T>, data: &'a mut DataSource) -> Self {
+        SelfTest {
+            device,
+            data,
+            report: Report::default(),
+        }
+    }
+
+    /// Runs every check; `on_check` sees each as it ends.
+    pub fn run(mut self, mut on_check: impl FnMut(&Check)) -> Result<Report, Error> {
+        let offered = u32::from(self.device.config().ops);
+        for &op in Op::ALL {
+            if offered & op.capability() == 0 {
+                let check = Check {
+                    name: format!("{} (not offered by the device)", op.name()),
+                    failure: None,
+                };
+                on_check(&check);
+                continue;
+            }
+            for &size in SIZES {
+                let verdict = self.check_op(op, size)?;
+                self.record(format!("{} {size} B", op.name()), verdict, &mut on_check);
+            }
+        }
+        if self.device.has_feature(VIRTIO_ACCEL_F_OBJECTS) {
+            let verdict = self.check_objects()?;
+            self.record(
+                "objects: create, use, destroy".into(),
+                verdict,
+                &mut on_check,
+            );
+        }
+        if self.device.has_feature(VIRTIO_ACCEL_F_FENCES) {
+            let verdict = self.check_fences()?;
+            self.record(
+                "fences: dependencies across queues, query, wait".into(),
+                verdict,
+                &mut on_check,
+            );
+        }
+        Ok(self.report)
+    }
+
+    fn record(&mut self, name: String, verdict: Verdict, on_check: &mut impl FnMut(&Check)) {
+        let check = Check {
+            name,
+            failure: verdict.err(),
+        };
+        on_check(&check);
+        self.report.checks.push(check);
+    }
+
+    /// Runs `op` with `params` on `inputs` into outputs of `output_sizes`
+    /// bytes, on request queue `queue`, after `deps`.
+    fn exec(
+        &self,
+        queue: u16,
+        op: Op,
+        params: [u8; 64],
+        inputs: &[&[u8]],
+        output_sizes: &[usize],
+    ) -> Result<Outcome, Error> {
+        let memory = self.device.memory();
+        let mut request = Request::new(op).raw_params(params);
+        let mut keep: Vec<DmaBuf> = Vec::new();
+        for input in inputs {
+            let buf = memory.alloc(input.len().max(1))?;
+            memory.write(&buf, 0, input)?;
+            request = request.input(direct(&buf, input.len()));
+            keep.push(buf);
+        }
+        let mut outs = Vec::new();
+        for &size in output_sizes {
+            let buf = memory.alloc(size.max(1))?;
+            memory.fill(&buf, 0xee)?;
+            request = request.output(direct(&buf, size));
+            outs.push(buf);
+        }
+        let completion = self.device.run(queue, &request)?;
+        let outputs = outs
+            .iter()
+            .zip(output_sizes)
+            .map(|(buf, &size)| memory.read_vec(buf, 0, size))
+            .collect::<Result<_, _>>()?;
+        Ok(Outcome {
+            completion,
+            outputs,
+        })
+    }
+
+    fn check_op(&mut self, op: Op, size: usize) -> Result<Verdict, Error> {
+        match op {
+            Op::Copy => self.check_copy(size),
+            Op::Fill => self.check_fill(size),
+            Op::Compare => self.check_compare(size),
+            Op::Crc32c => self.check_crc32c(size),
+            Op::Sha256 => self.check_sha256(size),
+            Op::AesGcmSeal | Op::AesGcmOpen => self.check_gcm(op, size),
+            Op::DeflateCompress => self.check_deflate(size),
+            Op::DeflateDecompress => self.check_inflate(size),
+        }
+    }
+
+    fn check_copy(&mut self, size: usize) -> Result<Verdict, Error> {
+        let data = self.data.random(size);
+        let done = self.exec(0, Op::Copy, [0; 64], &[&data], &[size])?;
+        Ok(done.ok().and_then(|()| {
+            expect(done.written() == data.as_slice(), || {
+                "copy differs from its source".into()
+            })
+        }))
+    }
+
+    fn check_fill(&mut self, size: usize) -> Result<Verdict, Error> {
+        let pattern = self.data.random(1).first().copied().unwrap_or(0x5a);
+        let params = FillParams {
+            pattern,
+            ..Default::default()
+        };
+        let done = self.exec(0, Op::Fill, params.to_params(), &[], &[size])?;
+        Ok(done.ok().and_then(|()| {
+            let out = &done.outputs[0];
+            expect(
+                out.len() == size && out.iter().all(|&b| b == pattern),
+                || format!("output is not all {pattern:#04x}"),
+            )
+        }))
+    }
+
+    fn check_compare(&mut self, size: usize) -> Result<Verdict, Error> {
+        let data = self.data.random(size);
+        let mut other = data.clone();
+        if let Some(byte) = other.get_mut(self.data.below(size)) {
+            *byte ^= 0x40;
+        }
+        for b in [&data, &other] {
+            let done = self.exec(0, Op::Compare, [0; 64], &[&data, b], &[])?;
+            let want = reference::compare(&data, b);
+            let verdict = done.ok().and_then(|()| {
+                let got = done.completion.result_u64();
+                expect(got == want, || {
+                    format!("result {got:#x}, expected {want:#x}")
+                })
+            });
+            if verdict.is_err() {
+                return Ok(verdict);
+            }
+        }
+        Ok(expect(
+            size == 0 || reference::compare(&data, &other) != COMPARE_EQUAL,
+            || "the altered copy compared equal in software".into(),
+        ))
+    }
+
+    fn check_crc32c(&mut self, size: usize) -> Result<Verdict, Error> {
+        let data = self.data.text(size);
+        let seed = u32::from_le_bytes([0x12, 0x34, 0x56, 0x78]);
+        for seed in [0, seed] {
+            let params = Crc32cParams {
+                seed: seed.into(),
+                ..Default::default()
+            };
+            let done = self.exec(0, Op::Crc32c, params.to_params(), &[&data], &[])?;
+            let want = reference::crc32c(seed, &data);
+            let verdict = done.ok().and_then(|()| {
+                let got = done.completion.result_u32();
+                expect(got == want, || {
+                    format!("seed {seed:#x}: {got:#010x}, expected {want:#010x}")
+                })
+            });
+            if verdict.is_err() {
+                return Ok(verdict);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn check_sha256(&mut self, size: usize) -> Result<Verdict, Error> {
+        let data = self.data.random(size);
+        let done = self.exec(0, Op::Sha256, [0; 64], &[&data], &[])?;
+        let want = reference::sha256(&data);
+        Ok(done.ok().and_then(|()| {
+            expect(done.completion.result()[..32] == want, || {
+                "digest differs".into()
+            })
+        }))
+    }
+
+    /// Seal and open with a random key: the ciphertext and tag must match the
+    /// reference, opening must give the plaintext back, and a tampered tag
+    /// must fail with AuthFailed.
+    fn check_gcm(&mut self, op: Op, size: usize) -> Result<Verdict, Error> {
+        let mut key = [0; 32];
+        key.copy_from_slice(&self.data.random(32));
+        let mut iv = [0; 12];
+        iv.copy_from_slice(&self.data.random(12));
+        let aad_len = self.data.below(40);
+        let aad = self.data.random(aad_len);
+        let plain = self.data.random(size);
+        let (cipher, tag) = reference::aes256_gcm_seal(&key, &iv, &aad, &plain);
+        let params = |tag: [u8; GCM_TAG_SIZE]| {
+            AesGcmParams {
+                key,
+                iv,
+                tag,
+                ..Default::default()
+            }
+            .to_params()
+        };
+        if op == Op::AesGcmSeal {
+            let done = self.exec(0, op, params([0; GCM_TAG_SIZE]), &[&aad, &plain], &[size])?;
+            return Ok(done
+                .ok()
+                .and_then(|()| {
+                    expect(done.written() == cipher.as_slice(), || {
+                        "ciphertext differs".into()
+                    })
+                })
+                .and_then(|()| {
+                    expect(done.completion.result()[..GCM_TAG_SIZE] == tag, || {
+                        "tag differs".into()
+                    })
+                }));
+        }
+        let done = self.exec(0, op, params(tag), &[&aad, &cipher], &[size])?;
+        let opened = done.ok().and_then(|()| {
+            expect(done.written() == plain.as_slice(), || {
+                "plaintext differs".into()
+            })
+        });
+        if opened.is_err() {
+            return Ok(opened);
+        }
+        let mut forged = tag;
+        forged[0] ^= 1;
+        let done = self.exec(0, op, params(forged), &[&aad, &cipher], &[size])?;
+        Ok(done
+            .status(Status::AuthFailed)
+            .map_err(|e| format!("forged tag: {e}")))
+    }
+
+    /// Every framing: the device's stream must decode (in software) to the input.
+    fn check_deflate(&mut self, size: usize) -> Result<Verdict, Error> {
+        let data = self.data.text(size);
+        for format in [DeflateFormat::Raw, DeflateFormat::Zlib, DeflateFormat::Gzip] {
+            let params = DeflateParams {
+                format: format.into(),
+                level: u8::try_from(self.data.below(10)).unwrap_or(6),
+                ..Default::default()
+            };
+            let room = size + size / 8 + 1024;
+            let done = self.exec(
+                0,
+                Op::DeflateCompress,
+                params.to_params(),
+                &[&data],
+                &[room],
+            )?;
+            let verdict =
+                done.ok()
+                    .and_then(|()| match reference::decompress(format, done.written()) {
+                        Ok(back) => expect(back == data, || {
+                            format!("{format:?}: decodes to other data")
+                        }),
+                        Err(e) => Err(format!("{format:?}: stream does not decode: {e}")),
+                    });
+            if verdict.is_err() {
+                return Ok(verdict);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Every framing decoded, and a corrupted gzip stream refused with BadData.
+    fn check_inflate(&mut self, size: usize) -> Result<Verdict, Error> {
+        let data = self.data.text(size);
+        let params = |format: DeflateFormat| {
+            DeflateParams {
+                format: format.into(),
+                ..Default::default()
+            }
+            .to_params()
+        };
+        for format in [DeflateFormat::Raw, DeflateFormat::Zlib, DeflateFormat::Gzip] {
+            let packed = reference::compress(format, 6, &data);
+            let done = self.exec(
+                0,
+                Op::DeflateDecompress,
+                params(format),
+                &[&packed],
+                &[size],
+            )?;
+            let verdict = done.ok().and_then(|()| {
+                expect(done.written() == data.as_slice(), || {
+                    format!("{format:?}: decoded data differ")
+                })
+            });
+            if verdict.is_err() {
+                return Ok(verdict);
+            }
+        }
+        let mut corrupt = reference::compress(DeflateFormat::Gzip, 6, &data);
+        let last = corrupt.len() - 5;
+        corrupt[last] ^= 0x55; // the CRC-32 of the trailer
+        let done = self.exec(
+            0,
+            Op::DeflateDecompress,
+            params(DeflateFormat::Gzip),
+            &[&corrupt],
+            &[size],
+        )?;
+        Ok(done
+            .status(Status::BadData)
+            .map_err(|e| format!("corrupt stream: {e}")))
+    }
+
+    /// An object over two separate buffers, used through a handle: CRC-32C
+    /// of a range crossing the segment boundary, then destroyed, after which
+    /// the handle is refused with NoObject.
+    fn check_objects(&mut self) -> Result<Verdict, Error> {
+        let memory = self.device.memory();
+        let (a, b) = (self.data.text(8192), self.data.text(5000));
+        let (buf_a, buf_b) = (memory.alloc(a.len())?, memory.alloc(b.len())?);
+        memory.write(&buf_a, 0, &a)?;
+        memory.write(&buf_b, 0, &b)?;
+        let handle = self
+            .device
+            .create_object(&[(buf_a.gpa(), a.len() as u64), (buf_b.gpa(), b.len() as u64)])?;
+        let whole: Vec<u8> = a.iter().chain(&b).copied().collect();
+        let (offset, len) = (5000usize, 7000usize);
+        let crc = Request::new(Op::Crc32c)
+            .params(&Crc32cParams::default())
+            .input(Buffer::object(handle, offset as u64, len as u64));
+        let done = self.device.run(0, &crc)?;
+        let want = reference::crc32c(0, &whole[offset..offset + len]);
+        let used = match done.check() {
+            Ok(done) => expect(done.result_u32() == want, || {
+                "CRC-32C through the object differs".into()
+            }),
+            Err(e) => Err(format!("device answered {e}")),
+        };
+        self.device.destroy_object(handle)?;
+        let after = self.device.run(0, &crc)?;
+        Ok(used.and_then(|()| {
+            let status = after.status();
+            expect(status == Ok(Status::NoObject), || {
+                format!("a destroyed handle gave {status:?}, expected NoObject")
+            })
+        }))
+    }
+
+    /// A request on the last queue waits for one on the first; both fences
+    /// then read as signalled, FENCE_WAIT returns, and a dependency on a
+    /// fence never issued is refused with NoFence.
+    fn check_fences(&mut self) -> Result<Verdict, Error> {
+        let last = self.device.num_request_queues().saturating_sub(1);
+        let memory = self.device.memory();
+        let data = self.data.random(65536);
+        let (src, dst) = (memory.alloc(data.len())?, memory.alloc(data.len())?);
+        memory.write(&src, 0, &data)?;
+        let copy = Request::new(Op::Copy)
+            .input(Buffer::direct(&src))
+            .output(Buffer::direct(&dst));
+        let first = self.device.run(0, &copy)?;
+        if let Err(e) = first.check() {
+            return Ok(Err(format!("copy answered {e}")));
+        }
+        let crc = Request::new(Op::Crc32c)
+            .params(&Crc32cParams::default())
+            .dep(first.fence())
+            .input(Buffer::direct(&dst));
+        let second = self.device.run(last, &crc)?;
+        let verdict = match second.check() {
+            Ok(done) => expect(done.result_u32() == reference::crc32c(0, &data), || {
+                "the dependent CRC-32C saw other data".into()
+            }),
+            Err(e) => Err(format!("dependent request answered {e}")),
+        };
+        if verdict.is_err() {
+            return Ok(verdict);
+        }
+        for fence in [first.fence(), second.fence()] {
+            if !self.device.query_fence(fence)? {
+                return Ok(Err(format!(
+                    "fence {fence:?} reads as pending after completion"
+                )));
+            }
+        }
+        self.device.wait_fences(&[first.fence(), second.fence()])?;
+        let issued = first.fence();
+        let future = Fence::new(u16::from(issued.queue), u64::from(issued.seqno) + 1_000_000);
+        let status = self.device.run(last, &crc.clone().dep(future))?.status();
+        Ok(expect(status == Ok(Status::NoFence), || {
+            format!("a dependency on an unissued fence gave {status:?}, expected NoFence")
+        }))
+    }
+}
+
+fn direct(buf: &DmaBuf, len: usize) -> Buffer {
+    Buffer::Direct {
+        gpa: buf.gpa(),
+        len: len as u64,
+    }
+}

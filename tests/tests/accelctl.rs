@@ -1,0 +1,220 @@
+//! `accelctl`'s commands as a library, against the daemon over vhost-user:
+//! the self-test passes on a correct device, `run` cuts large inputs into
+//! pieces the device accepts and puts them back together (multi-member gzip
+//! included), reports the device's refusals, and `bench` measures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use accel_tests::data::TestRng;
+use accel_tests::harness::{guest_ram, Daemon};
+use accel_tests::reference;
+use accelctl::data::DataSource;
+use accelctl::run::{execute, Error, Job, Output};
+use accelctl::selftest::{SelfTest, SIZES};
+use accelctl::{bench, report};
+use virtio_accel_spec::{DeflateFormat, Op, Status};
+
+/// A daemon whose requests take at most `limit` bytes per buffer.
+fn daemon_with_limit(limit: u64) -> Daemon {
+    Daemon::start_with(|config| {
+        config.request_queues = 2;
+        config.limits.max_buffer_size = limit;
+    })
+}
+
+fn data(output: &Output) -> &[u8] {
+    output.data.as_deref().unwrap_or_default()
+}
+
+/// Splits a multi-member gzip file with the reference decoder.
+fn gzip_members(mut file: &[u8]) -> Vec<Vec<u8>> {
+    let mut members = Vec::new();
+    while !file.is_empty() {
+        let member = reference::decompress_prefix(DeflateFormat::Gzip, file, usize::MAX).unwrap();
+        members.push(member.data);
+        file = &file[member.consumed..];
+    }
+    members
+}
+
+#[test]
+fn selftest_passes_every_check_on_the_daemon() {
+    let daemon = Daemon::start_with(|config| config.request_queues = 2);
+    let device = daemon.connect(&guest_ram(64));
+    let mut data = DataSource::new(TestRng::new("selftest").seed());
+    let mut seen = 0;
+    let report = SelfTest::new(&device, &mut data)
+        .run(|_| seen += 1)
+        .unwrap();
+    let failed: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.failure.is_some())
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    // Every operation at every size, then objects and fences.
+    assert_eq!(report.checks.len(), Op::ALL.len() * SIZES.len() + 2);
+    assert_eq!(seen, report.checks.len());
+}
+
+#[test]
+fn large_inputs_are_cut_into_pieces_and_put_back_together() {
+    const LIMIT: usize = 64 * 1024;
+    let daemon = daemon_with_limit(LIMIT as u64);
+    let device = daemon.connect(&guest_ram(64));
+    let mut rng = TestRng::new("accelctl-pieces");
+    let text = rng.text(5 * LIMIT + 1234);
+
+    let copied = execute(&device, 0, &Job::Copy, std::slice::from_ref(&text)).unwrap();
+    assert!(data(&copied) == text.as_slice(), "copy in pieces differs");
+
+    let crc = execute(
+        &device,
+        1,
+        &Job::Crc32c { seed: 7 },
+        std::slice::from_ref(&text),
+    )
+    .unwrap();
+    assert_eq!(crc.summary, format!("{:08x}", reference::crc32c(7, &text)));
+
+    let fill = Job::Fill {
+        pattern: 0xa5,
+        len: 3 * LIMIT + 5,
+    };
+    let filled = execute(&device, 0, &fill, &[]).unwrap();
+    assert!(data(&filled).len() == 3 * LIMIT + 5 && data(&filled).iter().all(|&b| b == 0xa5));
+
+    // gzip: one member per piece, and inflate walks the members back.
+    let deflate = Job::Deflate {
+        format: DeflateFormat::Gzip,
+        level: 6,
+    };
+    let packed = execute(&device, 0, &deflate, std::slice::from_ref(&text)).unwrap();
+    let members = gzip_members(data(&packed));
+    assert_eq!(members.len(), 6, "one member per 64 KiB piece");
+    assert!(members.concat() == text, "members decode to other data");
+    let inflate = Job::Inflate {
+        format: DeflateFormat::Gzip,
+        max_output: usize::MAX,
+    };
+    let unpacked = execute(&device, 1, &inflate, &[data(&packed).to_vec()]).unwrap();
+    assert!(
+        data(&unpacked) == text.as_slice(),
+        "multi-member inflate differs"
+    );
+}
+
+#[test]
+fn operations_that_cannot_be_cut_refuse_inputs_over_the_limit() {
+    let daemon = daemon_with_limit(4096);
+    let device = daemon.connect(&guest_ram(16));
+    let big = vec![1u8; 4097];
+    for job in [
+        Job::Sha256,
+        Job::Deflate {
+            format: DeflateFormat::Zlib,
+            level: 1,
+        },
+    ] {
+        match execute(&device, 0, &job, std::slice::from_ref(&big)) {
+            Err(Error::TooLarge { len, limit, .. }) => assert_eq!((len, limit), (4097, 4096)),
+            other => panic!("{job:?}: {other:?}"),
+        }
+    }
+    let fits = execute(&device, 0, &Job::Sha256, &[big[..4096].to_vec()]).unwrap();
+    assert_eq!(
+        fits.summary,
+        accelctl::run::hex(&reference::sha256(&big[..4096]))
+    );
+}
+
+#[test]
+fn run_reports_results_and_refusals() {
+    let daemon = Daemon::start();
+    let device = daemon.connect(&guest_ram(16));
+    let (key, iv, aad) = ([3u8; 32], [4u8; 12], b"header".to_vec());
+    let plain = b"attack at dawn".to_vec();
+    let seal = Job::Seal {
+        key,
+        iv,
+        aad: aad.clone(),
+    };
+    let sealed = execute(&device, 0, &seal, std::slice::from_ref(&plain)).unwrap();
+    let (cipher, tag) = reference::aes256_gcm_seal(&key, &iv, &aad, &plain);
+    assert_eq!(data(&sealed), cipher.as_slice());
+    assert_eq!(sealed.summary, format!("tag {}", accelctl::run::hex(&tag)));
+    let open = |tag| Job::Open {
+        key,
+        iv,
+        tag,
+        aad: aad.clone(),
+    };
+    let opened = execute(&device, 0, &open(tag), std::slice::from_ref(&cipher)).unwrap();
+    assert_eq!(data(&opened), plain.as_slice());
+    let mut forged = tag;
+    forged[15] ^= 0x80;
+    match execute(&device, 0, &open(forged), &[cipher]) {
+        Err(Error::Device(e)) => assert_eq!(e.status(), Some(Status::AuthFailed)),
+        other => panic!("forged tag: {other:?}"),
+    }
+
+    let a = b"same prefix, then x".to_vec();
+    let mut b = a.clone();
+    b[17] = b'y';
+    let differ = execute(&device, 0, &Job::Compare, &[a.clone(), b]).unwrap();
+    assert_eq!(
+        (differ.summary.as_str(), differ.same),
+        ("differ at byte 17", false)
+    );
+    let equal = execute(&device, 0, &Job::Compare, &[a.clone(), a.clone()]).unwrap();
+    assert_eq!((equal.summary.as_str(), equal.same), ("equal", true));
+    assert!(matches!(
+        execute(&device, 0, &Job::Compare, &[a]),
+        Err(Error::Inputs {
+            expected: 2,
+            given: 1,
+            ..
+        })
+    ));
+
+    // Decoded data beyond --max-output: refused after growing to the limit.
+    let packed = reference::compress(DeflateFormat::Raw, 9, &[0u8; 100_000]);
+    let inflate = Job::Inflate {
+        format: DeflateFormat::Raw,
+        max_output: 50_000,
+    };
+    assert!(matches!(
+        execute(&device, 0, &inflate, &[packed]),
+        Err(Error::OutputLimit(50_000))
+    ));
+}
+
+#[test]
+fn bench_measures_every_point_it_is_asked_for() {
+    let daemon = Daemon::start();
+    let device = daemon.connect(&guest_ram(64));
+    let options = bench::Options {
+        ops: vec![Op::Crc32c, Op::DeflateDecompress],
+        sizes: vec![64, 65536],
+        duration: std::time::Duration::from_millis(50),
+        depth: 32,
+        batch: 8,
+        queue: 0,
+    };
+    let mut progress = Vec::new();
+    let points = bench::measure(
+        &device,
+        &options,
+        &mut DataSource::new(1),
+        |n, total, op, size| {
+            progress.push((n, total, op, size));
+        },
+    )
+    .unwrap();
+    assert_eq!(progress.len(), 4);
+    assert_eq!(progress[3], (4, 4, Op::DeflateDecompress, 65536));
+    for point in &points {
+        assert!(point.run.jobs >= point.depth as u64, "{point:?}");
+        assert_eq!(point.depth, 32);
+    }
+    assert!(report::describe_device(&device).contains("crc32c"));
+}
