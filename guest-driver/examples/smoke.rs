@@ -110,7 +110,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         while next < bufs.len() {
             let req = Request::new(Op::Sha256).input(Buffer::direct(&bufs[next]));
             match device.submit(0, &req, next as u64) {
-                Ok(()) => next += 1,
+                Ok(_) => next += 1,
                 Err(accel_driver::device::Error::QueueFull { .. }) => break,
                 Err(e) => return Err(e.into()),
             }

@@ -34,6 +34,18 @@
 //! memory.write(&data, 0, b"123456789")?;
 //! let done = device.run(0, &Request::new(Op::Crc32c).input(Buffer::direct(&data)))?.check()?;
 //! assert_eq!(done.result_u32(), 0xe306_9283);
+//!
+//! // The dma-buf model: an object over guest buffers, destroyed when dropped.
+//! // `submit` returns the request's fence at once, so a second request can
+//! // depend on the first before either has run.
+//! let copy_of = memory.alloc(9)?;
+//! let object = device.register(&[&data])?;
+//! let copied = device.submit(0, &Request::new(Op::Copy).input(object.all()).output(Buffer::direct(&copy_of)), 1)?;
+//! let crc = Request::new(Op::Crc32c).dep(copied).input(Buffer::direct(&copy_of));
+//! device.submit(0, &crc, 2)?;
+//! device.flush(0)?;
+//! let finished = device.wait_batch(0, 2, std::time::Duration::from_secs(5))?;
+//! assert!(finished.iter().all(|c| c.is_ok()));
 //! # Ok(())
 //! # }
 //! ```
@@ -57,7 +69,8 @@ pub mod virtqueue;
 mod testing;
 
 pub use device::{
-    feature, Buffer, Completion, ControlCompletion, Device, OpenOptions, Request, DEFAULT_FEATURES,
+    feature, Buffer, Completion, ControlCompletion, Device, Object, OpenOptions, Request,
+    DEFAULT_FEATURES,
 };
 pub use memory::{DmaBuf, DmaMemory, MemoryRegion};
 pub use pci::{PciOptions, PciTransport};

@@ -1732,14 +1732,18 @@ fn fences_are_numbered_per_queue() {
     // the completion order; failing requests count too.
     let bad = Request::new(Op::Crc32c); // no input: Invalid
     let good = small_crc(&buf);
+    let mut predicted = Vec::new();
     for i in 0..20u64 {
         let request = if i % 5 == 3 { &bad } else { &good };
-        rig.dev.submit(0, request, i).unwrap();
+        predicted.push(rig.dev.submit(0, request, i).unwrap());
     }
     rig.dev.flush(0).unwrap();
     let done = collect(&rig.dev, 0, 20);
     for c in &done {
         assert_eq!(c.fence(), Fence::new(0, 6 + c.token), "token {}", c.token);
+        // The driver knew the fence at submission (§6.2).
+        let index = usize::try_from(c.token).unwrap();
+        assert_eq!(c.fence(), predicted[index], "token {}", c.token);
         let want = if c.token % 5 == 3 {
             Status::Invalid
         } else {
@@ -1750,6 +1754,73 @@ fn fences_are_numbered_per_queue() {
     // Queue 1 was not disturbed.
     let done = rig.dev.run(1, &small_crc(&buf)).unwrap();
     assert_eq!(done.fence(), Fence::new(1, 6));
+}
+
+#[test]
+fn registered_objects_name_ranges_and_die_when_dropped() {
+    let rig = Rig::new();
+    let (a, b) = (rig.mem.alloc(3000).unwrap(), rig.mem.alloc(5000).unwrap());
+    rig.mem.fill(&a, 1).unwrap();
+    rig.mem.fill(&b, 2).unwrap();
+    let handle;
+    {
+        let object = rig.dev.register(&[&a, &b]).unwrap();
+        handle = object.handle();
+        assert_eq!(object.len(), 8000);
+        assert!(object.range(7000, 1001).is_err(), "past the end");
+        assert!(object.range(u64::MAX, 2).is_err(), "overflowing");
+        let crc = Request::new(Op::Crc32c)
+            .params(&Crc32cParams::default())
+            .input(object.range(2990, 20).unwrap());
+        let done = rig.dev.run(0, &crc).unwrap().check().unwrap();
+        let want: Vec<u8> = [1u8; 10].iter().chain(&[2u8; 10]).copied().collect();
+        assert_eq!(done.result_u32(), reference::crc32c(0, &want));
+    }
+    // Dropped: the handle is gone.
+    let stale = Request::new(Op::Crc32c)
+        .params(&Crc32cParams::default())
+        .input(Buffer::object(handle, 0, 10));
+    assert_eq!(
+        rig.dev.run(0, &stale).unwrap().status(),
+        Ok(Status::NoObject)
+    );
+    // Explicit destruction reports the device's answer.
+    let object = rig.dev.register(&[&a]).unwrap();
+    object.destroy().unwrap();
+}
+
+#[test]
+fn predicted_fences_chain_a_batch_submitted_at_once() {
+    let rig = Rig::new();
+    let len = 4 << 20;
+    let (a, b) = (rig.mem.alloc(len).unwrap(), rig.mem.alloc(len).unwrap());
+    rig.mem.fill(&a, 0).unwrap();
+    // fill a -> copy a to b -> CRC of b, each depending on the previous one
+    // by the fence `submit` predicted, all made available in one flush.
+    let fill = Request::new(Op::Fill)
+        .params(&fill_params(0x3c))
+        .output(Buffer::direct(&a));
+    let filled = rig.dev.submit(0, &fill, 1).unwrap();
+    let copy = Request::new(Op::Copy)
+        .dep(filled)
+        .input(Buffer::direct(&a))
+        .output(Buffer::direct(&b));
+    let copied = rig.dev.submit(0, &copy, 2).unwrap();
+    let crc = Request::new(Op::Crc32c)
+        .params(&Crc32cParams::default())
+        .dep(copied)
+        .input(Buffer::direct(&b));
+    rig.dev.submit(0, &crc, 3).unwrap();
+    rig.dev.flush(0).unwrap();
+    let done = collect(&rig.dev, 0, 3);
+    for c in &done {
+        assert_eq!(c.status(), Ok(Status::Ok), "token {}", c.token);
+    }
+    let crc_done = done.iter().find(|c| c.token == 3).unwrap();
+    assert_eq!(
+        crc_done.result_u32(),
+        reference::crc32c(0, &vec![0x3c; len])
+    );
 }
 
 #[test]

@@ -441,14 +441,12 @@ impl<'a, T: Transport> SelfTest<'a, T> {
         let (buf_a, buf_b) = (memory.alloc(a.len())?, memory.alloc(b.len())?);
         memory.write(&buf_a, 0, &a)?;
         memory.write(&buf_b, 0, &b)?;
-        let handle = self
-            .device
-            .create_object(&[(buf_a.gpa(), a.len() as u64), (buf_b.gpa(), b.len() as u64)])?;
+        let object = self.device.register(&[&buf_a, &buf_b])?;
         let whole: Vec<u8> = a.iter().chain(&b).copied().collect();
         let (offset, len) = (5000usize, 7000usize);
         let crc = Request::new(Op::Crc32c)
             .params(&Crc32cParams::default())
-            .input(Buffer::object(handle, offset as u64, len as u64));
+            .input(object.range(offset as u64, len as u64)?);
         let done = self.device.run(0, &crc)?;
         let want = reference::crc32c(0, &whole[offset..offset + len]);
         let used = match done.check() {
@@ -457,7 +455,7 @@ impl<'a, T: Transport> SelfTest<'a, T> {
             }),
             Err(e) => Err(format!("device answered {e}")),
         };
-        self.device.destroy_object(handle)?;
+        object.destroy()?;
         let after = self.device.run(0, &crc)?;
         Ok(used.and_then(|()| {
             let status = after.status();

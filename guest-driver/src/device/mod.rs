@@ -9,6 +9,7 @@
 //! between threads (one queue per thread, or several threads on one queue).
 
 mod completion;
+mod object;
 mod queue;
 mod request;
 
@@ -28,9 +29,10 @@ use crate::transport::{self, Transport};
 use crate::virtqueue::{self, RingFeatures, SplitQueue, Used};
 
 pub use completion::{Completion, ControlCompletion, CTRL_RESP_SIZE};
+pub use object::Object;
 pub use request::{Buffer, Error as RequestError, Request, Segments, MAX_DESC_LEN, RESP_SIZE};
 
-use queue::{DriverQueue, Finished};
+use queue::{DriverQueue, Finished, Submitted};
 
 /// Errors of device operations.
 #[derive(Debug, Error)]
@@ -364,7 +366,7 @@ impl<T: Transport> Device<T> {
         request: &Request,
         token: u64,
         wait: bool,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Submitted> {
         let header = request.header_bytes()?;
         dq.submit(
             &header,
@@ -376,12 +378,18 @@ impl<T: Transport> Device<T> {
         )
     }
 
-    /// Adds `request` to request queue `queue` without notifying the device.
+    /// Adds `request` to request queue `queue` without notifying the device
+    /// and returns the fence the device will issue to it (spec §6.2: the
+    /// n-th chain made available on a queue gets sequence number n), which
+    /// later requests of the same queue may name as a dependency at once.
     /// Direct buffers must stay allocated until the request completes.
-    pub fn submit(&self, queue: u16, request: &Request, token: u64) -> Result<()> {
+    ///
+    /// After raw-queue use ([`raw_queue`](Self::raw_queue)) that jumps the
+    /// avail index, the prediction counts the skipped entries as chains.
+    pub fn submit(&self, queue: u16, request: &Request, token: u64) -> Result<Fence> {
         let dq = self.request_queue(queue)?;
-        self.submit_inner(dq, request, token, false)?;
-        Ok(())
+        let submitted = self.submit_inner(dq, request, token, false)?;
+        Ok(Fence::new(queue, submitted.seqno))
     }
 
     /// Publishes submitted requests and notifies the device if it asked to be.
@@ -434,6 +442,7 @@ impl<T: Transport> Device<T> {
         let dq = self.request_queue(queue)?;
         let id = self
             .submit_inner(dq, request, 0, true)?
+            .waiter
             .ok_or(Error::NoSuchQueue(queue))?;
         dq.flush(&self.transport)?;
         match dq.wait_for(&self.transport, id, Some(self.timeout))? {
@@ -469,6 +478,7 @@ impl<T: Transport> Device<T> {
         bytes.extend_from_slice(payload);
         let id = dq
             .submit(&bytes, CTRL_RESP_SIZE, &[], &[], 0, true)?
+            .waiter
             .ok_or(Error::NoSuchVirtqueue(0))?;
         dq.flush(&self.transport)?;
         match dq.wait_for(&self.transport, id, Some(timeout))? {

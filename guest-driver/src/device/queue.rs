@@ -35,6 +35,14 @@ struct Pending {
     waiter: Option<u64>,
 }
 
+/// A chain the core added: its waiter id (if it has one) and the fence
+/// sequence number its avail-ring position gives it (spec §6.2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Submitted {
+    pub(crate) waiter: Option<u64>,
+    pub(crate) seqno: u64,
+}
+
 /// A used entry of a core-added chain, with the response bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Finished {
@@ -150,7 +158,7 @@ impl DriverQueue {
         writable: &[(u64, u32)],
         token: u64,
         wait: bool,
-    ) -> Result<Option<u64>, Error> {
+    ) -> Result<Submitted, Error> {
         let resp_off = resp_offset(header.len());
         let needed = resp_off + RESP_SIZE as usize;
         let mut st = self.lock();
@@ -206,7 +214,10 @@ impl DriverQueue {
                 waiter,
             });
         }
-        Ok(waiter)
+        Ok(Submitted {
+            waiter,
+            seqno: st.vq.avail_total(),
+        })
     }
 
     /// Publishes added chains and notifies the device if it asked for it.

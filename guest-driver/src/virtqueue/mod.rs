@@ -202,6 +202,8 @@ pub struct SplitQueue {
     avail_idx: u16,
     /// Value last written to avail->idx.
     published: u16,
+    /// Avail-ring entries made since the queue was created, without wrapping.
+    avail_total: u64,
     /// avail->idx at the last notification decision.
     kicked: u16,
     /// Next used index to consume.
@@ -247,6 +249,7 @@ impl SplitQueue {
             chains: (0..size).map(|_| None).collect(),
             avail_idx: 0,
             published: 0,
+            avail_total: 0,
             kicked: 0,
             last_used: 0,
             interrupts: true,
@@ -339,6 +342,15 @@ impl SplitQueue {
         self.addrs.used + 4 + 8 * u64::from(self.size())
     }
 
+    /// Avail-ring entries made since the queue was created, counted without
+    /// wrapping (an index jump by [`write_avail_idx_raw`](Self::write_avail_idx_raw)
+    /// counts as the entries it skips). The device takes entries in ring
+    /// order, so on an accelerator request queue the n-th entry gets the
+    /// fence with sequence number n (spec §6.2).
+    pub fn avail_total(&self) -> u64 {
+        self.avail_total
+    }
+
     /// The used index the device last published.
     pub fn used_idx(&self) -> Result<u16> {
         self.load_u16(self.addrs.used + 2, Ordering::Acquire)
@@ -377,6 +389,7 @@ impl SplitQueue {
         let gpa = self.addrs.avail + 4 + 2 * u64::from(slot);
         self.store_u16(gpa, head, Ordering::Relaxed)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.avail_total += 1;
         Ok(())
     }
 
@@ -525,6 +538,7 @@ impl SplitQueue {
     pub fn write_avail_idx_raw(&mut self, idx: u16) -> Result<()> {
         fence(Ordering::Release);
         self.store_u16(self.addrs.avail + 2, idx, Ordering::Release)?;
+        self.avail_total += u64::from(idx.wrapping_sub(self.avail_idx));
         self.avail_idx = idx;
         self.published = idx;
         Ok(())
