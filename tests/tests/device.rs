@@ -1757,6 +1757,39 @@ fn fences_are_numbered_per_queue() {
 }
 
 #[test]
+fn a_full_queue_pushes_back_until_completions_are_reaped() {
+    let daemon = Daemon::start_with(|config| config.queue_size = 8);
+    let mem = guest_ram(16);
+    let dev = daemon.connect(&mem);
+    let buf = mem.alloc(4096).unwrap();
+    mem.fill(&buf, 7).unwrap();
+    let want = reference::crc32c(0, &[7; 4096]);
+    let crc = Request::new(Op::Crc32c)
+        .params(&Crc32cParams::default())
+        .input(Buffer::direct(&buf));
+    let (total, mut submitted, mut finished, mut refusals) = (200u64, 0u64, 0u64, 0);
+    while finished < total {
+        while submitted < total {
+            match dev.submit(0, &crc, submitted) {
+                Ok(_) => submitted += 1,
+                Err(accel_driver::device::Error::QueueFull { .. }) => {
+                    refusals += 1;
+                    break;
+                }
+                Err(e) => panic!("submit: {e}"),
+            }
+        }
+        dev.flush(0).unwrap();
+        for done in dev.wait(0, Duration::from_secs(10)).unwrap() {
+            assert_eq!(done.check().unwrap().result_u32(), want);
+            finished += 1;
+        }
+    }
+    assert!(refusals > 0, "an 8-entry queue never filled up");
+    assert_eq!(dev.in_flight(0).unwrap(), 0);
+}
+
+#[test]
 fn registered_objects_name_ranges_and_die_when_dropped() {
     let rig = Rig::new();
     let (a, b) = (rig.mem.alloc(3000).unwrap(), rig.mem.alloc(5000).unwrap());

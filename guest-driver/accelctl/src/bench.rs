@@ -79,11 +79,11 @@ pub fn pipeline<T: Transport>(
     let (mut jobs, mut outstanding, mut stopping) = (0, slots.len(), false);
     while outstanding > 0 {
         let want = batch.clamp(1, outstanding);
-        let completions = device.wait_batch(queue, want, Duration::from_secs(30))?;
+        let completions = device.wait_batch(queue, want, device.timeout())?;
         if completions.is_empty() {
             return Err(accel_driver::device::Error::Timeout {
                 queue,
-                timeout: Duration::from_secs(30),
+                timeout: device.timeout(),
             }
             .into());
         }

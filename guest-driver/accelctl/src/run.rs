@@ -15,6 +15,10 @@ use virtio_accel_spec::{
 /// Largest piece of input one request carries, below the device's limit.
 pub const MAX_PIECE: usize = 16 << 20;
 
+/// DMA memory set aside for decompressed output (the daemon's default
+/// `max_buffer_size`, the most one request may write).
+const MAX_INFLATE_ROOM: usize = 64 << 20;
+
 /// Errors of `run`.
 #[derive(Debug, Error)]
 pub enum Error {
@@ -51,6 +55,29 @@ pub enum Error {
     /// One stream decodes to more than one request may write.
     #[error("a stream decodes to more than {0} bytes, the most one request may write")]
     NoRoom(usize),
+    /// A gzip member is longer than one request may read.
+    #[error("a gzip member is longer than {0} bytes, the most one request may read")]
+    MemberTooLarge(usize),
+    /// The device wrote less than the operation must write.
+    #[error("{op}: the device wrote {written} of {expected} bytes")]
+    ShortWrite {
+        /// Operation name.
+        op: &'static str,
+        /// Bytes the device reported.
+        written: u64,
+        /// Bytes expected.
+        expected: usize,
+    },
+    /// The device reported an impossible stream length for a decoded stream.
+    #[error(
+        "the device reported a stream of {reported} bytes in {input} bytes of input (spec §8.9)"
+    )]
+    StreamLength {
+        /// The length reported.
+        reported: u64,
+        /// The input given.
+        input: usize,
+    },
 }
 
 /// An operation with its parameters, as the command line gives it.
@@ -143,11 +170,17 @@ impl Job {
             Job::Fill { len, .. } => (*len).min(MAX_PIECE),
             Job::Crc32c { .. } => piece,
             Job::Compare | Job::Sha256 => input_len,
-            Job::Seal { aad, .. } | Job::Open { aad, .. } => 2 * input_len + aad.len(),
-            Job::Deflate { .. } => 2 * piece + piece / 8 + 4096,
-            Job::Inflate { max_output, .. } => input_len + max_output,
+            Job::Seal { aad, .. } | Job::Open { aad, .. } => {
+                input_len.saturating_mul(2).saturating_add(aad.len())
+            }
+            Job::Deflate { .. } => piece.saturating_add(deflate_room(piece)),
+            // One request reads at most the input and writes at most the
+            // device's default limit.
+            Job::Inflate { max_output, .. } => input_len
+                .min(MAX_INFLATE_ROOM)
+                .saturating_add((*max_output).min(MAX_INFLATE_ROOM)),
         };
-        data + (8 << 20)
+        data.saturating_add(8 << 20)
     }
 }
 
@@ -178,156 +211,27 @@ pub fn execute<T: Transport>(
         });
     }
     let limit = usize::try_from(u64::from(device.config().max_buffer_size)).unwrap_or(usize::MAX);
-    let piece = limit.clamp(1, MAX_PIECE);
-    let runner = Runner { device, queue };
-    let too_large = |len: usize| Error::TooLarge {
-        op: op.name(),
-        len,
+    let runner = Runner {
+        device,
+        queue,
+        op,
         limit,
     };
     let first = inputs.first().map_or(&[][..], Vec::as_slice);
-    let single = || {
-        if first.len() > limit {
-            Err(too_large(first.len()))
-        } else {
-            Ok(())
-        }
-    };
     match job {
-        Job::Copy => {
-            let mut out = Vec::with_capacity(first.len());
-            for chunk in pieces(first, piece) {
-                let done = runner.run(Request::new(Op::Copy), &[chunk], &[chunk.len()])?;
-                out.extend_from_slice(&done.outputs[0]);
-            }
-            Ok(Output::data(out, format!("copied {} bytes", first.len())))
-        }
-        Job::Fill { pattern, len } => {
-            let mut out = Vec::with_capacity(*len);
-            let params = FillParams {
-                pattern: *pattern,
-                ..Default::default()
-            };
-            while out.len() < *len {
-                let n = (*len - out.len()).min(piece);
-                let done = runner.run(Request::new(Op::Fill).params(&params), &[], &[n])?;
-                out.extend_from_slice(&done.outputs[0]);
-            }
-            Ok(Output::data(
-                out,
-                format!("filled {len} bytes with {pattern:#04x}"),
-            ))
-        }
-        Job::Compare => {
-            let second = inputs.get(1).map_or(&[][..], Vec::as_slice);
-            if first.len().max(second.len()) > limit {
-                return Err(too_large(first.len().max(second.len())));
-            }
-            let done = runner.run(Request::new(Op::Compare), &[first, second], &[])?;
-            let at = done.completion.result_u64();
-            let (summary, same) = if at == COMPARE_EQUAL {
-                ("equal".to_string(), true)
-            } else {
-                (format!("differ at byte {at}"), false)
-            };
-            Ok(Output {
-                data: None,
-                summary,
-                same,
-            })
-        }
-        Job::Crc32c { seed } => {
-            let mut crc = *seed;
-            for chunk in pieces(first, piece) {
-                let params = Crc32cParams {
-                    seed: crc.into(),
-                    ..Default::default()
-                };
-                let done = runner.run(Request::new(Op::Crc32c).params(&params), &[chunk], &[])?;
-                crc = done.completion.result_u32();
-            }
-            Ok(Output::summary(format!("{crc:08x}")))
-        }
+        Job::Copy => runner.copy(first),
+        Job::Fill { pattern, len } => runner.fill(*pattern, *len),
+        Job::Compare => runner.compare(first, inputs.get(1).map_or(&[][..], Vec::as_slice)),
+        Job::Crc32c { seed } => runner.crc32c(*seed, first),
         Job::Sha256 => {
-            single()?;
+            runner.fits(first.len())?;
             let done = runner.run(Request::new(Op::Sha256), &[first], &[])?;
             Ok(Output::summary(hex(&done.completion.result()[..32])))
         }
-        Job::Seal { key, iv, aad } => {
-            single()?;
-            let params = AesGcmParams {
-                key: *key,
-                iv: *iv,
-                ..Default::default()
-            };
-            let request = Request::new(Op::AesGcmSeal).params(&params);
-            let done = runner.run(request, &[aad, first], &[first.len()])?;
-            let tag = hex(&done.completion.result()[..GCM_TAG_SIZE]);
-            Ok(Output::data(done.written(), format!("tag {tag}")))
-        }
-        Job::Open { key, iv, tag, aad } => {
-            single()?;
-            let params = AesGcmParams {
-                key: *key,
-                iv: *iv,
-                tag: *tag,
-                ..Default::default()
-            };
-            let request = Request::new(Op::AesGcmOpen).params(&params);
-            let done = runner.run(request, &[aad, first], &[first.len()])?;
-            Ok(Output::data(done.written(), "authenticated".to_string()))
-        }
-        Job::Deflate { format, level } => {
-            if *format != DeflateFormat::Gzip {
-                single()?;
-            }
-            let params = DeflateParams {
-                format: (*format).into(),
-                level: *level,
-                ..Default::default()
-            };
-            // The output room of a piece must fit the limit too.
-            let piece = (piece.saturating_sub(DEFLATE_SLACK) / 9 * 8).max(1);
-            let mut out = Vec::new();
-            for chunk in pieces(first, piece) {
-                let room = deflate_room(chunk.len());
-                let request = Request::new(Op::DeflateCompress).params(&params);
-                out.extend_from_slice(&runner.run(request, &[chunk], &[room])?.written());
-            }
-            let summary = format!("{} bytes -> {} bytes", first.len(), out.len());
-            Ok(Output::data(out, summary))
-        }
-        Job::Inflate { format, max_output } => {
-            if *format != DeflateFormat::Gzip {
-                single()?;
-            }
-            let mut out = Vec::new();
-            let mut at = 0usize;
-            // One stream; for gzip, member after member until the input is
-            // used up (the device reports each member's length, §8.9), each
-            // member within one request's limit.
-            loop {
-                let window = &first[at..first.len().min(at.saturating_add(limit))];
-                let room = max_output.saturating_sub(out.len()).min(limit);
-                if room == 0 {
-                    return Err(Error::OutputLimit(*max_output));
-                }
-                let (data, consumed) = match runner.inflate(*format, window, room) {
-                    // The caller's budget, not the device's limit, ran out.
-                    Err(Error::NoRoom(_)) if room < limit => {
-                        return Err(Error::OutputLimit(*max_output))
-                    }
-                    decoded => decoded?,
-                };
-                out.extend_from_slice(&data);
-                at += consumed;
-                if *format != DeflateFormat::Gzip || at >= first.len() || consumed == 0 {
-                    break;
-                }
-            }
-            let summary = format!("{} bytes -> {} bytes", first.len(), out.len());
-            Ok(Output::data(out, summary))
-        }
+        Job::Seal { key, iv, aad } => runner.gcm(key, iv, None, aad, first),
+        Job::Open { key, iv, tag, aad } => runner.gcm(key, iv, Some(tag), aad, first),
+        Job::Deflate { format, level } => runner.deflate(*format, *level, first),
+        Job::Inflate { format, max_output } => runner.inflate(*format, *max_output, first),
     }
 }
 
@@ -356,7 +260,12 @@ const DEFLATE_SLACK: usize = 1024;
 /// Output room enough for any deflate stream of `len` input bytes (stored
 /// blocks add 5 bytes per 64 KiB; one eighth is generous).
 fn deflate_room(len: usize) -> usize {
-    len + len / 8 + DEFLATE_SLACK
+    len.saturating_add(len / 8).saturating_add(DEFLATE_SLACK)
+}
+
+/// The largest input whose [`deflate_room`] fits in `limit` bytes.
+fn deflate_piece(limit: usize) -> usize {
+    (limit.saturating_sub(DEFLATE_SLACK) / 9 * 8).max(1)
 }
 
 /// `data` cut into pieces of at most `piece` bytes; one empty piece for empty data.
@@ -385,14 +294,233 @@ impl Done {
             .map(|out| out[..n.min(out.len())].to_vec())
             .unwrap_or_default()
     }
+
+    /// Output 0, which the device must have written in full (COPY, FILL).
+    fn written_exactly(&self, op: Op, expected: usize) -> Result<Vec<u8>, Error> {
+        let written = self.completion.bytes_written();
+        if written != expected as u64 {
+            return Err(Error::ShortWrite {
+                op: op.name(),
+                written,
+                expected,
+            });
+        }
+        Ok(self.written())
+    }
 }
 
+/// Runs the requests of one job on one queue.
 struct Runner<'a, T: Transport> {
     device: &'a accel_driver::Device<T>,
     queue: u16,
+    op: Op,
+    /// The device's `max_buffer_size` (§10).
+    limit: usize,
 }
 
 impl<T: Transport> Runner<'_, T> {
+    /// Input pieces of operations that can be cut.
+    fn piece(&self) -> usize {
+        self.limit.clamp(1, MAX_PIECE)
+    }
+
+    /// An error unless `len` bytes fit in one request.
+    fn fits(&self, len: usize) -> Result<(), Error> {
+        if len > self.limit {
+            return Err(Error::TooLarge {
+                op: self.op.name(),
+                len,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn copy(&self, input: &[u8]) -> Result<Output, Error> {
+        let mut out = Vec::with_capacity(input.len());
+        for chunk in pieces(input, self.piece()) {
+            let done = self.run(Request::new(Op::Copy), &[chunk], &[chunk.len()])?;
+            out.extend_from_slice(&done.written_exactly(Op::Copy, chunk.len())?);
+        }
+        Ok(Output::data(out, format!("copied {} bytes", input.len())))
+    }
+
+    fn fill(&self, pattern: u8, len: usize) -> Result<Output, Error> {
+        let params = FillParams {
+            pattern,
+            ..Default::default()
+        };
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let n = (len - out.len()).min(self.piece());
+            let done = self.run(Request::new(Op::Fill).params(&params), &[], &[n])?;
+            out.extend_from_slice(&done.written_exactly(Op::Fill, n)?);
+        }
+        Ok(Output::data(
+            out,
+            format!("filled {len} bytes with {pattern:#04x}"),
+        ))
+    }
+
+    fn compare(&self, first: &[u8], second: &[u8]) -> Result<Output, Error> {
+        self.fits(first.len().max(second.len()))?;
+        let done = self.run(Request::new(Op::Compare), &[first, second], &[])?;
+        let at = done.completion.result_u64();
+        let (summary, same) = if at == COMPARE_EQUAL {
+            ("equal".to_string(), true)
+        } else {
+            (format!("differ at byte {at}"), false)
+        };
+        Ok(Output {
+            data: None,
+            summary,
+            same,
+        })
+    }
+
+    /// CRC-32C piece by piece, each continuing from the previous one (§8.4).
+    fn crc32c(&self, seed: u32, input: &[u8]) -> Result<Output, Error> {
+        let mut crc = seed;
+        for chunk in pieces(input, self.piece()) {
+            let params = Crc32cParams {
+                seed: crc.into(),
+                ..Default::default()
+            };
+            let done = self.run(Request::new(Op::Crc32c).params(&params), &[chunk], &[])?;
+            crc = done.completion.result_u32();
+        }
+        Ok(Output::summary(format!("{crc:08x}")))
+    }
+
+    /// AES-256-GCM seal (no `tag`) or open (checking `tag`).
+    fn gcm(
+        &self,
+        key: &[u8; 32],
+        iv: &[u8; GCM_IV_SIZE],
+        tag: Option<&[u8; GCM_TAG_SIZE]>,
+        aad: &[u8],
+        input: &[u8],
+    ) -> Result<Output, Error> {
+        self.fits(input.len().max(aad.len()))?;
+        let params = AesGcmParams {
+            key: *key,
+            iv: *iv,
+            tag: tag.copied().unwrap_or_default(),
+            ..Default::default()
+        };
+        let done = self.run(
+            Request::new(self.op).params(&params),
+            &[aad, input],
+            &[input.len()],
+        )?;
+        let summary = match tag {
+            None => format!("tag {}", hex(&done.completion.result()[..GCM_TAG_SIZE])),
+            Some(_) => "authenticated".to_string(),
+        };
+        Ok(Output::data(done.written(), summary))
+    }
+
+    /// One stream in one request; gzip larger than a request becomes one
+    /// member per piece (RFC 1952 allows several members in a file).
+    fn deflate(&self, format: DeflateFormat, level: u8, input: &[u8]) -> Result<Output, Error> {
+        let piece = deflate_piece(self.piece());
+        if format != DeflateFormat::Gzip && input.len() > piece {
+            return Err(Error::TooLarge {
+                op: self.op.name(),
+                len: input.len(),
+                limit: piece,
+            });
+        }
+        let params = DeflateParams {
+            format: format.into(),
+            level,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        for chunk in pieces(input, piece) {
+            let request = Request::new(Op::DeflateCompress).params(&params);
+            let done = self.run(request, &[chunk], &[deflate_room(chunk.len())])?;
+            out.extend_from_slice(&done.written());
+        }
+        let summary = format!("{} bytes -> {} bytes", input.len(), out.len());
+        Ok(Output::data(out, summary))
+    }
+
+    /// One stream; for gzip, member after member until the input is used up,
+    /// each found from the length the device reports for the previous one
+    /// (§8.9). Zero bytes after the last member are padding, as for `gzip -d`.
+    fn inflate(
+        &self,
+        format: DeflateFormat,
+        max_output: usize,
+        input: &[u8],
+    ) -> Result<Output, Error> {
+        if format != DeflateFormat::Gzip {
+            self.fits(input.len())?;
+        }
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        let trailing = loop {
+            let window = &input[at..input.len().min(at.saturating_add(self.limit))];
+            let budget = max_output.saturating_sub(out.len());
+            let (data, consumed) = self.inflate_one(format, window, budget)?;
+            out.extend_from_slice(&data);
+            at += consumed;
+            let rest = &input[at..];
+            if format != DeflateFormat::Gzip || rest.iter().all(|&b| b == 0) {
+                break rest.len();
+            }
+        };
+        let mut summary = format!("{} bytes -> {} bytes", input.len(), out.len());
+        if trailing > 0 {
+            summary.push_str(&format!(" ({trailing} bytes after the stream ignored)"));
+        }
+        Ok(Output::data(out, summary))
+    }
+
+    /// Decodes the stream at the start of `window` into at most `budget`
+    /// bytes (and at most one request's limit), the output buffer growing
+    /// from four times the input on NoSpace: the decoded bytes and the
+    /// stream's length in `window`.
+    fn inflate_one(
+        &self,
+        format: DeflateFormat,
+        window: &[u8],
+        budget: usize,
+    ) -> Result<(Vec<u8>, usize), Error> {
+        let params = DeflateParams {
+            format: format.into(),
+            ..Default::default()
+        };
+        let most = budget.min(self.limit);
+        if most == 0 {
+            return Err(Error::OutputLimit(budget));
+        }
+        let mut room = window.len().saturating_mul(4).max(4096).min(most);
+        loop {
+            let request = Request::new(Op::DeflateDecompress).params(&params);
+            let error = match self.run(request, &[window], &[room]) {
+                Ok(done) => return Ok((done.written(), stream_length(&done, window.len())?)),
+                Err(error) => error,
+            };
+            let status = match &error {
+                Error::Device(e) => e.status(),
+                _ => None,
+            };
+            match status {
+                Some(Status::NoSpace) if room < most => room = room.saturating_mul(2).min(most),
+                Some(Status::NoSpace) if most < self.limit => {
+                    return Err(Error::OutputLimit(budget))
+                }
+                Some(Status::NoSpace) => return Err(Error::NoRoom(self.limit)),
+                Some(Status::BadData) if window.len() == self.limit => {
+                    return Err(Error::MemberTooLarge(self.limit))
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
     /// Runs `request` with `inputs` copied into DMA buffers and outputs of
     /// `output_sizes` bytes; any status but Ok is an error.
     fn run(
@@ -433,39 +561,17 @@ impl<T: Transport> Runner<'_, T> {
     }
 }
 
-impl<T: Transport> Runner<'_, T> {
-    /// Decodes the stream at the start of `input` into at most `max_output`
-    /// bytes, growing the output buffer from four times the input on
-    /// NoSpace: the decoded bytes and the stream's length in `input`.
-    fn inflate(
-        &self,
-        format: DeflateFormat,
-        input: &[u8],
-        max_output: usize,
-    ) -> Result<(Vec<u8>, usize), Error> {
-        let params = DeflateParams {
-            format: format.into(),
-            ..Default::default()
-        };
-        let mut room = input.len().saturating_mul(4).clamp(4096, max_output.max(1));
-        loop {
-            let request = Request::new(Op::DeflateDecompress).params(&params);
-            match self.run(request, &[input], &[room]) {
-                Ok(done) => {
-                    let consumed = usize::try_from(done.completion.result_u64())
-                        .unwrap_or(usize::MAX)
-                        .min(input.len());
-                    return Ok((done.written(), consumed));
-                }
-                Err(Error::Device(e)) if e.status() == Some(Status::NoSpace) => {
-                    if room >= max_output {
-                        return Err(Error::NoRoom(max_output));
-                    }
-                    room = room.saturating_mul(2).min(max_output);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+/// The stream length a DEFLATE_DECOMPRESS reported (§8.9), which must lie
+/// within the input: a device that leaves it zero would make a multi-member
+/// file look like its first member.
+fn stream_length(done: &Done, input_len: usize) -> Result<usize, Error> {
+    let reported = done.completion.result_u64();
+    match usize::try_from(reported) {
+        Ok(consumed) if consumed > 0 && consumed <= input_len => Ok(consumed),
+        _ => Err(Error::StreamLength {
+            reported,
+            input: input_len,
+        }),
     }
 }
 

@@ -135,7 +135,7 @@ impl<'a, T: Transport> SelfTest<'a, T> {
                 on_check(&check);
                 continue;
             }
-            for &size in SIZES {
+            for size in self.sizes() {
                 let verdict = self.check_op(op, size)?;
                 self.record(format!("{} {size} B", op.name()), verdict, &mut on_check);
             }
@@ -149,6 +149,12 @@ impl<'a, T: Transport> SelfTest<'a, T> {
             );
         }
         if self.device.has_feature(VIRTIO_ACCEL_F_FENCES) {
+            let verdict = self.check_fence_chain()?;
+            self.record(
+                "fences: a batch chained by the fences submit predicts".into(),
+                verdict,
+                &mut on_check,
+            );
             let verdict = self.check_fences()?;
             self.record(
                 "fences: dependencies across queues, query, wait".into(),
@@ -157,6 +163,17 @@ impl<'a, T: Transport> SelfTest<'a, T> {
             );
         }
         Ok(self.report)
+    }
+
+    /// [`SIZES`] whose requests (deflate output room included) fit the
+    /// device's `max_buffer_size` (§10).
+    fn sizes(&self) -> Vec<usize> {
+        let limit = u64::from(self.device.config().max_buffer_size);
+        SIZES
+            .iter()
+            .copied()
+            .filter(|&size| (size + size / 8 + 1024) as u64 <= limit)
+            .collect()
     }
 
     fn record(&mut self, name: String, verdict: Verdict, on_check: &mut impl FnMut(&Check)) {
@@ -238,10 +255,13 @@ impl<'a, T: Transport> SelfTest<'a, T> {
         let done = self.exec(0, Op::Fill, params.to_params(), &[], &[size])?;
         Ok(done.ok().and_then(|()| {
             let out = &done.outputs[0];
-            expect(
-                out.len() == size && out.iter().all(|&b| b == pattern),
-                || format!("output is not all {pattern:#04x}"),
-            )
+            let written = done.completion.bytes_written();
+            expect(written == size as u64, || {
+                format!("bytes_written {written}, expected {size}")
+            })?;
+            expect(out.iter().all(|&b| b == pattern), || {
+                format!("output is not all {pattern:#04x}")
+            })
         }))
     }
 
@@ -400,17 +420,25 @@ impl<'a, T: Transport> SelfTest<'a, T> {
             .to_params()
         };
         for format in [DeflateFormat::Raw, DeflateFormat::Zlib, DeflateFormat::Gzip] {
+            // The stream, then what follows it in a file: another gzip
+            // member, or other bytes; the result is the stream's length (§8.9).
             let packed = reference::compress(format, 6, &data);
-            let done = self.exec(
-                0,
-                Op::DeflateDecompress,
-                params(format),
-                &[&packed],
-                &[size],
-            )?;
+            let mut file = packed.clone();
+            match format {
+                DeflateFormat::Gzip => file.extend(reference::compress(format, 1, b"next member")),
+                _ => file.extend(self.data.random(7)),
+            }
+            let done = self.exec(0, Op::DeflateDecompress, params(format), &[&file], &[size])?;
             let verdict = done.ok().and_then(|()| {
                 expect(done.written() == data.as_slice(), || {
                     format!("{format:?}: decoded data differ")
+                })?;
+                let length = done.completion.result_u64();
+                expect(length == packed.len() as u64, || {
+                    format!(
+                        "{format:?}: stream length {length}, expected {}",
+                        packed.len()
+                    )
                 })
             });
             if verdict.is_err() {
@@ -463,6 +491,59 @@ impl<'a, T: Transport> SelfTest<'a, T> {
                 format!("a destroyed handle gave {status:?}, expected NoObject")
             })
         }))
+    }
+
+    /// FILL, COPY and CRC-32C made available together, each depending on the
+    /// previous one through the fence `submit` predicted (§6.2): the CRC
+    /// must see the filled bytes, which only the dependencies guarantee.
+    fn check_fence_chain(&mut self) -> Result<Verdict, Error> {
+        let limit = usize::try_from(u64::from(self.device.config().max_buffer_size));
+        let len = limit.unwrap_or(usize::MAX).min(4 << 20);
+        let memory = self.device.memory();
+        let (a, b) = (memory.alloc(len.max(1))?, memory.alloc(len.max(1))?);
+        memory.fill(&a, 0)?;
+        memory.fill(&b, 0)?;
+        let pattern = 0xc3;
+        let fill = Request::new(Op::Fill)
+            .params(&FillParams {
+                pattern,
+                ..Default::default()
+            })
+            .output(direct(&a, len));
+        let filled = self.device.submit(0, &fill, 1)?;
+        let copy = Request::new(Op::Copy)
+            .dep(filled)
+            .input(direct(&a, len))
+            .output(direct(&b, len));
+        let copied = self.device.submit(0, &copy, 2)?;
+        let crc = Request::new(Op::Crc32c)
+            .params(&Crc32cParams::default())
+            .dep(copied)
+            .input(direct(&b, len));
+        self.device.submit(0, &crc, 3)?;
+        self.device.flush(0)?;
+        let mut done = Vec::new();
+        while done.len() < 3 {
+            let more = self
+                .device
+                .wait_batch(0, 3 - done.len(), self.device.timeout())?;
+            if more.is_empty() {
+                return Ok(Err("the chained requests did not complete".into()));
+            }
+            done.extend(more);
+        }
+        if let Some(failed) = done.iter().find(|c| !c.is_ok()) {
+            return Ok(Err(format!(
+                "request {} answered {:?}",
+                failed.token,
+                failed.status()
+            )));
+        }
+        let want = reference::crc32c(0, &vec![pattern; len]);
+        Ok(expect(
+            done.iter().any(|c| c.token == 3 && c.result_u32() == want),
+            || "the last request of the chain did not see the first one's bytes".into(),
+        ))
     }
 
     /// A request on the last queue waits for one on the first; both fences
