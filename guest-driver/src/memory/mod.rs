@@ -2,7 +2,8 @@
 //! addresses, and an allocator of DMA buffers inside them.
 //!
 //! [`DmaMemory`] is a cheap, clonable handle. All of its regions live in one
-//! memfd (region `i` at a page-aligned file offset after region `i - 1`), so a
+//! memfd (region `i` at a page-aligned file offset after region `i - 1`;
+//! hugepage memory places its pages in physical order instead), so a
 //! transport can hand the whole memory to a device process (vhost-user
 //! `SET_MEM_TABLE`) or map it for DMA. Regions may leave holes in the
 //! guest-physical space, which fault tests use to build addresses that are not
@@ -24,6 +25,7 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
+use vm_memory::mmap::FromRangesError;
 use vm_memory::{
     ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryError,
     GuestMemoryMmap, GuestRegionMmap,
@@ -105,7 +107,10 @@ pub struct MemoryRegion {
     pub gpa: u64,
     /// Size in bytes.
     pub size: u64,
-    /// Offset of the region in the memfd ([`DmaMemory::file`]).
+    /// Offset of the region in the memfd ([`DmaMemory::file`]). The region
+    /// is `size` bytes from there, except for [`DmaMemory::hugepages`], where
+    /// it is the offset of the region's first hugepage and the next pages may
+    /// be anywhere in the file.
     pub file_offset: u64,
     /// Address of the region's mapping in this process.
     pub host_addr: u64,
@@ -198,13 +203,30 @@ impl DmaMemory {
     /// `size` bytes (rounded up to whole 2 MiB pages) of hugepages, each region at its
     /// physical address (guest-physical, in a guest): memory a real device
     /// can DMA to without an IOMMU. Physically contiguous pages form one
-    /// region; buffers never straddle regions, so a buffer is at most as large
-    /// as the largest run (2 MiB at least). Needs root and reserved hugepages
-    /// (`/proc/sys/vm/nr_hugepages`); see [`hugepage`].
+    /// region, mapped contiguously in this process whatever their order in the
+    /// file; buffers never straddle regions, so a buffer is at most as large
+    /// as the largest run (2 MiB at least). Hugetlb pages are never swapped
+    /// out (they are not `mlock`ed, see [`hugepage`]). Needs root and reserved hugepages (`/proc/sys/vm/nr_hugepages`); see
+    /// [`hugepage`].
+    ///
+    /// A region's pages need not follow each other in the memfd (the kernel
+    /// often hands them out in descending physical order):
+    /// [`MemoryRegion::file_offset`] is that of its first page only.
     pub fn hugepages(size: usize) -> Result<Self> {
-        let (file, mut placements) = hugepage::allocate(size)?;
-        placements.sort_unstable_by_key(|p| p.gpa);
-        Self::from_file(file, &placements)
+        let (file, runs) = hugepage::allocate(size)?;
+        Self::from_mapped_runs(file, runs)
+    }
+
+    /// Guest memory over runs already mapped by [`hugepage::map_run`].
+    fn from_mapped_runs(file: File, mut runs: Vec<hugepage::MappedRun>) -> Result<Self> {
+        runs.sort_unstable_by_key(|r| r.gpa);
+        let mut mapped = Vec::with_capacity(runs.len());
+        for run in runs {
+            let region = GuestRegionMmap::new(run.region, GuestAddress(run.gpa))
+                .ok_or(Error::Map(FromRangesError::InvalidGuestRegion))?;
+            mapped.push((region, run.file_offset));
+        }
+        Self::assemble(Arc::new(file), mapped)
     }
 
     /// Maps `placements` (sorted by guest-physical address, not overlapping,
@@ -225,6 +247,12 @@ impl DmaMemory {
             .map_err(Error::Map)?;
             mapped.push((region, p.file_offset));
         }
+        Self::assemble(file, mapped)
+    }
+
+    /// Guest memory of `mapped` regions (with their file offsets), sorted by
+    /// guest-physical address, and an allocator over them.
+    fn assemble(file: Arc<File>, mapped: Vec<(GuestRegionMmap, u64)>) -> Result<Self> {
         let infos: Vec<MemoryRegion> = mapped
             .iter()
             .map(|(region, file_offset)| MemoryRegion {
@@ -236,7 +264,7 @@ impl DmaMemory {
             .collect();
         let guest = GuestMemoryMmap::from_regions(mapped.into_iter().map(|(r, _)| r).collect())
             .map_err(|e| Error::Map(e.into()))?;
-        let ranges: Vec<(u64, u64)> = placements.iter().map(|p| (p.gpa, p.size)).collect();
+        let ranges: Vec<(u64, u64)> = infos.iter().map(|r| (r.gpa, r.size)).collect();
         let alloc = RangeAllocator::new(&ranges);
         Ok(DmaMemory {
             inner: Arc::new(Inner {
@@ -517,10 +545,14 @@ mod tests {
 
     #[test]
     fn hugepages_when_the_host_has_them() {
+        // 9 pages: the kernel usually hands them out in descending physical
+        // order, which must still give regions larger than one page.
+        const PAGES: u64 = 9;
+        let size = (PAGES * HUGEPAGE_SIZE) as usize;
         let free = hugepage::free_hugepages().unwrap_or(0);
-        if free < 2 {
-            // No hugepages reserved: the error must say how to reserve them.
-            match DmaMemory::hugepages(2 * HUGEPAGE_SIZE as usize) {
+        if free < PAGES {
+            // Not enough hugepages reserved: the error must say how to reserve them.
+            match DmaMemory::hugepages(size) {
                 Err(Error::Hugepages(e)) => {
                     let msg = e.to_string();
                     assert!(msg.contains("/proc/sys/vm/nr_hugepages"), "{msg}");
@@ -531,7 +563,7 @@ mod tests {
             }
             return;
         }
-        let mem = match DmaMemory::hugepages(2 * HUGEPAGE_SIZE as usize) {
+        let mem = match DmaMemory::hugepages(size) {
             Ok(mem) => mem,
             Err(Error::Hugepages(HugepageError::NoPfn)) => {
                 eprintln!("skipped: not root, physical addresses hidden");
@@ -539,29 +571,90 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         };
-        assert_eq!(mem.size(), 2 * HUGEPAGE_SIZE);
+        assert_eq!(mem.size(), PAGES * HUGEPAGE_SIZE);
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let mut largest = 0;
         for r in mem.regions() {
             assert_eq!(r.gpa % HUGEPAGE_SIZE, 0);
             assert_eq!(r.size % HUGEPAGE_SIZE, 0);
+            assert_eq!(r.host_addr % HUGEPAGE_SIZE, 0);
+            largest = largest.max(r.size);
+            // Every page of the region is where the region says, physically.
+            for k in 0..r.size / HUGEPAGE_SIZE {
+                let off = k * HUGEPAGE_SIZE;
+                let pa = hugepage::physical_address(&pagemap, r.host_addr + off + 123).unwrap();
+                assert_eq!(pa, r.gpa + off + 123, "page {k} of region {:#x}", r.gpa);
+            }
         }
-        let buf = mem.alloc(HUGEPAGE_SIZE as usize).unwrap();
-        assert!(mem
-            .regions()
+        eprintln!(
+            "{} regions, largest {} MiB: {:x?}",
+            mem.regions().len(),
+            largest >> 20,
+            mem.regions()
+        );
+        // A buffer as large as the largest run fits.
+        let buf = mem.alloc(largest as usize).unwrap();
+        assert!(mem.regions().iter().any(|r| r.contains(buf.gpa(), largest)));
+        mem.write(&buf, largest as usize - 3, b"dma").unwrap();
+        assert_eq!(mem.read_vec(&buf, largest as usize - 3, 3).unwrap(), b"dma");
+        drop(buf);
+        if largest >= 3 * HUGEPAGE_SIZE {
+            // The case that failed with one region per page.
+            assert!(mem.alloc(5 << 20).is_ok());
+        }
+    }
+
+    /// Memory laid out as `DmaMemory::hugepages` lays it out, over ordinary
+    /// memfd pages of 2 MiB at file page `i` for physical `phys[i]`.
+    fn fake_hugepages(phys: &[u64]) -> DmaMemory {
+        let page = HUGEPAGE_SIZE;
+        let file = memfd::create(MEMFD_NAME, phys.len() as u64 * page).unwrap();
+        let pages: Vec<(u64, u64)> = phys
             .iter()
-            .any(|r| r.contains(buf.gpa(), HUGEPAGE_SIZE)));
-        mem.write(&buf, 0, b"dma").unwrap();
-        assert_eq!(mem.read_vec(&buf, 0, 3).unwrap(), b"dma");
+            .enumerate()
+            .map(|(i, &pa)| (pa, i as u64 * page))
+            .collect();
+        let runs = hugepage::group_runs(&pages, page)
+            .iter()
+            .map(|run| hugepage::MappedRun {
+                gpa: run.gpa,
+                file_offset: run.file_offsets[0],
+                region: hugepage::map_run(&file, run, page, false).unwrap(),
+            })
+            .collect();
+        DmaMemory::from_mapped_runs(file, runs).unwrap()
+    }
+
+    #[test]
+    fn descending_hugepages_make_one_region() {
+        use std::os::unix::fs::FileExt;
+        let page = HUGEPAGE_SIZE;
+        // 18 MiB handed out in descending physical order.
+        let phys: Vec<u64> = (0..9).map(|i| (0x100 - i) * page).collect();
+        let mem = fake_hugepages(&phys);
+        assert_eq!(mem.regions().len(), 1);
+        let r = mem.regions()[0];
+        assert_eq!((r.gpa, r.size), (0xf8 * page, 9 * page));
+        assert_eq!(r.file_offset, 8 * page, "file page 8 is physically first");
+        let buf = mem.alloc(5 << 20).unwrap();
+        assert_eq!(buf.gpa(), 0xf8 * page);
+        // Byte 2 MiB + 5 of the region is in the second physical page, file page 7.
+        mem.write(&buf, page as usize + 5, b"x").unwrap();
+        let mut out = [0u8; 1];
+        mem.file().read_exact_at(&mut out, 7 * page + 5).unwrap();
+        assert_eq!(&out, b"x");
+        assert_eq!(
+            mem.host_address(r.gpa + page).unwrap(),
+            r.host_addr + page,
+            "virtually contiguous"
+        );
     }
 
     #[test]
     fn buffers_never_straddle_hugepage_regions() {
-        // Two physically distant "hugepages" laid out as DmaMemory::hugepages
-        // lays them out (file order differs from physical order).
-        let page = 0x20_0000u64;
-        let file = memfd::create(MEMFD_NAME, 2 * page).unwrap();
-        let mut placements = hugepage::merge_contiguous(&[7 * page, 3 * page], page);
-        placements.sort_unstable_by_key(|p| p.gpa);
-        let mem = DmaMemory::from_file(file, &placements).unwrap();
+        // Two physically distant "hugepages" (file order differs from physical order).
+        let page = HUGEPAGE_SIZE;
+        let mem = fake_hugepages(&[7 * page, 3 * page]);
         assert_eq!(mem.regions()[0].gpa, 3 * page);
         assert_eq!(mem.regions()[0].file_offset, page);
         assert!(mem.alloc(page as usize + 1).is_err());

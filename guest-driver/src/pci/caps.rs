@@ -56,7 +56,8 @@ pub enum Error {
     /// A required structure has no capability.
     #[error("no virtio {0} capability")]
     Missing(&'static str),
-    /// Every capability of a required structure names a reserved BAR (§4.1.4).
+    /// A capability names a reserved BAR (§4.1.4); reported when no instance
+    /// of its type is usable and it is the first.
     #[error("virtio {what} capability names BAR {bar}, BARs are 0..=5")]
     BadBar {
         /// Structure.
@@ -189,14 +190,27 @@ pub fn capability_offsets(config: &[u8]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-/// Every vendor-specific (virtio) capability, in list order (§4.1.4).
-pub fn virtio_capabilities(config: &[u8]) -> Result<Vec<RawVirtioCap>> {
+/// Whether the driver uses structures of `cfg_type` (common, notify, ISR, device).
+fn is_used_type(cfg_type: u8) -> bool {
+    matches!(
+        cfg_type,
+        VIRTIO_PCI_CAP_COMMON_CFG
+            | VIRTIO_PCI_CAP_NOTIFY_CFG
+            | VIRTIO_PCI_CAP_ISR_CFG
+            | VIRTIO_PCI_CAP_DEVICE_CFG
+    )
+}
+
+/// Every vendor-specific capability in list order, with its `cfg_type` and
+/// either its fields or why its `cap_len` makes it unusable.
+fn scan(config: &[u8]) -> Result<Vec<(u8, Result<RawVirtioCap>)>> {
     let mut out = Vec::new();
     for ptr in capability_offsets(config)? {
         if config[ptr + cap::VNDR] != PCI_CAP_ID_VNDR {
             continue;
         }
         let len = config[ptr + cap::LEN];
+        // `ptr <= 0xfc`, so `cfg_type` (byte 3) is inside the 256 bytes.
         let cfg_type = config.get(ptr + cap::CFG_TYPE).copied().unwrap_or(0);
         let min = if cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG {
             cap::NOTIFY_SIZE
@@ -204,18 +218,40 @@ pub fn virtio_capabilities(config: &[u8]) -> Result<Vec<RawVirtioCap>> {
             cap::SIZE
         };
         if usize::from(len) < min || ptr + min > pci_header::CONVENTIONAL_SIZE {
-            return Err(Error::BadCapLength { ptr, len, min });
+            out.push((cfg_type, Err(Error::BadCapLength { ptr, len, min })));
+            continue;
         }
-        out.push(RawVirtioCap {
-            ptr,
+        out.push((
             cfg_type,
-            bar: config[ptr + cap::BAR],
-            id: config[ptr + cap::ID],
-            offset: le32(config, ptr + cap::OFFSET),
-            length: le32(config, ptr + cap::LENGTH),
-            notify_off_multiplier: (cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG)
-                .then(|| le32(config, ptr + cap::NOTIFY_OFF_MULTIPLIER)),
-        });
+            Ok(RawVirtioCap {
+                ptr,
+                cfg_type,
+                bar: config[ptr + cap::BAR],
+                id: config[ptr + cap::ID],
+                offset: le32(config, ptr + cap::OFFSET),
+                length: le32(config, ptr + cap::LENGTH),
+                notify_off_multiplier: (cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG)
+                    .then(|| le32(config, ptr + cap::NOTIFY_OFF_MULTIPLIER)),
+            }),
+        ));
+    }
+    Ok(out)
+}
+
+/// Every vendor-specific (virtio) capability, in list order (§4.1.4).
+///
+/// Capabilities of types the driver does not use (reserved or unknown
+/// `cfg_type`, PCI configuration access, shared memory, ...) whose `cap_len`
+/// is too short for a `struct virtio_pci_cap` are left out: the driver ignores
+/// them. A too-short capability of a used type is an error.
+pub fn virtio_capabilities(config: &[u8]) -> Result<Vec<RawVirtioCap>> {
+    let mut out = Vec::new();
+    for (cfg_type, c) in scan(config)? {
+        match c {
+            Ok(c) => out.push(c),
+            Err(e) if is_used_type(cfg_type) => return Err(e),
+            Err(_) => {}
+        }
     }
     Ok(out)
 }
@@ -283,29 +319,47 @@ fn check_region(rule: &Rule, c: &RawVirtioCap, bar_sizes: &[Option<u64>; 6]) -> 
     }
 }
 
-/// Picks the first capability of `rule`'s type whose BAR is valid (§4.1.4:
-/// the driver ignores capabilities with a reserved BAR and uses the first one
-/// it can). `Ok(None)` if the type is absent.
+/// Checks one capability of `rule`'s type: a valid BAR, a structure that
+/// fits, and for the notify structure a valid multiplier.
+fn usable(rule: &Rule, c: &RawVirtioCap, bar_sizes: &[Option<u64>; 6]) -> Result<CapRegion> {
+    if usize::from(c.bar) >= pci_header::NUM_BARS {
+        return Err(Error::BadBar {
+            what: rule.what,
+            bar: c.bar,
+        });
+    }
+    let region = check_region(rule, c, bar_sizes)?;
+    if let Some(m) = c.notify_off_multiplier {
+        if m != 0 && (!m.is_power_of_two() || m == 1) {
+            return Err(Error::BadMultiplier(m));
+        }
+    }
+    Ok(region)
+}
+
+/// Picks the first capability of `rule`'s type the driver can use (§4.1.4:
+/// the driver ignores capabilities with a reserved BAR and SHOULD use the
+/// first instance it can use): skips instances that are too short, name a
+/// reserved BAR or do not fit. `Ok(None)` if the type is absent; the first
+/// instance's problem if none is usable.
 fn find(
     rule: &Rule,
-    caps: &[RawVirtioCap],
+    caps: &[(u8, Result<RawVirtioCap>)],
     bar_sizes: &[Option<u64>; 6],
 ) -> Result<Option<(CapRegion, RawVirtioCap)>> {
-    let mut reserved_bar = None;
-    for c in caps.iter().filter(|c| c.cfg_type == rule.cfg_type) {
-        if usize::from(c.bar) >= pci_header::NUM_BARS {
-            reserved_bar.get_or_insert(c.bar);
-            continue;
+    let mut first_error = None;
+    for (_, c) in caps.iter().filter(|(t, _)| *t == rule.cfg_type) {
+        let checked = c
+            .clone()
+            .and_then(|c| usable(rule, &c, bar_sizes).map(|r| (r, c)));
+        match checked {
+            Ok(found) => return Ok(Some(found)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
-        return check_region(rule, c, bar_sizes).map(|r| Some((r, *c)));
     }
-    match reserved_bar {
-        Some(bar) => Err(Error::BadBar {
-            what: rule.what,
-            bar,
-        }),
-        None => Ok(None),
-    }
+    first_error.map_or(Ok(None), Err)
 }
 
 /// Finds and validates the virtio structures of a modern virtio-pci function.
@@ -314,14 +368,11 @@ fn find(
 /// implemented); structures must fit in their BAR.
 pub fn parse(config: &[u8], bar_sizes: &[Option<u64>; 6]) -> Result<VirtioPciCaps> {
     let virtio_id = virtio_id(config)?;
-    let caps = virtio_capabilities(config)?;
+    let caps = scan(config)?;
     let (common, _) = find(&COMMON, &caps, bar_sizes)?.ok_or(Error::Missing(COMMON.what))?;
     let (notify, notify_cap) =
         find(&NOTIFY, &caps, bar_sizes)?.ok_or(Error::Missing(NOTIFY.what))?;
     let multiplier = notify_cap.notify_off_multiplier.unwrap_or(0);
-    if multiplier != 0 && (!multiplier.is_power_of_two() || multiplier == 1) {
-        return Err(Error::BadMultiplier(multiplier));
-    }
     let (isr, _) = find(&ISR, &caps, bar_sizes)?.ok_or(Error::Missing(ISR.what))?;
     let device = find(&DEVICE, &caps, bar_sizes)?.map(|(r, _)| r);
     Ok(VirtioPciCaps {
@@ -676,6 +727,90 @@ mod tests {
             parse(&c, &QEMU_BARS),
             Err(Error::BadStructure {
                 why: "misaligned offset",
+                ..
+            })
+        ));
+    }
+
+    /// `qemu_like` with a capability at 0xb0 inserted after the MSI-X one.
+    fn with_extra_first(
+        cfg_type: u8,
+        bar: u8,
+        offset: u32,
+        length: u32,
+        m: Option<u32>,
+    ) -> Vec<u8> {
+        let mut c = qemu_like(ACCEL_PCI_DEVICE_ID);
+        virtio_cap(&mut c, 0xb0, 0x84, cfg_type, bar, offset, length, m);
+        c[0x99] = 0xb0;
+        c
+    }
+
+    #[test]
+    fn short_capabilities_of_unknown_types_are_ignored() {
+        for (cfg_type, cap_len) in [
+            (7u8, 4u8),
+            (0x42, 8),
+            (crate::pci::layout::VIRTIO_PCI_CAP_PCI_CFG, 3),
+            (0, 15),
+        ] {
+            let mut c = with_extra_first(cfg_type, 0, 0, 0, None);
+            c[0xb2] = cap_len;
+            assert_eq!(
+                parse(&c, &QEMU_BARS).unwrap(),
+                expected(),
+                "cfg_type {cfg_type} cap_len {cap_len}"
+            );
+            let caps = virtio_capabilities(&c).unwrap();
+            assert_eq!(caps.len(), 5, "the short capability is left out");
+            assert!(caps.iter().all(|k| k.ptr != 0xb0));
+        }
+        // A short capability of a used type is still an error if it is the only one.
+        let mut c = qemu_like(ACCEL_PCI_DEVICE_ID);
+        c[0x52] = 8;
+        assert_eq!(
+            parse(&c, &QEMU_BARS),
+            Err(Error::BadCapLength {
+                ptr: 0x50,
+                len: 8,
+                min: 16
+            })
+        );
+    }
+
+    #[test]
+    fn the_first_usable_instance_of_a_type_is_used() {
+        // A common configuration that does not fit BAR 4 comes first.
+        let c = with_extra_first(VIRTIO_PCI_CAP_COMMON_CFG, 4, 0x3800, 0x1000, None);
+        assert_eq!(parse(&c, &QEMU_BARS).unwrap(), expected());
+        // ...one in an unimplemented BAR.
+        let c = with_extra_first(VIRTIO_PCI_CAP_ISR_CFG, 2, 0, 1, None);
+        assert_eq!(parse(&c, &QEMU_BARS).unwrap(), expected());
+        // ...a notify capability with an invalid multiplier.
+        let c = with_extra_first(VIRTIO_PCI_CAP_NOTIFY_CFG, 4, 0x3000, 0x1000, Some(3));
+        assert_eq!(parse(&c, &QEMU_BARS).unwrap(), expected());
+        // ...a device configuration too short for its type (cap_len 8).
+        let mut c = with_extra_first(VIRTIO_PCI_CAP_DEVICE_CFG, 4, 0x2000, 0x1000, None);
+        c[0xb2] = 8;
+        assert_eq!(parse(&c, &QEMU_BARS).unwrap(), expected());
+        // A usable first instance wins over a later one.
+        let c = with_extra_first(VIRTIO_PCI_CAP_ISR_CFG, 4, 0x1800, 0x10, None);
+        assert_eq!(
+            parse(&c, &QEMU_BARS).unwrap().isr,
+            CapRegion {
+                bar: 4,
+                offset: 0x1800,
+                length: 0x10
+            }
+        );
+        // When none is usable, the first instance's problem is reported.
+        let mut c = with_extra_first(VIRTIO_PCI_CAP_COMMON_CFG, 4, 0x3800, 0x1000, None);
+        c[0x44] = 9;
+        assert!(matches!(
+            parse(&c, &QEMU_BARS),
+            Err(Error::BadStructure {
+                what: "common configuration",
+                why: "does not fit in the BAR",
                 ..
             })
         ));

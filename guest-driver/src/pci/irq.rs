@@ -221,16 +221,24 @@ impl Intx {
             what: "wait",
             source,
         })?;
-        if fired {
-            let isr = ack().map_err(Error::Ack)?;
-            log::trace!("INTx: ISR {isr:#x}");
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-            self.line.unmask().map_err(|source| Error::Line {
-                what: "unmask",
-                source,
-            })?;
+        if !fired {
+            return Ok(());
         }
-        Ok(())
+        let acked = ack();
+        match &acked {
+            Ok(isr) => log::trace!("INTx: ISR {isr:#x}"),
+            Err(e) => log::warn!("INTx: cannot read ISR: {e}"),
+        }
+        // Even if the ISR read failed: the line fired, so a queue may have
+        // work, and it must be unmasked or no interrupt would ever come again
+        // (if the device still asserts it, it fires again at once).
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let unmasked = self.line.unmask().map_err(|source| Error::Line {
+            what: "unmask",
+            source,
+        });
+        acked.map_err(Error::Ack)?;
+        unmasked
     }
 }
 
@@ -378,6 +386,17 @@ mod tests {
             })
             .unwrap_err();
         assert!(matches!(err, Error::Ack(_)));
+        assert_eq!(
+            line.counts(),
+            (1, 2),
+            "unmasked again although the acknowledgement failed"
+        );
+        // The interrupt still counts (the queue may have work)...
+        assert!(intx.wait(0, soon(10), &|| Ok(1)).unwrap());
+        // ...and the line works afterwards.
+        line.raise();
+        assert!(intx.wait(0, soon(1000), &|| Ok(1)).unwrap());
+        assert_eq!(line.counts(), (2, 3));
     }
 
     #[test]

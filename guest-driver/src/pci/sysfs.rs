@@ -9,8 +9,9 @@
 //! `driver_override`, unbind the current driver, then ask the PCI core to probe
 //! the device again (`/sys/bus/pci/drivers_probe`).
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,7 +67,7 @@ pub enum Error {
     /// Another I/O failure on a sysfs file.
     #[error("cannot {op} {}", path.display())]
     Io {
-        /// "read", "write" or "list".
+        /// "read", "write", "list" or "lock".
         op: &'static str,
         /// The file.
         path: PathBuf,
@@ -137,6 +138,18 @@ pub enum Error {
         /// The address.
         bdf: String,
         /// The `uio` directory looked in.
+        path: PathBuf,
+    },
+    /// Another process (or another transport in this one) holds the function.
+    #[error(
+        "device {bdf} is in use by another process (it holds a lock on {}); \
+         close it first",
+        path.display()
+    )]
+    InUse {
+        /// The address.
+        bdf: String,
+        /// The file locked.
         path: PathBuf,
     },
     /// The function must be bound to `uio_pci_generic` first.
@@ -445,9 +458,38 @@ pub fn read_config(root: &Path, bdf: &str) -> Result<Vec<u8>> {
     fs::read(&path).map_err(|e| io_error("read", &path, e))
 }
 
-/// Sets `bits` in the command register; returns the previous value.
+/// The bytes to write to set `bits` (in the low byte) in a command register
+/// reading `old`: `None` if they are set already, else the new low byte, to
+/// be written alone at [`pci_header::COMMAND`].
+///
+/// Only the low byte is written: the high byte holds INTX_DISABLE (bit 10),
+/// which `uio_pci_generic` toggles from its interrupt handler and
+/// `irqcontrol`; a read-modify-write of the whole register could write back a
+/// stale INTX_DISABLE and mask INTx forever (or unmask it under the kernel's
+/// feet). sysfs `config` writes of one byte are single byte-enabled
+/// configuration writes, so the high byte is never touched. The other bits of
+/// the low byte are written back as read; nothing else changes them while the
+/// function is bound to `uio_pci_generic` and locked by this process.
+pub fn command_low_byte(old: u16, bits: u8) -> Option<u8> {
+    let [low, _] = old.to_le_bytes();
+    (low & bits != bits).then_some(low | bits)
+}
+
+/// Sets `bits` (memory space, bus master, ...: bits 0..=7) in the command
+/// register with a one-byte write (see [`command_low_byte`]); returns the
+/// previous value of the register.
 pub fn set_command_bits(root: &Path, bdf: &str, bits: u16) -> Result<u16> {
     let path = device_dir(root, bdf).join("config");
+    let Ok(low_bits) = u8::try_from(bits) else {
+        return Err(Error::Io {
+            op: "write",
+            path,
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only command register bits 0..=7 can be set",
+            ),
+        });
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -458,11 +500,71 @@ pub fn set_command_bits(root: &Path, bdf: &str, bits: u16) -> Result<u16> {
     file.read_exact_at(&mut cmd, at)
         .map_err(|e| io_error("read", &path, e))?;
     let old = u16::from_le_bytes(cmd);
-    if old & bits != bits {
-        file.write_all_at(&(old | bits).to_le_bytes(), at)
+    if let Some(low) = command_low_byte(old, low_bits) {
+        file.write_all_at(&[low], at)
             .map_err(|e| io_error("write", &path, e))?;
     }
     Ok(old)
+}
+
+/// Takes an exclusive, non-blocking `flock(2)` on `file` (at `path`) for the
+/// function `bdf`; it lasts as long as `file` (its open file description)
+/// stays open. Held elsewhere: [`Error::InUse`].
+pub fn lock_file(file: &File, path: &Path, bdf: &str) -> Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor `file` owns and keeps open for the
+        // call; it touches no memory. The result is checked.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {
+                return Err(Error::InUse {
+                    bdf: bdf.to_string(),
+                    path: path.to_path_buf(),
+                })
+            }
+            _ => return Err(io_error("lock", path, e)),
+        }
+    }
+}
+
+/// Opens the function's sysfs `config` file and locks it exclusively (see
+/// [`lock_file`]): one driver at a time, whether it polls or takes INTx.
+/// The lock is released when the returned file is closed.
+pub fn lock_device(root: &Path, bdf: &str) -> Result<File> {
+    let path = device_dir(root, bdf).join("config");
+    let file = File::open(&path).map_err(|e| io_error("read", &path, e))?;
+    lock_file(&file, &path, bdf)?;
+    Ok(file)
+}
+
+/// Type of the default domain of the function's IOMMU group (`identity`,
+/// `DMA`, `DMA-FQ`, `unmanaged`, `blocked`): `None` if the function has no
+/// IOMMU group (no IOMMU), `Some("unknown")` if the kernel does not say
+/// (no `iommu_group/type` before Linux 5.11).
+pub fn iommu_domain_type(root: &Path, bdf: &str) -> Result<Option<String>> {
+    let group = device_dir(root, bdf).join("iommu_group");
+    match fs::symlink_metadata(&group) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("read", &group, e)),
+    }
+    let path = group.join("type");
+    match fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some("unknown".to_string())),
+        Err(e) => Err(io_error("read", &path, e)),
+    }
+}
+
+/// Whether a device's DMA addresses are physical addresses: no IOMMU group,
+/// or an identity (passthrough) domain. Only then do the guest-physical
+/// addresses this crate hands out reach the right memory.
+pub fn dma_is_direct(domain_type: Option<&str>) -> bool {
+    matches!(domain_type, None | Some("identity"))
 }
 
 /// One BAR as described by the sysfs `resource` file.
@@ -812,6 +914,88 @@ mod tests {
         assert!(!bars[4].is_io());
         assert!(parse_resource(Path::new("r"), "0x0 0x0\n").is_err());
         assert!(parse_resource(Path::new("r"), "0x10 0x0 0x0\n".repeat(6).as_str()).is_err());
+    }
+
+    #[test]
+    fn command_writes_leave_intx_disable_alone() {
+        use pci_header::{COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_MEMORY};
+        let bm = COMMAND_BUS_MASTER as u8;
+        // Only the low byte is written, whatever INTX_DISABLE reads.
+        assert_eq!(
+            command_low_byte(COMMAND_MEMORY | COMMAND_INTX_DISABLE, bm),
+            Some(0x06)
+        );
+        assert_eq!(command_low_byte(COMMAND_MEMORY, bm), Some(0x06));
+        // Already set: nothing is written.
+        assert_eq!(
+            command_low_byte(
+                COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE,
+                bm
+            ),
+            None
+        );
+        // On a file: the high byte is never written (a stale INTX_DISABLE
+        // cannot be written back, and a byte the kernel changes is kept).
+        let fake = FakeSysfs::new("intx");
+        let dir = fake.add_device("0000:00:04.0", VENDOR, ACCEL, None, None);
+        let mut config = vec![0u8; 256];
+        config[4] = 0x02;
+        config[5] = 0x04; // INTX_DISABLE, set by uio_pci_generic
+        fs::write(dir.join("config"), &config).unwrap();
+        let before = fs::metadata(dir.join("config")).unwrap().len();
+        let old = set_command_bits(&fake.root, "0000:00:04.0", COMMAND_BUS_MASTER).unwrap();
+        assert_eq!(old, 0x0402);
+        let after = read_config(&fake.root, "0000:00:04.0").unwrap();
+        assert_eq!(after.len() as u64, before);
+        assert_eq!(&after[4..6], &[0x06, 0x04]);
+        assert!(set_command_bits(&fake.root, "0000:00:04.0", COMMAND_INTX_DISABLE).is_err());
+    }
+
+    #[test]
+    fn device_lock_is_exclusive() {
+        let fake = FakeSysfs::new("lock");
+        let dir = fake.add_device("0000:00:04.0", VENDOR, ACCEL, None, None);
+        fs::write(dir.join("config"), vec![0u8; 256]).unwrap();
+        let held = lock_device(&fake.root, "0000:00:04.0").unwrap();
+        let err = lock_device(&fake.root, "0000:00:04.0").unwrap_err();
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("device 0000:00:04.0 is in use by another process"),
+            "{err}"
+        );
+        drop(held);
+        assert!(lock_device(&fake.root, "0000:00:04.0").is_ok());
+    }
+
+    #[test]
+    fn iommu_domain_types() {
+        let fake = FakeSysfs::new("iommu");
+        let dir = fake.add_device("0000:00:04.0", VENDOR, ACCEL, None, None);
+        let bdf = "0000:00:04.0";
+        assert_eq!(iommu_domain_type(&fake.root, bdf).unwrap(), None);
+        let group = fake.root.join("kernel/iommu_groups/3");
+        fs::create_dir_all(&group).unwrap();
+        std::os::unix::fs::symlink(&group, dir.join("iommu_group")).unwrap();
+        assert_eq!(
+            iommu_domain_type(&fake.root, bdf).unwrap().as_deref(),
+            Some("unknown")
+        );
+        fs::write(group.join("type"), "DMA-FQ\n").unwrap();
+        assert_eq!(
+            iommu_domain_type(&fake.root, bdf).unwrap().as_deref(),
+            Some("DMA-FQ")
+        );
+        fs::write(group.join("type"), "identity\n").unwrap();
+        assert_eq!(
+            iommu_domain_type(&fake.root, bdf).unwrap().as_deref(),
+            Some("identity")
+        );
+        assert!(dma_is_direct(None));
+        assert!(dma_is_direct(Some("identity")));
+        for t in ["DMA", "DMA-FQ", "unmanaged", "blocked", "unknown"] {
+            assert!(!dma_is_direct(Some(t)), "{t}");
+        }
     }
 
     #[test]

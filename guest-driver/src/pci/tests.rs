@@ -17,6 +17,7 @@ use super::irq::fake::FakeLine;
 use super::layout::*;
 use super::regs::Registers;
 use super::sysfs::fake::FakeSysfs;
+use super::transport::bring_up;
 use super::*;
 use crate::device::{feature, Device, DEFAULT_FEATURES};
 use crate::memory::DmaMemory;
@@ -490,4 +491,159 @@ fn open_explains_a_missing_uio_binding() {
     fs::write(dir.join("config"), synth::qemu_like(0x1041)).unwrap();
     let err = PciTransport::open(bdf, &mem, &options).unwrap_err();
     assert!(matches!(err, Error::NotAccel(1)), "{err}");
+}
+
+#[test]
+fn a_second_open_finds_the_device_in_use() {
+    let fake = FakeSysfs::new("inuse");
+    let bdf = "0000:00:04.0";
+    let dir = fake_function(&fake, bdf, UIO_DRIVER);
+    let options = PciOptions {
+        poll: true,
+        sysfs_root: fake.root.clone(),
+        ..PciOptions::default()
+    };
+    let mem = DmaMemory::new(1 << 16).unwrap();
+    let first = PciTransport::open(bdf, &mem, &options).unwrap();
+    // The first user's device is running: a second open must not reset it.
+    let status = usize::try_from(common::DEVICE_STATUS).unwrap();
+    let mut bar = fs::read(dir.join("resource4")).unwrap();
+    bar[status] = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK;
+    fs::write(dir.join("resource4"), &bar).unwrap();
+    let err = PciTransport::open(bdf, &mem, &options).unwrap_err();
+    assert!(
+        matches!(err, Error::Sysfs(sysfs::Error::InUse { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("device 0000:00:04.0 is in use by another process"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(dir.join("resource4")).unwrap()[status],
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
+        "not reset by the refused open"
+    );
+    // Listing does not take the device.
+    assert_eq!(list_devices(&fake.root).unwrap().len(), 1);
+    drop(first);
+    PciTransport::open(bdf, &mem, &options).unwrap();
+}
+
+#[test]
+fn bus_mastering_is_enabled_only_after_the_reset() {
+    use std::cell::{Cell, RefCell};
+    let command = Cell::new(0u16);
+    let log = RefCell::new(Vec::new());
+    let mut set = |bits: u16| {
+        let old = command.get();
+        command.set(old | bits);
+        log.borrow_mut().push(format!("command |= {bits:#x}"));
+        Ok(old)
+    };
+    let dev = FakeVirtioPci::new(VERSION_1, &[8], &accel_config(1));
+    let mem = DmaMemory::new(1 << 16).unwrap();
+    let t = bring_up(&mut set, || {
+        assert_eq!(
+            command.get() & pci_header::COMMAND_BUS_MASTER,
+            0,
+            "bus mastering before the reset"
+        );
+        assert_ne!(command.get() & pci_header::COMMAND_MEMORY, 0, "BARs decode");
+        log.borrow_mut().push("reset".into());
+        transport_for(&dev, &mem)
+    })
+    .unwrap();
+    assert_eq!(
+        *log.borrow(),
+        vec!["command |= 0x2", "reset", "command |= 0x4"]
+    );
+    drop(t);
+    // A device that does not finish its reset never gets bus mastering.
+    let dev = FakeVirtioPci::new(VERSION_1, &[8], &accel_config(1));
+    dev.state().reset_delay = u32::MAX;
+    command.set(0);
+    let mut set = |bits: u16| {
+        let old = command.get();
+        command.set(old | bits);
+        Ok(old)
+    };
+    let err = bring_up(&mut set, || transport_for(&dev, &mem)).unwrap_err();
+    assert!(matches!(err, Error::ResetTimeout { .. }), "{err}");
+    assert_eq!(command.get(), pci_header::COMMAND_MEMORY);
+}
+
+#[test]
+fn access_platform_is_refused_behind_a_translating_iommu() {
+    let offered = VERSION_1 | ACCESS_PLATFORM | 1;
+    let (dev, _mem, mut t) = setup(offered, &[8]);
+    t.set_translating_iommu("DMA-FQ");
+    let err = pci_err(t.set_driver_features(VERSION_1 | 1).unwrap_err());
+    assert!(
+        matches!(&err, Error::TranslatingIommu { domain } if domain == "DMA-FQ"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("guest-physical"), "{err}");
+    assert_eq!(dev.state().driver_features, 0, "the device saw nothing");
+    // A device without ACCESS_PLATFORM bypasses the IOMMU: fine.
+    let (dev, _mem, mut t) = setup(VERSION_1 | 1, &[8]);
+    t.set_translating_iommu("DMA");
+    t.set_driver_features(VERSION_1 | 1).unwrap();
+    assert_eq!(dev.state().driver_features, VERSION_1 | 1);
+}
+
+#[test]
+fn unimplemented_transport_features_are_refused() {
+    const RING_PACKED: u64 = 1 << 34;
+    const IN_ORDER: u64 = 1 << 35;
+    const NOTIFICATION_DATA: u64 = 1 << 38;
+    const RING_RESET: u64 = 1 << 40;
+    let ring = feature(virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+        | feature(virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC);
+    let offered = VERSION_1 | ring | RING_PACKED | IN_ORDER | NOTIFICATION_DATA | RING_RESET | 0xff;
+    for bad in [
+        RING_PACKED,
+        IN_ORDER,
+        NOTIFICATION_DATA,
+        RING_RESET,
+        1 << 24,
+    ] {
+        let (dev, _mem, mut t) = setup(offered | (1 << 24), &[8]);
+        let err = pci_err(t.set_driver_features(VERSION_1 | bad).unwrap_err());
+        assert!(
+            matches!(err, Error::UnsupportedFeatures(b) if b == bad),
+            "{bad:#x}: {err}"
+        );
+        assert_eq!(dev.state().driver_features, 0);
+    }
+    let (dev, _mem, mut t) = setup(offered, &[8]);
+    t.set_driver_features(VERSION_1 | ring | 0xff).unwrap();
+    assert_eq!(dev.state().driver_features, VERSION_1 | ring | 0xff);
+    // The device core asks only for what it implements.
+    let dev = FakeVirtioPci::new(offered | DEFAULT_FEATURES, &[64, 32], &accel_config(1));
+    let mem = DmaMemory::new(1 << 20).unwrap();
+    let device = Device::open(transport_for(&dev, &mem).unwrap(), DEFAULT_FEATURES).unwrap();
+    assert_eq!(device.features(), DEFAULT_FEATURES);
+}
+
+#[test]
+fn negotiating_again_after_a_refusal_resets_first() {
+    let (dev, _mem, mut t) = setup(VERSION_1 | 1, &[8]);
+    dev.state().refuse_features = true;
+    assert!(t.set_driver_features(VERSION_1 | 1).is_err());
+    assert_ne!(dev.state().status & STATUS_FAILED, 0);
+    dev.state().refuse_features = false;
+    // No explicit reset: the transport must reset before writing features again.
+    t.set_driver_features(VERSION_1).unwrap();
+    let st = dev.state();
+    assert_eq!(st.resets, 2, "§3.1.1: reset before a new negotiation");
+    let failed = st
+        .status_writes
+        .iter()
+        .position(|&w| w & STATUS_FAILED != 0)
+        .unwrap();
+    assert_eq!(&st.status_writes[failed + 1..], &[0, 1, 3, 1 | 2 | 8]);
+    assert_eq!(st.driver_features, VERSION_1);
+    assert_eq!(st.status, 1 | 2 | 8);
 }

@@ -9,7 +9,7 @@
 //! check it stuck ([`Transport::set_driver_features`]); program each queue
 //! ([`Transport::setup_queue`]); DRIVER_OK ([`Transport::activate`]).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use virtio_accel_spec::VIRTIO_ID_ACCEL;
-use virtio_bindings::virtio_config::VIRTIO_F_ACCESS_PLATFORM;
+use virtio_bindings::virtio_config::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 use super::caps::{self, CapRegion, VirtioPciCaps};
 use super::irq::{self, Intx, UioLine};
@@ -74,6 +75,25 @@ pub enum Error {
         wanted: u64,
         /// What the device offers (without transport bits).
         offered: u64,
+    },
+    /// The driver asked for transport or ring features this transport does
+    /// not implement (packed rings, in-order, notification data, ...).
+    #[error(
+        "features {0:#x} are not implemented by this driver (only device-specific bits 0..=23, \
+         VERSION_1, RING_EVENT_IDX and RING_INDIRECT_DESC can be acknowledged)"
+    )]
+    UnsupportedFeatures(u64),
+    /// The device needs ACCESS_PLATFORM but DMA from the function is
+    /// translated by an IOMMU, which this transport does not program.
+    #[error(
+        "the device offers ACCESS_PLATFORM and its IOMMU group has a '{domain}' domain: \
+         this driver gives the device raw guest-physical addresses, which a translating \
+         (v)IOMMU would not map; boot the guest with the IOMMU in passthrough mode \
+         (iommu=pt, or an identity domain for the group) or without a vIOMMU"
+    )]
+    TranslatingIommu {
+        /// `iommu_group/type` of the function.
+        domain: String,
     },
     /// The device cleared FEATURES_OK: it refuses the feature set (§3.1.1 step 6).
     #[error("the device refused features {0:#x} (FEATURES_OK did not stick)")]
@@ -151,12 +171,22 @@ impl Default for PciOptions {
     }
 }
 
-/// Feature bits the transport handles itself, acknowledged whenever offered.
+/// Feature bits the transport handles itself, acknowledged when offered.
 ///
 /// `ACCESS_PLATFORM`: the device goes through the platform's DMA translation.
-/// Without an IOMMU in use (uio has none) the addresses the device needs are
-/// guest-physical addresses, which is what this transport gives it.
+/// Without a translating IOMMU (no IOMMU group, or an identity domain) the
+/// addresses the device needs are guest-physical addresses, which is what
+/// this transport gives it; behind a translating IOMMU the transport refuses.
 const TRANSPORT_FEATURES: u64 = 1 << VIRTIO_F_ACCESS_PLATFORM;
+
+/// Feature bits a driver may ask for ([`Transport::set_driver_features`]):
+/// device-specific bits 0..=23 and the transport features the split
+/// virtqueues implement. Everything else (RING_PACKED, IN_ORDER,
+/// ORDER_PLATFORM, SR_IOV, NOTIFICATION_DATA, RING_RESET, ...) is refused.
+pub const DRIVER_FEATURES: u64 = ((1 << 24) - 1)
+    | 1 << VIRTIO_F_VERSION_1
+    | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << VIRTIO_RING_F_INDIRECT_DESC;
 
 /// Most attempts at a consistent configuration read (§2.5.1).
 const CONFIG_RETRIES: u32 = 100;
@@ -187,6 +217,15 @@ pub struct PciTransport {
     /// Notification offset of each set-up queue.
     queue_notify: Vec<Option<u64>>,
     wait: Wait,
+    /// Features were written since the last reset: negotiating again needs
+    /// a reset first (§3.1.1).
+    needs_reset: bool,
+    /// Type of the function's IOMMU domain when it translates DMA (see
+    /// [`sysfs::dma_is_direct`]); `None`: device addresses are physical.
+    translating_iommu: Option<String>,
+    /// The exclusive locks on the function (sysfs `config`, `/dev/uioN`),
+    /// held for the transport's lifetime; released after the reset on drop.
+    _locks: Vec<File>,
 }
 
 fn window(bars: &[Option<Arc<dyn Registers>>; 6], r: &CapRegion) -> Result<Window> {
@@ -208,11 +247,16 @@ const _: () = {
 
 impl PciTransport {
     /// Opens the virtio-accel function `bdf`, which must be bound to
-    /// `uio_pci_generic` (see [`bind_uio`](super::bind_uio)): maps its BARs,
-    /// enables bus mastering, resets it and reads its features.
+    /// `uio_pci_generic` (see [`bind_uio`](super::bind_uio)): locks it
+    /// against other users ([`sysfs::lock_device`]; fails with
+    /// [`sysfs::Error::InUse`] if another process holds it), maps its BARs,
+    /// enables memory decoding, resets it, enables bus mastering and reads its
+    /// features.
     pub fn open(bdf: &str, memory: &DmaMemory, options: &PciOptions) -> Result<Self> {
         let root = options.sysfs_root.as_path();
         let uio = sysfs::require_uio(root, bdf)?;
+        // Before anything touches the device: another process may be using it.
+        let mut locks = vec![sysfs::lock_device(root, bdf)?];
         let config = sysfs::read_config(root, bdf)?;
         let bars = sysfs::bars(root, bdf)?;
         let caps = caps::parse(&config, &bars.map(|b| Some(b.size)))?;
@@ -238,18 +282,23 @@ impl PciTransport {
                 mapped[i] = Some(Arc::new(MmioBar::open(&path)?));
             }
         }
-        let old = sysfs::set_command_bits(
-            root,
-            bdf,
-            pci_header::COMMAND_MEMORY | pci_header::COMMAND_BUS_MASTER,
-        )?;
-        log::debug!("{bdf}: command register {old:#06x}, bus mastering enabled");
+        let domain = sysfs::iommu_domain_type(root, bdf)?;
         let wait = if options.poll {
             None
         } else {
-            Some(open_uio(&uio)?)
+            let (line, lock) = open_uio(&uio, bdf)?;
+            locks.push(lock);
+            Some(line)
         };
-        let mut t = Self::with_registers(memory, &caps, &mapped, options.reset_timeout)?;
+        let mut t = bring_up(
+            &mut |bits| Ok(sysfs::set_command_bits(root, bdf, bits)?),
+            || Self::with_registers(memory, &caps, &mapped, options.reset_timeout),
+        )?;
+        log::debug!("{bdf}: memory decoding and bus mastering enabled");
+        t._locks = locks;
+        if !sysfs::dma_is_direct(domain.as_deref()) {
+            t.translating_iommu = domain;
+        }
         t.wait = match wait {
             None => Wait::Poll(options.poll_interval),
             Some(line) => Wait::Intx(Intx::new(Box::new(line), t.num_queues)?),
@@ -289,9 +338,18 @@ impl PciTransport {
             queue_max: Vec::new(),
             queue_notify: Vec::new(),
             wait: Wait::Poll(PciOptions::default().poll_interval),
+            needs_reset: false,
+            translating_iommu: None,
+            _locks: Vec::new(),
         };
         t.init()?;
         Ok(t)
+    }
+
+    /// Pretends the function's DMA goes through a translating IOMMU domain.
+    #[cfg(test)]
+    pub(crate) fn set_translating_iommu(&mut self, domain: &str) {
+        self.translating_iommu = Some(domain.to_string());
     }
 
     #[cfg(test)]
@@ -339,6 +397,7 @@ impl PciTransport {
     /// Reset, ACKNOWLEDGE, DRIVER, read features and the queue count.
     fn init(&mut self) -> Result<()> {
         self.device_reset()?;
+        self.needs_reset = false;
         self.negotiated = None;
         self.queue_max.clear();
         self.queue_notify.clear();
@@ -360,6 +419,16 @@ impl PciTransport {
                 "features are already negotiated: reset the transport first",
             ));
         }
+        if self.needs_reset {
+            // §3.1.1: after a failed negotiation (FAILED set, or FEATURES_OK
+            // refused) the driver starts over from a reset.
+            log::debug!("virtio-pci: resetting before negotiating again");
+            self.init()?;
+        }
+        let unsupported = features & !DRIVER_FEATURES;
+        if unsupported != 0 {
+            return Err(Error::UnsupportedFeatures(unsupported));
+        }
         let offered = self.offered & !TRANSPORT_FEATURES;
         if features & !offered != 0 {
             return Err(Error::FeaturesNotOffered {
@@ -367,7 +436,16 @@ impl PciTransport {
                 offered,
             });
         }
-        let all = features | (self.offered & TRANSPORT_FEATURES);
+        let transport = self.offered & TRANSPORT_FEATURES;
+        if transport & (1 << VIRTIO_F_ACCESS_PLATFORM) != 0 {
+            if let Some(domain) = &self.translating_iommu {
+                return Err(Error::TranslatingIommu {
+                    domain: domain.clone(),
+                });
+            }
+        }
+        let all = features | transport;
+        self.needs_reset = true;
         let c = &self.common;
         c.write32(cc::DRIVER_FEATURE_SELECT, 0)?;
         c.write32(cc::DRIVER_FEATURE, low32(all))?;
@@ -504,7 +582,23 @@ fn read_config_bytes(w: &Window, mut offset: u64, buf: &mut [u8]) -> regs::Resul
     Ok(())
 }
 
-fn open_uio(path: &Path) -> Result<UioLine> {
+/// Sets memory decoding, runs `init` (which resets the device and waits for
+/// status 0), and only then sets bus mastering, so that a device left running
+/// by a previous driver cannot DMA before it is reset. `set_command` sets
+/// command register bits and returns the previous value.
+pub(crate) fn bring_up<T>(
+    set_command: &mut dyn FnMut(u16) -> Result<u16>,
+    init: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    set_command(pci_header::COMMAND_MEMORY)?;
+    let t = init()?;
+    set_command(pci_header::COMMAND_BUS_MASTER)?;
+    Ok(t)
+}
+
+/// Opens `/dev/uioN` and locks it exclusively for `bdf`; returns the line
+/// and a second descriptor of the node that holds the lock.
+fn open_uio(path: &Path, bdf: &str) -> Result<(UioLine, File)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -520,7 +614,12 @@ fn open_uio(path: &Path) -> Result<UioLine> {
                 source,
             },
         })?;
-    Ok(UioLine::new(file))
+    let lock = file.try_clone().map_err(|source| Error::OpenUio {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    sysfs::lock_file(&lock, path, bdf)?;
+    Ok((UioLine::new(file), lock))
 }
 
 impl Transport for PciTransport {
