@@ -38,6 +38,10 @@ pub enum Error {
     },
 }
 
+/// Seed of the benchmark's data: `accelctl bench` and `accel-bench` measure
+/// the same jobs on the same bytes.
+pub const BENCH_SEED: u64 = 0x5eed;
+
 /// Jobs completed and time taken.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Run {

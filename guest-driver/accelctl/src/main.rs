@@ -20,6 +20,18 @@ use virtio_accel_spec::Op;
 /// DMA memory of `list` and `selftest`: the largest self-test job with room.
 const SMALL_MEMORY: usize = 64 << 20;
 
+/// `error` and its causes on one line.
+fn error_chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
@@ -84,10 +96,12 @@ fn list_command(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
                 address: Some(device.bdf.clone()),
                 poll: args.poll,
             };
-            println!(
-                "{}",
-                describe_device(&target.open(SMALL_MEMORY, timeout(args)?)?)
-            );
+            // A device another process holds (or that fails) is reported,
+            // and the others are still listed.
+            match target.open(SMALL_MEMORY, timeout(args)?) {
+                Ok(opened) => println!("{}", describe_device(&opened)),
+                Err(error) => println!("  cannot open: {}", error_chain(&error)),
+            }
         } else {
             println!(
                 "  not usable until bound: accelctl --pci {} bind",
@@ -194,7 +208,7 @@ fn bench_command(args: &Args, bench_args: &BenchArgs) -> Result<ExitCode, Box<dy
         "{:<14} {:>9} | {:>6} {:>12} {:>10}",
         "op", "size", "depth", "jobs/s", "GB/s"
     );
-    let mut data = DataSource::new(0x5eed);
+    let mut data = DataSource::new(bench::BENCH_SEED);
     let points = bench::measure(&device, &options, &mut data, |n, total, op, size| {
         eprint!("\r[{n}/{total}] {} {size} B          ", op.name());
         let _ = std::io::stderr().flush();

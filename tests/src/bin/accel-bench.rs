@@ -10,10 +10,10 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 
 use accel_driver::{DmaBuf, DmaMemory};
-use accel_tests::data::TestRng;
 use accel_tests::harness::Daemon;
 use accel_tests::workload::{engine_job, Workload};
-use accelctl::bench::{make_slots, pipeline, Run, Slot};
+use accelctl::bench::{make_slots, pipeline, Run, Slot, BENCH_SEED};
+use accelctl::data::DataSource;
 use clap::Parser;
 use vhost_user_accel::engine::software::SoftwareEngine;
 use vhost_user_accel::engine::{Engine, HwQueue};
@@ -144,7 +144,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let device = daemon.connect(&memory);
     let engine = SoftwareEngine::new(args.engine_threads)?;
     let queue = engine.create_queue(args.depth)?;
-    let mut rng = TestRng::with_seed("accel-bench", 0x5eed);
+    // The data `accelctl bench` uses, so both report on the same jobs.
+    let mut data = DataSource::new(BENCH_SEED);
     let duration = Duration::from_secs_f64(args.seconds);
 
     println!(
@@ -170,7 +171,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     for op in ops {
         for &size in &args.sizes {
-            let workload = Workload::new(op, rng.text(size));
+            let workload = Workload::new(op, data.text(size));
             let slots = make_slots(&workload, &memory, args.depth)?;
             let before = device.transport().queue_stats(1).unwrap_or_default();
             let batch = args.batch.unwrap_or(args.depth / 4).max(1);
