@@ -1,10 +1,12 @@
 //! INTx interrupts through `uio_pci_generic`, shared by every virtqueue.
 //!
-//! `uio_pci_generic` masks INTx (command register bit 10) when the function
-//! raises it and counts the interrupt; `read(2)` on `/dev/uioN` returns the
-//! 32-bit count, writing a 32-bit 1 unmasks INTx again. The device keeps the
-//! line asserted until the driver reads the ISR status register (§4.1.4.5),
-//! so the acknowledgement is: read the count, read ISR, unmask.
+//! `uio_pci_generic` masks INTx (command register bit 10, INTX_DISABLE) when
+//! the function raises it and counts the interrupt; `read(2)` on `/dev/uioN`
+//! returns the 32-bit count. It has no `irqcontrol` (writing to `/dev/uioN`
+//! fails with ENOSYS): userspace unmasks by clearing INTX_DISABLE in the
+//! configuration space, as DPDK does. The device keeps the line asserted
+//! until the driver reads the ISR status register (§4.1.4.5), so the
+//! acknowledgement is: read the count, read ISR, unmask.
 //!
 //! One INTx line serves every queue, and reading ISR clears it for everyone.
 //! `Intx` therefore lets one waiting thread at a time (the leader) wait on
@@ -16,14 +18,16 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use thiserror::Error;
 
+use super::layout::pci_header;
 use super::regs;
 
 /// Errors of interrupt handling.
@@ -56,16 +60,28 @@ pub(crate) trait IrqLine: fmt::Debug + Send + Sync {
     fn unmask(&self) -> io::Result<()>;
 }
 
-/// `/dev/uioN`, opened non-blocking.
+/// `/dev/uioN`, opened non-blocking, and the function's sysfs `config`.
 #[derive(Debug)]
 pub(crate) struct UioLine {
     file: File,
+    config: File,
 }
 
 impl UioLine {
-    pub(crate) fn new(file: File) -> Self {
-        UioLine { file }
+    pub(crate) fn new(file: File, config: File) -> Self {
+        UioLine { file, config }
     }
+}
+
+/// Offset of the command register's high byte, which holds INTX_DISABLE.
+const COMMAND_HIGH: u64 = pci_header::COMMAND as u64 + 1;
+/// INTX_DISABLE within that byte.
+const INTX_DISABLE_IN_HIGH: u8 = (pci_header::COMMAND_INTX_DISABLE >> 8) as u8;
+
+/// The command register's high byte with INTX_DISABLE cleared, or `None` if
+/// it is clear already.
+pub(crate) fn unmasked_high_byte(high: u8) -> Option<u8> {
+    (high & INTX_DISABLE_IN_HIGH != 0).then_some(high & !INTX_DISABLE_IN_HIGH)
 }
 
 /// Waits until `fd` is readable or `deadline` passes; `Ok(false)` on timeout.
@@ -123,8 +139,15 @@ impl IrqLine for UioLine {
     }
 
     fn unmask(&self) -> io::Result<()> {
-        // uio's irqcontrol takes a native-endian s32; 1 enables.
-        (&self.file).write_all(&1i32.to_ne_bytes())
+        // Only the high byte is written: the kernel sets INTX_DISABLE only
+        // from its handler, which cannot run while the line is masked, so
+        // this read-modify-write races with nothing.
+        let mut high = [0u8; 1];
+        self.config.read_exact_at(&mut high, COMMAND_HIGH)?;
+        match unmasked_high_byte(high[0]) {
+            Some(byte) => self.config.write_all_at(&[byte], COMMAND_HIGH),
+            None => Ok(()),
+        }
     }
 }
 
@@ -397,6 +420,40 @@ mod tests {
         line.raise();
         assert!(intx.wait(0, soon(1000), &|| Ok(1)).unwrap());
         assert_eq!(line.counts(), (2, 3));
+    }
+
+    #[test]
+    fn unmasking_clears_only_intx_disable() {
+        assert_eq!(super::unmasked_high_byte(0x04), Some(0x00));
+        assert_eq!(super::unmasked_high_byte(0x05), Some(0x01), "SERR stays");
+        assert_eq!(super::unmasked_high_byte(0x01), None, "already unmasked");
+    }
+
+    #[test]
+    fn uio_line_unmasks_through_the_config_space() {
+        use std::os::unix::fs::FileExt;
+        let dir = std::env::temp_dir().join(format!("uio-line-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (node, config) = (dir.join("uio0"), dir.join("config"));
+        std::fs::write(&node, [0u8; 4]).unwrap();
+        // COMMAND = memory | bus master | INTX_DISABLE | SERR.
+        let mut space = vec![0u8; 64];
+        space[4] = 0x06;
+        space[5] = 0x05;
+        std::fs::write(&config, &space).unwrap();
+        let open = |p: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .unwrap()
+        };
+        let line = super::UioLine::new(open(&node), open(&config));
+        line.unmask().unwrap();
+        let mut command = [0u8; 2];
+        open(&config).read_exact_at(&mut command, 4).unwrap();
+        assert_eq!(command, [0x06, 0x01], "only INTX_DISABLE cleared");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -286,7 +286,7 @@ impl PciTransport {
         let wait = if options.poll {
             None
         } else {
-            let (line, lock) = open_uio(&uio, bdf)?;
+            let (line, lock) = open_uio(&uio, &sysfs::device_dir(root, bdf).join("config"), bdf)?;
             locks.push(lock);
             Some(line)
         };
@@ -596,9 +596,10 @@ pub(crate) fn bring_up<T>(
     Ok(t)
 }
 
-/// Opens `/dev/uioN` and locks it exclusively for `bdf`; returns the line
-/// and a second descriptor of the node that holds the lock.
-fn open_uio(path: &Path, bdf: &str) -> Result<(UioLine, File)> {
+/// Opens `/dev/uioN` and locks it exclusively for `bdf`, and opens the
+/// function's `config` (at `config`) to unmask INTx; returns the line and a
+/// second descriptor of the node that holds the lock.
+fn open_uio(path: &Path, config: &Path, bdf: &str) -> Result<(UioLine, File)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -619,7 +620,15 @@ fn open_uio(path: &Path, bdf: &str) -> Result<(UioLine, File)> {
         source,
     })?;
     sysfs::lock_file(&lock, path, bdf)?;
-    Ok((UioLine::new(file), lock))
+    let config_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(config)
+        .map_err(|source| Error::OpenUio {
+            path: config.to_path_buf(),
+            source,
+        })?;
+    Ok((UioLine::new(file, config_file), lock))
 }
 
 impl Transport for PciTransport {
