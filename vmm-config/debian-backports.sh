@@ -1,0 +1,16 @@
+# Sourced by the build scripts: makes Debian's bookworm-backports suite
+# (binary and source packages) available to apt. Needs root.
+ensure_backports() {
+    local sources=/etc/apt/sources.list.d/accel-bookworm-backports.sources
+    if [[ ! -f $sources ]]; then
+        echo "adding the bookworm-backports suite (deb and deb-src)" >&2
+        cat > "$sources" <<'SOURCES'
+Types: deb deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+        apt-get update -qq >&2
+    fi
+}

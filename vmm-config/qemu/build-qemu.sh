@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds qemu-system-x86_64 with the generic vhost-user device usable from the
+# command line (vhost-user-device.patch), from Debian's QEMU source.
+#
+#   vmm-config/qemu/build-qemu.sh CACHE_DIR
+#
+# Prints the path of the binary. The build (about 7 minutes on two cores) is
+# kept in CACHE_DIR/qemu-VERSION-accel and reused while VERSION and the patch
+# are unchanged. Needs root on Debian bookworm (it installs the build
+# dependencies and adds the bookworm-backports source suite).
+set -euo pipefail
+
+QEMU_VERSION=10.0.2
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=$(mkdir -p "$1" && cd "$1" && pwd)
+patch_sum=$(sha256sum "$here/vhost-user-device.patch" | cut -c1-12)
+dest="$cache/qemu-$QEMU_VERSION-accel-$patch_sum"
+binary="$dest/build/qemu-system-x86_64"
+if [[ -x "$binary" ]]; then
+    echo "$binary"
+    exit 0
+fi
+
+log() { echo "build-qemu: $*" >&2; }
+
+# shellcheck source=../debian-backports.sh
+source "$here/../debian-backports.sh"
+ensure_backports
+log "installing build dependencies"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    ninja-build pkg-config flex bison libglib2.0-dev libpixman-1-dev libfdt-dev \
+    seabios qemu-system-data >&2
+python3 -m pip install -q meson==1.5.0 pycotap >&2
+
+work="$cache/src-$QEMU_VERSION"
+mkdir -p "$work"
+if [[ ! -f "$work/qemu_$QEMU_VERSION+ds.orig.tar.xz" ]]; then
+    log "fetching the QEMU $QEMU_VERSION source from Debian"
+    # Only the upstream tarball is needed; the Debian diff may be gone from
+    # the mirror when backports move on, so its failure is not fatal.
+    (cd "$work" && apt-get source --download-only -t bookworm-backports qemu >&2 || true)
+fi
+tarball="$work/qemu_$QEMU_VERSION+ds.orig.tar.xz"
+[[ -f $tarball ]] || { log "no $tarball"; exit 1; }
+
+rm -rf "$dest"
+mkdir -p "$dest"
+tar -xf "$tarball" -C "$dest" --strip-components=1
+cd "$dest"
+patch -p1 < "$here/vhost-user-device.patch" >&2
+# Debian's "+ds" tarball has no firmware blobs: do not unpack the EDK2 ones.
+sed -i 's/^    unpack_edk2_blobs = bzip2.found()$/    unpack_edk2_blobs = false/' meson.build
+mkdir -p build
+cd build
+log "configuring and building (x86_64-softmmu only)"
+../configure --target-list=x86_64-softmmu --without-default-features \
+    --enable-kvm --enable-vhost-user --disable-download --disable-install-blobs \
+    --python="$(command -v python3)" >&2
+make -j"$(nproc)" qemu-system-x86_64 >&2
+echo "$binary"
