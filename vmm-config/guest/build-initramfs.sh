@@ -40,7 +40,7 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib/modules/$ver/kernel/drivers/uio}
 cp "$cache/busybox/bin/busybox" "$root/bin/busybox"
 for applet in sh mount insmod modprobe depmod poweroff echo cat ls sleep mkdir \
-    gzip gunzip sha256sum cmp head dd uname sync rm; do
+    gzip gunzip sha256sum cmp head dd uname sync rm seq base64; do
     ln -s busybox "$root/bin/$applet"
 done
 for module in uio uio_pci_generic; do
