@@ -5,7 +5,8 @@
 //! interrupts (device to driver). It knows nothing of the accelerator protocol.
 //! Queue indices are virtqueue indices (0 = control queue).
 
-use std::time::Duration;
+use std::io;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -116,5 +117,42 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
     fn reset(&mut self) -> Result<()> {
         (**self).reset()
+    }
+}
+
+/// Waits until `fd` (an eventfd or a uio node) is readable or `deadline` passes; `Ok(false)` on timeout.
+pub(crate) fn poll_readable(fd: i32, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid, initialised pollfd that lives across the
+        // call, matching the count of 1; the result is checked.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n > 0 {
+            if pfd.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                return Err(io::Error::other("poll reports an error on the descriptor"));
+            }
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
     }
 }

@@ -29,6 +29,7 @@ use virtio_accel_spec::MAX_REQUEST_QUEUES;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::memory::{DmaMemory, MemoryRegion};
+use crate::transport::poll_readable;
 use crate::transport::{self, Transport};
 use crate::virtqueue::QueueAddresses;
 
@@ -204,40 +205,6 @@ fn region_info(r: &MemoryRegion, fd: RawFd) -> VhostUserMemoryRegionInfo {
         mmap_offset: r.file_offset,
         mmap_handle: fd,
         ..Default::default()
-    }
-}
-
-/// Waits until `fd` is readable or `deadline` passes; `Ok(false)` on timeout.
-fn poll_readable(fd: RawFd, deadline: Option<Instant>) -> io::Result<bool> {
-    loop {
-        let timeout_ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-            }
-        };
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one valid, initialised pollfd that lives across the
-        // call, matching the count of 1; the result is checked.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n > 0 {
-            return Ok(true);
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(false);
-        }
     }
 }
 

@@ -29,6 +29,7 @@ use thiserror::Error;
 
 use super::layout::pci_header;
 use super::regs;
+use crate::transport::poll_readable;
 
 /// Errors of interrupt handling.
 #[derive(Debug, Error)]
@@ -82,43 +83,6 @@ const INTX_DISABLE_IN_HIGH: u8 = (pci_header::COMMAND_INTX_DISABLE >> 8) as u8;
 /// it is clear already.
 pub(crate) fn unmasked_high_byte(high: u8) -> Option<u8> {
     (high & INTX_DISABLE_IN_HIGH != 0).then_some(high & !INTX_DISABLE_IN_HIGH)
-}
-
-/// Waits until `fd` is readable or `deadline` passes; `Ok(false)` on timeout.
-pub(crate) fn poll_readable(fd: i32, deadline: Option<Instant>) -> io::Result<bool> {
-    loop {
-        let timeout_ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-            }
-        };
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one valid, initialised pollfd that lives across the
-        // call, matching the count of 1; the result is checked.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n > 0 {
-            if pfd.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
-                return Err(io::Error::other("poll reports an error on the descriptor"));
-            }
-            return Ok(true);
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(false);
-        }
-    }
 }
 
 impl IrqLine for UioLine {
