@@ -5,7 +5,9 @@
 //! DEFLATE_COMPRESS as one member per piece (a multi-member file, which
 //! `gzip -d` reads whole). The other operations take one request.
 
-use accel_driver::{Buffer, Completion, DmaBuf, Request, Transport};
+use accel_driver::{Completion, Request, Transport};
+
+use crate::workload::with_direct_buffers;
 use thiserror::Error;
 use virtio_accel_spec::op::{COMPARE_EQUAL, GCM_IV_SIZE, GCM_TAG_SIZE};
 use virtio_accel_spec::{
@@ -525,29 +527,12 @@ impl<T: Transport> Runner<'_, T> {
     /// `output_sizes` bytes; any status but Ok is an error.
     fn run(
         &self,
-        mut request: Request,
+        request: Request,
         inputs: &[&[u8]],
         output_sizes: &[usize],
     ) -> Result<Done, Error> {
         let memory = self.device.memory();
-        let mut buffers: Vec<DmaBuf> = Vec::with_capacity(inputs.len() + output_sizes.len());
-        for input in inputs {
-            let buf = memory.alloc(input.len().max(1))?;
-            memory.write(&buf, 0, input)?;
-            request = request.input(Buffer::Direct {
-                gpa: buf.gpa(),
-                len: input.len() as u64,
-            });
-            buffers.push(buf);
-        }
-        for &size in output_sizes {
-            let buf = memory.alloc(size.max(1))?;
-            request = request.output(Buffer::Direct {
-                gpa: buf.gpa(),
-                len: size as u64,
-            });
-            buffers.push(buf);
-        }
+        let (request, buffers) = with_direct_buffers(memory, request, inputs, output_sizes)?;
         let completion = self.device.run(self.queue, &request)?.check()?;
         let outputs = buffers[inputs.len()..]
             .iter()

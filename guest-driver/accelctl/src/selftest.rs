@@ -13,6 +13,7 @@ use virtio_accel_spec::{
 
 use crate::data::DataSource;
 use crate::reference;
+use crate::workload::with_direct_buffers;
 
 /// Job sizes: empty, tiny, unaligned, page-sized, page-crossing, large.
 pub const SIZES: &[usize] = &[0, 1, 63, 4096, 3 * 4096 + 17, 65536, (1 << 20) - 3];
@@ -196,20 +197,12 @@ impl<'a, T: Transport> SelfTest<'a, T> {
         output_sizes: &[usize],
     ) -> Result<Outcome, Error> {
         let memory = self.device.memory();
-        let mut request = Request::new(op).raw_params(params);
-        let mut keep: Vec<DmaBuf> = Vec::new();
-        for input in inputs {
-            let buf = memory.alloc(input.len().max(1))?;
-            memory.write(&buf, 0, input)?;
-            request = request.input(direct(&buf, input.len()));
-            keep.push(buf);
-        }
-        let mut outs = Vec::new();
-        for &size in output_sizes {
-            let buf = memory.alloc(size.max(1))?;
-            memory.fill(&buf, 0xee)?;
-            request = request.output(direct(&buf, size));
-            outs.push(buf);
+        let request = Request::new(op).raw_params(params);
+        let (request, buffers) = with_direct_buffers(memory, request, inputs, output_sizes)?;
+        let outs = &buffers[inputs.len()..];
+        // Outputs start as a pattern no operation leaves by accident.
+        for buf in outs {
+            memory.fill(buf, 0xee)?;
         }
         let completion = self.device.run(queue, &request)?;
         let outputs = outs

@@ -111,25 +111,38 @@ impl Workload {
         &self,
         memory: &DmaMemory,
     ) -> Result<(Request, Vec<DmaBuf>), accel_driver::memory::Error> {
-        let mut request = Request::new(self.op).raw_params(self.params);
-        let mut buffers = Vec::new();
-        for input in &self.inputs {
-            let buf = memory.alloc(input.len().max(1))?;
-            memory.write(&buf, 0, input)?;
-            request = request.input(Buffer::Direct {
-                gpa: buf.gpa(),
-                len: input.len() as u64,
-            });
-            buffers.push(buf);
-        }
-        for &size in &self.output_sizes {
-            let buf = memory.alloc(size.max(1))?;
-            request = request.output(Buffer::Direct {
-                gpa: buf.gpa(),
-                len: size as u64,
-            });
-            buffers.push(buf);
-        }
-        Ok((request, buffers))
+        let inputs: Vec<&[u8]> = self.inputs.iter().map(Vec::as_slice).collect();
+        let request = Request::new(self.op).raw_params(self.params);
+        with_direct_buffers(memory, request, &inputs, &self.output_sizes)
     }
+}
+
+/// `request` with `inputs` copied into fresh guest buffers and outputs of
+/// `output_sizes` bytes, all direct (the SVA model, §1.3): the request and
+/// the buffers (inputs then outputs; keep them alive while it runs).
+pub fn with_direct_buffers(
+    memory: &DmaMemory,
+    mut request: Request,
+    inputs: &[&[u8]],
+    output_sizes: &[usize],
+) -> Result<(Request, Vec<DmaBuf>), accel_driver::memory::Error> {
+    let mut buffers = Vec::with_capacity(inputs.len() + output_sizes.len());
+    for input in inputs {
+        let buf = memory.alloc(input.len().max(1))?;
+        memory.write(&buf, 0, input)?;
+        request = request.input(Buffer::Direct {
+            gpa: buf.gpa(),
+            len: input.len() as u64,
+        });
+        buffers.push(buf);
+    }
+    for &size in output_sizes {
+        let buf = memory.alloc(size.max(1))?;
+        request = request.output(Buffer::Direct {
+            gpa: buf.gpa(),
+            len: size as u64,
+        });
+        buffers.push(buf);
+    }
+    Ok((request, buffers))
 }
