@@ -152,15 +152,49 @@ pub unsafe fn translate(
 ) -> Result<(), ChainError> {
     let bad = ChainError::BadAddress { addr, len };
     let count = usize::try_from(len).map_err(|_| bad)?;
-    let mut segs = Vec::new();
-    for slice in mem.get_slices(vm_memory::GuestAddress(addr), count) {
-        let slice = slice.map_err(|_| bad)?;
-        // SAFETY: `slice` borrows from `mem`; the caller keeps that snapshot
-        // alive as long as it uses the segments (this function's contract).
-        segs.push(unsafe { HostSeg::from_volatile(&slice) }.ok_or(bad)?);
+    let before = list.len();
+    let appended = mem
+        .get_slices(vm_memory::GuestAddress(addr), count)
+        .try_for_each(|slice| {
+            let slice = slice.map_err(|_| bad)?;
+            // SAFETY: `slice` borrows from `mem`; the caller keeps that
+            // snapshot alive as long as it uses the segments (this function's
+            // contract).
+            let seg = unsafe { HostSeg::from_volatile(&slice) }.ok_or(bad)?;
+            list.push(seg).ok_or(ChainError::Overflow)
+        });
+    if appended.is_err() {
+        // All or nothing: the list ends where it ended before.
+        list.truncate(before);
     }
-    for seg in segs {
-        list.push(seg).ok_or(ChainError::Overflow)?;
+    appended
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use vm_memory::GuestAddress;
+
+    use super::*;
+
+    #[test]
+    fn a_range_leaving_guest_memory_adds_nothing() {
+        let mem: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x2000)]).unwrap();
+        let mut list = SgList::new();
+        // SAFETY: `list` is dropped before `mem`, and never dereferenced.
+        unsafe {
+            translate(&mem, 0x1000, 0x100, &mut list).unwrap();
+            let error = translate(&mem, 0x2800, 0x1000, &mut list).unwrap_err();
+            assert_eq!(
+                error,
+                ChainError::BadAddress {
+                    addr: 0x2800,
+                    len: 0x1000
+                }
+            );
+        }
+        assert_eq!(list.len(), 0x100, "the part inside memory was not kept");
     }
-    Ok(())
 }

@@ -5,6 +5,7 @@
 //! queues: the input is a [`SgList`] of readable bytes, so the decoders can be
 //! tested on plain byte buffers.
 
+use smallvec::SmallVec;
 use thiserror::Error;
 use virtio_accel_spec::op::UnknownOp;
 use virtio_accel_spec::{
@@ -133,17 +134,22 @@ impl BufSpec {
     }
 }
 
+/// The dependencies of a request (most have none or a few).
+pub type Deps = SmallVec<[FenceId; 4]>;
+/// The buffer references of one side of a request (at most two, §8).
+pub type BufSpecs = SmallVec<[BufSpec; 2]>;
+
 /// A decoded request (§6.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// What to do.
     pub operation: Operation,
     /// Fences that must signal first.
-    pub deps: Vec<FenceId>,
+    pub deps: Deps,
     /// Input buffers.
-    pub inputs: Vec<BufSpec>,
+    pub inputs: BufSpecs,
     /// Output buffers.
-    pub outputs: Vec<BufSpec>,
+    pub outputs: BufSpecs,
 }
 
 /// A decoded control command (§7).
@@ -167,7 +173,7 @@ fn take<T: ByteValued + Default>(list: &mut SgList, what: &'static str) -> Resul
     Ok(value)
 }
 
-fn take_fences(list: &mut SgList, count: u32) -> Result<Vec<FenceId>, DecodeError> {
+fn take_fences<C: FromIterator<FenceId>>(list: &mut SgList, count: u32) -> Result<C, DecodeError> {
     (0..count)
         .map(|_| {
             let fence: Fence = take(list, "fence")?;
@@ -291,7 +297,7 @@ pub fn decode_control(readable: &mut SgList, limits: &Limits) -> Result<Control,
             if count != 1 {
                 return Err(DecodeError::Reserved("FENCE_QUERY count"));
             }
-            let fence = take_fences(readable, 1)?;
+            let fence: Deps = take_fences(readable, 1)?;
             fence
                 .first()
                 .copied()
@@ -350,8 +356,8 @@ mod tests {
         let (request, rest) = decode(bytes, 5);
         let request = request.unwrap();
         assert_eq!(request.operation, Operation::Crc32c { seed: 7 });
-        assert_eq!(request.deps, vec![FenceId { queue: 1, seqno: 9 }]);
-        assert_eq!(request.inputs, vec![BufSpec::Direct { len: 3 }]);
+        assert_eq!(request.deps.as_slice(), [FenceId { queue: 1, seqno: 9 }]);
+        assert_eq!(request.inputs.as_slice(), [BufSpec::Direct { len: 3 }]);
         assert!(request.outputs.is_empty());
         assert_eq!(rest, 3, "the direct data stays in the list");
     }

@@ -9,7 +9,7 @@
 //! and FENCE_WAIT commands. Used entries are batched and the guest notified
 //! once per batch, subject to `VIRTIO_RING_F_EVENT_IDX`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use vm_memory::{
 };
 
 use crate::chain::{walk, Walk};
-use crate::command::{decode_control, decode_request, BufSpec, Control, FenceId};
+use crate::command::{decode_control, decode_request, BufSpec, Control, Deps, FenceId};
 use crate::config::Config;
 use crate::engine::{Completion, Engine, EngineError, HwQueue, Job};
 use crate::fence::Fences;
@@ -34,6 +34,7 @@ use crate::objects::{Object, ObjectTable};
 use crate::ops::Outcome;
 use crate::ratelimit::RateLimit;
 use crate::sg::{Keepalive, SgList};
+use crate::tracking::{HeadSet, Slab};
 
 /// Errors that stop processing of a queue (as opposed to a bad request, which
 /// only fails that request).
@@ -79,7 +80,7 @@ struct InFlight {
 /// Something waiting for fences to signal.
 enum Waiter {
     /// A request whose job starts when its dependencies have signalled.
-    Request { queue: u16, job: Job },
+    Request { queue: u16, job: Box<Job> },
     /// A FENCE_WAIT command.
     Control {
         head: u16,
@@ -116,14 +117,16 @@ pub struct Device {
     hw_queues: Vec<Box<dyn HwQueue>>,
     objects: ObjectTable,
     fences: Fences<u64>,
-    inflight: HashMap<u64, InFlight>,
+    /// Requests between decoding and response, under their jobs' cookies.
+    inflight: Slab<InFlight>,
+    /// What waits for fences (requests and FENCE_WAIT commands), by wait id.
     waiting: HashMap<u64, Waiting>,
-    next_id: u64,
+    next_wait_id: u64,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     ready: Vec<Vec<Job>>,
     used: Vec<Used>,
-    /// (virtqueue, head) of every chain taken and not yet returned.
-    busy_heads: HashSet<(u16, u16)>,
+    /// The heads of every chain taken and not yet returned.
+    busy_heads: HeadSet,
     log_limit: RateLimit,
     vrings: Vec<VringRwLock>,
 }
@@ -149,13 +152,13 @@ impl Device {
             hw_queues,
             objects: ObjectTable::new(config.limits),
             fences: Fences::new(config.request_queues),
-            inflight: HashMap::new(),
+            inflight: Slab::default(),
             waiting: HashMap::new(),
-            next_id: 1,
+            next_wait_id: 1,
             mem: None,
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
-            busy_heads: HashSet::new(),
+            busy_heads: HeadSet::default(),
             log_limit: RateLimit::new(10, Duration::from_secs(1)),
             vrings: Vec::new(),
             config,
@@ -192,8 +195,10 @@ impl Device {
     /// running ones are waited for, then objects, fences and all pending state
     /// are forgotten. Nothing touches guest memory after this returns.
     pub fn reset(&mut self) {
-        for (id, _) in self.waiting.drain() {
-            self.inflight.remove(&id);
+        for (_, waiting) in self.waiting.drain() {
+            if let Waiter::Request { job, .. } = waiting.waiter {
+                self.inflight.remove(job.cookie);
+            }
         }
         let not_started = self.hw_queues.iter().flat_map(|queue| queue.cancel());
         for job in self
@@ -202,11 +207,11 @@ impl Device {
             .flat_map(std::mem::take)
             .chain(not_started)
         {
-            self.inflight.remove(&job.cookie);
+            self.inflight.remove(job.cookie);
         }
         self.run_until_idle(|device, queue| {
             for completion in device.reap(queue) {
-                device.inflight.remove(&completion.cookie);
+                device.inflight.remove(completion.cookie);
             }
         });
         self.objects.clear();
@@ -274,9 +279,9 @@ impl Device {
         }
     }
 
-    fn next_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
+    fn next_wait_id(&mut self) -> u64 {
+        let id = self.next_wait_id;
+        self.next_wait_id += 1;
         id
     }
 
@@ -333,7 +338,7 @@ impl Device {
         let taken = chains.len();
         for chain in chains {
             let head = chain.head_index();
-            if head >= size || !self.busy_heads.insert((vq, head)) {
+            if head >= size || !self.busy_heads.insert(vq, head) {
                 // §6.5: no chain, or one already in flight: it cannot be
                 // answered without corrupting the request that owns it.
                 self.guest_error(format_args!(
@@ -415,7 +420,7 @@ impl Device {
         walked: &mut Walk,
         inflight: &mut InFlight,
         mem: &Snapshot,
-    ) -> Result<(Vec<FenceId>, Job), Status> {
+    ) -> Result<(Deps, Job), Status> {
         if let Some(error) = walked.error {
             self.guest_error(format_args!("request chain: {error}"));
             return Err(error.status());
@@ -444,12 +449,12 @@ impl Device {
             .inputs
             .iter()
             .map(|spec| self.resolve(*spec, &mut walked.readable, mem, &mut objects))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<_, _>>()?;
         let outputs = request
             .outputs
             .iter()
             .map(|spec| self.resolve(*spec, &mut walked.writable, mem, &mut objects))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<_, _>>()?;
         inflight.direct_output = request
             .outputs
             .iter()
@@ -459,7 +464,8 @@ impl Device {
             operation: request.operation,
             inputs,
             outputs,
-            cookie: self.next_id(),
+            // Set when the request enters the in-flight table (`schedule`).
+            cookie: 0,
             keepalive: Arc::clone(&inflight._mem),
         };
         Ok((request.deps, job))
@@ -517,10 +523,9 @@ impl Device {
     }
 
     /// Sends the job now, or parks it until its dependencies signal (§6.2).
-    fn schedule(&mut self, queue: u16, deps: Vec<FenceId>, job: Job, inflight: InFlight) {
-        let id = job.cookie;
-        self.inflight.insert(id, inflight);
-        let pending: Vec<FenceId> = deps
+    fn schedule(&mut self, queue: u16, deps: Deps, mut job: Job, inflight: InFlight) {
+        job.cookie = self.inflight.insert(inflight);
+        let pending: Deps = deps
             .into_iter()
             .filter(|dep| self.fences.is_signalled(*dep) == Ok(false))
             .collect();
@@ -528,6 +533,7 @@ impl Device {
             self.make_ready(queue, job);
             return;
         }
+        let id = self.next_wait_id();
         for dep in &pending {
             self.fences.wait(*dep, id);
         }
@@ -535,7 +541,10 @@ impl Device {
             id,
             Waiting {
                 remaining: pending.len(),
-                waiter: Waiter::Request { queue, job },
+                waiter: Waiter::Request {
+                    queue,
+                    job: Box::new(job),
+                },
             },
         );
     }
@@ -546,7 +555,7 @@ impl Device {
         match self.ready.get_mut(usize::from(queue)) {
             Some(ready) => ready.push(job),
             None => {
-                if let Some(inflight) = self.inflight.remove(&job.cookie) {
+                if let Some(inflight) = self.inflight.remove(job.cookie) {
                     self.finish(inflight, Outcome::failed(Status::DeviceError));
                 }
             }
@@ -593,7 +602,7 @@ impl Device {
                 continue;
             };
             match done.waiter {
-                Waiter::Request { queue, job } => self.make_ready(queue, job),
+                Waiter::Request { queue, job } => self.make_ready(queue, *job),
                 Waiter::Control { head, resp, .. } => {
                     self.answer_control(head, &resp, Status::Ok, 0)
                 }
@@ -627,7 +636,7 @@ impl Device {
 
     fn finish_all(&mut self, completions: Vec<Completion>) {
         for Completion { cookie, outcome } in completions {
-            if let Some(inflight) = self.inflight.remove(&cookie) {
+            if let Some(inflight) = self.inflight.remove(cookie) {
                 self.finish(inflight, outcome);
             }
         }
@@ -651,7 +660,7 @@ impl Device {
             if let Err(e) = hw_queue.submit(&mut jobs) {
                 warn!("hardware queue {queue}: {e}");
                 for job in jobs {
-                    if let Some(inflight) = self.inflight.remove(&job.cookie) {
+                    if let Some(inflight) = self.inflight.remove(job.cookie) {
                         self.finish(inflight, Outcome::failed(Status::DeviceError));
                     }
                 }
@@ -675,7 +684,7 @@ impl Device {
             let notify = {
                 let mut state = vring.get_mut();
                 for entry in entries {
-                    self.busy_heads.remove(&(index, entry.head));
+                    self.busy_heads.remove(index, entry.head);
                     if let Err(e) = state.add_used(entry.head, entry.len) {
                         warn!("virtqueue {index}: cannot return head {}: {e}", entry.head);
                     }
@@ -782,7 +791,7 @@ impl Device {
         keepalive: &Keepalive,
         pending: &[FenceId],
     ) {
-        let id = self.next_id();
+        let id = self.next_wait_id();
         for fence in pending {
             self.fences.wait(*fence, id);
         }

@@ -10,6 +10,7 @@
 //! - [`objects`]: the object table, with fence-tracked lifetime (§7.1, §7.2);
 //! - [`ratelimit`]: rate-limited logging of guest errors;
 //! - [`fence`]: per-queue fence timelines and waiters (§6.2);
+//! - [`tracking`]: the slab of requests in flight and the set of busy ring heads;
 //! - [`device`]: the device model tying them together, one per connection;
 //! - [`backend`]: the `VhostUserBackend` glue;
 //! - [`server`]: the listening socket and the connection loop;
@@ -27,6 +28,7 @@ pub mod ops;
 pub mod ratelimit;
 pub mod server;
 pub mod sg;
+pub mod tracking;
 
 pub use config::{Config, EngineKind, Limits, SocketSource};
 pub use server::{Server, ServerError};

@@ -154,7 +154,7 @@ impl SgList {
     }
 
     /// Keeps only the first `len` bytes (all of them if it holds fewer).
-    fn truncate(&mut self, len: usize) {
+    pub fn truncate(&mut self, len: usize) {
         let mut kept = 0;
         let mut count = 0;
         for seg in &mut self.segs {

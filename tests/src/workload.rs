@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use accel_driver::{DmaBuf, DmaMemory};
 pub use accelctl::workload::Workload;
-use vhost_user_accel::engine::Job;
+use vhost_user_accel::engine::{Buffers, Job};
 use vhost_user_accel::ops::Operation;
 use vhost_user_accel::sg::{HostSeg, Keepalive, SgList};
 
@@ -26,8 +26,7 @@ pub fn engine_job(
         .iter()
         .map(Vec::len)
         .chain(workload.output_sizes.iter().copied());
-    let mut lists = Vec::with_capacity(buffers.len());
-    for (buf, len) in buffers.iter().zip(sizes) {
+    let mut lists = buffers.iter().zip(sizes).map(|(buf, len)| {
         let mut list = SgList::new();
         if len > 0 {
             let addr = NonNull::new(memory.host_address(buf.gpa())? as *mut u8)?;
@@ -35,12 +34,16 @@ pub fn engine_job(
             // the job's keepalive (a handle on `memory`) keeps mapped.
             list.push(unsafe { HostSeg::new(addr, len) })?;
         }
-        lists.push(list);
-    }
-    let outputs = lists.split_off(workload.inputs.len());
+        Some(list)
+    });
+    let inputs = lists
+        .by_ref()
+        .take(workload.inputs.len())
+        .collect::<Option<Buffers>>()?;
+    let outputs = lists.collect::<Option<Buffers>>()?;
     Some(Job {
         operation: Operation::decode(workload.op, &workload.params).ok()?,
-        inputs: lists,
+        inputs,
         outputs,
         cookie,
         keepalive: Arc::new(memory.clone()) as Keepalive,

@@ -8,6 +8,7 @@
 
 pub mod software;
 
+use smallvec::SmallVec;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -37,15 +38,18 @@ pub enum EngineError {
     },
 }
 
+/// The buffers of one side of a job (no operation has more than two, §8).
+pub type Buffers = SmallVec<[SgList; 2]>;
+
 /// One unit of work, as a hardware descriptor would carry it.
 #[derive(Debug)]
 pub struct Job {
     /// What to do.
     pub operation: Operation,
     /// Input buffers, in the operation's order (§8).
-    pub inputs: Vec<SgList>,
+    pub inputs: Buffers,
     /// Output buffers, in the operation's order (§8).
-    pub outputs: Vec<SgList>,
+    pub outputs: Buffers,
     /// Opaque value returned with the completion.
     pub cookie: u64,
     /// Keeps the memory of every segment mapped until the job is dropped, which

@@ -186,6 +186,9 @@ impl ModerationTimer {
 
 struct RunQueue {
     jobs: VecDeque<(Job, Arc<CompletionRing>)>,
+    /// Workers asleep on [`Shared::wake`]: a submission wakes at most this
+    /// many, and none (no futex call) while every worker is busy.
+    sleeping: usize,
     shutdown: bool,
 }
 
@@ -208,6 +211,7 @@ impl SoftwareEngine {
         let shared = Arc::new(Shared {
             run: Mutex::new(RunQueue {
                 jobs: VecDeque::new(),
+                sleeping: 0,
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -253,10 +257,12 @@ fn worker_loop(shared: &Shared) {
                 if run.shutdown {
                     return;
                 }
+                run.sleeping += 1;
                 run = shared
                     .wake
                     .wait(run)
                     .unwrap_or_else(PoisonError::into_inner);
+                run.sleeping -= 1;
             }
         };
         let outcome = run_job(&job, &mut scratch);
@@ -336,7 +342,7 @@ impl HwQueue for SoftwareQueue {
         }
         let count = jobs.len();
         self.ring.reserve(count, self.depth)?;
-        {
+        let wake = {
             let mut run = lock(&self.shared.run);
             if run.shutdown {
                 self.ring.outstanding.fetch_sub(count, Ordering::AcqRel);
@@ -344,11 +350,10 @@ impl HwQueue for SoftwareQueue {
             }
             run.jobs
                 .extend(jobs.drain(..).map(|job| (job, Arc::clone(&self.ring))));
-        }
-        if count == 1 {
+            count.min(run.sleeping)
+        };
+        for _ in 0..wake {
             self.shared.wake.notify_one();
-        } else {
-            self.shared.wake.notify_all();
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //!
 //! Both paths keep `--depth` jobs in flight on one queue with the same number
 //! of engine threads, so their ratio is the cost of virtio, vhost-user and the
-//! daemon. Notification counts come from the driver's transport.
+//! daemon. They run alternately, `--rounds` times each, and the medians are
+//! compared, so that a slow spell of a shared machine falls on both paths
+//! instead of on one. Notification counts come from the driver's transport.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -32,6 +34,9 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 0.5)]
     seconds: f64,
+    /// Alternating measurements of each path per point; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Jobs kept in flight.
     #[arg(long, default_value_t = 64)]
     depth: usize,
@@ -96,6 +101,16 @@ fn direct(
     })
 }
 
+/// The run with the median rate (the upper one of an even count).
+fn median(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.jobs_per_sec().total_cmp(&b.jobs_per_sec()));
+    let middle = runs.len() / 2;
+    runs.into_iter().nth(middle).unwrap_or(Run {
+        jobs: 0,
+        elapsed: Duration::from_secs(1),
+    })
+}
+
 /// memcpy bandwidth between two `size`-byte buffers of guest RAM, in GB/s.
 fn memcpy_gbps(memory: &DmaMemory, size: usize, seconds: f64) -> Result<f64, Box<dyn Error>> {
     let (src, dst) = (memory.alloc(size.max(1))?, memory.alloc(size.max(1))?);
@@ -149,10 +164,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let duration = Duration::from_secs_f64(args.seconds);
 
     println!(
-        "engine threads {}, depth {}, driver batch {}, {:.1} s per point; GB/s counts the job's input bytes",
+        "engine threads {}, depth {}, driver batch {}, median of {} alternating runs of {:.1} s per path and point; GB/s counts the job's input bytes",
         args.engine_threads,
         args.depth,
         args.batch.unwrap_or(args.depth / 4).max(1),
+        args.rounds,
         args.seconds
     );
     if !args.daemon_only {
@@ -175,7 +191,19 @@ fn main() -> Result<(), Box<dyn Error>> {
             let slots = make_slots(&workload, &memory, args.depth)?;
             let before = device.transport().queue_stats(1).unwrap_or_default();
             let batch = args.batch.unwrap_or(args.depth / 4).max(1);
-            let through = pipeline(&device, 0, &slots, batch, duration)?;
+            let (mut daemon_runs, mut direct_runs) = (Vec::new(), Vec::new());
+            for _ in 0..args.rounds {
+                daemon_runs.push(pipeline(&device, 0, &slots, batch, duration)?);
+                if !args.daemon_only {
+                    direct_runs.push(direct(
+                        queue.as_ref(),
+                        &workload,
+                        &memory,
+                        &slots,
+                        args.seconds,
+                    )?);
+                }
+            }
             // Collect interrupts the driver did not need to wait for.
             let _ = accel_driver::Transport::wait_interrupt(
                 device.transport(),
@@ -183,15 +211,10 @@ fn main() -> Result<(), Box<dyn Error>> {
                 Some(Duration::ZERO),
             );
             let after = device.transport().queue_stats(1).unwrap_or_default();
-            let straight = if args.daemon_only {
-                Run {
-                    jobs: 0,
-                    elapsed: Duration::from_secs(1),
-                }
-            } else {
-                direct(queue.as_ref(), &workload, &memory, &slots, args.seconds)?
-            };
-            let per_request = |n: u64| n as f64 / through.jobs as f64;
+            let daemon_jobs: u64 = daemon_runs.iter().map(|run| run.jobs).sum();
+            let through = median(daemon_runs);
+            let straight = median(direct_runs);
+            let per_request = |n: u64| n as f64 / daemon_jobs as f64;
             println!(
                 "{:<13} {:>8} | {:>11.0} {:>8.3} | {:>11.0} {:>8.3} | {:>6.3} | {:>8.3} {:>8.3}",
                 op.name(),
