@@ -32,7 +32,7 @@ pub use completion::{Completion, ControlCompletion, CTRL_RESP_SIZE};
 pub use object::Object;
 pub use request::{Buffer, Error as RequestError, Request, Segments, MAX_DESC_LEN, RESP_SIZE};
 
-use queue::{DriverQueue, Finished, Submitted};
+use queue::{DriverQueue, Finished, RestartFlag, Submitted};
 
 /// Errors of device operations.
 #[derive(Debug, Error)]
@@ -108,6 +108,22 @@ pub enum Error {
         used_len: u32,
         /// Response size.
         expected: u32,
+    },
+    /// A response carried another fence than the one its request was due:
+    /// the device restarted without the driver resetting it (over vhost-user,
+    /// a back-end restart that the VMM reconnected to, spec §11), so its
+    /// objects and fences are gone. Completions already taken are delivered;
+    /// the queue takes no more requests. Reopen the device.
+    #[error(
+        "virtqueue {queue}: the device restarted (it reported fence {reported} where {expected} was due); reopen it"
+    )]
+    DeviceRestarted {
+        /// Virtqueue index.
+        queue: u16,
+        /// The sequence number the request was due.
+        expected: u64,
+        /// The one the device reported.
+        reported: u64,
     },
     /// The device returned a value that makes no sense for the command.
     #[error("device returned value {value:#x} for {command:?}")]
@@ -259,6 +275,7 @@ impl<T: Transport> Device<T> {
         let memory = transport.memory().clone();
         let ring = RingFeatures::from_features(features);
         let mut queues = Vec::with_capacity(usize::from(num_rq) + 1);
+        let restarted = RestartFlag::default();
         for index in 0..=num_rq {
             let max_size = transport.max_queue_size(index)?;
             let size = power_of_two_floor(options.queue_size.map_or(max_size, |s| s.min(max_size)));
@@ -270,7 +287,7 @@ impl<T: Transport> Device<T> {
                 source,
             })?;
             transport.setup_queue(index, &vq.addresses())?;
-            queues.push(DriverQueue::new(index, vq));
+            queues.push(DriverQueue::new(index, vq, RestartFlag::clone(&restarted)));
         }
         transport.activate()?;
         log::debug!("device open: features {features:#x}, {num_rq} request queues");

@@ -9,13 +9,16 @@
 //! variable that the poller and every reaper signal.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+use virtio_accel_spec::FIRST_REQUEST_QUEUE;
 
 use crate::memory::{DmaBuf, DmaMemory};
 use crate::transport::Transport;
 use crate::virtqueue::{self, SplitQueue, Used};
 
+use super::completion::Completion;
 use super::request::{Segments, RESP_SIZE};
 use super::Error;
 
@@ -33,7 +36,32 @@ struct Pending {
     resp_offset: usize,
     token: u64,
     waiter: Option<u64>,
+    /// The fence sequence number its avail-ring position gives it (§6.2).
+    seqno: u64,
 }
+
+/// A response whose fence was not the one its request was due: the device
+/// instance restarted behind the driver (§11). One per device, shared by its
+/// queues: once any queue has seen it, none takes more requests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Restart {
+    queue: u16,
+    expected: u64,
+    reported: u64,
+}
+
+impl Restart {
+    fn error(self) -> Error {
+        Error::DeviceRestarted {
+            queue: self.queue,
+            expected: self.expected,
+            reported: self.reported,
+        }
+    }
+}
+
+/// Where a device's queues record a [`Restart`].
+pub(crate) type RestartFlag = Arc<OnceLock<Restart>>;
 
 /// A chain the core added: its waiter id (if it has one) and the fence
 /// sequence number its avail-ring position gives it (spec §6.2).
@@ -65,10 +93,48 @@ pub(crate) struct QueueState {
     spare: Vec<DmaBuf>,
 }
 
+/// §11: a response reporting another fence than the one its request's
+/// avail-ring position gave it comes from a device instance that restarted
+/// behind the driver's back (over vhost-user: a back-end restart the VMM
+/// reconnected to). Its objects and fences are gone, so the device takes no
+/// more requests until it is reset (reopened).
+fn check_timeline(
+    restarted: &OnceLock<Restart>,
+    queue: u16,
+    expected: u64,
+    used_len: u32,
+    resp: &[u8],
+) {
+    let Some(request_queue) = queue.checked_sub(FIRST_REQUEST_QUEUE) else {
+        return;
+    };
+    if used_len < RESP_SIZE || restarted.get().is_some() {
+        return;
+    }
+    let fence = Completion::from_raw(0, used_len, resp).fence();
+    let reported = u64::from(fence.seqno);
+    if reported != expected || u16::from(fence.queue) != request_queue {
+        log::error!(
+            "virtqueue {queue}: the device reported fence {reported} where {expected} was due: \
+             it restarted, and must be reset before further use"
+        );
+        let _ = restarted.set(Restart {
+            queue,
+            expected,
+            reported,
+        });
+    }
+}
+
 impl QueueState {
     /// Files every used entry; returns whether any completion went to a waiter
     /// or a list (so sleepers must look).
-    fn reap(&mut self, queue: u16, mem: &DmaMemory) -> Result<bool, Error> {
+    fn reap(
+        &mut self,
+        queue: u16,
+        mem: &DmaMemory,
+        restarted: &OnceLock<Restart>,
+    ) -> Result<bool, Error> {
         let mut filed = false;
         loop {
             let used = match self.vq.pop_used() {
@@ -87,6 +153,7 @@ impl QueueState {
             };
             let mut resp = [0u8; RESP_SIZE as usize];
             mem.read(&pending.buf, pending.resp_offset, &mut resp)?;
+            check_timeline(restarted, queue, pending.seqno, used.len, &resp);
             let finished = Finished {
                 token: pending.token,
                 used_len: used.len,
@@ -115,13 +182,16 @@ pub(crate) struct DriverQueue {
     mem: DmaMemory,
     state: Mutex<QueueState>,
     cond: Condvar,
+    restarted: RestartFlag,
 }
 
 impl DriverQueue {
-    pub(crate) fn new(index: u16, vq: SplitQueue) -> Self {
+    /// Queue `index` on `vq`; `restarted` is shared by the device's queues.
+    pub(crate) fn new(index: u16, vq: SplitQueue, restarted: RestartFlag) -> Self {
         let pending = (0..vq.size()).map(|_| None).collect();
         DriverQueue {
             index,
+            restarted,
             mem: vq.memory().clone(),
             state: Mutex::new(QueueState {
                 vq,
@@ -162,6 +232,9 @@ impl DriverQueue {
         let resp_off = resp_offset(header.len());
         let needed = resp_off + RESP_SIZE as usize;
         let mut st = self.lock();
+        if let Some(restart) = self.restarted.get() {
+            return Err(restart.error());
+        }
         let buf = match st.spare.pop() {
             Some(buf) if needed <= SLOT_SIZE => buf,
             spare => {
@@ -205,6 +278,7 @@ impl DriverQueue {
             st.next_waiter += 1;
             st.next_waiter
         });
+        let seqno = st.vq.avail_total();
         // The queue hands out heads below its size, the length of `pending`.
         if let Some(entry) = st.pending.get_mut(usize::from(head)) {
             *entry = Some(Pending {
@@ -212,12 +286,10 @@ impl DriverQueue {
                 resp_offset: resp_off,
                 token,
                 waiter,
+                seqno,
             });
         }
-        Ok(Submitted {
-            waiter,
-            seqno: st.vq.avail_total(),
-        })
+        Ok(Submitted { waiter, seqno })
     }
 
     /// Publishes added chains and notifies the device if it asked for it.
@@ -239,7 +311,7 @@ impl DriverQueue {
     /// Reaps without blocking and returns the request completions not claimed by a waiter.
     pub(crate) fn poll(&self) -> Result<Vec<Finished>, Error> {
         let mut st = self.lock();
-        if st.reap(self.index, &self.mem)? {
+        if st.reap(self.index, &self.mem, &self.restarted)? {
             self.cond.notify_all();
         }
         Ok(st.ready.drain(..).collect())
@@ -264,7 +336,7 @@ impl DriverQueue {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.lock();
         loop {
-            if st.reap(self.index, &self.mem)? {
+            if st.reap(self.index, &self.mem, &self.restarted)? {
                 self.cond.notify_all();
             }
             if let Some(found) = take(&mut st) {

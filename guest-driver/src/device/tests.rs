@@ -84,15 +84,21 @@ impl Shared {
         };
         let mut batch = Vec::new();
         while let Some(head) = dev.pop_head() {
-            batch.push((head, dev.walk(head)));
+            // Fences number the chains in the order they are taken (§6.2).
+            let seqno = (q > 0).then(|| {
+                let mut st = self.state.lock().unwrap();
+                st.seqno[usize::from(q - 1)] += 1;
+                st.seqno[usize::from(q - 1)]
+            });
+            batch.push((head, dev.walk(head), seqno));
         }
         // Complete in reverse order: the driver must cope with any order.
         let mut irq = false;
-        for (head, chain) in batch.into_iter().rev() {
-            let len = match chain {
-                Ok(chain) if q == 0 => self.control(&chain),
-                Ok(chain) => self.request(q - 1, &chain),
-                Err(_) => 0,
+        for (head, chain, seqno) in batch.into_iter().rev() {
+            let len = match (chain, seqno) {
+                (Ok(chain), None) => self.control(&chain),
+                (Ok(chain), Some(seqno)) => self.request(q - 1, &chain, seqno),
+                (Err(_), _) => 0,
             };
             irq |= dev.push_used(u32::from(head), len);
         }
@@ -149,7 +155,7 @@ impl Shared {
         16
     }
 
-    fn request(&self, rq: u16, chain: &DevChain) -> u32 {
+    fn request(&self, rq: u16, chain: &DevChain, seqno: u64) -> u32 {
         let data = gather(&self.mem, &chain.readable);
         let mut req = Req::new(Op::Copy);
         req.as_mut_slice().copy_from_slice(&data[..80]);
@@ -176,11 +182,6 @@ impl Shared {
             .map(|r| u64::from(r.len))
             .sum();
 
-        let seqno = {
-            let mut st = self.state.lock().unwrap();
-            st.seqno[usize::from(rq)] += 1;
-            st.seqno[usize::from(rq)]
-        };
         let mut resp = Resp::with_status(Status::Ok);
         resp.fence = Fence::new(rq, seqno);
         let mut output = Vec::new();
@@ -744,4 +745,43 @@ fn power_of_two_rounding() {
     assert_eq!(power_of_two_floor(255), 128);
     assert_eq!(power_of_two_floor(256), 256);
     assert_eq!(power_of_two_floor(u16::MAX), 32768);
+}
+
+#[test]
+fn a_device_that_restarted_is_reported_and_takes_no_more_requests() {
+    let (mem, dev) = open(&OpenOptions::default());
+    let out = mem.alloc(64).unwrap();
+    let req = Request::new(Op::Fill)
+        .params(&fill(5))
+        .output(Buffer::direct(&out));
+    for _ in 0..3 {
+        dev.run(0, &req).unwrap().check().unwrap();
+    }
+    // The device instance restarts behind the driver: numbering from 1 again.
+    dev.transport().shared.state.lock().unwrap().seqno[0] = 0;
+    let c = dev.run(0, &req).unwrap();
+    assert!(
+        c.is_ok(),
+        "the request itself was done, by the new instance"
+    );
+    assert_eq!(u64::from(c.fence().seqno), 1);
+    let err = dev.run(0, &req).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DeviceRestarted {
+                queue: 1,
+                expected: 4,
+                reported: 1
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        matches!(
+            dev.run(1, &req),
+            Err(Error::DeviceRestarted { queue: 1, .. })
+        ),
+        "the whole device restarted, not one queue"
+    );
 }
