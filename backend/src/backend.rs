@@ -165,8 +165,10 @@ impl VhostUserBackendMut for AccelBackend {
         vec![all]
     }
 
-    fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
-        self.device.stop();
+    fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
+        let vq = u16::try_from(queue_index)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "no such virtqueue"))?;
+        self.device.stop_ring(vq);
         Ok(())
     }
 

@@ -34,7 +34,7 @@ use crate::objects::{Object, ObjectTable};
 use crate::ops::Outcome;
 use crate::ratelimit::RateLimit;
 use crate::sg::{Keepalive, SgList};
-use crate::tracking::{HeadSet, Slab};
+use crate::tracking::{HeadSet, RingHistory, Slab};
 
 /// Errors that stop processing of a queue (as opposed to a bad request, which
 /// only fails that request).
@@ -127,6 +127,8 @@ pub struct Device {
     used: Vec<Used>,
     /// The heads of every chain taken and not yet returned.
     busy_heads: HeadSet,
+    /// Whether the rings' histories began with this instance (§11).
+    history: RingHistory,
     log_limit: RateLimit,
     vrings: Vec<VringRwLock>,
 }
@@ -159,6 +161,7 @@ impl Device {
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
             busy_heads: HeadSet::default(),
+            history: RingHistory::default(),
             log_limit: RateLimit::new(10, Duration::from_secs(1)),
             vrings: Vec::new(),
             config,
@@ -221,6 +224,7 @@ impl Device {
         self.ready.iter_mut().for_each(Vec::clear);
         self.used.clear();
         self.busy_heads.clear();
+        self.history.clear();
         self.features = 0;
     }
 
@@ -256,6 +260,14 @@ impl Device {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
+    }
+
+    /// A ring stop (`GET_VRING_BASE`): quiesces the device (see
+    /// [`Device::stop`]); a ring whose history began before this instance is
+    /// judged again when it restarts (§11).
+    pub fn stop_ring(&mut self, vq: u16) {
+        self.stop();
+        self.history.stopped(vq);
     }
 
     /// Remembers the vrings of the connection, for [`Device::stop`].
@@ -324,6 +336,9 @@ impl Device {
         let (chains, size) = {
             let mut state = vring.get_mut();
             let size = state.get_queue().size();
+            if !self.ring_began_here(vq, state.get_queue().next_avail()) {
+                return 0;
+            }
             match state.get_queue_mut().iter(mem.clone()) {
                 Ok(iter) => (iter.collect::<Vec<_>>(), size),
                 Err(e) => {
@@ -357,6 +372,23 @@ impl Device {
             }
         }
         taken
+    }
+
+    /// Whether the device may take chains from `vq`, whose next index is
+    /// `next_avail`: not while any ring's history began with an earlier
+    /// device instance, whose requests this one can neither answer safely
+    /// (some were completed already) nor run (their objects and fences are
+    /// gone). They stay in the ring, unanswered, until the driver resets the
+    /// device (§11).
+    fn ring_began_here(&mut self, vq: u16, next_avail: u16) -> bool {
+        if self.history.observe(vq, next_avail) == Some(false) {
+            error!(
+                "virtqueue {vq} resumes at index {next_avail}, used by an earlier device \
+                 instance (back-end restart or migration without device state): no request \
+                 is taken until the driver resets the device"
+            );
+        }
+        !self.history.has_foreign()
     }
 
     /// An available entry that names no chain the device may answer: on a

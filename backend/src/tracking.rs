@@ -1,8 +1,9 @@
 //! Constant-time bookkeeping of the work a device has taken: a generational
-//! slab for requests in flight, and a bitmap of the ring heads they own.
+//! slab for requests in flight, a bitmap of the ring heads they own, and
+//! whether each ring's history began with this device instance.
 //!
-//! Both sit on the request path of every chain, so neither hashes nor
-//! allocates once warmed up.
+//! They sit on the request path of every chain, so none hashes or allocates
+//! once warmed up.
 
 /// A table of values under keys that are never reused: a key names a slot
 /// and the generation of that slot, so a stale key (a completion for a request
@@ -138,6 +139,62 @@ impl HeadSet {
     }
 }
 
+/// Whether each virtqueue's history began with this device instance (§11).
+///
+/// A ring first seen at a non-zero available index was used by an earlier
+/// instance: the back-end restarted and the front-end reconnected (QEMU then
+/// rewinds each ring to its used index, which with out-of-order completion
+/// names requests already completed as well as some in flight), or the VM
+/// migrated without device state. This instance has none of that instance's
+/// objects, fences or requests, so the device takes nothing from any ring
+/// until the driver starts over: a device reset, or every such ring stopped
+/// and started again at index 0.
+#[derive(Debug, Default)]
+pub struct RingHistory {
+    /// Per virtqueue: unseen (`None`), foreign (`Some(true)`) or ours.
+    foreign: Vec<Option<bool>>,
+}
+
+impl RingHistory {
+    /// Judges virtqueue `vq` at the first look since its start, which found
+    /// `next_avail` as the next index to take: returns `Some(true)` if its
+    /// history began with this instance, `Some(false)` if not, and `None` if
+    /// it was judged already. A ring that began here keeps that standing
+    /// across stops (a paused VM resumes where this instance left it).
+    pub fn observe(&mut self, vq: u16, next_avail: u16) -> Option<bool> {
+        let vq = usize::from(vq);
+        if self.foreign.len() <= vq {
+            self.foreign.resize(vq + 1, None);
+        }
+        let entry = &mut self.foreign[vq];
+        if entry.is_some() {
+            return None;
+        }
+        let foreign = next_avail != 0;
+        *entry = Some(foreign);
+        Some(!foreign)
+    }
+
+    /// Whether any ring's history began before this instance.
+    pub fn has_foreign(&self) -> bool {
+        self.foreign.contains(&Some(true))
+    }
+
+    /// A ring stop: a foreign ring is judged again when it next starts.
+    pub fn stopped(&mut self, vq: u16) {
+        if let Some(entry) = self.foreign.get_mut(usize::from(vq)) {
+            if *entry == Some(true) {
+                *entry = None;
+            }
+        }
+    }
+
+    /// A device reset: every ring is judged again.
+    pub fn clear(&mut self) {
+        self.foreign.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -161,6 +218,31 @@ mod tests {
         let d = slab.insert("d");
         assert_eq!(slab.remove(d), Some("d"));
         assert_eq!(slab.remove(u64::MAX), None);
+    }
+
+    #[test]
+    fn rings_resumed_from_an_earlier_instance_are_foreign_until_restarted_at_zero() {
+        let mut history = RingHistory::default();
+        assert_eq!(history.observe(1, 0), Some(true));
+        assert_eq!(history.observe(1, 40), None, "judged once per start");
+        history.stopped(1);
+        assert_eq!(
+            history.observe(1, 40),
+            None,
+            "a paused ring resumes as ours"
+        );
+        assert!(!history.has_foreign());
+        assert_eq!(history.observe(2, 7), Some(false));
+        assert!(history.has_foreign());
+        assert_eq!(history.observe(2, 0), None);
+        assert!(history.has_foreign(), "still foreign until it restarts");
+        history.stopped(2);
+        assert_eq!(history.observe(2, 0), Some(true));
+        assert!(!history.has_foreign());
+        assert_eq!(history.observe(0, 3), Some(false));
+        history.clear();
+        assert_eq!(history.observe(0, 0), Some(true));
+        assert!(!history.has_foreign());
     }
 
     #[test]

@@ -208,3 +208,63 @@ fn a_head_made_available_twice_is_answered_once() {
     let done = device.run(0, &request).unwrap().check().unwrap();
     assert_eq!(u64::from(done.fence().seqno), 3);
 }
+
+/// §11: a device instance whose rings resume where an earlier instance left
+/// them (as QEMU does after the back-end restarted: it rewinds each ring to
+/// its used index) takes nothing from them until the driver resets it, since
+/// some of those entries were completed already and the rest name objects and
+/// fences it does not have.
+#[test]
+fn rings_resumed_from_an_earlier_device_instance_are_left_alone() {
+    use vhost::vhost_user::message::VhostUserVirtioFeatures;
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::VhostBackend;
+    use virtio_accel_spec::FillParams;
+
+    let daemon = Daemon::start();
+    let memory = guest_ram(8);
+    let mut device = daemon.connect(&memory);
+    let out = memory.alloc(64).unwrap();
+    let fill = Request::new(Op::Fill)
+        .params(&FillParams {
+            pattern: 0x5a,
+            ..Default::default()
+        })
+        .output(Buffer::direct(&out));
+    for _ in 0..3 {
+        device.run(0, &fill).unwrap().check().unwrap();
+    }
+
+    // A new device instance behind the same rings: the front-end resets the
+    // device without the driver knowing, then starts request queue 0 again at
+    // the index where the driver's ring stands.
+    let vq = 1;
+    let features = device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    let transport = device.transport_mut();
+    let kick = transport.kick_event(vq).unwrap().try_clone().unwrap();
+    let call = transport.call_event(vq).unwrap().try_clone().unwrap();
+    let frontend: &mut Frontend = transport.frontend();
+    frontend.set_vring_enable(usize::from(vq), false).unwrap();
+    frontend.get_vring_base(usize::from(vq)).unwrap();
+    frontend.reset_device().unwrap();
+    frontend.set_features(features).unwrap();
+    frontend.set_vring_base(usize::from(vq), 3).unwrap();
+    frontend.set_vring_call(usize::from(vq), &call).unwrap();
+    frontend.set_vring_kick(usize::from(vq), &kick).unwrap();
+    frontend.set_vring_enable(usize::from(vq), true).unwrap();
+
+    memory.write(&out, 0, &[0; 64]).unwrap();
+    device.submit(0, &fill, 1).unwrap();
+    device.flush(0).unwrap();
+    let early = device.wait(0, Duration::from_millis(500)).unwrap();
+    assert!(early.is_empty(), "a request was taken: {early:?}");
+    assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0; 64], "and run");
+    assert_eq!(device.in_flight(0).unwrap(), 1);
+
+    // The driver starts over (a reset, then a new setup): the device serves.
+    let transport = device.close().unwrap();
+    let device = AccelDevice::open_with(transport, &OpenOptions::default()).unwrap();
+    let done = device.run(0, &fill).unwrap().check().unwrap();
+    assert_eq!(u64::from(done.fence().seqno), 1);
+    assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0x5a; 64]);
+}

@@ -38,6 +38,10 @@ struct Pending {
     waiter: Option<u64>,
     /// The fence sequence number its avail-ring position gives it (§6.2).
     seqno: u64,
+    /// Whether the chain has a whole response area of its own: only then is
+    /// the fence read back the one the device wrote (a shorter area lets the
+    /// response run on into the output, §6.4).
+    full_response: bool,
 }
 
 /// A response whose fence was not the one its request was due: the device
@@ -101,16 +105,17 @@ pub(crate) struct QueueState {
 fn check_timeline(
     restarted: &OnceLock<Restart>,
     queue: u16,
-    expected: u64,
+    pending: &Pending,
     used_len: u32,
     resp: &[u8],
 ) {
     let Some(request_queue) = queue.checked_sub(FIRST_REQUEST_QUEUE) else {
         return;
     };
-    if used_len < RESP_SIZE || restarted.get().is_some() {
+    if !pending.full_response || used_len < RESP_SIZE || restarted.get().is_some() {
         return;
     }
+    let expected = pending.seqno;
     let fence = Completion::from_raw(0, used_len, resp).fence();
     let reported = u64::from(fence.seqno);
     if reported != expected || u16::from(fence.queue) != request_queue {
@@ -153,7 +158,7 @@ impl QueueState {
             };
             let mut resp = [0u8; RESP_SIZE as usize];
             mem.read(&pending.buf, pending.resp_offset, &mut resp)?;
-            check_timeline(restarted, queue, pending.seqno, used.len, &resp);
+            check_timeline(restarted, queue, &pending, used.len, &resp);
             let finished = Finished {
                 token: pending.token,
                 used_len: used.len,
@@ -287,6 +292,7 @@ impl DriverQueue {
                 token,
                 waiter,
                 seqno,
+                full_response: resp_len == RESP_SIZE,
             });
         }
         Ok(Submitted { waiter, seqno })
