@@ -61,10 +61,11 @@ crc_again() {
     done
     echo "accel-guest: $1: exit $status"
 }
-# A job running (its first point started) while the host does STEP; how it ended.
+# A job running (its first requests done) while the host does STEP; how it ended.
 interrupted() {
     job 10 & pid=$!
     until grep -q '1/1' /tmp/job.log; do sleep 1; done
+    sleep 2 # completions under way, so the rings have moved on from index 0
     host "$1"
     wait $pid; echo "accel-guest: job $2: exit $?"
     tail -n 2 /tmp/job.log
