@@ -404,6 +404,37 @@ const RESOURCE: &str = "\
 0x0000000000000000 0x0000000000000000 0x0000000000000000
 ";
 
+/// Where the fake functions sit.
+const BDF: &str = "0000:00:04.0";
+
+/// A fake sysfs tree with one accelerator function at [`BDF`] bound to a
+/// driver, options that poll it, and DMA memory to open it with.
+struct FakeFunction {
+    fake: FakeSysfs,
+    dir: std::path::PathBuf,
+    options: PciOptions,
+    mem: DmaMemory,
+}
+
+impl FakeFunction {
+    fn new(name: &str, driver: &str) -> Self {
+        let fake = FakeSysfs::new(name);
+        let dir = fake_function(&fake, BDF, driver);
+        let options = PciOptions {
+            poll: true,
+            sysfs_root: fake.root.clone(),
+            ..PciOptions::default()
+        };
+        let mem = DmaMemory::new(1 << 16).unwrap();
+        FakeFunction {
+            fake,
+            dir,
+            options,
+            mem,
+        }
+    }
+}
+
 fn fake_function(fake: &FakeSysfs, bdf: &str, driver: &str) -> std::path::PathBuf {
     let dir = fake.add_device(
         bdf,
@@ -422,15 +453,13 @@ fn fake_function(fake: &FakeSysfs, bdf: &str, driver: &str) -> std::path::PathBu
 
 #[test]
 fn open_on_a_fake_sysfs_tree() {
-    let fake = FakeSysfs::new("open");
-    let bdf = "0000:00:04.0";
-    let dir = fake_function(&fake, bdf, UIO_DRIVER);
-    let options = PciOptions {
-        poll: true,
-        sysfs_root: fake.root.clone(),
-        ..PciOptions::default()
-    };
-    let mem = DmaMemory::new(1 << 16).unwrap();
+    let bdf = BDF;
+    let FakeFunction {
+        fake: _fake,
+        dir,
+        options,
+        mem,
+    } = FakeFunction::new("open", UIO_DRIVER);
     // The BAR is a plain file: the "device" offers nothing and has no queues.
     let t = PciTransport::open(bdf, &mem, &options).unwrap();
     assert_eq!(t.max_queues(), 0);
@@ -462,15 +491,13 @@ fn open_on_a_fake_sysfs_tree() {
 
 #[test]
 fn open_explains_a_missing_uio_binding() {
-    let fake = FakeSysfs::new("unbound");
-    let bdf = "0000:00:04.0";
-    let dir = fake_function(&fake, bdf, "virtio-pci");
-    let options = PciOptions {
-        poll: true,
-        sysfs_root: fake.root.clone(),
-        ..PciOptions::default()
-    };
-    let mem = DmaMemory::new(1 << 16).unwrap();
+    let bdf = BDF;
+    let FakeFunction {
+        fake,
+        dir,
+        options,
+        mem,
+    } = FakeFunction::new("unbound", "virtio-pci");
     let err = PciTransport::open(bdf, &mem, &options).unwrap_err();
     assert!(
         matches!(err, Error::Sysfs(sysfs::Error::NotBoundToUio { .. })),
@@ -495,15 +522,13 @@ fn open_explains_a_missing_uio_binding() {
 
 #[test]
 fn a_second_open_finds_the_device_in_use() {
-    let fake = FakeSysfs::new("inuse");
-    let bdf = "0000:00:04.0";
-    let dir = fake_function(&fake, bdf, UIO_DRIVER);
-    let options = PciOptions {
-        poll: true,
-        sysfs_root: fake.root.clone(),
-        ..PciOptions::default()
-    };
-    let mem = DmaMemory::new(1 << 16).unwrap();
+    let bdf = BDF;
+    let FakeFunction {
+        fake,
+        dir,
+        options,
+        mem,
+    } = FakeFunction::new("inuse", UIO_DRIVER);
     let first = PciTransport::open(bdf, &mem, &options).unwrap();
     // The first user's device is running: a second open must not reset it.
     let status = usize::try_from(common::DEVICE_STATUS).unwrap();
