@@ -5,8 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use thiserror::Error;
-use vhost_user_accel::config::MAX_QUEUES;
-use vhost_user_accel::{Config, EngineKind, Limits, SocketSource};
+use vhost_user_accel::config::{
+    check_engine_threads, check_queue_size, check_queues, check_socket_fd, ConfigError,
+    MetricsAddr, TenantConfig, MAX_TENANTS,
+};
+use vhost_user_accel::config_file::{self, ConfigFileError};
+use vhost_user_accel::{Config, EngineKind, SocketSource};
 
 /// Engines selectable on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -16,98 +20,154 @@ pub enum EngineArg {
 }
 
 /// vhost-user daemon exposing a shared accelerator to virtual machines.
+///
+/// Each socket is one tenant (one VM): its own device, objects and fences,
+/// sharing the engine with the others. Tenants given on the command line are
+/// named by their index (0, 1, ...) and have no quotas; a configuration file
+/// (--config) names them and sets their weights and quotas.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about)]
 pub struct Args {
-    /// Path of the vhost-user socket to listen on (replaced if it exists).
-    #[arg(
-        long,
-        conflicts_with = "socket_fd",
-        required_unless_present = "socket_fd"
-    )]
-    pub socket_path: Option<PathBuf>,
-    /// An inherited, already listening vhost-user socket.
+    /// Path of a vhost-user socket to listen on (replaced if it exists);
+    /// repeat it for more tenants. With --socket-count, a path with `{}`
+    /// where the index goes.
+    #[arg(long, required_unless_present_any = ["socket_fd", "config"])]
+    pub socket_path: Vec<PathBuf>,
+    /// An inherited, already listening vhost-user socket; may be repeated.
     #[arg(long)]
-    pub socket_fd: Option<RawFd>,
-    /// Number of request queues (the control queue comes on top).
+    pub socket_fd: Vec<RawFd>,
+    /// Serve this many tenants on the --socket-path pattern, `{}` replaced by
+    /// 0, 1, ...
+    #[arg(long, requires = "socket_path")]
+    pub socket_count: Option<usize>,
+    /// Read the daemon and its tenants from this TOML file (see README).
+    #[arg(long, conflicts_with_all = [
+        "socket_path", "socket_fd", "socket_count", "queues", "queue_size",
+        "engine", "engine_threads", "metrics",
+    ])]
+    pub config: Option<PathBuf>,
+    /// Number of request queues of each tenant (the control queue comes on top).
     #[arg(long, default_value_t = 2)]
-    pub queues: u16,
+    pub queues: u64,
     /// Largest virtqueue size (a power of two).
     #[arg(long, default_value_t = 256)]
-    pub queue_size: u16,
+    pub queue_size: u64,
     /// The engine that runs the operations.
     #[arg(long, value_enum, default_value_t = EngineArg::Software)]
     pub engine: EngineArg,
     /// Worker threads of the software engine.
     #[arg(long, default_value_t = 2)]
-    pub engine_threads: usize,
+    pub engine_threads: u64,
+    /// Serve per-tenant metrics in the Prometheus text format on a loopback
+    /// `HOST:PORT` or on `unix:PATH`.
+    #[arg(long)]
+    pub metrics: Option<String>,
 }
 
 /// Invalid command-line values.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum ArgsError {
-    /// `--queues` out of range.
-    #[error("--queues must be between 1 and {MAX_QUEUES}, got {0}")]
-    Queues(u16),
-    /// `--queue-size` not a power of two in range.
-    #[error("--queue-size must be a power of two between 2 and 32768, got {0}")]
-    QueueSize(u16),
-    /// `--engine-threads` out of range.
-    #[error("--engine-threads must be between 1 and 256, got {0}")]
-    EngineThreads(usize),
-    /// `--socket-fd` is not an open listening socket.
-    #[error("--socket-fd {0} is not an open socket")]
-    SocketFd(RawFd),
+    /// The value of one option.
+    #[error("--{option}")]
+    Option {
+        /// The option, without its dashes.
+        option: &'static str,
+        /// What is wrong with its value.
+        #[source]
+        source: ConfigError,
+    },
+    /// A clash between tenants.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `--socket-count` with several `--socket-path`.
+    #[error("--socket-count takes exactly one --socket-path (the pattern), got {0}")]
+    CountPaths(usize),
+    /// The configuration file.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
 }
 
-fn is_socket(fd: RawFd) -> bool {
-    use std::os::fd::BorrowedFd;
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: the descriptor is only borrowed for the duration of this
-    // check; if it is not open, fstat fails and we report that.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    match borrowed.try_clone_to_owned() {
-        Ok(owned) => {
-            let file = std::fs::File::from(owned);
-            use std::os::unix::fs::FileTypeExt;
-            file.metadata().is_ok_and(|m| m.file_type().is_socket())
+/// Blames `option` for an error.
+fn option(option: &'static str) -> impl Fn(ConfigError) -> ArgsError {
+    move |source| ArgsError::Option { option, source }
+}
+
+impl Args {
+    /// The socket of each tenant, in order: the paths (or the pattern's
+    /// expansion), then the descriptors.
+    fn sockets(&self) -> Result<Vec<SocketSource>, ArgsError> {
+        let mut sockets: Vec<SocketSource> = match self.socket_count {
+            None => self
+                .socket_path
+                .iter()
+                .cloned()
+                .map(SocketSource::Path)
+                .collect(),
+            Some(count) => expand_pattern(&self.socket_path, count)?,
+        };
+        for &fd in &self.socket_fd {
+            sockets.push(SocketSource::Fd(
+                check_socket_fd(fd).map_err(option("socket-fd"))?,
+            ));
         }
-        Err(_) => false,
+        Ok(sockets)
     }
+}
+
+/// The paths of `--socket-count N` from its one pattern.
+fn expand_pattern(paths: &[PathBuf], count: usize) -> Result<Vec<SocketSource>, ArgsError> {
+    let [pattern] = paths else {
+        return Err(ArgsError::CountPaths(paths.len()));
+    };
+    let text = pattern.to_string_lossy();
+    if !text.contains("{}") {
+        return Err(option("socket-count")(ConfigError::NoPlaceholder(
+            text.into_owned(),
+        )));
+    }
+    if count == 0 || count > MAX_TENANTS {
+        return Err(option("socket-count")(ConfigError::TooManyTenants(count)));
+    }
+    Ok((0..count)
+        .map(|index| SocketSource::Path(PathBuf::from(text.replace("{}", &index.to_string()))))
+        .collect())
 }
 
 impl TryFrom<Args> for Config {
     type Error = ArgsError;
 
     fn try_from(args: Args) -> Result<Self, Self::Error> {
-        if !(1..=MAX_QUEUES).contains(&args.queues) {
-            return Err(ArgsError::Queues(args.queues));
+        if let Some(path) = &args.config {
+            return Ok(config_file::load(path)?);
         }
-        if args.queue_size < 2 || !args.queue_size.is_power_of_two() {
-            return Err(ArgsError::QueueSize(args.queue_size));
-        }
-        if !(1..=256).contains(&args.engine_threads) {
-            return Err(ArgsError::EngineThreads(args.engine_threads));
-        }
-        let socket = match (args.socket_path, args.socket_fd) {
-            (Some(path), _) => SocketSource::Path(path),
-            (None, Some(fd)) if is_socket(fd) => SocketSource::Fd(fd),
-            (None, Some(fd)) => return Err(ArgsError::SocketFd(fd)),
-            // clap requires one of the two.
-            (None, None) => return Err(ArgsError::SocketFd(-1)),
-        };
-        Ok(Config {
-            socket,
-            request_queues: args.queues,
-            queue_size: args.queue_size,
+        let request_queues = check_queues(args.queues).map_err(option("queues"))?;
+        let queue_size = check_queue_size(args.queue_size).map_err(option("queue-size"))?;
+        let tenants = args
+            .sockets()?
+            .into_iter()
+            .enumerate()
+            .map(|(index, socket)| TenantConfig {
+                request_queues,
+                queue_size,
+                ..TenantConfig::new(index.to_string(), socket)
+            })
+            .collect();
+        let config = Config {
             engine: match args.engine {
                 EngineArg::Software => EngineKind::Software,
             },
-            engine_threads: args.engine_threads,
-            limits: Limits::default(),
-        })
+            engine_threads: check_engine_threads(args.engine_threads)
+                .map_err(option("engine-threads"))?,
+            metrics: args
+                .metrics
+                .as_deref()
+                .map(str::parse::<MetricsAddr>)
+                .transpose()
+                .map_err(option("metrics"))?,
+            tenants,
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -123,36 +183,92 @@ mod tests {
         Config::try_from(Args::try_parse_from(argv).unwrap())
     }
 
+    fn message(extra: &[&str]) -> String {
+        vhost_user_accel::error_chain(&parse(extra).unwrap_err())
+    }
+
     #[test]
     fn defaults_and_bounds() {
         let config = parse(&[]).unwrap();
-        assert_eq!(config.request_queues, 2);
-        assert_eq!(config.queue_size, 256);
-        assert_eq!(parse(&["--queues", "0"]), Err(ArgsError::Queues(0)));
-        assert_eq!(parse(&["--queues", "64"]), Err(ArgsError::Queues(64)));
-        assert_eq!(parse(&["--queues", "63"]).unwrap().request_queues, 63);
+        let [tenant] = config.tenants.as_slice() else {
+            panic!("one tenant expected");
+        };
+        assert_eq!((tenant.request_queues, tenant.queue_size), (2, 256));
+        assert_eq!(tenant.name, "0");
         assert_eq!(
-            parse(&["--queue-size", "100"]),
-            Err(ArgsError::QueueSize(100))
+            message(&["--queues", "0"]),
+            "--queues: must be between 1 and 63, got 0"
         );
+        assert!(message(&["--queues", "64"]).starts_with("--queues"));
+        assert!(message(&["--queues", "65536"]).starts_with("--queues"));
         assert_eq!(
-            parse(&["--engine-threads", "0"]),
-            Err(ArgsError::EngineThreads(0))
+            parse(&["--queues", "63"]).unwrap().tenants[0].request_queues,
+            63
         );
+        assert!(message(&["--queue-size", "100"]).starts_with("--queue-size: must be a power"));
+        assert!(message(&["--engine-threads", "0"]).starts_with("--engine-threads"));
+        assert!(message(&["--metrics", "0.0.0.0:80"]).starts_with("--metrics: must be a loopback"));
     }
 
     #[test]
     fn socket_choice() {
         assert!(Args::try_parse_from(["vhost-user-accel"]).is_err());
-        assert!(Args::try_parse_from([
+        let args = Args::try_parse_from(["vhost-user-accel", "--socket-fd", "999"]).unwrap();
+        assert_eq!(
+            vhost_user_accel::error_chain(&Config::try_from(args).unwrap_err()),
+            "--socket-fd: 999 is not an open socket"
+        );
+        let config = parse(&["--socket-path", "/tmp/y.sock"]).unwrap();
+        let names: Vec<&str> = config.tenants.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["0", "1"]);
+        assert!(message(&["--socket-path", "/tmp/x.sock"]).contains("used by two tenants"));
+    }
+
+    #[test]
+    fn socket_count_expands_the_pattern() {
+        let argv = [
             "vhost-user-accel",
             "--socket-path",
-            "a",
-            "--socket-fd",
-            "3"
+            "/run/vm{}.sock",
+            "--socket-count",
+            "3",
+        ];
+        let config = Config::try_from(Args::try_parse_from(argv).unwrap()).unwrap();
+        let sockets: Vec<String> = config
+            .tenants
+            .iter()
+            .map(|t| t.socket.to_string())
+            .collect();
+        assert_eq!(sockets, ["/run/vm0.sock", "/run/vm1.sock", "/run/vm2.sock"]);
+        assert!(message(&["--socket-count", "2"]).contains("{} placeholder"));
+        let two = Args::try_parse_from([
+            "vhost-user-accel",
+            "--socket-path",
+            "/a{}",
+            "--socket-path",
+            "/b{}",
+            "--socket-count",
+            "2",
+        ])
+        .unwrap();
+        assert!(matches!(
+            Config::try_from(two),
+            Err(ArgsError::CountPaths(2))
+        ));
+    }
+
+    #[test]
+    fn a_config_file_excludes_tenant_options() {
+        assert!(Args::try_parse_from([
+            "vhost-user-accel",
+            "--config",
+            "a.toml",
+            "--socket-path",
+            "/x"
         ])
         .is_err());
-        let args = Args::try_parse_from(["vhost-user-accel", "--socket-fd", "999"]).unwrap();
-        assert_eq!(Config::try_from(args), Err(ArgsError::SocketFd(999)));
+        let args = Args::try_parse_from(["vhost-user-accel", "--config", "/nonexistent.toml"]);
+        let e = Config::try_from(args.unwrap()).unwrap_err();
+        assert!(vhost_user_accel::error_chain(&e).starts_with("cannot read /nonexistent.toml: "));
     }
 }

@@ -17,9 +17,10 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::config::Config;
+use crate::config::TenantConfig;
 use crate::device::{Device, DeviceError};
 use crate::engine::Engine;
+use crate::stats::TenantStats;
 
 /// Size of the configuration window a VMM may read (virtio-pci maps device
 /// configuration in a 4 KiB capability).
@@ -37,12 +38,18 @@ pub struct AccelBackend {
 }
 
 impl AccelBackend {
-    /// A backend for `config` on `engine`.
-    pub fn new(config: Config, engine: &Arc<dyn Engine>) -> Result<Self, DeviceError> {
+    /// A backend for tenant number `tenant`, configured by `config`, on
+    /// `engine`; the device counts what it does in `stats`.
+    pub fn new(
+        config: TenantConfig,
+        engine: &Arc<dyn Engine>,
+        tenant: u32,
+        stats: Arc<TenantStats>,
+    ) -> Result<Self, DeviceError> {
         let num_queues = usize::from(config.request_queues) + 1;
         let queue_size = usize::from(config.queue_size);
         Ok(AccelBackend {
-            device: Device::new(config, engine.as_ref())?,
+            device: Device::new(config, engine.as_ref(), tenant, stats)?,
             num_queues,
             queue_size,
             exit_events: Mutex::new(Vec::new()),
@@ -217,9 +224,10 @@ mod tests {
 
     fn backend() -> AccelBackend {
         let engine: Arc<dyn Engine> = Arc::new(SoftwareEngine::new(1).unwrap());
-        let mut config = Config::new(SocketSource::Fd(-1));
+        let mut config = TenantConfig::new("t", SocketSource::Fd(-1));
         config.request_queues = 3;
-        AccelBackend::new(config, &engine).unwrap()
+        let stats = Arc::new(TenantStats::new("t"));
+        AccelBackend::new(config, &engine, 0, stats).unwrap()
     }
 
     #[test]

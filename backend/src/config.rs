@@ -1,16 +1,75 @@
-//! Daemon configuration, independent of how it was given (command line, tests).
+//! Daemon configuration, independent of how it was given (command line,
+//! configuration file, tests): the engine, the metrics endpoint, and the
+//! tenants, each one VM's device behind its own socket.
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
+use thiserror::Error;
 use virtio_accel_spec::VirtioAccelConfig;
 
-/// Most request queues this daemon serves: vhost-user-backend assigns vrings
-/// to worker threads with a 64-bit mask, and the control queue takes one bit.
-/// (The specification allows up to `MAX_REQUEST_QUEUES`, 64.)
+/// Most request queues a tenant's device serves: vhost-user-backend assigns
+/// vrings to worker threads with a 64-bit mask, and the control queue takes
+/// one bit. (The specification allows up to `MAX_REQUEST_QUEUES`, 64.)
 pub const MAX_QUEUES: u16 = 63;
+/// Most engine worker threads.
+pub const MAX_ENGINE_THREADS: usize = 256;
+/// Most tenants one daemon serves.
+pub const MAX_TENANTS: usize = 1024;
+/// Largest scheduling weight of a tenant.
+pub const MAX_WEIGHT: u32 = 1000;
 
-/// Where the vhost-user socket comes from.
+/// A value of the configuration out of its range, or a clash between tenants.
+/// The messages of values leave out the setting's name, which the command
+/// line (`--queues: ...`) and the configuration file (`FILE:LINE: KEY: ...`)
+/// put in front in their own spelling.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Request queues out of range.
+    #[error("must be between 1 and {MAX_QUEUES}, got {0}")]
+    Queues(u64),
+    /// Queue size not a power of two in range.
+    #[error("must be a power of two between 2 and 32768, got {0}")]
+    QueueSize(u64),
+    /// Engine threads out of range.
+    #[error("must be between 1 and {MAX_ENGINE_THREADS}, got {0}")]
+    EngineThreads(u64),
+    /// Weight out of range.
+    #[error("must be between 1 and {MAX_WEIGHT}, got {0}")]
+    Weight(u64),
+    /// A quota of zero would refuse everything.
+    #[error("must be at least 1 (leave the quota out for none)")]
+    ZeroQuota,
+    /// A tenant name that cannot be a metrics label value or a log prefix.
+    #[error("must be 1 to 64 letters, digits, '-', '_' or '.', got {0:?}")]
+    Name(String),
+    /// Two tenants with one name.
+    #[error("tenant name {0:?} is used twice")]
+    DuplicateName(String),
+    /// Two tenants on one socket.
+    #[error("socket {0} is used by two tenants")]
+    DuplicateSocket(String),
+    /// A tenant with both or neither of a socket path and a socket descriptor.
+    #[error("give exactly one of socket and socket-fd")]
+    SocketChoice,
+    /// A descriptor that is not an open socket.
+    #[error("{0} is not an open socket")]
+    SocketFd(RawFd),
+    /// No tenant at all.
+    #[error("no tenant: give --socket-path, --socket-fd or a configuration file with [[tenant]]")]
+    NoTenant,
+    /// Too many tenants.
+    #[error("between 1 and {MAX_TENANTS} tenants, got {0}")]
+    TooManyTenants(usize),
+    /// `--socket-count` with a path that has no `{}`.
+    #[error("needs a socket path with a {{}} placeholder for the index, got {0}")]
+    NoPlaceholder(String),
+    /// A metrics address that is neither `HOST:PORT` on loopback nor `unix:PATH`.
+    #[error("must be a loopback HOST:PORT (127.0.0.1:9105, [::1]:9105) or unix:PATH, got {0:?}")]
+    Metrics(String),
+}
+
+/// Where a tenant's vhost-user socket comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketSource {
     /// Bind and listen on this path (an existing socket file is replaced).
@@ -19,11 +78,52 @@ pub enum SocketSource {
     Fd(RawFd),
 }
 
+impl std::fmt::Display for SocketSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SocketSource::Path(path) => write!(f, "{}", path.display()),
+            SocketSource::Fd(fd) => write!(f, "fd {fd}"),
+        }
+    }
+}
+
 /// Which engine runs the operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
     /// Host CPU threads ([`crate::engine::software::SoftwareEngine`]).
     Software,
+}
+
+/// Where the metrics endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// A TCP port on a loopback address.
+    Tcp(std::net::SocketAddr),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = ConfigError;
+
+    /// `unix:PATH`, or `HOST:PORT` with a loopback host: the endpoint has no
+    /// authentication, so it is never offered beyond this machine.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let refused = || ConfigError::Metrics(text.to_owned());
+        if let Some(path) = text.strip_prefix("unix:") {
+            return if path.is_empty() {
+                Err(refused())
+            } else {
+                Ok(MetricsAddr::Unix(PathBuf::from(path)))
+            };
+        }
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| refused())?;
+        if addr.ip().is_loopback() {
+            Ok(MetricsAddr::Tcp(addr))
+        } else {
+            Err(refused())
+        }
+    }
 }
 
 /// Limits the device reports in its configuration (§5, §10).
@@ -53,33 +153,55 @@ impl Default for Limits {
     }
 }
 
-/// The daemon configuration.
+/// Host policy on what one tenant may use: not reported to the driver; a
+/// request or command past a quota completes with Busy (§9, §10). `None` is
+/// no quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Objects the device holds for the tenant: live ones, and destroyed ones
+    /// that requests still use.
+    pub objects: Option<u64>,
+    /// Bytes of guest memory in those objects.
+    pub object_bytes: Option<u64>,
+    /// Requests in flight over all the tenant's request queues.
+    pub inflight: Option<u64>,
+    /// Requests per second, with a burst of one second's worth.
+    pub jobs_per_sec: Option<u64>,
+    /// Buffer bytes per second (the lengths of a request's buffer
+    /// references), with a burst of one second's worth.
+    pub bytes_per_sec: Option<u64>,
+}
+
+/// One tenant: a VM, its socket and its device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct TenantConfig {
+    /// Name in logs and metrics.
+    pub name: String,
     /// The vhost-user socket.
     pub socket: SocketSource,
     /// Number of request queues (the control queue comes on top).
     pub request_queues: u16,
     /// Largest virtqueue size the device accepts.
     pub queue_size: u16,
-    /// Engine kind.
-    pub engine: EngineKind,
-    /// Worker threads of the software engine.
-    pub engine_threads: usize,
+    /// Share of the engine against other busy tenants.
+    pub weight: u32,
     /// Device limits.
     pub limits: Limits,
+    /// Host quotas.
+    pub quota: Quota,
 }
 
-impl Config {
-    /// A configuration with defaults for everything but the socket.
-    pub fn new(socket: SocketSource) -> Self {
-        Config {
+impl TenantConfig {
+    /// A tenant with defaults for everything but its name and socket.
+    pub fn new(name: impl Into<String>, socket: SocketSource) -> Self {
+        TenantConfig {
+            name: name.into(),
             socket,
             request_queues: 2,
             queue_size: 256,
-            engine: EngineKind::Software,
-            engine_threads: 2,
+            weight: 1,
             limits: Limits::default(),
+            quota: Quota::default(),
         }
     }
 
@@ -95,6 +217,216 @@ impl Config {
             max_inflight: u32::from(self.queue_size).into(),
             max_object_size: self.limits.max_object_size.into(),
             max_buffer_size: self.limits.max_buffer_size.into(),
+        }
+    }
+
+    /// Checks every value of the tenant on its own.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name(&self.name)?;
+        check_queues(u64::from(self.request_queues))?;
+        check_queue_size(u64::from(self.queue_size))?;
+        check_weight(u64::from(self.weight))?;
+        let quota = &self.quota;
+        [
+            quota.objects,
+            quota.object_bytes,
+            quota.inflight,
+            quota.jobs_per_sec,
+            quota.bytes_per_sec,
+        ]
+        .into_iter()
+        .flatten()
+        .try_for_each(check_quota)
+    }
+}
+
+/// The daemon configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Engine kind.
+    pub engine: EngineKind,
+    /// Worker threads of the software engine.
+    pub engine_threads: usize,
+    /// The Prometheus endpoint, if any.
+    pub metrics: Option<MetricsAddr>,
+    /// The tenants.
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl Config {
+    /// A daemon with one default tenant, named `0`, on `socket`.
+    pub fn new(socket: SocketSource) -> Self {
+        Config::with_tenants(vec![TenantConfig::new("0", socket)])
+    }
+
+    /// A daemon with default engine settings serving `tenants`.
+    pub fn with_tenants(tenants: Vec<TenantConfig>) -> Self {
+        Config {
+            engine: EngineKind::Software,
+            engine_threads: 2,
+            metrics: None,
+            tenants,
+        }
+    }
+
+    /// Checks every value, and that tenants share neither a name nor a socket.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_engine_threads(self.engine_threads as u64)?;
+        match self.tenants.len() {
+            0 => return Err(ConfigError::NoTenant),
+            n if n > MAX_TENANTS => return Err(ConfigError::TooManyTenants(n)),
+            _ => {}
+        }
+        for (index, tenant) in self.tenants.iter().enumerate() {
+            tenant.validate()?;
+            let earlier = &self.tenants[..index];
+            if earlier.iter().any(|other| other.name == tenant.name) {
+                return Err(ConfigError::DuplicateName(tenant.name.clone()));
+            }
+            if earlier.iter().any(|other| other.socket == tenant.socket) {
+                return Err(ConfigError::DuplicateSocket(tenant.socket.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tenant names become metrics label values and log prefixes.
+pub fn check_name(name: &str) -> Result<(), ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if (1..=64).contains(&name.len()) && name.chars().all(allowed) {
+        Ok(())
+    } else {
+        Err(ConfigError::Name(name.to_owned()))
+    }
+}
+
+/// Request queues per tenant.
+pub fn check_queues(value: u64) -> Result<u16, ConfigError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|queues| (1..=MAX_QUEUES).contains(queues))
+        .ok_or(ConfigError::Queues(value))
+}
+
+/// Largest virtqueue size.
+pub fn check_queue_size(value: u64) -> Result<u16, ConfigError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|size| *size >= 2 && size.is_power_of_two())
+        .ok_or(ConfigError::QueueSize(value))
+}
+
+/// Software engine threads.
+pub fn check_engine_threads(value: u64) -> Result<usize, ConfigError> {
+    usize::try_from(value)
+        .ok()
+        .filter(|threads| (1..=MAX_ENGINE_THREADS).contains(threads))
+        .ok_or(ConfigError::EngineThreads(value))
+}
+
+/// Scheduling weight.
+pub fn check_weight(value: u64) -> Result<u32, ConfigError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|weight| (1..=MAX_WEIGHT).contains(weight))
+        .ok_or(ConfigError::Weight(value))
+}
+
+/// An inherited socket descriptor: it must be open and a socket.
+pub fn check_socket_fd(fd: RawFd) -> Result<RawFd, ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
+    // The link in /proc names what the descriptor is open on, if it is open.
+    let is_socket = fd >= 0
+        && std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .is_ok_and(|m| m.file_type().is_socket());
+    if is_socket {
+        Ok(fd)
+    } else {
+        Err(ConfigError::SocketFd(fd))
+    }
+}
+
+/// A quota value.
+pub fn check_quota(value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::ZeroQuota)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn tenant(name: &str, path: &str) -> TenantConfig {
+        TenantConfig::new(name, SocketSource::Path(PathBuf::from(path)))
+    }
+
+    #[test]
+    fn tenants_share_neither_names_nor_sockets() {
+        let mut config = Config::with_tenants(vec![tenant("a", "/x"), tenant("b", "/y")]);
+        assert_eq!(config.validate(), Ok(()));
+        config.tenants[1].name = String::from("a");
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateName(String::from("a")))
+        );
+        config.tenants[1] = tenant("b", "/x");
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateSocket(String::from("/x")))
+        );
+        assert_eq!(
+            Config::with_tenants(Vec::new()).validate(),
+            Err(ConfigError::NoTenant)
+        );
+    }
+
+    #[test]
+    fn values_out_of_range_are_named() {
+        let mut one = tenant("ok", "/x");
+        one.quota.inflight = Some(0);
+        assert_eq!(one.validate(), Err(ConfigError::ZeroQuota));
+        one.quota.inflight = Some(1);
+        one.weight = 0;
+        assert_eq!(one.validate(), Err(ConfigError::Weight(0)));
+        assert!(check_name("vm-1.prod_a").is_ok());
+        for bad in ["", "a b", "a\"b", "é", &"x".repeat(65)] {
+            assert_eq!(check_name(bad), Err(ConfigError::Name(bad.to_owned())));
+        }
+        assert_eq!(check_queues(64), Err(ConfigError::Queues(64)));
+        assert_eq!(check_queues(1 << 20), Err(ConfigError::Queues(1 << 20)));
+        assert_eq!(check_queue_size(100), Err(ConfigError::QueueSize(100)));
+        assert_eq!(check_queue_size(65536), Err(ConfigError::QueueSize(65536)));
+        assert_eq!(check_queue_size(32768), Ok(32768));
+    }
+
+    #[test]
+    fn metrics_stay_on_this_machine() {
+        assert_eq!(
+            "127.0.0.1:9105".parse(),
+            Ok(MetricsAddr::Tcp("127.0.0.1:9105".parse().unwrap()))
+        );
+        assert!("[::1]:0".parse::<MetricsAddr>().is_ok());
+        assert_eq!(
+            "unix:/run/m.sock".parse(),
+            Ok(MetricsAddr::Unix(PathBuf::from("/run/m.sock")))
+        );
+        for bad in [
+            "0.0.0.0:9105",
+            "10.1.2.3:80",
+            "localhost:80",
+            "unix:",
+            "9105",
+        ] {
+            assert_eq!(
+                bad.parse::<MetricsAddr>(),
+                Err(ConfigError::Metrics(bad.to_owned()))
+            );
         }
     }
 }

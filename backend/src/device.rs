@@ -27,13 +27,15 @@ use vm_memory::{
 
 use crate::chain::{walk, Walk};
 use crate::command::{decode_control, decode_request, BufSpec, Control, Deps, FenceId};
-use crate::config::Config;
-use crate::engine::{Completion, Engine, EngineError, HwQueue, Job};
+use crate::config::TenantConfig;
+use crate::engine::{Completion, Engine, EngineError, HwQueue, Job, Share};
 use crate::fence::Fences;
-use crate::objects::{Object, ObjectTable};
+use crate::objects::{Object, ObjectError, ObjectTable};
 use crate::ops::Outcome;
+use crate::quota::{Admission, QuotaKind};
 use crate::ratelimit::RateLimit;
 use crate::sg::{Keepalive, SgList};
+use crate::stats::TenantStats;
 use crate::tracking::{HeadSet, RingHistory, Slab};
 
 /// Errors that stop processing of a queue (as opposed to a bad request, which
@@ -72,6 +74,10 @@ struct InFlight {
     fence: FenceId,
     resp: SgList,
     direct_output: bool,
+    /// When the chain was taken.
+    accepted: Instant,
+    /// Sum of the lengths of its buffer references (§6.3).
+    bytes: u64,
     /// Fence attachments: the objects stay alive until this request completes.
     _objects: Vec<Arc<Object>>,
     _mem: Keepalive,
@@ -111,7 +117,7 @@ struct Used {
 
 /// The state of the accelerator device for one connection.
 pub struct Device {
-    config: Config,
+    config: TenantConfig,
     ops: u32,
     features: u64,
     hw_queues: Vec<Box<dyn HwQueue>>,
@@ -131,6 +137,10 @@ pub struct Device {
     history: RingHistory,
     log_limit: RateLimit,
     vrings: Vec<VringRwLock>,
+    /// The tenant's quotas; kept across device resets, so that a reset
+    /// does not refill the rate buckets.
+    admission: Admission,
+    stats: Arc<TenantStats>,
 }
 
 /// How long a reset or a ring stop waits for work on the hardware.
@@ -143,16 +153,27 @@ const CTRL_USED_LEN: u32 = 16;
 const _: () = assert!(CTRL_USED_LEN as usize == CTRL_RESP_SIZE);
 
 impl Device {
-    /// A device for `config`, with one hardware queue of `engine` per request queue.
-    pub fn new(config: Config, engine: &dyn Engine) -> Result<Self, DeviceError> {
+    /// The device of tenant `config`, with one hardware queue of `engine`
+    /// per request queue in `tenant`'s share of the engine; it counts what it
+    /// does in `stats`.
+    pub fn new(
+        config: TenantConfig,
+        engine: &dyn Engine,
+        tenant: u32,
+        stats: Arc<TenantStats>,
+    ) -> Result<Self, DeviceError> {
+        let share = Share {
+            tenant,
+            weight: config.weight,
+        };
         let hw_queues = (0..config.request_queues)
-            .map(|_| engine.create_queue(usize::from(config.queue_size)))
+            .map(|_| engine.create_queue(usize::from(config.queue_size), share))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Device {
             ops: engine.capabilities(),
             features: 0,
             hw_queues,
-            objects: ObjectTable::new(config.limits),
+            objects: ObjectTable::new(config.limits, Arc::clone(&stats)),
             fences: Fences::new(config.request_queues),
             inflight: Slab::default(),
             waiting: HashMap::new(),
@@ -164,6 +185,8 @@ impl Device {
             history: RingHistory::default(),
             log_limit: RateLimit::new(10, Duration::from_secs(1)),
             vrings: Vec::new(),
+            admission: Admission::new(config.quota, Instant::now()),
+            stats,
             config,
         })
     }
@@ -226,6 +249,7 @@ impl Device {
         self.busy_heads.clear();
         self.history.clear();
         self.features = 0;
+        self.stats.set_inflight(0);
     }
 
     /// Quiesces the device for a ring stop (`GET_VRING_BASE`) or a memory
@@ -437,13 +461,34 @@ impl Device {
             fence,
             resp,
             direct_output: false,
+            accepted: Instant::now(),
+            bytes: 0,
             _objects: Vec::new(),
             _mem: Arc::clone(keepalive),
         };
-        match self.prepare(&mut walked, &mut inflight, mem) {
+        let prepared = self
+            .prepare(&mut walked, &mut inflight, mem)
+            .and_then(|prepared| self.admit(inflight.bytes).map(|()| prepared));
+        match prepared {
             Ok((deps, job)) => self.schedule(queue, deps, job, inflight),
             Err(status) => self.finish(inflight, Outcome::failed(status)),
         }
+    }
+
+    /// Applies the tenant's request quotas to a valid request of `bytes`
+    /// buffer bytes: over one, it completes with Busy, not run (§9).
+    fn admit(&mut self, bytes: u64) -> Result<(), Status> {
+        let inflight = self.inflight.len();
+        self.admission
+            .admit_request(inflight, bytes, Instant::now())
+            .map_err(|kind| self.over_quota(kind))
+    }
+
+    /// Counts and logs a refusal by quota `kind`.
+    fn over_quota(&mut self, kind: QuotaKind) -> Status {
+        self.stats.quota_refused(kind);
+        self.guest_error(format_args!("over the {} quota: Busy", kind.name()));
+        Status::Busy
     }
 
     /// Decodes and resolves a request into a job (§6.1, §6.3).
@@ -487,6 +532,11 @@ impl Device {
             .iter()
             .map(|spec| self.resolve(*spec, &mut walked.writable, mem, &mut objects))
             .collect::<Result<_, _>>()?;
+        inflight.bytes = request
+            .inputs
+            .iter()
+            .chain(&request.outputs)
+            .fold(0u64, |sum, spec| sum.saturating_add(spec.len()));
         inflight.direct_output = request
             .outputs
             .iter()
@@ -610,12 +660,15 @@ impl Device {
             0
         };
         let len = u32::try_from(output.saturating_add(RESP_SIZE as u64)).unwrap_or(u32::MAX);
+        self.stats
+            .request_done(outcome.status, inflight.bytes, inflight.accepted.elapsed());
         self.push_used(inflight.vq, inflight.head, len);
         self.signal(inflight.fence);
     }
 
     /// Completes a request that has no room for a response.
     fn finish_unanswered(&mut self, vq: u16, head: u16, fence: FenceId) {
+        self.stats.request_done(Status::Invalid, 0, Duration::ZERO);
         self.push_used(vq, head, 0);
         self.signal(fence);
     }
@@ -679,6 +732,7 @@ impl Device {
     fn flush(&mut self, vrings: &[VringRwLock]) {
         self.submit_ready();
         self.publish_used(vrings);
+        self.stats.set_inflight(self.inflight.len());
     }
 
     /// Sends every ready job to its hardware queue. A refused batch fails
@@ -776,7 +830,10 @@ impl Device {
             return Err(Status::Unsupported);
         }
         let result = match command {
-            Control::ObjectCreate(segments) => self.objects.create(segments, mem).map(u64::from),
+            Control::ObjectCreate(segments) => self
+                .objects
+                .create(segments, mem, &self.admission)
+                .map(u64::from),
             Control::ObjectDestroy(handle) => self.objects.destroy(handle).map(|()| 0),
             Control::FenceQuery(fence) => {
                 return self
@@ -790,9 +847,12 @@ impl Device {
             }
             Control::FenceWait(fences) => return self.prepare_fence_wait(&fences),
         };
-        result.map(ControlOutcome::Done).map_err(|e| {
-            self.guest_error(format_args!("object command: {e}"));
-            e.status()
+        result.map(ControlOutcome::Done).map_err(|e| match e {
+            ObjectError::Quota(kind) => self.over_quota(kind),
+            e => {
+                self.guest_error(format_args!("object command: {e}"));
+                e.status()
+            }
         })
     }
 
@@ -843,6 +903,7 @@ impl Device {
 
     fn answer_control(&mut self, head: u16, resp: &SgList, status: Status, value: u64) {
         resp.write_from(CtrlResp::new(status, value).as_slice());
+        self.stats.command_done(status);
         self.push_used(virtio_accel_spec::CONTROL_QUEUE, head, CTRL_USED_LEN);
     }
 }

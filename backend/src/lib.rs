@@ -9,26 +9,49 @@
 //! - [`command`]: requests and control commands decoded from bytes (§6, §7);
 //! - [`objects`]: the object table, with fence-tracked lifetime (§7.1, §7.2);
 //! - [`ratelimit`]: rate-limited logging of guest errors;
+//! - [`quota`]: a tenant's quotas, applied to requests and objects;
+//! - [`stats`]: a tenant's counters, rendered for Prometheus;
 //! - [`fence`]: per-queue fence timelines and waiters (§6.2);
 //! - [`tracking`]: the slab of requests in flight and the set of busy ring heads;
 //! - [`device`]: the device model tying them together, one per connection;
 //! - [`backend`]: the `VhostUserBackend` glue;
-//! - [`server`]: the listening socket and the connection loop;
-//! - [`config`]: the daemon configuration.
+//! - [`server`]: the tenants' sockets and connection loops;
+//! - [`metrics`]: the Prometheus endpoint;
+//! - [`shutdown`]: the report of every tenant's counters at exit;
+//! - [`config`]: the daemon configuration, its tenants and their quotas;
+//! - [`config_file`]: the TOML configuration file.
 
 pub mod backend;
 pub mod chain;
 pub mod command;
 pub mod config;
+pub mod config_file;
 pub mod device;
 pub mod engine;
 pub mod fence;
+pub mod metrics;
 pub mod objects;
 pub mod ops;
+pub mod quota;
 pub mod ratelimit;
 pub mod server;
 pub mod sg;
+pub mod shutdown;
+pub mod stats;
 pub mod tracking;
 
-pub use config::{Config, EngineKind, Limits, SocketSource};
+pub use config::{Config, EngineKind, Limits, SocketSource, TenantConfig};
 pub use server::{Server, ServerError};
+
+/// `error` followed by each of its causes, joined with ": ", as the daemon
+/// reports errors to the operator.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::error;
-use vhost_user_accel::{Config, Server};
+use vhost_user_accel::{error_chain, shutdown, Config, Server, SocketSource};
 
 use crate::args::Args;
 
@@ -16,22 +16,31 @@ fn main() -> ExitCode {
     let config = match Config::try_from(Args::parse()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("vhost-user-accel: {e}");
+            eprintln!("vhost-user-accel: {}", error_chain(&e));
             return ExitCode::from(2);
         }
     };
-    let result = Server::bind(config).and_then(|mut server| server.serve_forever());
-    match result {
+    match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
-            error!("{message}");
+            error!("{}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Before any thread starts, so that every thread inherits the mask.
+    let signals = shutdown::block_exit_signals()?;
+    let sockets = config
+        .tenants
+        .iter()
+        .filter_map(|tenant| match &tenant.socket {
+            SocketSource::Path(path) => Some(path.clone()),
+            SocketSource::Fd(_) => None,
+        })
+        .collect();
+    let server = Server::bind(config)?;
+    shutdown::spawn_reporter(signals, server.stats(), sockets)?;
+    Ok(server.serve_forever()?)
 }

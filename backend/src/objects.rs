@@ -14,7 +14,9 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::chain::{translate, ChainError};
 use crate::config::Limits;
+use crate::quota::{Admission, QuotaKind};
 use crate::sg::SgList;
+use crate::stats::TenantStats;
 
 /// Errors of the object table.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub enum ObjectError {
     /// Guest memory changed and no longer holds the object.
     #[error("object memory is gone: {0}")]
     Unmapped(#[source] ChainError),
+    /// A quota of the tenant refuses another object.
+    #[error("over the {} quota", .0.name())]
+    Quota(QuotaKind),
 }
 
 impl ObjectError {
@@ -60,15 +65,25 @@ impl ObjectError {
             ObjectError::TooBig(_) => Status::Limit,
             ObjectError::BadSegment { .. } | ObjectError::Unmapped(_) => Status::BadAddress,
             ObjectError::Range { .. } => Status::Range,
+            ObjectError::Quota(_) => Status::Busy,
         }
     }
 }
 
-/// A live object: guest-physical segments, validated at creation.
+/// A live object: guest-physical segments, validated at creation. It counts
+/// as held by its tenant (quotas, metrics) until it is dropped, after its
+/// handle is destroyed and the last request using it has completed.
 #[derive(Debug)]
 pub struct Object {
     segments: Vec<(u64, u64)>,
     size: u64,
+    stats: Arc<TenantStats>,
+}
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        self.stats.object_released(self.size);
+    }
 }
 
 impl Object {
@@ -119,23 +134,27 @@ pub struct ObjectTable {
     objects: HashMap<u32, Arc<Object>>,
     next_handle: u32,
     limits: Limits,
+    stats: Arc<TenantStats>,
 }
 
 impl ObjectTable {
-    /// An empty table enforcing `limits`.
-    pub fn new(limits: Limits) -> Self {
+    /// An empty table enforcing `limits`, counting held objects in `stats`.
+    pub fn new(limits: Limits, stats: Arc<TenantStats>) -> Self {
         ObjectTable {
             objects: HashMap::new(),
             next_handle: 1,
             limits,
+            stats,
         }
     }
 
-    /// Validates `segments` against `mem` and the limits, and returns the new handle (§7.1).
+    /// Validates `segments` against `mem`, the limits and the tenant's
+    /// quotas, and returns the new handle (§7.1).
     pub fn create(
         &mut self,
         segments: Vec<(u64, u64)>,
         mem: &GuestMemoryMmap,
+        admission: &Admission,
     ) -> Result<u32, ObjectError> {
         if self.objects.len() >= self.limits.max_objects as usize {
             return Err(ObjectError::TooManyObjects(self.limits.max_objects));
@@ -152,9 +171,18 @@ impl ObjectTable {
                 .filter(|&s| s <= self.limits.max_object_size)
                 .ok_or(ObjectError::TooBig(self.limits.max_object_size))?;
         }
+        let (held, held_bytes) = self.stats.held();
+        admission
+            .admit_object(held, held_bytes, size)
+            .map_err(ObjectError::Quota)?;
         let handle = self.free_handle();
-        self.objects
-            .insert(handle, Arc::new(Object { segments, size }));
+        self.stats.object_held(size);
+        let object = Object {
+            segments,
+            size,
+            stats: Arc::clone(&self.stats),
+        };
+        self.objects.insert(handle, Arc::new(object));
         Ok(handle)
     }
 

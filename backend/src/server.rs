@@ -1,15 +1,18 @@
-//! The listening socket and the connection loop.
+//! The listening sockets and the connection loops: one per tenant.
 //!
-//! The daemon listens on one vhost-user socket and serves one VMM connection
-//! at a time with a fresh device; when the VMM disconnects (a VM shut down or
-//! restarted) the device state is dropped and the daemon waits for the next
-//! connection on the same socket.
+//! The daemon binds every tenant's vhost-user socket at start and serves each
+//! on its own thread, one VMM connection at a time with a fresh device; when
+//! the VMM disconnects (a VM shut down, restarted or killed) the device is
+//! drained and dropped, releasing the tenant's objects and fences once its
+//! work on the engine has completed, and the thread waits for the next
+//! connection on the same socket. Tenants share the engine and nothing else.
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -17,17 +20,30 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::backend::AccelBackend;
-use crate::config::{Config, EngineKind, SocketSource};
+use crate::config::{Config, EngineKind, SocketSource, TenantConfig};
 use crate::device::DeviceError;
 use crate::engine::software::SoftwareEngine;
 use crate::engine::{Engine, EngineError};
+use crate::metrics::MetricsServer;
+use crate::stats::TenantStats;
 
 /// Errors of the server.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// The socket could not be bound.
-    #[error("cannot listen on the vhost-user socket")]
-    Listen(#[source] vhost::vhost_user::Error),
+    /// A tenant's socket could not be bound.
+    #[error("tenant {tenant}: cannot listen on the vhost-user socket {socket}")]
+    Listen {
+        /// The tenant.
+        tenant: String,
+        /// Its socket.
+        socket: String,
+        /// The cause.
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    /// The metrics endpoint could not be bound.
+    #[error("cannot listen for metrics")]
+    Metrics(#[source] std::io::Error),
     /// The engine could not start.
     #[error("cannot start the engine")]
     Engine(#[from] EngineError),
@@ -40,45 +56,158 @@ pub enum ServerError {
     /// A completion eventfd could not be registered.
     #[error("cannot register completion events")]
     Register(#[source] std::io::Error),
+    /// A thread could not be started.
+    #[error("cannot start a thread")]
+    Spawn(#[source] std::io::Error),
+    /// A tenant's thread ended with an error.
+    #[error("tenant {tenant} stopped")]
+    Tenant {
+        /// The tenant.
+        tenant: String,
+        /// Why.
+        #[source]
+        source: Box<ServerError>,
+    },
 }
 
 /// Pause before accepting again after a connection failed.
 const RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// A bound socket and the engine shared by all connections.
-pub struct Server {
-    config: Config,
+/// One tenant: its socket, and what outlives its connections.
+struct Tenant {
+    index: u32,
+    config: TenantConfig,
     listener: Listener,
     engine: Arc<dyn Engine>,
+    stats: Arc<TenantStats>,
+}
+
+/// The bound sockets and the engine shared by all tenants.
+pub struct Server {
+    tenants: Vec<Tenant>,
+    metrics: Option<MetricsServer>,
 }
 
 impl Server {
-    /// Binds the socket of `config` and starts its engine.
+    /// Starts the engine of `config` and binds every tenant's socket and the
+    /// metrics endpoint; nothing is served until [`Server::serve_forever`].
     pub fn bind(config: Config) -> Result<Self, ServerError> {
-        let listener = match &config.socket {
-            SocketSource::Path(path) => Listener::new(path, true).map_err(ServerError::Listen)?,
-            // SAFETY: the configuration layer checked that the number names a
-            // listening socket handed to us, which from now on only `Listener` owns.
-            SocketSource::Fd(fd) => unsafe { Listener::from_raw_fd(*fd) },
-        };
         let engine: Arc<dyn Engine> = match config.engine {
             EngineKind::Software => Arc::new(SoftwareEngine::new(config.engine_threads)?),
         };
-        Ok(Server {
-            config,
-            listener,
-            engine,
-        })
+        let tenants = (0u32..)
+            .zip(config.tenants)
+            .map(|(index, config)| {
+                Ok(Tenant {
+                    index,
+                    listener: listen(&config)?,
+                    engine: Arc::clone(&engine),
+                    stats: Arc::new(TenantStats::new(config.name.clone())),
+                    config,
+                })
+            })
+            .collect::<Result<Vec<_>, ServerError>>()?;
+        let metrics = config
+            .metrics
+            .as_ref()
+            .map(MetricsServer::bind)
+            .transpose()
+            .map_err(ServerError::Metrics)?;
+        Ok(Server { tenants, metrics })
+    }
+
+    /// The counters of every tenant, in configuration order.
+    pub fn stats(&self) -> Vec<Arc<TenantStats>> {
+        self.tenants.iter().map(|t| Arc::clone(&t.stats)).collect()
+    }
+
+    /// Serves every tenant on its own thread, and the metrics endpoint, for
+    /// as long as any tenant can be served: a VMM that goes away can come
+    /// back (reconnect) on the same socket. Returns only when every tenant
+    /// has stopped on an error, with the first of them.
+    pub fn serve_forever(self) -> Result<(), ServerError> {
+        if let Some(metrics) = self.metrics {
+            metrics.spawn(self.tenants.iter().map(|t| Arc::clone(&t.stats)).collect())?;
+        }
+        let threads = self
+            .tenants
+            .into_iter()
+            .map(|tenant| {
+                std::thread::Builder::new()
+                    .name(format!("tenant-{}", tenant.config.name))
+                    .spawn(move || tenant.serve_forever())
+                    .map_err(ServerError::Spawn)
+            })
+            .collect::<Result<Vec<JoinHandle<_>>, _>>()?;
+        let mut first = None;
+        for thread in threads {
+            let result = thread.join().unwrap_or_else(|_| {
+                Err(ServerError::Spawn(std::io::Error::other(
+                    "a tenant thread panicked",
+                )))
+            });
+            if let Err(e) = result {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+fn listen(config: &TenantConfig) -> Result<Listener, ServerError> {
+    match &config.socket {
+        SocketSource::Path(path) => {
+            Listener::new(path, true).map_err(|source| ServerError::Listen {
+                tenant: config.name.clone(),
+                socket: config.socket.to_string(),
+                source,
+            })
+        }
+        // SAFETY: the configuration layer checked that the number names a
+        // listening socket handed to us, which from now on only `Listener` owns.
+        SocketSource::Fd(fd) => Ok(unsafe { Listener::from_raw_fd(*fd) }),
+    }
+}
+
+impl Tenant {
+    /// Serves connections one after the other until an error that a new
+    /// connection cannot mend.
+    fn serve_forever(mut self) -> Result<(), ServerError> {
+        let name = self.config.name.clone();
+        loop {
+            match self.serve_one() {
+                Ok(()) => info!("tenant {name}: VMM disconnected; waiting for the next connection"),
+                Err(ServerError::Daemon(e)) => {
+                    warn!(
+                        "tenant {name}: connection ended with an error: {e}; \
+                         waiting for the next connection"
+                    );
+                    // An error that repeats at once (say, out of descriptors
+                    // at accept) must not turn into a busy loop.
+                    std::thread::sleep(RETRY_DELAY);
+                }
+                Err(e) => {
+                    error!("tenant {name} stopped: {}", crate::error_chain(&e));
+                    return Err(ServerError::Tenant {
+                        tenant: name,
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
     }
 
     /// Serves one VMM connection until it ends; then drains and resets the
     /// device, so nothing of the connection outlives it (§11).
-    pub fn serve_one(&mut self) -> Result<(), ServerError> {
+    fn serve_one(&mut self) -> Result<(), ServerError> {
         let backend = Arc::new(RwLock::new(AccelBackend::new(
             self.config.clone(),
             &self.engine,
+            self.index,
+            Arc::clone(&self.stats),
         )?));
         let result = self.run_connection(&backend);
+        self.stats.set_connected(false);
         // The daemon is dropped by now (its worker threads joined).
         let mut backend = backend.write().unwrap_or_else(PoisonError::into_inner);
         backend.disconnect();
@@ -99,7 +228,7 @@ impl Server {
                 .collect()
         };
         let mut daemon = VhostUserDaemon::new(
-            String::from("vhost-user-accel"),
+            format!("vhost-user-accel-{}", self.config.name),
             Arc::clone(backend),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
@@ -115,7 +244,8 @@ impl Server {
         daemon
             .start(&mut self.listener)
             .map_err(ServerError::Daemon)?;
-        info!("VMM connected");
+        self.stats.set_connected(true);
+        info!("tenant {}: VMM connected", self.config.name);
         let result = daemon.wait();
         for handler in &handlers {
             handler.send_exit_event();
@@ -126,23 +256,6 @@ impl Server {
                 vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
             )) => Ok(()),
             Err(e) => Err(ServerError::Daemon(e)),
-        }
-    }
-
-    /// Serves connections one after the other, forever: a VMM that goes away
-    /// can come back (reconnect) on the same socket.
-    pub fn serve_forever(&mut self) -> Result<(), ServerError> {
-        loop {
-            match self.serve_one() {
-                Ok(()) => info!("VMM disconnected; waiting for the next connection"),
-                Err(ServerError::Daemon(e)) => {
-                    warn!("connection ended with an error: {e}; waiting for the next connection");
-                    // An error that repeats at once (say, out of descriptors
-                    // at accept) must not turn into a busy loop.
-                    std::thread::sleep(RETRY_DELAY);
-                }
-                Err(e) => return Err(e),
-            }
         }
     }
 }

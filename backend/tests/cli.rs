@@ -38,17 +38,17 @@ fn bad_command_lines_are_refused_with_a_message() {
         (
             &["--socket-path", "/tmp/x", "--queues", "0"],
             2,
-            "--queues must be between 1 and 63",
+            "--queues: must be between 1 and 63, got 0",
         ),
         (
             &["--socket-path", "/tmp/x", "--queue-size", "300"],
             2,
-            "power of two",
+            "--queue-size: must be a power of two",
         ),
         (
             &["--socket-path", "/tmp/x", "--engine-threads", "0"],
             2,
-            "--engine-threads",
+            "--engine-threads: must be between 1 and 256",
         ),
         (
             &["--socket-path", "/tmp/x", "--engine", "gpu"],
@@ -58,17 +58,60 @@ fn bad_command_lines_are_refused_with_a_message() {
         (
             &["--socket-fd", "987"],
             2,
-            "--socket-fd 987 is not an open socket",
+            "--socket-fd: 987 is not an open socket",
+        ),
+        (
+            &["--socket-path", "/tmp/x", "--socket-path", "/tmp/x"],
+            2,
+            "socket /tmp/x is used by two tenants",
+        ),
+        (
+            &["--socket-path", "/tmp/x", "--socket-count", "2"],
+            2,
+            "--socket-count: needs a socket path with a {} placeholder",
+        ),
+        (
+            &["--socket-path", "/tmp/x", "--metrics", "0.0.0.0:9105"],
+            2,
+            "--metrics: must be a loopback HOST:PORT",
+        ),
+        (
+            &["--config", "/nonexistent/accel.toml"],
+            2,
+            "cannot read /nonexistent/accel.toml: No such file",
+        ),
+        (
+            &["--config", "/x.toml", "--queues", "2"],
+            2,
+            "cannot be used with",
         ),
         (
             &["--socket-path", "/nonexistent-dir/accel.sock"],
             1,
-            "cannot listen",
+            "tenant 0: cannot listen on the vhost-user socket /nonexistent-dir/accel.sock",
         ),
     ];
     for (args, code, needle) in cases {
         assert_rejected(args, *code, needle);
     }
+}
+
+#[test]
+fn a_bad_configuration_file_is_refused_with_its_line() {
+    let path = std::env::temp_dir().join(format!("accel-cli-{}-bad.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "engine-threads = 1\n\n[[tenant]]\nname = \"vm1\"\nsocket = \"/tmp/vm1.sock\"\nqueues = 99\n",
+    )
+    .unwrap();
+    let expected = format!(
+        "{}:6: tenant \"vm1\".queues: must be between 1 and 63, got 99",
+        path.display()
+    );
+    assert_rejected(&["--config", path.to_str().unwrap()], 2, &expected);
+    std::fs::write(&path, "[[tenant]]\nname = \"vm1\"\nsockett = \"/tmp/x\"\n").unwrap();
+    assert_rejected(&["--config", path.to_str().unwrap()], 2, "line 3");
+    let _ = std::fs::remove_file(&path);
 }
 
 /// The daemon process, killed when dropped.
@@ -139,4 +182,100 @@ fn accepts_an_inherited_listening_socket() {
     drop(listener);
     crc_through(&socket);
     let _ = std::fs::remove_file(&socket);
+}
+
+/// GET /metrics over a unix socket, retried until the daemon listens.
+fn scrape(socket: &Path) -> String {
+    use std::io::{Read, Write};
+    for _ in 0..200 {
+        if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) {
+            stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).unwrap();
+            return reply;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("no metrics endpoint at {}", socket.display());
+}
+
+#[test]
+fn a_configuration_file_serves_named_tenants_with_metrics_and_a_report_at_exit() {
+    let (vm1, vm2, metrics) = (
+        socket_path("vm1"),
+        socket_path("vm2"),
+        socket_path("metrics"),
+    );
+    let path = std::env::temp_dir().join(format!("accel-cli-{}-two.toml", std::process::id()));
+    let text = format!(
+        "engine-threads = 1\nmetrics = \"unix:{}\"\n\n\
+         [[tenant]]\nname = \"vm1\"\nsocket = \"{}\"\nweight = 2\n\n\
+         [[tenant]]\nname = \"vm2\"\nsocket = \"{}\"\nqueues = 1\n\
+         quota = {{ inflight = 8 }}\n",
+        metrics.display(),
+        vm1.display(),
+        vm2.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let child = Command::new(DAEMON)
+        .args(["--config", path.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let daemon = Running(child);
+    // Both tenants at once, each on its own socket.
+    std::thread::scope(|scope| {
+        scope.spawn(|| crc_through(&vm1));
+        scope.spawn(|| crc_through(&vm2));
+    });
+    crc_through(&vm2);
+    let reply = scrape(&metrics);
+    for line in [
+        "vhost_user_accel_requests_total{tenant=\"vm1\",status=\"ok\"} 1",
+        "vhost_user_accel_requests_total{tenant=\"vm2\",status=\"ok\"} 2",
+        "vhost_user_accel_connections_total{tenant=\"vm2\"} 2",
+        "vhost_user_accel_bytes_total{tenant=\"vm1\"} 9",
+    ] {
+        assert!(reply.lines().any(|l| l == line), "no {line:?} in {reply}");
+    }
+    // SIGTERM: a report of each tenant, the sockets removed, exit status 0.
+    let mut daemon = daemon;
+    let child = &mut daemon.0;
+    // SAFETY: sends a signal to the child this test started and still owns.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("tenant vm1: 1 connections, 1 requests (1 ok"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tenant vm2: 2 connections, 2 requests (2 ok"),
+        "{stderr}"
+    );
+    assert!(!vm1.exists() && !vm2.exists(), "sockets left behind");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn socket_count_serves_every_socket_of_the_pattern() {
+    let pattern = socket_path("count-{}");
+    let _daemon = Running(
+        Command::new(DAEMON)
+            .args([
+                "--socket-path",
+                pattern.to_str().unwrap(),
+                "--socket-count",
+                "3",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for index in 0..3 {
+        let socket = pattern.to_str().unwrap().replace("{}", &index.to_string());
+        crc_through(Path::new(&socket));
+    }
 }

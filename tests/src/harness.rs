@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use accel_driver::{Device, DmaMemory, OpenOptions, VhostUserOptions, VhostUserTransport};
-use vhost_user_accel::{Config, Server, SocketSource};
+use std::sync::Arc;
+use vhost_user_accel::stats::TenantStats;
+use vhost_user_accel::{Config, Server, SocketSource, TenantConfig};
 
 /// A device opened over vhost-user.
 pub type AccelDevice = Device<VhostUserTransport>;
@@ -18,14 +20,21 @@ pub type AccelDevice = Device<VhostUserTransport>;
 /// Environment variable naming the socket of an external daemon to test.
 pub const EXTERNAL_SOCKET_ENV: &str = "ACCEL_TEST_SOCKET";
 
-/// A running daemon and its socket.
-#[derive(Debug)]
+/// A running daemon's tenant and its socket.
+#[derive(Debug, Clone)]
 pub struct Daemon {
     socket: PathBuf,
     queue_size: u16,
+    /// The tenant's counters, when the daemon runs in this process.
+    stats: Option<Arc<TenantStats>>,
 }
 
-fn unique_socket_path() -> PathBuf {
+/// Environment variable naming the sockets of tenants of an external daemon,
+/// separated by commas, for the multi-tenant tests (`tests/tests/tenants.rs`).
+pub const EXTERNAL_TENANTS_ENV: &str = "ACCEL_TEST_TENANTS";
+
+/// A socket path of its own for each test daemon's tenant.
+pub fn unique_socket_path() -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!(
@@ -34,44 +43,99 @@ fn unique_socket_path() -> PathBuf {
     ))
 }
 
+/// A tenant named `name` with default settings on a fresh socket.
+pub fn tenant(name: &str) -> TenantConfig {
+    TenantConfig::new(name, SocketSource::Path(unique_socket_path()))
+}
+
 impl Daemon {
     /// Starts a daemon with the default configuration.
     pub fn start() -> Daemon {
         Daemon::start_with(|_| ())
     }
 
-    /// Starts a daemon whose configuration `configure` adjusts; the socket is
-    /// listening when this returns. With `ACCEL_TEST_SOCKET` set, uses that
-    /// daemon instead (which must run with the default configuration).
-    pub fn start_with(configure: impl FnOnce(&mut Config)) -> Daemon {
+    /// Starts a daemon of one tenant whose configuration `configure`
+    /// adjusts; the socket is listening when this returns. With
+    /// `ACCEL_TEST_SOCKET` set, uses that daemon instead (which must run
+    /// with the default configuration).
+    pub fn start_with(configure: impl FnOnce(&mut TenantConfig)) -> Daemon {
         if let Some(socket) = std::env::var_os(EXTERNAL_SOCKET_ENV) {
             return Daemon::external(PathBuf::from(socket));
         }
-        let socket = unique_socket_path();
-        let mut config = Config::new(SocketSource::Path(socket.clone()));
-        configure(&mut config);
-        let queue_size = config.queue_size;
-        let mut server = match Server::bind(config) {
+        let mut one = tenant("0");
+        configure(&mut one);
+        let mut tenants = Daemon::start_config(Config::with_tenants(vec![one]));
+        tenants.remove(0)
+    }
+
+    /// Starts a daemon in this process with `config`; returns one handle per
+    /// tenant, in order, each listening.
+    pub fn start_config(config: Config) -> Vec<Daemon> {
+        let server = match Server::bind(config.clone()) {
             Ok(server) => server,
-            Err(e) => panic!("cannot start the daemon on {}: {e}", socket.display()),
+            Err(e) => panic!(
+                "cannot start the daemon: {}",
+                vhost_user_accel::error_chain(&e)
+            ),
         };
+        let tenants = config
+            .tenants
+            .iter()
+            .zip(server.stats())
+            .map(|(tenant, stats)| Daemon {
+                socket: match &tenant.socket {
+                    SocketSource::Path(path) => path.clone(),
+                    SocketSource::Fd(_) => PathBuf::new(),
+                },
+                queue_size: tenant.queue_size,
+                stats: Some(stats),
+            })
+            .collect();
         std::thread::Builder::new()
             .name(String::from("daemon"))
             .spawn(move || {
                 if let Err(e) = server.serve_forever() {
-                    eprintln!("daemon stopped: {e}");
+                    eprintln!("daemon stopped: {}", vhost_user_accel::error_chain(&e));
                 }
             })
             .unwrap_or_else(|e| panic!("cannot spawn the daemon thread: {e}"));
-        Daemon { socket, queue_size }
+        tenants
+    }
+
+    /// `count` tenants with default settings: the first `count` sockets of
+    /// [`EXTERNAL_TENANTS_ENV`] when it is set, else those of a new daemon
+    /// in this process.
+    pub fn start_tenants(count: usize) -> Vec<Daemon> {
+        if let Some(list) = std::env::var_os(EXTERNAL_TENANTS_ENV) {
+            let sockets: Vec<Daemon> = list
+                .to_string_lossy()
+                .split(',')
+                .map(|socket| Daemon::external(PathBuf::from(socket)))
+                .take(count)
+                .collect();
+            assert!(
+                sockets.len() == count,
+                "{EXTERNAL_TENANTS_ENV} names {} sockets; this test needs {count}",
+                sockets.len()
+            );
+            return sockets;
+        }
+        let tenants = (0..count).map(|i| tenant(&format!("t{i}"))).collect();
+        Daemon::start_config(Config::with_tenants(tenants))
     }
 
     /// A daemon started elsewhere (with the default configuration), listening on `socket`.
     pub fn external(socket: PathBuf) -> Daemon {
         Daemon {
             socket,
-            queue_size: Config::new(SocketSource::Fd(-1)).queue_size,
+            queue_size: TenantConfig::new("0", SocketSource::Fd(-1)).queue_size,
+            stats: None,
         }
+    }
+
+    /// The tenant's counters (`None` for an external daemon).
+    pub fn stats(&self) -> Option<&TenantStats> {
+        self.stats.as_deref()
     }
 
     /// The socket path.

@@ -31,7 +31,7 @@ use accel_driver::{
 use accel_tests::data::{self, TestRng};
 use accel_tests::harness::{guest_ram, AccelDevice, Daemon, EXTERNAL_SOCKET_ENV};
 use accel_tests::reference::{self, GzipHeader};
-use vhost_user_accel::{Config, Limits, SocketSource};
+use vhost_user_accel::{Limits, SocketSource, TenantConfig};
 use virtio_accel_spec::op::{OpParams, PARAMS_SIZE};
 use virtio_accel_spec::request::RESULT_SIZE;
 use virtio_accel_spec::{
@@ -86,7 +86,7 @@ impl Rig {
 /// A daemon with a configuration other than the default, or `None` (the test
 /// is skipped) when the tests run against an external daemon, whose
 /// configuration is the default.
-fn custom_daemon(test: &str, configure: impl FnOnce(&mut Config)) -> Option<Daemon> {
+fn custom_daemon(test: &str, configure: impl FnOnce(&mut TenantConfig)) -> Option<Daemon> {
     if std::env::var_os(EXTERNAL_SOCKET_ENV).is_some() {
         eprintln!("{test}: skipped, it needs its own daemon configuration");
         return None;
@@ -2398,7 +2398,7 @@ fn reset_completes_taken_requests_and_forgets_state() {
     // The same connection, set up again: a new device instance.
     let options = OpenOptions {
         features: DEFAULT_FEATURES,
-        queue_size: Some(Config::new(SocketSource::Fd(-1)).queue_size),
+        queue_size: Some(TenantConfig::new("0", SocketSource::Fd(-1)).queue_size),
         timeout: Duration::from_secs(20),
         ..OpenOptions::default()
     };
@@ -2606,7 +2606,8 @@ fn memory_table_update() {
 #[test]
 fn default_config_matches_the_daemon() {
     let rig = Rig::new();
-    let expected = Config::new(SocketSource::Fd(-1)).device_config(Op::all_capabilities());
+    let expected =
+        TenantConfig::new("0", SocketSource::Fd(-1)).device_config(Op::all_capabilities());
     assert_eq!(*rig.dev.config(), expected);
     assert_eq!(u32::from(rig.dev.config().ops), 0x3FE, "all 9 operations");
     let features = rig.dev.transport().device_features();

@@ -17,7 +17,7 @@ use accel_tests::data::{self, TestRng};
 use accel_tests::reference::{self, GzipHeader, InflateError};
 use rand::RngCore;
 use vhost_user_accel::engine::software::SoftwareEngine;
-use vhost_user_accel::engine::{self, Completion, Engine, EngineError, HwQueue, Job};
+use vhost_user_accel::engine::{self, Completion, Engine, EngineError, HwQueue, Job, Share};
 use vhost_user_accel::ops::{Operation, Outcome, ParamsError};
 use vhost_user_accel::sg::OwnedBuffers;
 use virtio_accel_spec::op::{OpParams, COMPARE_EQUAL, PARAMS_SIZE};
@@ -167,7 +167,7 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let engine = SoftwareEngine::new(THREADS).unwrap();
-        let queue = engine.create_queue(DEPTH).unwrap();
+        let queue = engine.create_queue(DEPTH, Share::default()).unwrap();
         Rig {
             queue,
             _engine: engine,
@@ -1649,7 +1649,7 @@ fn many_queues_from_many_threads() {
         for (t, mut rng) in forks.into_iter().enumerate() {
             let engine = &engine;
             scope.spawn(move || {
-                let queue = engine.create_queue(DEPTH).unwrap();
+                let queue = engine.create_queue(DEPTH, Share::default()).unwrap();
                 for round in 0..2 {
                     let cases: Vec<_> = (0..100)
                         .map(|i| {
@@ -1712,7 +1712,7 @@ fn concurrency_gives_the_same_results_as_sequential_runs() {
 #[test]
 fn submission_beyond_queue_depth_is_refused() {
     let engine = SoftwareEngine::new(1).unwrap();
-    let queue = engine.create_queue(4).unwrap();
+    let queue = engine.create_queue(4, Share::default()).unwrap();
     let make = |n: usize| -> Vec<Job> {
         (0..n)
             .map(|i| {

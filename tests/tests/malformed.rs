@@ -32,7 +32,7 @@ use accel_driver::{
 use accel_tests::data::TestRng;
 use accel_tests::harness::{guest_ram, AccelDevice, Daemon, EXTERNAL_SOCKET_ENV};
 use accel_tests::reference;
-use vhost_user_accel::Config;
+use vhost_user_accel::TenantConfig;
 use virtio_accel_spec::op::PARAMS_SIZE;
 use virtio_accel_spec::{
     AesGcmParams, BufRef, ControlCommand, Crc32cParams, CtrlReq, CtrlResp, DeflateFormat,
@@ -92,7 +92,7 @@ fn within(name: &'static str, body: impl FnOnce() + Send + 'static) {
 /// A daemon with a configuration of its own, or `None` (the test is then
 /// skipped) when the tests run against an external daemon
 /// ([`EXTERNAL_SOCKET_ENV`]), whose configuration is the default one.
-fn custom_daemon(name: &str, configure: impl FnOnce(&mut Config)) -> Option<Daemon> {
+fn custom_daemon(name: &str, configure: impl FnOnce(&mut TenantConfig)) -> Option<Daemon> {
     if std::env::var_os(EXTERNAL_SOCKET_ENV).is_some() {
         eprintln!("{name}: skipped, it needs a daemon configuration of its own");
         return None;

@@ -3,9 +3,13 @@
 //! An [`Engine`] models an accelerator with shared virtual addressing: its
 //! [`HwQueue`]s take [`Job`]s whose buffers are plain host addresses
 //! ([`SgList`]), a submission rings the doorbell, and completions are reported
-//! through a ring plus an eventfd, like an MSI. The default engine,
-//! [`software::SoftwareEngine`], runs the operations on host CPU threads.
+//! through a ring plus an eventfd, like an MSI. Each queue serves one tenant
+//! ([`Share`]): the engine arbitrates between tenants by weight, as
+//! accelerators do between their queue groups. The default engine,
+//! [`software::SoftwareEngine`], runs the operations on host CPU threads, in
+//! the order of [`scheduler`].
 
+pub mod scheduler;
 pub mod software;
 
 use smallvec::SmallVec;
@@ -66,6 +70,27 @@ pub struct Completion {
     pub outcome: Outcome,
 }
 
+/// The tenant a hardware queue works for: queues of one tenant share its
+/// part of the engine, and busy tenants get engine time in proportion to
+/// their weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Tenant index, unique within the daemon.
+    pub tenant: u32,
+    /// Weight (at least 1); the first queue of a tenant sets it.
+    pub weight: u32,
+}
+
+impl Default for Share {
+    /// Tenant 0 with weight 1.
+    fn default() -> Self {
+        Share {
+            tenant: 0,
+            weight: 1,
+        }
+    }
+}
+
 /// A submission/completion queue pair of an engine.
 pub trait HwQueue: Send + Sync {
     /// Queues `jobs` (draining the vector) and rings the doorbell once.
@@ -90,8 +115,8 @@ pub trait Engine: Send + Sync {
     /// Capability mask of the operations it runs (§5 `ops`).
     fn capabilities(&self) -> u32;
 
-    /// Opens a hardware queue able to hold `depth` jobs in flight.
-    fn create_queue(&self, depth: usize) -> Result<Box<dyn HwQueue>, EngineError>;
+    /// Opens a hardware queue of `share`'s tenant able to hold `depth` jobs in flight.
+    fn create_queue(&self, depth: usize, share: Share) -> Result<Box<dyn HwQueue>, EngineError>;
 }
 
 /// Runs one job through `queue` and waits for its completion: the "direct"

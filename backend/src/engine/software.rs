@@ -1,15 +1,15 @@
 //! The software engine: worker threads that run the operations on the host CPU.
 //!
-//! Every hardware queue feeds one shared run queue; idle workers sleep on a
-//! condition variable. A worker that finishes a job posts the completion to the
-//! job's queue. The queue's eventfd (its interrupt) is moderated like a NIC's:
+//! Every hardware queue feeds the flow of its tenant in one shared run queue,
+//! which serves tenants by weighted fair queueing of engine time
+//! ([`super::scheduler`]); idle workers sleep on a condition variable. A
+//! worker that finishes a job posts the completion to the job's queue. The queue's eventfd (its interrupt) is moderated like a NIC's:
 //! it is raised once per batch of completions, when the queue runs idle, when
 //! [`MODERATION_BATCH`] completions are pending, or when the oldest pending
 //! completion has waited [`MODERATION_DELAY`]; a timer thread enforces that
 //! delay when no other completion comes along (a short job finishing next to a
 //! long one), so a completion never waits longer than that for its interrupt.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
@@ -19,7 +19,8 @@ use log::{error, warn};
 use virtio_accel_spec::{Op, Status};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Completion, Engine, EngineError, HwQueue, Job};
+use super::scheduler::{Charge, FlowId, Scheduler};
+use super::{Completion, Engine, EngineError, HwQueue, Job, Share};
 use crate::ops::{execute, Outcome, Scratch};
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it:
@@ -185,7 +186,7 @@ impl ModerationTimer {
 }
 
 struct RunQueue {
-    jobs: VecDeque<(Job, Arc<CompletionRing>)>,
+    jobs: Scheduler<(Job, Arc<CompletionRing>)>,
     /// Workers asleep on [`Shared::wake`]: a submission wakes at most this
     /// many, and none (no futex call) while every worker is busy.
     sleeping: usize,
@@ -210,7 +211,7 @@ impl SoftwareEngine {
     pub fn new(threads: usize) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared {
             run: Mutex::new(RunQueue {
-                jobs: VecDeque::new(),
+                jobs: Scheduler::new(threads.max(1)),
                 sleeping: 0,
                 shutdown: false,
             }),
@@ -247,11 +248,16 @@ impl SoftwareEngine {
 
 fn worker_loop(shared: &Shared) {
     let mut scratch = Scratch::default();
+    // The engine time of the last job, charged to its flow under the next lock.
+    let mut done: Option<(Charge, Duration)> = None;
     loop {
-        let (job, ring) = {
+        let ((job, ring), charge) = {
             let mut run = lock(&shared.run);
+            if let Some((charge, elapsed)) = done.take() {
+                run.jobs.complete(charge, elapsed);
+            }
             loop {
-                if let Some(next) = run.jobs.pop_front() {
+                if let Some(next) = run.jobs.pop(Instant::now()) {
                     break next;
                 }
                 if run.shutdown {
@@ -265,7 +271,9 @@ fn worker_loop(shared: &Shared) {
                 run.sleeping -= 1;
             }
         };
+        let started = Instant::now();
         let outcome = run_job(&job, &mut scratch);
+        done = Some((charge, started.elapsed()));
         let cookie = job.cookie;
         // The buffers are done with: release their mappings before completing.
         drop(job);
@@ -311,7 +319,8 @@ impl Engine for SoftwareEngine {
         Op::all_capabilities()
     }
 
-    fn create_queue(&self, depth: usize) -> Result<Box<dyn HwQueue>, EngineError> {
+    fn create_queue(&self, depth: usize, share: Share) -> Result<Box<dyn HwQueue>, EngineError> {
+        let flow = lock(&self.shared.run).jobs.flow(share.tenant, share.weight);
         let event = EventFd::new(0).map_err(|source| EngineError::Resource {
             what: "completion eventfd",
             source,
@@ -324,6 +333,7 @@ impl Engine for SoftwareEngine {
                 event,
             }),
             depth,
+            flow,
         }))
     }
 }
@@ -333,6 +343,8 @@ struct SoftwareQueue {
     shared: Arc<Shared>,
     ring: Arc<CompletionRing>,
     depth: usize,
+    /// The run queue's flow of this queue's tenant.
+    flow: FlowId,
 }
 
 impl HwQueue for SoftwareQueue {
@@ -348,8 +360,10 @@ impl HwQueue for SoftwareQueue {
                 self.ring.outstanding.fetch_sub(count, Ordering::AcqRel);
                 return Err(EngineError::ShutDown);
             }
-            run.jobs
-                .extend(jobs.drain(..).map(|job| (job, Arc::clone(&self.ring))));
+            let now = Instant::now();
+            for job in jobs.drain(..) {
+                run.jobs.push(self.flow, (job, Arc::clone(&self.ring)), now);
+            }
             count.min(run.sleeping)
         };
         for _ in 0..wake {
@@ -364,10 +378,9 @@ impl HwQueue for SoftwareQueue {
 
     fn cancel(&self) -> Vec<Job> {
         let mut run = lock(&self.shared.run);
-        let (mine, others): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut run.jobs)
-            .into_iter()
-            .partition(|(_, ring)| Arc::ptr_eq(ring, &self.ring));
-        run.jobs = others;
+        let mine = run
+            .jobs
+            .remove_where(|(_, ring)| Arc::ptr_eq(ring, &self.ring));
         // Under the run lock no worker can start one of them meanwhile.
         self.ring
             .outstanding
@@ -397,7 +410,7 @@ mod tests {
     #[test]
     fn depth_counts_unreaped_completions() {
         let engine = SoftwareEngine::new(1).unwrap();
-        let queue = engine.create_queue(2).unwrap();
+        let queue = engine.create_queue(2, Share::default()).unwrap();
         queue.submit(&mut vec![fill_job(1), fill_job(2)]).unwrap();
         let mut third = vec![fill_job(3)];
         assert!(matches!(
@@ -417,7 +430,7 @@ mod tests {
     #[test]
     fn a_short_job_next_to_a_long_one_is_not_held_back() {
         let engine = SoftwareEngine::new(2).unwrap();
-        let queue = engine.create_queue(4).unwrap();
+        let queue = engine.create_queue(4, Share::default()).unwrap();
         let long = OwnedBuffers::new(vec![vec![7; 64 << 20], vec![0; 64 << 20]])
             .job(Operation::Copy, &[0], &[1], |_| 4096, 1)
             .unwrap();
@@ -441,7 +454,7 @@ mod tests {
     #[test]
     fn last_completion_always_raises_the_interrupt() {
         let engine = SoftwareEngine::new(2).unwrap();
-        let queue = engine.create_queue(64).unwrap();
+        let queue = engine.create_queue(64, Share::default()).unwrap();
         let mut jobs: Vec<Job> = (0..40).map(fill_job).collect();
         queue.submit(&mut jobs).unwrap();
         let mut done = Vec::new();

@@ -10,9 +10,8 @@ use vhost_user_accel::{Config, Server, SocketSource};
 /// Starts a daemon with two request queues on a fresh socket in `dir`.
 fn daemon(dir: &Path) -> PathBuf {
     let socket = dir.join("accel.sock");
-    let mut config = Config::new(SocketSource::Path(socket.clone()));
-    config.request_queues = 2;
-    let mut server = Server::bind(config).unwrap();
+    let config = Config::new(SocketSource::Path(socket.clone()));
+    let server = Server::bind(config).unwrap();
     std::thread::spawn(move || server.serve_forever());
     socket
 }

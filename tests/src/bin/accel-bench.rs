@@ -12,13 +12,14 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 
 use accel_driver::{DmaBuf, DmaMemory};
-use accel_tests::harness::Daemon;
+use accel_tests::harness::{tenant, Daemon};
 use accel_tests::workload::{engine_job, Workload};
 use accelctl::bench::{make_slots, pipeline, Run, Slot, BENCH_SEED};
 use accelctl::data::DataSource;
 use clap::Parser;
 use vhost_user_accel::engine::software::SoftwareEngine;
-use vhost_user_accel::engine::{Engine, HwQueue};
+use vhost_user_accel::engine::{Engine, HwQueue, Share};
+use vhost_user_accel::Config;
 use virtio_accel_spec::Op;
 
 #[derive(Debug, Parser)]
@@ -153,12 +154,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     let ops = selected_ops(&args.ops)?;
     let largest = args.sizes.iter().copied().max().unwrap_or(0);
-    let daemon = Daemon::start_with(|config| config.engine_threads = args.engine_threads);
+    let config = Config {
+        engine_threads: args.engine_threads,
+        ..Config::with_tenants(vec![tenant("bench")])
+    };
+    let daemon = Daemon::start_config(config).remove(0);
     let ram = (args.depth * (3 * largest + largest / 4 + 8192)).div_ceil(1 << 20) + 64;
     let memory = accel_tests::harness::guest_ram(ram);
     let device = daemon.connect(&memory);
     let engine = SoftwareEngine::new(args.engine_threads)?;
-    let queue = engine.create_queue(args.depth)?;
+    let queue = engine.create_queue(args.depth, Share::default())?;
     // The data `accelctl bench` uses, so both report on the same jobs.
     let mut data = DataSource::new(BENCH_SEED);
     let duration = Duration::from_secs_f64(args.seconds);

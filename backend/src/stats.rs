@@ -1,0 +1,437 @@
+//! Per-tenant counters, written by the tenant's device with relaxed atomics
+//! and read by the metrics endpoint and the exit report: requests by status,
+//! bytes, quota refusals, what is in flight and held, and a latency histogram.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use virtio_accel_spec::Status;
+
+use crate::quota::QuotaKind;
+
+/// Upper bounds of the latency histogram's buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 15] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    1_000_000,
+];
+
+/// Latency from taking a request to its completion.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one latency.
+    pub fn observe(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_US.partition_point(|bound| *bound < us);
+        if let Some(counter) = self.buckets.get(bucket) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per upper bound in seconds (`None` is +Inf), and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<(Option<f64>, u64)>, f64) {
+        let mut total = 0;
+        let bounds = LATENCY_BOUNDS_US
+            .iter()
+            .map(|us| Some(*us as f64 / 1e6))
+            .chain([None]);
+        let cumulative = bounds
+            .zip(&self.buckets)
+            .map(|(bound, count)| {
+                total += count.load(Ordering::Relaxed);
+                (bound, total)
+            })
+            .collect();
+        (cumulative, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+
+    /// The latency below which `per_mille` thousandths of the observations
+    /// fall, as the upper bound of its bucket (`None`: no observation, or
+    /// past the last bound).
+    pub fn quantile_bound(&self, per_mille: u64) -> Option<Duration> {
+        let (cumulative, _) = self.snapshot();
+        let total = cumulative.last().map_or(0, |(_, count)| *count);
+        if total == 0 {
+            return None;
+        }
+        let wanted = total.saturating_mul(per_mille).div_ceil(1000);
+        cumulative
+            .iter()
+            .find(|(_, count)| *count >= wanted)
+            .and_then(|(bound, _)| bound.map(Duration::from_secs_f64))
+    }
+}
+
+/// The counters of one tenant.
+#[derive(Debug)]
+pub struct TenantStats {
+    name: String,
+    /// Requests completed, by status value.
+    requests: [AtomicU64; Status::ALL.len()],
+    /// Control commands answered, by status value.
+    commands: [AtomicU64; Status::ALL.len()],
+    /// Buffer bytes of requests completed with Ok.
+    bytes: AtomicU64,
+    /// Requests and commands refused with Busy, by quota.
+    quota_refusals: [AtomicU64; QuotaKind::ALL.len()],
+    /// Requests in flight (a gauge).
+    inflight: AtomicU64,
+    /// Objects the device holds, live or still in use after OBJECT_DESTROY (a gauge).
+    objects: AtomicU64,
+    /// Bytes of those objects (a gauge).
+    object_bytes: AtomicU64,
+    /// VMM connections accepted.
+    connections: AtomicU64,
+    /// Whether a VMM is connected (a gauge).
+    connected: AtomicU64,
+    latency: Histogram,
+}
+
+fn status_slot(counters: &[AtomicU64], status: Status) -> Option<&AtomicU64> {
+    counters.get(u32::from(status) as usize)
+}
+
+impl TenantStats {
+    /// Zeroed counters for tenant `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        TenantStats {
+            name: name.into(),
+            requests: Default::default(),
+            commands: Default::default(),
+            bytes: AtomicU64::new(0),
+            quota_refusals: Default::default(),
+            inflight: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
+            object_bytes: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            latency: Histogram::default(),
+        }
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A request completed with `status` after `latency`; `bytes` are its
+    /// buffer bytes.
+    pub fn request_done(&self, status: Status, bytes: u64, latency: Duration) {
+        if let Some(counter) = status_slot(&self.requests, status) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if status.is_ok() {
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        self.latency.observe(latency);
+    }
+
+    /// A control command was answered with `status`.
+    pub fn command_done(&self, status: Status) {
+        if let Some(counter) = status_slot(&self.commands, status) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A quota refused a request or a command.
+    pub fn quota_refused(&self, kind: QuotaKind) {
+        if let Some(counter) = self.quota_refusals.get(kind.index()) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the number of requests in flight.
+    pub fn set_inflight(&self, count: usize) {
+        self.inflight.store(count as u64, Ordering::Relaxed);
+    }
+
+    /// An object of `size` bytes is now held.
+    pub fn object_held(&self, size: u64) {
+        self.objects.fetch_add(1, Ordering::Relaxed);
+        self.object_bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// An object of `size` bytes was released.
+    pub fn object_released(&self, size: u64) {
+        self.objects.fetch_sub(1, Ordering::Relaxed);
+        self.object_bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// Objects held and their bytes.
+    pub fn held(&self) -> (u64, u64) {
+        (
+            self.objects.load(Ordering::Relaxed),
+            self.object_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A VMM connected (`true`) or went away.
+    pub fn set_connected(&self, connected: bool) {
+        if connected {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+        }
+        self.connected
+            .store(u64::from(connected), Ordering::Relaxed);
+    }
+
+    /// Requests completed with `status`.
+    pub fn requests(&self, status: Status) -> u64 {
+        status_slot(&self.requests, status).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Refusals by quota `kind`.
+    pub fn quota_refusals(&self, kind: QuotaKind) -> u64 {
+        self.quota_refusals
+            .get(kind.index())
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The latency histogram.
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
+    }
+
+    /// One line for the log: totals of what the tenant did.
+    pub fn summary(&self) -> String {
+        let total = |counters: &[AtomicU64]| -> u64 {
+            counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        };
+        let ok = self.requests(Status::Ok);
+        let refused: u64 = total(&self.quota_refusals);
+        let p99 = self
+            .latency
+            .quantile_bound(990)
+            .map_or_else(|| String::from("-"), |d| format!("<= {d:?}"));
+        format!(
+            "tenant {}: {} connections, {} requests ({} ok, {} failed, {} over quota), \
+             {} bytes, {} commands, p99 latency {p99}",
+            self.name,
+            self.connections.load(Ordering::Relaxed),
+            total(&self.requests),
+            ok,
+            total(&self.requests) - ok,
+            refused,
+            self.bytes.load(Ordering::Relaxed),
+            total(&self.commands),
+        )
+    }
+}
+
+/// `CamelCase` as `snake_case`, for status names in label values.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (index, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && index > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Selects one counter of a tenant.
+type Pick = fn(&TenantStats) -> &AtomicU64;
+
+/// Writes one metric family's header.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP vhost_user_accel_{name} {help}");
+    let _ = writeln!(out, "# TYPE vhost_user_accel_{name} {kind}");
+}
+
+/// The Prometheus text exposition (format 0.0.4) of every tenant's counters.
+/// Tenant names are restricted to characters that need no escaping
+/// ([`crate::config::check_name`]).
+pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
+    let mut out = String::new();
+    let by_status =
+        |out: &mut String, name: &str, help: &str, pick: fn(&TenantStats) -> &[AtomicU64]| {
+            family(out, name, "counter", help);
+            for tenant in tenants {
+                for (status, counter) in Status::ALL.iter().zip(pick(tenant)) {
+                    let status = snake_case(&format!("{status:?}"));
+                    let _ = writeln!(
+                        out,
+                        "vhost_user_accel_{name}{{tenant=\"{}\",status=\"{status}\"}} {}",
+                        tenant.name,
+                        counter.load(Ordering::Relaxed)
+                    );
+                }
+            }
+        };
+    by_status(
+        &mut out,
+        "requests_total",
+        "Requests completed, by status.",
+        |t| &t.requests,
+    );
+    by_status(
+        &mut out,
+        "commands_total",
+        "Control commands answered, by status.",
+        |t| &t.commands,
+    );
+    family(
+        &mut out,
+        "quota_refusals_total",
+        "counter",
+        "Requests and commands refused with Busy, by quota.",
+    );
+    for tenant in tenants {
+        for (kind, counter) in QuotaKind::ALL.iter().zip(&tenant.quota_refusals) {
+            let _ = writeln!(
+                out,
+                "vhost_user_accel_quota_refusals_total{{tenant=\"{}\",quota=\"{}\"}} {}",
+                tenant.name,
+                kind.name(),
+                counter.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let singles: [(&str, &str, &str, Pick); 6] = [
+        (
+            "bytes_total",
+            "counter",
+            "Buffer bytes of requests completed with Ok.",
+            |t| &t.bytes,
+        ),
+        (
+            "inflight_requests",
+            "gauge",
+            "Requests taken and not completed.",
+            |t| &t.inflight,
+        ),
+        (
+            "objects",
+            "gauge",
+            "Objects held, live or in use after destruction.",
+            |t| &t.objects,
+        ),
+        ("object_bytes", "gauge", "Bytes of the objects held.", |t| {
+            &t.object_bytes
+        }),
+        (
+            "connections_total",
+            "counter",
+            "VMM connections accepted.",
+            |t| &t.connections,
+        ),
+        ("connected", "gauge", "Whether a VMM is connected.", |t| {
+            &t.connected
+        }),
+    ];
+    for (name, kind, help, pick) in singles {
+        family(&mut out, name, kind, help);
+        for tenant in tenants {
+            let _ = writeln!(
+                out,
+                "vhost_user_accel_{name}{{tenant=\"{}\"}} {}",
+                tenant.name,
+                pick(tenant).load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "request_latency_seconds";
+    family(
+        &mut out,
+        name,
+        "histogram",
+        "Time from taking a request to its completion.",
+    );
+    for tenant in tenants {
+        let (buckets, sum) = tenant.latency.snapshot();
+        let count = buckets.last().map_or(0, |(_, count)| *count);
+        for (bound, cumulative) in buckets {
+            let le = bound.map_or_else(|| String::from("+Inf"), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "vhost_user_accel_{name}_bucket{{tenant=\"{}\",le=\"{le}\"}} {cumulative}",
+                tenant.name
+            );
+        }
+        let _ = writeln!(
+            out,
+            "vhost_user_accel_{name}_sum{{tenant=\"{}\"}} {sum}",
+            tenant.name
+        );
+        let _ = writeln!(
+            out,
+            "vhost_user_accel_{name}_count{{tenant=\"{}\"}} {count}",
+            tenant.name
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn counters_render_as_prometheus_text() {
+        let a = Arc::new(TenantStats::new("vm-a"));
+        let b = Arc::new(TenantStats::new("vm-b"));
+        a.request_done(Status::Ok, 4096, Duration::from_micros(30));
+        a.request_done(Status::NoObject, 10, Duration::from_micros(5));
+        a.quota_refused(QuotaKind::Inflight);
+        a.set_connected(true);
+        b.request_done(Status::Ok, 1, Duration::from_secs(3));
+        let text = render(&[a, b]);
+        for line in [
+            "vhost_user_accel_requests_total{tenant=\"vm-a\",status=\"ok\"} 1",
+            "vhost_user_accel_requests_total{tenant=\"vm-a\",status=\"no_object\"} 1",
+            "vhost_user_accel_requests_total{tenant=\"vm-b\",status=\"device_error\"} 0",
+            "vhost_user_accel_quota_refusals_total{tenant=\"vm-a\",quota=\"inflight\"} 1",
+            "vhost_user_accel_bytes_total{tenant=\"vm-a\"} 4096",
+            "vhost_user_accel_connected{tenant=\"vm-a\"} 1",
+            "vhost_user_accel_connections_total{tenant=\"vm-b\"} 0",
+            "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-a\",le=\"0.00001\"} 1",
+            "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-a\",le=\"0.00005\"} 2",
+            "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-b\",le=\"1\"} 0",
+            "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-b\",le=\"+Inf\"} 1",
+            "vhost_user_accel_request_latency_seconds_count{tenant=\"vm-a\"} 2",
+            "# TYPE vhost_user_accel_request_latency_seconds histogram",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // Every sample line is NAME{LABELS} VALUE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+            assert!(series.ends_with('}'), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn quantiles_come_from_the_buckets() {
+        let histogram = Histogram::default();
+        assert_eq!(histogram.quantile_bound(990), None);
+        for _ in 0..99 {
+            histogram.observe(Duration::from_micros(20));
+        }
+        histogram.observe(Duration::from_millis(3));
+        assert_eq!(
+            histogram.quantile_bound(500),
+            Some(Duration::from_micros(25))
+        );
+        assert_eq!(
+            histogram.quantile_bound(990),
+            Some(Duration::from_micros(25))
+        );
+        assert_eq!(
+            histogram.quantile_bound(1000),
+            Some(Duration::from_millis(5))
+        );
+    }
+}

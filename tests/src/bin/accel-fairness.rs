@@ -1,0 +1,222 @@
+//! `accel-fairness`: how the daemon shares its engine between tenants, in
+//! one run of one daemon in this process, over real vhost-user sockets.
+//!
+//! 1. **Equal tenants**: `--tenants` VMs each keep a queue of 64 KiB copies
+//!    full for `--seconds`; prints each one's jobs/s and Jain's fairness
+//!    index of their throughputs (1 is perfectly fair).
+//! 2. **Flood and victim**: a victim sends 4 KiB CRC-32C jobs one at a time,
+//!    alone and then while another tenant floods 1 MiB copies; prints the
+//!    victim's latency percentiles in both runs and the p99 ratio.
+//! 3. **Scale**: `--scale` VMs connected to one daemon at once, each having
+//!    run a job and holding an object; prints the growth of the process's
+//!    private memory (RssAnon: heap and stacks, not the guest RAM mappings,
+//!    which are shared memory) per tenant. It counts the test VMs' driver
+//!    state too, so it is an upper bound of the daemon's.
+
+use std::error::Error;
+use std::time::{Duration, Instant};
+
+use accel_driver::{Buffer, Request};
+use accel_tests::harness::{guest_ram, tenant, AccelDevice, Daemon};
+use accel_tests::workload::Workload;
+use accelctl::bench::{make_slots, pipeline, BENCH_SEED};
+use accelctl::data::DataSource;
+use clap::Parser;
+use vhost_user_accel::Config;
+use virtio_accel_spec::Op;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark: fairness between tenants of one daemon")]
+struct Args {
+    /// Equal tenants in the first measurement.
+    #[arg(long, default_value_t = 4)]
+    tenants: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Engine worker threads.
+    #[arg(long, default_value_t = 2)]
+    engine_threads: usize,
+    /// Tenants connected at once in the scale measurement.
+    #[arg(long, default_value_t = 64)]
+    scale: usize,
+}
+
+fn daemon(names: &[&str], engine_threads: usize) -> Vec<Daemon> {
+    let config = Config {
+        engine_threads,
+        ..Config::with_tenants(names.iter().map(|name| tenant(name)).collect())
+    };
+    Daemon::start_config(config)
+}
+
+/// Jain's fairness index of `values`.
+fn jain(values: &[f64]) -> f64 {
+    let sum: f64 = values.iter().sum();
+    let squares: f64 = values.iter().map(|v| v * v).sum();
+    sum * sum / (values.len() as f64 * squares)
+}
+
+/// Keeps a queue of `size`-byte `op` jobs `depth` deep for `seconds`.
+fn saturate(
+    daemon: &Daemon,
+    op: Op,
+    size: usize,
+    depth: usize,
+    seconds: f64,
+) -> Result<f64, String> {
+    let workload = Workload::new(op, DataSource::new(BENCH_SEED).text(size));
+    let memory = guest_ram((depth * 3 * size).div_ceil(1 << 20) + 16);
+    let device = daemon.connect(&memory);
+    let slots = make_slots(&workload, &memory, depth).map_err(|e| e.to_string())?;
+    let batch = (depth / 4).max(1);
+    let run = pipeline(&device, 0, &slots, batch, Duration::from_secs_f64(seconds))
+        .map_err(|e| e.to_string())?;
+    device.into_transport().disconnect();
+    Ok(run.jobs_per_sec())
+}
+
+fn equal_tenants(args: &Args) -> Result<(), Box<dyn Error>> {
+    let names: Vec<String> = (0..args.tenants).map(|i| format!("equal{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let tenants = daemon(&names, args.engine_threads);
+    let rates: Vec<f64> = std::thread::scope(|scope| {
+        let runs: Vec<_> = tenants
+            .iter()
+            .map(|t| scope.spawn(|| saturate(t, Op::Copy, 65536, 16, args.seconds)))
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().map_err(|_| String::from("panicked"))?)
+            .collect::<Result<_, String>>()
+    })?;
+    println!(
+        "1. {} equal tenants, 64 KiB copies, 16 deep each:",
+        args.tenants
+    );
+    for (name, rate) in names.iter().zip(&rates) {
+        println!("   {name:<8} {rate:>10.0} jobs/s");
+    }
+    println!(
+        "   total {:.0} jobs/s, Jain fairness index {:.4}",
+        rates.iter().sum::<f64>(),
+        jain(&rates)
+    );
+    Ok(())
+}
+
+/// Latencies of `size`-byte CRC-32C jobs run one at a time for `seconds`.
+fn latencies(device: &AccelDevice, seconds: f64) -> Result<Vec<Duration>, Box<dyn Error>> {
+    let memory = device.memory();
+    let buf = memory.alloc(4096)?;
+    memory.write(&buf, 0, &DataSource::new(BENCH_SEED).text(4096))?;
+    let request = Request::new(Op::Crc32c).input(Buffer::direct(&buf));
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        let sent = Instant::now();
+        device.run(0, &request)?.check()?;
+        samples.push(sent.elapsed());
+    }
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
+    let index = (sorted.len() * per_mille / 1000).min(sorted.len().saturating_sub(1));
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+fn flood_and_victim(args: &Args) -> Result<(), Box<dyn Error>> {
+    let tenants = daemon(&["victim", "flood"], args.engine_threads);
+    let memory = guest_ram(16);
+    let victim = tenants[0].connect(&memory);
+    let solo = latencies(&victim, args.seconds)?;
+    let flooded = std::thread::scope(|scope| {
+        let flood =
+            scope.spawn(|| saturate(&tenants[1], Op::Copy, 1 << 20, 16, args.seconds + 0.4));
+        std::thread::sleep(Duration::from_millis(200));
+        let measured = latencies(&victim, args.seconds);
+        let flood_rate = flood.join();
+        (measured, flood_rate)
+    });
+    let (flooded, flood_rate) = flooded;
+    let flooded = flooded?;
+    let flood_rate = flood_rate.map_err(|_| "flood panicked")??;
+    println!("2. victim: 4 KiB CRC-32C one at a time; flood: 1 MiB copies, 16 deep ({flood_rate:.0} jobs/s)");
+    println!(
+        "   {:<12} {:>8} {:>10} {:>10} {:>10}",
+        "", "jobs", "p50", "p99", "p99.9"
+    );
+    for (label, samples) in [("solo", &solo), ("flooded", &flooded)] {
+        println!(
+            "   {label:<12} {:>8} {:>10.1?} {:>10.1?} {:>10.1?}",
+            samples.len(),
+            percentile(samples, 500),
+            percentile(samples, 990),
+            percentile(samples, 999)
+        );
+    }
+    let ratio = percentile(&flooded, 990).as_secs_f64() / percentile(&solo, 990).as_secs_f64();
+    println!("   victim p99 flooded / solo: {ratio:.2}");
+    Ok(())
+}
+
+/// The process's private resident memory, from /proc/self/status.
+fn rss_anon() -> Result<u64, Box<dyn Error>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .ok_or("no RssAnon in /proc/self/status")?;
+    Ok(kib * 1024)
+}
+
+fn scale(args: &Args) -> Result<(), Box<dyn Error>> {
+    let names: Vec<String> = (0..args.scale).map(|i| format!("vm{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let tenants = daemon(&names, args.engine_threads);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_anon()?;
+    let mut vms = Vec::new();
+    for daemon in &tenants {
+        let memory = guest_ram(4);
+        let device = daemon.connect(&memory);
+        let buf = memory.alloc(4096)?;
+        let handle = device.create_object(&[(buf.gpa(), 4096)])?;
+        let request = Request::new(Op::Sha256).input(Buffer::object(handle, 0, 4096));
+        device.run(0, &request)?.check()?;
+        vms.push((device, memory));
+    }
+    let after = rss_anon()?;
+    let per_tenant = after.saturating_sub(before) as f64 / args.scale as f64;
+    println!(
+        "3. {} tenants connected at once: private memory {:.1} MiB before, {:.1} MiB after, {:.2} MiB per tenant (daemon and test VMs together)",
+        args.scale,
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per_tenant / 1048576.0
+    );
+    for (device, _) in vms {
+        device.into_transport().disconnect();
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = Args::parse();
+    println!(
+        "engine threads {}, {:.1} s per measurement",
+        args.engine_threads, args.seconds
+    );
+    equal_tenants(&args)?;
+    flood_and_victim(&args)?;
+    scale(&args)?;
+    Ok(())
+}
