@@ -18,9 +18,8 @@ use vmm_sys_util::event::{
 };
 
 use crate::config::TenantConfig;
-use crate::device::{Device, DeviceError};
+use crate::device::{Device, DeviceError, TenantState};
 use crate::engine::Engine;
-use crate::stats::TenantStats;
 
 /// Size of the configuration window a VMM may read (virtio-pci maps device
 /// configuration in a 4 KiB capability).
@@ -38,18 +37,16 @@ pub struct AccelBackend {
 }
 
 impl AccelBackend {
-    /// A backend for tenant number `tenant`, configured by `config`, on
-    /// `engine`; the device counts what it does in `stats`.
+    /// A backend for `tenant`, configured by `config`, on `engine`.
     pub fn new(
         config: TenantConfig,
         engine: &Arc<dyn Engine>,
-        tenant: u32,
-        stats: Arc<TenantStats>,
+        tenant: TenantState,
     ) -> Result<Self, DeviceError> {
         let num_queues = usize::from(config.request_queues) + 1;
         let queue_size = usize::from(config.queue_size);
         Ok(AccelBackend {
-            device: Device::new(config, engine.as_ref(), tenant, stats)?,
+            device: Device::new(config, engine.as_ref(), tenant)?,
             num_queues,
             queue_size,
             exit_events: Mutex::new(Vec::new()),
@@ -226,8 +223,8 @@ mod tests {
         let engine: Arc<dyn Engine> = Arc::new(SoftwareEngine::new(1).unwrap());
         let mut config = TenantConfig::new("t", SocketSource::Fd(-1));
         config.request_queues = 3;
-        let stats = Arc::new(TenantStats::new("t"));
-        AccelBackend::new(config, &engine, 0, stats).unwrap()
+        let tenant = TenantState::new(0, &config);
+        AccelBackend::new(config, &engine, tenant).unwrap()
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Default for Limits {
 }
 
 /// Host policy on what one tenant may use: not reported to the driver; a
-/// request or command past a quota completes with Busy (§9, §10). `None` is
+/// request or command past a quota completes with Busy (§10.3). `None` is
 /// no quota.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quota {
@@ -277,17 +277,28 @@ impl Config {
             n if n > MAX_TENANTS => return Err(ConfigError::TooManyTenants(n)),
             _ => {}
         }
-        for (index, tenant) in self.tenants.iter().enumerate() {
-            tenant.validate()?;
-            let earlier = &self.tenants[..index];
-            if earlier.iter().any(|other| other.name == tenant.name) {
-                return Err(ConfigError::DuplicateName(tenant.name.clone()));
-            }
-            if earlier.iter().any(|other| other.socket == tenant.socket) {
-                return Err(ConfigError::DuplicateSocket(tenant.socket.to_string()));
-            }
+        self.tenants.iter().try_for_each(TenantConfig::validate)?;
+        match self.clash() {
+            Some((_, clash)) => Err(clash),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The first tenant with the name or the socket of an earlier one, and
+    /// which of the two it repeats.
+    pub fn clash(&self) -> Option<(usize, ConfigError)> {
+        let tenants = &self.tenants;
+        tenants.iter().enumerate().find_map(|(index, tenant)| {
+            let earlier = tenants.get(..index).unwrap_or_default();
+            if earlier.iter().any(|other| other.name == tenant.name) {
+                Some((index, ConfigError::DuplicateName(tenant.name.clone())))
+            } else if earlier.iter().any(|other| other.socket == tenant.socket) {
+                let socket = tenant.socket.to_string();
+                Some((index, ConfigError::DuplicateSocket(socket)))
+            } else {
+                None
+            }
+        })
     }
 }
 

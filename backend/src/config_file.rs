@@ -135,10 +135,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigFileError> {
     if file.tenant.is_empty() {
         return Err(at.error("tenant", 0..0, ConfigError::NoTenant));
     }
-    for tenant in &file.tenant {
-        let parsed = at.tenant(tenant)?;
-        at.no_clash(&config.tenants, &parsed, tenant)?;
-        config.tenants.push(parsed);
+    config.tenants = file
+        .tenant
+        .iter()
+        .map(|tenant| at.tenant(tenant))
+        .collect::<Result<_, _>>()?;
+    let clash = config.clash();
+    if let Some((tenant, clash)) = clash.and_then(|(i, e)| file.tenant.get(i).map(|t| (t, e))) {
+        return Err(at.clash(tenant, clash));
     }
     // Everything was checked above with its line; this is the last word.
     config.validate().map_err(|e| at.error("tenant", 0..0, e))?;
@@ -235,28 +239,16 @@ impl Locator<'_> {
         })
     }
 
-    /// A tenant's name and socket must be its own.
-    fn no_clash(
-        &self,
-        earlier: &[TenantConfig],
-        parsed: &TenantConfig,
-        tenant: &Tenant,
-    ) -> Result<(), ConfigFileError> {
-        let name = &parsed.name;
-        if earlier.iter().any(|other| other.name == *name) {
-            let e = ConfigError::DuplicateName(name.clone());
-            return Err(self.error(&format!("tenant {name:?}.name"), tenant.name.span(), e));
-        }
-        if earlier.iter().any(|other| other.socket == parsed.socket) {
-            let span = match (&tenant.socket, &tenant.socket_fd) {
-                (Some(path), _) => path.span(),
-                (None, Some(fd)) => fd.span(),
-                (None, None) => tenant.name.span(),
-            };
-            let e = ConfigError::DuplicateSocket(parsed.socket.to_string());
-            return Err(self.error(&format!("tenant {name:?}.socket"), span, e));
-        }
-        Ok(())
+    /// The error of `tenant` repeating an earlier tenant's name or socket,
+    /// at the line of what it repeats.
+    fn clash(&self, tenant: &Tenant, clash: ConfigError) -> ConfigFileError {
+        let name = tenant.name.get_ref();
+        let (field, span) = match (&clash, &tenant.socket, &tenant.socket_fd) {
+            (ConfigError::DuplicateSocket(_), Some(path), _) => ("socket", path.span()),
+            (ConfigError::DuplicateSocket(_), None, Some(fd)) => ("socket-fd", fd.span()),
+            _ => ("name", tenant.name.span()),
+        };
+        self.error(&format!("tenant {name:?}.{field}"), span, clash)
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
@@ -137,10 +137,38 @@ pub struct Device {
     history: RingHistory,
     log_limit: RateLimit,
     vrings: Vec<VringRwLock>,
-    /// The tenant's quotas; kept across device resets, so that a reset
-    /// does not refill the rate buckets.
-    admission: Admission,
+    /// The tenant's quotas; they outlive device resets and connections, so
+    /// that neither refills the rate buckets (§10.3.2).
+    admission: Arc<Mutex<Admission>>,
     stats: Arc<TenantStats>,
+}
+
+/// What the devices of one tenant share, one connection after the other.
+#[derive(Debug, Clone)]
+pub struct TenantState {
+    /// Index of the tenant in the daemon, its share of the engine.
+    pub index: u32,
+    /// Its counters.
+    pub stats: Arc<TenantStats>,
+    /// Its quotas and their rate buckets.
+    pub admission: Arc<Mutex<Admission>>,
+}
+
+impl TenantState {
+    /// Fresh counters and full buckets for tenant number `index`.
+    pub fn new(index: u32, config: &TenantConfig) -> Self {
+        TenantState {
+            index,
+            stats: Arc::new(TenantStats::new(config.name.clone())),
+            admission: Arc::new(Mutex::new(Admission::new(config.quota, Instant::now()))),
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it
+/// (the admission state stays consistent across a panic).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How long a reset or a ring stop waits for work on the hardware.
@@ -154,16 +182,15 @@ const _: () = assert!(CTRL_USED_LEN as usize == CTRL_RESP_SIZE);
 
 impl Device {
     /// The device of tenant `config`, with one hardware queue of `engine`
-    /// per request queue in `tenant`'s share of the engine; it counts what it
-    /// does in `stats`.
+    /// per request queue in the tenant's share of the engine; it counts what
+    /// it does in the tenant's counters and answers to its quotas.
     pub fn new(
         config: TenantConfig,
         engine: &dyn Engine,
-        tenant: u32,
-        stats: Arc<TenantStats>,
+        tenant: TenantState,
     ) -> Result<Self, DeviceError> {
         let share = Share {
-            tenant,
+            tenant: tenant.index,
             weight: config.weight,
         };
         let hw_queues = (0..config.request_queues)
@@ -173,7 +200,7 @@ impl Device {
             ops: engine.capabilities(),
             features: 0,
             hw_queues,
-            objects: ObjectTable::new(config.limits, Arc::clone(&stats)),
+            objects: ObjectTable::new(config.limits, Arc::clone(&tenant.stats)),
             fences: Fences::new(config.request_queues),
             inflight: Slab::default(),
             waiting: HashMap::new(),
@@ -185,8 +212,8 @@ impl Device {
             history: RingHistory::default(),
             log_limit: RateLimit::new(10, Duration::from_secs(1)),
             vrings: Vec::new(),
-            admission: Admission::new(config.quota, Instant::now()),
-            stats,
+            admission: tenant.admission,
+            stats: tenant.stats,
             config,
         })
     }
@@ -476,12 +503,11 @@ impl Device {
     }
 
     /// Applies the tenant's request quotas to a valid request of `bytes`
-    /// buffer bytes: over one, it completes with Busy, not run (§9).
+    /// buffer bytes: over one, it completes with Busy, not run (§10.3).
     fn admit(&mut self, bytes: u64) -> Result<(), Status> {
         let inflight = self.inflight.len();
-        self.admission
-            .admit_request(inflight, bytes, Instant::now())
-            .map_err(|kind| self.over_quota(kind))
+        let admitted = lock(&self.admission).admit_request(inflight, bytes, Instant::now());
+        admitted.map_err(|kind| self.over_quota(kind))
     }
 
     /// Counts and logs a refusal by quota `kind`.
@@ -830,10 +856,12 @@ impl Device {
             return Err(Status::Unsupported);
         }
         let result = match command {
-            Control::ObjectCreate(segments) => self
-                .objects
-                .create(segments, mem, &self.admission)
-                .map(u64::from),
+            Control::ObjectCreate(segments) => {
+                let admission = lock(&self.admission);
+                self.objects
+                    .create(segments, mem, &admission)
+                    .map(u64::from)
+            }
             Control::ObjectDestroy(handle) => self.objects.destroy(handle).map(|()| 0),
             Control::FenceQuery(fence) => {
                 return self

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::error;
+use vhost_user_accel::config::MetricsAddr;
 use vhost_user_accel::{error_chain, shutdown, Config, Server, SocketSource};
 
 use crate::args::Args;
@@ -32,14 +33,18 @@ fn main() -> ExitCode {
 fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Before any thread starts, so that every thread inherits the mask.
     let signals = shutdown::block_exit_signals()?;
-    let sockets = config
+    let tenant_sockets = config
         .tenants
         .iter()
         .filter_map(|tenant| match &tenant.socket {
             SocketSource::Path(path) => Some(path.clone()),
             SocketSource::Fd(_) => None,
-        })
-        .collect();
+        });
+    let metrics_socket = match &config.metrics {
+        Some(MetricsAddr::Unix(path)) => Some(path.clone()),
+        _ => None,
+    };
+    let sockets = tenant_sockets.chain(metrics_socket).collect();
     let server = Server::bind(config)?;
     shutdown::spawn_reporter(signals, server.stats(), sockets)?;
     Ok(server.serve_forever()?)

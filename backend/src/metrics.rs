@@ -1,22 +1,23 @@
 //! The metrics endpoint (`--metrics`): every tenant's counters in the
 //! Prometheus text format over HTTP, on a loopback TCP port or a unix socket.
 //!
-//! One thread answers one request per connection, then closes it. Reads and
-//! writes time out, so a client that stalls holds the endpoint for at most
-//! [`IO_TIMEOUT`]; nothing a client sends reaches the tenants.
+//! One thread answers one request per connection, then closes it. Each
+//! connection has [`IO_TIMEOUT`] in all to send its request and take the
+//! answer, so a client that stalls or trickles holds the endpoint for at most
+//! that long; nothing a client sends reaches the tenants.
 
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
 use crate::config::MetricsAddr;
 use crate::stats::{render, TenantStats};
 
-/// Longest a client may take to send its request or read the answer.
+/// Longest a connection may take to send its request and read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest request head read; the rest is ignored.
 const MAX_REQUEST: usize = 8192;
@@ -117,27 +118,45 @@ impl MetricsServer {
     }
 }
 
-/// Reads one request head and answers it.
+/// Reads one request head and answers it, all before `IO_TIMEOUT` is over.
 fn answer(stream: &mut dyn Stream, tenants: &[Arc<TenantStats>]) -> io::Result<()> {
-    stream.set_timeouts(IO_TIMEOUT)?;
-    let head = read_head(stream)?;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let head = read_head(stream, deadline)?;
     let (status, body) = respond(&head, tenants);
     let reply = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(reply.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
+    let mut rest = reply.as_bytes();
+    while !rest.is_empty() {
+        stream.set_timeouts(remaining(deadline)?)?;
+        let n = stream.write(rest)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        rest = rest.get(n..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// Time left before `deadline`, or a timeout error.
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::ErrorKind::TimedOut.into())
+    } else {
+        Ok(left)
+    }
 }
 
 /// The request head, up to the blank line (or [`MAX_REQUEST`] bytes, or the
 /// end of the stream).
-fn read_head(stream: &mut dyn Stream) -> io::Result<Vec<u8>> {
+fn read_head(stream: &mut dyn Stream, deadline: Instant) -> io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     while head.len() < MAX_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        stream.set_timeouts(remaining(deadline)?)?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             break;
@@ -225,15 +244,31 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_client_does_not_hold_the_endpoint() {
+    fn a_silent_or_trickling_client_holds_the_endpoint_for_io_timeout_at_most() {
         let (bound, _) = serve(&"127.0.0.1:0".parse().unwrap());
         let MetricsAddr::Tcp(addr) = bound else {
             unreachable!()
         };
+        let start = Instant::now();
         let _silent = std::net::TcpStream::connect(addr).unwrap();
-        let start = std::time::Instant::now();
+        // One byte every 0.5 s, each within the socket timeout.
+        let trickler = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            for _ in 0..12 {
+                if stream.write_all(b"G").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
         let reply = get(&bound, b"GET / HTTP/1.0\r\n\r\n");
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-        assert!(start.elapsed() < IO_TIMEOUT * 3, "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < IO_TIMEOUT * 2 + Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        trickler.join().unwrap();
     }
 }

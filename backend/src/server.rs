@@ -5,14 +5,17 @@
 //! the VMM disconnects (a VM shut down, restarted or killed) the device is
 //! drained and dropped, releasing the tenant's objects and fences once its
 //! work on the engine has completed, and the thread waits for the next
-//! connection on the same socket. Tenants share the engine and nothing else.
+//! connection on the same socket. A connection that fails (even for want of
+//! a resource of the whole process, such as descriptors) is retried with a
+//! growing pause: once its socket is bound, a tenant is never given up.
+//! Tenants share the engine and nothing else.
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{info, warn};
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -21,7 +24,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::backend::AccelBackend;
 use crate::config::{Config, EngineKind, SocketSource, TenantConfig};
-use crate::device::DeviceError;
+use crate::device::{DeviceError, TenantState};
 use crate::engine::software::SoftwareEngine;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::MetricsServer;
@@ -59,27 +62,23 @@ pub enum ServerError {
     /// A thread could not be started.
     #[error("cannot start a thread")]
     Spawn(#[source] std::io::Error),
-    /// A tenant's thread ended with an error.
-    #[error("tenant {tenant} stopped")]
-    Tenant {
-        /// The tenant.
-        tenant: String,
-        /// Why.
-        #[source]
-        source: Box<ServerError>,
-    },
+    /// A tenant's thread panicked.
+    #[error("the thread of tenant {0} panicked")]
+    Panicked(String),
 }
 
-/// Pause before accepting again after a connection failed.
+/// Pause before accepting again after a connection failed; it doubles with
+/// each failure in a row, up to [`MAX_RETRY_DELAY`].
 const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between failed connections.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// One tenant: its socket, and what outlives its connections.
 struct Tenant {
-    index: u32,
     config: TenantConfig,
     listener: Listener,
     engine: Arc<dyn Engine>,
-    stats: Arc<TenantStats>,
+    state: TenantState,
 }
 
 /// The bound sockets and the engine shared by all tenants.
@@ -99,10 +98,9 @@ impl Server {
             .zip(config.tenants)
             .map(|(index, config)| {
                 Ok(Tenant {
-                    index,
                     listener: listen(&config)?,
                     engine: Arc::clone(&engine),
-                    stats: Arc::new(TenantStats::new(config.name.clone())),
+                    state: TenantState::new(index, &config),
                     config,
                 })
             })
@@ -118,39 +116,42 @@ impl Server {
 
     /// The counters of every tenant, in configuration order.
     pub fn stats(&self) -> Vec<Arc<TenantStats>> {
-        self.tenants.iter().map(|t| Arc::clone(&t.stats)).collect()
+        self.tenants
+            .iter()
+            .map(|t| Arc::clone(&t.state.stats))
+            .collect()
     }
 
-    /// Serves every tenant on its own thread, and the metrics endpoint, for
-    /// as long as any tenant can be served: a VMM that goes away can come
-    /// back (reconnect) on the same socket. Returns only when every tenant
-    /// has stopped on an error, with the first of them.
+    /// Serves every tenant on its own thread, and the metrics endpoint,
+    /// forever: a VMM that goes away can come back (reconnect) on the same
+    /// socket. Returns only if a thread cannot be started or panics.
     pub fn serve_forever(self) -> Result<(), ServerError> {
         if let Some(metrics) = self.metrics {
-            metrics.spawn(self.tenants.iter().map(|t| Arc::clone(&t.stats)).collect())?;
+            let stats = self
+                .tenants
+                .iter()
+                .map(|t| Arc::clone(&t.state.stats))
+                .collect();
+            metrics.spawn(stats)?;
         }
         let threads = self
             .tenants
             .into_iter()
             .map(|tenant| {
+                let name = tenant.config.name.clone();
                 std::thread::Builder::new()
-                    .name(format!("tenant-{}", tenant.config.name))
+                    .name(format!("tenant-{name}"))
                     .spawn(move || tenant.serve_forever())
+                    .map(|thread| (name, thread))
                     .map_err(ServerError::Spawn)
             })
-            .collect::<Result<Vec<JoinHandle<_>>, _>>()?;
-        let mut first = None;
-        for thread in threads {
-            let result = thread.join().unwrap_or_else(|_| {
-                Err(ServerError::Spawn(std::io::Error::other(
-                    "a tenant thread panicked",
-                )))
-            });
-            if let Err(e) = result {
-                first.get_or_insert(e);
+            .collect::<Result<Vec<(String, JoinHandle<()>)>, _>>()?;
+        for (name, thread) in threads {
+            if thread.join().is_err() {
+                return Err(ServerError::Panicked(name));
             }
         }
-        first.map_or(Ok(()), Err)
+        Ok(())
     }
 }
 
@@ -170,28 +171,28 @@ fn listen(config: &TenantConfig) -> Result<Listener, ServerError> {
 }
 
 impl Tenant {
-    /// Serves connections one after the other until an error that a new
-    /// connection cannot mend.
-    fn serve_forever(mut self) -> Result<(), ServerError> {
-        let name = self.config.name.clone();
+    /// Serves connections one after the other, forever.
+    fn serve_forever(mut self) {
+        let mut delay = RETRY_DELAY;
         loop {
             match self.serve_one() {
-                Ok(()) => info!("tenant {name}: VMM disconnected; waiting for the next connection"),
-                Err(ServerError::Daemon(e)) => {
+                Ok(()) => {
+                    info!(
+                        "tenant {}: VMM disconnected; waiting for the next connection",
+                        self.config.name
+                    );
+                    delay = RETRY_DELAY;
+                }
+                Err(e) => {
                     warn!(
-                        "tenant {name}: connection ended with an error: {e}; \
-                         waiting for the next connection"
+                        "tenant {}: connection failed: {}; retrying in {delay:?}",
+                        self.config.name,
+                        crate::error_chain(&e)
                     );
                     // An error that repeats at once (say, out of descriptors
                     // at accept) must not turn into a busy loop.
-                    std::thread::sleep(RETRY_DELAY);
-                }
-                Err(e) => {
-                    error!("tenant {name} stopped: {}", crate::error_chain(&e));
-                    return Err(ServerError::Tenant {
-                        tenant: name,
-                        source: Box::new(e),
-                    });
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
             }
         }
@@ -203,11 +204,10 @@ impl Tenant {
         let backend = Arc::new(RwLock::new(AccelBackend::new(
             self.config.clone(),
             &self.engine,
-            self.index,
-            Arc::clone(&self.stats),
+            self.state.clone(),
         )?));
         let result = self.run_connection(&backend);
-        self.stats.set_connected(false);
+        self.state.stats.set_connected(false);
         // The daemon is dropped by now (its worker threads joined).
         let mut backend = backend.write().unwrap_or_else(PoisonError::into_inner);
         backend.disconnect();
@@ -244,7 +244,7 @@ impl Tenant {
         daemon
             .start(&mut self.listener)
             .map_err(ServerError::Daemon)?;
-        self.stats.set_connected(true);
+        self.state.stats.set_connected(true);
         info!("tenant {}: VMM connected", self.config.name);
         let result = daemon.wait();
         for handler in &handlers {

@@ -117,11 +117,6 @@ impl TenantStats {
         }
     }
 
-    /// The tenant's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// A request completed with `status` after `latency`; `bytes` are its
     /// buffer bytes.
     pub fn request_done(&self, status: Status, bytes: u64, latency: Duration) {

@@ -229,14 +229,26 @@ fn a_configuration_file_serves_named_tenants_with_metrics_and_a_report_at_exit()
         scope.spawn(|| crc_through(&vm2));
     });
     crc_through(&vm2);
-    let reply = scrape(&metrics);
-    for line in [
+    let expected = [
         "vhost_user_accel_requests_total{tenant=\"vm1\",status=\"ok\"} 1",
         "vhost_user_accel_requests_total{tenant=\"vm2\",status=\"ok\"} 2",
         "vhost_user_accel_connections_total{tenant=\"vm2\"} 2",
         "vhost_user_accel_bytes_total{tenant=\"vm1\"} 9",
-    ] {
-        assert!(reply.lines().any(|l| l == line), "no {line:?} in {reply}");
+    ];
+    // A tenant counts its connection as it starts serving it: poll a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let reply = scrape(&metrics);
+        let missing = expected
+            .iter()
+            .find(|line| !reply.lines().any(|l| l == **line));
+        match missing {
+            None => break,
+            Some(line) if std::time::Instant::now() > deadline => {
+                panic!("no {line:?} in {reply}")
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
     }
     // SIGTERM: a report of each tenant, the sockets removed, exit status 0.
     let mut daemon = daemon;

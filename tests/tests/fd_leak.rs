@@ -108,23 +108,33 @@ fn tenants_coming_and_going_together_leak_nothing() {
     let tenants = Daemon::start_tenants(8);
     eight_vms(&tenants);
     let (fds, maps) = (settled(), open_maps());
-    for _ in 0..5 {
+    for _ in 0..10 {
         eight_vms(&tenants);
     }
     let after = settle_at_most(fds);
     assert!(
         after <= fds,
-        "{after} descriptors after 40 VMs, {fds} after the first 8"
+        "{after} descriptors after 88 VMs, {fds} after the first 8"
     );
-    // A mapping left behind per connection would show as 40 more.
+    // A guest RAM mapping left behind per connection would show as 80 more;
+    // malloc arenas and cached thread stacks may add a few.
     let maps_after = open_maps();
     assert!(
-        maps_after <= maps + 8,
+        maps_after <= maps + 32,
         "{maps_after} mappings, {maps} after the first 8"
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
     for daemon in &tenants {
-        if let Some(stats) = daemon.stats() {
-            assert_eq!(stats.held(), (0, 0), "objects still held");
+        let Some(stats) = daemon.stats() else {
+            continue;
+        };
+        while stats.held() != (0, 0) {
+            assert!(
+                Instant::now() < deadline,
+                "objects still held: {:?}",
+                stats.held()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

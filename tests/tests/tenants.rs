@@ -34,6 +34,11 @@ use virtio_accel_spec::{Fence, Op, Resp, Status};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MIB: usize = 1 << 20;
+/// The largest buffer of a request (`max_buffer_size`, 64 MiB by default).
+const BIG: usize = 64 * MIB;
+/// Chained jobs on [`BIG`] bytes: long enough (seconds of engine time) for
+/// the control commands a test sends meanwhile.
+const CHAIN: u64 = 32;
 
 /// Tenants of a daemon configured by the test, or `None` (skipped) when the
 /// suite runs against an installed daemon.
@@ -330,11 +335,7 @@ fn a_memory_table_change_of_one_tenant_leaves_the_other_alone() {
     assert_eq!(status(&gone), Status::BadAddress, "A's removed region");
     a.transport().set_mem_table().unwrap();
     checked_crc(&a, &mem_a, &data, "A after its region came back");
-    let mut done = Vec::new();
-    while done.len() < batch.len() {
-        done.extend(b.wait(0, TIMEOUT).unwrap());
-    }
-    for completion in done {
+    for completion in collect(&b, batch.len()) {
         assert_eq!(status(&completion), Status::Ok);
         assert_eq!(completion.result_u32(), reference::crc32c(0, &data));
     }
@@ -345,6 +346,22 @@ fn a_memory_table_change_of_one_tenant_leaves_the_other_alone() {
 /// next find its request in flight.
 fn wait_taken(dev: &AccelDevice, fence: Fence) {
     eventually("the chain is taken", || dev.query_fence(fence).is_ok());
+}
+
+/// `count` completions of request queue 0, failing instead of waiting
+/// forever for a lost one.
+fn collect(dev: &AccelDevice, count: usize) -> Vec<Completion> {
+    let mut done = Vec::new();
+    while done.len() < count {
+        let more = dev.wait(0, TIMEOUT).unwrap();
+        assert!(
+            !more.is_empty(),
+            "{} of {count} completions in {TIMEOUT:?}",
+            done.len()
+        );
+        done.extend(more);
+    }
+    done
 }
 
 /// Polls `condition` for up to ten seconds.
@@ -362,13 +379,12 @@ fn a_vm_killed_mid_job_releases_everything_and_finds_nothing_on_reconnect() {
     let mut rng = TestRng::new("a_vm_killed_mid_job");
     let mem_a = guest_ram(160);
     let a = open(&tenants[0], &mem_a);
-    let big = staged(&mem_a, &rng.bytes(64 * MIB));
-    let handle = a.create_object(&[(big.gpa(), (64 * MIB) as u64)]).unwrap();
+    let big = staged(&mem_a, &rng.bytes(BIG));
+    let handle = a.create_object(&[(big.gpa(), BIG as u64)]).unwrap();
     // A chain of 64 MiB jobs, each waiting for the one before.
     let mut fence: Option<Fence> = None;
-    for token in 0..8 {
-        let mut request =
-            Request::new(Op::Crc32c).input(Buffer::object(handle, 0, (64 * MIB) as u64));
+    for token in 0..CHAIN {
+        let mut request = Request::new(Op::Crc32c).input(Buffer::object(handle, 0, BIG as u64));
         if let Some(previous) = fence {
             request = request.dep(previous);
         }
@@ -412,12 +428,13 @@ fn a_vm_killed_mid_job_releases_everything_and_finds_nothing_on_reconnect() {
 
 // ---- quotas ------------------------------------------------------------------
 
-fn with_quota(name: &str, quota: Quota) -> Option<(Daemon, Daemon)> {
-    let mut limited = tenant("limited");
-    limited.quota = quota;
-    let mut tenants = configured(name, vec![limited, tenant("free")])?;
-    let free = tenants.pop()?;
-    Some((tenants.pop()?, free))
+/// Two tenants with quotas `first` and `second`.
+fn with_quota(name: &str, first: Quota, second: Quota) -> Option<(Daemon, Daemon)> {
+    let (mut one, mut two) = (tenant("first"), tenant("second"));
+    (one.quota, two.quota) = (first, second);
+    let mut tenants = configured(name, vec![one, two])?;
+    let two = tenants.pop()?;
+    Some((tenants.pop()?, two))
 }
 
 #[test]
@@ -426,67 +443,79 @@ fn the_inflight_quota_answers_busy_without_running_the_request() {
         inflight: Some(4),
         ..Quota::default()
     };
-    let Some((limited, free)) = with_quota("inflight", quota) else {
+    // Both tenants have the quota; each counts only its own requests.
+    let Some((limited, other)) = with_quota("inflight", quota, quota) else {
         return;
     };
-    let mem = guest_ram(64);
+    let mem = guest_ram(96);
     let dev = open(&limited, &mem);
-    let source = staged(&mem, &vec![3; MIB]);
-    let outputs: Vec<DmaBuf> = (0..16)
+    let big = staged(&mem, &vec![3; BIG]);
+    let source = staged(&mem, &vec![4; MIB]);
+    let outputs: Vec<DmaBuf> = (0..12)
         .map(|_| {
             let out = mem.alloc(MIB).unwrap();
             mem.fill(&out, 0xee).unwrap();
             out
         })
         .collect();
-    // Sixteen chains in one kick: the first four are taken within the quota.
-    for (token, out) in (0u64..).zip(&outputs) {
+    // Sixteen chains in one kick: four long CRC-32C jobs are taken within
+    // the quota, then twelve copies are over it.
+    let crc = Request::new(Op::Crc32c).input(Buffer::direct(&big));
+    let mut last = None;
+    for token in 0..4 {
+        last = Some(dev.submit(0, &crc, token).unwrap());
+    }
+    for (token, out) in (4u64..).zip(&outputs) {
         let request = Request::new(Op::Copy)
             .input(Buffer::direct(&source))
             .output(Buffer::direct(out));
-        dev.submit(0, &request, token).unwrap();
+        last = Some(dev.submit(0, &request, token).unwrap());
     }
     dev.flush(0).unwrap();
-    let mut done = Vec::new();
-    while done.len() < outputs.len() {
-        done.extend(dev.wait(0, TIMEOUT).unwrap());
+    wait_taken(&dev, last.unwrap());
+    // Meanwhile the other tenant gets its own four.
+    let mem_other = guest_ram(16);
+    let second = open(&other, &mem_other);
+    let small = staged(&mem_other, &[9; 1000]);
+    for token in 0..4 {
+        let request = Request::new(Op::Crc32c).input(Buffer::direct(&small));
+        second.submit(0, &request, token).unwrap();
     }
-    let mut ok = 0;
-    for completion in &done {
-        let slot = usize::try_from(completion.token).unwrap();
-        let out = mem.read_vec(&outputs[slot], 0, MIB).unwrap();
-        match status(completion) {
-            Status::Ok => {
-                ok += 1;
-                assert!(out.iter().all(|&x| x == 3));
-            }
-            Status::Busy => {
-                assert_eq!(completion.bytes_written(), 0);
-                assert!(out.iter().all(|&x| x == 0xee), "a Busy request ran");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+    second.flush(0).unwrap();
+    for completion in collect(&second, 4) {
+        assert_eq!(
+            status(&completion),
+            Status::Ok,
+            "the other tenant's quota is its own"
+        );
     }
-    assert_eq!(ok, 4, "the quota admits exactly four at once");
-    assert_eq!(
-        limited.stats().unwrap().quota_refusals(QuotaKind::Inflight),
-        12
+    let done = collect(&dev, 16);
+    let crcs: Vec<u32> = done
+        .iter()
+        .filter(|c| c.token < 4)
+        .map(|c| {
+            assert_eq!(status(c), Status::Ok, "within the quota");
+            c.result_u32()
+        })
+        .collect();
+    assert!(
+        crcs.len() == 4 && crcs.iter().all(|c| *c == crcs[0]),
+        "{crcs:x?}"
     );
+    for completion in done.iter().filter(|c| c.token >= 4) {
+        let slot = usize::try_from(completion.token - 4).unwrap();
+        let out = mem.read_vec(&outputs[slot], 0, MIB).unwrap();
+        assert_eq!(status(completion), Status::Busy, "over the quota");
+        assert_eq!(completion.bytes_written(), 0);
+        assert!(out.iter().all(|&x| x == 0xee), "a Busy request ran");
+    }
+    let refusals = |d: &Daemon| d.stats().unwrap().quota_refusals(QuotaKind::Inflight);
+    assert_eq!((refusals(&limited), refusals(&other)), (12, 0));
     // Once they have completed, the next request runs.
-    let again = dev
-        .run(
-            0,
-            &Request::new(Op::Copy)
-                .input(Buffer::direct(&source))
-                .output(Buffer::direct(&outputs[0])),
-        )
-        .unwrap();
-    assert_eq!(status(&again), Status::Ok);
-    // The other tenant has no quota.
-    let mem_free = guest_ram(16);
-    let other = open(&free, &mem_free);
-    checked_crc(&other, &mem_free, &[9; 1000], "the tenant without quota");
-    assert_eq!(free.stats().unwrap().quota_refusals(QuotaKind::Inflight), 0);
+    let again = Request::new(Op::Copy)
+        .input(Buffer::direct(&source))
+        .output(Buffer::direct(&outputs[0]));
+    assert_eq!(status(&dev.run(0, &again).unwrap()), Status::Ok);
 }
 
 #[test]
@@ -495,7 +524,7 @@ fn the_job_rate_quota_refuses_past_its_burst_and_refills() {
         jobs_per_sec: Some(50),
         ..Quota::default()
     };
-    let Some((limited, _free)) = with_quota("job rate", quota) else {
+    let Some((limited, _)) = with_quota("job rate", quota, Quota::default()) else {
         return;
     };
     let mem = guest_ram(16);
@@ -519,6 +548,20 @@ fn the_job_rate_quota_refuses_past_its_burst_and_refills() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(status(&dev.run(0, &crc).unwrap()), Status::Ok, "refilled");
     assert!(limited.stats().unwrap().quota_refusals(QuotaKind::JobRate) >= 120 - most as u64);
+    // Neither a device reset nor a new connection refills the bucket
+    // (§10.3.2): the VM that reconnects still finds it nearly empty.
+    let spent = (0..20).filter(|_| status(&dev.run(0, &crc).unwrap()) == Status::Ok);
+    assert!(spent.count() < 20);
+    dev.into_transport().disconnect();
+    let start = Instant::now();
+    let dev = open(&limited, &mem);
+    let buf = staged(&mem, b"123456789");
+    let crc = Request::new(Op::Crc32c).input(Buffer::direct(&buf));
+    let ok = (0..10)
+        .filter(|_| status(&dev.run(0, &crc).unwrap()) == Status::Ok)
+        .count();
+    let refilled = usize::try_from(start.elapsed().as_millis() / 20).unwrap();
+    assert!(ok <= refilled + 1, "{ok} of 10 admitted after reconnecting");
 }
 
 #[test]
@@ -528,17 +571,15 @@ fn object_quotas_count_destroyed_objects_until_their_work_completes() {
         object_bytes: Some((80 * MIB) as u64),
         ..Quota::default()
     };
-    let Some((limited, _free)) = with_quota("objects", quota) else {
+    let Some((limited, _)) = with_quota("objects", quota, Quota::default()) else {
         return;
     };
     let mem = guest_ram(160);
     let dev = open(&limited, &mem);
-    let big = staged(&mem, &vec![5; 64 * MIB]);
+    let big = staged(&mem, &vec![5; BIG]);
     let small = staged(&mem, &[6; 4096]);
     let busy = |e: DriverError| assert_eq!(e.status(), Some(Status::Busy), "{e}");
-    let first = dev
-        .create_object(&[(big.gpa(), (64 * MIB) as u64)])
-        .unwrap();
+    let first = dev.create_object(&[(big.gpa(), BIG as u64)]).unwrap();
     busy(
         dev.create_object(&[(big.gpa(), (32 * MIB) as u64)])
             .unwrap_err(),
@@ -546,11 +587,10 @@ fn object_quotas_count_destroyed_objects_until_their_work_completes() {
     let second = dev.create_object(&[(small.gpa(), 4096)]).unwrap();
     busy(dev.create_object(&[(small.gpa(), 4096)]).unwrap_err());
     dev.destroy_object(second).unwrap();
-    // Eight chained 64 MiB jobs keep the first object in use after its destruction.
+    // Chained jobs on the whole first object keep it in use after its destruction.
     let mut fence: Option<Fence> = None;
-    for token in 0..8 {
-        let mut request =
-            Request::new(Op::Crc32c).input(Buffer::object(first, 0, (64 * MIB) as u64));
+    for token in 0..CHAIN {
+        let mut request = Request::new(Op::Crc32c).input(Buffer::object(first, 0, BIG as u64));
         if let Some(previous) = fence {
             request = request.dep(previous);
         }
@@ -563,10 +603,7 @@ fn object_quotas_count_destroyed_objects_until_their_work_completes() {
         dev.create_object(&[(big.gpa(), (32 * MIB) as u64)])
             .unwrap_err(),
     );
-    let mut done = Vec::new();
-    while done.len() < 8 {
-        done.extend(dev.wait(0, TIMEOUT).unwrap());
-    }
+    let done = collect(&dev, usize::try_from(CHAIN).unwrap());
     assert!(done.iter().all(|c| status(c) == Status::Ok));
     let third = dev
         .create_object(&[(big.gpa(), (32 * MIB) as u64)])

@@ -15,9 +15,9 @@
 //! long jobs occupy every worker, and a tenant of short jobs, arriving one at
 //! a time, would wait for one of those to end. While several flows are
 //! active (with work queued or running, or work submitted within
-//! [`ACTIVE_WINDOW`]), each may therefore run at most its share of the
-//! workers at once; the workers a flow may not use wait for the others' next
-//! jobs. A flow alone may use every worker.
+//! [`ACTIVE_WINDOW`]), each may therefore run at most its weighted share of
+//! the workers at once, rounded up; the workers a flow may not use wait for
+//! the others' next jobs. A flow alone may use every worker.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -56,6 +56,18 @@ struct Flow<T> {
 }
 
 impl<T> Flow<T> {
+    /// Most jobs this flow may run at once on `workers` workers while the
+    /// active flows weigh `active_weight` together (this one included):
+    /// every worker when it is alone.
+    fn share(&self, workers: usize, active_weight: i128) -> usize {
+        if active_weight <= self.weight {
+            return workers;
+        }
+        let workers = i128::try_from(workers).unwrap_or(i128::MAX / 1024);
+        let share = (workers * self.weight + active_weight - 1) / active_weight;
+        usize::try_from(share.max(1)).unwrap_or(1)
+    }
+
     fn active(&self, now: Instant) -> bool {
         !self.jobs.is_empty()
             || self.running > 0
@@ -110,11 +122,6 @@ impl<T> Scheduler<T> {
         self.flows.len() - 1
     }
 
-    /// Jobs waiting in all flows.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// Whether no job waits.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -137,30 +144,27 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Most jobs one flow may run at once at `now`: its share of the
-    /// workers while other flows are active, else all of them.
-    fn share(&self, now: Instant) -> usize {
-        match self.flows.iter().filter(|flow| flow.active(now)).count() {
-            0 | 1 => self.workers,
-            active => (self.workers / active).max(1),
-        }
-    }
-
     /// The next job at `now`: the head of the flow with the least virtual
     /// time among those below their share of the workers.
     pub fn pop(&mut self, now: Instant) -> Option<(T, Charge)> {
-        let share = self.share(now);
+        let active_weight: i128 = self
+            .flows
+            .iter()
+            .filter(|flow| flow.active(now))
+            .map(|flow| flow.weight)
+            .sum();
         let mut at_share = Vec::new();
-        let popped = self.pop_below(share, &mut at_share);
+        let popped = self.pop_below(active_weight, &mut at_share);
         self.heap.extend(at_share);
         popped
     }
 
     fn pop_below(
         &mut self,
-        share: usize,
+        active_weight: i128,
         at_share: &mut Vec<Reverse<(i128, u64, FlowId)>>,
     ) -> Option<(T, Charge)> {
+        let workers = self.workers;
         while let Some(Reverse((vtime, queued_at, id))) = self.heap.pop() {
             let sequence = self.next_sequence();
             let Some(flow) = self.flows.get_mut(id) else {
@@ -171,7 +175,7 @@ impl<T> Scheduler<T> {
                 self.heap.push(Reverse((flow.vtime, sequence, id)));
                 continue;
             }
-            if flow.running >= share && !flow.jobs.is_empty() {
+            if flow.running >= flow.share(workers, active_weight) && !flow.jobs.is_empty() {
                 at_share.push(Reverse((vtime, queued_at, id)));
                 continue;
             }
@@ -211,7 +215,9 @@ impl<T> Scheduler<T> {
         flow.estimate_ns = flow.estimate_ns - flow.estimate_ns / 8 + actual / 8;
     }
 
-    /// Takes out every waiting job that `pred` selects.
+    /// Takes out every waiting job that `pred` selects. A flow left empty
+    /// leaves the heap, so that its next job starts from the current
+    /// virtual time like any flow that went idle.
     pub fn remove_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
         let mut removed = Vec::new();
         for flow in &mut self.flows {
@@ -219,8 +225,12 @@ impl<T> Scheduler<T> {
                 .into_iter()
                 .partition(&mut pred);
             flow.jobs = kept;
+            flow.queued &= !flow.jobs.is_empty();
             removed.extend(taken);
         }
+        let flows = &self.flows;
+        self.heap
+            .retain(|Reverse((_, _, id))| flows.get(*id).is_some_and(|flow| flow.queued));
         self.len -= removed.len();
         removed
     }
@@ -262,9 +272,9 @@ mod tests {
         time
     }
 
-    fn jain(values: &[u64]) -> f64 {
-        let sum: f64 = values.iter().map(|v| *v as f64).sum();
-        let squares: f64 = values.iter().map(|v| (*v as f64).powi(2)).sum();
+    fn jain(values: &[f64]) -> f64 {
+        let sum: f64 = values.iter().sum();
+        let squares: f64 = values.iter().map(|v| v * v).sum();
         sum * sum / (values.len() as f64 * squares)
     }
 
@@ -272,7 +282,65 @@ mod tests {
     fn equal_tenants_get_equal_time_whatever_their_job_sizes() {
         // 1 µs, 16 µs and 1 ms jobs.
         let time = share(&[1, 1, 1], |flow| [1_000, 16_000, 1_000_000][flow], 20_000);
+        let time: Vec<f64> = time.iter().map(|t| *t as f64).collect();
         assert!(jain(&time) > 0.99, "{time:?}");
+    }
+
+    /// Engine time per flow on `workers` simulated workers over 200 ms of
+    /// simulated time, every flow always backlogged, a job of `flow` taking
+    /// `cost(flow)` nanoseconds.
+    fn simulate(workers: usize, weights: &[u32], cost: impl Fn(usize) -> u64) -> Vec<u64> {
+        let mut scheduler = Scheduler::new(workers);
+        let flows: Vec<FlowId> = (0u32..)
+            .zip(weights)
+            .map(|(key, weight)| scheduler.flow(key, *weight))
+            .collect();
+        let start = Instant::now();
+        for &flow in &flows {
+            (0..64).for_each(|_| scheduler.push(flow, flow, start));
+        }
+        let mut time = vec![0u64; flows.len()];
+        // (finish time, flow, charge) of the running jobs.
+        let mut running: Vec<(u64, FlowId, Charge)> = Vec::new();
+        let mut clock = 0u64;
+        while clock < 200_000_000 {
+            while running.len() < workers {
+                let at = start + Duration::from_nanos(clock);
+                let Some((flow, charge)) = scheduler.pop(at) else {
+                    break;
+                };
+                running.push((clock + cost(flow), flow, charge));
+            }
+            let next = (0..running.len())
+                .min_by_key(|index| running[*index].0)
+                .unwrap_or_else(|| panic!("no job running"));
+            let (finish, flow, charge) = running.swap_remove(next);
+            clock = finish;
+            time[flow] += cost(flow);
+            scheduler.complete(charge, Duration::from_nanos(cost(flow)));
+            scheduler.push(flow, flow, start + Duration::from_nanos(clock));
+        }
+        time
+    }
+
+    #[test]
+    fn weights_divide_the_time_of_several_workers() {
+        for workers in [2, 3, 4] {
+            let time = simulate(workers, &[1, 3], |flow| [50_000, 10_000][flow]);
+            let ratio = time[1] as f64 / time[0] as f64;
+            assert!((2.6..3.4).contains(&ratio), "{workers} workers: {time:?}");
+        }
+    }
+
+    #[test]
+    fn equal_flows_share_several_workers_and_keep_them_busy() {
+        let time = simulate(3, &[1, 1], |flow| [1_000_000, 20_000][flow]);
+        assert!(jain(&[time[0] as f64, time[1] as f64]) > 0.99, "{time:?}");
+        let busy: u64 = time.iter().sum();
+        assert!(
+            busy > 3 * 190_000_000,
+            "workers left idle: {busy} ns of work"
+        );
     }
 
     #[test]
@@ -323,8 +391,9 @@ mod tests {
             scheduler.push(a, a, now());
             scheduler.push(b, b, now());
         }
-        // Two workers take a job each before either completes: one per flow.
-        scheduler.workers = 2;
+        // Two of four workers take a job each before either completes: one
+        // per flow (each flow's share, two workers, would allow both).
+        scheduler.workers = 4;
         let first = scheduler.pop(now()).map(|(flow, _)| flow);
         let second = scheduler.pop(now()).map(|(flow, _)| flow);
         assert_ne!(first, second);
@@ -338,7 +407,6 @@ mod tests {
         let b = scheduler.flow(8, 1);
         (0..5).for_each(|n| scheduler.push(a, n, now()));
         (10..13).for_each(|n| scheduler.push(b, n, now()));
-        assert_eq!(scheduler.len(), 8);
         let mut removed = scheduler.remove_where(|n| n % 2 == 0);
         removed.sort_unstable();
         assert_eq!(removed, [0, 2, 4, 10, 12]);

@@ -3,12 +3,14 @@
 //! Every hardware queue feeds the flow of its tenant in one shared run queue,
 //! which serves tenants by weighted fair queueing of engine time
 //! ([`super::scheduler`]); idle workers sleep on a condition variable. A
-//! worker that finishes a job posts the completion to the job's queue. The queue's eventfd (its interrupt) is moderated like a NIC's:
-//! it is raised once per batch of completions, when the queue runs idle, when
+//! worker that finishes a job posts the completion to the job's queue. The
+//! queue's eventfd (its interrupt) is moderated like a NIC's: it is raised
+//! once per batch of completions, when the queue runs idle, when
 //! [`MODERATION_BATCH`] completions are pending, or when the oldest pending
 //! completion has waited [`MODERATION_DELAY`]; a timer thread enforces that
-//! delay when no other completion comes along (a short job finishing next to a
-//! long one), so a completion never waits longer than that for its interrupt.
+//! delay when no other completion comes along (a short job finishing next to
+//! a long one), so a completion never waits longer than that for its
+//! interrupt.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -19,7 +21,7 @@ use log::{error, warn};
 use virtio_accel_spec::{Op, Status};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::scheduler::{Charge, FlowId, Scheduler};
+use super::scheduler::{Charge, FlowId, Scheduler, ACTIVE_WINDOW};
 use super::{Completion, Engine, EngineError, HwQueue, Job, Share};
 use crate::ops::{execute, Outcome, Scratch};
 
@@ -246,7 +248,34 @@ impl SoftwareEngine {
     }
 }
 
+/// The nice value of the workers. They stand in for an accelerator, which
+/// takes no CPU time from the threads that serve the virtqueues: running
+/// below those threads, a worker busy with a long job of one tenant cannot
+/// delay the request handling of another (measured by `accel-fairness`:
+/// without it, a victim's p99 latency next to a tenant flooding 1 MiB jobs
+/// was 7 to 13 times its solo p99 on two CPUs; with it, 1.05 to 1.10).
+pub const WORKER_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`WORKER_NICE`].
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let Ok(tid) = libc::id_t::try_from(tid) else {
+        return;
+    };
+    // SAFETY: setpriority only changes the scheduling priority of the
+    // thread `tid`, which is this thread (nice values are per thread on
+    // Linux); raising a nice value needs no privilege.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, WORKER_NICE) } != 0 {
+        warn!(
+            "software engine: cannot lower the worker priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn worker_loop(shared: &Shared) {
+    lower_priority();
     let mut scratch = Scratch::default();
     // The engine time of the last job, charged to its flow under the next lock.
     let mut done: Option<(Charge, Duration)> = None;
@@ -264,10 +293,21 @@ fn worker_loop(shared: &Shared) {
                     return;
                 }
                 run.sleeping += 1;
-                run = shared
-                    .wake
-                    .wait(run)
-                    .unwrap_or_else(PoisonError::into_inner);
+                run = if run.jobs.is_empty() {
+                    shared
+                        .wake
+                        .wait(run)
+                        .unwrap_or_else(PoisonError::into_inner)
+                } else {
+                    // Jobs wait whose flows are at their share of the
+                    // workers: look again when the other flows may have
+                    // gone quiet, if no submission comes first.
+                    shared
+                        .wake
+                        .wait_timeout(run, ACTIVE_WINDOW)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                };
                 run.sleeping -= 1;
             }
         };
@@ -405,6 +445,38 @@ mod tests {
         OwnedBuffers::new(vec![vec![0; 4096]])
             .job(Operation::Fill { pattern: 1 }, &[], &[0], |_| 4096, cookie)
             .unwrap()
+    }
+
+    /// The nice value of this process's thread named `name`, once it exists.
+    fn nice_of_thread(name: &str) -> Option<i64> {
+        for _ in 0..100 {
+            for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+                let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                if comm.trim_end() != name {
+                    continue;
+                }
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                // Field 19 is the nice value; fields restart after "(comm)".
+                let (_, after_comm) = stat.rsplit_once(')')?;
+                return after_comm.split_whitespace().nth(16)?.parse().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    #[test]
+    fn workers_run_below_the_threads_that_serve_the_queues() {
+        let _engine = SoftwareEngine::new(1).unwrap();
+        assert_eq!(
+            nice_of_thread("accel-engine-0"),
+            Some(i64::from(WORKER_NICE))
+        );
+        assert_eq!(
+            nice_of_thread("accel-moderatio"),
+            Some(0),
+            "the timer keeps its priority"
+        );
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //!
 //! 1. **Equal tenants**: `--tenants` VMs each keep a queue of 64 KiB copies
 //!    full for `--seconds`; prints each one's jobs/s and Jain's fairness
-//!    index of their throughputs (1 is perfectly fair).
+//!    index of their throughputs (1 is perfectly fair), for each of
+//!    `--rounds` runs, and the median index.
 //! 2. **Flood and victim**: a victim sends 4 KiB CRC-32C jobs one at a time,
-//!    alone and then while another tenant floods 1 MiB copies; prints the
-//!    victim's latency percentiles in both runs and the p99 ratio.
+//!    alone and then while another tenant floods 1 MiB copies, `--rounds`
+//!    times alternately; prints the victim's latency percentiles in each run
+//!    and the ratio of the median p99s, so that a slow spell of a shared
+//!    machine does not decide it.
 //! 3. **Scale**: `--scale` VMs connected to one daemon at once, each having
 //!    run a job and holding an object; prints the growth of the process's
 //!    private memory (RssAnon: heap and stacks, not the guest RAM mappings,
@@ -40,6 +43,15 @@ struct Args {
     /// Tenants connected at once in the scale measurement.
     #[arg(long, default_value_t = 64)]
     scale: usize,
+    /// Runs of the first two measurements; medians are compared.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+}
+
+/// The median of `values` (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn daemon(names: &[&str], engine_threads: usize) -> Vec<Daemon> {
@@ -80,27 +92,31 @@ fn equal_tenants(args: &Args) -> Result<(), Box<dyn Error>> {
     let names: Vec<String> = (0..args.tenants).map(|i| format!("equal{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let tenants = daemon(&names, args.engine_threads);
-    let rates: Vec<f64> = std::thread::scope(|scope| {
-        let runs: Vec<_> = tenants
-            .iter()
-            .map(|t| scope.spawn(|| saturate(t, Op::Copy, 65536, 16, args.seconds)))
-            .collect();
-        runs.into_iter()
-            .map(|run| run.join().map_err(|_| String::from("panicked"))?)
-            .collect::<Result<_, String>>()
-    })?;
     println!(
-        "1. {} equal tenants, 64 KiB copies, 16 deep each:",
+        "1. {} equal tenants, 64 KiB copies, 16 deep each (jobs/s):",
         args.tenants
     );
-    for (name, rate) in names.iter().zip(&rates) {
-        println!("   {name:<8} {rate:>10.0} jobs/s");
+    let mut indices = Vec::new();
+    for round in 1..=args.rounds {
+        let rates: Vec<f64> = std::thread::scope(|scope| {
+            let runs: Vec<_> = tenants
+                .iter()
+                .map(|t| scope.spawn(|| saturate(t, Op::Copy, 65536, 16, args.seconds)))
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join().map_err(|_| String::from("panicked"))?)
+                .collect::<Result<_, String>>()
+        })?;
+        let each: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
+        println!(
+            "   run {round}: {} (total {:.0}), Jain index {:.4}",
+            each.join(" "),
+            rates.iter().sum::<f64>(),
+            jain(&rates)
+        );
+        indices.push(jain(&rates));
     }
-    println!(
-        "   total {:.0} jobs/s, Jain fairness index {:.4}",
-        rates.iter().sum::<f64>(),
-        jain(&rates)
-    );
+    println!("   median Jain fairness index {:.4}", median(indices));
     Ok(())
 }
 
@@ -126,38 +142,58 @@ fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
     sorted.get(index).copied().unwrap_or_default()
 }
 
+/// The victim's latencies while `flood` keeps 1 MiB copies 16 deep, and the
+/// flood's rate.
+fn flooded(
+    victim: &AccelDevice,
+    flood: &Daemon,
+    seconds: f64,
+) -> Result<(Vec<Duration>, f64), Box<dyn Error>> {
+    std::thread::scope(|scope| {
+        let flood = scope.spawn(|| saturate(flood, Op::Copy, 1 << 20, 16, seconds + 0.4));
+        std::thread::sleep(Duration::from_millis(200));
+        let measured = latencies(victim, seconds);
+        let rate = flood.join().map_err(|_| "flood panicked")??;
+        Ok((measured?, rate))
+    })
+}
+
+fn print_latencies(label: &str, samples: &[Duration]) {
+    println!(
+        "   {label:<20} {:>8} {:>10.1?} {:>10.1?} {:>10.1?}",
+        samples.len(),
+        percentile(samples, 500),
+        percentile(samples, 990),
+        percentile(samples, 999)
+    );
+}
+
 fn flood_and_victim(args: &Args) -> Result<(), Box<dyn Error>> {
     let tenants = daemon(&["victim", "flood"], args.engine_threads);
     let memory = guest_ram(16);
     let victim = tenants[0].connect(&memory);
-    let solo = latencies(&victim, args.seconds)?;
-    let flooded = std::thread::scope(|scope| {
-        let flood =
-            scope.spawn(|| saturate(&tenants[1], Op::Copy, 1 << 20, 16, args.seconds + 0.4));
-        std::thread::sleep(Duration::from_millis(200));
-        let measured = latencies(&victim, args.seconds);
-        let flood_rate = flood.join();
-        (measured, flood_rate)
-    });
-    let (flooded, flood_rate) = flooded;
-    let flooded = flooded?;
-    let flood_rate = flood_rate.map_err(|_| "flood panicked")??;
-    println!("2. victim: 4 KiB CRC-32C one at a time; flood: 1 MiB copies, 16 deep ({flood_rate:.0} jobs/s)");
+    println!("2. victim: 4 KiB CRC-32C one at a time; flood: 1 MiB copies, 16 deep");
     println!(
-        "   {:<12} {:>8} {:>10} {:>10} {:>10}",
+        "   {:<20} {:>8} {:>10} {:>10} {:>10}",
         "", "jobs", "p50", "p99", "p99.9"
     );
-    for (label, samples) in [("solo", &solo), ("flooded", &flooded)] {
-        println!(
-            "   {label:<12} {:>8} {:>10.1?} {:>10.1?} {:>10.1?}",
-            samples.len(),
-            percentile(samples, 500),
-            percentile(samples, 990),
-            percentile(samples, 999)
-        );
+    let (mut solo_p99, mut flooded_p99) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let solo = latencies(&victim, args.seconds)?;
+        print_latencies(&format!("run {round} solo"), &solo);
+        let (under_flood, rate) = flooded(&victim, &tenants[1], args.seconds)?;
+        print_latencies(&format!("run {round} flooded"), &under_flood);
+        println!("   {:<20} flood {rate:.0} jobs/s", "");
+        solo_p99.push(percentile(&solo, 990).as_secs_f64());
+        flooded_p99.push(percentile(&under_flood, 990).as_secs_f64());
     }
-    let ratio = percentile(&flooded, 990).as_secs_f64() / percentile(&solo, 990).as_secs_f64();
-    println!("   victim p99 flooded / solo: {ratio:.2}");
+    let (solo, flooded) = (median(solo_p99), median(flooded_p99));
+    println!(
+        "   median p99: solo {:.1} µs, flooded {:.1} µs; flooded / solo: {:.2}",
+        solo * 1e6,
+        flooded * 1e6,
+        flooded / solo
+    );
     Ok(())
 }
 
@@ -212,8 +248,8 @@ fn scale(args: &Args) -> Result<(), Box<dyn Error>> {
 fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     println!(
-        "engine threads {}, {:.1} s per measurement",
-        args.engine_threads, args.seconds
+        "engine threads {}, {:.1} s per measurement, {} rounds",
+        args.engine_threads, args.seconds, args.rounds
     );
     equal_tenants(&args)?;
     flood_and_victim(&args)?;
