@@ -21,7 +21,8 @@
 use std::time::{Duration, Instant};
 
 use accel_driver::device::Error as DriverError;
-use accel_driver::{Buffer, Completion, DmaBuf, DmaMemory, RawDesc, Request};
+use accel_driver::virtqueue::DESC_F_NEXT;
+use accel_driver::{Buffer, Completion, DmaBuf, DmaMemory, RawDesc, RawNext, Request};
 use accel_tests::data::TestRng;
 use accel_tests::harness::{
     guest_ram, tenant, AccelDevice, Daemon, EXTERNAL_SOCKET_ENV, EXTERNAL_TENANTS_ENV,
@@ -98,29 +99,77 @@ fn copy_out(dev: &AccelDevice, mem: &DmaMemory, source: Buffer, len: usize) -> (
     (status(&done), mem.read_vec(&out, 0, len).unwrap())
 }
 
-/// A CRC-32C request whose `len`-byte input is the raw guest-physical range
-/// at `gpa`, which need not be guest memory; returns the response.
-fn crc_at(dev: &mut AccelDevice, mem: &DmaMemory, gpa: u64, len: usize, token: u64) -> Resp {
-    let shape = mem.alloc(len).unwrap();
+/// The header of a CRC-32C request of one direct input of `len` bytes.
+fn crc_header(mem: &DmaMemory, len: usize) -> DmaBuf {
+    let shape = mem.alloc(len.max(1)).unwrap();
     let header = Request::new(Op::Crc32c)
-        .input(Buffer::direct(&shape))
+        .input(Buffer::direct_range(&shape, 0, len).unwrap())
         .encode_header()
         .unwrap();
-    let header = staged(mem, &header);
-    let resp = mem.alloc(64).unwrap();
-    mem.fill(&resp, 0xff).unwrap();
-    let chain = RawDesc::chain(&[
-        (header.gpa(), u32::try_from(header.len()).unwrap(), false),
-        (gpa, u32::try_from(len).unwrap(), false),
-        (resp.gpa(), 64, true),
-    ]);
+    staged(mem, &header)
+}
+
+/// `(gpa, len, device_writable)` of a buffer.
+fn seg(buf: &DmaBuf, writable: bool) -> (u64, u32, bool) {
+    (buf.gpa(), u32::try_from(buf.len()).unwrap(), writable)
+}
+
+/// Sends `chain` as it is on request queue 0 and waits for its used entry;
+/// returns the used length.
+fn raw_chain(dev: &mut AccelDevice, chain: &[RawDesc], token: u64) -> u32 {
     let queue = dev.raw_queue(1).unwrap();
-    let head = queue.add_raw(&chain, token).unwrap();
+    let head = queue.add_raw(chain, token).unwrap();
     queue.publish().unwrap();
     dev.notify(1).unwrap();
     let used = dev.wait_used(1, TIMEOUT).unwrap().expect("no used entry");
     assert_eq!((used.head, used.token), (head, token));
+    used.len
+}
+
+/// A CRC-32C request whose `len`-byte input is the raw guest-physical range
+/// at `gpa`, which need not be guest memory; returns the response.
+fn crc_at(dev: &mut AccelDevice, mem: &DmaMemory, gpa: u64, len: usize, token: u64) -> Resp {
+    let header = crc_header(mem, len);
+    let resp = mem.alloc(64).unwrap();
+    mem.fill(&resp, 0xff).unwrap();
+    let len = u32::try_from(len).unwrap();
+    let chain = RawDesc::chain(&[seg(&header, false), (gpa, len, false), seg(&resp, true)]);
+    raw_chain(dev, &chain, token);
     mem.read_obj::<Resp>(&resp, 0).unwrap()
+}
+
+/// Malformed chains: a loop, a chain longer than `max_segments`, a length
+/// past guest memory, an address that overflows. Each must come back, with
+/// a failure status or used length 0 (§6.5), never a hang.
+fn chain_attacks(dev: &mut AccelDevice, mem: &DmaMemory, token: &mut u64) {
+    let header = crc_header(mem, 9);
+    let long_header = crc_header(mem, 100);
+    let data = staged(mem, &[7; 100]);
+    let resp = mem.alloc(64).unwrap();
+    let mut looped = RawDesc::chain(&[seg(&header, false), seg(&data, false), seg(&resp, true)]);
+    looped[1].next = RawNext::Desc(0);
+    looped[1].flags |= DESC_F_NEXT;
+    let mut too_long = vec![seg(&long_header, false)];
+    too_long.extend((0..100).map(|i| (data.gpa() + i, 1, false)));
+    too_long.push(seg(&resp, true));
+    let attacks = [
+        looped,
+        RawDesc::chain(&too_long),
+        RawDesc::chain(&[seg(&header, false), (0, u32::MAX, false), seg(&resp, true)]),
+        RawDesc::chain(&[
+            seg(&header, false),
+            (u64::MAX - 4, 9, false),
+            seg(&resp, true),
+        ]),
+    ];
+    for chain in &attacks {
+        *token += 1;
+        mem.fill(&resp, 0xff).unwrap();
+        let used = raw_chain(dev, chain, *token);
+        let answered = mem.read_obj::<Resp>(&resp, 0).unwrap();
+        let status = Status::try_from(u32::from(answered.status));
+        assert!(used == 0 || status.is_ok_and(|s| !s.is_ok()), "{status:?}");
+    }
 }
 
 #[test]
@@ -261,11 +310,12 @@ fn a_flood_of_malformed_requests_leaves_the_victim_alone() {
         let daemon = tenants[0].clone();
         move || {
             let mem = guest_ram(16);
-            let dev = open(&daemon, &mem);
+            let mut dev = open(&daemon, &mem);
             let buf = staged(&mem, &[1; 512]);
             let deadline = Instant::now() + Duration::from_millis(1500);
-            let mut refused = 0u64;
+            let (mut refused, mut token) = (0u64, 0u64);
             while Instant::now() < deadline {
+                chain_attacks(&mut dev, &mem, &mut token);
                 let bad = [
                     Request::raw_op(0xdead).input(Buffer::direct(&buf)),
                     Request::new(Op::Copy).input(Buffer::object(77, 0, 512)),
@@ -562,6 +612,39 @@ fn the_job_rate_quota_refuses_past_its_burst_and_refills() {
         .count();
     let refilled = usize::try_from(start.elapsed().as_millis() / 20).unwrap();
     assert!(ok <= refilled + 1, "{ok} of 10 admitted after reconnecting");
+}
+
+#[test]
+fn the_byte_rate_quota_counts_every_buffer_of_a_request() {
+    let quota = Quota {
+        bytes_per_sec: Some(MIB as u64),
+        ..Quota::default()
+    };
+    let Some((limited, _)) = with_quota("byte rate", quota, Quota::default()) else {
+        return;
+    };
+    let mem = guest_ram(16);
+    let dev = open(&limited, &mem);
+    let (source, out) = (staged(&mem, &vec![1; MIB / 2]), mem.alloc(MIB / 2).unwrap());
+    // 512 KiB in and 512 KiB out: one second's worth per copy.
+    let copy = Request::new(Op::Copy)
+        .input(Buffer::direct(&source))
+        .output(Buffer::direct(&out));
+    let start = Instant::now();
+    let statuses: Vec<Status> = (0..4)
+        .map(|_| status(&dev.run(0, &copy).unwrap()))
+        .collect();
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "too slow to judge"
+    );
+    // The full bucket admits the first; the second passes on what refilled
+    // meanwhile and leaves the bucket a second in debt.
+    assert_eq!(statuses[0], Status::Ok);
+    assert_eq!(statuses[2..], [Status::Busy; 2], "{statuses:?}");
+    let stats = limited.stats().unwrap();
+    assert!(stats.quota_refusals(QuotaKind::ByteRate) >= 2);
+    assert_eq!(stats.quota_refusals(QuotaKind::JobRate), 0);
 }
 
 #[test]
