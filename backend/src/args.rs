@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use thiserror::Error;
 use vhost_user_accel::config::{
-    check_engine_threads, check_queue_size, check_queues, check_socket_fd, ConfigError,
-    MetricsAddr, TenantConfig, MAX_TENANTS,
+    check_engine_nice, check_engine_threads, check_queue_size, check_queues, check_socket_fd,
+    ConfigError, MetricsAddr, TenantConfig, MAX_TENANTS,
 };
 use vhost_user_accel::config_file::{self, ConfigFileError};
 use vhost_user_accel::{Config, EngineKind, SocketSource};
@@ -43,7 +43,7 @@ pub struct Args {
     /// Read the daemon and its tenants from this TOML file (see README).
     #[arg(long, conflicts_with_all = [
         "socket_path", "socket_fd", "socket_count", "queues", "queue_size",
-        "engine", "engine_threads", "metrics",
+        "engine", "engine_threads", "engine_nice", "metrics",
     ])]
     pub config: Option<PathBuf>,
     /// Number of request queues of each tenant (the control queue comes on top).
@@ -58,6 +58,11 @@ pub struct Args {
     /// Worker threads of the software engine.
     #[arg(long, default_value_t = 2)]
     pub engine_threads: u64,
+    /// How many nice steps (0 to 19) below the daemon the software engine's
+    /// workers run, so that they do not delay the threads serving the
+    /// virtqueues; 0 runs them at the daemon's priority.
+    #[arg(long, default_value_t = 10)]
+    pub engine_nice: u64,
     /// Serve per-tenant metrics in the Prometheus text format on a loopback
     /// `HOST:PORT` or on `unix:PATH`.
     #[arg(long)]
@@ -158,6 +163,7 @@ impl TryFrom<Args> for Config {
             },
             engine_threads: check_engine_threads(args.engine_threads)
                 .map_err(option("engine-threads"))?,
+            engine_nice: check_engine_nice(args.engine_nice).map_err(option("engine-nice"))?,
             metrics: args
                 .metrics
                 .as_deref()
@@ -207,6 +213,12 @@ mod tests {
         );
         assert!(message(&["--queue-size", "100"]).starts_with("--queue-size: must be a power"));
         assert!(message(&["--engine-threads", "0"]).starts_with("--engine-threads"));
+        assert_eq!(parse(&[]).unwrap().engine_nice, 10);
+        assert_eq!(parse(&["--engine-nice", "0"]).unwrap().engine_nice, 0);
+        assert_eq!(
+            message(&["--engine-nice", "20"]),
+            "--engine-nice: must be between 0 and 19, got 20"
+        );
         assert!(message(&["--metrics", "0.0.0.0:80"]).starts_with("--metrics: must be a loopback"));
     }
 

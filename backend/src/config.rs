@@ -34,6 +34,9 @@ pub enum ConfigError {
     /// Engine threads out of range.
     #[error("must be between 1 and {MAX_ENGINE_THREADS}, got {0}")]
     EngineThreads(u64),
+    /// Engine priority step out of range.
+    #[error("must be between 0 and 19, got {0}")]
+    EngineNice(u64),
     /// Weight out of range.
     #[error("must be between 1 and {MAX_WEIGHT}, got {0}")]
     Weight(u64),
@@ -247,6 +250,8 @@ pub struct Config {
     pub engine: EngineKind,
     /// Worker threads of the software engine.
     pub engine_threads: usize,
+    /// How many nice steps below the daemon the software engine's workers run.
+    pub engine_nice: i32,
     /// The Prometheus endpoint, if any.
     pub metrics: Option<MetricsAddr>,
     /// The tenants.
@@ -264,6 +269,7 @@ impl Config {
         Config {
             engine: EngineKind::Software,
             engine_threads: 2,
+            engine_nice: crate::engine::software::DEFAULT_WORKER_NICE,
             metrics: None,
             tenants,
         }
@@ -272,6 +278,7 @@ impl Config {
     /// Checks every value, and that tenants share neither a name nor a socket.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_engine_threads(self.engine_threads as u64)?;
+        check_engine_nice(u64::try_from(self.engine_nice).unwrap_or(u64::MAX))?;
         match self.tenants.len() {
             0 => return Err(ConfigError::NoTenant),
             n if n > MAX_TENANTS => return Err(ConfigError::TooManyTenants(n)),
@@ -334,6 +341,14 @@ pub fn check_engine_threads(value: u64) -> Result<usize, ConfigError> {
         .ok()
         .filter(|threads| (1..=MAX_ENGINE_THREADS).contains(threads))
         .ok_or(ConfigError::EngineThreads(value))
+}
+
+/// Nice steps of the software engine's workers below the daemon.
+pub fn check_engine_nice(value: u64) -> Result<i32, ConfigError> {
+    i32::try_from(value)
+        .ok()
+        .filter(|nice| (0..=19).contains(nice))
+        .ok_or(ConfigError::EngineNice(value))
 }
 
 /// Scheduling weight.

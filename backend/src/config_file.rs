@@ -22,8 +22,9 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::config::{
-    check_engine_threads, check_name, check_queue_size, check_queues, check_quota, check_socket_fd,
-    check_weight, Config, ConfigError, EngineKind, MetricsAddr, Quota, SocketSource, TenantConfig,
+    check_engine_nice, check_engine_threads, check_name, check_queue_size, check_queues,
+    check_quota, check_socket_fd, check_weight, Config, ConfigError, EngineKind, MetricsAddr,
+    Quota, SocketSource, TenantConfig,
 };
 
 /// Errors of the configuration file.
@@ -68,6 +69,7 @@ pub enum ConfigFileError {
 struct File {
     engine: Option<Engine>,
     engine_threads: Option<Spanned<u64>>,
+    engine_nice: Option<Spanned<u64>>,
     metrics: Option<Spanned<String>>,
     #[serde(default)]
     tenant: Vec<Tenant>,
@@ -124,6 +126,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigFileError> {
     }
     if let Some(threads) = &file.engine_threads {
         config.engine_threads = at.check("engine-threads", threads, check_engine_threads)?;
+    }
+    if let Some(nice) = &file.engine_nice {
+        config.engine_nice = at.check("engine-nice", nice, check_engine_nice)?;
     }
     if let Some(metrics) = &file.metrics {
         config.metrics = Some(at.value(
@@ -269,6 +274,7 @@ mod tests {
     const TWO: &str = r#"
 engine = "software"
 engine-threads = 3
+engine-nice = 0
 metrics = "unix:/run/accel-metrics.sock"
 
 [[tenant]]
@@ -287,7 +293,7 @@ socket = "/run/vm2.sock"
     #[test]
     fn a_full_file_becomes_a_config() {
         let config = parse_str(TWO).unwrap();
-        assert_eq!(config.engine_threads, 3);
+        assert_eq!((config.engine_threads, config.engine_nice), (3, 0));
         assert_eq!(
             config.metrics,
             Some(MetricsAddr::Unix(PathBuf::from("/run/accel-metrics.sock")))

@@ -13,7 +13,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use thiserror::Error;
@@ -92,7 +92,10 @@ impl Server {
     /// metrics endpoint; nothing is served until [`Server::serve_forever`].
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         let engine: Arc<dyn Engine> = match config.engine {
-            EngineKind::Software => Arc::new(SoftwareEngine::new(config.engine_threads)?),
+            EngineKind::Software => Arc::new(SoftwareEngine::with_priority(
+                config.engine_threads,
+                config.engine_nice,
+            )?),
         };
         let tenants = (0u32..)
             .zip(config.tenants)
@@ -124,7 +127,8 @@ impl Server {
 
     /// Serves every tenant on its own thread, and the metrics endpoint,
     /// forever: a VMM that goes away can come back (reconnect) on the same
-    /// socket. Returns only if a thread cannot be started or panics.
+    /// socket. Returns only if a thread cannot be started, or when a
+    /// tenant's thread has panicked (within a second).
     pub fn serve_forever(self) -> Result<(), ServerError> {
         if let Some(metrics) = self.metrics {
             let stats = self
@@ -146,12 +150,13 @@ impl Server {
                     .map_err(ServerError::Spawn)
             })
             .collect::<Result<Vec<(String, JoinHandle<()>)>, _>>()?;
-        for (name, thread) in threads {
-            if thread.join().is_err() {
-                return Err(ServerError::Panicked(name));
+        // A tenant's thread never returns: one that has finished panicked.
+        loop {
+            if let Some((name, _)) = threads.iter().find(|(_, thread)| thread.is_finished()) {
+                return Err(ServerError::Panicked(name.clone()));
             }
+            std::thread::sleep(Duration::from_secs(1));
         }
-        Ok(())
     }
 }
 
@@ -175,7 +180,13 @@ impl Tenant {
     fn serve_forever(mut self) {
         let mut delay = RETRY_DELAY;
         loop {
-            match self.serve_one() {
+            let started = Instant::now();
+            let served = self.serve_one();
+            if started.elapsed() >= MAX_RETRY_DELAY {
+                // A connection that lasted is no failure loop.
+                delay = RETRY_DELAY;
+            }
+            match served {
                 Ok(()) => {
                     info!(
                         "tenant {}: VMM disconnected; waiting for the next connection",

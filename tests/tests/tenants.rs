@@ -414,6 +414,22 @@ fn collect(dev: &AccelDevice, count: usize) -> Vec<Completion> {
     done
 }
 
+/// Starts [`CHAIN`] CRC-32C jobs on the first [`BIG`] bytes of object
+/// `handle`, each depending on the one before (tokens 0, 1, ...), and waits
+/// until the device has taken them all.
+fn run_long_chain(dev: &AccelDevice, handle: u32) {
+    let mut fence: Option<Fence> = None;
+    for token in 0..CHAIN {
+        let mut request = Request::new(Op::Crc32c).input(Buffer::object(handle, 0, BIG as u64));
+        if let Some(previous) = fence {
+            request = request.dep(previous);
+        }
+        fence = Some(dev.submit(0, &request, token).unwrap());
+    }
+    dev.flush(0).unwrap();
+    wait_taken(dev, fence.unwrap());
+}
+
 /// Polls `condition` for up to ten seconds.
 fn eventually(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
@@ -431,17 +447,7 @@ fn a_vm_killed_mid_job_releases_everything_and_finds_nothing_on_reconnect() {
     let a = open(&tenants[0], &mem_a);
     let big = staged(&mem_a, &rng.bytes(BIG));
     let handle = a.create_object(&[(big.gpa(), BIG as u64)]).unwrap();
-    // A chain of 64 MiB jobs, each waiting for the one before.
-    let mut fence: Option<Fence> = None;
-    for token in 0..CHAIN {
-        let mut request = Request::new(Op::Crc32c).input(Buffer::object(handle, 0, BIG as u64));
-        if let Some(previous) = fence {
-            request = request.dep(previous);
-        }
-        fence = Some(a.submit(0, &request, token).unwrap());
-    }
-    a.flush(0).unwrap();
-    wait_taken(&a, fence.unwrap());
+    run_long_chain(&a, handle);
     a.destroy_object(handle).unwrap();
     if let Some(stats) = tenants[0].stats() {
         assert_eq!(stats.held().0, 1, "a destroyed object in use is still held");
@@ -598,20 +604,20 @@ fn the_job_rate_quota_refuses_past_its_burst_and_refills() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(status(&dev.run(0, &crc).unwrap()), Status::Ok, "refilled");
     assert!(limited.stats().unwrap().quota_refusals(QuotaKind::JobRate) >= 120 - most as u64);
-    // Neither a device reset nor a new connection refills the bucket
+    // A new connection, a new device instance, does not refill the bucket
     // (§10.3.2): the VM that reconnects still finds it nearly empty.
     let spent = (0..20).filter(|_| status(&dev.run(0, &crc).unwrap()) == Status::Ok);
     assert!(spent.count() < 20);
-    dev.into_transport().disconnect();
     let start = Instant::now();
+    dev.into_transport().disconnect();
     let dev = open(&limited, &mem);
     let buf = staged(&mem, b"123456789");
     let crc = Request::new(Op::Crc32c).input(Buffer::direct(&buf));
-    let ok = (0..10)
+    let ok = (0..30)
         .filter(|_| status(&dev.run(0, &crc).unwrap()) == Status::Ok)
         .count();
     let refilled = usize::try_from(start.elapsed().as_millis() / 20).unwrap();
-    assert!(ok <= refilled + 1, "{ok} of 10 admitted after reconnecting");
+    assert!(ok <= refilled + 1, "{ok} of 30 admitted after reconnecting");
 }
 
 #[test]
@@ -671,16 +677,7 @@ fn object_quotas_count_destroyed_objects_until_their_work_completes() {
     busy(dev.create_object(&[(small.gpa(), 4096)]).unwrap_err());
     dev.destroy_object(second).unwrap();
     // Chained jobs on the whole first object keep it in use after its destruction.
-    let mut fence: Option<Fence> = None;
-    for token in 0..CHAIN {
-        let mut request = Request::new(Op::Crc32c).input(Buffer::object(first, 0, BIG as u64));
-        if let Some(previous) = fence {
-            request = request.dep(previous);
-        }
-        fence = Some(dev.submit(0, &request, token).unwrap());
-    }
-    dev.flush(0).unwrap();
-    wait_taken(&dev, fence.unwrap());
+    run_long_chain(&dev, first);
     dev.destroy_object(first).unwrap();
     busy(
         dev.create_object(&[(big.gpa(), (32 * MIB) as u64)])

@@ -13,11 +13,13 @@
 //!
 //! Jobs are not preempted, so fair queueing alone would let a tenant of
 //! long jobs occupy every worker, and a tenant of short jobs, arriving one at
-//! a time, would wait for one of those to end. While several flows are
-//! active (with work queued or running, or work submitted within
-//! [`ACTIVE_WINDOW`]), each may therefore run at most its weighted share of
-//! the workers at once, rounded up; the workers a flow may not use wait for
-//! the others' next jobs. A flow alone may use every worker.
+//! a time, would wait for one of those to end. Workers are therefore kept
+//! free for the flows that are *between jobs*: active (work submitted within
+//! [`ACTIVE_WINDOW`]) with nothing queued or running. A flow that already
+//! runs a job may start another only if as many workers stay idle as flows
+//! are between jobs; a flow with nothing running may always start one. Flows
+//! that all have work queued compete by virtual time alone, so their weights
+//! hold whatever the number of workers; a flow alone uses every worker.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -56,16 +58,9 @@ struct Flow<T> {
 }
 
 impl<T> Flow<T> {
-    /// Most jobs this flow may run at once on `workers` workers while the
-    /// active flows weigh `active_weight` together (this one included):
-    /// every worker when it is alone.
-    fn share(&self, workers: usize, active_weight: i128) -> usize {
-        if active_weight <= self.weight {
-            return workers;
-        }
-        let workers = i128::try_from(workers).unwrap_or(i128::MAX / 1024);
-        let share = (workers * self.weight + active_weight - 1) / active_weight;
-        usize::try_from(share.max(1)).unwrap_or(1)
+    /// Active, with no job queued or running: its next job is on its way.
+    fn between_jobs(&self, now: Instant) -> bool {
+        self.jobs.is_empty() && self.running == 0 && self.active(now)
     }
 
     fn active(&self, now: Instant) -> bool {
@@ -145,26 +140,23 @@ impl<T> Scheduler<T> {
     }
 
     /// The next job at `now`: the head of the flow with the least virtual
-    /// time among those below their share of the workers.
+    /// time among those that may take a worker.
     pub fn pop(&mut self, now: Instant) -> Option<(T, Charge)> {
-        let active_weight: i128 = self
-            .flows
-            .iter()
-            .filter(|flow| flow.active(now))
-            .map(|flow| flow.weight)
-            .sum();
-        let mut at_share = Vec::new();
-        let popped = self.pop_below(active_weight, &mut at_share);
-        self.heap.extend(at_share);
+        let running: usize = self.flows.iter().map(|flow| flow.running).sum();
+        let between = self.flows.iter().filter(|f| f.between_jobs(now)).count();
+        // Whether a flow that runs a job already may take one more worker.
+        let spare = self.workers.saturating_sub(running) > between;
+        let mut held_back = Vec::new();
+        let popped = self.pop_below(spare, &mut held_back);
+        self.heap.extend(held_back);
         popped
     }
 
     fn pop_below(
         &mut self,
-        active_weight: i128,
-        at_share: &mut Vec<Reverse<(i128, u64, FlowId)>>,
+        spare: bool,
+        held_back: &mut Vec<Reverse<(i128, u64, FlowId)>>,
     ) -> Option<(T, Charge)> {
-        let workers = self.workers;
         while let Some(Reverse((vtime, queued_at, id))) = self.heap.pop() {
             let sequence = self.next_sequence();
             let Some(flow) = self.flows.get_mut(id) else {
@@ -175,8 +167,8 @@ impl<T> Scheduler<T> {
                 self.heap.push(Reverse((flow.vtime, sequence, id)));
                 continue;
             }
-            if flow.running >= flow.share(workers, active_weight) && !flow.jobs.is_empty() {
-                at_share.push(Reverse((vtime, queued_at, id)));
+            if flow.running > 0 && !spare && !flow.jobs.is_empty() {
+                held_back.push(Reverse((vtime, queued_at, id)));
                 continue;
             }
             let Some(job) = flow.jobs.pop_front() else {
@@ -426,9 +418,16 @@ mod share_tests {
     use super::*;
 
     #[test]
-    fn a_busy_flow_leaves_workers_to_a_recently_active_one() {
+    fn a_busy_flow_leaves_workers_to_a_recently_active_one_whatever_the_weights() {
+        for (flood_weight, victim_weight) in [(1, 1), (3, 1), (1, 3)] {
+            leaves_a_worker(flood_weight, victim_weight);
+        }
+    }
+
+    fn leaves_a_worker(flood_weight: u32, victim_weight: u32) {
         let mut scheduler = Scheduler::new(2);
-        let (flood, victim) = (scheduler.flow(1, 1), scheduler.flow(2, 1));
+        let flood = scheduler.flow(1, flood_weight);
+        let victim = scheduler.flow(2, victim_weight);
         let start = Instant::now();
         (0..8).for_each(|n| scheduler.push(flood, n, start));
         // Alone, the flood may use both workers.
