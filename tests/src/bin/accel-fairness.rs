@@ -1,20 +1,21 @@
 //! `accel-fairness`: how the daemon shares its engine between tenants, in
 //! one run of one daemon in this process, over real vhost-user sockets.
 //!
-//! 1. **Equal tenants**: `--tenants` VMs each keep a queue of 64 KiB copies
+//! 1. **Scale**, first, while the heap holds nothing the others freed:
+//!    `--scale` VMs connected to one daemon at once, each having run a job
+//!    and holding an object; prints the growth of the process's private
+//!    memory (RssAnon: heap and stacks, not the guest RAM mappings, which are
+//!    shared memory) per tenant. It counts the test VMs' driver state too, so
+//!    it is an upper bound of the daemon's.
+//! 2. **Equal tenants**: `--tenants` VMs each keep a queue of 64 KiB copies
 //!    full for `--seconds`; prints each one's jobs/s and Jain's fairness
 //!    index of their throughputs (1 is perfectly fair), for each of
 //!    `--rounds` runs, and the median index.
-//! 2. **Flood and victim**: a victim sends 4 KiB CRC-32C jobs one at a time,
+//! 3. **Flood and victim**: a victim sends 4 KiB CRC-32C jobs one at a time,
 //!    alone and then while another tenant floods 1 MiB copies, `--rounds`
 //!    times alternately; prints the victim's latency percentiles in each run
 //!    and the ratio of the median p99s, so that a slow spell of a shared
 //!    machine does not decide it.
-//! 3. **Scale**: `--scale` VMs connected to one daemon at once, each having
-//!    run a job and holding an object; prints the growth of the process's
-//!    private memory (RssAnon: heap and stacks, not the guest RAM mappings,
-//!    which are shared memory) per tenant. It counts the test VMs' driver
-//!    state too, so it is an upper bound of the daemon's.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     scale: usize,
     /// Runs of the first two measurements; medians are compared.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
 }
 
@@ -93,7 +94,7 @@ fn equal_tenants(args: &Args) -> Result<(), Box<dyn Error>> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let tenants = daemon(&names, args.engine_threads);
     println!(
-        "1. {} equal tenants, 64 KiB copies, 16 deep each (jobs/s):",
+        "2. {} equal tenants, 64 KiB copies, 16 deep each (jobs/s):",
         args.tenants
     );
     let mut indices = Vec::new();
@@ -172,7 +173,7 @@ fn flood_and_victim(args: &Args) -> Result<(), Box<dyn Error>> {
     let tenants = daemon(&["victim", "flood"], args.engine_threads);
     let memory = guest_ram(16);
     let victim = tenants[0].connect(&memory);
-    println!("2. victim: 4 KiB CRC-32C one at a time; flood: 1 MiB copies, 16 deep");
+    println!("3. victim: 4 KiB CRC-32C one at a time; flood: 1 MiB copies, 16 deep");
     println!(
         "   {:<20} {:>8} {:>10} {:>10} {:>10}",
         "", "jobs", "p50", "p99", "p99.9"
@@ -233,7 +234,7 @@ fn scale(args: &Args) -> Result<(), Box<dyn Error>> {
     let after = rss_anon()?;
     let per_tenant = after.saturating_sub(before) as f64 / args.scale as f64;
     println!(
-        "3. {} tenants connected at once: private memory {:.1} MiB before, {:.1} MiB after, {:.2} MiB per tenant (daemon and test VMs together)",
+        "1. {} tenants connected at once: private memory {:.1} MiB before, {:.1} MiB after, {:.2} MiB per tenant (daemon and test VMs together)",
         args.scale,
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
@@ -251,8 +252,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         "engine threads {}, {:.1} s per measurement, {} rounds",
         args.engine_threads, args.seconds, args.rounds
     );
+    // First, while the process's heap holds nothing freed by the others.
+    scale(&args)?;
     equal_tenants(&args)?;
     flood_and_victim(&args)?;
-    scale(&args)?;
     Ok(())
 }
