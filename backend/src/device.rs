@@ -301,7 +301,8 @@ impl Device {
         while !self.inflight.is_empty() {
             if Instant::now() > deadline {
                 error!(
-                    "{} requests still in flight after {QUIESCE_TIMEOUT:?}",
+                    "tenant {}: {} requests still in flight after {QUIESCE_TIMEOUT:?}",
+                    self.config.name,
                     self.inflight.len()
                 );
                 return;
@@ -335,10 +336,13 @@ impl Device {
     fn guest_error(&mut self, args: fmt::Arguments<'_>) {
         let (allowed, suppressed) = self.log_limit.allow();
         if suppressed > 0 {
-            warn!("{suppressed} guest error messages suppressed");
+            warn!(
+                "tenant {}: {suppressed} guest error messages suppressed",
+                self.config.name
+            );
         }
         if allowed {
-            warn!("guest error: {args}");
+            warn!("tenant {}: guest error: {args}", self.config.name);
         }
     }
 
@@ -434,9 +438,10 @@ impl Device {
     fn ring_began_here(&mut self, vq: u16, next_avail: u16) -> bool {
         if self.history.observe(vq, next_avail) == Some(false) {
             error!(
-                "virtqueue {vq} resumes at index {next_avail}, used by an earlier device \
-                 instance (back-end restart or migration without device state): no request \
-                 is taken until the driver resets the device"
+                "tenant {}: virtqueue {vq} resumes at index {next_avail}, used by an earlier \
+                 device instance (back-end restart or migration without device state): no \
+                 request is taken until the driver resets the device",
+                self.config.name
             );
         }
         !self.history.has_foreign()
@@ -770,7 +775,7 @@ impl Device {
                 continue;
             };
             if let Err(e) = hw_queue.submit(&mut jobs) {
-                warn!("hardware queue {queue}: {e}");
+                warn!("tenant {}: hardware queue {queue}: {e}", self.config.name);
                 for job in jobs {
                     if let Some(inflight) = self.inflight.remove(job.cookie) {
                         self.finish(inflight, Outcome::failed(Status::DeviceError));
