@@ -319,44 +319,47 @@ pub fn check_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// `value` as a `T` for which `valid` holds, or `error(value)`.
+fn in_range<T: TryFrom<u64>>(
+    value: u64,
+    valid: impl Fn(&T) -> bool,
+    error: impl Fn(u64) -> ConfigError,
+) -> Result<T, ConfigError> {
+    T::try_from(value)
+        .ok()
+        .filter(valid)
+        .ok_or_else(|| error(value))
+}
+
 /// Request queues per tenant.
 pub fn check_queues(value: u64) -> Result<u16, ConfigError> {
-    u16::try_from(value)
-        .ok()
-        .filter(|queues| (1..=MAX_QUEUES).contains(queues))
-        .ok_or(ConfigError::Queues(value))
+    in_range(value, |q| (1..=MAX_QUEUES).contains(q), ConfigError::Queues)
 }
 
 /// Largest virtqueue size.
 pub fn check_queue_size(value: u64) -> Result<u16, ConfigError> {
-    u16::try_from(value)
-        .ok()
-        .filter(|size| *size >= 2 && size.is_power_of_two())
-        .ok_or(ConfigError::QueueSize(value))
+    let valid = |size: &u16| *size >= 2 && size.is_power_of_two();
+    in_range(value, valid, ConfigError::QueueSize)
 }
 
 /// Software engine threads.
 pub fn check_engine_threads(value: u64) -> Result<usize, ConfigError> {
-    usize::try_from(value)
-        .ok()
-        .filter(|threads| (1..=MAX_ENGINE_THREADS).contains(threads))
-        .ok_or(ConfigError::EngineThreads(value))
+    let valid = |threads: &usize| (1..=MAX_ENGINE_THREADS).contains(threads);
+    in_range(value, valid, ConfigError::EngineThreads)
 }
 
 /// Nice steps of the software engine's workers below the daemon.
 pub fn check_engine_nice(value: u64) -> Result<i32, ConfigError> {
-    i32::try_from(value)
-        .ok()
-        .filter(|nice| (0..=19).contains(nice))
-        .ok_or(ConfigError::EngineNice(value))
+    in_range(
+        value,
+        |nice| (0..=19).contains(nice),
+        ConfigError::EngineNice,
+    )
 }
 
 /// Scheduling weight.
 pub fn check_weight(value: u64) -> Result<u32, ConfigError> {
-    u32::try_from(value)
-        .ok()
-        .filter(|weight| (1..=MAX_WEIGHT).contains(weight))
-        .ok_or(ConfigError::Weight(value))
+    in_range(value, |w| (1..=MAX_WEIGHT).contains(w), ConfigError::Weight)
 }
 
 /// An inherited socket descriptor: it must be open and a socket.
