@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use thiserror::Error;
 use vhost_user_accel::config::{
     check_engine_nice, check_engine_threads, check_queue_size, check_queues, check_socket_fd,
+    check_user,
     ConfigError, MetricsAddr, TenantConfig, MAX_TENANTS,
 };
 use vhost_user_accel::config_file::{self, ConfigFileError};
@@ -31,7 +32,7 @@ pub struct Args {
     /// Path of a vhost-user socket to listen on (replaced if it exists);
     /// repeat it for more tenants. With --socket-count, a path with `{}`
     /// where the index goes.
-    #[arg(long, required_unless_present_any = ["socket_fd", "config"])]
+    #[arg(long, required_unless_present_any = ["socket_fd", "config", "tenant_process"])]
     pub socket_path: Vec<PathBuf>,
     /// An inherited, already listening vhost-user socket; may be repeated.
     #[arg(long)]
@@ -43,7 +44,7 @@ pub struct Args {
     /// Read the daemon and its tenants from this TOML file (see README).
     #[arg(long, conflicts_with_all = [
         "socket_path", "socket_fd", "socket_count", "queues", "queue_size",
-        "engine", "engine_threads", "engine_nice", "metrics",
+        "engine", "engine_threads", "engine_nice", "metrics", "user",
     ])]
     pub config: Option<PathBuf>,
     /// Number of request queues of each tenant (the control queue comes on top).
@@ -67,6 +68,14 @@ pub struct Args {
     /// `HOST:PORT` or on `unix:PATH`.
     #[arg(long)]
     pub metrics: Option<String>,
+    /// When started as root, run the tenants' processes as this user (a
+    /// user name, or UID:GID), with that group only.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Run as the process of the tenant of this name, started by the daemon
+    /// itself (see `vhost_user_accel::tenant_process`); not for operators.
+    #[arg(long, hide = true, exclusive = true, value_name = "NAME")]
+    pub tenant_process: Option<String>,
 }
 
 /// Invalid command-line values.
@@ -171,6 +180,12 @@ impl TryFrom<Args> for Config {
                 .transpose()
                 .map_err(option("metrics"))?,
             tenants,
+            user: args
+                .user
+                .as_deref()
+                .map(check_user)
+                .transpose()
+                .map_err(option("user"))?,
         };
         config.validate()?;
         Ok(config)

@@ -91,15 +91,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Logs a device error; the worker thread keeps serving the other queues (an
-/// error returned to the event loop would end it).
-fn log_error(result: Result<(), DeviceError>) -> io::Result<()> {
-    if let Err(e) = result {
-        error!("{e}");
-    }
-    Ok(())
-}
-
 impl VhostUserBackendMut for AccelBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -158,9 +149,11 @@ impl VhostUserBackendMut for AccelBackend {
         space[offset..offset + size].to_vec()
     }
 
+    /// A new memory table (SET_MEM_TABLE), already installed in `mem` by
+    /// vhost-user-backend: the device checks it before any use, and an
+    /// error here becomes the VMM's error reply.
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        self.device.set_memory(mem);
-        Ok(())
+        self.device.set_memory(&mem).map_err(io::Error::other)
     }
 
     /// Every vring on the one worker thread (the default mask covers only 32).
@@ -197,7 +190,10 @@ impl VhostUserBackendMut for AccelBackend {
         self.device.attach_vrings(vrings);
         let event = usize::from(device_event);
         if event < self.num_queues {
-            return log_error(self.device.handle_queue(device_event, vrings));
+            // The device logs a ring it cannot update; an error returned to
+            // the event loop would end it, and the other queues with it.
+            self.device.handle_queue(device_event, vrings);
+            return Ok(());
         }
         if let Some(queue) = event
             .checked_sub(self.num_queues + 1)

@@ -5,8 +5,11 @@
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_accel_spec::VirtioAccelConfig;
+
+use crate::sandbox::UserSpec;
 
 /// Most request queues a tenant's device serves: vhost-user-backend assigns
 /// vrings to worker threads with a 64-bit mask, and the control queue takes
@@ -43,6 +46,9 @@ pub enum ConfigError {
     /// A quota of zero would refuse everything.
     #[error("must be at least 1 (leave the quota out for none)")]
     ZeroQuota,
+    /// A quota past what the tenant's process can be told.
+    #[error("must be at most {max}, got {0}", max = i64::MAX)]
+    QuotaTooLarge(u64),
     /// A tenant name that cannot be a metrics label value or a log prefix.
     #[error("must be 1 to 64 letters, digits, '-', '_' or '.', got {0:?}")]
     Name(String),
@@ -67,13 +73,16 @@ pub enum ConfigError {
     /// `--socket-count` with a path that has no `{}`.
     #[error("needs a socket path with a {{}} placeholder for the index, got {0}")]
     NoPlaceholder(String),
+    /// A user that cannot be switched to.
+    #[error("{0}")]
+    User(String),
     /// A metrics address that is neither `HOST:PORT` on loopback nor `unix:PATH`.
     #[error("must be a loopback HOST:PORT (127.0.0.1:9105, [::1]:9105) or unix:PATH, got {0:?}")]
     Metrics(String),
 }
 
 /// Where a tenant's vhost-user socket comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SocketSource {
     /// Bind and listen on this path (an existing socket file is replaced).
     Path(PathBuf),
@@ -91,7 +100,7 @@ impl std::fmt::Display for SocketSource {
 }
 
 /// Which engine runs the operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EngineKind {
     /// Host CPU threads ([`crate::engine::software::SoftwareEngine`]).
     Software,
@@ -130,7 +139,7 @@ impl std::str::FromStr for MetricsAddr {
 }
 
 /// Limits the device reports in its configuration (§5, §10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Most descriptors per chain and segments per object.
     pub max_segments: u32,
@@ -159,7 +168,7 @@ impl Default for Limits {
 /// Host policy on what one tenant may use: not reported to the driver; a
 /// request or command past a quota completes with Busy (§10.3). `None` is
 /// no quota.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
     /// Objects the device holds for the tenant: live ones, and destroyed ones
     /// that requests still use.
@@ -176,7 +185,7 @@ pub struct Quota {
 }
 
 /// One tenant: a VM, its socket and its device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantConfig {
     /// Name in logs and metrics.
     pub name: String,
@@ -256,6 +265,9 @@ pub struct Config {
     pub metrics: Option<MetricsAddr>,
     /// The tenants.
     pub tenants: Vec<TenantConfig>,
+    /// The unprivileged user tenants' processes switch to when the daemon
+    /// runs as root.
+    pub user: Option<UserSpec>,
 }
 
 impl Config {
@@ -272,6 +284,7 @@ impl Config {
             engine_nice: crate::engine::software::DEFAULT_WORKER_NICE,
             metrics: None,
             tenants,
+            user: None,
         }
     }
 
@@ -376,12 +389,20 @@ pub fn check_socket_fd(fd: RawFd) -> Result<RawFd, ConfigError> {
     }
 }
 
+/// A user to switch to: a user name or `UID:GID`, neither root.
+pub fn check_user(text: &str) -> Result<UserSpec, ConfigError> {
+    text.parse()
+        .map_err(|e: crate::sandbox::SandboxError| ConfigError::User(crate::error_chain(&e)))
+}
+
 /// A quota value.
 pub fn check_quota(value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        Err(ConfigError::ZeroQuota)
-    } else {
-        Ok(())
+    match value {
+        0 => Err(ConfigError::ZeroQuota),
+        // The supervisor hands a tenant's configuration to its process as
+        // TOML, whose integers are signed 64-bit.
+        v if i64::try_from(v).is_err() => Err(ConfigError::QuotaTooLarge(v)),
+        _ => Ok(()),
     }
 }
 

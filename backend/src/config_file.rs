@@ -23,7 +23,7 @@ use toml::Spanned;
 
 use crate::config::{
     check_engine_nice, check_engine_threads, check_name, check_queue_size, check_queues,
-    check_quota, check_socket_fd, check_weight, Config, ConfigError, EngineKind, MetricsAddr,
+    check_quota, check_socket_fd, check_user, check_weight, Config, ConfigError, EngineKind, MetricsAddr,
     Quota, SocketSource, TenantConfig,
 };
 
@@ -71,6 +71,7 @@ struct File {
     engine_threads: Option<Spanned<u64>>,
     engine_nice: Option<Spanned<u64>>,
     metrics: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
     #[serde(default)]
     tenant: Vec<Tenant>,
 }
@@ -136,6 +137,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigFileError> {
             metrics.span(),
             metrics.get_ref().parse::<MetricsAddr>(),
         )?);
+    }
+    if let Some(user) = &file.user {
+        config.user = Some(at.value("user", user.span(), check_user(user.get_ref()))?);
     }
     if file.tenant.is_empty() {
         return Err(at.error("tenant", 0..0, ConfigError::NoTenant));

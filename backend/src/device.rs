@@ -8,28 +8,33 @@
 //! and used-ring entries, and signal fences, which may release waiting requests
 //! and FENCE_WAIT commands. Used entries are batched and the guest notified
 //! once per batch, subject to `VIRTIO_RING_F_EVENT_IDX`.
+//!
+//! Guest memory is the table the device last validated ([`crate::memory`]),
+//! never the table vhost-user-backend shares with the vrings: every access
+//! to a ring or a buffer goes through that snapshot, so a table the device
+//! refused is never touched, not even in the moment between
+//! vhost-user-backend installing it and the device refusing it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, warn};
+use log::{debug, error, log, warn, Level};
 use thiserror::Error;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_accel_spec::{
     CtrlResp, Fence, Resp, Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{
-    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
-};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::chain::{walk, Walk};
 use crate::command::{decode_control, decode_request, BufSpec, Control, Deps, FenceId};
 use crate::config::TenantConfig;
 use crate::engine::{Completion, Engine, EngineError, HwQueue, Job, Share};
 use crate::fence::Fences;
+use crate::memory::{check_table, MemoryError};
 use crate::objects::{Object, ObjectError, ObjectTable};
 use crate::ops::Outcome;
 use crate::quota::{Admission, QuotaKind};
@@ -65,7 +70,8 @@ pub enum DeviceError {
     },
 }
 
-type Snapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
+/// A memory table the device validated.
+type Snapshot = Arc<GuestMemoryMmap>;
 
 /// Bookkeeping of a request between submission and response.
 struct InFlight {
@@ -128,7 +134,9 @@ pub struct Device {
     /// What waits for fences (requests and FENCE_WAIT commands), by wait id.
     waiting: HashMap<u64, Waiting>,
     next_wait_id: u64,
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// The memory table, once one is valid; `None` before the first table
+    /// and after a refused one (nothing touches guest memory then).
+    mem: Option<Snapshot>,
     ready: Vec<Vec<Job>>,
     used: Vec<Used>,
     /// The heads of every chain taken and not yet returned.
@@ -136,6 +144,8 @@ pub struct Device {
     /// Whether the rings' histories began with this instance (§11).
     history: RingHistory,
     log_limit: RateLimit,
+    /// Limits the log lines a VMM can trigger (memory tables).
+    vmm_log_limit: RateLimit,
     vrings: Vec<VringRwLock>,
     /// The tenant's quotas; they outlive device resets and connections, so
     /// that neither refills the rate buckets (§10.3.2).
@@ -169,6 +179,25 @@ impl TenantState {
 /// (the admission state stays consistent across a panic).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Logs `args`, a message of `kind` about `tenant`, at `level`, unless
+/// `limit` has let too many through lately: neither a guest nor a VMM may
+/// flood the host's logs.
+fn log_limited(
+    limit: &mut RateLimit,
+    tenant: &str,
+    kind: &str,
+    level: Level,
+    args: fmt::Arguments<'_>,
+) {
+    let (allowed, suppressed) = limit.allow();
+    if suppressed > 0 {
+        warn!("tenant {tenant}: {suppressed} {kind} messages suppressed");
+    }
+    if allowed {
+        log!(level, "tenant {tenant}: {args}");
+    }
 }
 
 /// How long a reset or a ring stop waits for work on the hardware.
@@ -211,6 +240,7 @@ impl Device {
             busy_heads: HeadSet::default(),
             history: RingHistory::default(),
             log_limit: RateLimit::new(10, Duration::from_secs(1)),
+            vmm_log_limit: RateLimit::new(10, Duration::from_secs(1)),
             vrings: Vec::new(),
             admission: tenant.admission,
             stats: tenant.stats,
@@ -233,14 +263,50 @@ impl Device {
         self.features = features;
     }
 
-    /// Installs a new guest memory table. Work accepted under the old table
-    /// is run to completion first, so that once the VMM has its reply nothing
+    /// Installs the memory table that `shared` now holds (SET_MEM_TABLE).
+    /// Work accepted under the old table is run to completion and published
+    /// in its rings first, so that once the VMM has its reply nothing
     /// touches the old mappings any more (§11).
-    pub fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
-        if self.mem.is_some() {
-            self.stop();
+    ///
+    /// A table with a region that its file does not cover is refused: the
+    /// VMM gets an error reply, and until a valid table arrives the device
+    /// touches no guest memory (it takes nothing from its rings and holds
+    /// back used entries). vhost-user-backend 0.24 ends the connection after
+    /// any error reply, so in practice the next valid table comes with the
+    /// VMM's next connection.
+    pub fn set_memory(
+        &mut self,
+        shared: &GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> Result<(), MemoryError> {
+        self.stop();
+        let table = shared.memory().into_inner();
+        match check_table(&table) {
+            Ok(check) => {
+                for region in check.unsealed {
+                    self.vmm_log(
+                        Level::Warn,
+                        format_args!(
+                            "{region}: its file is not sealed against shrinking \
+                             (F_SEAL_SHRINK); if the VMM truncates it, this tenant's \
+                             process dies of SIGBUS"
+                        ),
+                    );
+                }
+                self.mem = Some(table);
+                Ok(())
+            }
+            Err(e) => {
+                self.vmm_log(
+                    Level::Error,
+                    format_args!(
+                        "memory table refused, no guest memory is accessed until a valid \
+                         one arrives: {e}"
+                    ),
+                );
+                self.mem = None;
+                Err(e)
+            }
         }
-        self.mem = Some(mem);
     }
 
     /// Device reset and disconnection (§11): requests that have not started
@@ -334,16 +400,24 @@ impl Device {
     }
 
     fn guest_error(&mut self, args: fmt::Arguments<'_>) {
-        let (allowed, suppressed) = self.log_limit.allow();
-        if suppressed > 0 {
-            warn!(
-                "tenant {}: {suppressed} guest error messages suppressed",
-                self.config.name
-            );
-        }
-        if allowed {
-            warn!("tenant {}: guest error: {args}", self.config.name);
-        }
+        log_limited(
+            &mut self.log_limit,
+            &self.config.name,
+            "guest error",
+            Level::Warn,
+            format_args!("guest error: {args}"),
+        );
+    }
+
+    /// Logs a message about something the VMM did.
+    fn vmm_log(&mut self, level: Level, args: fmt::Arguments<'_>) {
+        log_limited(
+            &mut self.vmm_log_limit,
+            &self.config.name,
+            "VMM",
+            level,
+            args,
+        );
     }
 
     fn next_wait_id(&mut self) -> u64 {
@@ -352,12 +426,16 @@ impl Device {
         id
     }
 
-    /// Processes the available chains of virtqueue `vq` (a kick), then flushes.
-    pub fn handle_queue(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
+    /// Processes the available chains of virtqueue `vq` (a kick), then
+    /// flushes. A ring the device cannot update (the guest placed it outside
+    /// its memory) is logged, rate-limited; the other queues carry on.
+    pub fn handle_queue(&mut self, vq: u16, vrings: &[VringRwLock]) {
         let polled = self.poll_ring(vq, vrings);
         // Publish what was taken even if the ring then failed.
         self.flush(vrings);
-        polled
+        if let Err(e) = polled {
+            self.guest_error(format_args!("{}", crate::error_chain(&e)));
+        }
     }
 
     /// Takes every available chain of virtqueue `vq`, with kicks disabled
@@ -369,11 +447,22 @@ impl Device {
         let Some(vring) = vrings.get(usize::from(vq)) else {
             return Ok(());
         };
+        let Some(mem) = self.mem.clone() else {
+            return Ok(());
+        };
         let vring_error = |source| DeviceError::Vring { index: vq, source };
         loop {
-            vring.disable_notification().map_err(vring_error)?;
-            let taken = self.drain_queue(vq, vring);
-            let more = vring.enable_notification().map_err(vring_error)?;
+            vring
+                .get_mut()
+                .get_queue_mut()
+                .disable_notification(&*mem)
+                .map_err(vring_error)?;
+            let taken = self.drain_queue(vq, vring, &mem);
+            let more = vring
+                .get_mut()
+                .get_queue_mut()
+                .enable_notification(&*mem)
+                .map_err(vring_error)?;
             // Go round again only if this pass made progress: an entry the
             // device cannot read must not turn into a busy loop.
             if taken == 0 || !more {
@@ -382,12 +471,9 @@ impl Device {
         }
     }
 
-    /// Takes the available chains of virtqueue `vq`; returns how many (0 if
-    /// the ring cannot be read).
-    fn drain_queue(&mut self, vq: u16, vring: &VringRwLock) -> usize {
-        let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
-            return 0;
-        };
+    /// Takes the available chains of virtqueue `vq` from `mem`; returns how
+    /// many (0 if the ring cannot be read).
+    fn drain_queue(&mut self, vq: u16, vring: &VringRwLock, mem: &Snapshot) -> usize {
         let (chains, size) = {
             let mut state = vring.get_mut();
             let size = state.get_queue().size();
@@ -404,7 +490,7 @@ impl Device {
             }
         };
         // One reference on the snapshot for the whole batch, cloned per request.
-        let keepalive: Keepalive = Arc::new(mem.clone());
+        let keepalive: Keepalive = mem.clone();
         let taken = chains.len();
         for chain in chains {
             let head = chain.head_index();
@@ -419,11 +505,11 @@ impl Device {
             }
             // SAFETY: the segments point into `mem`, which `keepalive` keeps
             // mapped; every request built from them holds a clone of it.
-            let walked = unsafe { walk(chain, &mem, self.config.limits.max_segments) };
+            let walked = unsafe { walk(chain, mem, self.config.limits.max_segments) };
             if vq == virtio_accel_spec::CONTROL_QUEUE {
-                self.accept_control(head, walked, &mem, &keepalive);
+                self.accept_control(head, walked, mem, &keepalive);
             } else {
-                self.accept_request(vq, head, walked, &mem, &keepalive);
+                self.accept_request(vq, head, walked, mem, &keepalive);
             }
         }
         taken
@@ -787,8 +873,12 @@ impl Device {
 
     /// Adds the queued used entries to their rings (§6.4) and notifies each
     /// touched ring once, if the driver asked for it. A ring the guest broke
-    /// (used ring outside its memory) costs only its own entries.
+    /// (used ring outside its memory) costs only its own entries. Without a
+    /// valid memory table the entries wait for one.
     fn publish_used(&mut self, vrings: &[VringRwLock]) {
+        let Some(mem) = self.mem.clone() else {
+            return;
+        };
         let used = std::mem::take(&mut self.used);
         if used.is_empty() {
             return;
@@ -800,17 +890,24 @@ impl Device {
             }
             let notify = {
                 let mut state = vring.get_mut();
+                let queue = state.get_queue_mut();
                 for entry in entries {
                     self.busy_heads.remove(index, entry.head);
-                    if let Err(e) = state.add_used(entry.head, entry.len) {
-                        warn!("virtqueue {index}: cannot return head {}: {e}", entry.head);
+                    if let Err(e) = queue.add_used(&*mem, entry.head, entry.len) {
+                        self.guest_error(format_args!(
+                            "virtqueue {index}: cannot return head {}: {e}",
+                            entry.head
+                        ));
                     }
                 }
-                state.needs_notification().unwrap_or(true)
+                queue.needs_notification(&*mem).unwrap_or(true)
             };
             if notify {
                 if let Err(e) = vring.signal_used_queue() {
-                    warn!("virtqueue {index}: cannot notify the driver: {e}");
+                    self.vmm_log(
+                        Level::Warn,
+                        format_args!("virtqueue {index}: cannot notify the driver: {e}"),
+                    );
                 }
             }
         }

@@ -2,11 +2,15 @@
 //!
 //! Each request queue has a timeline: requests get sequence numbers 1, 2, 3…
 //! in the order the device takes them, and each signals when its request
-//! completes, in any order. A timeline stores everything below its low-water
-//! mark as signalled plus the set of signalled fences above it, so its size is
-//! bounded by the requests in flight.
+//! completes, in any order. A timeline stores only the fences issued and not
+//! yet signalled, one per request in flight on its queue, each with what
+//! waits on it; every other issued fence has signalled. A driver that holds
+//! one fence open while it streams requests through the queue therefore
+//! costs nothing per completion: a timeline never holds more entries than the
+//! queue has requests in flight, at most its size (§12.7).
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Ordering;
+use std::collections::VecDeque;
 
 use thiserror::Error;
 
@@ -20,53 +24,97 @@ pub enum FenceError {
     NotIssued(FenceId),
 }
 
+/// A fence issued and not signalled, and what waits on it.
 #[derive(Debug)]
-struct Timeline {
-    /// Sequence number of the next request.
-    next: u64,
-    /// Every fence below this has signalled.
-    signalled_below: u64,
-    /// Signalled fences at or above `signalled_below`.
-    signalled_above: BTreeSet<u64>,
+struct Pending<W> {
+    seqno: u64,
+    waiters: Vec<W>,
 }
 
-impl Default for Timeline {
+#[derive(Debug)]
+struct Timeline<W> {
+    /// Sequence number of the next request.
+    next: u64,
+    /// The fences issued and not signalled, by increasing sequence number
+    /// (fences are issued in that order and leave from anywhere).
+    pending: VecDeque<Pending<W>>,
+}
+
+impl<W> Default for Timeline<W> {
     fn default() -> Self {
         Timeline {
             next: 1,
-            signalled_below: 1,
-            signalled_above: BTreeSet::new(),
+            pending: VecDeque::new(),
         }
     }
 }
 
-impl Timeline {
+impl<W> Timeline<W> {
+    fn issue(&mut self) -> u64 {
+        let seqno = self.next;
+        self.next += 1;
+        self.pending.push_back(Pending {
+            seqno,
+            waiters: Vec::new(),
+        });
+        seqno
+    }
+
     fn is_issued(&self, seqno: u64) -> bool {
         seqno != 0 && seqno < self.next
     }
 
-    fn is_signalled(&self, seqno: u64) -> bool {
-        seqno < self.signalled_below || self.signalled_above.contains(&seqno)
+    fn seqno_at(&self, index: usize) -> Option<u64> {
+        self.pending.get(index).map(|pending| pending.seqno)
     }
 
-    fn signal(&mut self, seqno: u64) {
-        if seqno != self.signalled_below {
-            self.signalled_above.insert(seqno);
-            return;
+    /// Where fence `seqno` is in `pending`, if it has not signalled.
+    ///
+    /// Sequence numbers increase strictly, so there are at most
+    /// `seqno - first` entries before it and `last - seqno` after it. Those
+    /// bounds name its index outright when the entries before it, or those
+    /// after it, are consecutive numbers: requests completing in order,
+    /// behind one held fence or not. Otherwise a binary search between them.
+    fn index_of(&self, seqno: u64) -> Option<usize> {
+        let first = self.pending.front()?.seqno;
+        let last = self.pending.back()?.seqno;
+        if seqno < first || seqno > last {
+            return None;
         }
-        // In-order completion, the common case, touches no set node.
-        self.signalled_below += 1;
-        while self.signalled_above.remove(&self.signalled_below) {
-            self.signalled_below += 1;
+        let end = self.pending.len() - 1;
+        let at_most = |gap: u64| usize::try_from(gap).map_or(end, |gap| gap.min(end));
+        let (mut low, mut high) = (end - at_most(last - seqno), at_most(seqno - first));
+        for guess in [low, high] {
+            if self.seqno_at(guess) == Some(seqno) {
+                return Some(guess);
+            }
         }
+        while low <= high {
+            let middle = low + (high - low) / 2;
+            match self.seqno_at(middle)?.cmp(&seqno) {
+                Ordering::Equal => return Some(middle),
+                Ordering::Less => low = middle + 1,
+                Ordering::Greater => high = middle.checked_sub(1)?,
+            }
+        }
+        None
+    }
+
+    /// Removes fence `seqno` and returns its waiters.
+    fn signal(&mut self, seqno: u64) -> Vec<W> {
+        self.index_of(seqno)
+            .and_then(|index| self.pending.remove(index))
+            .map(|pending| pending.waiters)
+            .unwrap_or_default()
     }
 }
 
-/// The fences of one device, and who waits on which.
+/// The fences of one device, and who waits on which. Waiters are kept with
+/// their fence and leave with it, so nothing here outlives the requests in
+/// flight.
 #[derive(Debug)]
 pub struct Fences<W> {
-    timelines: Vec<Timeline>,
-    waiters: HashMap<FenceId, Vec<W>>,
+    timelines: Vec<Timeline<W>>,
 }
 
 impl<W> Fences<W> {
@@ -74,15 +122,13 @@ impl<W> Fences<W> {
     pub fn new(queues: u16) -> Self {
         Fences {
             timelines: (0..queues).map(|_| Timeline::default()).collect(),
-            waiters: HashMap::new(),
         }
     }
 
     /// Issues the next fence of `queue`; `None` if there is no such queue.
     pub fn issue(&mut self, queue: u16) -> Option<FenceId> {
         let timeline = self.timelines.get_mut(usize::from(queue))?;
-        let seqno = timeline.next;
-        timeline.next += 1;
+        let seqno = timeline.issue();
         Some(FenceId { queue, seqno })
     }
 
@@ -90,26 +136,34 @@ impl<W> Fences<W> {
     pub fn is_signalled(&self, fence: FenceId) -> Result<bool, FenceError> {
         match self.timelines.get(usize::from(fence.queue)) {
             Some(timeline) if timeline.is_issued(fence.seqno) => {
-                Ok(timeline.is_signalled(fence.seqno))
+                Ok(timeline.index_of(fence.seqno).is_none())
             }
             _ => Err(FenceError::NotIssued(fence)),
         }
     }
 
-    /// Registers `waiter` to be returned by [`Fences::signal`] of `fence`.
+    /// Registers `waiter` to be returned by [`Fences::signal`] of `fence`,
+    /// which must be issued and not signalled ([`Fences::is_signalled`]
+    /// answers `Ok(false)`): a waiter on any other fence would never be
+    /// returned, and is dropped.
     pub fn wait(&mut self, fence: FenceId, waiter: W) {
-        self.waiters.entry(fence).or_default().push(waiter);
+        let Some(timeline) = self.timelines.get_mut(usize::from(fence.queue)) else {
+            return;
+        };
+        if let Some(index) = timeline.index_of(fence.seqno) {
+            if let Some(pending) = timeline.pending.get_mut(index) {
+                pending.waiters.push(waiter);
+            }
+        }
     }
 
-    /// Signals `fence` and returns its waiters.
+    /// Signals `fence` and returns its waiters; a fence signalled already
+    /// or never issued has none.
     pub fn signal(&mut self, fence: FenceId) -> Vec<W> {
-        if let Some(timeline) = self.timelines.get_mut(usize::from(fence.queue)) {
-            timeline.signal(fence.seqno);
-        }
-        if self.waiters.is_empty() {
-            return Vec::new();
-        }
-        self.waiters.remove(&fence).unwrap_or_default()
+        self.timelines
+            .get_mut(usize::from(fence.queue))
+            .map(|timeline| timeline.signal(fence.seqno))
+            .unwrap_or_default()
     }
 }
 
@@ -117,7 +171,17 @@ impl<W> Fences<W> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::collections::{HashMap, HashSet};
+
     use super::*;
+
+    impl<W> Fences<W> {
+        /// Every waiter held, on every fence.
+        fn waiter_count(&self) -> usize {
+            let pending = self.timelines.iter().flat_map(|t| &t.pending);
+            pending.map(|pending| pending.waiters.len()).sum()
+        }
+    }
 
     #[test]
     fn out_of_order_signals_and_waiters() {
@@ -138,12 +202,163 @@ mod tests {
         assert!(fences.signal(b).is_empty());
         assert!(fences.is_signalled(b).unwrap());
         assert!(!fences.is_signalled(a).unwrap());
+        assert!(
+            fences.signal(b).is_empty(),
+            "a second signal changes nothing"
+        );
+        assert!(!fences.is_signalled(a).unwrap());
         assert_eq!(fences.signal(a), vec!["x", "y"]);
         assert!(fences.is_signalled(a).unwrap());
         assert!(!fences.is_signalled(c).unwrap());
+        assert!(fences.timelines[0].pending.is_empty());
+        assert_eq!(fences.timelines[1].pending.len(), 1);
+    }
+
+    /// A held fence costs nothing per completion behind it: the timeline
+    /// holds the requests in flight, not the fences signalled since.
+    #[test]
+    fn a_held_fence_keeps_the_timeline_at_the_requests_in_flight() {
+        let mut fences = Fences::<u32>::new(2);
+        let held = fences.issue(0).unwrap();
+        fences.wait(held, 7);
+        let mut window = VecDeque::new();
+        for round in 0..1_000_000u64 {
+            window.push_back(fences.issue(0).unwrap());
+            if window.len() == 4 {
+                // Completions behind the held fence, out of order half the time.
+                let index = usize::from(round % 2 == 0);
+                let done = window.remove(index).unwrap();
+                assert!(fences.signal(done).is_empty());
+            }
+        }
+        let timeline = &fences.timelines[0];
+        assert_eq!(timeline.pending.len(), 1 + window.len());
         assert!(
-            fences.timelines[0].signalled_above.is_empty(),
-            "low-water mark advanced past 2"
+            timeline.pending.capacity() <= 8,
+            "capacity {}",
+            timeline.pending.capacity()
         );
+        assert_eq!(fences.waiter_count(), 1);
+        assert!(!fences.is_signalled(held).unwrap());
+        assert!(fences.is_signalled(FenceId { queue: 0, seqno: 2 }).unwrap());
+        assert_eq!(fences.signal(held), vec![7]);
+        assert_eq!(fences.waiter_count(), 0);
+        for fence in window {
+            fences.signal(fence);
+        }
+        assert!(fences.timelines[0].pending.is_empty());
+    }
+
+    /// xorshift64*: a reproducible sequence without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % n
+        }
+
+        fn index(&mut self, len: usize) -> usize {
+            usize::try_from(self.below(u64::try_from(len).unwrap())).unwrap()
+        }
+    }
+
+    /// The plain meaning of a device's fences: what was issued, what has not
+    /// signalled, who waits on what.
+    #[derive(Default)]
+    struct Model {
+        next: Vec<u64>,
+        unsignalled: HashSet<FenceId>,
+        waiters: HashMap<FenceId, Vec<u32>>,
+    }
+
+    impl Model {
+        fn check(&self, fences: &Fences<u32>, rng: &mut Rng) {
+            for (queue, &next) in (0u16..).zip(&self.next) {
+                // The edges of the issued range, and a sample inside it.
+                let mut probes = vec![0, 1, next - 1, next, next + 1];
+                probes.extend((0..8).map(|_| 1 + rng.below(next)));
+                for seqno in probes {
+                    let fence = FenceId { queue, seqno };
+                    let want = if seqno == 0 || seqno >= next {
+                        Err(FenceError::NotIssued(fence))
+                    } else {
+                        Ok(!self.unsignalled.contains(&fence))
+                    };
+                    assert_eq!(fences.is_signalled(fence), want);
+                }
+                let in_flight = self.unsignalled.iter().filter(|f| f.queue == queue);
+                let timeline = &fences.timelines[usize::from(queue)];
+                assert_eq!(timeline.pending.len(), in_flight.count());
+            }
+            let waiters = self.waiters.values().map(Vec::len).sum::<usize>();
+            assert_eq!(fences.waiter_count(), waiters);
+        }
+    }
+
+    /// Random issue, signal and wait sequences, in and out of order, agree
+    /// with the model at every step.
+    #[test]
+    fn random_sequences_agree_with_a_model() {
+        const QUEUES: u16 = 3;
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut fences = Fences::<u32>::new(QUEUES);
+            let mut model = Model {
+                next: vec![1; usize::from(QUEUES)],
+                ..Model::default()
+            };
+            // The fences in flight, oldest first per queue as issued.
+            let mut in_flight: Vec<FenceId> = Vec::new();
+            for step in 0..5_000u32 {
+                match rng.below(8) {
+                    0..=2 => {
+                        let queue = u16::try_from(rng.below(u64::from(QUEUES))).unwrap();
+                        let fence = fences.issue(queue).unwrap();
+                        let next = &mut model.next[usize::from(queue)];
+                        assert_eq!(fence.seqno, *next);
+                        *next += 1;
+                        model.unsignalled.insert(fence);
+                        in_flight.push(fence);
+                    }
+                    3..=5 if !in_flight.is_empty() => {
+                        // Mostly the oldest, as a busy queue completes.
+                        let index = if rng.below(2) == 0 {
+                            0
+                        } else {
+                            rng.index(in_flight.len())
+                        };
+                        let fence = in_flight.remove(index);
+                        model.unsignalled.remove(&fence);
+                        let mut got = fences.signal(fence);
+                        let mut want = model.waiters.remove(&fence).unwrap_or_default();
+                        got.sort_unstable();
+                        want.sort_unstable();
+                        assert_eq!(got, want, "seed {seed} step {step}");
+                    }
+                    6 if !in_flight.is_empty() => {
+                        let fence = in_flight[rng.index(in_flight.len())];
+                        fences.wait(fence, step);
+                        model.waiters.entry(fence).or_default().push(step);
+                    }
+                    _ => {
+                        // A signal of a fence signalled already, or never
+                        // issued, changes nothing.
+                        let queue = u16::try_from(rng.below(u64::from(QUEUES))).unwrap();
+                        let next = model.next[usize::from(queue)];
+                        let seqno = rng.below(next + 2);
+                        let fence = FenceId { queue, seqno };
+                        if !model.unsignalled.contains(&fence) {
+                            assert!(fences.signal(fence).is_empty());
+                            // Nor is there anything to wait for.
+                            fences.wait(fence, step);
+                        }
+                    }
+                }
+                model.check(&fences, &mut rng);
+            }
+        }
     }
 }

@@ -15,9 +15,15 @@
 //! - [`tracking`]: the slab of requests in flight and the set of busy ring heads;
 //! - [`device`]: the device model tying them together, one per connection;
 //! - [`backend`]: the `VhostUserBackend` glue;
+//! - [`memory`]: validation of the guest memory a VMM hands over;
 //! - [`server`]: the tenants' sockets and connection loops;
+//! - [`supervisor`]: one process per tenant, restarted when it ends;
+//! - [`tenant_process`]: what a tenant's process is handed, and how it runs;
+//! - [`sandbox`]: the sandbox of a tenant's process;
+//! - [`fairshare`]: the CPU shared between tenants' processes by weight;
+//! - [`shared`]: memory shared between the supervisor and a tenant's process;
 //! - [`metrics`]: the Prometheus endpoint;
-//! - [`shutdown`]: the report of every tenant's counters at exit;
+//! - [`shutdown`]: the signals the supervisor acts on, and its exit report;
 //! - [`config`]: the daemon configuration, its tenants and their quotas;
 //! - [`config_file`]: the TOML configuration file.
 
@@ -28,20 +34,27 @@ pub mod config;
 pub mod config_file;
 pub mod device;
 pub mod engine;
+pub mod fairshare;
 pub mod fence;
+pub mod memory;
 pub mod metrics;
 pub mod objects;
 pub mod ops;
 pub mod quota;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod server;
+pub mod shared;
 pub mod sg;
 pub mod shutdown;
 pub mod stats;
+pub mod supervisor;
+pub mod tenant_process;
 pub mod tracking;
 
 pub use config::{Config, EngineKind, Limits, SocketSource, TenantConfig};
 pub use server::{Server, ServerError};
+pub use supervisor::{Supervisor, SupervisorError};
 
 /// `error` followed by each of its causes, joined with ": ", as the daemon
 /// reports errors to the operator.

@@ -215,6 +215,25 @@ pub struct Scratch {
     output: Vec<u8>,
 }
 
+/// Most bytes a scratch buffer keeps between jobs. AES-GCM gathers its whole
+/// input and AAD, up to `max_buffer_size` each; a buffer grown past this is
+/// freed when its job ends, so one huge job does not hold a worker's memory
+/// at its size for good (§12.7), while jobs up to this size reuse their
+/// buffers without allocating.
+pub const SCRATCH_KEEP: usize = 1 << 20;
+
+impl Scratch {
+    /// Frees the buffers that grew past [`SCRATCH_KEEP`] (after the job that
+    /// grew them wiped what it must, §12.6).
+    fn trim(&mut self) {
+        for buffer in [&mut self.input, &mut self.aad, &mut self.output] {
+            if buffer.capacity() > SCRATCH_KEEP {
+                *buffer = Vec::new();
+            }
+        }
+    }
+}
+
 /// Chunk size of the deflate bounce buffers.
 const STREAM_CHUNK: usize = 64 * 1024;
 /// Chunk size of the bounce buffers of CRC32C, SHA-256 and COMPARE: small
@@ -223,7 +242,20 @@ const HASH_CHUNK: usize = 16 * 1024;
 
 /// Runs `operation` on `inputs` and `outputs`, whose counts must match the
 /// operation's arity (§8); a mismatch is reported as [`Status::DeviceError`].
+/// Leaves at most [`SCRATCH_KEEP`] bytes in each buffer of `scratch`.
 pub fn execute(
+    operation: &Operation,
+    inputs: &[SgList],
+    outputs: &[SgList],
+    scratch: &mut Scratch,
+) -> Outcome {
+    let outcome = dispatch(operation, inputs, outputs, scratch);
+    scratch.trim();
+    outcome
+}
+
+/// [`execute`] before the scratch is trimmed.
+fn dispatch(
     operation: &Operation,
     inputs: &[SgList],
     outputs: &[SgList],
@@ -559,7 +591,49 @@ fn inflate(format: DeflateFormat, input: &SgList, out: &SgList, scratch: &mut Sc
 
 #[cfg(test)]
 mod tests {
-    use super::wipe;
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::sg::OwnedBuffers;
+
+    impl Scratch {
+        /// Bytes allocated in the buffers.
+        fn capacity(&self) -> usize {
+            self.input.capacity() + self.aad.capacity() + self.output.capacity()
+        }
+    }
+
+    /// AES-GCM-SEAL of `len` bytes (and as many bytes of AAD) with `scratch`.
+    fn seal(len: usize, scratch: &mut Scratch) -> Outcome {
+        let buffers = OwnedBuffers::new(vec![vec![1; len], vec![2; len], vec![0; len]]);
+        let key = GcmKey {
+            key: [3; 32],
+            iv: [4; GCM_IV_SIZE],
+        };
+        let job = buffers
+            .job(Operation::AesGcmSeal(key), &[0, 1], &[2], |_| 4096, 0)
+            .unwrap();
+        execute(&job.operation, &job.inputs, &job.outputs, scratch)
+    }
+
+    #[test]
+    fn a_huge_job_leaves_no_more_than_the_kept_scratch() {
+        let mut scratch = Scratch::default();
+        assert_eq!(seal(SCRATCH_KEEP / 2, &mut scratch).status, Status::Ok);
+        let kept = scratch.capacity();
+        assert!(
+            kept >= SCRATCH_KEEP,
+            "jobs up to the cap keep their buffers"
+        );
+        assert_eq!(seal(16 << 20, &mut scratch).status, Status::Ok);
+        assert!(
+            scratch.capacity() <= 3 * SCRATCH_KEEP,
+            "{} bytes kept after a 16 MiB job",
+            scratch.capacity()
+        );
+        assert_eq!(seal(SCRATCH_KEEP / 2, &mut scratch).status, Status::Ok);
+        assert_eq!(scratch.capacity(), kept);
+    }
 
     #[test]
     fn wipe_zeroes_the_filled_bytes_and_keeps_the_allocation() {

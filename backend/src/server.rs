@@ -11,7 +11,7 @@
 //! Tenants share the engine and nothing else.
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use crate::device::{DeviceError, TenantState};
 use crate::engine::software::SoftwareEngine;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::MetricsServer;
+use crate::quota::Admission;
 use crate::stats::TenantStats;
 
 /// Errors of the server.
@@ -91,6 +92,28 @@ impl Server {
     /// Starts the engine of `config` and binds every tenant's socket and the
     /// metrics endpoint; nothing is served until [`Server::serve_forever`].
     pub fn bind(config: Config) -> Result<Self, ServerError> {
+        let listeners = config
+            .tenants
+            .iter()
+            .map(listen)
+            .collect::<Result<Vec<_>, _>>()?;
+        let stats = config
+            .tenants
+            .iter()
+            .map(|tenant| Arc::new(TenantStats::new(tenant.name.clone())))
+            .collect();
+        Server::bind_with(config, listeners, stats)
+    }
+
+    /// Starts the engine of `config` and serves its tenants on `listeners`,
+    /// counting in `stats` (both in the order of `config.tenants`): how a
+    /// tenant's process serves the socket and the counters that the
+    /// supervisor handed it.
+    pub fn bind_with(
+        config: Config,
+        listeners: Vec<Listener>,
+        stats: Vec<Arc<TenantStats>>,
+    ) -> Result<Self, ServerError> {
         let engine: Arc<dyn Engine> = match config.engine {
             EngineKind::Software => Arc::new(SoftwareEngine::with_priority(
                 config.engine_threads,
@@ -99,15 +122,18 @@ impl Server {
         };
         let tenants = (0u32..)
             .zip(config.tenants)
-            .map(|(index, config)| {
-                Ok(Tenant {
-                    listener: listen(&config)?,
-                    engine: Arc::clone(&engine),
-                    state: TenantState::new(index, &config),
-                    config,
-                })
+            .zip(listeners.into_iter().zip(stats))
+            .map(|((index, config), (listener, stats))| Tenant {
+                listener,
+                engine: Arc::clone(&engine),
+                state: TenantState {
+                    index,
+                    stats,
+                    admission: Arc::new(Mutex::new(Admission::new(config.quota, Instant::now()))),
+                },
+                config,
             })
-            .collect::<Result<Vec<_>, ServerError>>()?;
+            .collect();
         let metrics = config
             .metrics
             .as_ref()
@@ -160,7 +186,8 @@ impl Server {
     }
 }
 
-fn listen(config: &TenantConfig) -> Result<Listener, ServerError> {
+/// Binds the socket of tenant `config`, or takes its inherited one.
+pub fn listen(config: &TenantConfig) -> Result<Listener, ServerError> {
     match &config.socket {
         SocketSource::Path(path) => {
             Listener::new(path, true).map_err(|source| ServerError::Listen {

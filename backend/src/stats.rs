@@ -3,12 +3,15 @@
 //! bytes, quota refusals, what is in flight and held, and a latency histogram.
 
 use std::fmt::Write;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use virtio_accel_spec::Status;
 
 use crate::quota::QuotaKind;
+use crate::shared::{SharedMemory, SharedPlain};
 
 /// Upper bounds of the latency histogram's buckets, in microseconds.
 const LATENCY_BOUNDS_US: [u64; 15] = [
@@ -18,6 +21,7 @@ const LATENCY_BOUNDS_US: [u64; 15] = [
 
 /// Latency from taking a request to its completion.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct Histogram {
     /// Per bucket (not cumulative); the last one is +Inf.
     buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
@@ -70,10 +74,11 @@ impl Histogram {
     }
 }
 
-/// The counters of one tenant.
-#[derive(Debug)]
-pub struct TenantStats {
-    name: String,
+/// The counters themselves: plain atomics, so that they can live in memory
+/// shared with the tenant's process ([`crate::shared`]).
+#[derive(Debug, Default)]
+#[repr(C)]
+pub struct Counters {
     /// Requests completed, by status value.
     requests: [AtomicU64; Status::ALL.len()],
     /// Control commands answered, by status value.
@@ -92,7 +97,41 @@ pub struct TenantStats {
     connections: AtomicU64,
     /// Whether a VMM is connected (a gauge).
     connected: AtomicU64,
+    /// Times the tenant's process was started again after it ended.
+    restarts: AtomicU64,
     latency: Histogram,
+}
+
+// SAFETY: `Counters` is `repr(C)` and made only of `AtomicU64`s (directly,
+// in arrays and in `Histogram`, itself `repr(C)`): any bits are valid, every
+// access is atomic, and there is no pointer.
+unsafe impl SharedPlain for Counters {}
+
+/// Where a tenant's counters live.
+#[derive(Debug)]
+enum Storage {
+    /// In this process only.
+    Private(Box<Counters>),
+    /// In a memfd shared between the supervisor and the tenant's process.
+    Shared(SharedMemory<Counters>),
+}
+
+/// The counters of one tenant.
+#[derive(Debug)]
+pub struct TenantStats {
+    name: String,
+    counters: Storage,
+}
+
+impl std::ops::Deref for TenantStats {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        match &self.counters {
+            Storage::Private(counters) => counters,
+            Storage::Shared(counters) => counters,
+        }
+    }
 }
 
 fn status_slot(counters: &[AtomicU64], status: Status) -> Option<&AtomicU64> {
@@ -100,21 +139,62 @@ fn status_slot(counters: &[AtomicU64], status: Status) -> Option<&AtomicU64> {
 }
 
 impl TenantStats {
-    /// Zeroed counters for tenant `name`.
+    /// Zeroed counters for tenant `name`, in this process only.
     pub fn new(name: impl Into<String>) -> Self {
         TenantStats {
             name: name.into(),
-            requests: Default::default(),
-            commands: Default::default(),
-            bytes: AtomicU64::new(0),
-            quota_refusals: Default::default(),
-            inflight: AtomicU64::new(0),
-            objects: AtomicU64::new(0),
-            object_bytes: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
-            connected: AtomicU64::new(0),
-            latency: Histogram::default(),
+            counters: Storage::Private(Box::default()),
         }
+    }
+
+    /// Zeroed counters for tenant `name` in a new shared memory file, to be
+    /// handed to the tenant's process ([`TenantStats::shared_file`]).
+    pub fn shared(name: impl Into<String>) -> io::Result<Self> {
+        let name = name.into();
+        let counters = SharedMemory::create(&format!("stats-{name}"))?;
+        Ok(TenantStats {
+            name,
+            counters: Storage::Shared(counters),
+        })
+    }
+
+    /// The counters of tenant `name` in `file`, made by [`TenantStats::shared`]
+    /// in the supervisor.
+    pub fn attach(name: impl Into<String>, file: OwnedFd) -> io::Result<Self> {
+        Ok(TenantStats {
+            name: name.into(),
+            counters: Storage::Shared(SharedMemory::attach(file)?),
+        })
+    }
+
+    /// The shared memory file of counters made by [`TenantStats::shared`].
+    pub fn shared_file(&self) -> Option<BorrowedFd<'_>> {
+        match &self.counters {
+            Storage::Private(_) => None,
+            Storage::Shared(counters) => Some(counters.as_fd()),
+        }
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tenant's process ended: what it held and served is gone.
+    pub fn process_ended(&self) {
+        for gauge in [
+            &self.connected,
+            &self.inflight,
+            &self.objects,
+            &self.object_bytes,
+        ] {
+            gauge.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The tenant's process was started again.
+    pub fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request completed with `status` after `latency`; `bytes` are its
@@ -206,10 +286,11 @@ impl TenantStats {
             .quantile_bound(990)
             .map_or_else(|| String::from("-"), |d| format!("<= {d:?}"));
         format!(
-            "tenant {}: {} connections, {} requests ({} ok, {} failed, {} over quota), \
-             {} bytes, {} commands, p99 latency {p99}",
+            "tenant {}: {} connections, {} process restarts, {} requests ({} ok, {} failed, \
+             {} over quota), {} bytes, {} commands, p99 latency {p99}",
             self.name,
             self.connections.load(Ordering::Relaxed),
+            self.restarts.load(Ordering::Relaxed),
             total(&self.requests),
             ok,
             total(&self.requests) - ok,
@@ -290,7 +371,7 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
             );
         }
     }
-    let singles: [(&str, &str, &str, Pick); 6] = [
+    let singles: [(&str, &str, &str, Pick); 7] = [
         (
             "bytes_total",
             "counter",
@@ -321,6 +402,12 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
         ("connected", "gauge", "Whether a VMM is connected.", |t| {
             &t.connected
         }),
+        (
+            "process_restarts_total",
+            "counter",
+            "Times the tenant's process was started again after it ended.",
+            |t| &t.restarts,
+        ),
     ];
     for (name, kind, help, pick) in singles {
         family(&mut out, name, kind, help);

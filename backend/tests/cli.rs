@@ -260,11 +260,11 @@ fn a_configuration_file_serves_named_tenants_with_metrics_and_a_report_at_exit()
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("tenant vm1: 1 connections, 1 requests (1 ok"),
+        stderr.contains("tenant vm1: 1 connections, 0 process restarts, 1 requests (1 ok"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("tenant vm2: 2 connections, 2 requests (2 ok"),
+        stderr.contains("tenant vm2: 2 connections, 0 process restarts, 2 requests (2 ok"),
         "{stderr}"
     );
     assert!(!vm1.exists() && !vm2.exists(), "sockets left behind");

@@ -172,3 +172,112 @@ impl Daemon {
 pub fn guest_ram(mib: usize) -> DmaMemory {
     DmaMemory::new(mib << 20).unwrap_or_else(|e| panic!("cannot create guest RAM: {e}"))
 }
+
+/// The daemon's binary, `vhost-user-accel` beside the running program (both
+/// in `target/<profile>/`), or the path in `ACCEL_DAEMON_BIN`.
+pub fn daemon_binary() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("ACCEL_DAEMON_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot locate this program: {e}"))?
+            .with_file_name("vhost-user-accel"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no daemon binary at {} (build it: cargo build --release -p vhost-user-accel, \
+             or set ACCEL_DAEMON_BIN)",
+            path.display()
+        ))
+    }
+}
+
+/// The daemon binary running as a supervisor of one process per tenant,
+/// stopped (SIGTERM) when dropped.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts the daemon binary with tenants `names` (default settings) and
+    /// `engine_threads` per tenant's engine; returns it and a handle per
+    /// tenant, in order, once every socket listens.
+    pub fn start(names: &[&str], engine_threads: usize) -> Result<(Self, Vec<Daemon>), String> {
+        let dir = unique_socket_path().with_extension("d");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut config = format!("engine-threads = {engine_threads}\n");
+        let sockets: Vec<PathBuf> = names
+            .iter()
+            .map(|name| dir.join(format!("{name}.sock")))
+            .collect();
+        for (name, socket) in names.iter().zip(&sockets) {
+            config.push_str(&format!(
+                "[[tenant]]\nname = \"{name}\"\nsocket = \"{}\"\n",
+                socket.display()
+            ));
+        }
+        let config_path = dir.join("accel.toml");
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("daemon.log")).map_err(|e| e.to_string())?;
+        let child = std::process::Command::new(daemon_binary()?)
+            .arg("--config")
+            .arg(&config_path)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start the daemon: {e}"))?;
+        let process = DaemonProcess { child, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sockets.iter().all(|s| s.exists()) {
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the daemon's sockets never appeared; see {}",
+                    process.dir.join("daemon.log").display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let daemons = sockets.into_iter().map(Daemon::external).collect();
+        Ok((process, daemons))
+    }
+
+    /// The supervisor's pid and those of its children (the tenants'
+    /// processes).
+    pub fn pids(&self) -> Vec<u32> {
+        let supervisor = self.child.id();
+        let children = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        let children = children.filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            (ppid == supervisor).then_some(pid)
+        });
+        std::iter::once(supervisor).chain(children).collect()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: a signal to the child this harness started and has not
+            // reaped, so the pid is still its own.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The private resident memory (RssAnon) of process `pid`, in bytes.
+pub fn rss_anon(pid: &str) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| format!("no RssAnon in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}

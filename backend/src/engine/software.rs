@@ -38,11 +38,16 @@ pub const MODERATION_DELAY: Duration = Duration::from_micros(30);
 
 #[derive(Default)]
 struct Pending {
+    /// At most the queue's depth (see [`CompletionRing::reserve`]).
     done: Vec<Completion>,
     /// The interrupt was raised and not yet acknowledged by a reap.
     raised: bool,
     /// When the oldest unreaped completion was posted.
     oldest: Option<Instant>,
+    /// The moderation timer holds a deadline of this queue, due within
+    /// [`MODERATION_DELAY`]: no other is armed meanwhile, so the timer holds
+    /// at most one deadline per hardware queue.
+    timer_armed: bool,
 }
 
 /// Completion side of one hardware queue.
@@ -69,7 +74,10 @@ impl CompletionRing {
                 || now.duration_since(oldest) >= MODERATION_DELAY;
             let raise = due && !pending.raised;
             pending.raised |= raise;
-            (raise, first && !pending.raised)
+            // A deadline armed for an earlier batch is due before this one's.
+            let arm = first && !pending.raised && !pending.timer_armed;
+            pending.timer_armed |= arm;
+            (raise, arm)
         };
         if raise {
             self.raise();
@@ -78,10 +86,12 @@ impl CompletionRing {
         }
     }
 
-    /// Raises the interrupt if completions wait without one (the timer's path).
+    /// Raises the interrupt if completions wait without one (the timer's
+    /// path, at the deadline this queue armed).
     fn raise_if_pending(&self) {
         let raise = {
             let mut pending = lock(&self.pending);
+            pending.timer_armed = false;
             let raise = !pending.done.is_empty() && !pending.raised;
             pending.raised |= raise;
             raise
@@ -231,17 +241,28 @@ impl SoftwareEngine {
             shared,
             workers: Vec::new(),
         };
+        // Each worker reports once it runs at its priority: a sandbox put in
+        // force after this returns may forbid changing it.
+        let (ready, started) = std::sync::mpsc::channel();
         for index in 0..threads.max(1) {
             let shared = Arc::clone(&engine.shared);
+            let ready = ready.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("accel-engine-{index}"))
-                .spawn(move || worker_loop(&shared, nice))
+                .spawn(move || {
+                    lower_priority(nice);
+                    let _ = ready.send(());
+                    worker_loop(&shared);
+                })
                 .map_err(|source| EngineError::Resource {
                     what: "engine worker thread",
                     source,
                 })?;
             engine.workers.push(worker);
         }
+        drop(ready);
+        // Ends early only if a worker died before reporting.
+        for _ in started.iter().take(engine.workers.len()) {}
         let shared = Arc::clone(&engine.shared);
         let timer = std::thread::Builder::new()
             .name(String::from("accel-moderation"))
@@ -277,8 +298,7 @@ fn lower_priority(increment: i32) {
     }
 }
 
-fn worker_loop(shared: &Shared, nice: i32) {
-    lower_priority(nice);
+fn worker_loop(shared: &Shared) {
     let mut scratch = Scratch::default();
     // The engine time of the last job, charged to its flow under the next lock.
     let mut done: Option<(Charge, Duration)> = None;

@@ -1,12 +1,13 @@
-//! `accel-fairness`: how the daemon shares its engine between tenants, in
-//! one run of one daemon in this process, over real vhost-user sockets.
+//! `accel-fairness`: how the daemon shares the host between tenants, each
+//! served by a process of its own, over real vhost-user sockets. It runs the
+//! daemon's binary (`vhost-user-accel` beside this program, or
+//! `ACCEL_DAEMON_BIN`): build both with
+//! `cargo build --release -p vhost-user-accel -p accel-tests`.
 //!
-//! 1. **Scale**, first, while the heap holds nothing the others freed:
-//!    `--scale` VMs connected to one daemon at once, each having run a job
-//!    and holding an object; prints the growth of the process's private
-//!    memory (RssAnon: heap and stacks, not the guest RAM mappings, which are
-//!    shared memory) per tenant. It counts the test VMs' driver state too, so
-//!    it is an upper bound of the daemon's.
+//! 1. **Scale**: `--scale` VMs connected to one daemon at once, each having
+//!    run a job and holding an object; prints the private memory (RssAnon:
+//!    heap and stacks, not the guest RAM mappings, which are shared memory)
+//!    of the supervisor and every tenant's process together, per tenant.
 //! 2. **Equal tenants**: `--tenants` VMs each keep a queue of 64 KiB copies
 //!    full for `--seconds`; prints each one's jobs/s and Jain's fairness
 //!    index of their throughputs (1 is perfectly fair), for each of
@@ -21,12 +22,11 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 
 use accel_driver::{Buffer, Request};
-use accel_tests::harness::{guest_ram, tenant, AccelDevice, Daemon};
+use accel_tests::harness::{guest_ram, rss_anon, AccelDevice, Daemon, DaemonProcess};
 use accel_tests::workload::Workload;
 use accelctl::bench::{make_slots, pipeline, BENCH_SEED};
 use accelctl::data::DataSource;
 use clap::Parser;
-use vhost_user_accel::Config;
 use virtio_accel_spec::Op;
 
 #[derive(Debug, Parser)]
@@ -53,14 +53,6 @@ struct Args {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn daemon(names: &[&str], engine_threads: usize) -> Vec<Daemon> {
-    let config = Config {
-        engine_threads,
-        ..Config::with_tenants(names.iter().map(|name| tenant(name)).collect())
-    };
-    Daemon::start_config(config)
 }
 
 /// Jain's fairness index of `values`.
@@ -92,7 +84,7 @@ fn saturate(
 fn equal_tenants(args: &Args) -> Result<(), Box<dyn Error>> {
     let names: Vec<String> = (0..args.tenants).map(|i| format!("equal{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let tenants = daemon(&names, args.engine_threads);
+    let (_daemon, tenants) = DaemonProcess::start(&names, args.engine_threads)?;
     println!(
         "2. {} equal tenants, 64 KiB copies, 16 deep each (jobs/s):",
         args.tenants
@@ -170,7 +162,7 @@ fn print_latencies(label: &str, samples: &[Duration]) {
 }
 
 fn flood_and_victim(args: &Args) -> Result<(), Box<dyn Error>> {
-    let tenants = daemon(&["victim", "flood"], args.engine_threads);
+    let (_daemon, tenants) = DaemonProcess::start(&["victim", "flood"], args.engine_threads)?;
     let memory = guest_ram(16);
     let victim = tenants[0].connect(&memory);
     println!("3. victim: 4 KiB CRC-32C one at a time; flood: 1 MiB copies, 16 deep");
@@ -198,29 +190,22 @@ fn flood_and_victim(args: &Args) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// The process's private resident memory, from /proc/self/status.
-fn rss_anon() -> Result<u64, Box<dyn Error>> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("RssAnon:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .ok_or("no RssAnon in /proc/self/status")?;
-    Ok(kib * 1024)
+/// Private resident memory of the daemon: the supervisor and every
+/// tenant's process.
+fn daemon_memory(daemon: &DaemonProcess) -> Result<u64, String> {
+    daemon
+        .pids()
+        .iter()
+        .map(|pid| rss_anon(&pid.to_string()))
+        .sum()
 }
 
 fn scale(args: &Args) -> Result<(), Box<dyn Error>> {
     let names: Vec<String> = (0..args.scale).map(|i| format!("vm{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let tenants = daemon(&names, args.engine_threads);
-    std::thread::sleep(Duration::from_millis(200));
-    let before = rss_anon()?;
+    let (process, tenants) = DaemonProcess::start(&names, args.engine_threads)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = daemon_memory(&process)?;
     let mut vms = Vec::new();
     for daemon in &tenants {
         let memory = guest_ram(4);
@@ -231,11 +216,13 @@ fn scale(args: &Args) -> Result<(), Box<dyn Error>> {
         device.run(0, &request)?.check()?;
         vms.push((device, memory));
     }
-    let after = rss_anon()?;
-    let per_tenant = after.saturating_sub(before) as f64 / args.scale as f64;
+    let after = daemon_memory(&process)?;
+    let per_tenant = after as f64 / args.scale as f64;
     println!(
-        "1. {} tenants connected at once: private memory {:.1} MiB before, {:.1} MiB after, {:.2} MiB per tenant (daemon and test VMs together)",
+        "1. {} tenants connected at once: the daemon's private memory (supervisor and \
+         {} tenant processes) {:.1} MiB before connecting, {:.1} MiB after; {:.2} MiB per tenant",
         args.scale,
+        process.pids().len().saturating_sub(1),
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
         per_tenant / 1048576.0
@@ -252,7 +239,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         "engine threads {}, {:.1} s per measurement, {} rounds",
         args.engine_threads, args.seconds, args.rounds
     );
-    // First, while the process's heap holds nothing freed by the others.
     scale(&args)?;
     equal_tenants(&args)?;
     flood_and_victim(&args)?;

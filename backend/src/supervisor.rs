@@ -1,0 +1,497 @@
+//! The supervisor: one process per tenant, restarted when it ends.
+//!
+//! The `vhost-user-accel` process reads the configuration, binds every
+//! tenant's socket and the metrics endpoint, and never maps guest memory.
+//! Each tenant is served by a process of its own ([`crate::tenant_process`]),
+//! started by fork and exec of the daemon's own binary (`/proc/self/exe`), so
+//! that it gets a fresh address space (no other tenant's memory, no state
+//! inherited from the supervisor's threads, new address-space randomisation)
+//! and only the descriptors it is handed: its listening socket, the memfd of
+//! its counters, and its configuration on a pipe. This is how
+//! cloud-hypervisor runs each vhost-user back-end and virglrenderer its
+//! render server: a guest or VMM that crashes, corrupts or exhausts a
+//! tenant's process reaches nothing of the others.
+//!
+//! When a tenant's process ends, for whatever reason (SIGBUS from guest
+//! memory truncated by its VMM, a panic, the OOM killer, SIGKILL), the
+//! supervisor logs the cause and starts another after a pause that grows
+//! from [`RETRY_DELAY`] to [`MAX_RETRY_DELAY`] while the processes keep
+//! dying young. The listening socket stays bound in the supervisor, so the
+//! socket path never moves and a VMM that reconnects is served by the next
+//! process. Counters live in shared memory and survive the process.
+//!
+//! Tenants' processes are killed with the supervisor (`PR_SET_PDEATHSIG`)
+//! and sit in a process group of their own, so that a terminal's ^C reaches
+//! the supervisor only, which then stops them and reports.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use thiserror::Error;
+use vhost::vhost_user::Listener;
+
+use crate::config::{Config, MetricsAddr, TenantConfig};
+use crate::fairshare::FairShare;
+use crate::metrics::MetricsServer;
+use crate::server::{listen, ServerError};
+use crate::shutdown::{self, signal_name, Signals};
+use crate::stats::TenantStats;
+use crate::tenant_process::{ProcessConfig, TenantProcessError, LISTENER_FD, STATS_FD};
+
+/// First pause before a tenant's process that ended is started again.
+pub const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between a tenant's processes.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// A process that lived this long did not die young: the pause starts over.
+const STABLE_LIFETIME: Duration = Duration::from_secs(10);
+/// Longest wait for the tenants' processes to end at exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest the supervisor's loop sleeps without a signal.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// `argv[0]` of a tenant's process, as `ps` shows it.
+const PROCESS_NAME: &str = "vhost-user-accel";
+/// Descriptors below this are left free for the ones a tenant's process
+/// expects at fixed numbers.
+const FIRST_FREE_FD: RawFd = 8;
+
+/// Errors of the supervisor.
+#[derive(Debug, Error)]
+pub enum SupervisorError {
+    /// The signals could not be blocked.
+    #[error("cannot block signals")]
+    Signals(#[source] io::Error),
+    /// A tenant's socket or the metrics endpoint could not be bound.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// A tenant's shared counters could not be made.
+    #[error("tenant {tenant}: cannot create its shared counters")]
+    Counters {
+        /// The tenant.
+        tenant: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a tenant's process could not be started.
+#[derive(Debug, Error)]
+enum SpawnError {
+    #[error("cannot pass descriptors")]
+    Descriptors(#[source] io::Error),
+    #[error(transparent)]
+    Config(#[from] TenantProcessError),
+    #[error("cannot start the process")]
+    Exec(#[source] io::Error),
+    #[error("cannot hand the configuration over")]
+    Handover(#[source] io::Error),
+}
+
+/// A tenant's process that runs.
+struct Running {
+    child: Child,
+    started: Instant,
+}
+
+/// One tenant: its socket and counters, which outlive its processes.
+struct Slot {
+    config: TenantConfig,
+    listener: Listener,
+    stats: Arc<TenantStats>,
+    process: Option<Running>,
+    /// When to start the next process, if none runs.
+    start_at: Instant,
+    /// The pause after the next early death.
+    delay: Duration,
+    /// Processes started so far.
+    incarnations: u64,
+}
+
+/// The supervisor of the tenants' processes.
+pub struct Supervisor {
+    config: Config,
+    program: PathBuf,
+    signals: Signals,
+    slots: Vec<Slot>,
+    metrics: Option<MetricsServer>,
+    share: FairShare,
+}
+
+impl Supervisor {
+    /// Binds every tenant's socket and the metrics endpoint of `config`,
+    /// and prepares shared counters and CPU shares; tenants' processes will
+    /// run `program` (the daemon's binary). Must be called before the
+    /// process starts any thread: it blocks the signals the supervisor waits
+    /// for, a mask every later thread inherits.
+    pub fn bind(config: Config, program: impl Into<PathBuf>) -> Result<Self, SupervisorError> {
+        let signals = shutdown::block_signals().map_err(SupervisorError::Signals)?;
+        raise_descriptor_limit();
+        let slots = config
+            .tenants
+            .iter()
+            .map(|tenant| {
+                let stats = TenantStats::shared(tenant.name.clone()).map_err(|source| {
+                    SupervisorError::Counters {
+                        tenant: tenant.name.clone(),
+                        source,
+                    }
+                })?;
+                Ok(Slot {
+                    config: tenant.clone(),
+                    listener: listen(tenant)?,
+                    stats: Arc::new(stats),
+                    process: None,
+                    start_at: Instant::now(),
+                    delay: RETRY_DELAY,
+                    incarnations: 0,
+                })
+            })
+            .collect::<Result<Vec<_>, SupervisorError>>()?;
+        let metrics = config
+            .metrics
+            .as_ref()
+            .map(MetricsServer::bind)
+            .transpose()
+            .map_err(|e| SupervisorError::Server(ServerError::Metrics(e)))?;
+        let share = FairShare::set_up(&config.tenants);
+        Ok(Supervisor {
+            config,
+            program: program.into(),
+            signals,
+            slots,
+            metrics,
+            share,
+        })
+    }
+
+    /// The counters of every tenant, in configuration order.
+    pub fn stats(&self) -> Vec<Arc<TenantStats>> {
+        self.slots.iter().map(|s| Arc::clone(&s.stats)).collect()
+    }
+
+    /// Runs the tenants' processes, restarting each that ends, until SIGINT
+    /// or SIGTERM; then stops them, logs every tenant's summary, removes the
+    /// sockets it made and returns the signal.
+    pub fn run(mut self) -> Result<libc::c_int, SupervisorError> {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.spawn(self.stats())?;
+        }
+        loop {
+            self.start_due();
+            match self.signals.wait(self.next_wake()) {
+                Some(signal @ (libc::SIGINT | libc::SIGTERM)) => {
+                    info!("{}: stopping the tenants and exiting", signal_name(signal));
+                    self.stop();
+                    return Ok(signal);
+                }
+                _ => self.reap(),
+            }
+        }
+    }
+
+    /// How long the loop may sleep: until the next start that is due.
+    fn next_wake(&self) -> Duration {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .filter(|slot| slot.process.is_none())
+            .map(|slot| slot.start_at.saturating_duration_since(now))
+            .fold(IDLE_WAKE, Duration::min)
+    }
+
+    /// Starts the process of every tenant whose start is due.
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(index) else {
+                continue;
+            };
+            if slot.process.is_some() || slot.start_at > now {
+                continue;
+            }
+            let spawned = self.spawn(slot);
+            let Some(slot) = self.slots.get_mut(index) else {
+                continue;
+            };
+            match spawned {
+                Ok(child) => {
+                    if slot.incarnations > 0 {
+                        slot.stats.restarted();
+                    }
+                    slot.incarnations += 1;
+                    slot.process = Some(Running {
+                        child,
+                        started: now,
+                    });
+                }
+                Err(e) => {
+                    error!(
+                        "tenant {}: {}; trying again in {:?}",
+                        slot.config.name,
+                        crate::error_chain(&e),
+                        slot.delay
+                    );
+                    slot.schedule_after(now);
+                }
+            }
+        }
+    }
+
+    /// Starts the process of `slot`.
+    fn spawn(&self, slot: &Slot) -> Result<Child, SpawnError> {
+        let config = ProcessConfig::new(&self.config, &slot.config, slot.incarnations).encode()?;
+        let counters = slot
+            .stats
+            .shared_file()
+            .ok_or_else(|| SpawnError::Descriptors(io::Error::other("counters are not shared")))?;
+        let listener = duplicate_high(listener_fd(&slot.listener))?;
+        let counters = duplicate_high(counters)?;
+        let (listener_raw, counters_raw) = (listener.as_raw_fd(), counters.as_raw_fd());
+        let parent = std::process::id();
+        let mut command = Command::new(&self.program);
+        command
+            .arg0(PROCESS_NAME)
+            .args(["--tenant-process", &slot.config.name])
+            .stdin(Stdio::piped());
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes only async-signal-safe calls (dup2, setpgid, prctl,
+        // getppid), on descriptors that stay open in the parent until the
+        // spawn returns.
+        unsafe {
+            command.pre_exec(move || prepare_child(listener_raw, counters_raw, parent));
+        }
+        let mut child = command.spawn().map_err(SpawnError::Exec)?;
+        drop((listener, counters));
+        // Before the configuration: until it has it, the process is one
+        // thread waiting on its input, so a nice level (per thread on Linux)
+        // reaches every thread it will start.
+        self.share
+            .place(child.id(), &slot.config, &self.config.tenants);
+        let handed = child
+            .stdin
+            .take()
+            .map_or(Err(io::ErrorKind::BrokenPipe.into()), |mut pipe| {
+                pipe.write_all(config.as_bytes())
+            });
+        if let Err(e) = handed {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SpawnError::Handover(e));
+        }
+        info!(
+            "tenant {}: process {} serves {}",
+            slot.config.name,
+            child.id(),
+            slot.config.socket
+        );
+        Ok(child)
+    }
+
+    /// Collects every tenant's process that ended and schedules its restart.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            let Some(running) = &mut slot.process else {
+                continue;
+            };
+            let status = match running.child.try_wait() {
+                Ok(Some(status)) => status,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!("tenant {}: cannot wait for its process: {e}", slot.config.name);
+                    continue;
+                }
+            };
+            if now.duration_since(running.started) >= STABLE_LIFETIME {
+                slot.delay = RETRY_DELAY;
+            }
+            error!(
+                "tenant {}: process {} {}; restarting it in {:?}",
+                slot.config.name,
+                running.child.id(),
+                describe(status),
+                slot.delay
+            );
+            slot.stats.process_ended();
+            slot.process = None;
+            slot.schedule_after(now);
+        }
+    }
+
+    /// Kills every tenant's process, waits for them (a while), removes the
+    /// cgroups and the metrics socket, and logs the summaries.
+    fn stop(&mut self) {
+        for running in self.slots.iter_mut().filter_map(|s| s.process.as_mut()) {
+            let _ = running.child.kill();
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for slot in &mut self.slots {
+            if let Some(mut running) = slot.process.take() {
+                while matches!(running.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                slot.stats.process_ended();
+            }
+        }
+        self.share.tear_down();
+        if let Some(MetricsAddr::Unix(path)) = &self.config.metrics {
+            let _ = std::fs::remove_file(path);
+        }
+        shutdown::report(&self.stats());
+        // The listeners bound to paths remove them when they drop, with `self`.
+    }
+}
+
+impl Slot {
+    /// Schedules the next start after the current pause, and doubles it.
+    fn schedule_after(&mut self, now: Instant) {
+        self.start_at = now + self.delay;
+        self.delay = (self.delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+fn listener_fd(listener: &Listener) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor belongs to `listener`, which the returned
+    // borrow cannot outlive.
+    unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) }
+}
+
+/// A close-on-exec duplicate of `fd` numbered at least [`FIRST_FREE_FD`], so
+/// that moving it to its fixed number in the child never overwrites the
+/// other descriptor being moved.
+fn duplicate_high(fd: BorrowedFd<'_>) -> Result<OwnedFd, SpawnError> {
+    fd.as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| {
+            // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, owned below.
+            let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD) };
+            if high < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `high` is a new descriptor that nothing else owns.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) })
+        })
+        .map_err(SpawnError::Descriptors)
+}
+
+/// In the child, between fork and exec: the descriptors at their numbers
+/// (dup2 clears close-on-exec on the copies), a process group of its own,
+/// and death with the supervisor.
+fn prepare_child(listener: RawFd, counters: RawFd, parent: u32) -> io::Result<()> {
+    // SAFETY: async-signal-safe calls on descriptors open in this process;
+    // the targets are free numbers or the child's own copies.
+    let moved = unsafe {
+        libc::dup2(listener, LISTENER_FD) >= 0 && libc::dup2(counters, STATS_FD) >= 0
+    };
+    // SAFETY: async-signal-safe calls that change only this process.
+    let detached = unsafe {
+        libc::setpgid(0, 0) == 0
+            && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
+    };
+    if !moved || !detached {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    let orphaned = u32::try_from(unsafe { libc::getppid() }).ok() != Some(parent);
+    if orphaned {
+        // The supervisor died before the death signal was armed.
+        return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+    }
+    Ok(())
+}
+
+/// How a process ended, for the log.
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) if status.core_dumped() => {
+            format!("was killed by {} (core dumped)", signal_name(signal))
+        }
+        (None, Some(signal)) => format!("was killed by {}", signal_name(signal)),
+        (None, None) => format!("ended ({status})"),
+    }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit,
+/// for its tenants' processes to inherit: a VMM hands each a descriptor per
+/// memory region and two per virtqueue.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            ..limit
+        };
+        // SAFETY: a valid rlimit, within the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            warn!(
+                "cannot raise the descriptor limit: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SocketSource;
+    use std::os::linux::net::SocketAddrExt;
+
+    #[test]
+    fn exit_causes_are_named() {
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGBUS)),
+            "was killed by SIGBUS (7)"
+        );
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exited with status 3");
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGSEGV | 0x80)),
+            "was killed by SIGSEGV (11) (core dumped)"
+        );
+    }
+
+    #[test]
+    fn pauses_grow_while_processes_die_young() {
+        let listener = Listener::from(std::os::unix::net::UnixListener::bind_addr(
+            &std::os::unix::net::SocketAddr::from_abstract_name(format!(
+                "vhost-user-accel-supervisor-test-{}",
+                std::process::id()
+            ))
+            .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}")));
+        let mut slot = Slot {
+            config: TenantConfig::new("a", SocketSource::Fd(-1)),
+            listener,
+            stats: Arc::new(TenantStats::new("a")),
+            process: None,
+            start_at: Instant::now(),
+            delay: RETRY_DELAY,
+            incarnations: 0,
+        };
+        let now = Instant::now();
+        let pauses: Vec<Duration> = (0..8)
+            .map(|_| {
+                slot.schedule_after(now);
+                slot.start_at - now
+            })
+            .collect();
+        assert_eq!(pauses.first(), Some(&RETRY_DELAY));
+        assert_eq!(pauses.get(1), Some(&(RETRY_DELAY * 2)));
+        assert_eq!(pauses.last(), Some(&MAX_RETRY_DELAY));
+    }
+}

@@ -1,0 +1,413 @@
+//! One process per tenant, as an operator and a VMM see it: a tenant's
+//! process that dies (SIGKILL in the middle of a batch, SIGBUS from guest
+//! memory its VMM truncated) costs its own VM a reconnection and nothing
+//! more; the neighbour keeps completing requests throughout, the supervisor
+//! restarts the process behind the same socket, and the counters carry on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use accel_driver::{Buffer, Device, DmaMemory, Request, VhostUserTransport, DEFAULT_FEATURES};
+use virtio_accel_spec::Op;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
+
+/// A supervisor with tenants `t0`, `t1`… on sockets in a directory of its own.
+struct Supervisor {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Supervisor {
+    fn start(test: &str, tenants: usize) -> Supervisor {
+        Supervisor::start_with(test, tenants, "")
+    }
+
+    /// With `settings` (TOML) at the top of the configuration file.
+    fn start_with(test: &str, tenants: usize, settings: &str) -> Supervisor {
+        let dir = std::env::temp_dir().join(format!(
+            "vhost-user-accel-processes-{}-{test}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = format!(
+            "{settings}metrics = \"unix:{}\"\n",
+            dir.join("metrics").display()
+        );
+        for index in 0..tenants {
+            config.push_str(&format!(
+                "[[tenant]]\nname = \"t{index}\"\nsocket = \"{}\"\n",
+                dir.join(format!("t{index}.sock")).display()
+            ));
+        }
+        let config_path = dir.join("accel.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("daemon.log");
+        let child = Command::new(DAEMON)
+            .args(["--config", config_path.to_str().unwrap()])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let supervisor = Supervisor { child, dir, log };
+        for index in 0..tenants {
+            supervisor.tenant_pid(&format!("t{index}"));
+        }
+        supervisor
+    }
+
+    fn socket(&self, tenant: &str) -> PathBuf {
+        self.dir.join(format!("{tenant}.sock"))
+    }
+
+    /// The process serving `tenant`, waited for (10 s at most).
+    fn tenant_pid(&self, tenant: &str) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = self.find_tenant_pid(tenant) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no process for tenant {tenant}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A child of the supervisor whose command line names `tenant`.
+    fn find_tenant_pid(&self, tenant: &str) -> Option<u32> {
+        let wanted = format!("vhost-user-accel\0--tenant-process\0{tenant}\0");
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Fields after the command name, which is in parentheses.
+            let ppid: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            (ppid == self.child.id() && cmdline == wanted.as_bytes()).then_some(pid)
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    fn metrics(&self) -> String {
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(self.dir.join("metrics")).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    }
+
+    /// Waits (10 s at most) until the metrics show `line`.
+    fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.metrics().lines().any(|l| l == line) {
+            assert!(
+                Instant::now() < deadline,
+                "metrics never showed {line:?}:\n{}",
+                self.metrics()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // SIGTERM, so that the supervisor stops its tenants and cleans up.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: a signal to the child this test started and has not
+            // reaped, so the pid is still its own.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn kill(pid: u32, signal: libc::c_int) {
+    // SAFETY: a signal to a tenant process of the supervisor this test owns.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+}
+
+type AccelDevice = Device<VhostUserTransport>;
+
+fn connect(socket: &Path, memory: &DmaMemory) -> AccelDevice {
+    let transport = VhostUserTransport::connect(socket, memory).unwrap();
+    Device::open(transport, DEFAULT_FEATURES).unwrap()
+}
+
+/// One CRC-32C of "123456789" on `device`, checked.
+fn crc_check(device: &AccelDevice, memory: &DmaMemory) {
+    let data = memory.alloc(9).unwrap();
+    memory.write(&data, 0, b"123456789").unwrap();
+    let completion = device
+        .run(0, &Request::new(Op::Crc32c).input(Buffer::direct(&data)))
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(completion.result_u32(), 0xe306_9283);
+}
+
+/// Connects to `socket` (retrying while its new process starts) and checks a
+/// request end to end; panics after 10 s.
+fn serves_again(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let memory = DmaMemory::new(4 << 20).unwrap();
+        let attempt = std::panic::catch_unwind(|| {
+            let device = connect(socket, &memory);
+            crc_check(&device, &memory);
+            device.into_transport().disconnect();
+        });
+        if attempt.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never served again", socket.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs checked requests on `socket` until `stop`, counting them in `done`;
+/// any failure fails the test.
+fn neighbour(socket: &Path, stop: &AtomicBool, done: &AtomicU64) {
+    let memory = DmaMemory::new(4 << 20).unwrap();
+    let device = connect(socket, &memory);
+    while !stop.load(Ordering::Relaxed) {
+        crc_check(&device, &memory);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    device.into_transport().disconnect();
+}
+
+/// Sets its flag when dropped, so that a failing test stops its neighbour
+/// thread instead of waiting for it forever.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Submits a batch of `count` SHA-256 digests of 8 MiB on `device` and
+/// returns once the first has completed, the rest still queued or running.
+fn start_batch(device: &AccelDevice, memory: &DmaMemory, count: usize) {
+    let src = memory.alloc(8 << 20).unwrap();
+    let request = Request::new(Op::Sha256).input(Buffer::direct(&src));
+    for _ in 0..count {
+        device.submit(0, &request, 0).unwrap();
+    }
+    device.flush(0).unwrap();
+    let first = device.wait(0, Duration::from_secs(10)).unwrap();
+    assert!(
+        !first.is_empty() && first.len() < count,
+        "{} of {count} done",
+        first.len()
+    );
+}
+
+#[test]
+fn a_killed_tenant_process_is_restarted_and_its_neighbour_never_notices() {
+    let supervisor = Supervisor::start("kill", 2);
+    let (victim, other) = (supervisor.socket("t0"), supervisor.socket("t1"));
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| neighbour(&other, &stop, &done));
+        let _stop = StopOnDrop(&stop);
+        let memory = DmaMemory::new(32 << 20).unwrap();
+        let device = connect(&victim, &memory);
+        crc_check(&device, &memory);
+        start_batch(&device, &memory, 64);
+        let before = done.load(Ordering::Relaxed);
+        let pid = supervisor.tenant_pid("t0");
+        kill(pid, libc::SIGKILL);
+        // The victim's VM reconnects and is served by a new process.
+        drop(device);
+        serves_again(&victim);
+        assert_ne!(supervisor.tenant_pid("t0"), pid);
+        // The neighbour went on completing requests the whole time.
+        let during = done.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+        assert!(during > before, "the neighbour stalled while t0 restarted");
+    });
+    let log = supervisor.log();
+    assert!(
+        log.contains(&"was killed by SIGKILL (9); restarting it in 100ms"),
+        "{log}"
+    );
+    supervisor.wait_for_metric("vhost_user_accel_process_restarts_total{tenant=\"t0\"} 1");
+    supervisor.wait_for_metric("vhost_user_accel_process_restarts_total{tenant=\"t1\"} 0");
+    // Counters carry on across processes: t0's requests before the kill
+    // (a CRC and at least one digest) and the CRC after it.
+    let metrics = supervisor.metrics();
+    assert!(ok_requests(&metrics, "t1") > 0, "{metrics}");
+    assert!(ok_requests(&metrics, "t0") >= 3, "{metrics}");
+}
+
+/// Requests of `tenant` completed with Ok, from the metrics text.
+fn ok_requests(metrics: &str, tenant: &str) -> u64 {
+    let series = format!("vhost_user_accel_requests_total{{tenant=\"{tenant}\",status=\"ok\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+}
+
+#[test]
+fn guest_memory_truncated_by_its_vmm_costs_only_that_tenants_process() {
+    let supervisor = Supervisor::start("truncate", 2);
+    let (victim, other) = (supervisor.socket("t0"), supervisor.socket("t1"));
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| neighbour(&other, &stop, &done));
+        let _stop = StopOnDrop(&stop);
+        let memory = DmaMemory::new(8 << 20).unwrap();
+        let device = connect(&victim, &memory);
+        // Buffers past 4 MiB (the driver's rings lie below), which the VMM
+        // then cuts off its memfd.
+        let _low = memory.alloc(4 << 20).unwrap();
+        let (src, dst) = (memory.alloc(1 << 20).unwrap(), memory.alloc(1 << 20).unwrap());
+        assert!(src.gpa() >= 4 << 20);
+        let pid = supervisor.tenant_pid("t0");
+        memory.file().set_len(4 << 20).unwrap();
+        let before = done.load(Ordering::Relaxed);
+        let request = Request::new(Op::Copy)
+            .input(Buffer::direct(&src))
+            .output(Buffer::direct(&dst));
+        device.submit(0, &request, 0).unwrap();
+        device.flush(0).unwrap();
+        // The process touches the truncated pages and dies of SIGBUS.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while supervisor.find_tenant_pid("t0") == Some(pid) {
+            assert!(Instant::now() < deadline, "t0's process survived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(device);
+        serves_again(&victim);
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+        assert!(done.load(Ordering::Relaxed) > before, "the neighbour stalled");
+    });
+    let log = supervisor.log();
+    assert!(log.contains("was killed by SIGBUS (7)"), "{log}");
+}
+
+#[test]
+fn sigterm_stops_every_tenant_process_and_removes_what_the_daemon_made() {
+    let mut supervisor = Supervisor::start("term", 2);
+    let pids = [supervisor.tenant_pid("t0"), supervisor.tenant_pid("t1")];
+    serves_again(&supervisor.socket("t1"));
+    kill(supervisor.child.id(), libc::SIGTERM);
+    let status = supervisor.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", supervisor.log());
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "tenant process {pid} outlived the supervisor"
+        );
+    }
+    assert!(!supervisor.socket("t0").exists() && !supervisor.dir.join("metrics").exists());
+    let log = supervisor.log();
+    assert!(
+        log.contains("tenant t1: 1 connections, 0 process restarts, 1 requests (1 ok"),
+        "{log}"
+    );
+}
+
+#[test]
+fn tenant_processes_die_with_a_killed_supervisor() {
+    let mut supervisor = Supervisor::start("orphans", 1);
+    let pid = supervisor.tenant_pid("t0");
+    supervisor.child.kill().unwrap();
+    supervisor.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    {
+        assert!(Instant::now() < deadline, "tenant process {pid} was orphaned");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The fields of /proc/PID/status named `keys`, as "Key:\tvalue" lines.
+fn status_fields(pid: u32, keys: &[&str]) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    keys.iter()
+        .map(|key| {
+            status
+                .lines()
+                .find(|l| l.split(':').next() == Some(key))
+                .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn tenant_processes_serve_inside_their_sandbox() {
+    let supervisor = Supervisor::start("sandbox", 1);
+    serves_again(&supervisor.socket("t0"));
+    let pid = supervisor.tenant_pid("t0");
+    // Every thread of the process is filtered, with no way to gain privileges.
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    for task in tasks.flatten() {
+        let tid: u32 = task.file_name().to_str().unwrap().parse().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+        assert!(
+            status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+            "thread {tid} of {pid} is not filtered:\n{status}"
+        );
+        assert!(
+            status.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
+            "thread {tid} of {pid} may gain privileges:\n{status}"
+        );
+    }
+    assert!(supervisor.log().contains("sandbox: "), "{}", supervisor.log());
+    // The supervisor itself is not sandboxed: it must start processes.
+    let own = status_fields(supervisor.child.id(), &["Seccomp"]);
+    assert_eq!(own, ["Seccomp: 0"]);
+}
+
+#[test]
+fn tenant_processes_switch_to_the_configured_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("*** SKIPPED: switching users needs root; NOT TESTED HERE ***");
+        return;
+    }
+    let mut supervisor = Supervisor::start_with("user", 1, "user = \"nobody\"\n");
+    serves_again(&supervisor.socket("t0"));
+    let pid = supervisor.tenant_pid("t0");
+    assert_eq!(
+        status_fields(pid, &["Uid", "Gid", "Groups"]),
+        ["Uid: 65534 65534 65534 65534", "Gid: 65534 65534 65534 65534", "Groups: 65534"]
+    );
+    // The supervisor stays root (it binds, places and restarts), and a
+    // restarted process switches too.
+    kill(pid, libc::SIGKILL);
+    serves_again(&supervisor.socket("t0"));
+    let restarted = supervisor.tenant_pid("t0");
+    assert_ne!(restarted, pid);
+    assert_eq!(status_fields(restarted, &["Uid"]), ["Uid: 65534 65534 65534 65534"]);
+    kill(supervisor.child.id(), libc::SIGTERM);
+    assert_eq!(supervisor.child.wait().unwrap().code(), Some(0));
+}

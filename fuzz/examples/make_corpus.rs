@@ -1,0 +1,256 @@
+//! Writes the seed corpus of every fuzz target into `corpus/<target>/seed-*`
+//! (docs/fuzzing.md): valid requests and commands of each kind, in the byte
+//! format the targets read, so that the fuzzers start past the decoders.
+//!
+//! Run from `fuzz/`: `cargo run --example make_corpus`.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use vhost_user_accel_fuzz::input::Writer;
+use vhost_user_accel_fuzz::ring::{ChainSpec, DescSpec};
+use virtio_accel_spec::{
+    AesGcmParams, BufRef, ControlCommand, Crc32cParams, CtrlReq, DeflateParams, Fence, FillParams,
+    MemSeg, Op, Req, Resp,
+};
+use vm_memory::ByteValued;
+
+const RESP: u16 = std::mem::size_of::<Resp>() as u16;
+const CTRL_RESP: u16 = 16;
+
+/// The readable bytes of a request: header, fences, buffer references, data.
+fn request(req: Req, deps: &[Fence], bufs: &[BufRef], data: &[u8]) -> Vec<u8> {
+    let mut req = req;
+    req.num_deps = (deps.len() as u16).into();
+    let mut bytes = req.as_slice().to_vec();
+    deps.iter()
+        .for_each(|f| bytes.extend_from_slice(f.as_slice()));
+    bufs.iter()
+        .for_each(|b| bytes.extend_from_slice(b.as_slice()));
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+/// A chain of `readable` split into pieces of `piece` bytes, then writable
+/// buffers of `writable` lengths.
+fn chain(readable: &[u8], piece: usize, writable: &[u16], indirect: bool) -> ChainSpec {
+    let mut descs: Vec<DescSpec> = readable
+        .chunks(piece)
+        .map(|c| DescSpec::Read(c.to_vec()))
+        .collect();
+    descs.extend(writable.iter().map(|&len| DescSpec::Write(len)));
+    ChainSpec { descs, indirect }
+}
+
+/// Requests of every operation, with the chain that carries each.
+fn requests() -> Vec<(&'static str, ChainSpec)> {
+    let data: Vec<u8> = (0..200u8).collect();
+    let copy = request(
+        Req::new(Op::Copy),
+        &[],
+        &[BufRef::direct(200), BufRef::direct(200)],
+        &data,
+    );
+    let fill = request(
+        Req::new(Op::Fill).with_params(&FillParams {
+            pattern: 0x5a,
+            ..Default::default()
+        }),
+        &[],
+        &[BufRef::direct(300)],
+        &[],
+    );
+    let crc = request(
+        Req::new(Op::Crc32c).with_params(&Crc32cParams {
+            seed: 7.into(),
+            ..Default::default()
+        }),
+        &[Fence::new(0, 1)],
+        &[BufRef::direct(200)],
+        &data,
+    );
+    let sha = request(Req::new(Op::Sha256), &[], &[BufRef::direct(200)], &data);
+    let compare = request(
+        Req::new(Op::Compare),
+        &[],
+        &[BufRef::direct(100), BufRef::direct(100)],
+        &data,
+    );
+    let seal = request(
+        Req::new(Op::AesGcmSeal).with_params(&AesGcmParams {
+            key: [3; 32],
+            iv: [4; 12],
+            ..Default::default()
+        }),
+        &[],
+        &[BufRef::direct(16), BufRef::direct(184), BufRef::direct(184)],
+        &data,
+    );
+    let deflate = request(
+        Req::new(Op::DeflateCompress).with_params(&DeflateParams {
+            format: 1,
+            level: 6,
+            ..Default::default()
+        }),
+        &[],
+        &[BufRef::direct(200), BufRef::direct(512)],
+        &data,
+    );
+    let object_fill = request(
+        Req::new(Op::Fill).with_params(&FillParams {
+            pattern: 1,
+            ..Default::default()
+        }),
+        &[],
+        &[BufRef::object(1, 16, 64)],
+        &[],
+    );
+    vec![
+        ("copy", chain(&copy, 4096, &[RESP, 200], false)),
+        ("fill-split", chain(&fill, 24, &[RESP, 100, 200], false)),
+        ("crc-dep-indirect", chain(&crc, 96, &[RESP], true)),
+        ("sha", chain(&sha, 4096, &[RESP], false)),
+        ("compare", chain(&compare, 150, &[RESP], false)),
+        ("aes-seal", chain(&seal, 4096, &[RESP, 184], false)),
+        ("deflate", chain(&deflate, 4096, &[RESP, 512], false)),
+        ("object-fill", chain(&object_fill, 4096, &[RESP], false)),
+    ]
+}
+
+/// Control commands of every kind.
+fn controls() -> Vec<(&'static str, Vec<u8>)> {
+    let with = |header: CtrlReq, tail: &[&[u8]]| {
+        let mut bytes = header.as_slice().to_vec();
+        tail.iter().for_each(|t| bytes.extend_from_slice(t));
+        bytes
+    };
+    vec![
+        (
+            "object-create",
+            with(
+                CtrlReq::new(ControlCommand::ObjectCreate, 2, 0),
+                &[
+                    MemSeg::new(0x7_0000, 0x1000).as_slice(),
+                    MemSeg::new(0x7_2000, 0x800).as_slice(),
+                ],
+            ),
+        ),
+        (
+            "object-destroy",
+            with(CtrlReq::new(ControlCommand::ObjectDestroy, 0, 1), &[]),
+        ),
+        (
+            "fence-query",
+            with(
+                CtrlReq::new(ControlCommand::FenceQuery, 1, 0),
+                &[Fence::new(0, 1).as_slice()],
+            ),
+        ),
+        (
+            "fence-wait",
+            with(
+                CtrlReq::new(ControlCommand::FenceWait, 2, 0),
+                &[Fence::new(0, 1).as_slice(), Fence::new(1, 1).as_slice()],
+            ),
+        ),
+    ]
+}
+
+fn write_seeds(target: &str, seeds: impl IntoIterator<Item = (String, Vec<u8>)>) -> io::Result<()> {
+    let dir = Path::new("corpus").join(target);
+    fs::create_dir_all(&dir)?;
+    for (name, bytes) in seeds {
+        fs::write(dir.join(format!("seed-{name}")), bytes)?;
+    }
+    Ok(())
+}
+
+fn main() -> io::Result<()> {
+    // request: memory gap, queue size, max_segments, then the chain.
+    write_seeds(
+        "request",
+        requests().into_iter().map(|(name, chain)| {
+            let mut w = Writer::default();
+            w.u8(0).u8(5).u8(63);
+            chain.write(&mut w);
+            (name.to_string(), w.data)
+        }),
+    )?;
+    // control: segment size, then the command.
+    write_seeds(
+        "control",
+        controls().into_iter().map(|(name, bytes)| {
+            let mut w = Writer::default();
+            w.u8(7).bytes(&bytes);
+            (name.to_string(), w.data)
+        }),
+    )?;
+    // fence: 2 queues; issue 0, 0, 1; wait on (0, 1); signal (0, 2) then
+    // (0, 1); query (0, 1) and (1, 1).
+    let mut fence = Writer::default();
+    fence.u8(1);
+    fence.u8(0).u8(0).u8(0).u8(0).u8(0).u8(1);
+    fence
+        .u8(5)
+        .u8(0)
+        .u16(2)
+        .u8(3)
+        .u8(0)
+        .u16(1)
+        .u8(3)
+        .u8(0)
+        .u16(2);
+    fence.u8(6).u8(0).u16(2).u8(6).u8(1).u16(1);
+    write_seeds("fence", [("issue-wait-signal".to_string(), fence.data)])?;
+    // device: 2 request queues, size 64, features on; each request alone on
+    // queue 1 then completions; and a scenario of an object, a request on it
+    // and a FENCE_WAIT on the control queue.
+    let setup = 1 | (4 << 5);
+    let mut seeds: Vec<(String, Vec<u8>)> = requests()
+        .into_iter()
+        .map(|(name, chain)| {
+            let mut w = Writer::default();
+            w.u8(setup).u8(0).u8(0).u8(1);
+            chain.write(&mut w);
+            w.u8(12).u8(0);
+            (name.to_string(), w.data)
+        })
+        .collect();
+    let mut scenario = Writer::default();
+    scenario.u8(setup).u8(0);
+    let controls = controls();
+    let requests = requests();
+    let submit = |w: &mut Writer, vq: u8, chain: &ChainSpec| {
+        w.u8(0).u8(vq);
+        chain.write(w);
+    };
+    submit(
+        &mut scenario,
+        0,
+        &chain(&controls[0].1, 4096, &[CTRL_RESP], false),
+    );
+    submit(&mut scenario, 1, &requests[7].1);
+    submit(&mut scenario, 2, &requests[0].1);
+    submit(
+        &mut scenario,
+        0,
+        &chain(&controls[3].1, 4096, &[CTRL_RESP], false),
+    );
+    submit(&mut scenario, 1, &requests[2].1);
+    scenario.u8(12).u8(0);
+    submit(
+        &mut scenario,
+        0,
+        &chain(&controls[2].1, 4096, &[CTRL_RESP], false),
+    );
+    submit(
+        &mut scenario,
+        0,
+        &chain(&controls[1].1, 4096, &[CTRL_RESP], false),
+    );
+    scenario.u8(15).u8(0);
+    submit(&mut scenario, 1, &requests[3].1);
+    seeds.push(("objects-fences-reset".to_string(), scenario.data));
+    write_seeds("device", seeds)
+}
