@@ -7,8 +7,7 @@ use clap::{Parser, ValueEnum};
 use thiserror::Error;
 use vhost_user_accel::config::{
     check_engine_nice, check_engine_threads, check_queue_size, check_queues, check_socket_fd,
-    check_user,
-    ConfigError, MetricsAddr, TenantConfig, MAX_TENANTS,
+    check_user, ConfigError, MetricsAddr, TenantConfig, MAX_TENANTS,
 };
 use vhost_user_accel::config_file::{self, ConfigFileError};
 use vhost_user_accel::{Config, EngineKind, SocketSource};

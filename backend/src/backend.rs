@@ -190,6 +190,7 @@ impl VhostUserBackendMut for AccelBackend {
         self.device.attach_vrings(vrings);
         let event = usize::from(device_event);
         if event < self.num_queues {
+            crate::tenant_process::fault_point();
             // The device logs a ring it cannot update; an error returned to
             // the event loop would end it, and the other queues with it.
             self.device.handle_queue(device_event, vrings);

@@ -23,8 +23,8 @@ use toml::Spanned;
 
 use crate::config::{
     check_engine_nice, check_engine_threads, check_name, check_queue_size, check_queues,
-    check_quota, check_socket_fd, check_user, check_weight, Config, ConfigError, EngineKind, MetricsAddr,
-    Quota, SocketSource, TenantConfig,
+    check_quota, check_socket_fd, check_user, check_weight, Config, ConfigError, EngineKind,
+    MetricsAddr, Quota, SocketSource, TenantConfig,
 };
 
 /// Errors of the configuration file.

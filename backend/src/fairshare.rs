@@ -77,14 +77,13 @@ impl FairShare {
 
     fn cgroups(tenants: usize) -> io::Result<Self> {
         let own = fs::read_to_string("/proc/self/cgroup")?;
-        let group_weight = u32::try_from(tenants).unwrap_or(u32::MAX);
         if let Some(path) = v1_cpu_path(&own) {
             let base = Path::new(CGROUP_ROOT).join("cpu").join(relative(path));
             remove_stale(&base);
             let root = base.join(format!("vhost-user-accel-{}", std::process::id()));
             fs::create_dir(&root)?;
             let hierarchy = Hierarchy::V1;
-            hierarchy.set_weight(&root, group_weight)?;
+            hierarchy.set_value(&root, hierarchy.group_value(tenants))?;
             return Ok(FairShare::Cgroups { hierarchy, root });
         }
         let path = v2_path(&own).ok_or_else(|| io::Error::other("no cpu cgroup hierarchy"))?;
@@ -92,6 +91,14 @@ impl FairShare {
         let controllers = fs::read_to_string(own_dir.join("cgroup.controllers"))?;
         if !controllers.split_whitespace().any(|c| c == "cpu") {
             return Err(io::Error::other("the cpu controller is not delegated"));
+        }
+        // Moving into a child is only safe (and enabling controllers only
+        // possible) if the daemon is alone in its cgroup.
+        let procs = fs::read_to_string(own_dir.join("cgroup.procs"))?;
+        if procs.split_whitespace().ne([std::process::id().to_string().as_str()]) {
+            return Err(io::Error::other(
+                "the daemon's cgroup holds other processes (delegate one to it)",
+            ));
         }
         let supervisor = own_dir.join("supervisor");
         create_dir_if_missing(&supervisor)?;
@@ -105,7 +112,7 @@ impl FairShare {
         fs::create_dir(&root)?;
         fs::write(root.join("cgroup.subtree_control"), "+cpu")?;
         let hierarchy = Hierarchy::V2;
-        hierarchy.set_weight(&root, group_weight)?;
+        hierarchy.set_value(&root, hierarchy.group_value(tenants))?;
         Ok(FairShare::Cgroups { hierarchy, root })
     }
 
@@ -171,24 +178,33 @@ impl Hierarchy {
         }
     }
 
-    fn set_weight(&self, dir: &Path, weight: u32) -> io::Result<()> {
-        fs::write(
-            dir.join(self.weight_file()),
-            self.weight_value(weight).to_string(),
-        )
+    fn set_value(&self, dir: &Path, value: u64) -> io::Result<()> {
+        fs::write(dir.join(self.weight_file()), value.to_string())
     }
 
+    /// The value for a tenant of `weight` (1..=1000): proportional over the
+    /// whole range of weights, within what the file accepts.
     fn weight_value(&self, weight: u32) -> u64 {
         match self {
-            Hierarchy::V2 => u64::from(weight).saturating_mul(100).clamp(1, 10_000),
-            Hierarchy::V1 => u64::from(weight).saturating_mul(1024).clamp(2, 262_144),
+            Hierarchy::V2 => u64::from(weight).saturating_mul(10).clamp(1, 10_000),
+            Hierarchy::V1 => u64::from(weight).saturating_mul(256).clamp(2, 262_144),
+        }
+    }
+
+    /// The value for the group of `tenants` tenants: as much as that many
+    /// processes (v1) or cgroups (v2) at the default weight.
+    fn group_value(&self, tenants: usize) -> u64 {
+        let tenants = u64::try_from(tenants).unwrap_or(u64::MAX);
+        match self {
+            Hierarchy::V2 => tenants.saturating_mul(100).clamp(1, 10_000),
+            Hierarchy::V1 => tenants.saturating_mul(1024).clamp(2, 262_144),
         }
     }
 }
 
 fn place_in_cgroup(hierarchy: &Hierarchy, dir: &Path, pid: u32, weight: u32) -> io::Result<()> {
     create_dir_if_missing(dir)?;
-    hierarchy.set_weight(dir, weight)?;
+    hierarchy.set_value(dir, hierarchy.weight_value(weight))?;
     fs::write(dir.join("cgroup.procs"), pid.to_string())
 }
 
@@ -210,10 +226,7 @@ fn v1_cpu_path(own: &str) -> Option<&str> {
     let path = own.lines().find_map(|line| {
         let mut fields = line.splitn(3, ':');
         let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == "cpu")
-            .then_some(path)
+        controllers.split(',').any(|c| c == "cpu").then_some(path)
     })?;
     Path::new(CGROUP_ROOT)
         .join("cpu/cpu.shares")
@@ -247,13 +260,8 @@ fn set_nice(pid: u32, steps: i32) -> io::Result<()> {
     // from a priority of -1, and a failure leaves the default of 0.
     let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     // SAFETY: sets the priority of one process, a child of this one.
-    let rc = unsafe {
-        libc::setpriority(
-            libc::PRIO_PROCESS,
-            pid,
-            own.saturating_add(steps).min(19),
-        )
-    };
+    let rc =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, own.saturating_add(steps).min(19)) };
     if rc == 0 {
         Ok(())
     } else {
@@ -293,7 +301,13 @@ mod tests {
         assert_eq!(v2_path(hybrid), Some("/system.slice/a.service"));
         assert_eq!(v2_path("1:cpu:/\n"), None);
         assert_eq!(relative("/a/b"), "a/b");
+        for hierarchy in [Hierarchy::V1, Hierarchy::V2] {
+            let values: Vec<u64> = (1..=crate::config::MAX_WEIGHT)
+                .map(|w| hierarchy.weight_value(w))
+                .collect();
+            assert!(values.windows(2).all(|w| w[0] < w[1]), "{hierarchy:?}");
+        }
         assert_eq!(Hierarchy::V2.weight_value(1000), 10_000);
-        assert_eq!(Hierarchy::V1.weight_value(2), 2048);
+        assert_eq!(Hierarchy::V1.group_value(4), 4096);
     }
 }

@@ -139,6 +139,9 @@ pub enum SandboxError {
     /// After switching to the user, the process could become root again.
     #[error("after switching to user {0}, root privileges could be regained")]
     RegainedRoot(String),
+    /// The process that started this one ended while it switched users.
+    #[error("the supervisor ended while the process switched users")]
+    Orphaned,
     /// `PR_SET_NO_NEW_PRIVS` failed.
     #[error("cannot set no_new_privs")]
     NoNewPrivs(#[source] io::Error),
@@ -400,6 +403,8 @@ fn switch_user(user: &UserSpec) -> Result<UserOutcome, SandboxError> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(UserOutcome::NotRoot(user.clone()));
     }
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
     let failed = |step| {
         move |source| SandboxError::SwitchUser {
             user: user.to_string(),
@@ -416,6 +421,15 @@ fn switch_user(user: &UserSpec) -> Result<UserOutcome, SandboxError> {
     // SAFETY: as above; expected to fail now that no ID is 0.
     if unsafe { libc::setuid(0) } == 0 {
         return Err(SandboxError::RegainedRoot(user.to_string()));
+    }
+    // Changing the user cleared the death signal the supervisor armed:
+    // arm it again, and end if the supervisor died meanwhile.
+    // SAFETY: sets a flag of the calling process; no memory is involved.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
+        .map_err(failed("PR_SET_PDEATHSIG"))?;
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        return Err(SandboxError::Orphaned);
     }
     Ok(UserOutcome::Switched(user.clone()))
 }
@@ -618,6 +632,12 @@ const ALLOWED: &[(Syscall, Check)] = &[
     // (retry pauses), HashMap keys, and the end.
     (syscall!(SYS_clock_gettime), Check::Any),
     (syscall!(SYS_clock_nanosleep), Check::Any),
+    // Older glibc sleeps with nanosleep.
+    (syscall!(SYS_nanosleep), Check::Any),
+    // A timed wait (a condition variable's, a sleep) that a stop and
+    // continue interrupted (SIGSTOP/SIGCONT, a debugger, the cgroup freezer)
+    // is resumed with restart_syscall.
+    (syscall!(SYS_restart_syscall), Check::Any),
     (syscall!(SYS_getrandom), Check::Any),
     (syscall!(SYS_exit_group), Check::Any),
     #[cfg(target_arch = "x86_64")]
@@ -632,6 +652,10 @@ const ALLOWED: &[(Syscall, Check)] = &[
 const REFUSED_WITH_ERROR: &[(Syscall, Check, i32)] = &[
     // glibc starts threads with clone3 first, and with clone on ENOSYS.
     (syscall!(SYS_clone3), Check::Any, libc::ENOSYS),
+    // The vhost crate checks a socket a VMM hands over (GPU_SET_SOCKET,
+    // which this device refuses anyway) with getsockopt: the VMM then gets
+    // an error reply, and its bad message costs no process.
+    (syscall!(SYS_getsockopt), Check::Any, libc::EACCES),
     // Paths, as Landlock refuses them (which it cannot for stat, readlink
     // and getcwd): glibc's malloc probes /proc/sys/vm/overcommit_memory
     // once, Rust's backtrace printer (RUST_BACKTRACE) the working directory,

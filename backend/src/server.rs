@@ -196,9 +196,17 @@ pub fn listen(config: &TenantConfig) -> Result<Listener, ServerError> {
                 source,
             })
         }
-        // SAFETY: the configuration layer checked that the number names a
-        // listening socket handed to us, which from now on only `Listener` owns.
-        SocketSource::Fd(fd) => Ok(unsafe { Listener::from_raw_fd(*fd) }),
+        SocketSource::Fd(fd) => {
+            // Close-on-exec, so that it reaches no process started later
+            // (no other tenant's process, above all).
+            // SAFETY: sets a flag of a descriptor the configuration layer
+            // checked to be an open socket.
+            unsafe { libc::fcntl(*fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            // SAFETY: the configuration layer checked that the number names a
+            // listening socket handed to us, which from now on only
+            // `Listener` owns.
+            Ok(unsafe { Listener::from_raw_fd(*fd) })
+        }
     }
 }
 

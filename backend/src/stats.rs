@@ -50,7 +50,8 @@ impl Histogram {
         let cumulative = bounds
             .zip(&self.buckets)
             .map(|(bound, count)| {
-                total += count.load(Ordering::Relaxed);
+                // Saturating: a tenant's process writes these counters.
+                total = count.load(Ordering::Relaxed).saturating_add(total);
                 (bound, total)
             })
             .collect();
@@ -97,8 +98,6 @@ pub struct Counters {
     connections: AtomicU64,
     /// Whether a VMM is connected (a gauge).
     connected: AtomicU64,
-    /// Times the tenant's process was started again after it ended.
-    restarts: AtomicU64,
     latency: Histogram,
 }
 
@@ -121,6 +120,9 @@ enum Storage {
 pub struct TenantStats {
     name: String,
     counters: Storage,
+    /// Times the tenant's process was started again after it ended: the
+    /// supervisor's count, out of the tenant's reach.
+    restarts: AtomicU64,
 }
 
 impl std::ops::Deref for TenantStats {
@@ -144,6 +146,7 @@ impl TenantStats {
         TenantStats {
             name: name.into(),
             counters: Storage::Private(Box::default()),
+            restarts: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +158,7 @@ impl TenantStats {
         Ok(TenantStats {
             name,
             counters: Storage::Shared(counters),
+            restarts: AtomicU64::new(0),
         })
     }
 
@@ -164,6 +168,7 @@ impl TenantStats {
         Ok(TenantStats {
             name: name.into(),
             counters: Storage::Shared(SharedMemory::attach(file)?),
+            restarts: AtomicU64::new(0),
         })
     }
 
@@ -277,7 +282,10 @@ impl TenantStats {
     /// One line for the log: totals of what the tenant did.
     pub fn summary(&self) -> String {
         let total = |counters: &[AtomicU64]| -> u64 {
-            counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+            // Saturating: a tenant's process writes these counters.
+            counters
+                .iter()
+                .fold(0u64, |sum, c| sum.saturating_add(c.load(Ordering::Relaxed)))
         };
         let ok = self.requests(Status::Ok);
         let refused: u64 = total(&self.quota_refusals);
@@ -293,7 +301,7 @@ impl TenantStats {
             self.restarts.load(Ordering::Relaxed),
             total(&self.requests),
             ok,
-            total(&self.requests) - ok,
+            total(&self.requests).saturating_sub(ok),
             refused,
             self.bytes.load(Ordering::Relaxed),
             total(&self.commands),

@@ -304,7 +304,10 @@ impl Supervisor {
                 Ok(Some(status)) => status,
                 Ok(None) => continue,
                 Err(e) => {
-                    warn!("tenant {}: cannot wait for its process: {e}", slot.config.name);
+                    warn!(
+                        "tenant {}: cannot wait for its process: {e}",
+                        slot.config.name
+                    );
                     continue;
                 }
             };
@@ -386,15 +389,24 @@ fn duplicate_high(fd: BorrowedFd<'_>) -> Result<OwnedFd, SpawnError> {
 fn prepare_child(listener: RawFd, counters: RawFd, parent: u32) -> io::Result<()> {
     // SAFETY: async-signal-safe calls on descriptors open in this process;
     // the targets are free numbers or the child's own copies.
-    let moved = unsafe {
-        libc::dup2(listener, LISTENER_FD) >= 0 && libc::dup2(counters, STATS_FD) >= 0
-    };
-    // SAFETY: async-signal-safe calls that change only this process.
+    if unsafe { libc::dup2(listener, LISTENER_FD) < 0 || libc::dup2(counters, STATS_FD) < 0 } {
+        return Err(io::Error::last_os_error());
+    }
+    // Nothing else crosses: above all no other tenant's socket (std marks
+    // its own descriptors close-on-exec, but an inherited one may not be).
+    // SAFETY: closes descriptors of this child only, which it no longer
+    // needs; on a kernel without close_range the close-on-exec flags remain.
+    unsafe { libc::syscall(libc::SYS_close_range, STATS_FD + 1, libc::c_uint::MAX, 0) };
+    // SAFETY: async-signal-safe calls that change only this process: its
+    // own process group (a terminal's ^C reaches the supervisor only), no
+    // stop for writing to that terminal from the background (SIGTTOU stays
+    // ignored across exec), death with the supervisor.
     let detached = unsafe {
         libc::setpgid(0, 0) == 0
+            && libc::signal(libc::SIGTTOU, libc::SIG_IGN) != libc::SIG_ERR
             && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
     };
-    if !moved || !detached {
+    if !detached {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: getppid has no preconditions.
@@ -457,7 +469,10 @@ mod tests {
             describe(ExitStatus::from_raw(libc::SIGBUS)),
             "was killed by SIGBUS (7)"
         );
-        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exited with status 3");
+        assert_eq!(
+            describe(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
         assert_eq!(
             describe(ExitStatus::from_raw(libc::SIGSEGV | 0x80)),
             "was killed by SIGSEGV (11) (core dumped)"
@@ -466,14 +481,16 @@ mod tests {
 
     #[test]
     fn pauses_grow_while_processes_die_young() {
-        let listener = Listener::from(std::os::unix::net::UnixListener::bind_addr(
-            &std::os::unix::net::SocketAddr::from_abstract_name(format!(
-                "vhost-user-accel-supervisor-test-{}",
-                std::process::id()
-            ))
+        let listener = Listener::from(
+            std::os::unix::net::UnixListener::bind_addr(
+                &std::os::unix::net::SocketAddr::from_abstract_name(format!(
+                    "vhost-user-accel-supervisor-test-{}",
+                    std::process::id()
+                ))
+                .unwrap_or_else(|e| panic!("{e}")),
+            )
             .unwrap_or_else(|e| panic!("{e}")),
-        )
-        .unwrap_or_else(|e| panic!("{e}")));
+        );
         let mut slot = Slot {
             config: TenantConfig::new("a", SocketSource::Fd(-1)),
             listener,

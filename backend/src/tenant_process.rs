@@ -116,7 +116,10 @@ impl ProcessConfig {
             .read_to_string(&mut text)
             .map_err(TenantProcessError::Read)?;
         let config: ProcessConfig = toml::from_str(&text).map_err(TenantProcessError::Parse)?;
-        config.daemon_config().validate().map_err(TenantProcessError::Invalid)?;
+        config
+            .daemon_config()
+            .validate()
+            .map_err(TenantProcessError::Invalid)?;
         Ok(config)
     }
 
@@ -144,34 +147,64 @@ pub fn run(name: &str, input: impl Read) -> Result<(), TenantProcessError> {
     if config.tenant.name != name {
         return Err(TenantProcessError::Name(name.to_owned()));
     }
-    let listener_fd =
-        check_socket_fd(LISTENER_FD).map_err(|e| TenantProcessError::Descriptor {
-            fd: LISTENER_FD,
-            what: "listening socket",
-            source: io::Error::other(e),
-        })?;
+    let listener_fd = check_socket_fd(LISTENER_FD).map_err(|e| TenantProcessError::Descriptor {
+        fd: LISTENER_FD,
+        what: "listening socket",
+        source: io::Error::other(e),
+    })?;
     // SAFETY: the supervisor put the tenant's listening socket at this
     // number (checked just now to be an open socket); nothing else in this
     // process refers to it.
     let listener = unsafe { Listener::from_raw_fd(listener_fd) };
-    let stats = TenantStats::attach(config.tenant.name.clone(), take_fd(STATS_FD)?).map_err(
-        |source| TenantProcessError::Descriptor {
-            fd: STATS_FD,
-            what: "counters",
-            source,
-        },
-    )?;
+    let stats =
+        TenantStats::attach(config.tenant.name.clone(), take_fd(STATS_FD)?).map_err(|source| {
+            TenantProcessError::Descriptor {
+                fd: STATS_FD,
+                what: "counters",
+                source,
+            }
+        })?;
+    arm_fault(config.incarnation);
     info!(
         "tenant {}: process {} started (incarnation {})",
         config.tenant.name,
         std::process::id(),
         config.incarnation
     );
-    let server = Server::bind_with(config.daemon_config(), vec![listener], vec![Arc::new(stats)])?;
+    let server = Server::bind_with(
+        config.daemon_config(),
+        vec![listener],
+        vec![Arc::new(stats)],
+    )?;
     // Everything the process needs from the file system and the kernel's
     // wider interfaces it has by now: its engine runs, its socket listens.
     sandbox::apply(&SandboxConfig::new(config.user.clone()))?;
     Ok(server.serve_forever()?)
+}
+
+/// Whether an injected fault waits on the request path (tests only).
+static FAULT_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Arms the fault of `VHOST_USER_ACCEL_FAULT=panic` for the first process of
+/// a tenant (built with the `fault-injection` feature only; a restarted
+/// process must serve, or the test could not see the restart work).
+fn arm_fault(incarnation: u64) {
+    let wanted = cfg!(feature = "fault-injection")
+        && std::env::var_os("VHOST_USER_ACCEL_FAULT").is_some_and(|v| v == "panic");
+    FAULT_ARMED.store(
+        wanted && incarnation == 0,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Panics here, on the request path, if a fault is armed (see
+/// [`arm_fault`]); nothing at all otherwise.
+pub fn fault_point() {
+    if cfg!(feature = "fault-injection")
+        && FAULT_ARMED.swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        panic!("fault injected on the request path (VHOST_USER_ACCEL_FAULT=panic)");
+    }
 }
 
 /// Takes ownership of inherited descriptor `fd`, marking it close-on-exec.

@@ -31,6 +31,11 @@ impl Supervisor {
 
     /// With `settings` (TOML) at the top of the configuration file.
     fn start_with(test: &str, tenants: usize, settings: &str) -> Supervisor {
+        Supervisor::start_env(test, tenants, settings, &[])
+    }
+
+    /// With `env` in the daemon's environment too.
+    fn start_env(test: &str, tenants: usize, settings: &str, env: &[(&str, &str)]) -> Supervisor {
         let dir = std::env::temp_dir().join(format!(
             "vhost-user-accel-processes-{}-{test}",
             std::process::id()
@@ -52,6 +57,7 @@ impl Supervisor {
         let log = dir.join("daemon.log");
         let child = Command::new(DAEMON)
             .args(["--config", config_path.to_str().unwrap()])
+            .envs(env.iter().copied())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -85,14 +91,17 @@ impl Supervisor {
     /// A child of the supervisor whose command line names `tenant`.
     fn find_tenant_pid(&self, tenant: &str) -> Option<u32> {
         let wanted = format!("vhost-user-accel\0--tenant-process\0{tenant}\0");
-        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // Fields after the command name, which is in parentheses.
-            let ppid: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            (ppid == self.child.id() && cmdline == wanted.as_bytes()).then_some(pid)
-        })
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // Fields after the command name, which is in parentheses.
+                let ppid: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                (ppid == self.child.id() && cmdline == wanted.as_bytes()).then_some(pid)
+            })
     }
 
     fn log(&self) -> String {
@@ -101,8 +110,7 @@ impl Supervisor {
 
     /// The Prometheus text of the metrics endpoint.
     fn metrics(&self) -> String {
-        let mut stream =
-            std::os::unix::net::UnixStream::connect(self.dir.join("metrics")).unwrap();
+        let mut stream = std::os::unix::net::UnixStream::connect(self.dir.join("metrics")).unwrap();
         stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
         let mut reply = String::new();
         stream.read_to_string(&mut reply).unwrap();
@@ -174,7 +182,11 @@ fn serves_again(socket: &Path) {
         if attempt.is_ok() {
             return;
         }
-        assert!(Instant::now() < deadline, "{} never served again", socket.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never served again",
+            socket.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -283,7 +295,10 @@ fn guest_memory_truncated_by_its_vmm_costs_only_that_tenants_process() {
         // Buffers past 4 MiB (the driver's rings lie below), which the VMM
         // then cuts off its memfd.
         let _low = memory.alloc(4 << 20).unwrap();
-        let (src, dst) = (memory.alloc(1 << 20).unwrap(), memory.alloc(1 << 20).unwrap());
+        let (src, dst) = (
+            memory.alloc(1 << 20).unwrap(),
+            memory.alloc(1 << 20).unwrap(),
+        );
         assert!(src.gpa() >= 4 << 20);
         let pid = supervisor.tenant_pid("t0");
         memory.file().set_len(4 << 20).unwrap();
@@ -303,7 +318,10 @@ fn guest_memory_truncated_by_its_vmm_costs_only_that_tenants_process() {
         serves_again(&victim);
         stop.store(true, Ordering::Relaxed);
         worker.join().unwrap();
-        assert!(done.load(Ordering::Relaxed) > before, "the neighbour stalled");
+        assert!(
+            done.load(Ordering::Relaxed) > before,
+            "the neighbour stalled"
+        );
     });
     let log = supervisor.log();
     assert!(log.contains("was killed by SIGBUS (7)"), "{log}");
@@ -341,7 +359,10 @@ fn tenant_processes_die_with_a_killed_supervisor() {
     while Path::new(&format!("/proc/{pid}/cmdline")).exists()
         && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
     {
-        assert!(Instant::now() < deadline, "tenant process {pid} was orphaned");
+        assert!(
+            Instant::now() < deadline,
+            "tenant process {pid} was orphaned"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -365,23 +386,43 @@ fn status_fields(pid: u32, keys: &[&str]) -> Vec<String> {
 #[test]
 fn tenant_processes_serve_inside_their_sandbox() {
     let supervisor = Supervisor::start("sandbox", 1);
-    serves_again(&supervisor.socket("t0"));
+    // Connected while it is looked at, so that its threads stay put.
+    let memory = DmaMemory::new(4 << 20).unwrap();
+    let device = connect(&supervisor.socket("t0"), &memory);
+    crc_check(&device, &memory);
     let pid = supervisor.tenant_pid("t0");
     // Every thread of the process is filtered, with no way to gain privileges.
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    for task in tasks.flatten() {
-        let tid: u32 = task.file_name().to_str().unwrap().parse().unwrap();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    let mut checked = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // a thread that ended meanwhile
+        };
+        let tid = task.file_name();
         assert!(
-            status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
-            "thread {tid} of {pid} is not filtered:\n{status}"
+            status
+                .lines()
+                .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+            "thread {tid:?} of {pid} is not filtered:\n{status}"
         );
         assert!(
-            status.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
-            "thread {tid} of {pid} may gain privileges:\n{status}"
+            status
+                .lines()
+                .any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
+            "thread {tid:?} of {pid} may gain privileges:\n{status}"
         );
+        checked += 1;
     }
-    assert!(supervisor.log().contains("sandbox: "), "{}", supervisor.log());
+    // The main thread, the tenant's, the engine's and the connection's.
+    assert!(checked >= 4, "only {checked} threads of {pid}");
+    device.into_transport().disconnect();
+    assert!(
+        supervisor.log().contains("sandbox: "),
+        "{}",
+        supervisor.log()
+    );
     // The supervisor itself is not sandboxed: it must start processes.
     let own = status_fields(supervisor.child.id(), &["Seccomp"]);
     assert_eq!(own, ["Seccomp: 0"]);
@@ -399,7 +440,11 @@ fn tenant_processes_switch_to_the_configured_user() {
     let pid = supervisor.tenant_pid("t0");
     assert_eq!(
         status_fields(pid, &["Uid", "Gid", "Groups"]),
-        ["Uid: 65534 65534 65534 65534", "Gid: 65534 65534 65534 65534", "Groups: 65534"]
+        [
+            "Uid: 65534 65534 65534 65534",
+            "Gid: 65534 65534 65534 65534",
+            "Groups: 65534"
+        ]
     );
     // The supervisor stays root (it binds, places and restarts), and a
     // restarted process switches too.
@@ -407,7 +452,61 @@ fn tenant_processes_switch_to_the_configured_user() {
     serves_again(&supervisor.socket("t0"));
     let restarted = supervisor.tenant_pid("t0");
     assert_ne!(restarted, pid);
-    assert_eq!(status_fields(restarted, &["Uid"]), ["Uid: 65534 65534 65534 65534"]);
+    assert_eq!(
+        status_fields(restarted, &["Uid"]),
+        ["Uid: 65534 65534 65534 65534"]
+    );
     kill(supervisor.child.id(), libc::SIGTERM);
     assert_eq!(supervisor.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (cargo test --all-features)"
+)]
+fn a_panic_on_the_request_path_ends_only_its_tenants_process() {
+    let supervisor = Supervisor::start_env("panic", 2, "", &[("VHOST_USER_ACCEL_FAULT", "panic")]);
+    let (victim, other) = (supervisor.socket("t0"), supervisor.socket("t1"));
+    // t1's first process panics at its first kick too: take it out of the
+    // way first, so that the neighbour below runs on a process that serves.
+    serves_again(&other);
+    let pid = supervisor.tenant_pid("t0");
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| neighbour(&other, &stop, &done));
+        let _stop = StopOnDrop(&stop);
+        // The kick that reaches the process first (while the rings start,
+        // or for this request) finds the fault: the connection may break at
+        // any step, so its errors are expected.
+        let memory = DmaMemory::new(4 << 20).unwrap();
+        let _ = std::panic::catch_unwind(|| {
+            let device = connect(&victim, &memory);
+            let data = memory.alloc(9).unwrap();
+            let request = Request::new(Op::Crc32c).input(Buffer::direct(&data));
+            device.submit(0, &request, 0).unwrap();
+            device.flush(0).unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while supervisor.find_tenant_pid("t0") == Some(pid) {
+            assert!(Instant::now() < deadline, "t0's process survived its panic");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let before = done.load(Ordering::Relaxed);
+        serves_again(&victim);
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+        assert!(
+            done.load(Ordering::Relaxed) > before,
+            "the neighbour stalled"
+        );
+    });
+    let log = supervisor.log();
+    assert!(log.contains("fault injected on the request path"), "{log}");
+    assert!(
+        log.contains(&format!("process {pid} was killed by SIGABRT (6)")),
+        "{log}"
+    );
 }

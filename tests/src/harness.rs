@@ -277,7 +277,13 @@ pub fn rss_anon(pid: &str) -> Result<u64, String> {
     let kib = status
         .lines()
         .find_map(|line| line.strip_prefix("RssAnon:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .ok_or_else(|| format!("no RssAnon in /proc/{pid}/status"))?;
     Ok(kib * 1024)
 }
