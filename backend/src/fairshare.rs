@@ -95,7 +95,10 @@ impl FairShare {
         // Moving into a child is only safe (and enabling controllers only
         // possible) if the daemon is alone in its cgroup.
         let procs = fs::read_to_string(own_dir.join("cgroup.procs"))?;
-        if procs.split_whitespace().ne([std::process::id().to_string().as_str()]) {
+        if procs
+            .split_whitespace()
+            .ne([std::process::id().to_string().as_str()])
+        {
             return Err(io::Error::other(
                 "the daemon's cgroup holds other processes (delegate one to it)",
             ));
