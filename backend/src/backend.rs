@@ -1,21 +1,33 @@
 //! The `VhostUserBackend` glue: vhost-user messages and epoll events in, calls
-//! into [`Device`] out.
+//! into [`Device`] out; and [`Connection`], the vhost-user daemon of one
+//! connection with the events of the backend registered.
+//!
+//! The worker thread of a connection (vhost-user-backend's event loop) is
+//! stopped by an event the backend owns, not by vhost-user-backend's exit
+//! event: `VhostUserBackend::exit_event` hands the library a descriptor that
+//! it takes with `into_raw_fd` and never closes (0.24), one leaked per
+//! connection, and the only way to close it would be by number. So
+//! [`AccelBackend::exit_event`] offers none; the backend registers its own
+//! stop event with the worker instead, and ends the event loop (by failing
+//! the event) when it fires. [`Connection`] fires it when dropped, before the
+//! daemon, whose drop waits for the worker.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use log::error;
+use thiserror::Error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringEpollHandler, VringRwLock};
 use virtio_accel_spec::{VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use crate::config::TenantConfig;
 use crate::device::{Device, DeviceError, TenantState};
@@ -25,15 +37,45 @@ use crate::engine::Engine;
 /// configuration in a 4 KiB capability).
 const CONFIG_WINDOW: usize = 4096;
 
+/// The epoll event id of the worker's stop event: past every virtqueue and
+/// completion event id (the event loop passes ids on as 16 bits).
+const STOP_EVENT_ID: u16 = u16::MAX;
+
+/// Errors of a connection's backend and daemon.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// The device could not be created.
+    #[error("cannot create the device")]
+    Device(#[from] DeviceError),
+    /// The worker's stop event could not be created.
+    #[error("cannot create the worker's stop event")]
+    StopEvent(#[source] io::Error),
+    /// The vhost-user daemon could not be created (its error type is no
+    /// `std::error::Error`, hence no source).
+    #[error("cannot create the vhost-user daemon: {0}")]
+    Daemon(vhost_user_backend::Error),
+    /// An event could not be registered with the worker.
+    #[error("cannot register the {event} event with the worker")]
+    Register {
+        /// Which event.
+        event: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The backend as vhost-user-backend shares it between its threads.
+pub type SharedBackend = Arc<RwLock<AccelBackend>>;
+
 /// The vhost-user backend of one connection.
 pub struct AccelBackend {
     device: Device,
     num_queues: usize,
     queue_size: usize,
-    /// Exit-event descriptors handed to vhost-user-backend, which takes them
-    /// with `into_raw_fd` and never closes them (0.24): see
-    /// [`AccelBackend::close_exit_events`].
-    exit_events: Mutex<Vec<RawFd>>,
+    /// Ends the worker's event loop; registered as long as the worker holds
+    /// this backend (see the module documentation).
+    stop_event: EventFd,
 }
 
 impl AccelBackend {
@@ -42,53 +84,116 @@ impl AccelBackend {
         config: TenantConfig,
         engine: &Arc<dyn Engine>,
         tenant: TenantState,
-    ) -> Result<Self, DeviceError> {
+    ) -> Result<Self, BackendError> {
         let num_queues = usize::from(config.request_queues) + 1;
         let queue_size = usize::from(config.queue_size);
         Ok(AccelBackend {
             device: Device::new(config, engine.as_ref(), tenant)?,
             num_queues,
             queue_size,
-            exit_events: Mutex::new(Vec::new()),
+            stop_event: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)
+                .map_err(BackendError::StopEvent)?,
         })
     }
 
     /// The epoll event id of hardware queue `queue`'s completions (ids up to
-    /// `num_queues` belong to the virtqueues and the exit event).
-    pub fn completion_event_id(&self, queue: usize) -> u64 {
+    /// `num_queues` belong to the virtqueues and to vhost-user-backend).
+    fn completion_event_id(&self, queue: usize) -> u64 {
         (self.num_queues + 1 + queue) as u64
     }
 
-    /// The device model.
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// Registers the completion event of every hardware queue with the
+    /// worker `handler`.
+    fn register_completions<T: vhost_user_backend::VhostUserBackend>(
+        &self,
+        handler: &VringEpollHandler<T>,
+    ) -> Result<(), BackendError> {
+        for (queue, hw_queue) in self.device.hw_queues().iter().enumerate() {
+            let fd = hw_queue.completion_event().as_raw_fd();
+            handler
+                .register_listener(fd, EventSet::IN, self.completion_event_id(queue))
+                .map_err(|source| BackendError::Register {
+                    event: format!("hardware queue {queue} completion"),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// The connection is over (§11): drains the device and forgets its state.
     pub fn disconnect(&mut self) {
         self.device.reset();
     }
+}
 
-    /// Closes the exit-event descriptors that vhost-user-backend 0.24 leaks,
-    /// one per connection otherwise. Call only once the daemon of this
-    /// backend is dropped (its worker threads joined, its epoll closed).
-    pub fn close_exit_events(&self) {
-        for fd in lock(&self.exit_events).drain(..) {
-            // Only a descriptor that is still an eventfd is ours to close.
-            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"));
-            if !target.is_ok_and(|t| t.as_os_str() == "anon_inode:[eventfd]") {
-                continue;
-            }
-            // SAFETY: vhost-user-backend took this descriptor with
-            // `into_raw_fd` for an epoll that is now closed and never closes
-            // it; nothing else refers to it, so this is its only owner.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+fn read(backend: &SharedBackend) -> RwLockReadGuard<'_, AccelBackend> {
+    backend.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The vhost-user daemon of one connection, with the backend's events
+/// registered with its worker thread. Dropping it stops the worker, then
+/// drops the daemon, which waits for the worker to end.
+pub struct Connection {
+    /// Its drop waits for the worker, which `Connection::drop` has told to
+    /// end by then.
+    daemon: VhostUserDaemon<SharedBackend>,
+    /// A handle on the backend's stop event.
+    stop: EventFd,
+}
+
+impl Connection {
+    /// The daemon of `backend`, named `name`, ready to accept a connection.
+    ///
+    /// Should the worker's stop event not register (the kernel out of
+    /// memory or of epoll watches), nothing could stop the worker and
+    /// dropping the daemon would wait for it forever: the daemon is then
+    /// left running, with the error returned.
+    pub fn new(name: String, backend: &SharedBackend) -> Result<Self, BackendError> {
+        let stop = read(backend)
+            .stop_event
+            .try_clone()
+            .map_err(BackendError::StopEvent)?;
+        let empty = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let daemon =
+            VhostUserDaemon::new(name, Arc::clone(backend), empty).map_err(BackendError::Daemon)?;
+        let handlers = daemon.get_epoll_handlers();
+        let Some(handler) = handlers.first() else {
+            // No worker thread, nothing to stop.
+            return Ok(Connection { daemon, stop });
+        };
+        let registered =
+            handler.register_listener(stop.as_raw_fd(), EventSet::IN, u64::from(STOP_EVENT_ID));
+        if let Err(source) = registered {
+            std::mem::forget(daemon);
+            return Err(BackendError::Register {
+                event: String::from("stop"),
+                source,
+            });
         }
+        let connection = Connection { daemon, stop };
+        read(backend).register_completions(handler)?;
+        Ok(connection)
+    }
+
+    /// Waits for a VMM on `listener` and serves it on a thread of its own.
+    pub fn start(&mut self, listener: &mut Listener) -> Result<(), vhost_user_backend::Error> {
+        self.daemon.start(listener)
+    }
+
+    /// Waits until the VMM's connection has ended.
+    pub fn wait(&mut self) -> Result<(), vhost_user_backend::Error> {
+        self.daemon.wait()
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop.write(1) {
+            // Cannot happen (the counter is far from overflowing); the drop
+            // of the daemon would then wait for the worker forever.
+            error!("cannot stop a connection's worker thread: {e}");
+        }
+    }
 }
 
 impl VhostUserBackendMut for AccelBackend {
@@ -169,12 +274,10 @@ impl VhostUserBackendMut for AccelBackend {
         Ok(())
     }
 
+    /// None: the backend stops the worker with its own event (see the
+    /// module documentation).
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
-            .map_err(|e| error!("cannot create exit event: {e}"))
-            .ok()?;
-        lock(&self.exit_events).push(consumer.as_raw_fd());
-        Some((consumer, notifier))
+        None
     }
 
     fn handle_event(
@@ -186,6 +289,11 @@ impl VhostUserBackendMut for AccelBackend {
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Ok(());
+        }
+        if device_event == STOP_EVENT_ID {
+            // The one way to end vhost-user-backend's event loop without its
+            // exit event.
+            return Err(io::Error::other("the connection's worker stops"));
         }
         self.device.attach_vrings(vrings);
         let event = usize::from(device_event);

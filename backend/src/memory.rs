@@ -5,9 +5,11 @@
 //! does not cover faults with SIGBUS when touched, so a table with a region
 //! past the end of its file is refused before any request can reach it
 //! ([`check_table`]). A file that shrinks later does the same; a memfd sealed
-//! with `F_SEAL_SHRINK` cannot, and the regions of any other sealable file
-//! are reported ([`TableCheck::unsealed`]) so that the tenant can be warned.
-//! Files that cannot be sealed at all (most file systems) are not reported.
+//! with `F_SEAL_SHRINK` cannot. Regions whose file has a seal set without
+//! that seal (memfds, and tmpfs and hugetlbfs files, which `F_GET_SEALS`
+//! answers for) are reported ([`TableCheck::unsealed`]) so that the tenant
+//! can be warned; files of other file systems, which have no seals at all,
+//! are not.
 
 use std::fmt;
 use std::fs::File;
@@ -70,9 +72,10 @@ pub enum MemoryError {
 pub enum Sealing {
     /// Sealed with `F_SEAL_SHRINK`: it cannot shrink.
     ShrinkSealed,
-    /// A sealable file (memfd, tmpfs, hugetlbfs) without `F_SEAL_SHRINK`.
+    /// A file with seals (a memfd, a tmpfs or hugetlbfs file), but not
+    /// `F_SEAL_SHRINK`: it can shrink.
     Unsealed,
-    /// A file of a kind that cannot be sealed (`F_GET_SEALS` says `EINVAL`).
+    /// A file of a file system without seals (`F_GET_SEALS` says `EINVAL`).
     Unsealable,
 }
 

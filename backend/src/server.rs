@@ -10,7 +10,7 @@
 //! growing pause: once its socket is bound, a tenant is never given up.
 //! Tenants share the engine and nothing else.
 
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,13 +18,10 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use thiserror::Error;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 
-use crate::backend::AccelBackend;
+use crate::backend::{AccelBackend, BackendError, Connection};
 use crate::config::{Config, EngineKind, SocketSource, TenantConfig};
-use crate::device::{DeviceError, TenantState};
+use crate::device::TenantState;
 use crate::engine::software::SoftwareEngine;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::MetricsServer;
@@ -51,15 +48,12 @@ pub enum ServerError {
     /// The engine could not start.
     #[error("cannot start the engine")]
     Engine(#[from] EngineError),
-    /// The device of a connection could not be built.
-    #[error("cannot create the device")]
-    Device(#[from] DeviceError),
+    /// The backend or the daemon of a connection could not be set up.
+    #[error("cannot set up the connection")]
+    Backend(#[from] BackendError),
     /// The vhost-user daemon failed.
     #[error("vhost-user daemon: {0}")]
     Daemon(vhost_user_backend::Error),
-    /// A completion eventfd could not be registered.
-    #[error("cannot register completion events")]
-    Register(#[source] std::io::Error),
     /// A thread could not be started.
     #[error("cannot start a thread")]
     Spawn(#[source] std::io::Error),
@@ -255,47 +249,22 @@ impl Tenant {
         let result = self.run_connection(&backend);
         self.state.stats.set_connected(false);
         // The daemon is dropped by now (its worker threads joined).
-        let mut backend = backend.write().unwrap_or_else(PoisonError::into_inner);
-        backend.disconnect();
-        backend.close_exit_events();
+        backend
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .disconnect();
         result
     }
 
     fn run_connection(&mut self, backend: &Arc<RwLock<AccelBackend>>) -> Result<(), ServerError> {
-        let completion_events: Vec<(RawFd, u64)> = {
-            let backend = backend.read().unwrap_or_else(PoisonError::into_inner);
-            let events = backend
-                .device()
-                .hw_queues()
-                .iter()
-                .map(|q| q.completion_event().as_raw_fd());
-            events
-                .zip((0..).map(|index| backend.completion_event_id(index)))
-                .collect()
-        };
-        let mut daemon = VhostUserDaemon::new(
-            format!("vhost-user-accel-{}", self.config.name),
-            Arc::clone(backend),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
-        .map_err(ServerError::Daemon)?;
-        let handlers = daemon.get_epoll_handlers();
-        if let Some(handler) = handlers.first() {
-            for (fd, id) in completion_events {
-                handler
-                    .register_listener(fd, EventSet::IN, id)
-                    .map_err(ServerError::Register)?;
-            }
-        }
-        daemon
+        let name = format!("vhost-user-accel-{}", self.config.name);
+        let mut connection = Connection::new(name, backend)?;
+        connection
             .start(&mut self.listener)
             .map_err(ServerError::Daemon)?;
         self.state.stats.set_connected(true);
         info!("tenant {}: VMM connected", self.config.name);
-        let result = daemon.wait();
-        for handler in &handlers {
-            handler.send_exit_event();
-        }
+        let result = connection.wait();
         match result {
             Ok(()) => Ok(()),
             Err(vhost_user_backend::Error::HandleRequest(

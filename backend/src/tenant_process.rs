@@ -197,8 +197,9 @@ fn arm_fault(incarnation: u64) {
     );
 }
 
-/// Panics here, on the request path, if a fault is armed (see
-/// [`arm_fault`]); nothing at all otherwise.
+/// Panics here, on the request path, if a fault is armed (tests only:
+/// `VHOST_USER_ACCEL_FAULT=panic` with the `fault-injection` feature arms
+/// one in the first process of each tenant); nothing at all otherwise.
 pub fn fault_point() {
     if cfg!(feature = "fault-injection")
         && FAULT_ARMED.swap(false, std::sync::atomic::Ordering::Relaxed)

@@ -259,7 +259,7 @@ fn a_killed_tenant_process_is_restarted_and_its_neighbour_never_notices() {
     });
     let log = supervisor.log();
     assert!(
-        log.contains(&"was killed by SIGKILL (9); restarting it in 100ms"),
+        log.contains("was killed by SIGKILL (9); restarting it in 100ms"),
         "{log}"
     );
     supervisor.wait_for_metric("vhost_user_accel_process_restarts_total{tenant=\"t0\"} 1");

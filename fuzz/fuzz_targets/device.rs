@@ -142,11 +142,11 @@ fuzz_target!(|data: &[u8]| {
                 let (head, _) = ring.place(mem, &mut driver.data, &chain);
                 ring.publish(mem, head);
                 if action % 16 != 10 {
-                    let _ = device.handle_queue(vq, &driver.vrings);
+                    device.handle_queue(vq, &driver.vrings);
                 }
             }
             11 => {
-                let _ = device.handle_queue(vq, &driver.vrings);
+                device.handle_queue(vq, &driver.vrings);
             }
             12 | 13 => {
                 for queue in 0..request_queues {
