@@ -230,15 +230,46 @@ fn start_batch(device: &AccelDevice, memory: &DmaMemory, count: usize) {
     );
 }
 
+/// Runs `trouble` (to t0) while a neighbour VM on `other` keeps completing
+/// checked requests. `trouble` gets the neighbour's count of completions and
+/// returns it as it was when the trouble began; the neighbour must have
+/// completed more by the time `trouble` returns.
+fn beside_a_neighbour(other: &Path, trouble: impl FnOnce(&AtomicU64) -> u64) {
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| neighbour(other, &stop, &done));
+        let _stop = StopOnDrop(&stop);
+        let before = trouble(&done);
+        let during = done.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+        assert!(
+            during > before,
+            "the neighbour stalled while t0 was in trouble"
+        );
+    });
+}
+
+impl Supervisor {
+    /// Waits (10 s at most) until process `pid` no longer serves `tenant`.
+    fn wait_until_gone(&self, tenant: &str, pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.find_tenant_pid(tenant) == Some(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{tenant}'s process {pid} survived"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
 fn a_killed_tenant_process_is_restarted_and_its_neighbour_never_notices() {
     let supervisor = Supervisor::start("kill", 2);
     let (victim, other) = (supervisor.socket("t0"), supervisor.socket("t1"));
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        let worker = scope.spawn(|| neighbour(&other, &stop, &done));
-        let _stop = StopOnDrop(&stop);
+    beside_a_neighbour(&other, |done| {
         let memory = DmaMemory::new(32 << 20).unwrap();
         let device = connect(&victim, &memory);
         crc_check(&device, &memory);
@@ -250,12 +281,7 @@ fn a_killed_tenant_process_is_restarted_and_its_neighbour_never_notices() {
         drop(device);
         serves_again(&victim);
         assert_ne!(supervisor.tenant_pid("t0"), pid);
-        // The neighbour went on completing requests the whole time.
-        let during = done.load(Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(200));
-        stop.store(true, Ordering::Relaxed);
-        worker.join().unwrap();
-        assert!(during > before, "the neighbour stalled while t0 restarted");
+        before
     });
     let log = supervisor.log();
     assert!(
@@ -285,11 +311,7 @@ fn ok_requests(metrics: &str, tenant: &str) -> u64 {
 fn guest_memory_truncated_by_its_vmm_costs_only_that_tenants_process() {
     let supervisor = Supervisor::start("truncate", 2);
     let (victim, other) = (supervisor.socket("t0"), supervisor.socket("t1"));
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        let worker = scope.spawn(|| neighbour(&other, &stop, &done));
-        let _stop = StopOnDrop(&stop);
+    beside_a_neighbour(&other, |done| {
         let memory = DmaMemory::new(8 << 20).unwrap();
         let device = connect(&victim, &memory);
         // Buffers past 4 MiB (the driver's rings lie below), which the VMM
@@ -309,19 +331,10 @@ fn guest_memory_truncated_by_its_vmm_costs_only_that_tenants_process() {
         device.submit(0, &request, 0).unwrap();
         device.flush(0).unwrap();
         // The process touches the truncated pages and dies of SIGBUS.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while supervisor.find_tenant_pid("t0") == Some(pid) {
-            assert!(Instant::now() < deadline, "t0's process survived");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        supervisor.wait_until_gone("t0", pid);
         drop(device);
         serves_again(&victim);
-        stop.store(true, Ordering::Relaxed);
-        worker.join().unwrap();
-        assert!(
-            done.load(Ordering::Relaxed) > before,
-            "the neighbour stalled"
-        );
+        before
     });
     let log = supervisor.log();
     assert!(log.contains("was killed by SIGBUS (7)"), "{log}");
@@ -472,11 +485,8 @@ fn a_panic_on_the_request_path_ends_only_its_tenants_process() {
     // way first, so that the neighbour below runs on a process that serves.
     serves_again(&other);
     let pid = supervisor.tenant_pid("t0");
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        let worker = scope.spawn(|| neighbour(&other, &stop, &done));
-        let _stop = StopOnDrop(&stop);
+    beside_a_neighbour(&other, |done| {
+        let before = done.load(Ordering::Relaxed);
         // The kick that reaches the process first (while the rings start,
         // or for this request) finds the fault: the connection may break at
         // any step, so its errors are expected.
@@ -488,20 +498,9 @@ fn a_panic_on_the_request_path_ends_only_its_tenants_process() {
             device.submit(0, &request, 0).unwrap();
             device.flush(0).unwrap();
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while supervisor.find_tenant_pid("t0") == Some(pid) {
-            assert!(Instant::now() < deadline, "t0's process survived its panic");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let before = done.load(Ordering::Relaxed);
+        supervisor.wait_until_gone("t0", pid);
         serves_again(&victim);
-        std::thread::sleep(Duration::from_millis(100));
-        stop.store(true, Ordering::Relaxed);
-        worker.join().unwrap();
-        assert!(
-            done.load(Ordering::Relaxed) > before,
-            "the neighbour stalled"
-        );
+        before
     });
     let log = supervisor.log();
     assert!(log.contains("fault injected on the request path"), "{log}");
