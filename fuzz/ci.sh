@@ -24,6 +24,7 @@ declare -A max_len=(
     [control]=2048
     [fence]=4096
     [device]=16384
+    [vhost_user]=8192
 )
 targets=$(cargo +nightly fuzz list)
 cargo +nightly fuzz build -O

@@ -8,8 +8,12 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_accel_fuzz::input::Writer;
 use vhost_user_accel_fuzz::ring::{ChainSpec, DescSpec};
+use vhost_user_accel_fuzz::vhost_user::{
+    code, Action, FdMode, Features, RegionFile, RegionSpec, RingAddr, Step,
+};
 use virtio_accel_spec::{
     AesGcmParams, BufRef, ControlCommand, Crc32cParams, CtrlReq, DeflateParams, Fence, FillParams,
     MemSeg, Op, Req, Resp,
@@ -252,5 +256,259 @@ fn main() -> io::Result<()> {
     scenario.u8(15).u8(0);
     submit(&mut scenario, 1, &requests[3].1);
     seeds.push(("objects-fences-reset".to_string(), scenario.data));
-    write_seeds("device", seeds)
+    write_seeds("device", seeds)?;
+    write_seeds("vhost_user", vhost_user_seeds())
+}
+
+fn step(need_reply: bool, action: Action) -> Step {
+    Step { need_reply, action }
+}
+
+/// What QEMU sends to a vhost-user device before the guest runs: the
+/// feature negotiation, the memory table, then each queue's ring set up
+/// (`legacy`: without VHOST_USER_F_PROTOCOL_FEATURES, whose rings start
+/// enabled, so no SET_VRING_ENABLE).
+fn qemu_setup(queues: u8, table: Vec<RegionSpec>, legacy: bool) -> Vec<Step> {
+    let protocol = VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::RESET_DEVICE;
+    let mut features = Features::Offered(u64::MAX);
+    if legacy {
+        features = Features::Offered(!VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
+    }
+    let mut steps = vec![
+        step(false, Action::GetFeatures),
+        step(false, Action::GetProtocolFeatures),
+        step(
+            false,
+            Action::SetProtocolFeatures(Features::Offered(protocol.bits())),
+        ),
+        step(false, Action::GetQueueNum),
+        step(false, Action::SetOwner),
+        step(
+            false,
+            Action::GetConfig {
+                offset: 0,
+                size: 32,
+                flags: 0,
+            },
+        ),
+        step(true, Action::SetFeatures(features)),
+        step(
+            true,
+            Action::SetMemTable {
+                regions: table,
+                fd_delta: 0,
+            },
+        ),
+    ];
+    for index in 0..queues {
+        steps.extend([
+            step(true, Action::SetVringNum { index, num: 64 }),
+            step(true, Action::SetVringBase { index, num: 0 }),
+            step(
+                true,
+                Action::SetVringAddr {
+                    index,
+                    addr: RingAddr::Laid,
+                },
+            ),
+            step(
+                true,
+                Action::SetVringFd {
+                    code: code::SET_VRING_KICK,
+                    index,
+                    fd: FdMode::Event,
+                },
+            ),
+            step(
+                true,
+                Action::SetVringFd {
+                    code: code::SET_VRING_CALL,
+                    index,
+                    fd: FdMode::Event,
+                },
+            ),
+        ]);
+        if !legacy {
+            steps.push(step(true, Action::SetVringEnable { index, num: 1 }));
+        }
+    }
+    steps
+}
+
+/// The guest's work once the rings run: an object on the control queue,
+/// a request on each request queue.
+fn guest_work() -> Vec<Step> {
+    let requests = requests();
+    let controls = controls();
+    vec![
+        step(
+            false,
+            Action::Kick {
+                index: 0,
+                chain: chain(&controls[0].1, 4096, &[CTRL_RESP], false),
+            },
+        ),
+        step(
+            false,
+            Action::Kick {
+                index: 1,
+                chain: requests[0].1.clone(),
+            },
+        ),
+        step(
+            false,
+            Action::Kick {
+                index: 2,
+                chain: requests[3].1.clone(),
+            },
+        ),
+        step(
+            false,
+            Action::Kick {
+                index: 1,
+                chain: requests[2].1.clone(),
+            },
+        ),
+    ]
+}
+
+/// QEMU stopping the device: GET_VRING_BASE on each queue.
+fn qemu_stop(queues: u8) -> Vec<Step> {
+    (0..queues)
+        .map(|index| step(false, Action::GetVringBase { index }))
+        .collect()
+}
+
+/// Seeds of the vhost_user target: a QEMU-like session (2 request queues,
+/// the guest memory as laid out) and variants of it.
+fn vhost_user_seeds() -> Vec<(String, Vec<u8>)> {
+    let guest = vec![RegionSpec::Guest(0), RegionSpec::Guest(1)];
+    let past_end = RegionSpec::Custom {
+        file: RegionFile::Guest,
+        guest_addr: 0x10_0000,
+        size: 0x2_0000,
+        offset: 0x8_0000,
+        user_addr: None,
+    };
+    let unsealed = RegionSpec::Custom {
+        file: RegionFile::Fresh {
+            pages: 0x80,
+            sealed: false,
+        },
+        guest_addr: 0x10_0000,
+        size: 0x8_0000,
+        offset: 0,
+        user_addr: None,
+    };
+    let garbage = |code, body: Vec<u8>| {
+        step(
+            false,
+            Action::Garbage {
+                code,
+                flags: 1,
+                body,
+                fds: 0,
+            },
+        )
+    };
+
+    let session = [
+        qemu_setup(3, guest.clone(), false),
+        guest_work(),
+        qemu_stop(3),
+    ]
+    .concat();
+    let legacy = [
+        qemu_setup(3, guest.clone(), true),
+        guest_work(),
+        qemu_stop(3),
+    ]
+    .concat();
+    // A reboot: stop, reset, the same table again, rings again, more work.
+    let reboot = [
+        qemu_setup(3, guest.clone(), false),
+        guest_work(),
+        qemu_stop(3),
+        vec![step(true, Action::ResetDevice)],
+        qemu_setup(3, guest.clone(), false)[6..].to_vec(),
+        guest_work(),
+        vec![step(true, Action::ResetOwner)],
+    ]
+    .concat();
+    // A table whose second region reaches past the end of its file: refused.
+    let too_large = qemu_setup(3, vec![RegionSpec::Guest(0), past_end], false);
+    // An extra region on a memfd not sealed against shrinking: accepted.
+    let unsealed_table = [
+        qemu_setup(
+            3,
+            vec![RegionSpec::Guest(0), RegionSpec::Guest(1), unsealed],
+            false,
+        ),
+        guest_work(),
+    ]
+    .concat();
+    // Memory slots: regions added and removed one at a time.
+    let slots = vec![
+        step(false, Action::GetFeatures),
+        step(
+            false,
+            Action::SetProtocolFeatures(Features::Raw(
+                (VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+                    .bits(),
+            )),
+        ),
+        step(true, Action::SetFeatures(Features::Offered(u64::MAX))),
+        step(false, Action::GetMaxMemSlots),
+        step(true, Action::AddMemReg(RegionSpec::Guest(0))),
+        step(true, Action::AddMemReg(RegionSpec::Guest(1))),
+        step(true, Action::RemMemReg(RegionSpec::Guest(1))),
+        step(true, Action::AddMemReg(past_end)),
+    ];
+    // Messages the back-end does not implement or refuses, in a running
+    // session: a SET_CONFIG, then a GET_CONFIG cut short and SEND_RARP as
+    // raw messages (either ends the connection).
+    let odd = [
+        qemu_setup(3, guest, false),
+        guest_work(),
+        vec![
+            step(
+                true,
+                Action::SetConfig {
+                    offset: 0,
+                    flags: 0,
+                    data: vec![1; 8],
+                },
+            ),
+            garbage(code::GET_CONFIG, vec![0; 4]),
+            garbage(code::SET_VRING_ERR + 5, vec![0; 8]),
+        ],
+    ]
+    .concat();
+
+    let setup = 1 | (2 << 2);
+    [
+        ("qemu-session", session),
+        ("qemu-legacy-features", legacy),
+        ("qemu-reboot", reboot),
+        ("region-past-end", too_large),
+        ("unsealed-region", unsealed_table),
+        ("mem-slots", slots),
+        ("unimplemented-messages", odd),
+    ]
+    .into_iter()
+    .map(|(name, steps)| {
+        assert!(
+            steps.len() <= vhost_user_accel_fuzz::vhost_user::MAX_STEPS,
+            "{name}"
+        );
+        let mut w = Writer::default();
+        w.u8(setup).u8(0);
+        steps.iter().for_each(|s| s.write(&mut w));
+        (name.to_string(), w.data)
+    })
+    .collect()
 }

@@ -32,14 +32,18 @@ fn os_error<T>(result: T, failed: bool) -> io::Result<T> {
     }
 }
 
-/// A memfd of `size` bytes sealed against shrinking, like QEMU's guest memory.
-fn sealed_memfd(size: usize) -> io::Result<File> {
+/// A memfd of `size` bytes, sealed against shrinking (like QEMU's guest
+/// memory) if `seal_shrink`.
+pub fn memfd(size: u64, seal_shrink: bool) -> io::Result<File> {
     // SAFETY: the name is a NUL-terminated literal; the result is checked.
     let fd = unsafe { libc::memfd_create(c"fuzz-guest".as_ptr(), libc::MFD_ALLOW_SEALING) };
     let fd = os_error(fd, fd < 0)?;
     // SAFETY: `fd` is a new descriptor that nothing else owns.
     let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size as u64)?;
+    file.set_len(size)?;
+    if !seal_shrink {
+        return Ok(file);
+    }
     // SAFETY: F_ADD_SEALS on a descriptor `file` owns; the result is checked.
     let sealed = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
     os_error(file, sealed < 0)
@@ -70,7 +74,7 @@ impl GuardedMemory {
             reserved,
             mem: GuestMemoryMmap::default(),
         };
-        let file = sealed_memfd(total)?;
+        let file = memfd(total as u64, true)?;
         let mut mapped = Vec::new();
         let (mut host_offset, mut file_offset) = (GUARD, 0usize);
         for &(guest_addr, size) in regions {
