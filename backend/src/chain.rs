@@ -6,13 +6,16 @@
 //! (readable before writable, 2.7.4.2 of the virtio specification) and the
 //! device's `max_segments` limit (§10), translates each descriptor to host
 //! segments of the current memory snapshot, and keeps going after an error as
-//! far as it can so that the response can still be written.
+//! far as it can so that the response can still be written. The lists it
+//! makes hold that snapshot, so its mappings live as long as they do.
+
+use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::sg::{HostSeg, SgList};
+use crate::sg::{HostSeg, SgError, SgList};
 
 /// What is wrong with a chain.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,10 @@ pub enum ChainError {
     /// The chain's total length overflows.
     #[error("chain length overflows")]
     Overflow,
+    /// A list holding memory of another snapshot was given to [`translate`]
+    /// (a bug of the caller, not of the chain).
+    #[error("list of another memory snapshot")]
+    OtherSnapshot,
 }
 
 impl ChainError {
@@ -51,6 +58,7 @@ impl ChainError {
             ChainError::ReadableAfterWritable | ChainError::Truncated | ChainError::Overflow => {
                 Status::Invalid
             }
+            ChainError::OtherSnapshot => Status::DeviceError,
         }
     }
 }
@@ -79,14 +87,10 @@ impl Walk {
 /// `max_descriptors` descriptors. The writable list is always a prefix of the
 /// chain's writable part: it ends before the first writable descriptor that
 /// cannot be translated, so a response is never written in the wrong place.
-///
-/// # Safety
-///
-/// The returned segments point into `mem`'s mappings: the caller must keep
-/// that memory snapshot alive for as long as it uses them.
-pub unsafe fn walk(
+/// The lists hold `mem`.
+pub fn walk(
     descriptors: impl Iterator<Item = Descriptor>,
-    mem: &GuestMemoryMmap,
+    mem: &Arc<GuestMemoryMmap>,
     max_descriptors: u32,
 ) -> Walk {
     let mut walk = Walk::default();
@@ -121,9 +125,7 @@ pub unsafe fn walk(
         } else {
             &mut walk.readable
         };
-        // SAFETY: the caller keeps `mem` alive while it uses the segments.
-        if let Err(error) = unsafe { translate(mem, desc.addr().0, u64::from(desc.len()), target) }
-        {
+        if let Err(error) = translate(mem, desc.addr().0, u64::from(desc.len()), target) {
             writable_broken |= desc.is_write_only();
             walk.fail(error);
         }
@@ -138,14 +140,10 @@ pub unsafe fn walk(
     walk
 }
 
-/// Appends the host segments of `len` bytes at guest address `addr` to `list`.
-///
-/// # Safety
-///
-/// The segments point into `mem`'s mappings: the caller must keep that memory
-/// snapshot alive for as long as it uses them.
-pub unsafe fn translate(
-    mem: &GuestMemoryMmap,
+/// Appends the host segments of `len` bytes at guest address `addr` to
+/// `list`, which then holds `mem` (it must be empty or hold `mem` already).
+pub fn translate(
+    mem: &Arc<GuestMemoryMmap>,
     addr: u64,
     len: u64,
     list: &mut SgList,
@@ -157,11 +155,14 @@ pub unsafe fn translate(
         .get_slices(vm_memory::GuestAddress(addr), count)
         .try_for_each(|slice| {
             let slice = slice.map_err(|_| bad)?;
-            // SAFETY: `slice` borrows from `mem`; the caller keeps that
-            // snapshot alive as long as it uses the segments (this function's
-            // contract).
-            let seg = unsafe { HostSeg::from_volatile(&slice) }.ok_or(bad)?;
-            list.push(seg).ok_or(ChainError::Overflow)
+            let seg = HostSeg::from_volatile(&slice).ok_or(bad)?;
+            // SAFETY: `slice` is one run of a region of `mem`, mapped
+            // read-write until the region drops, which is after the last
+            // clone of `mem` (the regions are reference-counted by the table).
+            unsafe { list.push(seg, mem) }.map_err(|e| match e {
+                SgError::TooLong => ChainError::Overflow,
+                SgError::OtherOwner => ChainError::OtherSnapshot,
+            })
         });
     if appended.is_err() {
         // All or nothing: the list ends where it ended before.
@@ -180,21 +181,25 @@ mod tests {
 
     #[test]
     fn a_range_leaving_guest_memory_adds_nothing() {
-        let mem: GuestMemoryMmap =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x2000)]).unwrap();
+        let mem =
+            Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x2000)]).unwrap());
         let mut list = SgList::new();
-        // SAFETY: `list` is dropped before `mem`, and never dereferenced.
-        unsafe {
-            translate(&mem, 0x1000, 0x100, &mut list).unwrap();
-            let error = translate(&mem, 0x2800, 0x1000, &mut list).unwrap_err();
-            assert_eq!(
-                error,
-                ChainError::BadAddress {
-                    addr: 0x2800,
-                    len: 0x1000
-                }
-            );
-        }
+        translate(&mem, 0x1000, 0x100, &mut list).unwrap();
+        let error = translate(&mem, 0x2800, 0x1000, &mut list).unwrap_err();
+        assert_eq!(
+            error,
+            ChainError::BadAddress {
+                addr: 0x2800,
+                len: 0x1000
+            }
+        );
         assert_eq!(list.len(), 0x100, "the part inside memory was not kept");
+        let other =
+            Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x2000)]).unwrap());
+        assert_eq!(
+            translate(&other, 0x1000, 0x10, &mut list),
+            Err(ChainError::OtherSnapshot),
+            "a list holds one snapshot"
+        );
     }
 }

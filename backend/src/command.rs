@@ -327,8 +327,7 @@ mod tests {
 
     fn decode(bytes: Vec<u8>, seg: usize) -> (Result<Request, DecodeError>, usize) {
         let owned = OwnedBuffers::new(vec![bytes]);
-        // SAFETY: `owned` outlives `list`, used only in this function.
-        let mut list = unsafe { owned.sg(0, seg) }.unwrap();
+        let mut list = owned.sg(0, seg).unwrap();
         let result = decode_request(&mut list, &Limits::default());
         (result, list.len())
     }
@@ -467,8 +466,7 @@ mod tests {
     fn decodes_control_commands() {
         let decode = |bytes: Vec<u8>| {
             let owned = OwnedBuffers::new(vec![bytes]);
-            // SAFETY: `owned` outlives `list`, used only in this closure.
-            let mut list = unsafe { owned.sg(0, 3) }.unwrap();
+            let mut list = owned.sg(0, 3).unwrap();
             decode_control(&mut list, &Limits::default())
         };
         let mut create = CtrlReq::new(ControlCommand::ObjectCreate, 2, 0)

@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, log, warn, Level};
+use log::{debug, error, Level};
 use thiserror::Error;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_accel_spec::{
@@ -38,8 +38,8 @@ use crate::memory::{check_table, MemoryError};
 use crate::objects::{Object, ObjectError, ObjectTable};
 use crate::ops::Outcome;
 use crate::quota::{Admission, QuotaKind};
-use crate::ratelimit::RateLimit;
-use crate::sg::{Keepalive, SgList};
+use crate::ratelimit::TenantLog;
+use crate::sg::SgList;
 use crate::stats::TenantStats;
 use crate::tracking::{HeadSet, RingHistory, Slab};
 
@@ -86,7 +86,6 @@ struct InFlight {
     bytes: u64,
     /// Fence attachments: the objects stay alive until this request completes.
     _objects: Vec<Arc<Object>>,
-    _mem: Keepalive,
 }
 
 /// Something waiting for fences to signal.
@@ -94,11 +93,7 @@ enum Waiter {
     /// A request whose job starts when its dependencies have signalled.
     Request { queue: u16, job: Box<Job> },
     /// A FENCE_WAIT command.
-    Control {
-        head: u16,
-        resp: SgList,
-        _mem: Keepalive,
-    },
+    Control { head: u16, resp: SgList },
 }
 
 struct Waiting {
@@ -143,9 +138,10 @@ pub struct Device {
     busy_heads: HeadSet,
     /// Whether the rings' histories began with this instance (§11).
     history: RingHistory,
-    log_limit: RateLimit,
-    /// Limits the log lines a VMM can trigger (memory tables).
-    vmm_log_limit: RateLimit,
+    /// The tenant's log of what its guest and VMM do, rate-limited.
+    log: Arc<TenantLog>,
+    /// [`QUIESCE_TIMEOUT`], shorter in tests of what happens past it.
+    quiesce_timeout: Duration,
     vrings: Vec<VringRwLock>,
     /// The tenant's quotas; they outlive device resets and connections, so
     /// that neither refills the rate buckets (§10.3.2).
@@ -162,6 +158,8 @@ pub struct TenantState {
     pub stats: Arc<TenantStats>,
     /// Its quotas and their rate buckets.
     pub admission: Arc<Mutex<Admission>>,
+    /// Its log of what its guest and VMM do, limited across connections.
+    pub log: Arc<TenantLog>,
 }
 
 impl TenantState {
@@ -171,6 +169,7 @@ impl TenantState {
             index,
             stats: Arc::new(TenantStats::new(config.name.clone())),
             admission: Arc::new(Mutex::new(Admission::new(config.quota, Instant::now()))),
+            log: Arc::new(TenantLog::new(&config.name)),
         }
     }
 }
@@ -181,27 +180,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Logs `args`, a message of `kind` about `tenant`, at `level`, unless
-/// `limit` has let too many through lately: neither a guest nor a VMM may
-/// flood the host's logs.
-fn log_limited(
-    limit: &mut RateLimit,
-    tenant: &str,
-    kind: &str,
-    level: Level,
-    args: fmt::Arguments<'_>,
-) {
-    let (allowed, suppressed) = limit.allow();
-    if suppressed > 0 {
-        warn!("tenant {tenant}: {suppressed} {kind} messages suppressed");
-    }
-    if allowed {
-        log!(level, "tenant {tenant}: {args}");
-    }
-}
-
-/// How long a reset or a ring stop waits for work on the hardware.
-const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a reset, a ring stop or a memory table change waits for the work
+/// in flight before it ends the process ([`Device::stop`]). A reset cancels
+/// the running jobs first, which stop within a chunk's time (milliseconds);
+/// a stop lets every accepted request finish, up to `max_inflight` jobs of
+/// up to `max_buffer_size` bytes per queue.
+pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 const RESP_SIZE: usize = std::mem::size_of::<Resp>();
 const CTRL_RESP_SIZE: usize = std::mem::size_of::<CtrlResp>();
@@ -239,8 +223,8 @@ impl Device {
             used: Vec::new(),
             busy_heads: HeadSet::default(),
             history: RingHistory::default(),
-            log_limit: RateLimit::new(10, Duration::from_secs(1)),
-            vmm_log_limit: RateLimit::new(10, Duration::from_secs(1)),
+            log: tenant.log,
+            quiesce_timeout: QUIESCE_TIMEOUT,
             vrings: Vec::new(),
             admission: tenant.admission,
             stats: tenant.stats,
@@ -311,8 +295,11 @@ impl Device {
 
     /// Device reset and disconnection (§11): requests that have not started
     /// (waiting on fences, ready, or queued on the hardware) are dropped, the
-    /// running ones are waited for, then objects, fences and all pending state
-    /// are forgotten. Nothing touches guest memory after this returns.
+    /// running ones are cancelled and waited for (they stop between two
+    /// chunks, [`HwQueue::cancel`]), then objects, fences and all pending
+    /// state are forgotten. The driver sees none of these requests again
+    /// (§11). Nothing touches guest memory after this returns: it does not
+    /// return otherwise (see [`Device::stop`] on the time limit).
     pub fn reset(&mut self) {
         for (_, waiting) in self.waiting.drain() {
             if let Waiter::Request { job, .. } = waiting.waiter {
@@ -349,6 +336,13 @@ impl Device {
     /// table change: every accepted request runs to completion and is
     /// published in its used ring before this returns, so the ring state
     /// handed back to the VMM is final (§11).
+    ///
+    /// Neither this nor [`Device::reset`] returns while a job may still touch
+    /// guest memory: if work is still running after [`QUIESCE_TIMEOUT`]
+    /// (an engine that ignores cancellation, or more accepted work than
+    /// the engine can finish in that time), the tenant's process ends with
+    /// an error naming the tenant and what was still in flight, and its
+    /// supervisor starts a new one.
     pub fn stop(&mut self) {
         let vrings = self.vrings.clone();
         self.run_until_idle(|device, queue| {
@@ -359,25 +353,47 @@ impl Device {
         self.publish_used(&vrings);
     }
 
-    /// Calls `step` on each hardware queue until no request is in flight, or
-    /// gives up (loudly) after [`QUIESCE_TIMEOUT`].
+    /// Calls `step` on each hardware queue until no request is in flight;
+    /// ends the process after [`QUIESCE_TIMEOUT`] ([`Device::give_up`]).
     fn run_until_idle(&mut self, mut step: impl FnMut(&mut Self, u16)) {
-        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        let started = Instant::now();
         let queues = self.config.request_queues;
         while !self.inflight.is_empty() {
-            if Instant::now() > deadline {
-                error!(
-                    "tenant {}: {} requests still in flight after {QUIESCE_TIMEOUT:?}",
-                    self.config.name,
-                    self.inflight.len()
-                );
-                return;
+            if started.elapsed() > self.quiesce_timeout {
+                self.give_up(started);
             }
             for queue in 0..queues {
                 step(self, queue);
             }
             std::thread::sleep(Duration::from_micros(100));
         }
+    }
+
+    /// Ends the process: requests are still in flight, and the engine may
+    /// still be writing guest memory that the VMM is about to reuse or
+    /// unmap once it has its reply, so neither returning nor carrying on
+    /// is safe (§11.2). In a tenant's process this costs only that tenant:
+    /// the supervisor logs the abort and starts a new process behind the
+    /// same socket, to which the VMM reconnects (§12.1). (Where tenants are
+    /// served in-process, as in tests, the whole process ends.)
+    fn give_up(&self, started: Instant) -> ! {
+        let waiting = self
+            .waiting
+            .values()
+            .filter(|waiting| matches!(waiting.waiter, Waiter::Request { .. }))
+            .count();
+        let ready: usize = self.ready.iter().map(Vec::len).sum();
+        error!(
+            "tenant {}: {} requests still in flight {:.1?} after the device began to stop \
+             ({} on the engine, {ready} ready to submit, {waiting} waiting for fences); \
+             ending the tenant's process so that none of them can touch guest memory \
+             after the stop (§11)",
+            self.config.name,
+            self.inflight.len(),
+            started.elapsed(),
+            self.inflight.len().saturating_sub(waiting + ready),
+        );
+        std::process::abort();
     }
 
     /// A ring stop (`GET_VRING_BASE`): quiesces the device (see
@@ -399,25 +415,14 @@ impl Device {
         self.features & (1 << bit) != 0
     }
 
-    fn guest_error(&mut self, args: fmt::Arguments<'_>) {
-        log_limited(
-            &mut self.log_limit,
-            &self.config.name,
-            "guest error",
-            Level::Warn,
-            format_args!("guest error: {args}"),
-        );
+    fn guest_error(&self, args: fmt::Arguments<'_>) {
+        self.log
+            .guest(Level::Warn, format_args!("guest error: {args}"));
     }
 
     /// Logs a message about something the VMM did.
-    fn vmm_log(&mut self, level: Level, args: fmt::Arguments<'_>) {
-        log_limited(
-            &mut self.vmm_log_limit,
-            &self.config.name,
-            "VMM",
-            level,
-            args,
-        );
+    fn vmm_log(&self, level: Level, args: fmt::Arguments<'_>) {
+        self.log.vmm(level, args);
     }
 
     fn next_wait_id(&mut self) -> u64 {
@@ -489,8 +494,6 @@ impl Device {
                 }
             }
         };
-        // One reference on the snapshot for the whole batch, cloned per request.
-        let keepalive: Keepalive = mem.clone();
         let taken = chains.len();
         for chain in chains {
             let head = chain.head_index();
@@ -503,13 +506,12 @@ impl Device {
                 self.consume_unanswerable(vq);
                 continue;
             }
-            // SAFETY: the segments point into `mem`, which `keepalive` keeps
-            // mapped; every request built from them holds a clone of it.
-            let walked = unsafe { walk(chain, mem, self.config.limits.max_segments) };
+            // The lists hold `mem`: whatever is made of them keeps it mapped.
+            let walked = walk(chain, mem, self.config.limits.max_segments);
             if vq == virtio_accel_spec::CONTROL_QUEUE {
-                self.accept_control(head, walked, mem, &keepalive);
+                self.accept_control(head, walked, mem);
             } else {
-                self.accept_request(vq, head, walked, mem, &keepalive);
+                self.accept_request(vq, head, walked, mem);
             }
         }
         taken
@@ -523,11 +525,13 @@ impl Device {
     /// device (§11).
     fn ring_began_here(&mut self, vq: u16, next_avail: u16) -> bool {
         if self.history.observe(vq, next_avail) == Some(false) {
-            error!(
-                "tenant {}: virtqueue {vq} resumes at index {next_avail}, used by an earlier \
-                 device instance (back-end restart or migration without device state): no \
-                 request is taken until the driver resets the device",
-                self.config.name
+            self.vmm_log(
+                Level::Error,
+                format_args!(
+                    "virtqueue {vq} resumes at index {next_avail}, used by an earlier device \
+                     instance (back-end restart or migration without device state): no \
+                     request is taken until the driver resets the device"
+                ),
             );
         }
         !self.history.has_foreign()
@@ -551,14 +555,7 @@ impl Device {
     }
 
     /// Takes one request (§6): every request gets a fence, even a failing one.
-    fn accept_request(
-        &mut self,
-        vq: u16,
-        head: u16,
-        mut walked: Walk,
-        mem: &Snapshot,
-        keepalive: &Keepalive,
-    ) {
+    fn accept_request(&mut self, vq: u16, head: u16, mut walked: Walk, mem: &Snapshot) {
         let queue = vq - virtio_accel_spec::FIRST_REQUEST_QUEUE;
         let Some(fence) = self.fences.issue(queue) else {
             // Cannot happen (`vq` is a request queue of this device); the
@@ -582,7 +579,6 @@ impl Device {
             accepted: Instant::now(),
             bytes: 0,
             _objects: Vec::new(),
-            _mem: Arc::clone(keepalive),
         };
         let prepared = self
             .prepare(&mut walked, &mut inflight, mem)
@@ -665,7 +661,6 @@ impl Device {
             outputs,
             // Set when the request enters the in-flight table (`schedule`).
             cookie: 0,
-            keepalive: Arc::clone(&inflight._mem),
         };
         Ok((request.deps, job))
     }
@@ -701,12 +696,10 @@ impl Device {
                 if !self.has_feature(VIRTIO_ACCEL_F_OBJECTS) {
                     return Err(Status::Unsupported);
                 }
-                // SAFETY: the list goes into a job built from this batch,
-                // which holds the batch's keepalive on `mem` (drain_queue).
                 let resolved = self
                     .objects
                     .get(handle)
-                    .and_then(|object| Ok((unsafe { object.resolve(mem, offset, len) }?, object)));
+                    .and_then(|object| Ok((object.resolve(mem, offset, len)?, object)));
                 match resolved {
                     Ok((list, object)) => {
                         objects.push(object);
@@ -805,9 +798,7 @@ impl Device {
             };
             match done.waiter {
                 Waiter::Request { queue, job } => self.make_ready(queue, *job),
-                Waiter::Control { head, resp, .. } => {
-                    self.answer_control(head, &resp, Status::Ok, 0)
-                }
+                Waiter::Control { head, resp } => self.answer_control(head, &resp, Status::Ok, 0),
             }
         }
     }
@@ -861,7 +852,8 @@ impl Device {
                 continue;
             };
             if let Err(e) = hw_queue.submit(&mut jobs) {
-                warn!("tenant {}: hardware queue {queue}: {e}", self.config.name);
+                self.log
+                    .guest(Level::Warn, format_args!("hardware queue {queue}: {e}"));
                 for job in jobs {
                     if let Some(inflight) = self.inflight.remove(job.cookie) {
                         self.finish(inflight, Outcome::failed(Status::DeviceError));
@@ -914,13 +906,7 @@ impl Device {
     }
 
     /// Takes one control command (§7).
-    fn accept_control(
-        &mut self,
-        head: u16,
-        mut walked: Walk,
-        mem: &Snapshot,
-        keepalive: &Keepalive,
-    ) {
+    fn accept_control(&mut self, head: u16, mut walked: Walk, mem: &Snapshot) {
         let Some(resp) = walked.writable.take_front(CTRL_RESP_SIZE) else {
             self.guest_error(format_args!("control queue: no room for a response"));
             self.push_used(virtio_accel_spec::CONTROL_QUEUE, head, 0);
@@ -941,9 +927,7 @@ impl Device {
         };
         match self.run_control(command, mem) {
             Ok(ControlOutcome::Done(value)) => self.answer_control(head, &resp, Status::Ok, value),
-            Ok(ControlOutcome::Wait(pending)) => {
-                self.park_fence_wait(head, resp, keepalive, &pending)
-            }
+            Ok(ControlOutcome::Wait(pending)) => self.park_fence_wait(head, resp, &pending),
             Err(status) => self.answer_control(head, &resp, status, 0),
         }
     }
@@ -1006,22 +990,12 @@ impl Device {
         })
     }
 
-    fn park_fence_wait(
-        &mut self,
-        head: u16,
-        resp: SgList,
-        keepalive: &Keepalive,
-        pending: &[FenceId],
-    ) {
+    fn park_fence_wait(&mut self, head: u16, resp: SgList, pending: &[FenceId]) {
         let id = self.next_wait_id();
         for fence in pending {
             self.fences.wait(*fence, id);
         }
-        let waiter = Waiter::Control {
-            head,
-            resp,
-            _mem: Arc::clone(keepalive),
-        };
+        let waiter = Waiter::Control { head, resp };
         self.waiting.insert(
             id,
             Waiting {
@@ -1035,5 +1009,79 @@ impl Device {
         resp.write_from(CtrlResp::new(status, value).as_slice());
         self.stats.command_done(status);
         self.push_used(virtio_accel_spec::CONTROL_QUEUE, head, CTRL_USED_LEN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    use super::*;
+    use crate::config::SocketSource;
+    use crate::engine::software::SoftwareEngine;
+
+    /// Set in the child process that runs [`stop_a_stuck_device`].
+    const CHILD: &str = "VHOST_USER_ACCEL_TEST_STUCK_STOP";
+    const TEST: &str = "device::tests::a_stop_past_the_time_limit_ends_the_process";
+
+    /// Stops a device, with a short time limit, while a request is in
+    /// flight that nothing will complete.
+    fn stop_a_stuck_device() {
+        let _ = env_logger::builder()
+            .filter_level(log::LevelFilter::Error)
+            .try_init();
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: setrlimit reads the structure it is given; the abort
+        // below is expected and leaves no core file behind.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+        let config = TenantConfig::new("stuck", SocketSource::Fd(-1));
+        let engine = SoftwareEngine::new(1).unwrap();
+        let tenant = TenantState::new(0, &config);
+        let mut device = Device::new(config, &engine, tenant).unwrap();
+        device.inflight.insert(InFlight {
+            vq: 1,
+            head: 0,
+            fence: FenceId { queue: 0, seqno: 1 },
+            resp: SgList::new(),
+            direct_output: false,
+            accepted: Instant::now(),
+            bytes: 0,
+            _objects: Vec::new(),
+        });
+        device.quiesce_timeout = Duration::from_millis(100);
+        device.stop();
+    }
+
+    /// The process ends instead of returning while work may still touch
+    /// guest memory (§11.2): run in a child process of this test binary.
+    #[test]
+    fn a_stop_past_the_time_limit_ends_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            stop_a_stuck_device();
+            // Reached only if the stop returned with the request in flight.
+            std::process::exit(3);
+        }
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&child.stderr);
+        assert_eq!(
+            child.status.signal(),
+            Some(libc::SIGABRT),
+            "{:?}: {stderr}",
+            child.status
+        );
+        assert!(
+            stderr.contains("tenant stuck: 1 requests still in flight"),
+            "{stderr}"
+        );
     }
 }

@@ -87,15 +87,11 @@ impl Drop for Object {
 }
 
 impl Object {
-    /// Host segments of bytes `offset..offset + len` in the memory snapshot `mem`.
-    ///
-    /// # Safety
-    ///
-    /// The segments point into `mem`'s mappings: the caller must keep that
-    /// memory snapshot alive for as long as it uses them.
-    pub unsafe fn resolve(
+    /// Host segments of bytes `offset..offset + len` in the memory snapshot
+    /// `mem`, which the list holds.
+    pub fn resolve(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &Arc<GuestMemoryMmap>,
         offset: u64,
         len: u64,
     ) -> Result<SgList, ObjectError> {
@@ -115,8 +111,7 @@ impl Object {
             let from = offset.max(seg_start);
             let to = end.min(seg_end);
             if from < to {
-                // SAFETY: forwarded to our caller (this function's contract).
-                unsafe { translate(mem, addr + (from - seg_start), to - from, &mut list) }
+                translate(mem, addr + (from - seg_start), to - from, &mut list)
                     .map_err(ObjectError::Unmapped)?;
             }
             if seg_end >= end {

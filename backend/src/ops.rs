@@ -6,6 +6,13 @@
 //! job on overlapping buffers), so no Rust reference to it is ever made: inputs
 //! are copied to per-worker scratch memory a chunk at a time and the libraries
 //! work on those copies; outputs are written with raw copies.
+//!
+//! Every operation works in chunks (at most [`BULK_CHUNK`] bytes for copies,
+//! fills and the gathering of AES-GCM's input), and asks before each one
+//! whether its job was cancelled ([`crate::engine::HwQueue::cancel`]): a
+//! cancelled operation stops there and fails with [`CANCELLED`], so that a
+//! device reset need not wait for a 64 MiB job the driver will never see
+//! (§11).
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::AeadInPlace;
@@ -239,19 +246,45 @@ const STREAM_CHUNK: usize = 64 * 1024;
 /// Chunk size of the bounce buffers of CRC32C, SHA-256 and COMPARE: small
 /// enough to stay in the first-level cache between the copy and the use.
 const HASH_CHUNK: usize = 16 * 1024;
+/// Most bytes a copy, a fill or the gathering or writing of AES-GCM's data
+/// moves between two checks for cancellation.
+pub const BULK_CHUNK: usize = 1 << 20;
+
+/// The status of a job that its engine stopped before it finished
+/// ([`crate::engine::HwQueue::cancel`]): a failure of the device, not of
+/// the request, which may succeed if resubmitted (§9). After a device reset
+/// no driver sees it: the request is abandoned (§11).
+pub const CANCELLED: Status = Status::DeviceError;
+
+/// Whether the job has been cancelled, asked between chunks.
+struct Stop<'a>(&'a dyn Fn() -> bool);
+
+impl Stop<'_> {
+    /// [`CANCELLED`] if the job was cancelled.
+    fn check(&self) -> Result<(), Status> {
+        if (self.0)() {
+            Err(CANCELLED)
+        } else {
+            Ok(())
+        }
+    }
+}
 
 /// Runs `operation` on `inputs` and `outputs`, whose counts must match the
 /// operation's arity (§8); a mismatch is reported as [`Status::DeviceError`].
+/// `cancelled` is asked between chunks; once it answers true the operation
+/// stops, leaving its outputs partly written, and fails with [`CANCELLED`].
 /// Leaves at most [`SCRATCH_KEEP`] bytes in each buffer of `scratch`.
 pub fn execute(
     operation: &Operation,
     inputs: &[SgList],
     outputs: &[SgList],
     scratch: &mut Scratch,
+    cancelled: &dyn Fn() -> bool,
 ) -> Outcome {
-    let outcome = dispatch(operation, inputs, outputs, scratch);
+    let outcome = dispatch(operation, inputs, outputs, scratch, &Stop(cancelled));
     scratch.trim();
-    outcome
+    outcome.unwrap_or_else(Outcome::failed)
 }
 
 /// [`execute`] before the scratch is trimmed.
@@ -260,68 +293,116 @@ fn dispatch(
     inputs: &[SgList],
     outputs: &[SgList],
     scratch: &mut Scratch,
-) -> Outcome {
+    stop: &Stop<'_>,
+) -> Result<Outcome, Status> {
     let (num_in, num_out) = operation.op().arity();
     if inputs.len() != usize::from(num_in) || outputs.len() != usize::from(num_out) {
-        return Outcome::failed(Status::DeviceError);
+        return Err(Status::DeviceError);
     }
     match operation {
-        Operation::Copy => copy(&inputs[0], &outputs[0]),
+        Operation::Copy => copy(&inputs[0], &outputs[0], stop),
         Operation::Fill { pattern } => {
-            outputs[0].fill(*pattern);
-            Outcome::ok(outputs[0].len(), &[])
+            in_bulk_chunks(&outputs[0], stop, |piece| piece.fill(*pattern))?;
+            Ok(Outcome::ok(outputs[0].len(), &[]))
         }
-        Operation::Compare => compare(&inputs[0], &inputs[1], scratch),
+        Operation::Compare => compare(&inputs[0], &inputs[1], scratch, stop),
         Operation::Crc32c { seed } => {
             let mut crc = *seed;
-            for_each_chunk(&inputs[0], &mut scratch.input, |chunk| {
+            for_each_chunk(&inputs[0], &mut scratch.input, stop, |chunk| {
                 crc = crc32c::crc32c_append(crc, chunk)
-            });
-            Outcome::ok(0, &crc.to_le_bytes())
+            })?;
+            Ok(Outcome::ok(0, &crc.to_le_bytes()))
         }
         Operation::Sha256 => {
             let mut hasher = Sha256::new();
-            for_each_chunk(&inputs[0], &mut scratch.input, |chunk| hasher.update(chunk));
-            Outcome::ok(0, &hasher.finalize())
+            for_each_chunk(&inputs[0], &mut scratch.input, stop, |chunk| {
+                hasher.update(chunk)
+            })?;
+            Ok(Outcome::ok(0, &hasher.finalize()))
         }
-        Operation::AesGcmSeal(key) => gcm_seal(key, &inputs[0], &inputs[1], &outputs[0], scratch),
+        Operation::AesGcmSeal(key) => {
+            gcm_seal(key, &inputs[0], &inputs[1], &outputs[0], scratch, stop)
+        }
         Operation::AesGcmOpen(key, tag) => {
-            gcm_open(key, tag, &inputs[0], &inputs[1], &outputs[0], scratch)
+            gcm_open(key, tag, &inputs[0], &inputs[1], &outputs[0], scratch, stop)
         }
         Operation::DeflateCompress { format, level } => {
-            deflate(*format, *level, &inputs[0], &outputs[0], scratch)
+            deflate(*format, *level, &inputs[0], &outputs[0], scratch, stop)
         }
         Operation::DeflateDecompress { format } => {
-            inflate(*format, &inputs[0], &outputs[0], scratch)
+            inflate(*format, &inputs[0], &outputs[0], scratch, stop)
         }
     }
 }
 
-fn copy(src: &SgList, dst: &SgList) -> Outcome {
-    if dst.len() < src.len() {
-        return Outcome::failed(Status::NoSpace);
+/// Calls `f` on `list` a piece of at most [`BULK_CHUNK`] bytes at a time,
+/// checking for cancellation before each.
+fn in_bulk_chunks(
+    list: &SgList,
+    stop: &Stop<'_>,
+    mut f: impl FnMut(&SgList),
+) -> Result<(), Status> {
+    if list.len() <= BULK_CHUNK {
+        stop.check()?;
+        f(list);
+        return Ok(());
     }
-    let copied = src.copy_to(dst);
-    Outcome::ok(copied, &[])
+    let mut rest = list.clone();
+    while !rest.is_empty() {
+        stop.check()?;
+        let piece = rest
+            .take_front(rest.len().min(BULK_CHUNK))
+            .ok_or(Status::DeviceError)?;
+        f(&piece);
+    }
+    Ok(())
+}
+
+fn copy(src: &SgList, dst: &SgList, stop: &Stop<'_>) -> Result<Outcome, Status> {
+    if dst.len() < src.len() {
+        return Err(Status::NoSpace);
+    }
+    if src.len() <= BULK_CHUNK {
+        stop.check()?;
+        return Ok(Outcome::ok(src.copy_to(dst), &[]));
+    }
+    let mut rest = dst.clone();
+    let mut copied = 0;
+    in_bulk_chunks(src, stop, |piece| {
+        if let Some(target) = rest.take_front(piece.len()) {
+            copied += piece.copy_to(&target);
+        }
+    })?;
+    Ok(Outcome::ok(copied, &[]))
 }
 
 /// Feeds `list` to `f` a chunk at a time, each first copied to `bounce`:
 /// hashing code then reads private memory, never guest memory that the guest
 /// may be writing at the same moment.
-fn for_each_chunk(list: &SgList, bounce: &mut Vec<u8>, mut f: impl FnMut(&[u8])) {
+fn for_each_chunk(
+    list: &SgList,
+    bounce: &mut Vec<u8>,
+    stop: &Stop<'_>,
+    mut f: impl FnMut(&[u8]),
+) -> Result<(), Status> {
     bounce.resize(HASH_CHUNK, 0);
-    let mut rest = list.clone();
+    let mut rest = list.reader();
     while !rest.is_empty() {
+        stop.check()?;
         let n = rest.len().min(HASH_CHUNK);
         let chunk = &mut bounce[..n];
-        if rest.read_front(chunk).is_none() {
-            return;
-        }
+        rest.read_front(chunk).ok_or(Status::DeviceError)?;
         f(chunk);
     }
+    Ok(())
 }
 
-fn compare(a: &SgList, b: &SgList, scratch: &mut Scratch) -> Outcome {
+fn compare(
+    a: &SgList,
+    b: &SgList,
+    scratch: &mut Scratch,
+    stop: &Stop<'_>,
+) -> Result<Outcome, Status> {
     let Scratch {
         input: bounce_a,
         aad: bounce_b,
@@ -329,17 +410,18 @@ fn compare(a: &SgList, b: &SgList, scratch: &mut Scratch) -> Outcome {
     } = scratch;
     bounce_a.resize(HASH_CHUNK, 0);
     bounce_b.resize(HASH_CHUNK, 0);
-    let (mut rest_a, mut rest_b) = (a.clone(), b.clone());
+    let (mut rest_a, mut rest_b) = (a.reader(), b.reader());
     let mut offset: usize = 0;
     while !rest_a.is_empty() && !rest_b.is_empty() {
+        stop.check()?;
         let n = rest_a.len().min(rest_b.len()).min(HASH_CHUNK);
         let (chunk_a, chunk_b) = (&mut bounce_a[..n], &mut bounce_b[..n]);
         if rest_a.read_front(chunk_a).is_none() || rest_b.read_front(chunk_b).is_none() {
-            return Outcome::failed(Status::DeviceError);
+            return Err(Status::DeviceError);
         }
         if chunk_a != chunk_b {
             let pos = chunk_a.iter().zip(chunk_b.iter()).position(|(x, y)| x != y);
-            return Outcome::ok(0, &(offset + pos.unwrap_or(0)).to_le_bytes());
+            return Ok(Outcome::ok(0, &(offset + pos.unwrap_or(0)).to_le_bytes()));
         }
         offset += n;
     }
@@ -348,14 +430,29 @@ fn compare(a: &SgList, b: &SgList, scratch: &mut Scratch) -> Outcome {
     } else {
         a.len().min(b.len()) as u64
     };
-    Outcome::ok(0, &first_difference.to_le_bytes())
+    Ok(Outcome::ok(0, &first_difference.to_le_bytes()))
 }
 
-/// Gathers a list into `buffer` (resized to fit).
-fn gather(list: &SgList, buffer: &mut Vec<u8>) {
+/// Gathers a list into `buffer` (resized to fit), [`BULK_CHUNK`] bytes at a
+/// time.
+fn gather(list: &SgList, buffer: &mut Vec<u8>, stop: &Stop<'_>) -> Result<(), Status> {
     buffer.clear();
     buffer.resize(list.len(), 0);
-    list.read_into(buffer);
+    let mut reader = list.reader();
+    for chunk in buffer.chunks_mut(BULK_CHUNK) {
+        stop.check()?;
+        reader.read_front(chunk).ok_or(Status::DeviceError)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to the start of `out`, [`BULK_CHUNK`] bytes at a time.
+fn scatter(bytes: &[u8], out: &SgList, stop: &Stop<'_>) -> Result<(), Status> {
+    for (index, chunk) in bytes.chunks(BULK_CHUNK).enumerate() {
+        stop.check()?;
+        out.write_at(index * BULK_CHUNK, chunk);
+    }
+    Ok(())
 }
 
 /// AES-256-GCM over private copies (§8.6, §8.7): gathers `aad` and `input`,
@@ -367,31 +464,31 @@ fn gcm(
     input: &SgList,
     out: &SgList,
     scratch: &mut Scratch,
+    stop: &Stop<'_>,
     crypt: impl FnOnce(
         &Aes256Gcm,
         &Nonce<U12>,
         &[u8],
         &mut Vec<u8>,
     ) -> Result<[u8; GCM_TAG_SIZE], Status>,
-) -> Outcome {
+) -> Result<Outcome, Status> {
     if out.len() < input.len() {
-        return Outcome::failed(Status::NoSpace);
+        return Err(Status::NoSpace);
     }
-    gather(aad, &mut scratch.aad);
-    gather(input, &mut scratch.input);
-    let cipher = Aes256Gcm::new(&key.key.into());
-    let outcome = match crypt(
-        &cipher,
-        &Nonce::from(key.iv),
-        &scratch.aad,
-        &mut scratch.input,
-    ) {
-        Ok(tag) => {
-            out.write_from(&scratch.input);
-            Outcome::ok(scratch.input.len(), &tag)
-        }
-        Err(status) => Outcome::failed(status),
-    };
+    let outcome = (|| {
+        gather(aad, &mut scratch.aad, stop)?;
+        gather(input, &mut scratch.input, stop)?;
+        stop.check()?;
+        let cipher = Aes256Gcm::new(&key.key.into());
+        let tag = crypt(
+            &cipher,
+            &Nonce::from(key.iv),
+            &scratch.aad,
+            &mut scratch.input,
+        )?;
+        scatter(&scratch.input, out, stop)?;
+        Ok(Outcome::ok(scratch.input.len(), &tag))
+    })();
     // No plaintext lingers in the worker's scratch memory (§12.6). Only the
     // bytes this job filled are wiped: `gather` sized the buffers before
     // copying into them, so no copy was left behind by a reallocation, and
@@ -413,20 +510,15 @@ fn gcm_seal(
     plain: &SgList,
     out: &SgList,
     scratch: &mut Scratch,
-) -> Outcome {
-    gcm(
-        key,
-        aad,
-        plain,
-        out,
-        scratch,
-        |cipher, nonce, aad, buffer| {
-            let tag = cipher
-                .encrypt_in_place_detached(nonce, aad, buffer)
-                .map_err(|_| Status::Limit)?;
-            Ok(tag.into())
-        },
-    )
+    stop: &Stop<'_>,
+) -> Result<Outcome, Status> {
+    let seal = |cipher: &Aes256Gcm, nonce: &Nonce<U12>, aad: &[u8], buffer: &mut Vec<u8>| {
+        let tag = cipher
+            .encrypt_in_place_detached(nonce, aad, buffer)
+            .map_err(|_| Status::Limit)?;
+        Ok(tag.into())
+    };
+    gcm(key, aad, plain, out, scratch, stop, seal)
 }
 
 fn gcm_open(
@@ -436,21 +528,16 @@ fn gcm_open(
     sealed: &SgList,
     out: &SgList,
     scratch: &mut Scratch,
-) -> Outcome {
+    stop: &Stop<'_>,
+) -> Result<Outcome, Status> {
     // OPEN has no result bytes (§8.7): the zero "tag" leaves them zero.
-    gcm(
-        key,
-        aad,
-        sealed,
-        out,
-        scratch,
-        |cipher, nonce, aad, buffer| {
-            cipher
-                .decrypt_in_place_detached(nonce, aad, buffer, &Tag::from(*tag))
-                .map_err(|_| Status::AuthFailed)?;
-            Ok([0; GCM_TAG_SIZE])
-        },
-    )
+    let open = |cipher: &Aes256Gcm, nonce: &Nonce<U12>, aad: &[u8], buffer: &mut Vec<u8>| {
+        cipher
+            .decrypt_in_place_detached(nonce, aad, buffer, &Tag::from(*tag))
+            .map_err(|_| Status::AuthFailed)?;
+        Ok([0; GCM_TAG_SIZE])
+    };
+    gcm(key, aad, sealed, out, scratch, stop, open)
 }
 
 /// What a finished stream moved.
@@ -464,12 +551,15 @@ struct Streamed {
 /// Streams `input` through `step`, a chunk at a time through private bounce
 /// buffers, writing what it produces to `out`. `step(input, output, at_end)`
 /// returns (bytes consumed, bytes produced, stream finished) or a status;
-/// a step that makes no progress ends the stream with `stall`.
+/// a step that makes no progress ends the stream with `stall`. Each step
+/// consumes or produces at most [`STREAM_CHUNK`] bytes, and is preceded by a
+/// check for cancellation.
 fn stream<F>(
     input: &SgList,
     out: &SgList,
     scratch: &mut Scratch,
     stall: Status,
+    stop: &Stop<'_>,
     mut step: F,
 ) -> Result<Streamed, Status>
 where
@@ -482,14 +572,16 @@ where
     } = scratch;
     in_buf.resize(STREAM_CHUNK, 0);
     out_buf.resize(STREAM_CHUNK, 0);
-    let mut remaining = input.clone();
+    let mut remaining = input.reader();
     let (mut pending_start, mut pending_end) = (0, 0);
     let mut written = 0;
     loop {
+        stop.check()?;
         if pending_start == pending_end && !remaining.is_empty() {
             let n = remaining.len().min(STREAM_CHUNK);
-            let chunk = remaining.take_front(n).ok_or(Status::DeviceError)?;
-            chunk.read_into(&mut in_buf[..n]);
+            remaining
+                .read_front(&mut in_buf[..n])
+                .ok_or(Status::DeviceError)?;
             (pending_start, pending_end) = (0, n);
         }
         let at_end = remaining.is_empty();
@@ -532,7 +624,8 @@ fn deflate(
     input: &SgList,
     out: &SgList,
     scratch: &mut Scratch,
-) -> Outcome {
+    stop: &Stop<'_>,
+) -> Result<Outcome, Status> {
     let level = Compression::new(u32::from(level));
     let mut compressor = match format {
         DeflateFormat::Raw => Compress::new(level, false),
@@ -544,6 +637,7 @@ fn deflate(
         out,
         scratch,
         Status::DeviceError,
+        stop,
         |src, dst, at_end| {
             let (before_in, before_out) = (compressor.total_in(), compressor.total_out());
             let flush = if at_end {
@@ -562,16 +656,22 @@ fn deflate(
         },
     );
     // DEFLATE_COMPRESS has no result (§8.8).
-    streamed.map_or_else(Outcome::failed, |done| Outcome::ok(done.written, &[]))
+    streamed.map(|done| Outcome::ok(done.written, &[]))
 }
 
-fn inflate(format: DeflateFormat, input: &SgList, out: &SgList, scratch: &mut Scratch) -> Outcome {
+fn inflate(
+    format: DeflateFormat,
+    input: &SgList,
+    out: &SgList,
+    scratch: &mut Scratch,
+    stop: &Stop<'_>,
+) -> Result<Outcome, Status> {
     let mut decompressor = match format {
         DeflateFormat::Raw => Decompress::new(false),
         DeflateFormat::Zlib => Decompress::new(true),
         DeflateFormat::Gzip => Decompress::new_gzip(15),
     };
-    let streamed = stream(input, out, scratch, Status::BadData, |src, dst, _| {
+    let streamed = stream(input, out, scratch, Status::BadData, stop, |src, dst, _| {
         let (before_in, before_out) = (decompressor.total_in(), decompressor.total_out());
         let status = decompressor
             .decompress(src, dst, FlushDecompress::None)
@@ -584,9 +684,7 @@ fn inflate(format: DeflateFormat, input: &SgList, out: &SgList, scratch: &mut Sc
     });
     // The result is the length of the stream in the input (§8.9), which
     // lets a driver find the member after it in a multi-member gzip file.
-    streamed.map_or_else(Outcome::failed, |done| {
-        Outcome::ok(done.written, &(done.consumed as u64).to_le_bytes())
-    })
+    streamed.map(|done| Outcome::ok(done.written, &(done.consumed as u64).to_le_bytes()))
 }
 
 #[cfg(test)]
@@ -595,6 +693,11 @@ mod tests {
 
     use super::*;
     use crate::sg::OwnedBuffers;
+
+    /// A job that is never cancelled.
+    fn never() -> bool {
+        false
+    }
 
     impl Scratch {
         /// Bytes allocated in the buffers.
@@ -613,7 +716,7 @@ mod tests {
         let job = buffers
             .job(Operation::AesGcmSeal(key), &[0, 1], &[2], |_| 4096, 0)
             .unwrap();
-        execute(&job.operation, &job.inputs, &job.outputs, scratch)
+        execute(&job.operation, &job.inputs, &job.outputs, scratch, &never)
     }
 
     #[test]
@@ -647,5 +750,95 @@ mod tests {
         // allocation, still owned by `buffer`, was neither moved nor freed.
         let old = unsafe { std::slice::from_raw_parts(start, 4096) };
         assert!(old.iter().all(|&b| b == 0));
+    }
+
+    /// `operation` on `inputs` and outputs of `output_lens` bytes, asked
+    /// `cancelled` between chunks.
+    fn run(
+        operation: Operation,
+        inputs: Vec<Vec<u8>>,
+        output_lens: &[usize],
+        cancelled: &dyn Fn() -> bool,
+    ) -> Outcome {
+        let num_in = inputs.len();
+        let buffers: Vec<Vec<u8>> = inputs
+            .into_iter()
+            .chain(output_lens.iter().map(|&len| vec![0; len]))
+            .collect();
+        let outputs: Vec<usize> = (num_in..buffers.len()).collect();
+        let inputs: Vec<usize> = (0..num_in).collect();
+        let job = OwnedBuffers::new(buffers)
+            .job(operation, &inputs, &outputs, |_| 64 << 10, 0)
+            .unwrap();
+        let mut scratch = Scratch::default();
+        execute(
+            &job.operation,
+            &job.inputs,
+            &job.outputs,
+            &mut scratch,
+            cancelled,
+        )
+    }
+
+    #[test]
+    fn every_operation_stops_between_chunks_once_cancelled() {
+        const SIZE: usize = 4 << 20;
+        let key = GcmKey {
+            key: [3; 32],
+            iv: [4; GCM_IV_SIZE],
+        };
+        let raw = DeflateFormat::Raw;
+        let mut packer = Compress::new(Compression::new(6), false);
+        let mut packed = vec![0; 64 << 10];
+        packer
+            .compress(&[0; SIZE], &mut packed, FlushCompress::Finish)
+            .unwrap();
+        packed.truncate(usize::try_from(packer.total_out()).unwrap());
+        let data = || vec![0x5a; SIZE];
+        let cases = [
+            (Operation::Copy, vec![data()], vec![SIZE]),
+            (Operation::Fill { pattern: 1 }, vec![], vec![SIZE]),
+            (Operation::Compare, vec![data(), data()], vec![]),
+            (Operation::Crc32c { seed: 0 }, vec![data()], vec![]),
+            (Operation::Sha256, vec![data()], vec![]),
+            (
+                Operation::AesGcmSeal(key.clone()),
+                vec![vec![1; 16], data()],
+                vec![SIZE],
+            ),
+            (
+                Operation::AesGcmOpen(key, [0; GCM_TAG_SIZE]),
+                vec![vec![1; 16], data()],
+                vec![SIZE],
+            ),
+            (
+                Operation::DeflateCompress {
+                    format: raw,
+                    level: 1,
+                },
+                vec![data()],
+                vec![SIZE],
+            ),
+            (
+                Operation::DeflateDecompress { format: raw },
+                vec![packed],
+                vec![SIZE],
+            ),
+        ];
+        for (operation, inputs, output_lens) in cases {
+            let op = operation.op();
+            let whole = run(operation.clone(), inputs.clone(), &output_lens, &never);
+            assert_ne!(whole.status, CANCELLED, "{op:?} fails uncancelled");
+            // Cancelled once the operation has done its first chunk: it
+            // must ask again before its last.
+            let asked = std::cell::Cell::new(0);
+            let cancelled = || {
+                asked.set(asked.get() + 1);
+                asked.get() > 1
+            };
+            let stopped = run(operation, inputs, &output_lens, &cancelled);
+            assert_eq!(stopped.status, CANCELLED, "{op:?} ran to its end");
+            assert_eq!(asked.get(), 2, "{op:?} went on after the cancel");
+        }
     }
 }

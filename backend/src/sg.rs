@@ -1,54 +1,65 @@
 //! Scatter-gather lists of host memory, as a device with shared virtual addressing sees them.
 //!
 //! A [`SgList`] is what a hardware descriptor carries: plain host addresses. It
-//! knows nothing of virtio; the code that builds one guarantees the memory stays
-//! mapped while it is used, by keeping a [`Keepalive`] beside it.
+//! knows nothing of virtio. It owns what keeps its memory mapped: a clone of
+//! the [`Keepalive`] of the mapping its segments lie in (for guest memory, the
+//! memory table snapshot they were translated in). Every list made from it
+//! (a clone, [`SgList::take_front`], [`SgList::slice`]) shares that owner, so
+//! in safe code no list, and no job holding one, can outlive its memory: the
+//! mapping goes only when the last list over it is dropped.
+//!
+//! The one unsafe step is [`SgList::push`], whose caller vouches that a
+//! segment lies in the memory its owner keeps mapped. A [`HostSeg`] is only an
+//! address and a length: nothing reads or writes memory through one except
+//! the list that holds it.
 
 use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
+use thiserror::Error;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
-/// Owner of the memory that a set of [`HostSeg`]s points into; dropping the last
-/// clone may unmap that memory.
+/// Owner of the memory that the segments of a [`SgList`] point into;
+/// dropping the last clone may unmap that memory.
 pub type Keepalive = Arc<dyn Any + Send + Sync>;
 
-/// One contiguous run of host memory.
+/// Why a segment was not added to a list.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum SgError {
+    /// The list's total length would overflow.
+    #[error("list length overflows")]
+    TooLong,
+    /// The list holds segments of memory that another owner keeps mapped.
+    #[error("segment of another mapping than the list's")]
+    OtherOwner,
+}
+
+/// One contiguous run of host memory: an address and a length, like a DMA
+/// descriptor. It gives no access by itself; the [`SgList`] it is pushed to
+/// reads and writes it, under the contract of [`SgList::push`].
 #[derive(Debug, Clone, Copy)]
 pub struct HostSeg {
     addr: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: a `HostSeg` is an address and a length, like a DMA descriptor; every
-// access through it happens under the contract of `HostSeg::new` (the memory
-// stays mapped while the owning job's keepalive lives), whichever thread does it.
+// SAFETY: a `HostSeg` is an address and a length; nothing is accessed through
+// it except by the list holding it, which keeps the memory mapped (`push`).
 unsafe impl Send for HostSeg {}
 // SAFETY: as above; shared references give no access that `Send` does not.
 unsafe impl Sync for HostSeg {}
 
 impl HostSeg {
     /// Describes `len` bytes at `addr`.
-    ///
-    /// # Safety
-    ///
-    /// `addr..addr + len` must be mapped, readable and writable for as long as
-    /// this segment (or any copy of it) can be accessed. Callers ensure this by
-    /// keeping the owner of the mapping alive (see [`Keepalive`]) beside it.
-    pub unsafe fn new(addr: NonNull<u8>, len: usize) -> Self {
+    pub fn new(addr: NonNull<u8>, len: usize) -> Self {
         HostSeg { addr, len }
     }
 
     /// Describes the memory of a guest memory slice.
-    ///
-    /// # Safety
-    ///
-    /// The mapping that `slice` borrows from must outlive every use of the
-    /// returned segment (hold the memory snapshot it came from in a [`Keepalive`]).
-    pub unsafe fn from_volatile<B: BitmapSlice>(slice: &VolatileSlice<'_, B>) -> Option<Self> {
+    pub fn from_volatile<B: BitmapSlice>(slice: &VolatileSlice<'_, B>) -> Option<Self> {
         let addr = NonNull::new(slice.ptr_guard_mut().as_ptr())?;
         Some(HostSeg {
             addr,
@@ -67,11 +78,13 @@ impl HostSeg {
     }
 
     /// The first `len` bytes and the rest; `len` must not exceed the length.
+    /// Called only on segments held by a list.
     fn split(self, len: usize) -> (HostSeg, HostSeg) {
         debug_assert!(len <= self.len);
         let len = len.min(self.len);
-        // SAFETY: `len <= self.len`, so the pointer stays within (or one past the
-        // end of) the same mapped run.
+        // SAFETY: the segment lies in one mapped run (contract of
+        // `SgList::push`) and `len <= self.len`, so the pointer stays within
+        // (or one past the end of) that run.
         let rest = unsafe { NonNull::new_unchecked(self.addr.as_ptr().add(len)) };
         (
             HostSeg {
@@ -89,11 +102,17 @@ impl HostSeg {
 /// Segments kept inline: most buffers are one or two runs of host memory.
 type Segments = SmallVec<[HostSeg; 2]>;
 
-/// An ordered list of segments forming one buffer.
+/// An ordered list of segments forming one buffer, owning (a clone of) the
+/// [`Keepalive`] of their memory: the list, and every list made from it,
+/// keeps that memory mapped for as long as it lives, whatever happens to the
+/// job or request it was made for.
 #[derive(Debug, Clone, Default)]
 pub struct SgList {
     segs: Segments,
     len: usize,
+    /// Keeps the memory of every segment mapped; taken with the first
+    /// segment (one clone per list, not per segment).
+    owner: Option<Keepalive>,
 }
 
 impl SgList {
@@ -102,15 +121,44 @@ impl SgList {
         SgList::default()
     }
 
-    /// Appends a segment; empty segments are dropped. Returns `None` if the
-    /// total length overflows.
-    pub fn push(&mut self, seg: HostSeg) -> Option<()> {
+    /// Appends `seg`, which lies in memory that `owner` keeps mapped; empty
+    /// segments are dropped. A list holds the memory of one owner: it takes a
+    /// clone of `owner` with its first segment.
+    ///
+    /// # Errors
+    ///
+    /// [`SgError::TooLong`] if the total length overflows,
+    /// [`SgError::OtherOwner`] if the list holds segments of another owner
+    /// (another `Arc`); the list is left untouched.
+    ///
+    /// # Safety
+    ///
+    /// `seg` must lie in one run of memory that is mapped, readable and
+    /// writable, and not freed, for as long as `owner` or any clone of it
+    /// lives (for example a mapping that the value behind `owner` unmaps
+    /// when it is dropped).
+    pub unsafe fn push<T: Any + Send + Sync>(
+        &mut self,
+        seg: HostSeg,
+        owner: &Arc<T>,
+    ) -> Result<(), SgError> {
         if seg.is_empty() {
-            return Some(());
+            return Ok(());
         }
-        self.len = self.len.checked_add(seg.len)?;
+        let same_owner = self
+            .owner
+            .as_ref()
+            .is_some_and(|held| std::ptr::addr_eq(Arc::as_ptr(held), Arc::as_ptr(owner)));
+        if !same_owner && !self.segs.is_empty() {
+            return Err(SgError::OtherOwner);
+        }
+        let len = self.len.checked_add(seg.len).ok_or(SgError::TooLong)?;
+        if !same_owner {
+            self.owner = Some(Arc::clone(owner) as Keepalive);
+        }
+        self.len = len;
         self.segs.push(seg);
-        Some(())
+        Ok(())
     }
 
     /// Total length in bytes.
@@ -190,18 +238,18 @@ impl SgList {
 
     /// Copies the first `dst.len()` bytes into `dst`; returns how many were copied.
     pub fn read_into(&self, dst: &mut [u8]) -> usize {
-        let mut done = 0;
-        for seg in &self.segs {
-            let n = seg.len.min(dst.len() - done);
-            // SAFETY: `seg` is mapped (contract of `HostSeg::new`), `dst` is a
-            // distinct Rust buffer of at least `done + n` bytes.
-            unsafe { std::ptr::copy(seg.addr.as_ptr(), dst[done..].as_mut_ptr(), n) };
-            done += n;
-            if done == dst.len() {
-                break;
-            }
+        let n = dst.len().min(self.len);
+        self.reader().read_front(&mut dst[..n]);
+        n
+    }
+
+    /// A reader of the list from its start, which borrows it.
+    pub fn reader(&self) -> SgReader<'_> {
+        SgReader {
+            segs: &self.segs,
+            skip: 0,
+            left: self.len,
         }
-        done
     }
 
     /// Copies `src` to the start of the list; returns how many bytes fit.
@@ -211,19 +259,24 @@ impl SgList {
 
     /// Copies `src` to byte `offset` of the list; returns how many bytes fit.
     pub fn write_at(&self, offset: usize, src: &[u8]) -> usize {
-        let Some(target) = self.slice(
-            offset.min(self.len),
-            src.len().min(self.len.saturating_sub(offset)),
-        ) else {
-            return 0;
-        };
+        let mut skip = offset;
         let mut done = 0;
-        for seg in &target.segs {
-            // SAFETY: `seg` is mapped and writable (contract of `HostSeg::new`);
-            // `src[done..done + seg.len]` is in bounds because `target` is no
-            // longer than `src`. `ptr::copy` tolerates overlap with guest memory.
-            unsafe { std::ptr::copy(src[done..].as_ptr(), seg.addr.as_ptr(), seg.len) };
-            done += seg.len;
+        for seg in &self.segs {
+            if done == src.len() {
+                break;
+            }
+            if skip >= seg.len {
+                skip -= seg.len;
+                continue;
+            }
+            let n = (seg.len - skip).min(src.len() - done);
+            // SAFETY: `seg` is mapped and writable while this list, which
+            // holds its owner, lives (contract of `push`); `skip + n` is
+            // within it and `src[done..done + n]` within `src`. `ptr::copy`
+            // tolerates overlap with guest memory.
+            unsafe { std::ptr::copy(src[done..].as_ptr(), seg.addr.as_ptr().add(skip), n) };
+            done += n;
+            skip = 0;
         }
         done
     }
@@ -231,7 +284,8 @@ impl SgList {
     /// Sets every byte to `value`.
     pub fn fill(&self, value: u8) {
         for seg in &self.segs {
-            // SAFETY: `seg` is mapped and writable (contract of `HostSeg::new`).
+            // SAFETY: `seg` is mapped and writable while this list, which
+            // holds its owner, lives (contract of `push`).
             unsafe { std::ptr::write_bytes(seg.addr.as_ptr(), value, seg.len) };
         }
     }
@@ -250,8 +304,9 @@ impl SgList {
                 break;
             };
             let n = src.len.min(dstseg.len).min(total - done);
-            // SAFETY: both segments are mapped, `n` is within both; `ptr::copy`
-            // allows the source and destination to overlap.
+            // SAFETY: both segments are mapped while their lists, which hold
+            // their owners, live (contract of `push`); `n` is within both;
+            // `ptr::copy` allows the source and destination to overlap.
             unsafe { std::ptr::copy(src.addr.as_ptr(), dstseg.addr.as_ptr(), n) };
             done += n;
             let (_, src_rest) = src.split(n);
@@ -271,6 +326,62 @@ impl SgList {
     }
 }
 
+/// Reads a list front to back, borrowing it: an operation that streams an
+/// input through it copies neither the list nor (from the worker's thread)
+/// the owner of its memory.
+#[derive(Debug)]
+pub struct SgReader<'a> {
+    /// The segments not read to their end.
+    segs: &'a [HostSeg],
+    /// Bytes of `segs[0]` already read.
+    skip: usize,
+    /// Bytes left.
+    left: usize,
+}
+
+impl SgReader<'_> {
+    /// Bytes left to read.
+    pub fn len(&self) -> usize {
+        self.left
+    }
+
+    /// Whether every byte was read.
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+
+    /// Copies the next `dst.len()` bytes into `dst`, or returns `None`
+    /// (reading nothing) if fewer are left.
+    pub fn read_front(&mut self, dst: &mut [u8]) -> Option<()> {
+        if dst.len() > self.left {
+            return None;
+        }
+        let mut done = 0;
+        while done < dst.len() {
+            let (seg, rest) = self.segs.split_first()?;
+            let n = (seg.len - self.skip).min(dst.len() - done);
+            // SAFETY: `seg` is mapped while the list this reader borrows,
+            // which holds its owner, lives (contract of `SgList::push`);
+            // `skip + n` is within it, and `dst` is a distinct Rust buffer of
+            // at least `done + n` bytes.
+            unsafe {
+                std::ptr::copy(
+                    seg.addr.as_ptr().add(self.skip),
+                    dst[done..].as_mut_ptr(),
+                    n,
+                );
+            }
+            done += n;
+            self.skip += n;
+            if self.skip == seg.len {
+                (self.segs, self.skip) = (rest, 0);
+            }
+        }
+        self.left -= dst.len();
+        Some(())
+    }
+}
+
 /// Host buffers owned by the caller, turned into [`SgList`]s for jobs that do
 /// not come from a guest (the direct engine path of benchmarks, unit tests).
 #[derive(Debug)]
@@ -281,7 +392,7 @@ pub struct OwnedBuffers {
 }
 
 // SAFETY: the buffers are plain heap memory owned by this value; access goes
-// through `SgList` (under its contract) or `get` (documented below).
+// through `SgList`s (which keep this value alive) or `get` (documented below).
 unsafe impl Send for OwnedBuffers {}
 // SAFETY: as above.
 unsafe impl Sync for OwnedBuffers {}
@@ -305,8 +416,8 @@ impl OwnedBuffers {
     }
 
     /// A job on these buffers: buffer `i` (in `inputs` then `outputs` order
-    /// of the indices given) split into segments of `seg_size(i)` bytes. The
-    /// job keeps the buffers alive. `None` if an index names no buffer.
+    /// of the indices given) split into segments of `seg_size(i)` bytes. Its
+    /// lists keep the buffers alive. `None` if an index names no buffer.
     pub fn job(
         self: &Arc<Self>,
         operation: crate::ops::Operation,
@@ -315,25 +426,19 @@ impl OwnedBuffers {
         seg_size: impl Fn(usize) -> usize,
         cookie: u64,
     ) -> Option<crate::engine::Job> {
-        // SAFETY: every list goes into the job, whose keepalive is `self`.
-        let list = |&index: &usize| unsafe { self.sg(index, seg_size(index)) };
+        let list = |&index: &usize| self.sg(index, seg_size(index));
         Some(crate::engine::Job {
             operation,
             inputs: inputs.iter().map(list).collect::<Option<_>>()?,
             outputs: outputs.iter().map(list).collect::<Option<_>>()?,
             cookie,
-            keepalive: Arc::clone(self) as Keepalive,
         })
     }
 
     /// A list over buffer `index` split into segments of at most `seg_size`
-    /// bytes, or `None` if there is no such buffer.
-    ///
-    /// # Safety
-    ///
-    /// The list points into `self`: the caller must keep `self` alive for as
-    /// long as it uses the list (a job does, with `self` as its keepalive).
-    pub unsafe fn sg(&self, index: usize, seg_size: usize) -> Option<SgList> {
+    /// bytes, or `None` if there is no such buffer. The list keeps `self`
+    /// alive.
+    pub fn sg(self: &Arc<Self>, index: usize, seg_size: usize) -> Option<SgList> {
         let &(addr, len) = self.buffers.get(index)?;
         let mut list = SgList::new();
         let mut offset = 0;
@@ -341,20 +446,26 @@ impl OwnedBuffers {
             let n = seg_size.max(1).min(len - offset);
             // SAFETY: `offset < len`, so the pointer stays inside the allocation.
             let seg_addr = unsafe { NonNull::new_unchecked(addr.as_ptr().add(offset)) };
-            // SAFETY: the allocation lives until `self` drops, and the caller
-            // keeps `self` alive beside the list.
-            list.push(unsafe { HostSeg::new(seg_addr, n) })?;
+            // SAFETY: the segment lies in one allocation of `self`, freed
+            // only when `self` drops, and the list holds a clone of `self`.
+            unsafe { list.push(HostSeg::new(seg_addr, n), self) }.ok()?;
             offset += n;
         }
         Some(list)
     }
 
-    /// The bytes of buffer `index`; call it only when no job using the
-    /// buffer is running.
-    pub fn get(&self, index: usize) -> Option<&[u8]> {
+    /// A copy of the bytes of buffer `index` as they are now (a copy, not a
+    /// borrow: a list over the buffer may still be writing it).
+    pub fn to_vec(&self, index: usize) -> Option<Vec<u8>> {
         let &(addr, len) = self.buffers.get(index)?;
-        // SAFETY: the allocation is live for `&self`; no job writes it now (contract above).
-        Some(unsafe { std::slice::from_raw_parts(addr.as_ptr(), len) })
+        let mut copy = vec![0; len];
+        // SAFETY: the allocation of `len` bytes is live for `&self`; a volatile
+        // copy may race with a job writing it, as guest memory may with a
+        // driver, but never reads outside it or keeps a reference into it.
+        unsafe {
+            vm_memory::VolatileSlice::new(addr.as_ptr(), len).copy_to(&mut copy[..]);
+        }
+        Some(copy)
     }
 }
 
@@ -373,6 +484,8 @@ impl Drop for OwnedBuffers {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
     use super::*;
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -390,8 +503,7 @@ mod tests {
     #[test]
     fn take_front_and_slice_cross_segments() {
         let owned = OwnedBuffers::new(vec![pattern(100)]);
-        // SAFETY: `owned` outlives the list, used only in this test.
-        let mut list = unsafe { owned.sg(0, 7) }.unwrap();
+        let mut list = owned.sg(0, 7).unwrap();
         assert_eq!((list.len(), list.segs.len()), (100, 15));
         let front = list.take_front(10).unwrap();
         assert_eq!(bytes_of(&front), pattern(100)[..10]);
@@ -408,35 +520,134 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_reads_across_segments_in_pieces() {
+        let owned = OwnedBuffers::new(vec![pattern(100)]);
+        let list = owned.sg(0, 7).unwrap();
+        let mut reader = list.reader();
+        let mut got = Vec::new();
+        for piece in [3, 7, 11, 0, 40] {
+            let mut bytes = vec![0; piece];
+            reader.read_front(&mut bytes).unwrap();
+            got.extend(bytes);
+        }
+        assert_eq!(reader.len(), 39);
+        assert!(reader.read_front(&mut [0; 40]).is_none(), "too long");
+        let mut rest = vec![0; 39];
+        reader.read_front(&mut rest).unwrap();
+        got.extend(rest);
+        assert!(reader.is_empty());
+        assert_eq!(got, pattern(100));
+    }
+
+    #[test]
     fn writes_fills_and_reads_across_segments() {
         let owned = OwnedBuffers::new(vec![vec![0; 20]]);
-        // SAFETY: `owned` outlives the list, used only in this test.
-        let list = unsafe { owned.sg(0, 3) }.unwrap();
+        let list = owned.sg(0, 3).unwrap();
         assert_eq!(list.write_at(5, &[9; 10]), 10);
         assert_eq!(list.write_at(18, &[1; 10]), 2, "clipped at the end");
         assert_eq!(list.write_at(25, &[1; 1]), 0);
         let mut expected = [0; 20];
         expected[5..15].fill(9);
         expected[18..].fill(1);
-        assert_eq!(owned.get(0).unwrap(), &expected[..]);
+        assert_eq!(owned.to_vec(0).unwrap(), &expected[..]);
         let mut back = vec![0; 8];
         assert_eq!(list.slice(4, 8).unwrap().read_into(&mut back), 8);
         assert_eq!(back, expected[4..12]);
         list.fill(0xAB);
-        assert!(owned.get(0).unwrap().iter().all(|&b| b == 0xAB));
+        assert!(owned.to_vec(0).unwrap().iter().all(|&b| b == 0xAB));
     }
 
     #[test]
     fn copy_between_lists_with_different_segmentation() {
         let owned = OwnedBuffers::new(vec![pattern(50), vec![0; 60]]);
-        // SAFETY: `owned` outlives the list, used only in this test.
-        let src = unsafe { owned.sg(0, 7) }.unwrap();
-        // SAFETY: `owned` outlives the list, used only in this test.
-        let dst = unsafe { owned.sg(1, 11) }.unwrap();
+        let src = owned.sg(0, 7).unwrap();
+        let dst = owned.sg(1, 11).unwrap();
         assert_eq!(src.copy_to(&dst), 50);
-        assert_eq!(&owned.get(1).unwrap()[..50], &pattern(50)[..]);
-        assert!(owned.get(1).unwrap()[50..].iter().all(|&b| b == 0));
+        assert_eq!(&owned.to_vec(1).unwrap()[..50], &pattern(50)[..]);
+        assert!(owned.to_vec(1).unwrap()[50..].iter().all(|&b| b == 0));
         let short = dst.slice(0, 5).unwrap();
         assert_eq!(src.copy_to(&short), 5);
+    }
+
+    /// Bytes that lists may read and write from any thread, with their
+    /// owner's address.
+    fn shared_bytes(bytes: Vec<u8>) -> Box<[AtomicU8]> {
+        bytes.into_iter().map(AtomicU8::new).collect()
+    }
+
+    /// A segment over all of `bytes`.
+    fn whole(bytes: &[AtomicU8]) -> HostSeg {
+        // An `AtomicU8` is a `u8` in an `UnsafeCell`: writable through `&`.
+        HostSeg::new(
+            NonNull::new(bytes.as_ptr().cast::<u8>().cast_mut()).unwrap(),
+            bytes.len(),
+        )
+    }
+
+    /// Memory that records when its owner is dropped (the allocation of
+    /// `OwnedBuffers` is freed on drop too, which a test cannot observe).
+    struct Tracked {
+        bytes: Box<[AtomicU8]>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Lists own their memory (module docs): a clone, a slice or the front
+    /// of a list still reads the right bytes after the job it was made for,
+    /// the list it came from and every other handle on the memory are gone,
+    /// and the memory goes with the last list over it.
+    #[test]
+    fn a_clone_outliving_its_list_and_job_keeps_the_memory() {
+        let owned = OwnedBuffers::new(vec![pattern(64)]);
+        let job = owned
+            .job(crate::ops::Operation::Sha256, &[0], &[], |_| 5, 1)
+            .unwrap();
+        let tail = job.inputs[0].slice(10, 40).unwrap();
+        let clone = job.inputs[0].clone();
+        drop(job);
+        drop(owned);
+        assert_eq!(bytes_of(&clone), pattern(64));
+        assert_eq!(bytes_of(&tail), pattern(64)[10..50]);
+
+        let dropped = Arc::new(AtomicBool::new(false));
+        let memory = Arc::new(Tracked {
+            bytes: shared_bytes(pattern(32)),
+            dropped: Arc::clone(&dropped),
+        });
+        let mut list = SgList::new();
+        // SAFETY: the segment is `memory`'s boxed slice, freed only when the
+        // last clone of `memory` drops.
+        unsafe { list.push(whole(&memory.bytes), &memory) }.unwrap();
+        let front = list.take_front(8).unwrap();
+        drop(memory);
+        drop(list);
+        assert!(!dropped.load(Ordering::SeqCst), "a list holds the memory");
+        assert_eq!(front.write_from(&[7; 8]), 8);
+        assert_eq!(bytes_of(&front), [7; 8]);
+        drop(front);
+        assert!(dropped.load(Ordering::SeqCst), "the last list let it go");
+    }
+
+    #[test]
+    fn a_list_holds_the_memory_of_one_owner() {
+        let a = Arc::new(shared_bytes(vec![1; 8]));
+        let b = Arc::new(shared_bytes(vec![2; 8]));
+        let mut list = SgList::new();
+        // SAFETY: each segment is the whole slice that its `Arc` owns.
+        unsafe {
+            list.push(whole(&a), &a).unwrap();
+            list.push(whole(&a), &a).unwrap();
+            assert_eq!(list.push(whole(&b), &b), Err(SgError::OtherOwner));
+        }
+        assert_eq!(bytes_of(&list), [1; 16]);
+        list.truncate(0);
+        // SAFETY: as above.
+        unsafe { list.push(whole(&b), &b) }.unwrap();
+        assert_eq!(bytes_of(&list), [2; 8]);
     }
 }

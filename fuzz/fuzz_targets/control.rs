@@ -38,8 +38,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let limits = Limits::default();
     let owned = OwnedBuffers::new(vec![bytes.to_vec()]);
-    // SAFETY: `owned` outlives `list`, used only in this closure.
-    let Some(mut list) = (unsafe { owned.sg(0, 1 + usize::from(split)) }) else {
+    let Some(mut list) = owned.sg(0, 1 + usize::from(split)) else {
         return;
     };
     let Ok(command) = decode_control(&mut list, &limits) else {

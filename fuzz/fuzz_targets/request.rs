@@ -7,6 +7,8 @@
 
 #![no_main]
 
+use std::sync::Arc;
+
 use libfuzzer_sys::fuzz_target;
 use vhost_user_accel::chain::walk;
 use vhost_user_accel::command::decode_request;
@@ -51,8 +53,10 @@ fuzz_target!(|data: &[u8]| {
     let Some(descriptors) = chains.next() else {
         return;
     };
-    // SAFETY: the lists are used only below, while `guarded` is alive.
-    let walked = unsafe { walk(descriptors, mem, limits.max_segments) };
+    // The lists hold this snapshot; they are dropped, with it, before
+    // `guarded` unmaps its memory.
+    let snapshot = Arc::new(mem.clone());
+    let walked = walk(descriptors, &snapshot, limits.max_segments);
 
     // A direct chain longer than the table wraps onto itself: not the chain
     // the input describes.

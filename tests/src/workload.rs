@@ -9,12 +9,12 @@ use accel_driver::{DmaBuf, DmaMemory};
 pub use accelctl::workload::Workload;
 use vhost_user_accel::engine::{Buffers, Job};
 use vhost_user_accel::ops::Operation;
-use vhost_user_accel::sg::{HostSeg, Keepalive, SgList};
+use vhost_user_accel::sg::{HostSeg, SgList};
 
 /// `workload` for an engine queue, on the guest buffers that
 /// [`Workload::request`] made (`buffers`: inputs then outputs), reached
-/// through their host addresses as the daemon reaches them. `None` if a
-/// buffer is not in `memory`.
+/// through their host addresses as the daemon reaches them. The job's lists
+/// hold a handle on `memory`. `None` if a buffer is not in `memory`.
 pub fn engine_job(
     workload: &Workload,
     memory: &DmaMemory,
@@ -26,13 +26,14 @@ pub fn engine_job(
         .iter()
         .map(Vec::len)
         .chain(workload.output_sizes.iter().copied());
+    let owner = Arc::new(memory.clone());
     let mut lists = buffers.iter().zip(sizes).map(|(buf, len)| {
         let mut list = SgList::new();
         if len > 0 {
             let addr = NonNull::new(memory.host_address(buf.gpa())? as *mut u8)?;
             // SAFETY: the buffer is `len` bytes of `memory`'s mapping, which
-            // the job's keepalive (a handle on `memory`) keeps mapped.
-            list.push(unsafe { HostSeg::new(addr, len) })?;
+            // stays mapped while a handle on it (`owner`) lives.
+            unsafe { list.push(HostSeg::new(addr, len), &owner) }.ok()?;
         }
         Some(list)
     });
@@ -46,6 +47,5 @@ pub fn engine_job(
         inputs,
         outputs,
         cookie,
-        keepalive: Arc::new(memory.clone()) as Keepalive,
     })
 }

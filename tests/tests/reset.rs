@@ -1,7 +1,8 @@
 //! Stopping and resetting the device with work in flight (spec §11): a ring
 //! is stopped (`GET_VRING_BASE`) only after every request it accepted has
-//! completed, a reset forgets objects and fences, and the same connection can
-//! set the device up again.
+//! completed, a reset or a disconnection cancels the work still running
+//! instead of waiting for it, a reset forgets objects and fences, and the
+//! same connection can set the device up again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,9 +13,10 @@ use accel_driver::{
     DEFAULT_FEATURES,
 };
 use accel_tests::data::TestRng;
-use accel_tests::harness::{guest_ram, AccelDevice, Daemon};
+use accel_tests::harness::{guest_ram, tenant, AccelDevice, Daemon};
 use accel_tests::reference;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_accel::Config;
 use virtio_accel_spec::{DeflateFormat, DeflateParams, Fence, Op, Status};
 
 const JOBS: usize = 6;
@@ -267,4 +269,131 @@ fn rings_resumed_from_an_earlier_device_instance_are_left_alone() {
     let done = device.run(0, &fill).unwrap().check().unwrap();
     assert_eq!(u64::from(done.fence().seqno), 1);
     assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0x5a; 64]);
+}
+
+/// Input bytes of [`LongJob`]: compressing random data at level 9 takes
+/// about a second per 32 MiB on one core of the test machine.
+const LONG: usize = 48 << 20;
+
+/// A job that runs for a second or more: deflate at level 9 of [`LONG`]
+/// random bytes.
+struct LongJob {
+    request: Request,
+    _buffers: (DmaBuf, DmaBuf),
+}
+
+impl LongJob {
+    fn new(memory: &DmaMemory) -> LongJob {
+        let src = memory.alloc(LONG).unwrap();
+        memory
+            .write(&src, 0, &TestRng::new("long job").bytes(LONG))
+            .unwrap();
+        let dst = memory.alloc(LONG + (1 << 20)).unwrap();
+        let params = DeflateParams {
+            format: DeflateFormat::Raw.into(),
+            level: 9,
+            ..Default::default()
+        };
+        let request = Request::new(Op::DeflateCompress)
+            .params(&params)
+            .input(Buffer::direct(&src))
+            .output(Buffer::direct(&dst));
+        LongJob {
+            request,
+            _buffers: (src, dst),
+        }
+    }
+
+    /// How long the job takes on `device`, run to its end.
+    fn duration(&self, device: &AccelDevice) -> Duration {
+        let started = Instant::now();
+        device.run(0, &self.request).unwrap().check().unwrap();
+        started.elapsed()
+    }
+
+    /// Submits the job on request queue 0 of `device`; returns once the
+    /// engine runs it.
+    fn start(&self, device: &AccelDevice) {
+        device.submit(0, &self.request, 1).unwrap();
+        device.flush(0).unwrap();
+        wait_until_taken(device, 1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A daemon whose engine runs at the daemon's own priority, so that how
+/// long a job takes depends less on what else the test machine runs.
+fn daemon_at_full_priority() -> Daemon {
+    let config = Config {
+        engine_nice: 0,
+        ..Config::with_tenants(vec![tenant("0")])
+    };
+    Daemon::start_config(config).remove(0)
+}
+
+/// A short request that checks the device serves.
+fn served(device: &AccelDevice, memory: &DmaMemory) -> u64 {
+    let buf = memory.alloc(16).unwrap();
+    let done = device
+        .run(0, &Request::new(Op::Sha256).input(Buffer::direct(&buf)))
+        .unwrap()
+        .check()
+        .unwrap();
+    u64::from(done.fence().seqno)
+}
+
+/// §11: the connection ends in the middle of a long job; the daemon cancels
+/// it instead of waiting for its end before it serves the next VMM.
+#[test]
+fn a_disconnect_cancels_running_work_and_the_next_vmm_is_served_at_once() {
+    let daemon = daemon_at_full_priority();
+    let memory = guest_ram(128);
+    let job = LongJob::new(&memory);
+    let device = daemon.connect(&memory);
+    let whole = job.duration(&device);
+    job.start(&device);
+
+    let disconnected = Instant::now();
+    device.into_transport().disconnect();
+    let device = daemon.connect(&memory);
+    assert_eq!(served(&device, &memory), 1);
+    let took = disconnected.elapsed();
+    assert!(
+        took < whole / 4,
+        "the next VMM was served {took:?} after the disconnection; the job takes {whole:?}"
+    );
+}
+
+/// §11: a reset in the middle of a long job (RESET_DEVICE with the rings
+/// still running, so no GET_VRING_BASE waits for the job first) cancels it
+/// instead of waiting for its end; the device is then set up again.
+#[test]
+fn a_reset_cancels_running_work() {
+    use vhost::vhost_user::message::VhostUserVirtioFeatures;
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::VhostBackend;
+
+    let daemon = daemon_at_full_priority();
+    let memory = guest_ram(128);
+    let job = LongJob::new(&memory);
+    let mut device = daemon.connect(&memory);
+    let features = device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    let whole = job.duration(&device);
+    job.start(&device);
+
+    let reset = Instant::now();
+    let frontend = device.transport_mut().frontend();
+    frontend.reset_device().unwrap();
+    // Messages are handled in order: this answer comes after the reset's.
+    frontend.get_features().unwrap();
+    let took = reset.elapsed();
+    assert!(
+        took < whole / 4,
+        "the reset took {took:?}; the job takes {whole:?}"
+    );
+    // The reset cleared the negotiated features; the rings still run.
+    frontend.set_features(features).unwrap();
+    let transport = device.close().unwrap();
+    let device = AccelDevice::open_with(transport, &OpenOptions::default()).unwrap();
+    assert_eq!(served(&device, &memory), 1, "fences restart after a reset");
 }

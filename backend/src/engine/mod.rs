@@ -3,7 +3,9 @@
 //! An [`Engine`] models an accelerator with shared virtual addressing: its
 //! [`HwQueue`]s take [`Job`]s whose buffers are plain host addresses
 //! ([`SgList`]), a submission rings the doorbell, and completions are reported
-//! through a ring plus an eventfd, like an MSI. Each queue serves one tenant
+//! through a ring plus an eventfd, like an MSI; cancelling a queue aborts its
+//! jobs, running ones included, between two chunks of their work
+//! ([`HwQueue::cancel`]). Each queue serves one tenant
 //! ([`Share`]): the engine arbitrates between tenants by weight, as
 //! accelerators do between their queue groups. The default engine,
 //! [`software::SoftwareEngine`], runs the operations on host CPU threads, in
@@ -17,7 +19,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::ops::{Operation, Outcome};
-use crate::sg::{Keepalive, SgList};
+use crate::sg::SgList;
 
 /// Errors of engines and hardware queues.
 #[derive(Debug, Error)]
@@ -45,7 +47,9 @@ pub enum EngineError {
 /// The buffers of one side of a job (no operation has more than two, §8).
 pub type Buffers = SmallVec<[SgList; 2]>;
 
-/// One unit of work, as a hardware descriptor would carry it.
+/// One unit of work, as a hardware descriptor would carry it. Its lists keep
+/// the memory of their segments mapped (see [`crate::sg`]); the engine drops
+/// the job only after it has finished with the buffers.
 #[derive(Debug)]
 pub struct Job {
     /// What to do.
@@ -56,9 +60,6 @@ pub struct Job {
     pub outputs: Buffers,
     /// Opaque value returned with the completion.
     pub cookie: u64,
-    /// Keeps the memory of every segment mapped until the job is dropped, which
-    /// the engine does only after it has finished with the buffers.
-    pub keepalive: Keepalive,
 }
 
 /// The completion of a [`Job`].
@@ -99,7 +100,21 @@ pub trait HwQueue: Send + Sync {
     /// Moves every pending completion into `out`.
     fn reap(&self, out: &mut Vec<Completion>);
 
-    /// Takes back the jobs that no worker has started; they will not complete.
+    /// Cancels every job submitted before the call: returns those that have
+    /// not started (they will not complete), and makes those that have stop
+    /// as soon as they can, between two chunks of their operation (§11).
+    /// A stopped job completes, through [`HwQueue::reap`] like any other,
+    /// with [`crate::ops::CANCELLED`] and its outputs partly written; one
+    /// that finished first completes as usual. Jobs submitted after the call
+    /// are not affected.
+    ///
+    /// The contract an engine keeps (a hardware one by aborting its queue
+    /// and waiting for the abort's acknowledgement): a job touches its
+    /// buffers only until its completion is posted. So once `cancel` has
+    /// returned and the completion of every other job submitted before it
+    /// has been reaped, no job of this queue touches guest memory any more,
+    /// and a job's completion follows its cancellation within the time of
+    /// one chunk.
     fn cancel(&self) -> Vec<Job>;
 
     /// Readable while completions may be pending; reading it acknowledges the

@@ -11,8 +11,13 @@
 //! delay when no other completion comes along (a short job finishing next to
 //! a long one), so a completion never waits longer than that for its
 //! interrupt.
+//!
+//! Cancelling a queue ([`HwQueue::cancel`]) takes its waiting jobs out of the
+//! run queue and moves the queue to a new *epoch*: a running job submitted in
+//! an earlier epoch sees that between two chunks of its operation
+//! ([`crate::ops`]), stops, and completes with [`crate::ops::CANCELLED`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +29,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::scheduler::{Charge, FlowId, Scheduler, ACTIVE_WINDOW};
 use super::{Completion, Engine, EngineError, HwQueue, Job, Share};
 use crate::ops::{execute, Outcome, Scratch};
+use crate::ratelimit::RateLimit;
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it:
 /// the queues hold plain data that stays consistent across a panic.
@@ -55,10 +61,18 @@ struct CompletionRing {
     pending: Mutex<Pending>,
     /// Jobs submitted and not yet posted.
     outstanding: AtomicUsize,
+    /// How many times the queue was cancelled: jobs submitted before the
+    /// last cancel stop at their next chunk. Changed under the run lock.
+    epoch: AtomicU64,
     event: EventFd,
 }
 
 impl CompletionRing {
+    /// Whether the queue was cancelled since epoch `epoch`.
+    fn cancelled_since(&self, epoch: u64) -> bool {
+        self.epoch.load(Ordering::Acquire) != epoch
+    }
+
     /// Adds a completion; raises the interrupt if it is due, else makes sure
     /// the moderation timer will.
     fn post(self: &Arc<Self>, completion: Completion, timer: &ModerationTimer) {
@@ -197,8 +211,17 @@ impl ModerationTimer {
     }
 }
 
+/// A job in the run queue or on a worker.
+struct Submitted {
+    job: Job,
+    /// Where it completes.
+    ring: Arc<CompletionRing>,
+    /// The ring's epoch when it was submitted.
+    epoch: u64,
+}
+
 struct RunQueue {
-    jobs: Scheduler<(Job, Arc<CompletionRing>)>,
+    jobs: Scheduler<Submitted>,
     /// Workers asleep on [`Shared::wake`]: a submission wakes at most this
     /// many, and none (no futex call) while every worker is busy.
     sleeping: usize,
@@ -209,6 +232,9 @@ struct Shared {
     run: Mutex<RunQueue>,
     wake: Condvar,
     timer: ModerationTimer,
+    /// Limits the lines about operations that panicked: a guest's input
+    /// reaches them.
+    panic_log: Mutex<RateLimit>,
 }
 
 /// An engine that executes jobs on `threads` host threads.
@@ -236,6 +262,7 @@ impl SoftwareEngine {
             }),
             wake: Condvar::new(),
             timer: ModerationTimer::default(),
+            panic_log: Mutex::new(RateLimit::new(10, Duration::from_secs(1))),
         });
         let mut engine = SoftwareEngine {
             shared,
@@ -303,7 +330,7 @@ fn worker_loop(shared: &Shared) {
     // The engine time of the last job, charged to its flow under the next lock.
     let mut done: Option<(Charge, Duration)> = None;
     loop {
-        let ((job, ring), charge) = {
+        let (Submitted { job, ring, epoch }, charge) = {
             let mut run = lock(&shared.run);
             if let Some((charge, elapsed)) = done.take() {
                 run.jobs.complete(charge, elapsed);
@@ -335,7 +362,15 @@ fn worker_loop(shared: &Shared) {
             }
         };
         let started = Instant::now();
-        let outcome = run_job(&job, &mut scratch);
+        let outcome = run_job(&job, &mut scratch, &|| ring.cancelled_since(epoch))
+            .unwrap_or_else(|op| {
+                let (allowed, suppressed) = lock(&shared.panic_log).allow();
+                if allowed {
+                    warn!("software engine: {op:?} panicked; job failed ({suppressed} such lines suppressed)");
+                }
+                scratch = Scratch::default();
+                Outcome::failed(Status::DeviceError)
+            });
         done = Some((charge, started.elapsed()));
         let cookie = job.cookie;
         // The buffers are done with: release their mappings before completing.
@@ -344,20 +379,20 @@ fn worker_loop(shared: &Shared) {
     }
 }
 
-/// Executes a job; a panic inside an operation's library becomes a device
-/// error for that job instead of a dead worker.
-fn run_job(job: &Job, scratch: &mut Scratch) -> Outcome {
+/// Executes a job, which stops early once `cancelled` says so; a panic
+/// inside an operation's library comes back as the operation that panicked
+/// (the worker fails that job and lives on).
+fn run_job(job: &Job, scratch: &mut Scratch, cancelled: &dyn Fn() -> bool) -> Result<Outcome, Op> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        execute(&job.operation, &job.inputs, &job.outputs, scratch)
+        execute(
+            &job.operation,
+            &job.inputs,
+            &job.outputs,
+            scratch,
+            cancelled,
+        )
     }));
-    result.unwrap_or_else(|_| {
-        warn!(
-            "software engine: {:?} panicked; job failed",
-            job.operation.op()
-        );
-        *scratch = Scratch::default();
-        Outcome::failed(Status::DeviceError)
-    })
+    result.map_err(|_| job.operation.op())
 }
 
 impl Drop for SoftwareEngine {
@@ -393,6 +428,7 @@ impl Engine for SoftwareEngine {
             ring: Arc::new(CompletionRing {
                 pending: Mutex::new(Pending::default()),
                 outstanding: AtomicUsize::new(0),
+                epoch: AtomicU64::new(0),
                 event,
             }),
             depth,
@@ -424,8 +460,11 @@ impl HwQueue for SoftwareQueue {
                 return Err(EngineError::ShutDown);
             }
             let now = Instant::now();
+            let epoch = self.ring.epoch.load(Ordering::Acquire);
             for job in jobs.drain(..) {
-                run.jobs.push(self.flow, (job, Arc::clone(&self.ring)), now);
+                let ring = Arc::clone(&self.ring);
+                run.jobs
+                    .push(self.flow, Submitted { job, ring, epoch }, now);
             }
             count.min(run.sleeping)
         };
@@ -443,12 +482,15 @@ impl HwQueue for SoftwareQueue {
         let mut run = lock(&self.shared.run);
         let mine = run
             .jobs
-            .remove_where(|(_, ring)| Arc::ptr_eq(ring, &self.ring));
-        // Under the run lock no worker can start one of them meanwhile.
+            .remove_where(|submitted| Arc::ptr_eq(&submitted.ring, &self.ring));
+        // Under the run lock no worker can start one of them meanwhile, and
+        // no job of this queue is submitted in the old epoch.
         self.ring
             .outstanding
             .fetch_sub(mine.len(), Ordering::AcqRel);
-        mine.into_iter().map(|(job, _)| job).collect()
+        self.ring.epoch.fetch_add(1, Ordering::AcqRel);
+        drop(run);
+        mine.into_iter().map(|submitted| submitted.job).collect()
     }
 
     fn completion_event(&self) -> &EventFd {
@@ -461,8 +503,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::ops::Operation;
+    use crate::ops::{Operation, CANCELLED};
     use crate::sg::OwnedBuffers;
+    use virtio_accel_spec::DeflateFormat;
 
     fn fill_job(cookie: u64) -> Job {
         OwnedBuffers::new(vec![vec![0; 4096]])
@@ -565,5 +608,75 @@ mod tests {
         let mut cookies: Vec<u64> = done.iter().map(|c| c.cookie).collect();
         cookies.sort_unstable();
         assert_eq!(cookies, (0..40).collect::<Vec<_>>());
+    }
+
+    /// Waits for the next completions of `queue`.
+    fn next_completions(queue: &dyn HwQueue) -> Vec<Completion> {
+        let mut done = Vec::new();
+        while done.is_empty() {
+            queue.completion_event().read().unwrap();
+            queue.reap(&mut done);
+        }
+        done
+    }
+
+    /// `len` bytes that deflate cannot shrink (xorshift64), slow to compress.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut bytes = Vec::with_capacity(len + 8);
+        while bytes.len() < len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.extend_from_slice(&state.to_le_bytes());
+        }
+        bytes.truncate(len);
+        bytes
+    }
+
+    #[test]
+    fn cancel_stops_a_running_job_between_chunks() {
+        const SIZE: usize = 64 << 20;
+        // At the default priority, so that busy neighbours on the test
+        // machine cannot starve the job and make it look slow to stop.
+        let engine = SoftwareEngine::with_priority(1, 0).unwrap();
+        let queue = engine.create_queue(4, Share::default()).unwrap();
+        let buffers = OwnedBuffers::new(vec![noise(SIZE), vec![0; SIZE + (1 << 20)]]);
+        let deflate = Operation::DeflateCompress {
+            format: DeflateFormat::Raw,
+            level: 9,
+        };
+        let job = buffers.job(deflate, &[0], &[1], |_| 1 << 20, 1).unwrap();
+        let output = buffers.sg(1, usize::MAX).unwrap();
+        queue.submit(&mut vec![job]).unwrap();
+        // Compressing 64 MiB at level 9 takes seconds; let it start.
+        std::thread::sleep(Duration::from_millis(200));
+
+        let cancelled = Instant::now();
+        assert!(queue.cancel().is_empty(), "the job had not started");
+        let done = next_completions(&*queue);
+        let stopped_after = cancelled.elapsed();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].outcome.status, CANCELLED, "the job ran to its end");
+        assert!(
+            stopped_after < Duration::from_secs(2),
+            "the job stopped {stopped_after:?} after the cancel"
+        );
+        // Nothing writes the output once the completion is reaped.
+        let mut before = vec![0; output.len()];
+        output.read_into(&mut before);
+        assert!(
+            before.iter().any(|&b| b != 0),
+            "the job had written nothing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let mut after = vec![0; output.len()];
+        output.read_into(&mut after);
+        assert!(before == after, "the output changed after the completion");
+
+        // Jobs submitted after the cancel run as usual.
+        queue.submit(&mut vec![fill_job(2)]).unwrap();
+        let done = next_completions(&*queue);
+        assert_eq!((done[0].cookie, done[0].outcome.status), (2, Status::Ok));
     }
 }
