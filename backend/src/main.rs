@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::error;
+use vhost_user_accel::ratelimit::LimitedLogger;
 use vhost_user_accel::{error_chain, tenant_process, Config, Supervisor};
 
 use crate::args::Args;
@@ -17,8 +18,20 @@ use crate::args::Args;
 /// replaced since the daemon started.
 const OWN_BINARY: &str = "/proc/self/exe";
 
+/// `RUST_LOG` decides what is logged (`info` by default); lines of the crates
+/// the daemon builds on are rate-limited, since a VMM or a guest can trigger
+/// them ([`LimitedLogger`]).
+fn init_logger() {
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let max_level = logger.filter();
+    if log::set_boxed_logger(Box::new(LimitedLogger::new(logger))).is_ok() {
+        log::set_max_level(max_level);
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logger();
     let args = Args::parse();
     if let Some(name) = &args.tenant_process {
         return match tenant_process::run(name, std::io::stdin().lock()) {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::Level;
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 
@@ -26,6 +26,7 @@ use crate::engine::software::SoftwareEngine;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::MetricsServer;
 use crate::quota::Admission;
+use crate::ratelimit::TenantLog;
 use crate::stats::TenantStats;
 
 /// Errors of the server.
@@ -124,6 +125,7 @@ impl Server {
                     index,
                     stats,
                     admission: Arc::new(Mutex::new(Admission::new(config.quota, Instant::now()))),
+                    log: Arc::new(TenantLog::new(&config.name)),
                 },
                 config,
             })
@@ -217,17 +219,19 @@ impl Tenant {
             }
             match served {
                 Ok(()) => {
-                    info!(
-                        "tenant {}: VMM disconnected; waiting for the next connection",
-                        self.config.name
+                    self.state.log.vmm(
+                        Level::Info,
+                        format_args!("VMM disconnected; waiting for the next connection"),
                     );
                     delay = RETRY_DELAY;
                 }
                 Err(e) => {
-                    warn!(
-                        "tenant {}: connection failed: {}; retrying in {delay:?}",
-                        self.config.name,
-                        crate::error_chain(&e)
+                    self.state.log.vmm(
+                        Level::Warn,
+                        format_args!(
+                            "connection failed: {}; retrying in {delay:?}",
+                            crate::error_chain(&e)
+                        ),
                     );
                     // An error that repeats at once (say, out of descriptors
                     // at accept) must not turn into a busy loop.
@@ -263,7 +267,9 @@ impl Tenant {
             .start(&mut self.listener)
             .map_err(ServerError::Daemon)?;
         self.state.stats.set_connected(true);
-        info!("tenant {}: VMM connected", self.config.name);
+        self.state
+            .log
+            .vmm(Level::Info, format_args!("VMM connected"));
         let result = connection.wait();
         match result {
             Ok(()) => Ok(()),

@@ -291,3 +291,57 @@ fn socket_count_serves_every_socket_of_the_pattern() {
         crc_through(Path::new(&socket));
     }
 }
+
+#[test]
+fn a_vmm_that_reconnects_in_a_loop_cannot_flood_the_log() {
+    const CONNECTIONS: usize = 300;
+    let socket = socket_path("flood");
+    let mut daemon = Running(
+        Command::new(DAEMON)
+            .args(["--socket-path", socket.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let started = std::time::Instant::now();
+    let mut connected = 0;
+    while connected < CONNECTIONS {
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(stream) => {
+                drop(stream);
+                connected += 1;
+            }
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot connect to {}: {e}", socket.display()),
+        }
+    }
+    // Served after every connection above (the tenant takes them in order),
+    // in a window of the limiter of its own, whose first line reports how
+    // many the flood had suppressed.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    crc_through(&socket);
+    let elapsed = started.elapsed();
+    let child = &mut daemon.0;
+    // SAFETY: sends a signal to the child this test started and still owns.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("tenant 0: {} connections", CONNECTIONS + 1)),
+        "{stderr}"
+    );
+    let lines = stderr
+        .lines()
+        .filter(|line| line.contains("VMM connected") || line.contains("VMM disconnected"))
+        .count();
+    // Ten lines per second of the VMM's doing, and a count of the rest.
+    let allowed = 10 * (usize::try_from(elapsed.as_secs()).unwrap() + 2);
+    assert!(
+        lines <= allowed,
+        "{lines} connection lines in {elapsed:?} (at most {allowed}):\n{stderr}"
+    );
+    assert!(stderr.contains("VMM messages suppressed"), "{stderr}");
+}
