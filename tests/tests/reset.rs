@@ -117,17 +117,7 @@ fn reset_waits_for_work_in_flight_and_forgets_objects_and_fences() {
         ..OpenOptions::default()
     };
     let device = AccelDevice::open_with(transport, &options).unwrap();
-    let buf = memory.alloc(16).unwrap();
-    let done = device
-        .run(0, &Request::new(Op::Sha256).input(Buffer::direct(&buf)))
-        .unwrap()
-        .check()
-        .unwrap();
-    assert_eq!(
-        u64::from(done.fence().seqno),
-        1,
-        "fences restart after a reset"
-    );
+    assert_eq!(served(&device, &memory), 1, "fences restart after a reset");
     let err = device.destroy_object(object).unwrap_err();
     assert_eq!(
         err.status(),
