@@ -55,12 +55,14 @@ pub struct Args {
     /// The engine that runs the operations.
     #[arg(long, value_enum, default_value_t = EngineArg::Software)]
     pub engine: EngineArg,
-    /// Worker threads of the software engine.
+    /// Worker threads of each tenant's software engine (fewer when tenants
+    /// together would run more than the host has CPUs).
     #[arg(long, default_value_t = 2)]
     pub engine_threads: u64,
-    /// How many nice steps (0 to 19) below the daemon the software engine's
-    /// workers run, so that they do not delay the threads serving the
-    /// virtqueues; 0 runs them at the daemon's priority.
+    /// With a single tenant, how many nice steps (0 to 19) below the daemon
+    /// the software engine's workers run, so that they do not delay the
+    /// threads serving the virtqueues; 0 runs them at the daemon's priority.
+    /// With several tenants the workers run at their process's priority.
     #[arg(long, default_value_t = 10)]
     pub engine_nice: u64,
     /// Serve per-tenant metrics in the Prometheus text format on a loopback

@@ -159,7 +159,7 @@ impl Supervisor {
             .map(MetricsServer::bind)
             .transpose()
             .map_err(|e| SupervisorError::Server(ServerError::Metrics(e)))?;
-        let share = FairShare::set_up(&config.tenants);
+        let share = FairShare::set_up(&config);
         Ok(Supervisor {
             config,
             program: program.into(),
@@ -269,8 +269,8 @@ impl Supervisor {
         let mut child = command.spawn().map_err(SpawnError::Exec)?;
         drop((listener, counters));
         // Before the configuration: until it has it, the process is one
-        // thread waiting on its input, so a nice level (per thread on Linux)
-        // reaches every thread it will start.
+        // thread waiting on its input, so its cgroup and its nice level (per
+        // thread on Linux) reach every thread it will start.
         self.share
             .place(child.id(), &slot.config, &self.config.tenants);
         let handed = child

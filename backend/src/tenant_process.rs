@@ -21,6 +21,7 @@ use thiserror::Error;
 use vhost::vhost_user::Listener;
 
 use crate::config::{check_socket_fd, Config, ConfigError, EngineKind, SocketSource, TenantConfig};
+use crate::fairshare;
 use crate::sandbox::{self, SandboxConfig, SandboxError, UserSpec};
 use crate::server::{Server, ServerError};
 use crate::stats::TenantStats;
@@ -38,9 +39,12 @@ const MAX_CONFIG: u64 = 1 << 20;
 pub struct ProcessConfig {
     /// Engine kind.
     pub engine: EngineKind,
-    /// Worker threads of the software engine.
+    /// Worker threads of the software engine: the configured number, or
+    /// this tenant's share of the host's CPUs ([`fairshare::engine_threads`]).
     pub engine_threads: usize,
-    /// How many nice steps below the process the engine's workers run.
+    /// How many nice steps below the process the engine's workers run: as
+    /// configured alone, none beside other tenants
+    /// ([`fairshare::engine_nice`]).
     pub engine_nice: i32,
     /// The tenant; its socket is [`LISTENER_FD`].
     pub tenant: TenantConfig,
@@ -92,8 +96,8 @@ impl ProcessConfig {
     pub fn new(config: &Config, tenant: &TenantConfig, incarnation: u64) -> Self {
         ProcessConfig {
             engine: config.engine,
-            engine_threads: config.engine_threads,
-            engine_nice: config.engine_nice,
+            engine_threads: fairshare::engine_threads(config.engine_threads, config.tenants.len()),
+            engine_nice: fairshare::engine_nice(config.engine_nice, config.tenants.len()),
             tenant: TenantConfig {
                 socket: SocketSource::Fd(LISTENER_FD),
                 ..tenant.clone()

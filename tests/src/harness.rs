@@ -203,12 +203,13 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     /// Starts the daemon binary with tenants `names` (default settings) and
-    /// `engine_threads` per tenant's engine; returns it and a handle per
-    /// tenant, in order, once every socket listens.
-    pub fn start(names: &[&str], engine_threads: usize) -> Result<(Self, Vec<Daemon>), String> {
+    /// `settings` (lines of its configuration file, such as
+    /// `engine-threads = 2`); returns it and a handle per tenant, in order,
+    /// once every socket listens.
+    pub fn start(names: &[&str], settings: &str) -> Result<(Self, Vec<Daemon>), String> {
         let dir = unique_socket_path().with_extension("d");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut config = format!("engine-threads = {engine_threads}\n");
+        let mut config = format!("{settings}\n");
         let sockets: Vec<PathBuf> = names
             .iter()
             .map(|name| dir.join(format!("{name}.sock")))
@@ -243,6 +244,11 @@ impl DaemonProcess {
         Ok((process, daemons))
     }
 
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
     /// The supervisor's pid and those of its children (the tenants'
     /// processes).
     pub fn pids(&self) -> Vec<u32> {
@@ -256,6 +262,49 @@ impl DaemonProcess {
         });
         std::iter::once(supervisor).chain(children).collect()
     }
+
+    /// The process serving tenant `name`, waiting up to 10 s for the
+    /// supervisor to start it.
+    pub fn tenant_pid(&self, name: &str) -> Result<u32, String> {
+        let serves = |pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let mut args = cmdline.split(|b| *b == 0);
+                args.any(|arg| arg == b"--tenant-process") && args.next() == Some(name.as_bytes())
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = self.pids().into_iter().skip(1).find(serves) {
+                return Ok(pid);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("no process serves tenant {name}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The CPU time process `pid` and its threads, living and ended, have used.
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // After the command name: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum::<Option<u64>>()
+        .ok_or_else(|| format!("/proc/{pid}/stat: no CPU times"))?;
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|hz| *hz > 0)
+        .unwrap_or(100);
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / per_sec))
 }
 
 impl Drop for DaemonProcess {

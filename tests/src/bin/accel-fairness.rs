@@ -8,23 +8,40 @@
 //!    run a job and holding an object; prints the private memory (RssAnon:
 //!    heap and stacks, not the guest RAM mappings, which are shared memory)
 //!    of the supervisor and every tenant's process together, per tenant.
-//! 2. **Equal tenants**: `--tenants` VMs each keep a queue of 64 KiB copies
-//!    full for `--seconds`; prints each one's jobs/s and Jain's fairness
-//!    index of their throughputs (1 is perfectly fair), for each of
-//!    `--rounds` runs, and the median index.
+//! 2. **Equal tenants**: `--tenants` VMs, connected and ready, start
+//!    together and each keep a queue of 64 KiB copies full for `--seconds`;
+//!    prints each one's jobs/s and Jain's fairness index of their
+//!    throughputs (1 is perfectly fair), for each of `--rounds` runs, and the
+//!    median index. Under each run: the CPU time each tenant's process got
+//!    (in CPUs), which tells the host scheduler's share apart from what a
+//!    tenant made of it.
 //! 3. **Flood and victim**: a victim sends 4 KiB CRC-32C jobs one at a time,
 //!    alone and then while another tenant floods 1 MiB copies, `--rounds`
 //!    times alternately; prints the victim's latency percentiles in each run
 //!    and the ratio of the median p99s, so that a slow spell of a shared
 //!    machine does not decide it.
+//!
+//! The VMs' guests are threads of this program, one per VM. They run at
+//! real-time priority (`SCHED_FIFO` 1, where the program may set it: as
+//! root) so that a guest never waits for a CPU behind the daemon's threads or
+//! another guest: as a VM's vCPU has CPU time of its own, the rates and
+//! latencies are then the daemon's, not this program's scheduling. (At
+//! normal priority a guest thread that woke on a CPU busy with engine work
+//! could wait milliseconds for it each time, its queue ran dry, and its VM
+//! got a tenth of another's rate or less for reasons of the client alone.)
+//! The output says which, and how long the guests waited for a CPU. Every
+//! equal tenant connects and fills its queue before any starts, so that all
+//! measure the same span of time.
 
 use std::error::Error;
+use std::io;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use accel_driver::{Buffer, Request};
-use accel_tests::harness::{guest_ram, rss_anon, AccelDevice, Daemon, DaemonProcess};
+use accel_tests::harness::{cpu_time, guest_ram, rss_anon, AccelDevice, Daemon, DaemonProcess};
 use accel_tests::workload::Workload;
-use accelctl::bench::{make_slots, pipeline, BENCH_SEED};
+use accelctl::bench::{make_slots, pipeline, Slot, BENCH_SEED};
 use accelctl::data::DataSource;
 use clap::Parser;
 use virtio_accel_spec::Op;
@@ -35,18 +52,27 @@ struct Args {
     /// Equal tenants in the first measurement.
     #[arg(long, default_value_t = 4)]
     tenants: usize,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds per measurement (a tenant's rate over a short run depends
+    /// much on where the scheduler happened to put its threads).
+    #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Engine worker threads.
+    /// The daemon's `engine-threads`: engine workers per tenant (it runs
+    /// fewer when tenants would together outnumber the CPUs).
     #[arg(long, default_value_t = 2)]
     engine_threads: usize,
     /// Tenants connected at once in the scale measurement.
     #[arg(long, default_value_t = 64)]
     scale: usize,
-    /// Runs of the first two measurements; medians are compared.
+    /// Runs of the last two measurements; medians are compared.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+}
+
+impl Args {
+    /// The daemon's configuration, but for its tenants.
+    fn daemon_settings(&self) -> String {
+        format!("engine-threads = {}", self.engine_threads)
+    }
 }
 
 /// The median of `values` (the upper one of an even count).
@@ -62,50 +88,163 @@ fn jain(values: &[f64]) -> f64 {
     sum * sum / (values.len() as f64 * squares)
 }
 
-/// Keeps a queue of `size`-byte `op` jobs `depth` deep for `seconds`.
-fn saturate(
-    daemon: &Daemon,
-    op: Op,
-    size: usize,
-    depth: usize,
-    seconds: f64,
-) -> Result<f64, String> {
-    let workload = Workload::new(op, DataSource::new(BENCH_SEED).text(size));
-    let memory = guest_ram((depth * 3 * size).div_ceil(1 << 20) + 16);
-    let device = daemon.connect(&memory);
-    let slots = make_slots(&workload, &memory, depth).map_err(|e| e.to_string())?;
-    let batch = (depth / 4).max(1);
-    let run = pipeline(&device, 0, &slots, batch, Duration::from_secs_f64(seconds))
-        .map_err(|e| e.to_string())?;
-    device.into_transport().disconnect();
-    Ok(run.jobs_per_sec())
+/// Puts the calling thread, a guest of the benchmark, at real-time priority
+/// (`SCHED_FIFO` 1); threads and processes it starts would not inherit it.
+fn raise_guest_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: changes the scheduling policy of the calling thread only, with
+    // a valid parameter that outlives the call.
+    let rc = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Runs `work` on a guest thread of its own, at the guests' priority.
+fn as_guest<T: Send>(work: impl FnOnce() -> T + Send) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let _ = raise_guest_priority();
+                work()
+            })
+            .join()
+            .map_err(|_| String::from("a guest thread panicked"))
+    })
+}
+
+/// Whether guests run at real-time priority, for the output.
+fn guest_priority() -> String {
+    match as_guest(raise_guest_priority) {
+        Ok(Ok(())) => String::from(
+            "guests: a thread per VM at real-time priority (SCHED_FIFO 1), never waiting \
+             behind the daemon: the rates are the daemon's",
+        ),
+        Ok(Err(e)) => format!(
+            "guests: a thread per VM at normal priority (real-time refused: {e}): \
+             the guests' own scheduling may decide the rates"
+        ),
+        Err(e) => e,
+    }
+}
+
+/// How long the calling thread has waited on a run queue for a CPU.
+fn cpu_wait() -> Duration {
+    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let waited = schedstat
+        .split_whitespace()
+        .nth(1)
+        .and_then(|ns| ns.parse().ok());
+    Duration::from_nanos(waited.unwrap_or(0))
+}
+
+/// A VM that keeps a queue of `size`-byte `op` jobs `depth` deep.
+struct Loader {
+    device: AccelDevice,
+    slots: Vec<Slot>,
+}
+
+/// What one [`Loader`] achieved.
+struct Load {
+    jobs_per_sec: f64,
+    /// Share of the run its thread spent waiting for a CPU.
+    waited: f64,
+}
+
+impl Loader {
+    /// Connects a VM to `daemon` and prepares its jobs.
+    fn connect(daemon: &Daemon, op: Op, size: usize, depth: usize) -> Result<Self, String> {
+        let workload = Workload::new(op, DataSource::new(BENCH_SEED).text(size));
+        let memory = guest_ram((depth * 3 * size).div_ceil(1 << 20) + 16);
+        let device = daemon.connect(&memory);
+        let slots = make_slots(&workload, &memory, depth).map_err(|e| e.to_string())?;
+        Ok(Loader { device, slots })
+    }
+
+    /// Once every thread waiting on `start` is there, keeps the queue full
+    /// for `seconds`, on the calling thread as a guest.
+    fn run(&self, seconds: f64, start: &Barrier) -> Result<Load, String> {
+        let _ = raise_guest_priority();
+        start.wait();
+        let batch = (self.slots.len() / 4).max(1);
+        let waited = cpu_wait();
+        let duration = Duration::from_secs_f64(seconds);
+        let run =
+            pipeline(&self.device, 0, &self.slots, batch, duration).map_err(|e| e.to_string())?;
+        Ok(Load {
+            jobs_per_sec: run.jobs_per_sec(),
+            waited: (cpu_wait().saturating_sub(waited)).as_secs_f64() / run.elapsed.as_secs_f64(),
+        })
+    }
+
+    fn disconnect(self) {
+        self.device.into_transport().disconnect();
+    }
+}
+
+/// The CPU time each of `pids` has used.
+fn cpu_times(pids: &[u32]) -> Result<Vec<Duration>, String> {
+    pids.iter().map(|pid| cpu_time(*pid)).collect()
 }
 
 fn equal_tenants(args: &Args) -> Result<(), Box<dyn Error>> {
     let names: Vec<String> = (0..args.tenants).map(|i| format!("equal{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (_daemon, tenants) = DaemonProcess::start(&names, args.engine_threads)?;
+    let (daemon, tenants) = DaemonProcess::start(&names, &args.daemon_settings())?;
+    let pids = names
+        .iter()
+        .map(|name| daemon.tenant_pid(name))
+        .collect::<Result<Vec<u32>, String>>()?;
     println!(
-        "2. {} equal tenants, 64 KiB copies, 16 deep each (jobs/s):",
+        "2. {} equal tenants, 64 KiB copies, 16 deep each, started together (jobs/s):",
         args.tenants
     );
+    let log = daemon.log();
+    if let Some(how) = log.lines().find_map(|l| l.split_once("fair sharing: ")) {
+        println!("   daemon: {}", how.1);
+    }
     let mut indices = Vec::new();
     for round in 1..=args.rounds {
-        let rates: Vec<f64> = std::thread::scope(|scope| {
-            let runs: Vec<_> = tenants
+        let loaders = tenants
+            .iter()
+            .map(|t| Loader::connect(t, Op::Copy, 65536, 16))
+            .collect::<Result<Vec<_>, String>>()?;
+        let start = Barrier::new(loaders.len());
+        let (cpu_before, began) = (cpu_times(&pids)?, Instant::now());
+        let loads: Vec<Load> = std::thread::scope(|scope| {
+            let runs: Vec<_> = loaders
                 .iter()
-                .map(|t| scope.spawn(|| saturate(t, Op::Copy, 65536, 16, args.seconds)))
+                .map(|loader| scope.spawn(|| loader.run(args.seconds, &start)))
                 .collect();
             runs.into_iter()
                 .map(|run| run.join().map_err(|_| String::from("panicked"))?)
                 .collect::<Result<_, String>>()
         })?;
+        let elapsed = began.elapsed().as_secs_f64();
+        let cpus: Vec<String> = cpu_times(&pids)?
+            .iter()
+            .zip(&cpu_before)
+            .map(|(after, before)| format!("{:.2}", (*after - *before).as_secs_f64() / elapsed))
+            .collect();
+        loaders.into_iter().for_each(Loader::disconnect);
+        let rates: Vec<f64> = loads.iter().map(|load| load.jobs_per_sec).collect();
         let each: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
         println!(
             "   run {round}: {} (total {:.0}), Jain index {:.4}",
             each.join(" "),
             rates.iter().sum::<f64>(),
             jain(&rates)
+        );
+        let waited = loads.iter().map(|load| load.waited).fold(0.0, f64::max);
+        println!(
+            "          CPUs used by each tenant's process: {}; guests waited for a CPU \
+             {:.1}% of the run at most",
+            cpus.join(" "),
+            waited * 100.0
         );
         indices.push(jain(&rates));
     }
@@ -142,13 +281,16 @@ fn flooded(
     flood: &Daemon,
     seconds: f64,
 ) -> Result<(Vec<Duration>, f64), Box<dyn Error>> {
-    std::thread::scope(|scope| {
-        let flood = scope.spawn(|| saturate(flood, Op::Copy, 1 << 20, 16, seconds + 0.4));
+    let flood = Loader::connect(flood, Op::Copy, 1 << 20, 16)?;
+    let result = std::thread::scope(|scope| {
+        let load = scope.spawn(|| flood.run(seconds + 0.4, &Barrier::new(1)));
         std::thread::sleep(Duration::from_millis(200));
-        let measured = latencies(victim, seconds);
-        let rate = flood.join().map_err(|_| "flood panicked")??;
-        Ok((measured?, rate))
-    })
+        let measured = as_guest(|| latencies(victim, seconds).map_err(|e| e.to_string()));
+        let load = load.join().map_err(|_| "flood panicked")??;
+        Ok::<_, Box<dyn Error>>((measured??, load.jobs_per_sec))
+    });
+    flood.disconnect();
+    result
 }
 
 fn print_latencies(label: &str, samples: &[Duration]) {
@@ -162,7 +304,7 @@ fn print_latencies(label: &str, samples: &[Duration]) {
 }
 
 fn flood_and_victim(args: &Args) -> Result<(), Box<dyn Error>> {
-    let (_daemon, tenants) = DaemonProcess::start(&["victim", "flood"], args.engine_threads)?;
+    let (_daemon, tenants) = DaemonProcess::start(&["victim", "flood"], &args.daemon_settings())?;
     let memory = guest_ram(16);
     let victim = tenants[0].connect(&memory);
     println!("3. victim: 4 KiB CRC-32C one at a time; flood: 1 MiB copies, 16 deep");
@@ -172,7 +314,7 @@ fn flood_and_victim(args: &Args) -> Result<(), Box<dyn Error>> {
     );
     let (mut solo_p99, mut flooded_p99) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        let solo = latencies(&victim, args.seconds)?;
+        let solo = as_guest(|| latencies(&victim, args.seconds).map_err(|e| e.to_string()))??;
         print_latencies(&format!("run {round} solo"), &solo);
         let (under_flood, rate) = flooded(&victim, &tenants[1], args.seconds)?;
         print_latencies(&format!("run {round} flooded"), &under_flood);
@@ -203,7 +345,7 @@ fn daemon_memory(daemon: &DaemonProcess) -> Result<u64, String> {
 fn scale(args: &Args) -> Result<(), Box<dyn Error>> {
     let names: Vec<String> = (0..args.scale).map(|i| format!("vm{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (process, tenants) = DaemonProcess::start(&names, args.engine_threads)?;
+    let (process, tenants) = DaemonProcess::start(&names, &args.daemon_settings())?;
     std::thread::sleep(Duration::from_millis(500));
     let before = daemon_memory(&process)?;
     let mut vms = Vec::new();
@@ -236,9 +378,12 @@ fn scale(args: &Args) -> Result<(), Box<dyn Error>> {
 fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     println!(
-        "engine threads {}, {:.1} s per measurement, {} rounds",
-        args.engine_threads, args.seconds, args.rounds
+        "daemon: {}; {:.1} s per measurement, {} rounds",
+        args.daemon_settings(),
+        args.seconds,
+        args.rounds
     );
+    println!("{}", guest_priority());
     scale(&args)?;
     equal_tenants(&args)?;
     flood_and_victim(&args)?;
