@@ -70,12 +70,21 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
-    fn new(rate: u64, now: Instant) -> Self {
+    /// Holding one second's worth.
+    fn full(rate: u64, now: Instant) -> Self {
         let rate = i128::from(rate);
         TokenBucket {
             rate,
             nanotokens: rate * NANO,
             refilled: now,
+        }
+    }
+
+    /// Holding nothing: the rate holds from the first request on.
+    fn empty(rate: u64, now: Instant) -> Self {
+        TokenBucket {
+            nanotokens: 0,
+            ..TokenBucket::full(rate, now)
         }
     }
 
@@ -110,10 +119,21 @@ pub struct Admission {
 impl Admission {
     /// Full buckets for `quota`.
     pub fn new(quota: Quota, now: Instant) -> Self {
+        Admission::with_buckets(quota, now, TokenBucket::full)
+    }
+
+    /// Empty buckets for `quota`: for a tenant whose process was restarted,
+    /// so that ending its own process never buys its guest a burst
+    /// (§12.7).
+    pub fn drained(quota: Quota, now: Instant) -> Self {
+        Admission::with_buckets(quota, now, TokenBucket::empty)
+    }
+
+    fn with_buckets(quota: Quota, now: Instant, bucket: fn(u64, Instant) -> TokenBucket) -> Self {
         Admission {
             quota,
-            jobs: quota.jobs_per_sec.map(|rate| TokenBucket::new(rate, now)),
-            bytes: quota.bytes_per_sec.map(|rate| TokenBucket::new(rate, now)),
+            jobs: quota.jobs_per_sec.map(|rate| bucket(rate, now)),
+            bytes: quota.bytes_per_sec.map(|rate| bucket(rate, now)),
         }
     }
 
@@ -219,6 +239,27 @@ mod tests {
         let later = start + Duration::from_millis(50);
         let admitted = (0..1000)
             .filter(|_| admission.admit_request(0, 0, later).is_ok())
+            .count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn drained_buckets_admit_only_the_rate_from_the_start() {
+        let quota = Quota {
+            jobs_per_sec: Some(100),
+            bytes_per_sec: Some(1_000_000),
+            ..Quota::default()
+        };
+        let start = Instant::now();
+        let mut admission = Admission::drained(quota, start);
+        assert_eq!(
+            admission.admit_request(0, 0, start),
+            Err(QuotaKind::JobRate)
+        );
+        // 50 ms later, 5 jobs and no burst.
+        let later = start + Duration::from_millis(50);
+        let admitted = (0..1000)
+            .filter(|_| admission.admit_request(0, 1, later).is_ok())
             .count();
         assert_eq!(admitted, 5);
     }

@@ -97,17 +97,19 @@ impl Server {
             .iter()
             .map(|tenant| Arc::new(TenantStats::new(tenant.name.clone())))
             .collect();
-        Server::bind_with(config, listeners, stats)
+        Server::bind_with(config, listeners, stats, 0)
     }
 
     /// Starts the engine of `config` and serves its tenants on `listeners`,
     /// counting in `stats` (both in the order of `config.tenants`): how a
     /// tenant's process serves the socket and the counters that the
-    /// supervisor handed it.
+    /// supervisor handed it. `incarnation` counts the processes that served
+    /// these tenants before.
     pub fn bind_with(
         config: Config,
         listeners: Vec<Listener>,
         stats: Vec<Arc<TenantStats>>,
+        incarnation: u64,
     ) -> Result<Self, ServerError> {
         let engine: Arc<dyn Engine> = match config.engine {
             EngineKind::Software => Arc::new(SoftwareEngine::with_priority(
@@ -123,9 +125,9 @@ impl Server {
                 engine: Arc::clone(&engine),
                 state: TenantState {
                     index,
-                    stats,
-                    admission: Arc::new(Mutex::new(Admission::new(config.quota, Instant::now()))),
+                    admission: Arc::new(Mutex::new(admission(&config, incarnation))),
                     log: Arc::new(TenantLog::new(&config.name)),
+                    stats,
                 },
                 config,
             })
@@ -179,6 +181,17 @@ impl Server {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+}
+
+/// The quota state a tenant starts with: full rate buckets in its first
+/// process, empty ones in every later one, so that a guest or VMM that ends
+/// the process gains no burst by it (§12.7).
+fn admission(config: &TenantConfig, incarnation: u64) -> Admission {
+    if incarnation > 0 {
+        Admission::drained(config.quota, Instant::now())
+    } else {
+        Admission::new(config.quota, Instant::now())
     }
 }
 

@@ -179,6 +179,7 @@ pub fn run(name: &str, input: impl Read) -> Result<(), TenantProcessError> {
         config.daemon_config(),
         vec![listener],
         vec![Arc::new(stats)],
+        config.incarnation,
     )?;
     // Everything the process needs from the file system and the kernel's
     // wider interfaces it has by now: its engine runs, its socket listens.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use accel_driver::{Buffer, Device, DmaMemory, Request, VhostUserTransport, DEFAULT_FEATURES};
-use virtio_accel_spec::Op;
+use virtio_accel_spec::{Op, Status};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
 
@@ -24,18 +24,24 @@ struct Supervisor {
     log: PathBuf,
 }
 
+/// What a test's daemon gets besides its tenants' names and sockets.
+#[derive(Default)]
+struct Setup<'a> {
+    /// TOML at the top of the configuration file.
+    settings: &'a str,
+    /// TOML in every `[[tenant]]` table.
+    tenant_settings: &'a str,
+    /// The daemon's environment on top of the test's.
+    env: &'a [(&'a str, &'a str)],
+}
+
 impl Supervisor {
     fn start(test: &str, tenants: usize) -> Supervisor {
-        Supervisor::start_with(test, tenants, "")
+        Supervisor::start_with(test, tenants, Setup::default())
     }
 
-    /// With `settings` (TOML) at the top of the configuration file.
-    fn start_with(test: &str, tenants: usize, settings: &str) -> Supervisor {
-        Supervisor::start_env(test, tenants, settings, &[])
-    }
-
-    /// With `env` in the daemon's environment too.
-    fn start_env(test: &str, tenants: usize, settings: &str, env: &[(&str, &str)]) -> Supervisor {
+    /// A supervisor with tenants `t0`, `t1`… configured with `setup`.
+    fn start_with(test: &str, tenants: usize, setup: Setup) -> Supervisor {
         let dir = std::env::temp_dir().join(format!(
             "vhost-user-accel-processes-{}-{test}",
             std::process::id()
@@ -43,13 +49,15 @@ impl Supervisor {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = format!(
-            "{settings}metrics = \"unix:{}\"\n",
+            "{}metrics = \"unix:{}\"\n",
+            setup.settings,
             dir.join("metrics").display()
         );
         for index in 0..tenants {
             config.push_str(&format!(
-                "[[tenant]]\nname = \"t{index}\"\nsocket = \"{}\"\n",
-                dir.join(format!("t{index}.sock")).display()
+                "[[tenant]]\nname = \"t{index}\"\nsocket = \"{}\"\n{}",
+                dir.join(format!("t{index}.sock")).display(),
+                setup.tenant_settings
             ));
         }
         let config_path = dir.join("accel.toml");
@@ -57,7 +65,7 @@ impl Supervisor {
         let log = dir.join("daemon.log");
         let child = Command::new(DAEMON)
             .args(["--config", config_path.to_str().unwrap()])
-            .envs(env.iter().copied())
+            .envs(setup.env.iter().copied())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -297,6 +305,66 @@ fn a_killed_tenant_process_is_restarted_and_its_neighbour_never_notices() {
     assert!(ok_requests(&metrics, "t0") >= 3, "{metrics}");
 }
 
+/// Requests of a burst of `count` CRC-32C jobs on `socket` that its quota
+/// refused with Busy (retrying the connection while a new process starts).
+fn busy_in_a_burst(socket: &Path, count: usize) -> usize {
+    let memory = DmaMemory::new(4 << 20).unwrap();
+    let device = connect_when_served(socket, &memory);
+    let data = memory.alloc(9).unwrap();
+    let request = Request::new(Op::Crc32c).input(Buffer::direct(&data));
+    let busy = (0..count)
+        .filter(|_| {
+            let completion = device.run(0, &request).unwrap();
+            match completion.status().unwrap() {
+                Status::Ok => false,
+                Status::Busy => true,
+                other => panic!("a CRC-32C ended with {other:?}"),
+            }
+        })
+        .count();
+    device.into_transport().disconnect();
+    busy
+}
+
+/// Connects to `socket`, retrying for 10 s while its process starts.
+fn connect_when_served(socket: &Path, memory: &DmaMemory) -> AccelDevice {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match VhostUserTransport::connect(socket, memory)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Device::open(t, DEFAULT_FEATURES).map_err(|e| e.to_string()))
+        {
+            Ok(device) => return device,
+            Err(e) => assert!(Instant::now() < deadline, "{}: {e}", socket.display()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_restarted_tenant_process_starts_with_empty_rate_buckets() {
+    // A bucket of 4 jobs, refilled at 4 a second.
+    let supervisor = Supervisor::start_with(
+        "buckets",
+        1,
+        Setup {
+            tenant_settings: "quota = { jobs-per-sec = 4 }\n",
+            ..Setup::default()
+        },
+    );
+    let socket = supervisor.socket("t0");
+    // The first process starts with a full bucket: a burst of 4 passes.
+    assert_eq!(busy_in_a_burst(&socket, 4), 0);
+    let pid = supervisor.tenant_pid("t0");
+    kill(pid, libc::SIGKILL);
+    supervisor.wait_until_gone("t0", pid);
+    // Its successor starts with an empty one: a guest that ends its
+    // tenant's process gains no burst by it. (A burst of 4 takes far less
+    // than the 500 ms that refill 2.)
+    let busy = busy_in_a_burst(&socket, 4);
+    assert!(busy >= 2, "only {busy} of 4 refused after the restart");
+}
+
 /// Requests of `tenant` completed with Ok, from the metrics text.
 fn ok_requests(metrics: &str, tenant: &str) -> u64 {
     let series = format!("vhost_user_accel_requests_total{{tenant=\"{tenant}\",status=\"ok\"}} ");
@@ -448,7 +516,14 @@ fn tenant_processes_switch_to_the_configured_user() {
         println!("*** SKIPPED: switching users needs root; NOT TESTED HERE ***");
         return;
     }
-    let mut supervisor = Supervisor::start_with("user", 1, "user = \"nobody\"\n");
+    let mut supervisor = Supervisor::start_with(
+        "user",
+        1,
+        Setup {
+            settings: "user = \"nobody\"\n",
+            ..Setup::default()
+        },
+    );
     serves_again(&supervisor.socket("t0"));
     let pid = supervisor.tenant_pid("t0");
     assert_eq!(
@@ -479,7 +554,14 @@ fn tenant_processes_switch_to_the_configured_user() {
     ignore = "needs the fault-injection feature (cargo test --all-features)"
 )]
 fn a_panic_on_the_request_path_ends_only_its_tenants_process() {
-    let supervisor = Supervisor::start_env("panic", 2, "", &[("VHOST_USER_ACCEL_FAULT", "panic")]);
+    let supervisor = Supervisor::start_with(
+        "panic",
+        2,
+        Setup {
+            env: &[("VHOST_USER_ACCEL_FAULT", "panic")],
+            ..Setup::default()
+        },
+    );
     let (victim, other) = (supervisor.socket("t0"), supervisor.socket("t1"));
     // t1's first process panics at its first kick too: take it out of the
     // way first, so that the neighbour below runs on a process that serves.
