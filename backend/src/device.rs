@@ -266,15 +266,17 @@ impl Device {
         let table = shared.memory().into_inner();
         match check_table(&table) {
             Ok(check) => {
-                for region in check.unsealed {
-                    self.vmm_log(
-                        Level::Warn,
-                        format_args!(
-                            "{region}: its file is not sealed against shrinking \
-                             (F_SEAL_SHRINK); if the VMM truncates it, this tenant's \
-                             process dies of SIGBUS"
-                        ),
-                    );
+                if !check.unsealed.is_empty() && self.log.first_unsealed_table() {
+                    for region in check.unsealed {
+                        self.vmm_log(
+                            Level::Warn,
+                            format_args!(
+                                "{region}: its file is not sealed against shrinking \
+                                 (F_SEAL_SHRINK); if the VMM truncates it, this tenant's \
+                                 process dies of SIGBUS (said once per process)"
+                            ),
+                        );
+                    }
                 }
                 self.mem = Some(table);
                 Ok(())

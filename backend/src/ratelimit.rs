@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,8 @@ pub struct TenantLog {
     tenant: String,
     guest: Mutex<RateLimit>,
     vmm: Mutex<RateLimit>,
+    /// Whether the VMM's guest memory was found unsealed before.
+    unsealed_seen: AtomicBool,
 }
 
 impl TenantLog {
@@ -81,7 +84,16 @@ impl TenantLog {
             tenant: tenant.to_owned(),
             guest: Mutex::new(RateLimit::new(BURST, WINDOW)),
             vmm: Mutex::new(RateLimit::new(BURST, WINDOW)),
+            unsealed_seen: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this is the first memory table with unsealed regions that the
+    /// tenant's process sees: the warning about them is given once, as a
+    /// VMM that does not seal its memory (cloud-hypervisor) never does, at
+    /// every table of every connection.
+    pub fn first_unsealed_table(&self) -> bool {
+        !self.unsealed_seen.swap(true, Ordering::Relaxed)
     }
 
     /// Logs something the guest's driver did (a malformed request...).

@@ -151,6 +151,7 @@ pub fn run(name: &str, input: impl Read) -> Result<(), TenantProcessError> {
     if config.tenant.name != name {
         return Err(TenantProcessError::Name(name.to_owned()));
     }
+    name_process(name);
     let listener_fd = check_socket_fd(LISTENER_FD).map_err(|e| TenantProcessError::Descriptor {
         fd: LISTENER_FD,
         what: "listening socket",
@@ -185,6 +186,18 @@ pub fn run(name: &str, input: impl Read) -> Result<(), TenantProcessError> {
     // wider interfaces it has by now: its engine runs, its socket listens.
     sandbox::apply(&SandboxConfig::new(config.user.clone()))?;
     Ok(server.serve_forever()?)
+}
+
+/// Names the process (and the threads it will start) `accel-NAME`, cut to
+/// the kernel's 15 bytes, for `ps`, `top` and `/proc/PID/comm`, which would
+/// otherwise say `exe` (the supervisor starts `/proc/self/exe`).
+fn name_process(tenant: &str) {
+    let mut comm = format!("accel-{tenant}").into_bytes();
+    comm.truncate(15);
+    comm.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes,
+    // which `comm` is (tenant names have no NUL); it renames this thread only.
+    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
 }
 
 /// Whether an injected fault waits on the request path (tests only).

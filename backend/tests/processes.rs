@@ -365,6 +365,25 @@ fn a_restarted_tenant_process_starts_with_empty_rate_buckets() {
     assert!(busy >= 2, "only {busy} of 4 refused after the restart");
 }
 
+#[test]
+fn unsealed_guest_memory_is_warned_about_once_per_process() {
+    let supervisor = Supervisor::start("unsealed", 1);
+    let socket = supervisor.socket("t0");
+    // Guest RAM in a memfd without seals, as cloud-hypervisor gives it, in
+    // two connections.
+    for _ in 0..2 {
+        serves_again(&socket);
+    }
+    let warned = |log: &str| log.matches("not sealed against shrinking").count();
+    assert_eq!(warned(&supervisor.log()), 1, "{}", supervisor.log());
+    // A new process warns again: its log is the operator's new start.
+    let pid = supervisor.tenant_pid("t0");
+    kill(pid, libc::SIGKILL);
+    supervisor.wait_until_gone("t0", pid);
+    serves_again(&socket);
+    assert_eq!(warned(&supervisor.log()), 2, "{}", supervisor.log());
+}
+
 /// Requests of `tenant` completed with Ok, from the metrics text.
 fn ok_requests(metrics: &str, tenant: &str) -> u64 {
     let series = format!("vhost_user_accel_requests_total{{tenant=\"{tenant}\",status=\"ok\"}} ");
@@ -498,6 +517,9 @@ fn tenant_processes_serve_inside_their_sandbox() {
     }
     // The main thread, the tenant's, the engine's and the connection's.
     assert!(checked >= 4, "only {checked} threads of {pid}");
+    // Named after its tenant for ps and top.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "accel-t0");
     device.into_transport().disconnect();
     assert!(
         supervisor.log().contains("sandbox: "),
