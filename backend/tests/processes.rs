@@ -17,6 +17,10 @@ use virtio_accel_spec::{Op, Status};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
 
+/// How long a test waits for the daemon to do what it must do soon (start
+/// a process, serve again): generous, for a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(30);
+
 /// A supervisor with tenants `t0`, `t1`… on sockets in a directory of its own.
 struct Supervisor {
     child: Child,
@@ -80,9 +84,9 @@ impl Supervisor {
         self.dir.join(format!("{tenant}.sock"))
     }
 
-    /// The process serving `tenant`, waited for (10 s at most).
+    /// The process serving `tenant`, waited for (`PATIENCE` at most).
     fn tenant_pid(&self, tenant: &str) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(pid) = self.find_tenant_pid(tenant) {
                 return pid;
@@ -125,9 +129,9 @@ impl Supervisor {
         reply
     }
 
-    /// Waits (10 s at most) until the metrics show `line`.
+    /// Waits (`PATIENCE` at most) until the metrics show `line`.
     fn wait_for_metric(&self, line: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + PATIENCE;
         while !self.metrics().lines().any(|l| l == line) {
             assert!(
                 Instant::now() < deadline,
@@ -177,9 +181,9 @@ fn crc_check(device: &AccelDevice, memory: &DmaMemory) {
 }
 
 /// Connects to `socket` (retrying while its new process starts) and checks a
-/// request end to end; panics after 10 s.
+/// request end to end; panics after `PATIENCE`.
 fn serves_again(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let memory = DmaMemory::new(4 << 20).unwrap();
         let attempt = std::panic::catch_unwind(|| {
@@ -260,9 +264,9 @@ fn beside_a_neighbour(other: &Path, trouble: impl FnOnce(&AtomicU64) -> u64) {
 }
 
 impl Supervisor {
-    /// Waits (10 s at most) until process `pid` no longer serves `tenant`.
+    /// Waits (`PATIENCE` at most) until process `pid` no longer serves `tenant`.
     fn wait_until_gone(&self, tenant: &str, pid: u32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + PATIENCE;
         while self.find_tenant_pid(tenant) == Some(pid) {
             assert!(
                 Instant::now() < deadline,
@@ -326,9 +330,9 @@ fn busy_in_a_burst(socket: &Path, count: usize) -> usize {
     busy
 }
 
-/// Connects to `socket`, retrying for 10 s while its process starts.
+/// Connects to `socket`, retrying for `PATIENCE` while its process starts.
 fn connect_when_served(socket: &Path, memory: &DmaMemory) -> AccelDevice {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         match VhostUserTransport::connect(socket, memory)
             .map_err(|e| e.to_string())
