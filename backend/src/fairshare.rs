@@ -193,7 +193,7 @@ fn make_group(
 }
 
 /// The CPUs this process may run on.
-pub fn host_cpus() -> usize {
+fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 

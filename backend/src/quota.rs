@@ -124,7 +124,7 @@ impl Admission {
 
     /// Empty buckets for `quota`: for a tenant whose process was restarted,
     /// so that ending its own process never buys its guest a burst
-    /// (§12.7).
+    /// (§10.3.2).
     pub fn drained(quota: Quota, now: Instant) -> Self {
         Admission::with_buckets(quota, now, TokenBucket::empty)
     }

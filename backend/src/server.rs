@@ -186,7 +186,7 @@ impl Server {
 
 /// The quota state a tenant starts with: full rate buckets in its first
 /// process, empty ones in every later one, so that a guest or VMM that ends
-/// the process gains no burst by it (§12.7).
+/// the process gains no burst by it (§10.3.2).
 fn admission(config: &TenantConfig, incarnation: u64) -> Admission {
     if incarnation > 0 {
         Admission::drained(config.quota, Instant::now())

@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use log::info;
+use log::{debug, info};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vhost::vhost_user::Listener;
@@ -196,8 +196,12 @@ fn name_process(tenant: &str) {
     comm.truncate(15);
     comm.push(0);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes,
-    // which `comm` is (tenant names have no NUL); it renames this thread only.
-    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+    // which `comm` is (tenant names are ASCII letters, digits and `-_.`,
+    // `config::check_name`, so no NUL and no character cut in two); it
+    // renames this thread only.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr(), 0, 0, 0) } != 0 {
+        debug!("cannot name the process: {}", io::Error::last_os_error());
+    }
 }
 
 /// Whether an injected fault waits on the request path (tests only).

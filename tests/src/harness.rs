@@ -230,7 +230,7 @@ impl DaemonProcess {
             .spawn()
             .map_err(|e| format!("cannot start the daemon: {e}"))?;
         let process = DaemonProcess { child, dir };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !sockets.iter().all(|s| s.exists()) {
             if std::time::Instant::now() > deadline {
                 return Err(format!(
@@ -263,7 +263,7 @@ impl DaemonProcess {
         std::iter::once(supervisor).chain(children).collect()
     }
 
-    /// The process serving tenant `name`, waiting up to 10 s for the
+    /// The process serving tenant `name`, waiting up to 30 s for the
     /// supervisor to start it.
     pub fn tenant_pid(&self, name: &str) -> Result<u32, String> {
         let serves = |pid: &u32| {
@@ -272,7 +272,7 @@ impl DaemonProcess {
                 args.any(|arg| arg == b"--tenant-process") && args.next() == Some(name.as_bytes())
             })
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(pid) = self.pids().into_iter().skip(1).find(serves) {
                 return Ok(pid);

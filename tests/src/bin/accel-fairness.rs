@@ -228,7 +228,12 @@ fn equal_tenants(args: &Args) -> Result<(), Box<dyn Error>> {
         let cpus: Vec<String> = cpu_times(&pids)?
             .iter()
             .zip(&cpu_before)
-            .map(|(after, before)| format!("{:.2}", (*after - *before).as_secs_f64() / elapsed))
+            .map(|(after, before)| {
+                format!(
+                    "{:.2}",
+                    after.saturating_sub(*before).as_secs_f64() / elapsed
+                )
+            })
             .collect();
         loaders.into_iter().for_each(Loader::disconnect);
         let rates: Vec<f64> = loads.iter().map(|load| load.jobs_per_sec).collect();
