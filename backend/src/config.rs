@@ -259,7 +259,8 @@ pub struct Config {
     pub engine: EngineKind,
     /// Worker threads of the software engine.
     pub engine_threads: usize,
-    /// How many nice steps below the daemon the software engine's workers run.
+    /// How many nice steps below the daemon the software engine's workers run
+    /// when it serves a single tenant ([`crate::fairshare::engine_nice`]).
     pub engine_nice: i32,
     /// The Prometheus endpoint, if any.
     pub metrics: Option<MetricsAddr>,
