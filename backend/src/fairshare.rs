@@ -2,7 +2,7 @@
 //!
 //! Each tenant's process runs its own engine, so sharing the engine by
 //! weight is sharing CPU time between processes, which the kernel's
-//! scheduler does. Three rules make it share evenly:
+//! scheduler does. Four rules make it share evenly:
 //!
 //! - **Every tenant's thread is a sibling of every other's.** Where the
 //!   daemon may create cgroups, all tenants' processes go into one `cpu`
@@ -43,6 +43,13 @@
 //!   while the others idle uses only its share of the CPUs, and 4 busy
 //!   tenants on 2 CPUs complete about 15% fewer jobs than with two workers
 //!   each.
+//! - **The supervisor slows down a tenant ahead of one that waits**
+//!   ([`crate::arbiter`]): with the rules above, a pair of tenants sharing
+//!   one CPU could still get 0.47 of a CPU each and the pair on the other
+//!   0.40 for as long as the balancer left them there (Jain index below
+//!   0.99 in about one run of `accel-fairness` in three). The arbiter reads
+//!   each process's CPU time from the kernel and lowers the priority of a
+//!   tenant ahead of one that waits until the other catches up.
 //!
 //! On cgroup v2 a controller can only be enabled for children of a cgroup
 //! with no process in it, so the daemon first moves itself into a
@@ -158,7 +165,7 @@ impl FairShare {
             FairShare::Cgroup { dir, .. } => fs::write(dir.join("cgroup.procs"), pid.to_string()),
             FairShare::Inherited => Ok(()),
         };
-        let niced = set_nice(pid, nice_level(tenant.weight, tenants));
+        let niced = set_nice(pid, process_nice(tenant, tenants));
         if let Err(e) = moved.and(niced) {
             warn!(
                 "tenant {}: cannot give its process {pid} its CPU share: {e}",
@@ -314,18 +321,25 @@ fn nice_level(weight: u32, tenants: &[TenantConfig]) -> i32 {
     steps
 }
 
+/// The nice level of the process of `tenant`, among `tenants`: this
+/// thread's, lowered by the tenant's steps below the heaviest.
+pub fn process_nice(tenant: &TenantConfig, tenants: &[TenantConfig]) -> i32 {
+    // SAFETY: reads the calling thread's priority; a failure (-1) would
+    // only make every tenant's level one higher, equally.
+    let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    own.saturating_add(nice_level(tenant.weight, tenants))
+        .min(19)
+}
+
 /// Sets the nice level of process `pid` (a child that has not started
-/// threads yet, so that its threads inherit it) `steps` below this one's.
-fn set_nice(pid: u32, steps: i32) -> io::Result<()> {
-    if steps == 0 {
+/// threads yet, so that its threads inherit it) to `level`.
+fn set_nice(pid: u32, level: i32) -> io::Result<()> {
+    // SAFETY: reads the calling thread's priority, as above.
+    if level == unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) } {
         return Ok(());
     }
-    // SAFETY: reads the calling process's priority; errno tells errors apart
-    // from a priority of -1, and a failure leaves the default of 0.
-    let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     // SAFETY: sets the priority of one process, a child of this one.
-    let rc =
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, own.saturating_add(steps).min(19)) };
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, level) };
     if rc == 0 {
         Ok(())
     } else {

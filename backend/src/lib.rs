@@ -21,12 +21,14 @@
 //! - [`tenant_process`]: what a tenant's process is handed, and how it runs;
 //! - [`sandbox`]: the sandbox of a tenant's process;
 //! - [`fairshare`]: the CPU shared between tenants' processes by weight;
+//! - [`arbiter`]: the supervisor slowing down a tenant ahead of one that waits;
 //! - [`shared`]: memory shared between the supervisor and a tenant's process;
 //! - [`metrics`]: the Prometheus endpoint;
 //! - [`shutdown`]: the signals the supervisor acts on, and its exit report;
 //! - [`config`]: the daemon configuration, its tenants and their quotas;
 //! - [`config_file`]: the TOML configuration file.
 
+pub mod arbiter;
 pub mod backend;
 pub mod chain;
 pub mod command;

@@ -617,14 +617,20 @@ const ALLOWED: &[(Syscall, Check)] = &[
     (syscall!(SYS_epoll_create1), Check::Any),
     (syscall!(SYS_epoll_ctl), Check::Any),
     (syscall!(SYS_eventfd2), Check::Any),
-    // Descriptors: duplicated (EventFd::try_clone), and a memory region's
-    // file examined (its size and seals, see memory.rs; `statx` and
-    // `newfstatat` of a descriptor are allowed by REFUSED_WITH_ERROR).
+    // Descriptors: duplicated (EventFd::try_clone), a memory region's file
+    // examined (its size and seals, see memory.rs; `statx` and `newfstatat`
+    // of a descriptor are allowed by REFUSED_WITH_ERROR), and checked open
+    // before it is closed (F_GETFD: the standard library does so in builds
+    // with debug assertions).
     (
         syscall!(SYS_fcntl),
         Check::OneOf(
             Arg::Int(1),
-            &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GET_SEALS as u64],
+            &[
+                libc::F_DUPFD_CLOEXEC as u64,
+                libc::F_GET_SEALS as u64,
+                libc::F_GETFD as u64,
+            ],
         ),
     ),
     (syscall!(SYS_fstat), Check::Any),

@@ -123,6 +123,9 @@ pub struct TenantStats {
     /// Times the tenant's process was started again after it ended: the
     /// supervisor's count, out of the tenant's reach.
     restarts: AtomicU64,
+    /// Nanoseconds the supervisor's arbiter slowed the tenant's process
+    /// down: its count too.
+    slowed: AtomicU64,
 }
 
 impl std::ops::Deref for TenantStats {
@@ -147,6 +150,7 @@ impl TenantStats {
             name: name.into(),
             counters: Storage::Private(Box::default()),
             restarts: AtomicU64::new(0),
+            slowed: AtomicU64::new(0),
         }
     }
 
@@ -159,6 +163,7 @@ impl TenantStats {
             name,
             counters: Storage::Shared(counters),
             restarts: AtomicU64::new(0),
+            slowed: AtomicU64::new(0),
         })
     }
 
@@ -169,6 +174,7 @@ impl TenantStats {
             name: name.into(),
             counters: Storage::Shared(SharedMemory::attach(file)?),
             restarts: AtomicU64::new(0),
+            slowed: AtomicU64::new(0),
         })
     }
 
@@ -251,6 +257,18 @@ impl TenantStats {
             self.objects.load(Ordering::Relaxed),
             self.object_bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// The arbiter slowed the tenant's process down for `duration` more
+    /// ([`crate::arbiter`]).
+    pub fn slowed_for(&self, duration: Duration) {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.slowed.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// How long the arbiter slowed the tenant's process down in all.
+    pub fn slowed(&self) -> Duration {
+        Duration::from_nanos(self.slowed.load(Ordering::Relaxed))
     }
 
     /// A VMM connected (`true`) or went away.
@@ -427,6 +445,21 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
                 pick(tenant).load(Ordering::Relaxed)
             );
         }
+    }
+    family(
+        &mut out,
+        "slowed_seconds_total",
+        "counter",
+        "Time the supervisor ran the tenant's process at a lower priority for \
+         tenants behind it to catch up (fair sharing).",
+    );
+    for tenant in tenants {
+        let _ = writeln!(
+            out,
+            "vhost_user_accel_slowed_seconds_total{{tenant=\"{}\"}} {}",
+            tenant.name,
+            tenant.slowed().as_secs_f64()
+        );
     }
     let name = "request_latency_seconds";
     family(

@@ -36,8 +36,9 @@ use log::{error, info, warn};
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 
+use crate::arbiter::{Arbiter, Member};
 use crate::config::{Config, MetricsAddr, TenantConfig};
-use crate::fairshare::FairShare;
+use crate::fairshare::{self, FairShare};
 use crate::metrics::MetricsServer;
 use crate::server::{listen, ServerError};
 use crate::shutdown::{self, signal_name, Signals};
@@ -121,6 +122,8 @@ pub struct Supervisor {
     slots: Vec<Slot>,
     metrics: Option<MetricsServer>,
     share: FairShare,
+    /// With several tenants, the arbiter of their CPU time.
+    arbiter: Option<Arbiter>,
 }
 
 impl Supervisor {
@@ -167,6 +170,7 @@ impl Supervisor {
             slots,
             metrics,
             share,
+            arbiter: None,
         })
     }
 
@@ -182,6 +186,7 @@ impl Supervisor {
         if let Some(metrics) = self.metrics.take() {
             metrics.spawn(self.stats())?;
         }
+        self.arbiter = self.start_arbiter();
         loop {
             self.start_due();
             match self.signals.wait(self.next_wake()) {
@@ -192,6 +197,29 @@ impl Supervisor {
                 }
                 _ => self.reap(),
             }
+        }
+    }
+
+    /// The arbiter of several tenants' CPU time, if it can start.
+    fn start_arbiter(&self) -> Option<Arbiter> {
+        if self.slots.len() < 2 {
+            return None;
+        }
+        let members = self.slots.iter().map(|slot| Member {
+            stats: Arc::clone(&slot.stats),
+            weight: slot.config.weight,
+            nice: fairshare::process_nice(&slot.config, &self.config.tenants),
+        });
+        Arbiter::start(members.collect())
+            .inspect_err(|e| warn!("fair sharing without the arbiter: cannot start it: {e}"))
+            .ok()
+            .flatten()
+    }
+
+    /// Tells the arbiter which process serves tenant `index` (0: none).
+    fn watch(&self, index: usize, pid: u32) {
+        if let Some(arbiter) = &self.arbiter {
+            arbiter.set_process(index, pid);
         }
     }
 
@@ -216,6 +244,9 @@ impl Supervisor {
                 continue;
             }
             let spawned = self.spawn(slot);
+            if let Ok(child) = &spawned {
+                self.watch(index, child.id());
+            }
             let Some(slot) = self.slots.get_mut(index) else {
                 continue;
             };
@@ -296,7 +327,16 @@ impl Supervisor {
     /// Collects every tenant's process that ended and schedules its restart.
     fn reap(&mut self) {
         let now = Instant::now();
-        for slot in &mut self.slots {
+        for index in 0..self.slots.len() {
+            let ended = self.slots.get(index).and_then(|s| s.process.as_ref());
+            if !ended.is_some_and(|running| has_ended(&running.child)) {
+                continue;
+            }
+            // Its process id stays its own until collected below.
+            self.watch(index, 0);
+            let Some(slot) = self.slots.get_mut(index) else {
+                continue;
+            };
             let Some(running) = &mut slot.process else {
                 continue;
             };
@@ -330,6 +370,8 @@ impl Supervisor {
     /// Kills every tenant's process, waits for them (a while), removes the
     /// cgroups and the metrics socket, and logs the summaries.
     fn stop(&mut self) {
+        // Its thread ends, giving every tenant its priority back.
+        self.arbiter = None;
         for running in self.slots.iter_mut().filter_map(|s| s.process.as_mut()) {
             let _ = running.child.kill();
         }
@@ -416,6 +458,21 @@ fn prepare_child(listener: RawFd, counters: RawFd, parent: u32) -> io::Result<()
         return Err(io::Error::from(io::ErrorKind::BrokenPipe));
     }
     Ok(())
+}
+
+/// Whether `child` has ended, its status not yet collected (`WNOWAIT`);
+/// if `waitid` fails, perhaps (`Child::try_wait` will tell).
+fn has_ended(child: &Child) -> bool {
+    let pid: libc::id_t = child.id();
+    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: waitid writes `info` only, and with WNOWAIT leaves the child
+    // to be collected by `Child::try_wait`.
+    let rc = unsafe { libc::waitid(libc::P_PID, pid, &raw mut info, flags) };
+    // SAFETY: si_pid is the field waitid fills in for an ended child (0 if
+    // none has ended, with WNOHANG); the value is zeroed otherwise.
+    rc != 0 || unsafe { info.si_pid() } != 0
 }
 
 /// How a process ended, for the log.

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use accel_driver::{Buffer, Device, DmaMemory, Request, VhostUserTransport, DEFAULT_FEATURES};
+use vhost_user_accel::arbiter::SLOW_STEPS;
 use virtio_accel_spec::{Op, Status};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
@@ -641,4 +642,144 @@ fn a_panic_on_the_request_path_ends_only_its_tenants_process() {
         log.contains(&format!("process {pid} was killed by SIGABRT (6)")),
         "{log}"
     );
+}
+
+/// Keeps four SHA-256 digests of 1 MiB in flight on `socket` until `stop`.
+fn flood(socket: &Path, stop: &AtomicBool) {
+    let memory = DmaMemory::new(4 << 20).unwrap();
+    let device = connect(socket, &memory);
+    let src = memory.alloc(1 << 20).unwrap();
+    let request = Request::new(Op::Sha256).input(Buffer::direct(&src));
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..4 {
+            device.submit(0, &request, 0).unwrap();
+        }
+        device.flush(0).unwrap();
+        let mut done = 0;
+        while done < 4 {
+            let completions = device.wait(0, PATIENCE).unwrap();
+            assert!(!completions.is_empty(), "no completion in {PATIENCE:?}");
+            assert!(completions
+                .iter()
+                .all(|c| matches!(c.status(), Ok(Status::Ok))));
+            done += completions.len();
+        }
+    }
+    device.into_transport().disconnect();
+}
+
+/// The nice level of every thread of process `pid`.
+fn thread_nice_levels(pid: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Field 19 of stat, the 17th after the command name.
+            stat.rsplit_once(") ")?.1.split(' ').nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Seconds the metrics say the arbiter slowed `tenant` down.
+fn slowed_seconds(metrics: &str, tenant: &str) -> f64 {
+    let prefix = format!("vhost_user_accel_slowed_seconds_total{{tenant=\"{tenant}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn the_arbiter_slows_down_a_tenant_ahead_and_gives_its_priority_back() {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus > 4 {
+        println!("*** SKIPPED: {cpus} CPUs are more than this test's floods keep busy; NOT TESTED HERE ***");
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // One flooding tenant more than there are CPUs: some run two to a CPU,
+    // the others get ahead of them. As root, the tenants' processes run as
+    // another user, which the supervisor reprioritizes all the same.
+    let tenants = cpus + 1;
+    let supervisor = Supervisor::start_with(
+        "arbiter",
+        tenants,
+        Setup {
+            settings: if root { "user = \"nobody\"\n" } else { "" },
+            ..Setup::default()
+        },
+    );
+    let names: Vec<String> = (0..tenants).map(|index| format!("t{index}")).collect();
+    let wait_for_log = |text: &str| {
+        let deadline = Instant::now() + PATIENCE;
+        while !supervisor.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in:\n{}",
+                supervisor.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    if !root {
+        wait_for_log("fair sharing without the arbiter");
+        println!("*** SKIPPED: the arbiter needs CAP_SYS_NICE; NOT TESTED HERE ***");
+        return;
+    }
+    wait_for_log("the supervisor's arbiter runs at");
+    let pids: Vec<u32> = names
+        .iter()
+        .map(|name| supervisor.tenant_pid(name))
+        .collect();
+    // Every thread of a tenant's process runs at its process's level.
+    let base = thread_nice_levels(pids[0])[0];
+    let slowed_nice = (base + SLOW_STEPS).min(19);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        let floods: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let socket = supervisor.socket(name);
+                let stop = &stop;
+                scope.spawn(move || flood(&socket, stop))
+            })
+            .collect();
+        let deadline = Instant::now() + PATIENCE;
+        let (mut slowed, mut seen_lower) = (false, false);
+        while !(slowed && seen_lower) {
+            assert!(
+                Instant::now() < deadline,
+                "slowed down: {slowed}, a thread seen at nice {slowed_nice}: {seen_lower}; \
+                 metrics:\n{}",
+                supervisor.metrics()
+            );
+            let metrics = supervisor.metrics();
+            slowed |= names
+                .iter()
+                .any(|name| slowed_seconds(&metrics, name) > 0.0);
+            seen_lower |= pids
+                .iter()
+                .any(|&pid| thread_nice_levels(pid).contains(&slowed_nice));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for flood in floods {
+            flood.join().unwrap();
+        }
+    });
+    // Idle again, every thread has its own priority back.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let levels: Vec<Vec<i32>> = pids.iter().map(|&pid| thread_nice_levels(pid)).collect();
+        if levels.iter().flatten().all(|&nice| nice == base) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nice levels stay {levels:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
