@@ -5,8 +5,8 @@
 //! share the CPUs, and it tolerates a lasting imbalance: with four equal
 //! tenants on two CPUs, the two processes sharing one CPU could get 0.47 of
 //! a CPU each and the two sharing the other, busier one 0.40, for as long
-//! as the balancer left them there (`accel-fairness`: in about one run in
-//! three the Jain index of the tenants' rates was below 0.99). The arbiter,
+//! as the balancer left them there (`accel-fairness`: in about half the
+//! runs the Jain index of the tenants' rates was below 0.99). The arbiter,
 //! a thread of the supervisor, evens that out with information no tenant can
 //! forge and without a tenant's help:
 //!
@@ -34,11 +34,15 @@
 //! once, threads it starts later included (they inherit it). A tenant's
 //! process id cannot pass to another process while the supervisor has not
 //! collected its exit status, and before it does, the supervisor tells the
-//! arbiter, which sets priorities only under the same lock. Giving a process its priority back takes `CAP_SYS_NICE`: without it
-//! the arbiter does not start and the supervisor says so. The arbiter runs
+//! arbiter, which sets priorities only under the same lock. Giving a
+//! process its priority back takes `CAP_SYS_NICE`: without it the arbiter
+//! does not start and the supervisor says so. The arbiter runs
 //! at real-time priority where it may (at normal priority, on a busy host,
 //! one waited seconds for a CPU) and costs about 30 µs a tick for four busy
-//! tenants; an idle tenant is looked at every [`IDLE_TICK`] only.
+//! tenants; an idle tenant is looked at every [`IDLE_TICK`] only, and a
+//! tick that takes long (many busy tenants, each with many threads) is
+//! followed by a pause four times as long, so that the arbiter never takes
+//! more than a fifth of a CPU.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -57,9 +61,8 @@ use crate::stats::TenantStats;
 pub const TICK: Duration = Duration::from_millis(2);
 /// How often it looks while every tenant is idle, and at an idle tenant.
 pub const IDLE_TICK: Duration = Duration::from_millis(50);
-/// How far (in its own CPU time) a tenant may run ahead of one that waits.
-/// (2 ms evened out no better and cost more jobs; 10 ms, one run in four
-/// below 0.99.)
+/// How far (in its own CPU time) a tenant may run ahead of one that waits
+/// (10 ms evened out about as well, 20 ms not: `docs/benchmarks.md`).
 pub const LEAD: Duration = Duration::from_millis(5);
 /// How far (in its own CPU time) a busy tenant may lag the most advanced.
 pub const MAX_LAG: Duration = Duration::from_millis(20);
@@ -68,7 +71,7 @@ pub const IDLE_AFTER: Duration = Duration::from_millis(5);
 /// Waiting for a CPU this long in a tick makes a tenant one that waits.
 const WAITED: Duration = Duration::from_micros(100);
 /// How many nice steps lower a tenant ahead runs: about a third of its
-/// weight (each step is 1.25 times). 3 steps evened out less; 10 no better.
+/// weight (each step is 1.25 times; 10 steps evened out no better).
 pub const SLOW_STEPS: i32 = 5;
 /// How often the threads of a tenant's process are listed again.
 const RELIST: Duration = Duration::from_millis(50);
@@ -94,18 +97,30 @@ struct Account {
     weight: f64,
     /// CPU time used divided by the weight, in nanoseconds.
     vtime: f64,
-    /// When the process last used CPU time; `None`: idle.
-    last_ran: Option<Instant>,
+    activity: Activity,
     slowed: bool,
 }
 
+/// Whether a tenant wants CPU time, judged from its samples, not from the
+/// clock: a tick that comes late must not make busy tenants look idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Activity {
+    /// No process, or quiet for [`IDLE_AFTER`].
+    Idle,
+    /// It ran, or waited for a CPU, in its last sample.
+    Active,
+    /// Neither, in every sample since then.
+    Quiet(Instant),
+}
+
 impl Account {
-    /// Whether the tenant is slowed down or used CPU time lately.
+    /// Whether the tenant ran or waited for a CPU lately.
     fn busy(&self, now: Instant) -> bool {
-        self.slowed
-            || self
-                .last_ran
-                .is_some_and(|at| now.saturating_duration_since(at) < IDLE_AFTER)
+        match self.activity {
+            Activity::Idle => false,
+            Activity::Active => true,
+            Activity::Quiet(since) => now.saturating_duration_since(since) < IDLE_AFTER,
+        }
     }
 }
 
@@ -125,7 +140,7 @@ impl Policy {
             .map(|&weight| Account {
                 weight: f64::from(weight.max(1)),
                 vtime: 0.0,
-                last_ran: None,
+                activity: Activity::Idle,
                 slowed: false,
             })
             .collect();
@@ -159,24 +174,27 @@ impl Policy {
         self.accounts.get(index).is_some_and(|a| a.busy(now))
     }
 
-    /// Adds each tenant's CPU time to its virtual time; returns the tenants
-    /// that were idle until now.
+    /// Adds each tenant's CPU time to its virtual time and follows its
+    /// activity; returns the tenants that were idle until now.
     fn charge(&mut self, usage: &[Option<Usage>], now: Instant) -> Vec<usize> {
         let mut woke = Vec::new();
         for (index, (account, usage)) in self.accounts.iter_mut().zip(usage).enumerate() {
             let Some(usage) = usage else {
-                account.last_ran = None;
+                account.activity = Activity::Idle;
                 account.slowed = false;
                 continue;
             };
-            if usage.ran == 0 {
+            if usage.ran == 0 && usage.waited < as_nanos(WAITED) {
+                if account.activity == Activity::Active {
+                    account.activity = Activity::Quiet(now);
+                }
                 continue;
             }
             if !account.busy(now) {
                 woke.push(index);
             }
             account.vtime += as_f64(usage.ran) / account.weight;
-            account.last_ran = Some(now);
+            account.activity = Activity::Active;
         }
         woke
     }
@@ -487,15 +505,30 @@ struct Place {
     member: Member,
     /// The process the supervisor said serves it (0: none).
     pid: u32,
-    /// That process, while the arbiter can follow it.
+    /// That process, while the arbiter follows it.
     process: Option<Process>,
     /// When that was last sampled.
     sampled: Option<Instant>,
-    /// Whether something went wrong with this process (said once).
-    said: bool,
+    /// When the arbiter lost track of it (it could not read it); it gives
+    /// the process its priority back, lets it go, and tries again after
+    /// [`IDLE_TICK`].
+    lost: Option<Instant>,
+    /// The kinds of [`Trouble`] said about this process.
+    said: u8,
     /// Whether the arbiter gave up slowing the tenant down: it could not
     /// give it its priority back.
     given_up: bool,
+}
+
+/// What can go wrong with a tenant's process, each said once per process.
+#[derive(Clone, Copy, Debug)]
+enum Trouble {
+    /// More threads than [`MAX_THREADS`].
+    Crowded = 1,
+    /// Its CPU time cannot be read.
+    Unreadable = 2,
+    /// Its priority cannot be set.
+    Priority = 4,
 }
 
 impl Watch {
@@ -506,7 +539,8 @@ impl Watch {
             pid: 0,
             process: None,
             sampled: None,
-            said: false,
+            lost: None,
+            said: 0,
             given_up: false,
         });
         Watch {
@@ -530,7 +564,8 @@ impl Watch {
             self.apply(&slow, now.saturating_duration_since(last));
             last = now;
             let busy = usage.iter().flatten().any(|u| u.ran > 0);
-            std::thread::sleep(if busy { TICK } else { IDLE_TICK });
+            let spent = now.elapsed();
+            std::thread::sleep(if busy { TICK.max(spent * 4) } else { IDLE_TICK });
         }
         self.apply(&vec![false; self.places.len()], Duration::ZERO);
     }
@@ -569,8 +604,14 @@ impl Place {
     /// The usage of process `pid` (0: none) since the last sample; zero if
     /// the tenant is `idle` and was sampled less than [`IDLE_TICK`] ago.
     fn sample(&mut self, pid: u32, idle: bool, now: Instant) -> Option<Usage> {
-        if self.pid != pid {
-            self.follow(pid);
+        let retry = self
+            .lost
+            .is_some_and(|at| now.saturating_duration_since(at) >= IDLE_TICK);
+        if self.pid != pid || (retry && self.process.is_none()) {
+            self.follow(pid, now);
+        }
+        if self.lost.is_some() {
+            return None;
         }
         let recent = self
             .sampled
@@ -583,42 +624,57 @@ impl Place {
             Ok(usage) => {
                 self.sampled = Some(now);
                 if process.crowded {
-                    self.say(&format!(
-                        "its process runs more than {MAX_THREADS} threads; the arbiter reads \
-                         the waits of {MAX_THREADS}"
-                    ));
+                    self.say(
+                        Trouble::Crowded,
+                        &format!(
+                            "its process runs more than {MAX_THREADS} threads; the arbiter \
+                             reads the waits of {MAX_THREADS}"
+                        ),
+                    );
                 }
                 Some(usage)
             }
-            Err(e) => {
-                // The process has just ended (the supervisor will hear),
-                // or cannot be read: it is let go.
-                if e.kind() != io::ErrorKind::NotFound {
-                    self.say(&format!("cannot read its CPU time ({e})"));
-                }
+            // The process has just ended: the supervisor will hear.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.process = None;
+                None
+            }
+            Err(e) => {
+                self.say(
+                    Trouble::Unreadable,
+                    &format!("cannot read its CPU time ({e})"),
+                );
+                self.lost = Some(now);
                 None
             }
         }
     }
 
-    /// Follows process `pid` (0: none) instead of the one before.
-    fn follow(&mut self, pid: u32) {
+    /// Follows process `pid` (0: none) instead of the one before (which has
+    /// ended, or was lost and given its priority back).
+    fn follow(&mut self, pid: u32, now: Instant) {
+        if self.pid != pid {
+            self.said = 0;
+        }
         self.pid = pid;
-        self.sampled = None;
-        self.said = false;
         self.process = None;
+        self.sampled = None;
+        self.lost = None;
         if pid == 0 {
             return;
         }
         match Process::new(pid) {
             Ok(process) => self.process = Some(process),
-            Err(e) => self.say(&format!("cannot read the CPU time of process {pid} ({e})")),
+            Err(e) => {
+                let what = format!("cannot read the CPU time of process {pid} ({e})");
+                self.say(Trouble::Unreadable, &what);
+                self.lost = Some(now);
+            }
         }
     }
 
-    /// Slows the tenant's process down or not; counts `elapsed` as slowed
-    /// if it was.
+    /// Slows the tenant's process down or not (not if it was lost, which
+    /// is then let go); counts `elapsed` as slowed if it was.
     fn apply(&mut self, slow: bool, elapsed: Duration) {
         let Some(process) = &mut self.process else {
             return;
@@ -626,7 +682,7 @@ impl Place {
         if process.slowed {
             self.member.stats.slowed_for(elapsed);
         }
-        let slow = slow && !self.given_up;
+        let slow = slow && !self.given_up && self.lost.is_none();
         let nice = if slow {
             self.member.nice.saturating_add(SLOW_STEPS).min(19)
         } else {
@@ -634,15 +690,18 @@ impl Place {
         };
         if let Err(e) = process.set_priority(slow, nice) {
             self.given_up = true;
-            self.say(&format!(
-                "cannot set the priority of its process ({e}); not slowed again"
-            ));
+            let what = format!("cannot set the priority of its process ({e}); not slowed again");
+            self.say(Trouble::Priority, &what);
+        } else if self.lost.is_some() {
+            self.process = None;
         }
     }
 
-    /// Logs `what` went wrong with the tenant, once per process.
-    fn say(&mut self, what: &str) {
-        if !std::mem::replace(&mut self.said, true) {
+    /// Logs `what` went wrong with the tenant, once per kind and process.
+    fn say(&mut self, kind: Trouble, what: &str) {
+        let bit = kind as u8;
+        if self.said & bit == 0 {
+            self.said |= bit;
             warn!("fair sharing: tenant {}: {what}", self.member.stats.name());
         }
     }
@@ -760,7 +819,11 @@ mod tests {
         }
         // Both idle, then both busy in the same tick: the one that ran
         // 100 ms before is slowed down for nobody.
+        let quiet = Some(Usage::default());
+        policy.step(&[quiet, quiet], t);
         t += IDLE_AFTER * 2;
+        policy.step(&[quiet, quiet], t);
+        t += TICK;
         assert_eq!(
             policy.step(&[busy(1, false), busy(1, true)], t),
             [false, false]
@@ -770,6 +833,41 @@ mod tests {
             policy.step(&[busy(1, false), busy(1, true)], t),
             [false, false]
         );
+    }
+
+    #[test]
+    fn a_late_tick_keeps_the_lag() {
+        let mut policy = Policy::new(&[1, 1]);
+        let mut t = Instant::now();
+        assert_eq!(
+            policy.step(&[busy(2, false), busy(2, true)], t),
+            [false, false]
+        );
+        t += TICK;
+        assert_eq!(
+            policy.step(&[busy(4, false), busy(1, true)], t),
+            [false, false]
+        );
+        // The next tick comes 20 ms late: both were busy all along.
+        t += Duration::from_millis(20);
+        assert_eq!(
+            policy.step(&[busy(4, false), busy(1, true)], t),
+            [true, false]
+        );
+    }
+
+    #[test]
+    fn a_tenant_that_waits_without_running_is_not_idle() {
+        let mut policy = Policy::new(&[1, 1]);
+        let mut t = Instant::now();
+        policy.step(&[busy(2, false), busy(2, true)], t);
+        let starved = Some(Usage { ran: 0, waited: MS });
+        let mut slowed = Vec::new();
+        for _ in 0..10 {
+            t += TICK;
+            slowed = policy.step(&[busy(2, false), starved], t);
+        }
+        assert_eq!(slowed, [true, false]);
     }
 
     #[test]
@@ -842,8 +940,9 @@ mod tests {
         let mut child = child_in_own_group();
         let mut process = Process::new(child.id()).unwrap();
         let base = nice_of(child.id());
-        process.set_priority(true, base + SLOW_STEPS).unwrap();
-        assert_eq!(nice_of(child.id()), base + SLOW_STEPS);
+        let slowed = (base + SLOW_STEPS).min(19);
+        process.set_priority(true, slowed).unwrap();
+        assert_eq!(nice_of(child.id()), slowed);
         if may_renice() {
             process.set_priority(false, base).unwrap();
             assert_eq!(nice_of(child.id()), base);
@@ -857,17 +956,31 @@ mod tests {
     #[test]
     fn a_process_clock_counts_every_thread() {
         let mut process = Process::new(std::process::id()).unwrap();
-        let spin = |duration| {
-            let start = Instant::now();
-            while start.elapsed() < duration {
+        // A thread that ends before the sample counts too.
+        // It spins until it has used 20 ms: however loaded the machine,
+        // that much ran.
+        std::thread::spawn(|| {
+            while thread_cpu_time() < Duration::from_millis(20) {
                 std::hint::spin_loop();
             }
+        })
+        .join()
+        .unwrap();
+        assert!(process.sample(Instant::now()).unwrap().ran >= 20 * MS);
+    }
+
+    /// The CPU time of the calling thread.
+    fn thread_cpu_time() -> Duration {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
         };
-        // A thread that ends before the sample counts too.
-        std::thread::spawn(move || spin(Duration::from_millis(20)))
-            .join()
-            .unwrap();
-        assert!(process.sample(Instant::now()).unwrap().ran >= 15 * MS);
+        // SAFETY: writes `time`, a valid timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut time) };
+        Duration::new(
+            time.tv_sec.try_into().unwrap(),
+            time.tv_nsec.try_into().unwrap(),
+        )
     }
 
     #[test]

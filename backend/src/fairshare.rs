@@ -47,7 +47,7 @@
 //!   ([`crate::arbiter`]): with the rules above, a pair of tenants sharing
 //!   one CPU could still get 0.47 of a CPU each and the pair on the other
 //!   0.40 for as long as the balancer left them there (Jain index below
-//!   0.99 in about one run of `accel-fairness` in three). The arbiter reads
+//!   0.99 in about half the runs of `accel-fairness`). The arbiter reads
 //!   each process's CPU time from the kernel and lowers the priority of a
 //!   tenant ahead of one that waits until the other catches up.
 //!

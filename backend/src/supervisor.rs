@@ -342,12 +342,19 @@ impl Supervisor {
             };
             let status = match running.child.try_wait() {
                 Ok(Some(status)) => status,
-                Ok(None) => continue,
+                Ok(None) => {
+                    // It had not ended after all (waitid failed).
+                    let pid = running.child.id();
+                    self.watch(index, pid);
+                    continue;
+                }
                 Err(e) => {
                     warn!(
                         "tenant {}: cannot wait for its process: {e}",
                         slot.config.name
                     );
+                    let pid = running.child.id();
+                    self.watch(index, pid);
                     continue;
                 }
             };
