@@ -9,7 +9,7 @@ use accel_tests::harness::{guest_ram, Daemon};
 use accel_tests::reference;
 use accelctl::data::DataSource;
 use accelctl::run::{execute, Error, Job, Output};
-use accelctl::selftest::{SelfTest, SIZES};
+use accelctl::selftest::{Outcome, SelfTest, SIZES};
 use accelctl::{bench, report};
 use virtio_accel_spec::{DeflateFormat, Op, Status};
 
@@ -45,15 +45,53 @@ fn selftest_passes_every_check_on_the_daemon() {
     let report = SelfTest::new(&device, &mut data)
         .run(|_| seen += 1)
         .unwrap();
-    let failed: Vec<_> = report
+    let not_passed: Vec<_> = report
         .checks
         .iter()
-        .filter(|c| c.failure.is_some())
+        .filter(|c| c.outcome != Outcome::Passed)
         .collect();
-    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(not_passed.is_empty(), "{not_passed:#?}");
     // Every operation at every size, then objects and fences.
     assert_eq!(report.checks.len(), Op::ALL.len() * SIZES.len() + 3);
     assert_eq!(seen, report.checks.len());
+    assert!(report.passed(true));
+}
+
+#[test]
+fn selftest_lists_what_it_cannot_check_and_strict_makes_that_a_failure() {
+    const LIMIT: u64 = 64 * 1024;
+    let daemon = daemon_with_limit(LIMIT);
+    let device = daemon.connect(&guest_ram(64));
+    let mut data = DataSource::new(TestRng::new("selftest-skips").seed());
+    let report = SelfTest::new(&device, &mut data).run(|_| ()).unwrap();
+    // Every operation at every size is listed, those over the limit as not
+    // run, with the reason.
+    assert_eq!(report.checks.len(), Op::ALL.len() * SIZES.len() + 3);
+    let over: Vec<usize> = SIZES
+        .iter()
+        .copied()
+        .filter(|&size| (size + size / 8 + 1024) as u64 > LIMIT)
+        .collect();
+    assert!(!over.is_empty());
+    assert_eq!(report.skips(), Op::ALL.len() * over.len());
+    for check in &report.checks {
+        let too_large = over
+            .iter()
+            .any(|size| check.name.ends_with(&format!(" {size} B")));
+        match &check.outcome {
+            Outcome::Skipped(why) => {
+                assert!(too_large, "{} not run: {why}", check.name);
+                assert!(why.contains("max_buffer_size"), "{why}");
+            }
+            outcome => assert!(!too_large && *outcome == Outcome::Passed, "{check:?}"),
+        }
+    }
+    assert_eq!(report.failures(), 0);
+    assert!(report.passed(false));
+    assert!(
+        !report.passed(true),
+        "--strict must fail a run with checks not run"
+    );
 }
 
 #[test]

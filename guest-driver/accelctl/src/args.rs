@@ -74,6 +74,10 @@ pub enum Command {
         /// Seed of the random data (replays a run); from the clock by default.
         #[arg(long)]
         seed: Option<u64>,
+        /// Fail if any check does not run (an operation the device does not
+        /// offer, a size over its limit, objects or fences not negotiated).
+        #[arg(long)]
+        strict: bool,
     },
     /// Measure jobs/s and GB/s per operation and size.
     Bench(BenchArgs),

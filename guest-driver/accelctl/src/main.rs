@@ -12,7 +12,7 @@ use accelctl::bench;
 use accelctl::data::DataSource;
 use accelctl::report::{describe_device, supported_ops};
 use accelctl::run::execute;
-use accelctl::selftest::{self, SelfTest};
+use accelctl::selftest::{self, Outcome, SelfTest};
 use accelctl::target::{pci_address, pci_devices, AnyDevice, Target};
 use clap::Parser;
 use virtio_accel_spec::Op;
@@ -74,7 +74,7 @@ fn dispatch(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
         Command::List => list_command(args),
         Command::Bind { dry_run, force } => bind_command(args, *dry_run, *force),
         Command::Run(run) => run_command(args, run),
-        Command::Selftest { seed } => selftest_command(args, *seed),
+        Command::Selftest { seed, strict } => selftest_command(args, *seed, *strict),
         Command::Bench(bench) => bench_command(args, bench),
     }
 }
@@ -162,7 +162,11 @@ fn run_command(args: &Args, run: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     })
 }
 
-fn selftest_command(args: &Args, seed: Option<u64>) -> Result<ExitCode, Box<dyn Error>> {
+fn selftest_command(
+    args: &Args,
+    seed: Option<u64>,
+    strict: bool,
+) -> Result<ExitCode, Box<dyn Error>> {
     let device = open(args, SMALL_MEMORY)?;
     let mut data = seed.map_or_else(DataSource::from_clock, DataSource::new);
     println!(
@@ -170,17 +174,23 @@ fn selftest_command(args: &Args, seed: Option<u64>) -> Result<ExitCode, Box<dyn 
         data.seed(),
         data.seed()
     );
-    let report = SelfTest::new(&device, &mut data).run(|check| match &check.failure {
-        None => println!("ok    {}", check.name),
-        Some(why) => println!("FAIL  {}: {why}", check.name),
+    let report = SelfTest::new(&device, &mut data).run(|check| match &check.outcome {
+        Outcome::Passed => println!("ok    {}", check.name),
+        Outcome::Failed(why) => println!("FAIL  {}: {why}", check.name),
+        Outcome::Skipped(why) => println!("skip  {}: {why}", check.name),
     })?;
-    let failures = report.failures();
+    let (failures, skips) = (report.failures(), report.skips());
     println!(
-        "selftest: {} checks, {failures} failed, sizes {:?}",
+        "selftest: {} checks, {failures} failed, {skips} not run{}, sizes {:?}",
         report.checks.len(),
+        if strict && skips > 0 {
+            " (--strict: a failure)"
+        } else {
+            ""
+        },
         selftest::SIZES
     );
-    Ok(if report.passed() {
+    Ok(if report.passed(strict) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
