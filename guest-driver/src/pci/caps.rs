@@ -432,6 +432,7 @@ pub(crate) mod synth {
     pub(crate) fn qemu_like(device: u16) -> Vec<u8> {
         let mut c = header(VIRTIO_PCI_VENDOR_ID, device, 4096);
         c[pci_header::CAPABILITIES_POINTER] = 0x98;
+        c[pci_header::INTERRUPT_PIN] = 1;
         // MSI-X (ID 0x11), not a virtio capability.
         c[0x98] = 0x11;
         c[0x99] = 0x84;

@@ -28,6 +28,8 @@ pub mod pci_header {
     pub const STATUS: usize = 0x06;
     /// Capabilities pointer, u8 (header types 0 and 1).
     pub const CAPABILITIES_POINTER: usize = 0x34;
+    /// Interrupt pin, u8: 0 for none, 1 to 4 for INTA# to INTD#.
+    pub const INTERRUPT_PIN: usize = 0x3d;
     /// Command bit: respond to memory-space accesses (BARs).
     pub const COMMAND_MEMORY: u16 = 1 << 1;
     /// Command bit: the function may master the bus (DMA).

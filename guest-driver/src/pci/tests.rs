@@ -490,6 +490,26 @@ fn open_on_a_fake_sysfs_tree() {
 }
 
 #[test]
+fn a_function_without_an_interrupt_pin_is_polled() {
+    let FakeFunction {
+        fake: _fake,
+        dir,
+        options,
+        mem,
+    } = FakeFunction::new("pinless", UIO_DRIVER);
+    let mut config = fs::read(dir.join("config")).unwrap();
+    config[pci_header::INTERRUPT_PIN] = 0;
+    fs::write(dir.join("config"), &config).unwrap();
+    let intx = PciOptions {
+        poll: false,
+        ..options.clone()
+    };
+    // INTx would need /dev/uio0 (see above); with no pin the transport
+    // polls instead, and opens.
+    PciTransport::open(BDF, &mem, &intx).unwrap();
+}
+
+#[test]
 fn open_explains_a_missing_uio_binding() {
     let bdf = BDF;
     let FakeFunction {

@@ -283,7 +283,8 @@ impl PciTransport {
             }
         }
         let domain = sysfs::iommu_domain_type(root, bdf)?;
-        let wait = if options.poll {
+        let poll = options.poll || !has_interrupt_pin(&config, bdf, options.poll_interval);
+        let wait = if poll {
             None
         } else {
             let (line, lock) = open_uio(&uio, &sysfs::device_dir(root, bdf).join("config"), bdf)?;
@@ -307,11 +308,7 @@ impl PciTransport {
             "{bdf}: virtio-pci accel, {} queues, features {:#x}, {}",
             t.num_queues,
             t.offered,
-            if options.poll {
-                "polling"
-            } else {
-                "INTx via uio"
-            }
+            if poll { "polling" } else { "INTx via uio" }
         );
         Ok(t)
     }
@@ -718,4 +715,18 @@ impl Drop for PciTransport {
             log::error!("virtio-pci: reset on close failed: {e}");
         }
     }
+}
+
+/// Whether the function has an INTx pin; says once (for this open) that it
+/// will be polled if it has none, as under cloud-hypervisor, whose
+/// functions offer MSI-X only (which `uio_pci_generic` cannot deliver).
+fn has_interrupt_pin(config: &[u8], bdf: &str, poll_interval: Duration) -> bool {
+    let pin = config.get(pci_header::INTERRUPT_PIN).copied().unwrap_or(0);
+    if pin == 0 {
+        log::warn!(
+            "{bdf}: the function has no INTx pin (its VMM gave it none), so uio_pci_generic \
+             can deliver no interrupt: polling the used rings every {poll_interval:?} instead"
+        );
+    }
+    pin != 0
 }
