@@ -48,7 +48,8 @@ pub struct Args {
     #[arg(long, value_name = "BDF", global = true)]
     pub pci: Option<String>,
     /// Busy-poll the used rings instead of sleeping on the device's
-    /// interrupt (virtio-pci).
+    /// interrupt (virtio-pci; a function without an INTx pin, as under
+    /// cloud-hypervisor, is polled in any case).
     #[arg(long, global = true)]
     pub poll: bool,
     /// Seconds to wait for the device before giving up.

@@ -193,8 +193,8 @@ impl<'a, T: Transport> SelfTest<'a, T> {
             return Ok(());
         }
         Err(Outcome::Skipped(format!(
-            "VIRTIO_ACCEL_F_{name} was not negotiated (not offered to the driver: a VMM that \
-             does not pass the feature on, or a device without it)"
+            "VIRTIO_ACCEL_F_{name} was not negotiated (the device or the VMM did not offer \
+             it, or the driver did not ask for it)"
         )))
     }
 

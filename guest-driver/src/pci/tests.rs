@@ -500,13 +500,20 @@ fn a_function_without_an_interrupt_pin_is_polled() {
     let mut config = fs::read(dir.join("config")).unwrap();
     config[pci_header::INTERRUPT_PIN] = 0;
     fs::write(dir.join("config"), &config).unwrap();
+    // Bound to a uio device no host has: waiting for INTx would open it and fail.
+    let uio = dir.join("uio");
+    fs::rename(uio.join("uio0"), uio.join("uio4095")).unwrap();
     let intx = PciOptions {
         poll: false,
         ..options.clone()
     };
-    // INTx would need /dev/uio0 (see above); with no pin the transport
-    // polls instead, and opens.
+    // With no pin the transport polls instead, and opens.
     PciTransport::open(BDF, &mem, &intx).unwrap();
+    // With a pin it would have waited for INTx.
+    config[pci_header::INTERRUPT_PIN] = 1;
+    fs::write(dir.join("config"), &config).unwrap();
+    let err = PciTransport::open(BDF, &mem, &intx).unwrap_err();
+    assert!(err.to_string().contains("/dev/uio4095"), "{err}");
 }
 
 #[test]

@@ -151,6 +151,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct PciOptions {
     /// Busy-poll instead of waiting for INTx: `wait_interrupt` sleeps
     /// `poll_interval` and reports a (possible) interrupt. `/dev/uioN` is not used.
+    /// A function without an INTx pin is polled in any case.
     pub poll: bool,
     /// Sleep of one polling round.
     pub poll_interval: Duration,
@@ -283,7 +284,16 @@ impl PciTransport {
             }
         }
         let domain = sysfs::iommu_domain_type(root, bdf)?;
-        let poll = options.poll || !has_interrupt_pin(&config, bdf, options.poll_interval);
+        let pinless = interrupt_pin(&config) == 0;
+        if pinless && !options.poll {
+            log::warn!(
+                "{bdf}: the function has no INTx pin (its VMM gave it none, as \
+                 cloud-hypervisor does), so uio_pci_generic can deliver no interrupt: \
+                 polling the used rings every {:?} instead",
+                options.poll_interval
+            );
+        }
+        let poll = options.poll || pinless;
         let wait = if poll {
             None
         } else {
@@ -717,16 +727,8 @@ impl Drop for PciTransport {
     }
 }
 
-/// Whether the function has an INTx pin; says once (for this open) that it
-/// will be polled if it has none, as under cloud-hypervisor, whose
-/// functions offer MSI-X only (which `uio_pci_generic` cannot deliver).
-fn has_interrupt_pin(config: &[u8], bdf: &str, poll_interval: Duration) -> bool {
-    let pin = config.get(pci_header::INTERRUPT_PIN).copied().unwrap_or(0);
-    if pin == 0 {
-        log::warn!(
-            "{bdf}: the function has no INTx pin (its VMM gave it none), so uio_pci_generic \
-             can deliver no interrupt: polling the used rings every {poll_interval:?} instead"
-        );
-    }
-    pin != 0
+/// The function's INTx pin (0: none, as under cloud-hypervisor, whose
+/// functions offer MSI-X only, which `uio_pci_generic` cannot deliver).
+fn interrupt_pin(config: &[u8]) -> u8 {
+    config.get(pci_header::INTERRUPT_PIN).copied().unwrap_or(0)
 }
