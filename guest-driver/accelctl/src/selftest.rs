@@ -187,6 +187,14 @@ impl<'a, T: Transport> SelfTest<'a, T> {
             .then(|| format!("needs {needed} B, over the device's max_buffer_size of {limit} B"))
     }
 
+    /// `wanted` bytes, or fewer (at least 1) if the device's
+    /// `max_buffer_size` (§10) is smaller.
+    fn buffer_len(&self, wanted: usize) -> usize {
+        let limit = u64::from(self.device.config().max_buffer_size);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        wanted.min(limit).max(1)
+    }
+
     /// `Ok` if feature `bit` (`name`) was negotiated, else the skip.
     fn negotiated(&self, bit: u32, name: &str) -> Result<(), Outcome> {
         if self.device.has_feature(bit) {
@@ -524,10 +532,9 @@ impl<'a, T: Transport> SelfTest<'a, T> {
     /// previous one through the fence `submit` predicted (§6.2): the CRC
     /// must see the filled bytes, which only the dependencies guarantee.
     fn check_fence_chain(&mut self) -> Result<Verdict, Error> {
-        let limit = usize::try_from(u64::from(self.device.config().max_buffer_size));
-        let len = limit.unwrap_or(usize::MAX).min(4 << 20);
+        let len = self.buffer_len(4 << 20);
         let memory = self.device.memory();
-        let (a, b) = (memory.alloc(len.max(1))?, memory.alloc(len.max(1))?);
+        let (a, b) = (memory.alloc(len)?, memory.alloc(len)?);
         memory.fill(&a, 0)?;
         memory.fill(&b, 0)?;
         let pattern = 0xc3;
@@ -579,7 +586,7 @@ impl<'a, T: Transport> SelfTest<'a, T> {
     fn check_fences(&mut self) -> Result<Verdict, Error> {
         let last = self.device.num_request_queues().saturating_sub(1);
         let memory = self.device.memory();
-        let data = self.data.random(65536);
+        let data = self.data.random(self.buffer_len(65536));
         let (src, dst) = (memory.alloc(data.len())?, memory.alloc(data.len())?);
         memory.write(&src, 0, &data)?;
         let copy = Request::new(Op::Copy)
