@@ -715,6 +715,7 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    /// A tenant that ran `ran_ms` in the tick, and waited for a CPU or not.
     fn busy(ran_ms: u64, waited: bool) -> Option<Usage> {
         Some(Usage {
             ran: ran_ms * MS,
@@ -722,191 +723,145 @@ mod tests {
         })
     }
 
+    /// A tenant that neither ran nor waited.
+    const QUIET: Option<Usage> = Some(Usage { ran: 0, waited: 0 });
+
+    /// A policy fed one sample per tick, [`TICK`] apart unless told.
+    struct Ticks {
+        policy: Policy,
+        now: Instant,
+    }
+
+    impl Ticks {
+        fn new(weights: &[u32]) -> Self {
+            Ticks {
+                policy: Policy::new(weights),
+                now: Instant::now(),
+            }
+        }
+
+        /// The decisions at the next tick, which saw `usage`.
+        fn tick(&mut self, usage: &[Option<Usage>]) -> Vec<bool> {
+            self.after(TICK, usage)
+        }
+
+        /// The decisions at a tick `late` after the last.
+        fn after(&mut self, late: Duration, usage: &[Option<Usage>]) -> Vec<bool> {
+            self.now += late;
+            self.policy.step(usage, self.now)
+        }
+
+        /// `count` ticks of the same `usage`; the decisions of each.
+        fn run(&mut self, count: usize, usage: &[Option<Usage>]) -> Vec<Vec<bool>> {
+            (0..count).map(|_| self.tick(usage)).collect()
+        }
+    }
+
+    const NOBODY: [bool; 2] = [false, false];
+    const THE_FIRST: [bool; 2] = [true, false];
+
     #[test]
     fn a_tenant_ahead_of_one_that_waits_is_slowed_down() {
-        let mut policy = Policy::new(&[1, 1]);
-        let start = Instant::now();
-        assert_eq!(
-            policy.step(&[busy(2, false), busy(2, true)], start),
-            [false, false]
-        );
+        let mut ticks = Ticks::new(&[1, 1]);
+        assert_eq!(ticks.tick(&[busy(2, false), busy(2, true)]), NOBODY);
         // The first runs 5 ms more: within the lead, nobody is slowed.
-        let t = start + TICK;
-        assert_eq!(
-            policy.step(&[busy(6, false), busy(1, true)], t),
-            [false, false]
-        );
-        let t = t + TICK;
-        assert_eq!(
-            policy.step(&[busy(2, false), busy(1, true)], t),
-            [true, false]
-        );
+        assert_eq!(ticks.tick(&[busy(6, false), busy(1, true)]), NOBODY);
+        assert_eq!(ticks.tick(&[busy(2, false), busy(1, true)]), THE_FIRST);
         // Caught up: it runs at its priority again.
-        let t = t + TICK;
-        assert_eq!(
-            policy.step(&[busy(0, false), busy(4, true)], t),
-            [false, false]
-        );
+        assert_eq!(ticks.tick(&[busy(0, false), busy(4, true)]), NOBODY);
     }
 
     #[test]
     fn nobody_is_slowed_while_the_tenant_behind_does_not_wait() {
-        let mut policy = Policy::new(&[1, 1]);
-        let mut t = Instant::now();
-        for _ in 0..10 {
-            assert_eq!(
-                policy.step(&[busy(2, true), busy(1, false)], t),
-                [false, false]
-            );
-            t += TICK;
-        }
+        let mut ticks = Ticks::new(&[1, 1]);
+        let decisions = ticks.run(10, &[busy(2, true), busy(1, false)]);
+        assert!(decisions.iter().all(|d| *d == NOBODY), "{decisions:?}");
     }
 
     #[test]
     fn weights_set_the_lead_in_cpu_time() {
-        let mut policy = Policy::new(&[2, 1]);
-        let mut t = Instant::now();
+        let mut ticks = Ticks::new(&[2, 1]);
         // Weight 2 using twice the CPU time of weight 1 is even.
-        for _ in 0..10 {
-            assert_eq!(
-                policy.step(&[busy(4, false), busy(2, true)], t),
-                [false, false]
-            );
-            t += TICK;
-        }
+        let decisions = ticks.run(10, &[busy(4, false), busy(2, true)]);
+        assert!(decisions.iter().all(|d| *d == NOBODY), "{decisions:?}");
         // Beyond, it may run ahead by 5 ms of its CPU time, 2.5 ms of
         // virtual time.
-        assert_eq!(
-            policy.step(&[busy(7, false), busy(1, true)], t),
-            [false, false]
-        );
-        t += TICK;
-        assert_eq!(
-            policy.step(&[busy(4, false), busy(1, true)], t),
-            [true, false]
-        );
+        assert_eq!(ticks.tick(&[busy(7, false), busy(1, true)]), NOBODY);
+        assert_eq!(ticks.tick(&[busy(4, false), busy(1, true)]), THE_FIRST);
     }
 
     #[test]
     fn idling_banks_no_credit() {
-        let mut policy = Policy::new(&[1, 1]);
-        let mut t = Instant::now();
+        let mut ticks = Ticks::new(&[1, 1]);
         // The second tenant idles while the first runs 100 ms.
-        for _ in 0..50 {
-            policy.step(&[busy(2, false), Some(Usage::default())], t);
-            t += TICK;
-        }
+        ticks.run(50, &[busy(2, false), QUIET]);
         // Back, it starts level with the first: it does not slow it down
         // for the 100 ms it did not use.
-        assert_eq!(
-            policy.step(&[busy(1, false), busy(1, true)], t),
-            [false, false]
-        );
-        t += TICK;
-        assert_eq!(
-            policy.step(&[busy(1, false), busy(1, true)], t),
-            [false, false]
-        );
+        let decisions = ticks.run(2, &[busy(1, false), busy(1, true)]);
+        assert_eq!(decisions, [NOBODY, NOBODY]);
     }
 
     #[test]
     fn tenants_busy_again_together_start_level() {
-        let mut policy = Policy::new(&[1, 1]);
-        let mut t = Instant::now();
-        for _ in 0..50 {
-            policy.step(&[busy(2, false), Some(Usage::default())], t);
-            t += TICK;
-        }
+        let mut ticks = Ticks::new(&[1, 1]);
+        ticks.run(50, &[busy(2, false), QUIET]);
         // Both idle, then both busy in the same tick: the one that ran
         // 100 ms before is slowed down for nobody.
-        let quiet = Some(Usage::default());
-        policy.step(&[quiet, quiet], t);
-        t += IDLE_AFTER * 2;
-        policy.step(&[quiet, quiet], t);
-        t += TICK;
-        assert_eq!(
-            policy.step(&[busy(1, false), busy(1, true)], t),
-            [false, false]
-        );
-        t += TICK;
-        assert_eq!(
-            policy.step(&[busy(1, false), busy(1, true)], t),
-            [false, false]
-        );
+        ticks.tick(&[QUIET, QUIET]);
+        ticks.after(IDLE_AFTER * 2, &[QUIET, QUIET]);
+        let decisions = ticks.run(2, &[busy(1, false), busy(1, true)]);
+        assert_eq!(decisions, [NOBODY, NOBODY]);
     }
 
     #[test]
     fn a_late_tick_keeps_the_lag() {
-        let mut policy = Policy::new(&[1, 1]);
-        let mut t = Instant::now();
-        assert_eq!(
-            policy.step(&[busy(2, false), busy(2, true)], t),
-            [false, false]
-        );
-        t += TICK;
-        assert_eq!(
-            policy.step(&[busy(4, false), busy(1, true)], t),
-            [false, false]
-        );
+        let mut ticks = Ticks::new(&[1, 1]);
+        assert_eq!(ticks.tick(&[busy(2, false), busy(2, true)]), NOBODY);
+        assert_eq!(ticks.tick(&[busy(4, false), busy(1, true)]), NOBODY);
         // The next tick comes 20 ms late: both were busy all along.
-        t += Duration::from_millis(20);
+        let late = Duration::from_millis(20);
         assert_eq!(
-            policy.step(&[busy(4, false), busy(1, true)], t),
-            [true, false]
+            ticks.after(late, &[busy(4, false), busy(1, true)]),
+            THE_FIRST
         );
     }
 
     #[test]
     fn a_tenant_that_waits_without_running_is_not_idle() {
-        let mut policy = Policy::new(&[1, 1]);
-        let mut t = Instant::now();
-        policy.step(&[busy(2, false), busy(2, true)], t);
+        let mut ticks = Ticks::new(&[1, 1]);
+        ticks.tick(&[busy(2, false), busy(2, true)]);
         let starved = Some(Usage { ran: 0, waited: MS });
-        let mut slowed = Vec::new();
-        for _ in 0..10 {
-            t += TICK;
-            slowed = policy.step(&[busy(2, false), starved], t);
-        }
-        assert_eq!(slowed, [true, false]);
+        let decisions = ticks.run(10, &[busy(2, false), starved]);
+        assert_eq!(decisions.last(), Some(&THE_FIRST.to_vec()));
     }
 
     #[test]
     fn a_light_tenant_banks_a_bounded_lead() {
-        let mut policy = Policy::new(&[1, 1]);
-        let mut t = Instant::now();
+        let mut ticks = Ticks::new(&[1, 1]);
         // The second uses 0.1 ms per tick while the first uses 2 ms, for 1 s.
-        for _ in 0..500 {
-            let light = Some(Usage {
-                ran: MS / 10,
-                waited: 0,
-            });
-            policy.step(&[busy(2, false), light], t);
-            t += TICK;
-        }
+        let light = Some(Usage {
+            ran: MS / 10,
+            waited: 0,
+        });
+        ticks.run(500, &[busy(2, false), light]);
         // Then both flood: the first is slowed down (and, here, runs no
         // more) while the second uses its bounded credit, and runs again
         // once that is spent.
         let mut slowed_ticks = 0;
         for _ in 0..50 {
-            let slowed = policy.step(&[busy(2, true), busy(2, true)], t);
-            if slowed[0] {
+            if ticks.tick(&[busy(2, true), busy(2, true)])[0] {
                 slowed_ticks += 1;
-                policy.step(&[Some(Usage::default()), busy(2, true)], t);
+                ticks.after(Duration::ZERO, &[QUIET, busy(2, true)]);
             }
-            t += TICK;
         }
         assert!((1..=10).contains(&slowed_ticks), "{slowed_ticks}");
     }
 
     #[test]
     fn a_tenant_without_a_process_slows_nobody_down() {
-        let mut policy = Policy::new(&[1, 1]);
-        let t = Instant::now();
-        assert_eq!(policy.step(&[busy(9, false), None], t), [false, false]);
-        assert_eq!(
-            policy.step(&[busy(9, true), None], t + TICK),
-            [false, false]
-        );
+        let mut ticks = Ticks::new(&[1, 1]);
+        assert_eq!(ticks.tick(&[busy(9, false), None]), NOBODY);
+        assert_eq!(ticks.tick(&[busy(9, true), None]), NOBODY);
     }
 
     #[test]
