@@ -341,22 +341,20 @@ impl Supervisor {
                 continue;
             };
             let status = match running.child.try_wait() {
-                Ok(Some(status)) => status,
-                Ok(None) => {
-                    // It had not ended after all (waitid failed).
-                    let pid = running.child.id();
-                    self.watch(index, pid);
-                    continue;
-                }
+                Ok(status) => status,
                 Err(e) => {
                     warn!(
                         "tenant {}: cannot wait for its process: {e}",
                         slot.config.name
                     );
-                    let pid = running.child.id();
-                    self.watch(index, pid);
-                    continue;
+                    None
                 }
+            };
+            let Some(status) = status else {
+                // Not collected (waitid failed, or this did): still watched.
+                let pid = running.child.id();
+                self.watch(index, pid);
+                continue;
             };
             if now.duration_since(running.started) >= STABLE_LIFETIME {
                 slot.delay = RETRY_DELAY;
