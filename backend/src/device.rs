@@ -41,7 +41,7 @@ use crate::quota::{Admission, QuotaKind};
 use crate::ratelimit::TenantLog;
 use crate::sg::SgList;
 use crate::stats::TenantStats;
-use crate::tracking::{HeadSet, RingHistory, Slab};
+use crate::tracking::{HeadSet, Restart, RingHistory, Slab};
 
 /// Errors that stop processing of a queue (as opposed to a bad request, which
 /// only fails that request).
@@ -399,11 +399,59 @@ impl Device {
     }
 
     /// A ring stop (`GET_VRING_BASE`): quiesces the device (see
-    /// [`Device::stop`]); a ring whose history began before this instance is
-    /// judged again when it restarts (§11).
+    /// [`Device::stop`]) and records where the ring stopped, so that its
+    /// restart can show a reset (§11.2); a ring whose history began before
+    /// this instance is judged again when it restarts (§11).
     pub fn stop_ring(&mut self, vq: u16) {
         self.stop();
-        self.history.stopped(vq);
+        // Without vrings (no event on this connection yet) the device has
+        // taken nothing, and a stop at 0 is no evidence of anything.
+        let next_avail = self
+            .vrings
+            .get(usize::from(vq))
+            .map_or(0, |vring| vring.get_ref().get_queue().next_avail());
+        self.history.stopped(vq, next_avail);
+    }
+
+    /// The first look at a ring that stopped and started again: a driver's
+    /// reset that the front-end did not pass on as `RESET_DEVICE` shows as
+    /// every ring stopped and started again at index 0 (§11.2). The device
+    /// then resets as for `RESET_DEVICE`, keeping the features and memory
+    /// table the front-end has just sent for the new driver.
+    fn judge_restart(&mut self) {
+        let started: Vec<Option<u16>> = self
+            .vrings
+            .iter()
+            .map(|vring| {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                queue.ready().then(|| queue.next_avail())
+            })
+            .collect();
+        let at = |vq: u16| started.get(usize::from(vq)).copied().flatten();
+        match self.history.judge_restart(at) {
+            Restart::Resumed => {}
+            Restart::Reset => {
+                self.vmm_log(
+                    Level::Info,
+                    format_args!(
+                        "every ring stopped and started again at index 0: the driver reset \
+                         the device (§11.2)"
+                    ),
+                );
+                let features = self.features;
+                self.reset();
+                self.features = features;
+            }
+            Restart::Unclear { vq, stopped_at } => self.vmm_log(
+                Level::Warn,
+                format_args!(
+                    "virtqueue {vq} started again at index 0 after it stopped at \
+                     {stopped_at} while other rings ran on or resumed: not taken as a device reset \
+                     (§11.2)"
+                ),
+            ),
+        }
     }
 
     /// Remembers the vrings of the connection, for [`Device::stop`].
@@ -481,6 +529,9 @@ impl Device {
     /// Takes the available chains of virtqueue `vq` from `mem`; returns how
     /// many (0 if the ring cannot be read).
     fn drain_queue(&mut self, vq: u16, vring: &VringRwLock, mem: &Snapshot) -> usize {
+        if self.history.restarting(vq) {
+            self.judge_restart();
+        }
         let (chains, size) = {
             let mut state = vring.get_mut();
             let size = state.get_queue().size();

@@ -75,5 +75,7 @@ pub use device::{
 pub use memory::{DmaBuf, DmaMemory, MemoryRegion};
 pub use pci::{PciOptions, PciTransport};
 pub use transport::Transport;
-pub use vhost_user::{VhostUserOptions, VhostUserTransport};
+pub use vhost_user::{
+    FrontendModel, VhostUserOptions, VhostUserTransport, CLOUD_HYPERVISOR_FEATURES,
+};
 pub use virtqueue::{Descriptor, QueueAddresses, RawDesc, RawNext, SplitQueue, Used};

@@ -11,6 +11,10 @@
 //!
 //! vhost-user ring addresses are addresses in the frontend's address space;
 //! the transport translates the guest-physical ring addresses it is given.
+//!
+//! How it starts and stops the rings follows a [`FrontendModel`]: its own
+//! order, or the exact message sequences of QEMU's and cloud-hypervisor's
+//! generic vhost-user devices, so that tests meet the daemon as those VMMs do.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -92,6 +96,17 @@ pub enum Error {
         /// Guest-physical address.
         gpa: u64,
     },
+    /// A ring was named that the device core has not set up.
+    #[error("virtqueue {0} is not set up")]
+    NotSetUp(u16),
+    /// `GET_VRING_BASE` answered an index a split ring cannot have.
+    #[error("GET_VRING_BASE of virtqueue {queue} answered {base}")]
+    BadBase {
+        /// Virtqueue index.
+        queue: u16,
+        /// The answer.
+        base: u32,
+    },
     /// The configuration reply has the wrong size.
     #[error("GET_CONFIG returned {got} bytes, {expected} expected")]
     ConfigSize {
@@ -115,6 +130,48 @@ fn request(request: &'static str) -> impl FnOnce(vhost::Error) -> Error {
     move |source| Error::Request { request, source }
 }
 
+/// The transport feature bits cloud-hypervisor's generic vhost-user device
+/// passes between driver and back-end (its `DEFAULT_VIRTIO_FEATURES`, v53):
+/// INDIRECT_DESC, EVENT_IDX, VERSION_1, IN_ORDER, ORDER_PLATFORM,
+/// NOTIFICATION_DATA, and vhost-user's PROTOCOL_FEATURES and LOG_ALL.
+pub const CLOUD_HYPERVISOR_FEATURES: u64 = (1 << 28)
+    | (1 << 29)
+    | (1 << 32)
+    | (1 << 35)
+    | (1 << 36)
+    | (1 << 38)
+    | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    | VhostUserVirtioFeatures::LOG_ALL.bits();
+
+/// Whose message sequences the transport sends to start and stop the rings
+/// (spec §11.2 tells a reset from a pause by them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrontendModel {
+    /// This crate's own: `SET_FEATURES` and `SET_MEM_TABLE` at FEATURES_OK,
+    /// each ring set up (`NUM`, `ADDR`, `BASE`, `CALL`, `KICK`, `ENABLE` 1) as
+    /// the device core sets it up; a stop is `ENABLE` 0 and `GET_VRING_BASE`
+    /// ring by ring, and a reset sends `RESET_DEVICE` after it when
+    /// negotiated.
+    #[default]
+    Own,
+    /// QEMU's generic vhost-user device (`vhost_dev_start` at DRIVER_OK):
+    /// `SET_FEATURES`, `SET_MEM_TABLE`, per ring `NUM`, `BASE`, `ADDR`,
+    /// `KICK`, `CALL`; then `ENABLE` 1 on every ring and `CALL` again on
+    /// each. A stop (`vhost_dev_stop`): `ENABLE` 0 on every ring, then
+    /// `GET_VRING_BASE` on each.
+    Qemu {
+        /// Whether a reset then sends `RESET_DEVICE` (the project's QEMU
+        /// patch); stock QEMU sends none.
+        forwards_reset: bool,
+    },
+    /// cloud-hypervisor's generic vhost-user device (v53): the driver is
+    /// offered only [`CLOUD_HYPERVISOR_FEATURES`] of the back-end's bits. At
+    /// DRIVER_OK: `SET_FEATURES`, `SET_MEM_TABLE`, `NUM` on every ring, per
+    /// ring `ADDR`, `BASE`, `CALL`, `KICK`; then `ENABLE` 1 on every ring. A
+    /// stop: `ENABLE` 0 and `GET_VRING_BASE`, ring by ring. No `RESET_DEVICE`.
+    CloudHypervisor,
+}
+
 /// Connection options.
 #[derive(Debug, Clone)]
 pub struct VhostUserOptions {
@@ -125,6 +182,28 @@ pub struct VhostUserOptions {
     pub protocol_features: VhostUserProtocolFeatures,
     /// How long to retry connecting while the socket does not exist or refuses.
     pub connect_timeout: Duration,
+    /// Whose message sequences to send.
+    pub model: FrontendModel,
+}
+
+impl VhostUserOptions {
+    /// The options of a VMM `model`, with the protocol features it
+    /// acknowledges among ours (cloud-hypervisor does not know
+    /// `RESET_DEVICE`).
+    pub fn of(model: FrontendModel) -> Self {
+        let defaults = VhostUserOptions::default();
+        let protocol_features = match model {
+            FrontendModel::CloudHypervisor => {
+                defaults.protocol_features - VhostUserProtocolFeatures::RESET_DEVICE
+            }
+            FrontendModel::Own | FrontendModel::Qemu { .. } => defaults.protocol_features,
+        };
+        VhostUserOptions {
+            protocol_features,
+            model,
+            ..defaults
+        }
+    }
 }
 
 impl Default for VhostUserOptions {
@@ -136,12 +215,26 @@ impl Default for VhostUserOptions {
                 | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::RESET_DEVICE,
             connect_timeout: Duration::from_secs(5),
+            model: FrontendModel::Own,
         }
     }
 }
 
+/// The messages that describe one ring to the back-end.
+#[derive(Debug, Clone, Copy)]
+enum RingMessage {
+    Num,
+    Addr,
+    Base,
+    Call,
+    Kick,
+}
+
+/// A virtqueue the device core has set up.
 #[derive(Debug)]
 struct QueueEvents {
+    /// Its ring addresses, guest-physical.
+    addrs: QueueAddresses,
     kick: EventFd,
     call: EventFd,
     kicks: AtomicU64,
@@ -166,6 +259,9 @@ pub struct VhostUserTransport {
     num_queues: u16,
     queue_size: u16,
     queues: Vec<Option<QueueEvents>>,
+    model: FrontendModel,
+    /// The features the driver accepted, for models that send them at DRIVER_OK.
+    driver_features: u64,
 }
 
 /// Virtio feature bit that vhost-user borrows for protocol features.
@@ -218,6 +314,7 @@ impl std::fmt::Debug for VhostUserTransport {
             .field("protocol_features", &self.protocol_features)
             .field("num_queues", &self.num_queues)
             .field("queue_size", &self.queue_size)
+            .field("model", &self.model)
             .finish_non_exhaustive()
     }
 }
@@ -286,6 +383,8 @@ impl VhostUserTransport {
             num_queues,
             queue_size: options.queue_size,
             queues: (0..num_queues).map(|_| None).collect(),
+            model: options.model,
+            driver_features: 0,
         })
     }
 
@@ -361,20 +460,165 @@ impl VhostUserTransport {
     }
 }
 
+/// Ring setup and teardown in the order of the transport's [`FrontendModel`].
+impl VhostUserTransport {
+    /// The virtqueues set up, in index order.
+    fn set_up(&self) -> Vec<u16> {
+        (0u16..)
+            .zip(&self.queues)
+            .filter_map(|(index, queue)| queue.as_ref().map(|_| index))
+            .collect()
+    }
+
+    fn send_features_and_memory(&self) -> Result<()> {
+        self.frontend
+            .set_features(self.driver_features | PROTOCOL_FEATURES_BIT)
+            .map_err(request("SET_FEATURES"))?;
+        self.set_mem_table()
+    }
+
+    fn ring(&self, queue: u16) -> Result<&QueueEvents> {
+        self.queues
+            .get(usize::from(queue))
+            .and_then(Option::as_ref)
+            .ok_or(Error::NotSetUp(queue))
+    }
+
+    /// Describes virtqueue `queue` to the back-end, to start at `base`:
+    /// every message but `ENABLE`, in the model's order (cloud-hypervisor
+    /// sends `NUM` for every ring before, [`VhostUserTransport::start_rings`]).
+    fn send_ring(&self, queue: u16, base: u16) -> Result<()> {
+        use RingMessage::{Addr, Base, Call, Kick, Num};
+        let order: &[RingMessage] = match self.model {
+            FrontendModel::Own => &[Num, Addr, Base, Call, Kick],
+            FrontendModel::Qemu { .. } => &[Num, Base, Addr, Kick, Call],
+            FrontendModel::CloudHypervisor => &[Addr, Base, Call, Kick],
+        };
+        order
+            .iter()
+            .try_for_each(|&message| self.send_ring_message(queue, message, base))
+    }
+
+    fn send_ring_message(&self, queue: u16, message: RingMessage, base: u16) -> Result<()> {
+        let ring = self.ring(queue)?;
+        let (f, index) = (&self.frontend, usize::from(queue));
+        match message {
+            RingMessage::Num => f
+                .set_vring_num(index, ring.addrs.size)
+                .map_err(request("SET_VRING_NUM")),
+            RingMessage::Addr => f
+                .set_vring_addr(index, &self.vring_config(queue, &ring.addrs)?)
+                .map_err(request("SET_VRING_ADDR")),
+            RingMessage::Base => f
+                .set_vring_base(index, base)
+                .map_err(request("SET_VRING_BASE")),
+            RingMessage::Call => f
+                .set_vring_call(index, &ring.call)
+                .map_err(request("SET_VRING_CALL")),
+            RingMessage::Kick => f
+                .set_vring_kick(index, &ring.kick)
+                .map_err(request("SET_VRING_KICK")),
+        }
+    }
+
+    /// `SET_VRING_ADDR`'s description of a ring: addresses in this process.
+    fn vring_config(&self, queue: u16, addrs: &QueueAddresses) -> Result<VringConfigData> {
+        Ok(VringConfigData {
+            queue_max_size: addrs.size,
+            queue_size: addrs.size,
+            flags: 0,
+            desc_table_addr: self.host_addr(queue, addrs.desc)?,
+            used_ring_addr: self.host_addr(queue, addrs.used)?,
+            avail_ring_addr: self.host_addr(queue, addrs.avail)?,
+            log_addr: None,
+        })
+    }
+
+    fn enable_ring(&mut self, queue: u16, enable: bool) -> Result<()> {
+        self.frontend
+            .set_vring_enable(usize::from(queue), enable)
+            .map_err(request("SET_VRING_ENABLE"))
+    }
+
+    /// Starts every virtqueue set up, at `bases` (one per ring, in index
+    /// order), as the model does at DRIVER_OK or when it resumes a paused
+    /// VM: with the features and the memory table first, except for the
+    /// transport's own model, which sent them at FEATURES_OK.
+    pub fn start_rings(&mut self, bases: &[u16]) -> Result<()> {
+        let rings = self.set_up();
+        if self.model != FrontendModel::Own {
+            self.send_features_and_memory()?;
+        }
+        if self.model == FrontendModel::CloudHypervisor {
+            for &queue in &rings {
+                self.send_ring_message(queue, RingMessage::Num, 0)?;
+            }
+        }
+        for (&queue, &base) in rings.iter().zip(bases) {
+            self.send_ring(queue, base)?;
+            if self.model == FrontendModel::Own {
+                self.enable_ring(queue, true)?;
+            }
+        }
+        if self.model != FrontendModel::Own {
+            for &queue in &rings {
+                self.enable_ring(queue, true)?;
+            }
+        }
+        if let FrontendModel::Qemu { .. } = self.model {
+            // QEMU unmasks the guest notifiers: the call eventfds once more.
+            for &queue in &rings {
+                self.send_ring_message(queue, RingMessage::Call, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every virtqueue set up, as the model does when the driver
+    /// resets the device or the VM pauses; returns where each ring stopped
+    /// (`GET_VRING_BASE`), in index order. The rings stay described, so
+    /// that [`VhostUserTransport::start_rings`] can start them again.
+    pub fn stop_rings(&mut self) -> Result<Vec<u16>> {
+        let rings = self.set_up();
+        if let FrontendModel::Qemu { .. } = self.model {
+            for &queue in &rings {
+                self.enable_ring(queue, false)?;
+            }
+        }
+        let mut bases = Vec::with_capacity(rings.len());
+        for &queue in &rings {
+            if !matches!(self.model, FrontendModel::Qemu { .. }) {
+                self.enable_ring(queue, false)?;
+            }
+            let base = self
+                .frontend
+                .get_vring_base(usize::from(queue))
+                .map_err(request("GET_VRING_BASE"))?;
+            // A split ring's index is 16 bits; the message carries 32.
+            bases.push(u16::try_from(base).map_err(|_| Error::BadBase { queue, base })?);
+        }
+        Ok(bases)
+    }
+}
+
 impl Transport for VhostUserTransport {
     fn memory(&self) -> &DmaMemory {
         &self.memory
     }
 
     fn device_features(&self) -> u64 {
-        self.backend_features & !PROTOCOL_FEATURES_BIT
+        let passed = match self.model {
+            FrontendModel::CloudHypervisor => CLOUD_HYPERVISOR_FEATURES,
+            FrontendModel::Own | FrontendModel::Qemu { .. } => u64::MAX,
+        };
+        self.backend_features & passed & !PROTOCOL_FEATURES_BIT
     }
 
     fn set_driver_features(&mut self, features: u64) -> transport::Result<()> {
-        self.frontend
-            .set_features(features | PROTOCOL_FEATURES_BIT)
-            .map_err(request("SET_FEATURES"))?;
-        self.set_mem_table()?;
+        self.driver_features = features;
+        if self.model == FrontendModel::Own {
+            self.send_features_and_memory()?;
+        }
         Ok(())
     }
 
@@ -414,41 +658,28 @@ impl Transport for VhostUserTransport {
         if queue >= self.num_queues {
             return Err(transport::Error::InvalidQueue(queue));
         }
-        let index = usize::from(queue);
-        let config = VringConfigData {
-            queue_max_size: addrs.size,
-            queue_size: addrs.size,
-            flags: 0,
-            desc_table_addr: self.host_addr(queue, addrs.desc)?,
-            used_ring_addr: self.host_addr(queue, addrs.used)?,
-            avail_ring_addr: self.host_addr(queue, addrs.avail)?,
-            log_addr: None,
-        };
-        let events = QueueEvents {
+        // Checked now, so that a ring outside the memory fails at its setup.
+        self.vring_config(queue, addrs)?;
+        self.queues[usize::from(queue)] = Some(QueueEvents {
+            addrs: *addrs,
             kick: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
             call: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
             kicks: AtomicU64::new(0),
             interrupts: AtomicU64::new(0),
-        };
-        let f = &mut self.frontend;
-        f.set_vring_num(index, addrs.size)
-            .map_err(request("SET_VRING_NUM"))?;
-        f.set_vring_addr(index, &config)
-            .map_err(request("SET_VRING_ADDR"))?;
-        f.set_vring_base(index, 0)
-            .map_err(request("SET_VRING_BASE"))?;
-        f.set_vring_call(index, &events.call)
-            .map_err(request("SET_VRING_CALL"))?;
-        f.set_vring_kick(index, &events.kick)
-            .map_err(request("SET_VRING_KICK"))?;
-        f.set_vring_enable(index, true)
-            .map_err(request("SET_VRING_ENABLE"))?;
-        self.queues[index] = Some(events);
+        });
+        if self.model == FrontendModel::Own {
+            self.send_ring(queue, 0)?;
+            self.enable_ring(queue, true)?;
+        }
         Ok(())
     }
 
     fn activate(&mut self) -> transport::Result<()> {
-        Ok(())
+        if self.model == FrontendModel::Own {
+            return Ok(());
+        }
+        let zeros = vec![0; self.set_up().len()];
+        Ok(self.start_rings(&zeros)?)
     }
 
     fn notify(&self, queue: u16) -> transport::Result<()> {
@@ -486,21 +717,17 @@ impl Transport for VhostUserTransport {
     }
 
     fn reset(&mut self) -> transport::Result<()> {
-        for index in 0..self.queues.len() {
-            if self.queues[index].is_none() {
-                continue;
-            }
-            self.frontend
-                .set_vring_enable(index, false)
-                .map_err(request("SET_VRING_ENABLE"))?;
-            self.frontend
-                .get_vring_base(index)
-                .map_err(request("GET_VRING_BASE"))?;
-            self.queues[index] = None;
-        }
-        if self
-            .protocol_features
-            .contains(VhostUserProtocolFeatures::RESET_DEVICE)
+        self.stop_rings()?;
+        self.queues.iter_mut().for_each(|queue| *queue = None);
+        let sends_reset = match self.model {
+            FrontendModel::Own => true,
+            FrontendModel::Qemu { forwards_reset } => forwards_reset,
+            FrontendModel::CloudHypervisor => false,
+        };
+        if sends_reset
+            && self
+                .protocol_features
+                .contains(VhostUserProtocolFeatures::RESET_DEVICE)
         {
             self.frontend
                 .reset_device()

@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use accel_driver::{
-    Buffer, DmaBuf, DmaMemory, OpenOptions, Request, VhostUserOptions, VhostUserTransport,
-    DEFAULT_FEATURES,
+    Buffer, DmaBuf, DmaMemory, FrontendModel, OpenOptions, Request, VhostUserOptions,
+    VhostUserTransport, DEFAULT_FEATURES,
 };
 use accel_tests::data::TestRng;
 use accel_tests::harness::{guest_ram, tenant, AccelDevice, Daemon};
@@ -321,15 +321,98 @@ fn daemon_at_full_priority() -> Daemon {
     Daemon::start_config(config).remove(0)
 }
 
-/// A short request that checks the device serves.
+/// A short request that checks the device serves; its fence's number.
 fn served(device: &AccelDevice, memory: &DmaMemory) -> u64 {
+    served_on(device, memory, 0)
+}
+
+/// [`served`] on request queue `queue`.
+fn served_on(device: &AccelDevice, memory: &DmaMemory, queue: u16) -> u64 {
     let buf = memory.alloc(16).unwrap();
     let done = device
-        .run(0, &Request::new(Op::Sha256).input(Buffer::direct(&buf)))
+        .run(queue, &Request::new(Op::Sha256).input(Buffer::direct(&buf)))
         .unwrap()
         .check()
         .unwrap();
     u64::from(done.fence().seqno)
+}
+
+/// §11.2: a VMM that does not send `RESET_DEVICE` shows a driver's reset as
+/// every ring stopped and started again at index 0, in its own message order
+/// ([`FrontendModel`]). Three drivers in turn on one connection (as three
+/// `accelctl` runs in one boot): each finds fences numbered from 1 and none
+/// of the previous driver's objects.
+fn drivers_in_turn_each_find_a_reset_device(model: FrontendModel) {
+    let daemon = Daemon::start();
+    let memory = guest_ram(16);
+    let options = VhostUserOptions::of(model);
+    let mut transport =
+        VhostUserTransport::connect_with(daemon.socket(), &memory, &options).unwrap();
+    let mut objects = Vec::new();
+    for driver in 0..3 {
+        let device = AccelDevice::open_with(transport, &OpenOptions::default()).unwrap();
+        for object in &objects {
+            let err = device.destroy_object(*object).unwrap_err();
+            assert_eq!(err.status(), Some(Status::NoObject), "driver {driver}");
+        }
+        assert_eq!(
+            served_on(&device, &memory, 0),
+            1,
+            "driver {driver}, queue 0"
+        );
+        assert_eq!(
+            served_on(&device, &memory, 0),
+            2,
+            "driver {driver}, queue 0"
+        );
+        assert_eq!(
+            served_on(&device, &memory, 1),
+            1,
+            "driver {driver}, queue 1"
+        );
+        if device.has_feature(virtio_accel_spec::VIRTIO_ACCEL_F_OBJECTS) {
+            let buf = memory.alloc(4096).unwrap();
+            objects.push(device.create_object(&[(buf.gpa(), 4096)]).unwrap());
+        }
+        transport = device.close().unwrap();
+    }
+}
+
+#[test]
+fn drivers_in_turn_under_cloud_hypervisor_each_find_a_reset_device() {
+    drivers_in_turn_each_find_a_reset_device(FrontendModel::CloudHypervisor);
+}
+
+#[test]
+fn drivers_in_turn_under_stock_qemu_each_find_a_reset_device() {
+    drivers_in_turn_each_find_a_reset_device(FrontendModel::Qemu {
+        forwards_reset: false,
+    });
+}
+
+/// §11.2: a paused VM (QEMU's stop and cont: every ring stopped, then
+/// started again where it stopped) is not a reset: fences and objects go on.
+#[test]
+fn a_paused_vm_resumes_with_its_fences_and_objects() {
+    let daemon = Daemon::start();
+    let memory = guest_ram(16);
+    let options = VhostUserOptions::of(FrontendModel::Qemu {
+        forwards_reset: false,
+    });
+    let transport = VhostUserTransport::connect_with(daemon.socket(), &memory, &options).unwrap();
+    let mut device = AccelDevice::open_with(transport, &OpenOptions::default()).unwrap();
+    let buf = memory.alloc(4096).unwrap();
+    let object = device.create_object(&[(buf.gpa(), 4096)]).unwrap();
+    assert_eq!(served(&device, &memory), 1);
+    assert_eq!(served(&device, &memory), 2);
+    for _ in 0..2 {
+        let transport = device.transport_mut();
+        let bases = transport.stop_rings().unwrap();
+        assert_eq!(bases.len(), 1 + usize::from(device.num_request_queues()));
+        device.transport_mut().start_rings(&bases).unwrap();
+    }
+    assert_eq!(served(&device, &memory), 3, "the fences went on");
+    device.destroy_object(object).unwrap();
 }
 
 /// §11: the connection ends in the middle of a long job; the daemon cancels
