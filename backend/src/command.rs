@@ -10,6 +10,7 @@ use thiserror::Error;
 use virtio_accel_spec::op::UnknownOp;
 use virtio_accel_spec::{
     BufRef, ControlCommand, CtrlReq, Fence, MemSeg, Op, Req, Status, DIRECT_HANDLE,
+    VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS,
 };
 use vm_memory::ByteValued;
 
@@ -155,6 +156,8 @@ pub struct Request {
 /// A decoded control command (§7).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
+    /// §7.5: the capability bits the driver asks for.
+    Capabilities(u64),
     /// §7.1: (guest-physical address, length) segments.
     ObjectCreate(Vec<(u64, u64)>),
     /// §7.2.
@@ -163,6 +166,17 @@ pub enum Control {
     FenceQuery(FenceId),
     /// §7.4.
     FenceWait(Vec<FenceId>),
+}
+
+impl Control {
+    /// The capability (feature bit number, §3) the command needs, if any.
+    pub fn capability(&self) -> Option<u32> {
+        match self {
+            Control::Capabilities(_) => None,
+            Control::ObjectCreate(_) | Control::ObjectDestroy(_) => Some(VIRTIO_ACCEL_F_OBJECTS),
+            Control::FenceQuery(_) | Control::FenceWait(_) => Some(VIRTIO_ACCEL_F_FENCES),
+        }
+    }
 }
 
 /// Copies one `T` off the front of `list`.
@@ -267,6 +281,12 @@ pub fn decode_control(readable: &mut SgList, limits: &Limits) -> Result<Control,
         }
     };
     match command {
+        ControlCommand::Capabilities => {
+            if count != 0 {
+                return Err(DecodeError::Reserved("CAPABILITIES count"));
+            }
+            Ok(Control::Capabilities(arg))
+        }
         ControlCommand::ObjectCreate => {
             no_arg("OBJECT_CREATE arg")?;
             if count == 0 {

@@ -121,6 +121,9 @@ pub struct Device {
     config: TenantConfig,
     ops: u32,
     features: u64,
+    /// Capabilities the driver enabled with CAPABILITIES (§7.5), beside
+    /// those it negotiated as feature bits (§3).
+    capabilities: u64,
     hw_queues: Vec<Box<dyn HwQueue>>,
     objects: ObjectTable,
     fences: Fences<u64>,
@@ -189,6 +192,8 @@ pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 const RESP_SIZE: usize = std::mem::size_of::<Resp>();
 const CTRL_RESP_SIZE: usize = std::mem::size_of::<CtrlResp>();
+/// The capabilities of §3 the device has: every one defined.
+pub const CAPABILITIES: u64 = (1 << VIRTIO_ACCEL_F_OBJECTS) | (1 << VIRTIO_ACCEL_F_FENCES);
 /// Used length of an answered control command (§7).
 const CTRL_USED_LEN: u32 = 16;
 const _: () = assert!(CTRL_USED_LEN as usize == CTRL_RESP_SIZE);
@@ -212,6 +217,7 @@ impl Device {
         Ok(Device {
             ops: engine.capabilities(),
             features: 0,
+            capabilities: 0,
             hw_queues,
             objects: ObjectTable::new(config.limits, Arc::clone(&tenant.stats)),
             fences: Fences::new(config.request_queues),
@@ -331,6 +337,7 @@ impl Device {
         self.busy_heads.clear();
         self.history.clear();
         self.features = 0;
+        self.capabilities = 0;
         self.stats.set_inflight(0);
     }
 
@@ -461,8 +468,10 @@ impl Device {
         }
     }
 
-    fn has_feature(&self, bit: u32) -> bool {
-        self.features & (1 << bit) != 0
+    /// Whether capability `bit` is enabled: negotiated as a feature bit or
+    /// enabled with CAPABILITIES (§3).
+    fn has_capability(&self, bit: u32) -> bool {
+        (self.features | self.capabilities) & (1 << bit) != 0
     }
 
     fn guest_error(&self, args: fmt::Arguments<'_>) {
@@ -677,7 +686,7 @@ impl Device {
         if self.ops & op.capability() == 0 {
             return Err(Status::Unsupported);
         }
-        if !request.deps.is_empty() && !self.has_feature(VIRTIO_ACCEL_F_FENCES) {
+        if !request.deps.is_empty() && !self.has_capability(VIRTIO_ACCEL_F_FENCES) {
             return Err(Status::Unsupported);
         }
         for dep in &request.deps {
@@ -746,7 +755,7 @@ impl Device {
                 offset,
                 len,
             } => {
-                if !self.has_feature(VIRTIO_ACCEL_F_OBJECTS) {
+                if !self.has_capability(VIRTIO_ACCEL_F_OBJECTS) {
                     return Err(Status::Unsupported);
                 }
                 let resolved = self
@@ -987,14 +996,13 @@ impl Device {
 
     /// Runs a command.
     fn run_control(&mut self, command: Control, mem: &Snapshot) -> Result<ControlOutcome, Status> {
-        let needed = match command {
-            Control::ObjectCreate(_) | Control::ObjectDestroy(_) => VIRTIO_ACCEL_F_OBJECTS,
-            Control::FenceQuery(_) | Control::FenceWait(_) => VIRTIO_ACCEL_F_FENCES,
-        };
-        if !self.has_feature(needed) {
-            return Err(Status::Unsupported);
+        if let Some(needed) = command.capability() {
+            if !self.has_capability(needed) {
+                return Err(Status::Unsupported);
+            }
         }
         let result = match command {
+            Control::Capabilities(asked) => Ok(self.enable_capabilities(asked)),
             Control::ObjectCreate(segments) => {
                 let admission = lock(&self.admission);
                 self.objects
@@ -1021,6 +1029,15 @@ impl Device {
                 e.status()
             }
         })
+    }
+
+    /// CAPABILITIES (§7.5): enables those of `asked` the device has (it
+    /// ignores the others) and returns every capability enabled, those
+    /// negotiated as feature bits included. Enabled capabilities stay so
+    /// until the device is reset.
+    fn enable_capabilities(&mut self, asked: u64) -> u64 {
+        self.capabilities |= asked & CAPABILITIES;
+        (self.features | self.capabilities) & CAPABILITIES
     }
 
     /// Checks a FENCE_WAIT (§7.4): done at once, or the fences still to signal.

@@ -70,7 +70,7 @@ mod testing;
 
 pub use device::{
     feature, Buffer, Completion, ControlCompletion, Device, Object, OpenOptions, Request,
-    DEFAULT_FEATURES,
+    CAPABILITIES, DEFAULT_FEATURES,
 };
 pub use memory::{DmaBuf, DmaMemory, MemoryRegion};
 pub use pci::{PciOptions, PciTransport};

@@ -14,6 +14,8 @@ pub struct UnknownCommand(pub u32);
 wire_enum! {
     /// Control commands, in `cmd` of a [`CtrlReq`] (§7).
     pub enum ControlCommand: u32, UnknownCommand {
+        /// §7.5: enable capabilities (objects, fences) and learn which are enabled.
+        Capabilities = 0x001,
         /// §7.1: make an object of guest memory segments.
         ObjectCreate = 0x100,
         /// §7.2: destroy an object; its memory is released once the requests using it complete.
@@ -33,7 +35,8 @@ pub struct CtrlReq {
     pub cmd: Le32,
     /// Number of [`MemSeg`]s or [`Fence`](crate::Fence)s that follow.
     pub count: Le32,
-    /// Command argument: the handle for OBJECT_DESTROY, else zero.
+    /// Command argument: the capabilities asked for by CAPABILITIES, the
+    /// handle for OBJECT_DESTROY, else zero.
     pub arg: Le64,
 }
 assert_wire_size!(CtrlReq, 16);
@@ -78,7 +81,8 @@ pub struct CtrlResp {
     pub status: Le32,
     /// Reserved, zero.
     pub reserved: Le32,
-    /// OBJECT_CREATE: the new handle. FENCE_QUERY: 1 if signalled, else 0.
+    /// CAPABILITIES: the capabilities enabled. OBJECT_CREATE: the new handle.
+    /// FENCE_QUERY: 1 if signalled, else 0.
     pub value: Le64,
 }
 assert_wire_size!(CtrlResp, 16);

@@ -2173,6 +2173,68 @@ fn feature_subsets() {
     }
 }
 
+/// §7.5: CAPABILITIES enables the capabilities the device has among those
+/// asked for (other bits are ignored), answers every capability enabled
+/// (negotiated ones included), only adds, and a device reset forgets it.
+#[test]
+fn capabilities_are_enabled_on_the_control_queue_until_a_reset() {
+    use accel_driver::feature;
+    use virtio_accel_spec::{ControlCommand, CtrlReq};
+
+    let daemon = Daemon::start();
+    let mem = guest_ram(16);
+    let objects = feature(VIRTIO_ACCEL_F_OBJECTS);
+    let fences = feature(VIRTIO_ACCEL_F_FENCES);
+    let seg = mem.alloc(4096).unwrap().segment();
+    let capabilities = |dev: &AccelDevice, count: u32, asked: u64| {
+        let done = dev
+            .control_raw(
+                CtrlReq::new(ControlCommand::Capabilities, count, asked),
+                &[],
+            )
+            .unwrap();
+        (
+            Status::try_from(u32::from(done.resp.status)).unwrap(),
+            u64::from(done.resp.value),
+        )
+    };
+    let version_1 = feature(32);
+    let dev = daemon.connect_with(&mem, version_1 | fences);
+    assert_eq!(dev.capabilities(), fences);
+    assert_eq!(
+        control_status(dev.create_object(&[seg])),
+        Status::Unsupported
+    );
+    assert_eq!(capabilities(&dev, 0, 0), (Status::Ok, fences), "a query");
+    assert_eq!(capabilities(&dev, 1, objects).0, Status::Invalid, "count");
+    assert_eq!(
+        capabilities(&dev, 0, objects | feature(40)),
+        (Status::Ok, objects | fences)
+    );
+    let handle = dev.create_object(&[seg]).unwrap();
+    assert_eq!(
+        capabilities(&dev, 0, 0),
+        (Status::Ok, objects | fences),
+        "capabilities are only added"
+    );
+    dev.destroy_object(handle).unwrap();
+    let transport = dev.close().unwrap();
+    let options = accel_driver::OpenOptions {
+        features: version_1,
+        ..Default::default()
+    };
+    let dev = AccelDevice::open_with(transport, &options).unwrap();
+    assert_eq!(
+        capabilities(&dev, 0, 0),
+        (Status::Ok, 0),
+        "forgotten at the reset"
+    );
+    assert_eq!(
+        control_status(dev.create_object(&[seg])),
+        Status::Unsupported
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 4. Out-of-order completion.
 

@@ -370,7 +370,7 @@ fn drivers_in_turn_each_find_a_reset_device(model: FrontendModel) {
             1,
             "driver {driver}, queue 1"
         );
-        if device.has_feature(virtio_accel_spec::VIRTIO_ACCEL_F_OBJECTS) {
+        if device.has_capability(virtio_accel_spec::VIRTIO_ACCEL_F_OBJECTS) {
             let buf = memory.alloc(4096).unwrap();
             objects.push(device.create_object(&[(buf.gpa(), 4096)]).unwrap());
         }

@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// Fail if any check does not run (an operation the device does not
-        /// offer, a size over its limit, objects or fences not negotiated).
+        /// offer, a size over its limit, objects or fences not enabled).
         #[arg(long)]
         strict: bool,
     },

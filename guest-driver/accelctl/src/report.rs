@@ -39,8 +39,9 @@ pub fn supported_ops(ops: u32) -> Vec<Op> {
         .collect()
 }
 
-/// A human-readable description of a device.
-pub fn describe(config: &VirtioAccelConfig, negotiated: u64) -> String {
+/// A human-readable description of a device: its configuration, the
+/// negotiated features and the capabilities enabled (§3).
+pub fn describe(config: &VirtioAccelConfig, negotiated: u64, capabilities: u64) -> String {
     let ops: Vec<&str> = supported_ops(u32::from(config.ops))
         .into_iter()
         .map(Op::name)
@@ -51,6 +52,11 @@ pub fn describe(config: &VirtioAccelConfig, negotiated: u64) -> String {
         text,
         "  features:        {}",
         feature_names(negotiated).join(" ")
+    );
+    let _ = writeln!(
+        text,
+        "  capabilities:    {}",
+        feature_names(capabilities).join(" ")
     );
     let _ = writeln!(
         text,
@@ -85,7 +91,7 @@ pub fn describe(config: &VirtioAccelConfig, negotiated: u64) -> String {
 
 /// [`describe`] for an opened device.
 pub fn describe_device<T: Transport>(device: &accel_driver::Device<T>) -> String {
-    describe(device.config(), device.features())
+    describe(device.config(), device.features(), device.capabilities())
 }
 
 #[cfg(test)]
@@ -107,7 +113,8 @@ mod tests {
             max_buffer_size: Le64::from(1 << 26),
             ..Default::default()
         };
-        let text = describe(&config, 1 << 32);
+        let text = describe(&config, 1 << 32, 1 << VIRTIO_ACCEL_F_OBJECTS);
+        assert!(text.contains("capabilities:    OBJECTS\n"), "{text}");
         assert!(text.contains("request queues:  4"), "{text}");
         assert!(text.contains("operations:      crc32c deflate"), "{text}");
         assert!(text.contains("max buffer size: 67108864 bytes"), "{text}");

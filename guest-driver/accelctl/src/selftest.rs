@@ -167,10 +167,10 @@ impl<'a, T: Transport> SelfTest<'a, T> {
                 self.record(name, outcome, &mut on_check);
             }
         }
-        let objects = self.negotiated(VIRTIO_ACCEL_F_OBJECTS, "OBJECTS");
+        let objects = self.enabled(VIRTIO_ACCEL_F_OBJECTS, "OBJECTS");
         let name = "objects: create, use, destroy";
         self.gated(name, &objects, Self::check_objects, &mut on_check)?;
-        let fences = self.negotiated(VIRTIO_ACCEL_F_FENCES, "FENCES");
+        let fences = self.enabled(VIRTIO_ACCEL_F_FENCES, "FENCES");
         let name = "fences: a batch chained by the fences submit predicts";
         self.gated(name, &fences, Self::check_fence_chain, &mut on_check)?;
         let name = "fences: dependencies across queues, query, wait";
@@ -195,14 +195,14 @@ impl<'a, T: Transport> SelfTest<'a, T> {
         wanted.min(limit).max(1)
     }
 
-    /// `Ok` if feature `bit` (`name`) was negotiated, else the skip.
-    fn negotiated(&self, bit: u32, name: &str) -> Result<(), Outcome> {
-        if self.device.has_feature(bit) {
+    /// `Ok` if capability `bit` (`name`) is enabled, else the skip.
+    fn enabled(&self, bit: u32, name: &str) -> Result<(), Outcome> {
+        if self.device.has_capability(bit) {
             return Ok(());
         }
         Err(Outcome::Skipped(format!(
-            "VIRTIO_ACCEL_F_{name} was not negotiated (the device or the VMM did not offer \
-             it, or the driver did not ask for it)"
+            "{name} is not enabled: neither negotiated as VIRTIO_ACCEL_F_{name} nor enabled \
+             with CAPABILITIES (the device does not have it, or the driver did not ask for it)"
         )))
     }
 

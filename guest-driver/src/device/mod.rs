@@ -160,11 +160,17 @@ pub const DEFAULT_FEATURES: u64 = feature(VIRTIO_F_VERSION_1)
     | feature(VIRTIO_ACCEL_F_OBJECTS)
     | feature(VIRTIO_ACCEL_F_FENCES);
 
+/// The capabilities of §3 this driver knows, as feature bits: OBJECTS and
+/// FENCES.
+pub const CAPABILITIES: u64 = feature(VIRTIO_ACCEL_F_OBJECTS) | feature(VIRTIO_ACCEL_F_FENCES);
+
 /// Options of [`Device::open_with`].
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
     /// Features the driver wants; the device's offer is intersected with it
-    /// (VERSION_1 is always acknowledged).
+    /// (VERSION_1 is always acknowledged). The [`CAPABILITIES`] among them
+    /// that the VMM did not pass on as feature bits are asked for with the
+    /// CAPABILITIES command (§7.5).
     pub features: u64,
     /// Queue size wanted (capped by the transport, rounded down to a power of two).
     pub queue_size: Option<u16>,
@@ -191,14 +197,17 @@ pub struct Device<T: Transport> {
     transport: T,
     memory: DmaMemory,
     features: u64,
+    /// Capabilities enabled, as feature bits (§3): negotiated, or enabled
+    /// with CAPABILITIES.
+    capabilities: u64,
     config: VirtioAccelConfig,
     /// By virtqueue index: 0 is the control queue.
     queues: Vec<DriverQueue>,
     timeout: Duration,
 }
 
-/// Checks the limits the device must report (§5.2) for the negotiated features.
-fn check_config(config: &VirtioAccelConfig, features: u64) -> Result<()> {
+/// Checks the limits the device must report (§5.2) for the enabled capabilities.
+fn check_config(config: &VirtioAccelConfig, capabilities: u64) -> Result<()> {
     let known_ops = virtio_accel_spec::Op::all_capabilities();
     let checks = [
         (
@@ -212,11 +221,11 @@ fn check_config(config: &VirtioAccelConfig, features: u64) -> Result<()> {
             "max_buffer_size < 1",
         ),
         (
-            features & feature(VIRTIO_ACCEL_F_FENCES) == 0 || u32::from(config.max_deps) >= 1,
+            capabilities & feature(VIRTIO_ACCEL_F_FENCES) == 0 || u32::from(config.max_deps) >= 1,
             "max_deps < 1 with FENCES",
         ),
         (
-            features & feature(VIRTIO_ACCEL_F_OBJECTS) == 0
+            capabilities & feature(VIRTIO_ACCEL_F_OBJECTS) == 0
                 || (u32::from(config.max_objects) >= 1 && u64::from(config.max_object_size) >= 1),
             "max_objects or max_object_size < 1 with OBJECTS",
         ),
@@ -247,8 +256,9 @@ impl<T: Transport> Device<T> {
         )
     }
 
-    /// Negotiates features, reads the configuration and sets up the control
-    /// queue and the request queues.
+    /// Negotiates features, reads the configuration, sets up the control
+    /// queue and the request queues, and enables the capabilities wanted
+    /// that the features did not bring (§3, §7.5).
     pub fn open_with(mut transport: T, options: &OpenOptions) -> Result<Self> {
         let offered = transport.device_features();
         let version_1 = feature(VIRTIO_F_VERSION_1);
@@ -270,8 +280,6 @@ impl<T: Transport> Device<T> {
             .request_queues
             .map_or(num_rq, |n| n.clamp(1, num_rq));
 
-        check_config(&config, features)?;
-
         let memory = transport.memory().clone();
         let ring = RingFeatures::from_features(features);
         let mut queues = Vec::with_capacity(usize::from(num_rq) + 1);
@@ -290,15 +298,42 @@ impl<T: Transport> Device<T> {
             queues.push(DriverQueue::new(index, vq, RestartFlag::clone(&restarted)));
         }
         transport.activate()?;
-        log::debug!("device open: features {features:#x}, {num_rq} request queues");
-        Ok(Device {
+        let mut device = Device {
             transport,
             memory,
             features,
+            capabilities: features & CAPABILITIES,
             config,
             queues,
             timeout: options.timeout,
-        })
+        };
+        device.enable_capabilities(options.features & CAPABILITIES)?;
+        check_config(&device.config, device.capabilities)?;
+        log::debug!(
+            "device open: features {features:#x}, capabilities {:#x}, {num_rq} request queues",
+            device.capabilities
+        );
+        Ok(device)
+    }
+
+    /// Asks for the capabilities of `wanted` that were not negotiated as
+    /// feature bits (a VMM that passes on only the transport bits it knows,
+    /// as cloud-hypervisor does): CAPABILITIES on the control queue, which
+    /// no VMM filters (§7.5). A device older than the command answers
+    /// Unsupported and keeps what the features gave.
+    fn enable_capabilities(&mut self, wanted: u64) -> Result<()> {
+        if wanted & !self.capabilities == 0 {
+            return Ok(());
+        }
+        let command = ControlCommand::Capabilities;
+        match self.control(command, 0, wanted, &[], self.timeout) {
+            Ok(enabled) => self.capabilities = enabled & CAPABILITIES,
+            Err(e) if e.status() == Some(Status::Unsupported) => {
+                log::debug!("the device predates CAPABILITIES: only the negotiated features count");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     /// The device configuration read at open.
@@ -314,6 +349,18 @@ impl<T: Transport> Device<T> {
     /// Whether feature `bit` was negotiated.
     pub fn has_feature(&self, bit: u32) -> bool {
         self.features & feature(bit) != 0
+    }
+
+    /// Capabilities enabled, as feature bits (§3): the negotiated ones and
+    /// those CAPABILITIES enabled.
+    pub fn capabilities(&self) -> u64 {
+        self.capabilities
+    }
+
+    /// Whether capability `bit` (VIRTIO_ACCEL_F_OBJECTS or _FENCES) is
+    /// enabled, by feature negotiation or with CAPABILITIES.
+    pub fn has_capability(&self, bit: u32) -> bool {
+        self.capabilities & feature(bit) != 0
     }
 
     /// Request queues set up.

@@ -1,6 +1,6 @@
 //! Device core tests against an in-process fake accelerator.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,10 @@ struct Shared {
     irqs: Mutex<Vec<u32>>,
     irq_cv: Condvar,
     features: Mutex<u64>,
+    /// Feature bits offered ([`FAKE_FEATURES`] unless a test changes them).
+    offered: AtomicU64,
+    /// Whether the device knows CAPABILITIES (§7.5).
+    knows_capabilities: AtomicBool,
     notifies: AtomicUsize,
     hold: AtomicBool,
     state: Mutex<AccelState>,
@@ -143,7 +147,10 @@ impl Shared {
                 }
             }
             Ok(ControlCommand::FenceWait) => (Status::Ok, 0),
-            Err(_) => (Status::Unsupported, 0),
+            Ok(ControlCommand::Capabilities) if self.knows_capabilities.load(Ordering::SeqCst) => {
+                (Status::Ok, u64::from(req.arg) & CAPABILITIES)
+            }
+            Ok(ControlCommand::Capabilities) | Err(_) => (Status::Unsupported, 0),
         };
         let w = &chain.writable;
         if w.is_empty() || w[0].1 < 16 {
@@ -215,6 +222,8 @@ impl FakeTransport {
             irqs: Mutex::new(vec![0; usize::from(FAKE_QUEUES)]),
             irq_cv: Condvar::new(),
             features: Mutex::new(0),
+            offered: AtomicU64::new(FAKE_FEATURES),
+            knows_capabilities: AtomicBool::new(true),
             notifies: AtomicUsize::new(0),
             hold: AtomicBool::new(false),
             state: Mutex::new(AccelState {
@@ -241,7 +250,7 @@ impl Transport for FakeTransport {
     }
 
     fn device_features(&self) -> u64 {
-        FAKE_FEATURES
+        self.shared.offered.load(Ordering::SeqCst)
     }
 
     fn set_driver_features(&mut self, features: u64) -> transport::Result<()> {
@@ -363,6 +372,40 @@ fn open_negotiates_and_sets_up_queues() {
     });
     assert_eq!(dev.num_request_queues(), 1);
     assert_eq!(dev.features(), DEFAULT_FEATURES);
+}
+
+/// §3, §7.5: a VMM that passes on no device feature bits (cloud-hypervisor)
+/// still lets the driver enable objects and fences, with CAPABILITIES; a
+/// device older than the command leaves the driver with what it negotiated.
+#[test]
+fn capabilities_the_vmm_filtered_are_enabled_on_the_control_queue() {
+    for knows in [true, false] {
+        let mem = DmaMemory::new(4 << 20).unwrap();
+        let transport = FakeTransport::new(&mem);
+        transport
+            .shared
+            .offered
+            .store(FAKE_FEATURES & !CAPABILITIES, Ordering::SeqCst);
+        transport
+            .shared
+            .knows_capabilities
+            .store(knows, Ordering::SeqCst);
+        let dev = Device::open_with(transport, &OpenOptions::default()).unwrap();
+        assert!(!dev.has_feature(VIRTIO_ACCEL_F_OBJECTS));
+        let enabled = if knows { CAPABILITIES } else { 0 };
+        assert_eq!(
+            dev.capabilities(),
+            enabled,
+            "device knows CAPABILITIES: {knows}"
+        );
+        assert_eq!(dev.has_capability(VIRTIO_ACCEL_F_FENCES), knows);
+    }
+    // Only what the driver wants is asked for.
+    let (_mem, dev) = open(&OpenOptions {
+        features: DEFAULT_FEATURES & !feature(VIRTIO_ACCEL_F_FENCES),
+        ..Default::default()
+    });
+    assert_eq!(dev.capabilities(), feature(VIRTIO_ACCEL_F_OBJECTS));
 }
 
 #[test]
