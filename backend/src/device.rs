@@ -26,6 +26,7 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_accel_spec::{
     CtrlResp, Fence, Resp, Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS,
 };
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -124,6 +125,8 @@ pub struct Device {
     /// Capabilities the driver enabled with CAPABILITIES (§7.5), beside
     /// those it negotiated as feature bits (§3).
     capabilities: u64,
+    /// Whether the last SET_FEATURES lacked VIRTIO_F_VERSION_1 (§3.2).
+    legacy_driver: bool,
     hw_queues: Vec<Box<dyn HwQueue>>,
     objects: ObjectTable,
     fences: Fences<u64>,
@@ -218,6 +221,7 @@ impl Device {
             ops: engine.capabilities(),
             features: 0,
             capabilities: 0,
+            legacy_driver: false,
             hw_queues,
             objects: ObjectTable::new(config.limits, Arc::clone(&tenant.stats)),
             fences: Fences::new(config.request_queues),
@@ -248,9 +252,22 @@ impl Device {
         self.config.device_config(self.ops).as_slice().to_vec()
     }
 
-    /// Records the features the driver accepted.
+    /// Records the features the driver accepted (`SET_FEATURES`). Without
+    /// VIRTIO_F_VERSION_1 the front-end let through a driver the device
+    /// cannot serve (it has no legacy interface): the device takes no chain
+    /// until features with it arrive or the device is reset (§3.2).
     pub fn set_features(&mut self, features: u64) {
         self.features = features;
+        self.legacy_driver = features & (1 << VIRTIO_F_VERSION_1) == 0;
+        if self.legacy_driver {
+            self.vmm_log(
+                Level::Error,
+                format_args!(
+                    "SET_FEATURES {features:#x} without VIRTIO_F_VERSION_1: the device has no \
+                     legacy interface and takes no request until the features include it (§3.2)"
+                ),
+            );
+        }
     }
 
     /// Installs the memory table that `shared` now holds (SET_MEM_TABLE).
@@ -338,6 +355,7 @@ impl Device {
         self.history.clear();
         self.features = 0;
         self.capabilities = 0;
+        self.legacy_driver = false;
         self.stats.set_inflight(0);
     }
 
@@ -538,6 +556,9 @@ impl Device {
     /// Takes the available chains of virtqueue `vq` from `mem`; returns how
     /// many (0 if the ring cannot be read).
     fn drain_queue(&mut self, vq: u16, vring: &VringRwLock, mem: &Snapshot) -> usize {
+        if self.legacy_driver {
+            return 0;
+        }
         if self.history.restarting(vq) {
             self.judge_restart();
         }

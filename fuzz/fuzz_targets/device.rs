@@ -20,6 +20,7 @@ use vhost_user_accel_fuzz::input::Reader;
 use vhost_user_accel_fuzz::ring::{guest_memory, ChainSpec, DataArea, SplitRing};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_accel_spec::{VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -100,8 +101,10 @@ fuzz_target!(|data: &[u8]| {
     let setup = r.u8();
     let request_queues = 1 + u16::from(setup % 3);
     let event_idx = setup & 0x04 != 0;
-    // Both device features unless the input turns them off.
-    let mut features = (1 << VIRTIO_ACCEL_F_OBJECTS) | (1 << VIRTIO_ACCEL_F_FENCES);
+    // VERSION_1 (without it the device serves nothing, §3.2), and both
+    // device features unless the input turns them off.
+    let mut features =
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_ACCEL_F_OBJECTS) | (1 << VIRTIO_ACCEL_F_FENCES);
     features &= !u64::from((setup >> 3) & 3);
     if event_idx {
         features |= 1 << VIRTIO_RING_F_EVENT_IDX;

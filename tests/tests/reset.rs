@@ -470,3 +470,40 @@ fn a_reset_cancels_running_work() {
     let device = AccelDevice::open_with(transport, &OpenOptions::default()).unwrap();
     assert_eq!(served(&device, &memory), 1, "fences restart after a reset");
 }
+
+/// §3.2: the device has no legacy interface. A SET_FEATURES without
+/// VIRTIO_F_VERSION_1 (a VMM that let a legacy driver through) stops the
+/// device from taking requests, until features with it arrive.
+#[test]
+fn features_without_version_1_serve_nothing_until_they_include_it() {
+    use vhost::vhost_user::message::VhostUserVirtioFeatures;
+    use vhost::VhostBackend;
+
+    let daemon = Daemon::start();
+    let memory = guest_ram(16);
+    let mut device = daemon.connect(&memory);
+    assert_eq!(served(&device, &memory), 1);
+    let features = device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    let legacy = features & !(1 << 32);
+    device
+        .transport_mut()
+        .frontend()
+        .set_features(legacy)
+        .unwrap();
+    let buf = memory.alloc(16).unwrap();
+    let request = Request::new(Op::Sha256).input(Buffer::direct(&buf));
+    device.submit(0, &request, 7).unwrap();
+    device.flush(0).unwrap();
+    let early = device.wait(0, Duration::from_millis(500)).unwrap();
+    assert!(early.is_empty(), "a request was taken: {early:?}");
+
+    device
+        .transport_mut()
+        .frontend()
+        .set_features(features)
+        .unwrap();
+    device.notify(1).unwrap();
+    let done = device.wait(0, Duration::from_secs(5)).unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(u64::from(done[0].fence().seqno), 2);
+}
