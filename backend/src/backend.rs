@@ -237,10 +237,13 @@ impl VhostUserBackendMut for AccelBackend {
         // it on each queue); the device only ever asks them.
     }
 
-    /// Bytes `offset..offset + size` of the configuration space (§5); bytes
-    /// past the structure read as zero, as a VMM configured with a larger
-    /// `config_size` expects. A range past the 4 KiB window gets an empty
-    /// reply, which vhost-user reports to the VMM as an error.
+    /// Bytes `offset..offset + size` of the configuration window (§5): the
+    /// structure, then zeros up to 4 KiB, so that every read a VMM forwards
+    /// from a guest (any offset and size, aligned or not, inside its device
+    /// configuration window, or the whole `config_size` it was configured
+    /// with) is answered. vhost 0.18 answers a GET_CONFIG of size 0 or past
+    /// 4 KiB itself, by closing the connection, before this is called; a
+    /// range past the window here gets the empty reply of a failed read.
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let (offset, size) = (offset as usize, size as usize);
         if offset
@@ -335,14 +338,27 @@ mod tests {
     #[test]
     fn config_space_reads_are_bounded_and_zero_padded() {
         let backend = backend();
-        let bytes = backend.get_config(0, 40);
+        let at = |n: usize| u32::try_from(n).unwrap();
+        let size = std::mem::size_of::<VirtioAccelConfig>();
+        let bytes = backend.get_config(0, at(size));
         let mut config = VirtioAccelConfig::default();
         config.as_mut_slice().copy_from_slice(&bytes);
         assert_eq!(u32::from(config.num_request_queues), 3);
         assert_eq!(u32::from(config.ops), Op::all_capabilities());
-        assert_eq!(backend.get_config(36, 8)[..4], bytes[36..]);
-        assert_eq!(backend.get_config(36, 8)[4..], [0; 4]);
+        let mut window = bytes;
+        window.resize(CONFIG_WINDOW, 0);
+        for offset in 0..CONFIG_WINDOW {
+            for len in [1, 2, 3, 4, 7, 8]
+                .into_iter()
+                .take_while(|len| offset + len <= CONFIG_WINDOW)
+            {
+                let got = backend.get_config(at(offset), at(len));
+                assert_eq!(got, window[offset..offset + len], "{len} bytes at {offset}");
+            }
+        }
+        assert_eq!(backend.get_config(0, at(CONFIG_WINDOW)), window);
         assert!(backend.get_config(4090, 10).is_empty());
+        assert!(backend.get_config(4096, 1).is_empty());
         assert!(backend.get_config(u32::MAX, 2).is_empty());
         assert_eq!(backend.num_queues(), 4);
     }

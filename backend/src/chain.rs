@@ -1,19 +1,23 @@
 //! Walks a descriptor chain once, translating it to host memory.
 //!
-//! The virtio-queue `Reader`/`Writer` copy data and accept readable descriptors
-//! after writable ones; the device needs neither. [`walk`] reads every
-//! descriptor exactly once (no double fetch), enforces the virtio ordering rule
-//! (readable before writable, 2.7.4.2 of the virtio specification) and the
-//! device's `max_segments` limit (§10), translates each descriptor to host
-//! segments of the current memory snapshot, and keeps going after an error as
-//! far as it can so that the response can still be written. The lists it
-//! makes hold that snapshot, so its mappings live as long as they do.
+//! The virtio-queue chain iterator hides the descriptors that refer to
+//! indirect tables and stops without a word at a table whose length is not a
+//! multiple of 16 or at 4 GiB of buffers, so the device could not tell those
+//! defects apart nor find a response after them; [`walk`] reads the
+//! descriptor table itself. It reads every descriptor exactly once (no
+//! double fetch), follows the walking rules of §6.5 of the specification
+//! (indirect tables, loops, `next` out of range, readable before writable as
+//! in 2.7.4.2 of the virtio specification, the device's `max_segments` limit
+//! of §10), translates each buffer to host segments of the current memory
+//! snapshot, and keeps going after an error as far as those rules allow, so
+//! that the response can still be written. The lists it makes hold that
+//! snapshot, so its mappings live as long as they do.
 
 use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::sg::{HostSeg, SgError, SgList};
 
@@ -26,11 +30,37 @@ pub enum ChainError {
     /// More descriptors than the device's `max_segments`.
     #[error("more than {0} descriptors")]
     TooManyDescriptors(u32),
-    /// The chain ends on a descriptor that claims a successor: a loop (cut
-    /// after a queue size of descriptors), a `next` out of range, or an
-    /// unreadable indirect table.
-    #[error("chain is truncated (loop, bad next index or bad indirect table)")]
-    Truncated,
+    /// A descriptor whose table entry is not guest memory.
+    #[error("descriptor at {0:#x} is outside guest memory")]
+    UnreadableDescriptor(u64),
+    /// A `next` index (or the head) outside its descriptor table.
+    #[error("descriptor index {index} is out of a table of {entries}")]
+    IndexOutOfRange {
+        /// The index.
+        index: u16,
+        /// Entries of the table.
+        entries: u32,
+    },
+    /// More descriptors linked in one table than it has entries.
+    #[error("the chain loops in a table of {0} descriptors")]
+    Loop(u32),
+    /// An indirect descriptor inside an indirect table.
+    #[error("indirect descriptor inside an indirect table")]
+    NestedIndirect,
+    /// An indirect descriptor with `VIRTQ_DESC_F_NEXT`.
+    #[error("indirect descriptor with NEXT")]
+    IndirectWithNext,
+    /// An indirect table whose length is not a positive multiple of 16.
+    #[error("indirect table of {0} bytes, not a positive multiple of 16")]
+    IndirectLength(u32),
+    /// An indirect table that is not entirely guest memory.
+    #[error("indirect table {addr:#x}+{len:#x} is outside guest memory")]
+    IndirectOutside {
+        /// Guest-physical address.
+        addr: u64,
+        /// Length of its whole descriptors.
+        len: u64,
+    },
     /// A descriptor points outside guest memory.
     #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
     BadAddress {
@@ -39,8 +69,11 @@ pub enum ChainError {
         /// Length.
         len: u64,
     },
-    /// The chain's total length overflows.
-    #[error("chain length overflows")]
+    /// The buffers of the chain add up to 2^32 bytes or more.
+    #[error("chain of 2^32 bytes or more")]
+    TooLong,
+    /// A list's total length overflows.
+    #[error("list length overflows")]
     Overflow,
     /// A list holding memory of another snapshot was given to [`translate`]
     /// (a bug of the caller, not of the chain).
@@ -55,16 +88,45 @@ impl ChainError {
         match self {
             ChainError::TooManyDescriptors(_) => Status::Limit,
             ChainError::BadAddress { .. } => Status::BadAddress,
-            ChainError::ReadableAfterWritable | ChainError::Truncated | ChainError::Overflow => {
-                Status::Invalid
-            }
             ChainError::OtherSnapshot => Status::DeviceError,
+            ChainError::ReadableAfterWritable
+            | ChainError::UnreadableDescriptor(_)
+            | ChainError::IndexOutOfRange { .. }
+            | ChainError::Loop(_)
+            | ChainError::NestedIndirect
+            | ChainError::IndirectWithNext
+            | ChainError::IndirectLength(_)
+            | ChainError::IndirectOutside { .. }
+            | ChainError::TooLong
+            | ChainError::Overflow => Status::Invalid,
         }
     }
 }
 
 /// How far past `max_segments` a walk goes looking for the end of a chain.
 const LOOP_SEARCH_FACTOR: u32 = 4;
+
+/// Bytes of one descriptor (virtio 1.2, 2.7.5).
+const DESC_SIZE: u32 = 16;
+
+/// Total length of a chain's buffers from which the chain is malformed
+/// (virtio 1.2, 2.7.5.2; §6.5).
+const MAX_CHAIN_BYTES: u64 = 1 << 32;
+
+/// Distinct indices a `next` field can name.
+const MAX_LINKED: u32 = 1 << 16;
+
+/// Where a chain begins: the descriptor table of its virtqueue and the index
+/// of its head descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainStart {
+    /// Guest-physical address of the virtqueue's descriptor table.
+    pub table: u64,
+    /// Entries of that table: the queue size.
+    pub size: u16,
+    /// Index of the chain's first descriptor.
+    pub head: u16,
+}
 
 /// The buffers of a chain, and the first problem met while walking it.
 #[derive(Debug, Default)]
@@ -83,61 +145,193 @@ impl Walk {
     }
 }
 
-/// Walks `descriptors` (a chain's iterator) against `mem`, accepting at most
-/// `max_descriptors` descriptors. The writable list is always a prefix of the
-/// chain's writable part: it ends before the first writable descriptor that
-/// cannot be translated, so a response is never written in the wrong place.
-/// The lists hold `mem`.
-pub fn walk(
-    descriptors: impl Iterator<Item = Descriptor>,
-    mem: &Arc<GuestMemoryMmap>,
+/// A descriptor table being walked: the virtqueue's, or an indirect table.
+#[derive(Debug, Clone, Copy)]
+struct Table {
+    addr: u64,
+    entries: u32,
+    indirect: bool,
+}
+
+impl Table {
+    /// Reads entry `index`, once.
+    fn read(&self, mem: &GuestMemoryMmap, index: u16) -> Result<Descriptor, ChainError> {
+        if u32::from(index) >= self.entries {
+            return Err(ChainError::IndexOutOfRange {
+                index,
+                entries: self.entries,
+            });
+        }
+        let offset = u64::from(index) * u64::from(DESC_SIZE);
+        let addr = self.addr.checked_add(offset);
+        addr.and_then(|addr| mem.read_obj::<Descriptor>(GuestAddress(addr)).ok())
+            .ok_or(ChainError::UnreadableDescriptor(
+                self.addr.wrapping_add(offset),
+            ))
+    }
+
+    /// Most descriptors a chain without a loop links in this table.
+    fn max_linked(&self) -> u32 {
+        self.entries.min(MAX_LINKED)
+    }
+}
+
+/// Walks the chain that begins at `start` in `mem` (§6.5), accepting at most
+/// `max_descriptors` buffer descriptors. The writable list is always a
+/// prefix of the chain's writable part: it ends where the walk ends, before
+/// the first writable descriptor that cannot be translated and before the
+/// descriptors past `max_descriptors`, so a response is never written in the
+/// wrong place. The lists hold `mem`.
+pub fn walk(start: ChainStart, mem: &Arc<GuestMemoryMmap>, max_descriptors: u32) -> Walk {
+    let mut walker = Walker::new(mem, max_descriptors);
+    let mut table = Table {
+        addr: start.table,
+        entries: u32::from(start.size),
+        indirect: false,
+    };
+    let mut index = start.head;
+    let mut linked: u32 = 0;
+    loop {
+        let desc = match table.read(mem, index) {
+            Ok(desc) => desc,
+            Err(error) => {
+                walker.malformed(error);
+                break;
+            }
+        };
+        if desc.refers_to_indirect_table() {
+            // Its `next` is not followed, and its WRITE flag is ignored
+            // (virtio 1.2, 2.7.5.3.2).
+            match walker.enter(table, &desc) {
+                Some(inner) => {
+                    (table, index, linked) = (inner, 0, 0);
+                    continue;
+                }
+                None => break,
+            }
+        }
+        if !walker.buffer(&desc) || !desc.has_next() {
+            break;
+        }
+        linked += 1;
+        if linked >= table.max_linked() {
+            walker.malformed(ChainError::Loop(table.entries));
+            break;
+        }
+        index = desc.next();
+    }
+    walker.walk
+}
+
+/// One walk in progress.
+struct Walker<'a> {
+    mem: &'a Arc<GuestMemoryMmap>,
     max_descriptors: u32,
-) -> Walk {
-    let mut walk = Walk::default();
-    let mut count: u32 = 0;
-    let mut claims_next = false;
-    let mut seen_writable = false;
-    let mut writable_broken = false;
-    for desc in descriptors {
-        claims_next = desc.has_next();
-        count += 1;
-        if count > max_descriptors {
+    walk: Walk,
+    /// Buffer descriptors met, those of an indirect table included.
+    count: u32,
+    /// Their total length.
+    bytes: u64,
+    seen_writable: bool,
+    /// A writable descriptor could not be translated: later writable
+    /// descriptors are left out, so that the writable list stays a prefix.
+    writable_broken: bool,
+}
+
+impl<'a> Walker<'a> {
+    fn new(mem: &'a Arc<GuestMemoryMmap>, max_descriptors: u32) -> Self {
+        Walker {
+            mem,
+            max_descriptors,
+            walk: Walk::default(),
+            count: 0,
+            bytes: 0,
+            seen_writable: false,
+            writable_broken: false,
+        }
+    }
+
+    /// Records a defect that ends the walk. A loop is a malformed chain
+    /// before it is a long one (§6.5): this defect replaces a
+    /// `TooManyDescriptors` met on the way.
+    fn malformed(&mut self, error: ChainError) {
+        if matches!(self.walk.error, Some(ChainError::TooManyDescriptors(_))) {
+            self.walk.error = None;
+        }
+        self.walk.fail(error);
+    }
+
+    /// The indirect table that `desc`, found in `current`, refers to, if the
+    /// walk goes on into it (§6.5): its whole descriptors, the trailing bytes
+    /// of a length that is not a multiple of 16 left out.
+    fn enter(&mut self, current: Table, desc: &Descriptor) -> Option<Table> {
+        if current.indirect {
+            self.malformed(ChainError::NestedIndirect);
+            return None;
+        }
+        if desc.has_next() {
+            self.walk.fail(ChainError::IndirectWithNext);
+        }
+        let len = desc.len();
+        let entries = len / DESC_SIZE;
+        if len % DESC_SIZE != 0 || entries == 0 {
+            self.walk.fail(ChainError::IndirectLength(len));
+        }
+        if entries == 0 {
+            return None;
+        }
+        let addr = desc.addr().0;
+        let whole = u64::from(entries * DESC_SIZE);
+        let inside = usize::try_from(whole)
+            .is_ok_and(|whole| GuestMemoryBackend::check_range(&**self.mem, desc.addr(), whole));
+        if !inside {
+            self.malformed(ChainError::IndirectOutside { addr, len: whole });
+            return None;
+        }
+        Some(Table {
+            addr,
+            entries,
+            indirect: true,
+        })
+    }
+
+    /// Takes one buffer descriptor; false once the walk has gone as far past
+    /// `max_descriptors` as it looks for the end of a chain.
+    fn buffer(&mut self, desc: &Descriptor) -> bool {
+        self.count = self.count.saturating_add(1);
+        if self.count > self.max_descriptors {
             // Keep walking a little, without translating, to tell a short
             // loop (Invalid) from a long chain (Limit); past the budget both
             // are reported as Limit (§6.5 allows either for such a chain).
-            walk.fail(ChainError::TooManyDescriptors(max_descriptors));
-            if count > max_descriptors.saturating_mul(LOOP_SEARCH_FACTOR) {
-                return walk;
-            }
-            continue;
+            self.walk
+                .fail(ChainError::TooManyDescriptors(self.max_descriptors));
+            return self.count <= self.max_descriptors.saturating_mul(LOOP_SEARCH_FACTOR);
         }
-        if desc.is_write_only() {
-            seen_writable = true;
-        } else if seen_writable {
-            walk.fail(ChainError::ReadableAfterWritable);
-            continue;
+        self.bytes = self.bytes.saturating_add(u64::from(desc.len()));
+        if self.bytes >= MAX_CHAIN_BYTES {
+            self.walk.fail(ChainError::TooLong);
         }
-        let target = if desc.is_write_only() {
-            if writable_broken {
-                continue;
-            }
-            &mut walk.writable
+        let writable = desc.is_write_only();
+        if writable {
+            self.seen_writable = true;
+        } else if self.seen_writable {
+            self.walk.fail(ChainError::ReadableAfterWritable);
+            return true;
+        }
+        if writable && self.writable_broken {
+            return true;
+        }
+        let list = if writable {
+            &mut self.walk.writable
         } else {
-            &mut walk.readable
+            &mut self.walk.readable
         };
-        if let Err(error) = translate(mem, desc.addr().0, u64::from(desc.len()), target) {
-            writable_broken |= desc.is_write_only();
-            walk.fail(error);
+        if let Err(error) = translate(self.mem, desc.addr().0, u64::from(desc.len()), list) {
+            self.writable_broken |= writable;
+            self.walk.fail(error);
         }
+        true
     }
-    if claims_next {
-        // A loop is a malformed chain before it is a long one (§6.5).
-        if matches!(walk.error, Some(ChainError::TooManyDescriptors(_))) {
-            walk.error = None;
-        }
-        walk.fail(ChainError::Truncated);
-    }
-    walk
 }
 
 /// Appends the host segments of `len` bytes at guest address `addr` to
@@ -175,9 +369,198 @@ pub fn translate(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use accel_driver::virtqueue::{
+        DESC_F_INDIRECT as INDIRECT, DESC_F_NEXT as NEXT, DESC_F_WRITE as WRITE,
+    };
+    use virtio_accel_spec::Status;
     use vm_memory::GuestAddress;
 
     use super::*;
+
+    /// The virtqueue's descriptor table.
+    const QUEUE: u64 = 0x1000;
+    /// An indirect table.
+    const TABLE: u64 = 0x2000;
+    /// Buffers.
+    const DATA: u64 = 0x10000;
+
+    fn memory(len: usize) -> Arc<GuestMemoryMmap> {
+        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).unwrap())
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Descriptor {
+        Descriptor::new(addr, len, flags, next)
+    }
+
+    fn place(mem: &GuestMemoryMmap, table: u64, descs: &[Descriptor]) {
+        for (i, d) in (0u64..).zip(descs) {
+            mem.write_obj(*d, GuestAddress(table + 16 * i)).unwrap();
+        }
+    }
+
+    /// Walks the chain at the head of a queue of `size` holding `descs`.
+    fn walk_queue(mem: &Arc<GuestMemoryMmap>, size: u16, descs: &[Descriptor]) -> Walk {
+        place(mem, QUEUE, descs);
+        let start = ChainStart {
+            table: QUEUE,
+            size,
+            head: 0,
+        };
+        walk(start, mem, 128)
+    }
+
+    #[test]
+    fn a_chain_is_split_into_its_readable_and_writable_parts() {
+        let mem = memory(1 << 20);
+        let walked = walk_queue(
+            &mem,
+            16,
+            &[
+                desc(DATA, 100, NEXT, 1),
+                desc(DATA + 0x1000, 64, WRITE | NEXT, 2),
+                desc(DATA + 0x2000, 32, WRITE, 0),
+            ],
+        );
+        assert_eq!(walked.error, None);
+        assert_eq!((walked.readable.len(), walked.writable.len()), (100, 96));
+    }
+
+    #[test]
+    fn an_indirect_table_of_40_bytes_is_walked_to_its_last_whole_descriptor() {
+        let mem = memory(1 << 20);
+        place(
+            &mem,
+            TABLE,
+            &[desc(DATA, 100, NEXT, 1), desc(DATA + 0x1000, 64, WRITE, 0)],
+        );
+        let walked = walk_queue(&mem, 16, &[desc(TABLE, 40, INDIRECT, 0)]);
+        assert_eq!(walked.error, Some(ChainError::IndirectLength(40)));
+        assert_eq!((walked.readable.len(), walked.writable.len()), (100, 64));
+        assert_eq!(walked.error.unwrap().status(), Status::Invalid);
+    }
+
+    #[test]
+    fn an_indirect_descriptor_with_next_is_entered_but_its_next_not_followed() {
+        let mem = memory(1 << 20);
+        place(
+            &mem,
+            TABLE,
+            &[desc(DATA, 100, NEXT, 1), desc(DATA + 0x1000, 64, WRITE, 0)],
+        );
+        let walked = walk_queue(
+            &mem,
+            16,
+            &[
+                desc(TABLE, 32, INDIRECT | NEXT, 1),
+                desc(DATA + 0x2000, 50, WRITE, 0),
+            ],
+        );
+        assert_eq!(walked.error, Some(ChainError::IndirectWithNext));
+        assert_eq!((walked.readable.len(), walked.writable.len()), (100, 64));
+    }
+
+    #[test]
+    fn the_write_flag_of_an_indirect_descriptor_is_ignored() {
+        let mem = memory(1 << 20);
+        place(
+            &mem,
+            TABLE,
+            &[
+                desc(DATA + 0x100, 9, NEXT, 1),
+                desc(DATA + 0x1000, 64, WRITE, 0),
+            ],
+        );
+        let walked = walk_queue(
+            &mem,
+            16,
+            &[
+                desc(DATA, 100, NEXT, 1),
+                desc(TABLE, 32, INDIRECT | WRITE, 0),
+            ],
+        );
+        assert_eq!(walked.error, None);
+        assert_eq!((walked.readable.len(), walked.writable.len()), (109, 64));
+    }
+
+    #[test]
+    fn a_chain_of_4_gib_is_walked_to_its_end() {
+        let big: u32 = 64 << 20;
+        let mem = memory(big as usize);
+        let mut descs: Vec<Descriptor> = (1..=64).map(|i| desc(0, big, NEXT, i)).collect();
+        descs.push(desc(DATA, 64, WRITE, 0));
+        let walked = walk_queue(&mem, 128, &descs);
+        assert_eq!(walked.error, Some(ChainError::TooLong));
+        assert_eq!(walked.writable.len(), 64);
+        descs.remove(0);
+        let walked = walk_queue(&mem, 128, &descs);
+        assert_eq!(walked.error, None, "4 GiB - 64 MiB + 64 bytes");
+    }
+
+    #[test]
+    fn a_loop_is_malformed_and_keeps_its_response() {
+        let mem = memory(1 << 20);
+        let walked = walk_queue(
+            &mem,
+            16,
+            &[
+                desc(DATA, 100, NEXT, 1),
+                desc(DATA + 0x1000, 64, WRITE | NEXT, 1),
+            ],
+        );
+        assert_eq!(walked.error, Some(ChainError::Loop(16)));
+        assert!(walked.writable.len() >= 64);
+    }
+
+    #[test]
+    fn defects_that_end_the_walk_keep_what_came_before() {
+        let mem = memory(1 << 20);
+        let response = desc(DATA + 0x1000, 64, WRITE | NEXT, 1);
+        let nested = [
+            desc(DATA + 0x2000, 8, WRITE | NEXT, 1),
+            desc(TABLE + 0x100, 16, INDIRECT, 0),
+        ];
+        place(&mem, TABLE, &nested);
+        let outside = 0xff_fff0;
+        let cases = [
+            (desc(DATA, 8, WRITE, 0), None, 72),
+            (
+                desc(DATA, 8, WRITE | NEXT, 16),
+                Some(ChainError::IndexOutOfRange {
+                    index: 16,
+                    entries: 16,
+                }),
+                72,
+            ),
+            (
+                desc(TABLE, 32, INDIRECT, 0),
+                Some(ChainError::NestedIndirect),
+                72,
+            ),
+            (
+                desc(outside, 32, INDIRECT, 0),
+                Some(ChainError::IndirectOutside {
+                    addr: outside,
+                    len: 32,
+                }),
+                64,
+            ),
+            (
+                desc(TABLE, 15, INDIRECT, 0),
+                Some(ChainError::IndirectLength(15)),
+                64,
+            ),
+            (
+                desc(TABLE, 0, INDIRECT, 0),
+                Some(ChainError::IndirectLength(0)),
+                64,
+            ),
+        ];
+        for (second, error, writable) in cases {
+            let walked = walk_queue(&mem, 16, &[response, second]);
+            assert_eq!(walked.error, error, "{second:?}");
+            assert_eq!(walked.writable.len(), writable, "{second:?}");
+        }
+    }
 
     #[test]
     fn a_range_leaving_guest_memory_adds_nothing() {

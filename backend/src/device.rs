@@ -30,7 +30,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::chain::{walk, Walk};
+use crate::chain::{walk, ChainStart, Walk};
 use crate::command::{decode_control, decode_request, BufSpec, Control, Deps, FenceId};
 use crate::config::TenantConfig;
 use crate::engine::{Completion, Engine, EngineError, HwQueue, Job, Share};
@@ -562,14 +562,19 @@ impl Device {
         if self.history.restarting(vq) {
             self.judge_restart();
         }
-        let (chains, size) = {
+        let (heads, table, size) = {
             let mut state = vring.get_mut();
             let size = state.get_queue().size();
+            let table = state.get_queue().desc_table();
             if !self.ring_began_here(vq, state.get_queue().next_avail()) {
                 return 0;
             }
             match state.get_queue_mut().iter(mem.clone()) {
-                Ok(iter) => (iter.collect::<Vec<_>>(), size),
+                Ok(iter) => (
+                    iter.map(|chain| chain.head_index()).collect::<Vec<_>>(),
+                    table,
+                    size,
+                ),
                 Err(e) => {
                     drop(state);
                     self.guest_error(format_args!("virtqueue {vq}: {e}"));
@@ -577,9 +582,8 @@ impl Device {
                 }
             }
         };
-        let taken = chains.len();
-        for chain in chains {
-            let head = chain.head_index();
+        let taken = heads.len();
+        for head in heads {
             if head >= size || !self.busy_heads.insert(vq, head) {
                 // §6.5: no chain, or one already in flight: it cannot be
                 // answered without corrupting the request that owns it.
@@ -590,7 +594,8 @@ impl Device {
                 continue;
             }
             // The lists hold `mem`: whatever is made of them keeps it mapped.
-            let walked = walk(chain, mem, self.config.limits.max_segments);
+            let start = ChainStart { table, size, head };
+            let walked = walk(start, mem, self.config.limits.max_segments);
             if vq == virtio_accel_spec::CONTROL_QUEUE {
                 self.accept_control(head, walked, mem);
             } else {

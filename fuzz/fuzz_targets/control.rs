@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let count = u32::from(header.count) as usize;
     let arg = u64::from(header.arg);
     match command {
+        Control::Capabilities(asked) => assert_eq!((asked, count), (arg, 0)),
         Control::ObjectCreate(segments) => {
             assert!((1..=limits.max_segments as usize).contains(&segments.len()));
             assert_eq!((segments.len(), arg), (count, 0));

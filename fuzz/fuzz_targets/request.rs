@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use vhost_user_accel::chain::walk;
+use vhost_user_accel::chain::{walk, ChainStart};
 use vhost_user_accel::command::decode_request;
 use vhost_user_accel::config::Limits;
 use vhost_user_accel_fuzz::input::Reader;
@@ -50,13 +50,18 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut chains) = queue.iter(mem) else {
         return;
     };
-    let Some(descriptors) = chains.next() else {
+    let Some(head) = chains.next().map(|chain| chain.head_index()) else {
         return;
+    };
+    let start = ChainStart {
+        table: ring.desc_table,
+        size,
+        head,
     };
     // The lists hold this snapshot; they are dropped, with it, before
     // `guarded` unmaps its memory.
     let snapshot = Arc::new(mem.clone());
-    let walked = walk(descriptors, &snapshot, limits.max_segments);
+    let walked = walk(start, &snapshot, limits.max_segments);
 
     // A direct chain longer than the table wraps onto itself: not the chain
     // the input describes.

@@ -20,6 +20,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,8 @@ use accel_driver::{
 use accel_tests::data::TestRng;
 use accel_tests::harness::{guest_ram, AccelDevice, Daemon, EXTERNAL_SOCKET_ENV};
 use accel_tests::reference;
+use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::VhostUserFrontend;
 use vhost_user_accel::TenantConfig;
 use virtio_accel_spec::op::PARAMS_SIZE;
 use virtio_accel_spec::{
@@ -1707,6 +1712,8 @@ fn descriptor_defects() {
                     &[Status::Invalid, Status::BadAddress],
                 );
             }
+            // 40 bytes of a table of three: the response's descriptor is not
+            // among its two whole descriptors (§6.5).
             let resp = ctx.resp_buf();
             let what = "indirect table of 40 bytes";
             ctx.expect_raw_unanswered(0, what, &[indirect_desc(good.gpa(), 40)], &resp);
@@ -1879,6 +1886,150 @@ fn descriptor_defects() {
     });
 }
 
+/// `DESC_F_INDIRECT` with other flags, pointing at the table at `gpa`.
+fn indirect_with(gpa: u64, len: u32, flags: u16) -> RawDesc {
+    RawDesc::new(gpa, len, DESC_F_INDIRECT | flags, RawNext::Following)
+}
+
+/// §6.5: the response is located as soon as the walk reaches 64 writable
+/// bytes; every other defect of the chain is reported in it, not by used
+/// length 0. Indirect descriptors: trailing bytes of a table, NEXT and WRITE.
+#[test]
+fn response_located_in_malformed_chains() {
+    within("response_located_in_malformed_chains", || {
+        let daemon = Daemon::start();
+        let mem = guest_ram(RAM_MIB);
+        let name = "response_located_in_malformed_chains";
+        let mut ctx = Ctx::open(&daemon, &mem, DEFAULT_FEATURES, name);
+        ctx.check_alive(0);
+        let text = b"123456789";
+        let crc9 = reference::crc32c(0, text).to_le_bytes();
+        // Header, buffer reference and data in one readable buffer.
+        let mut bytes = crc_block(&[BufRef::direct(9)]);
+        bytes.extend_from_slice(text);
+        let whole = ctx.stage(&bytes);
+
+        // A table of two descriptors, given 32 bytes: well-formed.
+        let resp = ctx.resp_buf();
+        let tab = ctx.stage(&Descriptor::table_bytes(&table(&[rd(&whole), wr(&resp)])));
+        let descs = [indirect_desc(tab.gpa(), 32)];
+        let got = ctx.expect_raw_ok(0, "indirect table of 32 bytes", &descs, &resp, 64);
+        assert_eq!(got.result[..4], crc9);
+        // The same table given 40 or 47 bytes: its two whole descriptors
+        // hold the response; the trailing bytes make the chain malformed.
+        for len in [40u32, 47] {
+            let resp = ctx.resp_buf();
+            let tab = ctx.stage(&Descriptor::table_bytes(&table(&[rd(&whole), wr(&resp)])));
+            let what = format!("indirect table of {len} bytes holding the response");
+            let descs = [indirect_desc(tab.gpa(), len)];
+            ctx.expect_raw_descs(0, &what, &descs, &resp, &[Status::Invalid]);
+        }
+        ctx.check_alive(0);
+
+        // INDIRECT with NEXT: malformed; the table is walked (it holds the
+        // response), the descriptor after it is not.
+        let params = FillParams {
+            pattern: 0x5a,
+            ..FillParams::default()
+        };
+        let fill_req = Req::new(Op::Fill).with_params(&params);
+        let fill = ctx.stage(&block(fill_req, &[], &[BufRef::direct(16)]));
+        {
+            let resp = ctx.resp_buf();
+            let out = ctx.space(16);
+            let after = ctx.space(16);
+            let entries = table(&[rd(&fill), wr(&resp), wr(&out)]);
+            let tab = ctx.stage(&Descriptor::table_bytes(&entries));
+            let descs = [
+                indirect_with(tab.gpa(), 48, DESC_F_NEXT),
+                RawDesc::chain(&[wr(&after)])[0],
+            ];
+            let what = "indirect descriptor with NEXT, output in the table";
+            ctx.expect_raw_descs(0, what, &descs, &resp, &[Status::Invalid]);
+            ctx.untouched(&out, what);
+            ctx.untouched(&after, what);
+
+            let resp = ctx.resp_buf();
+            let out = ctx.space(16);
+            let tab = ctx.stage(&Descriptor::table_bytes(&table(&[rd(&fill), wr(&resp)])));
+            let descs = [
+                indirect_with(tab.gpa(), 32, DESC_F_NEXT),
+                RawDesc::chain(&[wr(&out)])[0],
+            ];
+            let what = "indirect descriptor with NEXT to the output";
+            ctx.expect_raw_descs(0, what, &descs, &resp, &[Status::Invalid]);
+            ctx.untouched(&out, what);
+        }
+        ctx.check_alive(0);
+
+        // WRITE on a descriptor that points to a table is ignored (virtio
+        // 1.2, 2.7.5.3.2): the chain is well-formed, also after a readable
+        // descriptor.
+        {
+            let resp = ctx.resp_buf();
+            let tab = ctx.stage(&Descriptor::table_bytes(&table(&[rd(&whole), wr(&resp)])));
+            let descs = [indirect_with(tab.gpa(), 32, DESC_F_WRITE)];
+            let what = "indirect table marked writable";
+            let got = ctx.expect_raw_ok(0, what, &descs, &resp, 64);
+            assert_eq!(got.result[..4], crc9, "{what}");
+
+            let hdr = ctx.stage(&crc_block(&[BufRef::direct(9)]));
+            let data = ctx.stage(text);
+            let resp = ctx.resp_buf();
+            let tab = ctx.stage(&Descriptor::table_bytes(&table(&[rd(&data), wr(&resp)])));
+            let descs = [
+                linked(rd(&hdr), RawNext::Following),
+                indirect_with(tab.gpa(), 32, DESC_F_WRITE),
+            ];
+            let what = "indirect table marked writable after a readable descriptor";
+            let got = ctx.expect_raw_ok(0, what, &descs, &resp, 64);
+            assert_eq!(got.result[..4], crc9, "{what}");
+
+            let resp = ctx.resp_buf();
+            let out = ctx.space(16);
+            let tab = ctx.stage(&Descriptor::table_bytes(&table(&[wr(&resp), wr(&out)])));
+            let descs = [
+                linked(rd(&fill), RawNext::Following),
+                indirect_with(tab.gpa(), 32, DESC_F_WRITE),
+            ];
+            let what = "FILL with its writable part in a table marked writable";
+            ctx.expect_raw_ok(0, what, &descs, &resp, 80);
+            assert_eq!(ctx.mem.read_vec(&out, 0, 16).unwrap(), [0x5a; 16], "{what}");
+        }
+        ctx.check_alive(0);
+
+        // The control queue locates its 16-byte response the same way.
+        {
+            let issued = ctx
+                .expect_ok(
+                    0,
+                    "CRC32C",
+                    &Request::new(Op::Crc32c).input(Buffer::direct(&whole)),
+                )
+                .fence();
+            let query = ctx.stage(&ctrl_block(QUERY, 1, 0, issued.as_slice()));
+            let resp = ctx.resp_buf();
+            let entries = table(&[rd(&query), (resp.gpa(), 16, true)]);
+            let tab = ctx.stage(&Descriptor::table_bytes(&entries));
+            let descs = [indirect_desc(tab.gpa(), 32)];
+            ctx.expect_raw_ctrl("control: indirect table", &descs, &resp, &[Status::Ok]);
+            for (what, len, flags) in [
+                ("control: indirect table of 40 bytes", 40, 0),
+                ("control: indirect descriptor with NEXT", 32, DESC_F_NEXT),
+            ] {
+                let resp = ctx.resp_buf();
+                let entries = table(&[rd(&query), (resp.gpa(), 16, true)]);
+                let tab = ctx.stage(&Descriptor::table_bytes(&entries));
+                let descs = [indirect_with(tab.gpa(), len, flags)];
+                ctx.expect_raw_ctrl(what, &descs, &resp, &[Status::Invalid]);
+            }
+        }
+        ctx.check_alive(0);
+        ctx.check_alive(1);
+        ctx.check_control_alive(0);
+    });
+}
+
 #[test]
 fn descriptor_loops() {
     within("descriptor_loops", || {
@@ -2034,21 +2185,33 @@ fn chain_of_4_gib_or_more() {
         );
         ctx.untouched(&out, "chain of more than 4 GiB");
 
-        // The same with readable descriptors, the response after them.
+        // The same with readable descriptors, the response after them: the
+        // walk goes on past 4 GiB to the response (§6.5).
         let hdr = ctx.stage(&crc_block(&[BufRef::direct(9)]));
         let data = ctx.stage(b"123456789");
+        let big_in = (big.gpa(), len32(big.len()), false);
         let resp = ctx.resp_buf();
         let mut chain = vec![rd(&hdr), rd(&data)];
-        chain.extend(std::iter::repeat_n(
-            (big.gpa(), len32(big.len()), false),
-            64,
-        ));
+        chain.extend(std::iter::repeat_n(big_in, 64));
         chain.push(wr(&resp));
-        let descs = RawDesc::chain(&chain);
-        ctx.expect_raw_failure_or_unanswered(
+        ctx.expect_raw(
             0,
             "readable part of more than 4 GiB",
-            &descs,
+            &chain,
+            &resp,
+            &[Status::Invalid],
+        );
+        // And in an indirect table.
+        let resp = ctx.resp_buf();
+        let mut entries = vec![rd(&hdr), rd(&data)];
+        entries.extend(std::iter::repeat_n(big_in, 64));
+        entries.push(wr(&resp));
+        let bytes = Descriptor::table_bytes(&table(&entries));
+        let tab = ctx.stage(&bytes);
+        ctx.expect_raw_descs(
+            0,
+            "indirect table of more than 4 GiB",
+            &[indirect_desc(tab.gpa(), len32(bytes.len()))],
             &resp,
             &[Status::Invalid],
         );
@@ -2126,6 +2289,148 @@ fn addresses_in_holes() {
     });
 }
 
+// ---- configuration reads (§5) -----------------------------------------------
+
+/// Bytes of configuration a GET_CONFIG may name: vhost-user's limit on
+/// offset + size, and the 4 KiB a virtio-pci device configuration window
+/// spans (§5).
+const CONFIG_WINDOW: usize = 4096;
+/// Longest GET_CONFIG: a vhost-user message carries at most 4096 bytes, 12 of
+/// them the offset, size and flags of the request.
+const MAX_CONFIG_READ: usize = CONFIG_WINDOW - 12;
+/// `VHOST_USER_GET_CONFIG`.
+const GET_CONFIG: u32 = 24;
+
+/// GET_CONFIG of `size` bytes at `offset` through the frontend library.
+fn get_config(dev: &mut AccelDevice, offset: u32, size: u32) -> Result<Vec<u8>, vhost::Error> {
+    let zeros = vec![0; size as usize];
+    dev.transport_mut()
+        .frontend()
+        .get_config(offset, size, VhostUserConfigFlags::empty(), &zeros)
+        .map(|(_, payload)| payload)
+}
+
+/// How the back-end answered a raw GET_CONFIG.
+#[derive(Debug, PartialEq, Eq)]
+enum RawReply {
+    /// A reply: its offset, size and payload.
+    Reply(u32, u32, Vec<u8>),
+    /// The back-end closed the connection.
+    Closed,
+}
+
+/// Sends a GET_CONFIG of `offset`, `size` and `payload` on the socket of
+/// `dev` as raw bytes, past the checks of the frontend library, and reads
+/// the reply.
+fn raw_get_config(dev: &mut AccelDevice, offset: u32, size: u32, payload: usize) -> RawReply {
+    let fd = dev.transport_mut().frontend().as_raw_fd();
+    // SAFETY: `fd` is the frontend's socket, open while `dev` lives, which
+    // is past the duplicate's creation.
+    let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut socket = UnixStream::from(socket.try_clone_to_owned().unwrap());
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let body = 12 + len32(payload);
+    let mut message: Vec<u8> = [GET_CONFIG, 1, body, offset, size, 0]
+        .iter()
+        .flat_map(|word| word.to_le_bytes())
+        .collect();
+    message.resize(message.len() + payload, 0);
+    socket.write_all(&message).unwrap();
+    let mut header = [0u8; 12];
+    match socket.read_exact(&mut header) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return RawReply::Closed,
+        other => other.unwrap_or_else(|e| panic!("GET_CONFIG({offset}, {size}): no reply: {e}")),
+    }
+    let word = |bytes: &[u8], i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    let mut reply = vec![0; word(&header, 8) as usize];
+    socket.read_exact(&mut reply).unwrap();
+    assert_eq!(word(&header, 0), GET_CONFIG, "reply to GET_CONFIG");
+    RawReply::Reply(word(&reply, 0), word(&reply, 4), reply[12..].to_vec())
+}
+
+/// §5: every read of the configuration window, whatever its offset and
+/// size, returns the structure's bytes and zero past them; a GET_CONFIG
+/// vhost-user does not allow is refused without harm to the daemon.
+#[test]
+fn configuration_reads_of_any_offset_and_size() {
+    within("configuration_reads_of_any_offset_and_size", || {
+        let daemon = Daemon::start();
+        let mem = guest_ram(16);
+        let name = "configuration_reads_of_any_offset_and_size";
+        let mut ctx = Ctx::open(&daemon, &mem, DEFAULT_FEATURES, name);
+        let structure = ctx.dev.config().as_slice().to_vec();
+        let mut window = structure.clone();
+        window.resize(CONFIG_WINDOW, 0);
+        let expect = |ctx: &mut Ctx, offset: usize, size: usize| {
+            let got = get_config(&mut ctx.dev, len32(offset), len32(size))
+                .unwrap_or_else(|e| panic!("GET_CONFIG({offset}, {size}): {e}"));
+            assert_eq!(
+                got,
+                window[offset..offset + size],
+                "GET_CONFIG({offset}, {size})"
+            );
+        };
+        // Byte, word, dword and qword reads at every offset of the
+        // structure and past it, aligned or not, and odd sizes.
+        for offset in 0..structure.len() + 9 {
+            for size in 1..=8 {
+                expect(&mut ctx, offset, size);
+            }
+        }
+        for (offset, size) in [
+            (0, structure.len() + 1),
+            (0, MAX_CONFIG_READ),
+            (12, MAX_CONFIG_READ),
+            (structure.len(), CONFIG_WINDOW - structure.len()),
+            (2048, 2048),
+            (4088, 8),
+            (4095, 1),
+        ] {
+            expect(&mut ctx, offset, size);
+        }
+        // Reads that vhost-user does not allow: the frontend library does
+        // not send them.
+        for (offset, size) in [
+            (0, 0),
+            (0, 0x10000),
+            (0, len32(MAX_CONFIG_READ) + 1),
+            (4090, 10),
+            (4096, 1),
+            (u32::MAX, 2),
+        ] {
+            assert!(
+                get_config(&mut ctx.dev, offset, size).is_err(),
+                "GET_CONFIG({offset}, {size}) was accepted"
+            );
+        }
+        // The same checks on raw messages.
+        assert_eq!(
+            raw_get_config(&mut ctx.dev, 3, 5, 5),
+            RawReply::Reply(3, 5, window[3..8].to_vec()),
+            "raw GET_CONFIG(3, 5)"
+        );
+        expect(&mut ctx, 0, 4);
+        ctx.check_alive(0);
+        // Not valid vhost-user: the back-end answers with an error (a reply
+        // of size 0) or closes the connection; the daemon serves on.
+        for (offset, size, payload) in [(0, 0, 0), (0, 0x10000, 0), (4090, 10, 10)] {
+            let what = format!("raw GET_CONFIG({offset}, {size})");
+            match raw_get_config(&mut ctx.dev, offset, size, payload) {
+                RawReply::Closed => {
+                    eprintln!("{what}: the back-end closed the connection");
+                    ctx = Ctx::open(&daemon, &mem, DEFAULT_FEATURES, name);
+                }
+                RawReply::Reply(_, got, bytes) => {
+                    assert_eq!((got, bytes.len()), (0, 0), "{what}: an error reply");
+                }
+            }
+            assert_eq!(ctx.dev.config().as_slice(), structure, "{what}");
+            expect(&mut ctx, 1, 3);
+            ctx.check_alive(0);
+        }
+    });
+}
+
 // ---- control queue (§7) -----------------------------------------------------
 
 /// An OBJECT_CREATE case: what, segments, status.
@@ -2169,6 +2474,30 @@ fn control_queue_defects() {
             let resp = ctx.resp_buf();
             let descs = RawDesc::chain(&[(resp.gpa(), 16, true)]);
             ctx.expect_raw_ctrl("no readable descriptor", &descs, &resp, &[Status::Invalid]);
+            // A header cut short is not decoded at all: an unknown command in
+            // its first bytes is Invalid, not Unsupported (§7).
+            let unknown = ctx.stage(&ctrl_block(0xdead, 0, 0, &[]));
+            let u = unknown.gpa();
+            for (what, pieces) in [
+                ("4-byte header of an unknown command", vec![(u, 4, false)]),
+                (
+                    "15-byte header of an unknown command in two descriptors",
+                    vec![(u, 8, false), (u + 8, 7, false)],
+                ),
+            ] {
+                let resp = ctx.resp_buf();
+                let mut chain = pieces;
+                chain.push((resp.gpa(), 16, true));
+                ctx.expect_raw_ctrl(what, &RawDesc::chain(&chain), &resp, &[Status::Invalid]);
+            }
+            let resp = ctx.resp_buf();
+            let descs = RawDesc::chain(&[(u, 16, false), (resp.gpa(), 16, true)]);
+            ctx.expect_raw_ctrl(
+                "16-byte header of an unknown command",
+                &descs,
+                &resp,
+                &[Status::Unsupported],
+            );
             let resp = ctx.resp_buf();
             let descs = RawDesc::chain(&[(query.gpa(), 20, false), (resp.gpa(), 16, true)]);
             ctx.expect_raw_ctrl(
@@ -2324,9 +2653,10 @@ fn control_queue_defects() {
         ctx.check_control_alive(0);
 
         // Unknown commands: Unsupported.
+        // 0x001 is CAPABILITIES.
         for cmd in [
             0u32,
-            1,
+            2,
             0xff,
             0x102,
             0x1ff,
