@@ -20,10 +20,14 @@ const OWN_BINARY: &str = "/proc/self/exe";
 
 /// `RUST_LOG` decides what is logged (`info` by default); lines of the crates
 /// the daemon builds on are rate-limited, since a VMM or a guest can trigger
-/// them ([`LimitedLogger`]).
+/// them ([`LimitedLogger`]). Never in colour: styled output asks whether
+/// stderr is a terminal (an `ioctl`) at every line, which the sandbox of a
+/// tenant's process does not allow.
 fn init_logger() {
     let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .write_style(env_logger::WriteStyle::Never)
+            .build();
     let max_level = logger.filter();
     if log::set_boxed_logger(Box::new(LimitedLogger::new(logger))).is_ok() {
         log::set_max_level(max_level);

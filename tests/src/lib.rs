@@ -11,6 +11,8 @@
 //! - [`harness`]: the daemon and the driver over a real vhost-user socket.
 //! - [`workload`]: `accelctl`'s one job per operation, also runnable on an
 //!   engine directly.
+//! - [`vm`]: what the VM tests share: builds, the guest script and its
+//!   steps, the console driver, the checks.
 //!
 //! Test targets:
 //! - `tests/engine.rs`: every operation through the software engine directly
@@ -20,4 +22,5 @@
 pub mod data;
 pub mod harness;
 pub use accelctl::reference;
+pub mod vm;
 pub mod workload;

@@ -1,0 +1,234 @@
+//! The end-to-end VM test of `tests/vm.rs`, under cloud-hypervisor: the same
+//! guest, the same guest script, the same steps and checks
+//! (`accel_tests::vm`), and what cloud-hypervisor does differently asserted
+//! where it does.
+//!
+//! cloud-hypervisor needs KVM, and the `/dev/kvm` of the CI machines cannot
+//! boot a Debian guest; KVM nested in a QEMU TCG guest can
+//! (`vmm-config/cloud-hypervisor/README.md`). So the test boots an L1 guest
+//! under the patched QEMU's TCG (`-cpu max`, AMD-flavoured: its emulated SVM
+//! lets `kvm_amd` load), whose init (`vmm-config/cloud-hypervisor/l1-init.sh`)
+//! runs the daemon and cloud-hypervisor with the test guest (L2):
+//!
+//! - L1's console (QEMU's stdio): L1's messages, and the test's orders to
+//!   kill and start the daemon, which runs in L1, and to start
+//!   cloud-hypervisor again;
+//! - L1's second serial port: L2's console (cloud-hypervisor `--console
+//!   tty`), which QEMU connects to `l2-console.in` (a FIFO the test writes)
+//!   and `l2-console.out`;
+//! - L1's third and fourth serial ports: the daemon's and cloud-hypervisor's
+//!   logs, in `daemon.log` and `cloud-hypervisor.log`.
+//!
+//! All of it is kept in `target/vm-test-ch/`.
+//!
+//! The binary comes from `ACCEL_CH_BINARY` (CI:
+//! `../shared/vmm/cloud-hypervisor`, cloud-hypervisor v53.0); without it the
+//! test says loudly that it skips, and fails when `ACCEL_VM_REQUIRED=1`. It
+//! also needs what `tests/vm.rs` needs (root on Debian the first time, for
+//! the builds), and takes about 3.5 minutes on two cores once built.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use accel_tests::vm::{self, Console, GuestHost, Step, Vm};
+
+/// The environment variable that names the cloud-hypervisor binary.
+const CH_BINARY_ENV: &str = "ACCEL_CH_BINARY";
+
+/// What cloud-hypervisor v53 says when it dies of a back-end that went away
+/// while the device was reset (see [`run_fatal_step`]).
+const CH_CONFIG_PANIC: &str = "Failed getting generic vhost-user configuration";
+
+/// The host's side of the guest script: the guest (L2) and the daemon are
+/// in L1, whose init kills and starts the daemon when told on its console.
+struct NestedHost {
+    l1: Vm,
+    l1_console: Console,
+    l2_console: Console,
+}
+
+impl NestedHost {
+    /// Gives L1 `order` and waits for its `answer`.
+    fn order(&mut self, order: &str, answer: &str) {
+        self.l1_console.send(order);
+        self.l1.expect(&mut self.l1_console, answer);
+    }
+}
+
+impl GuestHost for NestedHost {
+    fn expect(&mut self, marker: &str) {
+        let l1_console = &self.l1_console;
+        let exited = "l1: cloud-hypervisor exited";
+        self.l1.expect_unless(&mut self.l2_console, marker, || {
+            l1_console
+                .shows(exited)
+                .then(|| String::from("cloud-hypervisor exited"))
+        });
+    }
+
+    fn send(&mut self, line: &str) {
+        self.l2_console.send(line);
+    }
+
+    fn kill_daemon(&mut self) {
+        self.order("kill-daemon", "l1: daemon killed");
+    }
+
+    fn start_daemon(&mut self) {
+        self.order("start-daemon", "l1: daemon listening");
+    }
+}
+
+/// Runs `step`, which cloud-hypervisor v53 does not survive, and checks
+/// that it died of it.
+///
+/// Both steps where the daemon is away while the guest resets the device
+/// end so (the idle restart: the last job's end reset it; the daemon away
+/// under a job: the job times out and its end resets it). A device the
+/// driver reset has no worker thread in cloud-hypervisor, so nothing
+/// notices the back-end leave or reconnects to it (the worker of an active
+/// device does, and waits 60 s for it, which the reset cuts short); the
+/// guest's next use of the device reads its configuration over the dead
+/// connection, and cloud-hypervisor panics (`generic_vhost_user.rs`:
+/// "Failed getting generic vhost-user configuration: ... Broken pipe") and
+/// aborts, taking the guest with it. A user loses the VM; nothing on the
+/// daemon's side can prevent it. The test checks that this is still so: a
+/// cloud-hypervisor that survives it fails here, and then the step joins
+/// the others.
+fn run_fatal_step(host: &mut NestedHost, step: Step) {
+    step.run(host);
+    host.l1
+        .expect(&mut host.l1_console, "l1: cloud-hypervisor exited: 134");
+}
+
+/// The cloud-hypervisor binary, or why there is none.
+fn cloud_hypervisor() -> Result<PathBuf, String> {
+    let binary = std::env::var_os(CH_BINARY_ENV)
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("no cloud-hypervisor binary ({CH_BINARY_ENV})"))?;
+    // Named but missing is a mistake, not a reason to skip.
+    assert!(
+        binary.is_file(),
+        "{CH_BINARY_ENV}={} is no file",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// A fresh FIFO at `path`, opened for writing (read-write: the open does not
+/// wait for QEMU, and QEMU never sees an end of file).
+fn fifo(path: &Path) -> File {
+    let _ = std::fs::remove_file(path);
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+#[test]
+fn guest_uses_the_device_under_cloud_hypervisor() {
+    let root = vm::workspace();
+    let cache = vm::cache_dir();
+    let ch = match cloud_hypervisor().and_then(|ch| vm::can_run(&cache).map(|()| ch)) {
+        Ok(ch) => ch,
+        Err(why) => {
+            vm::skip("vm_cloud_hypervisor", &why);
+            return;
+        }
+    };
+    // The binaries are built where tests/vm.rs builds them (one build for
+    // both); the logs go to a directory of their own.
+    let binaries = vm::build_binaries(&root.join("target/vm-test"));
+    let out = root.join("target/vm-test-ch");
+    std::fs::create_dir_all(&out).unwrap();
+    let qemu = vm::run_script(&[&root.join("vmm-config/qemu/build-qemu.sh"), &cache]);
+    let (kernel, initrd) = vm::build_guest(&out, &cache, &binaries.accelctl);
+    let l1 = vm::run_script(&[
+        &root.join("vmm-config/cloud-hypervisor/build-l1.sh"),
+        &cache,
+        &ch,
+        &binaries.daemon,
+        Path::new(&kernel),
+        Path::new(&initrd),
+    ]);
+
+    let l1_console = out.join("l1-console.log");
+    let l2_input = fifo(&out.join("l2-console.in"));
+    let l2_console = out.join("l2-console.out");
+    File::create(&l2_console).unwrap();
+    let daemon_log = out.join("daemon.log");
+    let ch_log = out.join("cloud-hypervisor.log");
+    let qemu_stderr = out.join("qemu.stderr");
+    let mut child = Command::new(&qemu[0])
+        .args(["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"])
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+        ])
+        .args(["-smp", "2", "-m", "3G", "-nodefaults", "-display", "none"])
+        .args(["-serial", "stdio", "-serial"])
+        .arg(format!("pipe:{}", out.join("l2-console").display()))
+        .arg("-serial")
+        .arg(format!("file:{}", daemon_log.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", ch_log.display()))
+        .args(["-no-reboot", "-kernel", &l1[0], "-initrd", &l1[1]])
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .stdin(Stdio::piped())
+        .stdout(File::create(&l1_console).unwrap())
+        .stderr(File::create(&qemu_stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let logs = vec![
+        l1_console.clone(),
+        qemu_stderr,
+        ch_log.clone(),
+        daemon_log,
+        l2_console.clone(),
+    ];
+    let mut host = NestedHost {
+        l1: Vm::new(child, "L1 (qemu)", logs),
+        l1_console: Console::new(l1_console, stdin),
+        l2_console: Console::new(l2_console, l2_input),
+    };
+
+    // The steps of tests/vm.rs that cloud-hypervisor survives, with the
+    // same checks. It reconnects by itself to a daemon that comes back
+    // while a job runs; the job times out as under QEMU, since
+    // cloud-hypervisor restarts the rings at their available index, past
+    // the requests of the earlier daemon, which stay unanswered. On a
+    // reboot it creates the device anew (a new connection to the daemon).
+    let steps = [Step::FirstJobs, Step::RestartUnderJob, Step::Reboot];
+    for step in steps {
+        step.run(&mut host);
+    }
+    run_fatal_step(&mut host, Step::IdleRestart);
+    // A new VM, as a user would start after losing one.
+    host.l1_console.send("start-vm");
+    run_fatal_step(&mut host, Step::StopUnderJob);
+    host.l1_console.send("poweroff");
+    host.l1.wait_exit();
+
+    let context = host.l1.context();
+    let log = host.l2_console.text();
+    vm::check_guest_console(&log, &steps, &context);
+    // The job that lost its daemon failed, as under QEMU, before
+    // cloud-hypervisor died.
+    vm::check_job_timed_out(&log, "without a daemon", &context);
+    let ch_messages = String::from_utf8_lossy(&std::fs::read(&ch_log).unwrap()).into_owned();
+    assert_eq!(
+        ch_messages.matches(CH_CONFIG_PANIC).count(),
+        2,
+        "cloud-hypervisor did not stop as expected\n{context}"
+    );
+}

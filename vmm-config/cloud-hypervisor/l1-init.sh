@@ -1,0 +1,97 @@
+#!/bin/sh
+# Init of the L1 guest (build-l1.sh): a QEMU TCG guest whose emulated SVM gives
+# cloud-hypervisor a working /dev/kvm. It runs the daemon and cloud-hypervisor
+# with the test guest (L2), and takes orders from the host on its console.
+#
+# L1's serial ports (QEMU's -serial options, in order):
+#   ttyS0  L1's console: what L1 says ("l1: ..."), and the host's orders, one
+#          a line: "kill-daemon" (SIGKILL, answered "l1: daemon killed"),
+#          "start-daemon" (answered "l1: daemon listening" once it listens),
+#          "start-vm" (cloud-hypervisor again, after it exited) and
+#          "poweroff";
+#   ttyS1  L2's console: a virtio console (--console tty, hvc0 in L2), which
+#          cloud-hypervisor reads from its stdin (this port) and writes to
+#          its stdout, a FIFO relayed to this port: with a terminal as its
+#          stdout, v53 starts a SIGWINCH listener for the console, and
+#          creating it again when the guest reboots fails here ("Error
+#          starting sigwinch listener"), which ends cloud-hypervisor;
+#   ttyS2  the daemon's log (stderr, RUST_LOG=debug), every run of it, through
+#          a FIFO: a daemon whose stderr is a terminal loses its tenants'
+#          processes to the sandbox (their logger's terminal check is an
+#          ioctl, which the sandbox refuses);
+#   ttyS3  cloud-hypervisor's log (stderr, -v).
+# L1 starts the daemon, then cloud-hypervisor; when cloud-hypervisor exits
+# (the L2 guest powered off, or it failed), L1 says
+# "l1: cloud-hypervisor exited: STATUS".
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+say() { echo "l1: $*"; }
+
+# The host's orders are not echoed; the logs get no carriage returns.
+stty -echo
+stty -F /dev/ttyS1 raw -echo
+stty -F /dev/ttyS2 raw -echo
+stty -F /dev/ttyS3 raw -echo
+for module in irqbypass kvm ccp kvm-amd; do
+    insmod /mod/$module.ko || say "cannot load $module"
+done
+if [ ! -c /dev/kvm ]; then
+    say "no /dev/kvm (is the CPU AMD-flavoured, with SVM?)"
+    poweroff -f
+fi
+
+socket=/run/accel.sock
+# Relays opened read-write, so that they never see an end of file when one
+# writer (a daemon, a cloud-hypervisor) ends and before the next starts.
+mkfifo /run/daemon-log /run/l2-console
+cat <>/run/daemon-log >/dev/ttyS2 &
+cat <>/run/l2-console >/dev/ttyS1 &
+daemon=
+start_daemon() {
+    rm -f $socket
+    RUST_LOG=debug /bin/vhost-user-accel --socket-path $socket --queues 2 2>/run/daemon-log &
+    daemon=$!
+    while [ ! -S $socket ]; do usleep 20000; done
+    say "daemon listening"
+}
+kill_daemon() {
+    # The socket goes first. cloud-hypervisor v53 reconnects the moment its
+    # connection drops, and may reach the listener of the dying daemon (the
+    # kernel can release it after the connection); that reconnection fails
+    # and v53 never tries again (fixed after v53 by "virtio-devices: Retry
+    # complete vhost-user reconnect"). Without the file it tries every 100 ms
+    # until the next daemon listens.
+    rm -f $socket
+    kill -KILL "$daemon"
+    wait "$daemon"
+    say "daemon killed"
+}
+
+start_vm() {
+    (
+        set -x
+        cloud-hypervisor -v \
+            --cpus boot=2 --memory size=1G,shared=on \
+            --kernel /l2/vmlinuz --initramfs /l2/initrd.gz \
+            --cmdline "console=hvc0 quiet panic=-1" \
+            --serial off --console tty \
+            --generic-vhost-user "socket=$socket,device_type=63,queue_sizes=[256,256,256]" \
+            </dev/ttyS1 >/run/l2-console 2>/dev/ttyS3
+        status=$?
+        set +x
+        say "cloud-hypervisor exited: $status"
+    ) &
+}
+
+start_daemon
+start_vm
+while read -r order; do
+    case $order in
+    kill-daemon) kill_daemon ;;
+    start-daemon) start_daemon ;;
+    start-vm) start_vm ;;
+    poweroff) poweroff -f ;;
+    *) say "unknown order: $order" ;;
+    esac
+done
