@@ -18,7 +18,10 @@
 //!   [`DmaMemory::hugepages`]), plus listing and binding of devices;
 //! - [`device`]: [`Device`], the accelerator protocol over any transport:
 //!   feature negotiation, control commands (objects, fences), requests,
-//!   completions, and raw queue access for fault tests.
+//!   completions, and raw queue access for fault tests;
+//! - [`kernel`]: [`KernelDevice`], the device through the guest kernel's
+//!   `virtio_accel` module and its accel node (`/dev/accel/accelN`): GEM
+//!   objects, dma-bufs, sync_file and syncobj fences, result records.
 //!
 //! A minimal session:
 //!
@@ -59,6 +62,7 @@
 )]
 
 pub mod device;
+pub mod kernel;
 pub mod memory;
 pub mod pci;
 pub mod transport;
@@ -72,6 +76,7 @@ pub use device::{
     feature, Buffer, Completion, ControlCompletion, Device, Object, OpenOptions, Request,
     CAPABILITIES, DEFAULT_FEATURES,
 };
+pub use kernel::KernelDevice;
 pub use memory::{DmaBuf, DmaMemory, MemoryRegion};
 pub use pci::{PciOptions, PciTransport};
 pub use transport::Transport;

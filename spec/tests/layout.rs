@@ -20,10 +20,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod spec_doc;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Debug;
 use std::mem::{offset_of, size_of};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use spec_doc::{
+    check_header, cited_sections, doc_path, heading_numbers, manifest_dir, parse_number, row_cells,
+    Doc, Table,
+};
 
 use virtio_accel_spec::op::{
     AES_KEY_SIZE, COMPARE_EQUAL, DEFLATE_MAX_LEVEL, GCM_IV_SIZE, GCM_TAG_SIZE, PARAMS_SIZE,
@@ -173,163 +180,8 @@ fn constants() -> BTreeMap<&'static str, u64> {
 }
 
 // ---------------------------------------------------------------------------
-// The document side.
+// Reporting.
 // ---------------------------------------------------------------------------
-
-/// Kinds of marker comment that introduce a checked table.
-const MARKERS: [&str; 4] = ["layout", "values", "arity", "constants"];
-
-/// A table of the document introduced by a marker comment.
-#[derive(Debug)]
-struct Table {
-    /// Line number (1-based) of the marker.
-    line: usize,
-    /// `layout`, `values`, `arity` or `constants`.
-    kind: String,
-    /// What follows `kind:` in the marker, e.g. `Req size=80`.
-    arg: String,
-    /// Header cells.
-    header: Vec<String>,
-    /// Body rows: line number and cells.
-    rows: Vec<(usize, Vec<String>)>,
-}
-
-/// The specification, split into lines and marked tables.
-struct Doc {
-    text: String,
-    tables: Vec<Table>,
-}
-
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn doc_path() -> PathBuf {
-    manifest_dir().join("virtio-accel.md")
-}
-
-impl Doc {
-    fn load() -> Doc {
-        let path = doc_path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let tables = parse_tables(&text).unwrap_or_else(|errors| fail(&errors));
-        Doc { text, tables }
-    }
-
-    fn tables<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Table> + 'a {
-        self.tables.iter().filter(move |t| t.kind == kind)
-    }
-}
-
-/// The cells of a table line, trimmed, with code backticks removed.
-fn cells(line: &str) -> Vec<String> {
-    let line = line.trim();
-    let line = line.strip_prefix('|').unwrap_or(line);
-    let line = line.strip_suffix('|').unwrap_or(line);
-    line.split('|')
-        .map(|cell| cell.trim().replace('`', ""))
-        .collect()
-}
-
-/// The kind and argument of a marker comment, if `line` is one.
-fn marker(line: &str) -> Option<(String, String)> {
-    let inner = line
-        .trim()
-        .strip_prefix("<!--")?
-        .strip_suffix("-->")?
-        .trim();
-    let (kind, arg) = inner.split_once(':').unwrap_or((inner, ""));
-    let kind = kind.trim();
-    MARKERS
-        .contains(&kind)
-        .then(|| (kind.to_string(), arg.trim().to_string()))
-}
-
-fn parse_tables(text: &str) -> Result<Vec<Table>, Vec<String>> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut tables = Vec::new();
-    let mut errors = Vec::new();
-    for (index, line) in lines.iter().enumerate() {
-        let Some((kind, arg)) = marker(line) else {
-            continue;
-        };
-        let line_no = index + 1;
-        let table_lines: Vec<(usize, &str)> = lines[index + 1..]
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (line_no + 1 + i, *l))
-            .take_while(|(_, l)| l.trim_start().starts_with('|'))
-            .collect();
-        let [(_, header), (separator_no, separator), body @ ..] = table_lines.as_slice() else {
-            errors.push(format!(
-                "line {line_no}: marker `{kind}: {arg}` is not directly followed by a table with a header and a separator"
-            ));
-            continue;
-        };
-        let separator_ok = cells(separator)
-            .iter()
-            .all(|c| !c.is_empty() && c.chars().all(|ch| matches!(ch, '-' | ':')));
-        if !separator_ok {
-            errors.push(format!("line {separator_no}: not a table separator row"));
-        }
-        if body.is_empty() {
-            errors.push(format!("line {line_no}: table `{kind}: {arg}` has no rows"));
-        }
-        tables.push(Table {
-            line: line_no,
-            kind,
-            arg,
-            header: cells(header),
-            rows: body.iter().map(|(n, l)| (*n, cells(l))).collect(),
-        });
-    }
-    if errors.is_empty() {
-        Ok(tables)
-    } else {
-        Err(errors)
-    }
-}
-
-/// A decimal or `0x` hexadecimal number; `_` separators are allowed.
-fn parse_number(cell: &str) -> Option<u64> {
-    let digits = cell.replace('_', "");
-    match digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => digits.parse().ok(),
-    }
-}
-
-fn check_header(table: &Table, expected: &[&str], errors: &mut Vec<String>) {
-    let found: Vec<&str> = table.header.iter().map(String::as_str).collect();
-    if found.len() < expected.len() || found[..expected.len()] != *expected {
-        errors.push(format!(
-            "line {}: table `{}: {}` must start with columns {expected:?}, found {found:?}",
-            table.line, table.kind, table.arg
-        ));
-    }
-}
-
-/// The cells of a row, if it has at least `n`.
-fn row_cells<'a>(
-    line: usize,
-    row: &'a [String],
-    n: usize,
-    errors: &mut Vec<String>,
-) -> Option<&'a [String]> {
-    if row.len() < n {
-        errors.push(format!(
-            "line {line}: row has {} cells, expected at least {n}",
-            row.len()
-        ));
-        None
-    } else {
-        Some(&row[..n])
-    }
-}
 
 fn fail(errors: &[String]) -> ! {
     panic!(
@@ -697,33 +549,6 @@ fn device_id_is_documented_in_section_2() {
         "§2 of {} does not mention the device ID {id}",
         doc_path().display()
     );
-}
-
-/// Numbers of the document's numbered headings, e.g. "6", "6.2", "6.2.1".
-fn heading_numbers(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|line| {
-            let title = line.strip_prefix('#')?.trim_start_matches('#').trim_start();
-            let number = title.split_whitespace().next()?.trim_end_matches('.');
-            (!number.is_empty() && number.chars().all(|c| c.is_ascii_digit() || c == '.'))
-                .then(|| number.to_string())
-        })
-        .collect()
-}
-
-/// Every `§N` or `§N.M` cited in `text`.
-fn cited_sections(text: &str) -> BTreeSet<String> {
-    text.split('§')
-        .skip(1)
-        .filter_map(|rest| {
-            let number: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
-            let number = number.trim_end_matches('.');
-            (!number.is_empty()).then(|| number.to_string())
-        })
-        .collect()
 }
 
 #[test]

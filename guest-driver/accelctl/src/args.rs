@@ -43,13 +43,27 @@ pub struct Args {
     /// accelctl plays the VMM and the guest).
     #[arg(long, value_name = "SOCKET", global = true, conflicts_with = "pci")]
     pub vhost_user: Option<PathBuf>,
-    /// Use the virtio-pci function at this address (guest transport; the
-    /// default, with the only device present, when --vhost-user is not given).
+    /// Use the guest kernel's virtio_accel module through its accel node:
+    /// the only one, or the one given as --kernel=NODE (guest transport; the
+    /// default whenever the module drives a device).
+    #[arg(
+        long,
+        value_name = "NODE",
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        conflicts_with_all = ["vhost_user", "pci"]
+    )]
+    pub kernel: Option<Option<PathBuf>>,
+    /// Use the virtio-pci function at this address through uio_pci_generic
+    /// (guest transport, once `accelctl bind` has handed it over; the
+    /// default, with the only function present, when the virtio_accel
+    /// module drives no device).
     #[arg(long, value_name = "BDF", global = true)]
     pub pci: Option<String>,
     /// Busy-poll the used rings instead of sleeping on the device's
-    /// interrupt (virtio-pci; a function without an INTx pin, as under
-    /// cloud-hypervisor, is polled in any case).
+    /// interrupt (virtio-pci; a function without an INTx line, as under
+    /// cloud-hypervisor, is polled in any case, and accelctl says so).
     #[arg(long, global = true)]
     pub poll: bool,
     /// Seconds to wait for the device before giving up.
@@ -294,6 +308,24 @@ mod tests {
         match args.command {
             Command::Run(run) => run,
             other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kernel_takes_its_node_only_after_an_equals_sign() {
+        let args = Args::try_parse_from(["accelctl", "--kernel", "selftest"]).unwrap();
+        assert_eq!(args.kernel, Some(None));
+        assert!(matches!(args.command, Command::Selftest { .. }));
+        let args =
+            Args::try_parse_from(["accelctl", "list", "--kernel=/dev/accel/accel1"]).unwrap();
+        assert_eq!(args.kernel, Some(Some(PathBuf::from("/dev/accel/accel1"))));
+        let args = Args::try_parse_from(["accelctl", "list"]).unwrap();
+        assert_eq!(args.kernel, None);
+        for clash in [
+            ["accelctl", "--kernel", "--pci", "0000:00:04.0", "list"].as_slice(),
+            &["accelctl", "--kernel", "--vhost-user", "/tmp/s", "list"],
+        ] {
+            assert!(Args::try_parse_from(clash).is_err(), "{clash:?}");
         }
     }
 

@@ -1,11 +1,15 @@
 //! Throughput: a queue kept `depth` requests deep, one interrupt asked per
 //! batch of completions, each completed request resubmitted at once. The
 //! foundation benchmark (`accel-bench`) measures the daemon path with this
-//! same loop, so `accelctl bench` and it report the same figures.
+//! same loop, so `accelctl bench` and it report the same figures. Over the
+//! kernel transport the loop is the same with jobs in GEM objects, each
+//! waited for by its sync_file ([`measure_kernel`]).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use accel_driver::{DmaBuf, DmaMemory, Request, Transport};
+use accel_driver::kernel::{self, GemObject, Submission};
+use accel_driver::{DmaBuf, DmaMemory, KernelDevice, Request, Transport};
 use thiserror::Error;
 use virtio_accel_spec::Op;
 
@@ -21,6 +25,9 @@ pub enum Error {
     /// Guest buffers could not be allocated.
     #[error("DMA memory")]
     Memory(#[from] accel_driver::memory::Error),
+    /// The kernel transport failed.
+    #[error("kernel transport")]
+    Kernel(#[from] accel_driver::kernel::Error),
     /// The device returned a token that names no request of the run.
     #[error("completion with unknown token {0}")]
     UnknownToken(u64),
@@ -172,29 +179,131 @@ pub fn measure<T: Transport>(
     device: &accel_driver::Device<T>,
     options: &Options,
     data: &mut DataSource,
+    progress: impl FnMut(usize, usize, Op, usize),
+) -> Result<Vec<Point>, Error> {
+    each_point(options, data, progress, |workload| {
+        let slots = make_slots(workload, device.memory(), options.depth)?;
+        let run = pipeline(
+            device,
+            options.queue,
+            &slots,
+            options.batch,
+            options.duration,
+        )?;
+        Ok(Some((slots.len(), run)))
+    })
+}
+
+/// [`measure`] over the kernel transport, with [`kernel_pipeline`]
+/// (`options.batch` does not apply: the kernel takes the interrupts). A
+/// point whose objects the kernel cannot make contiguous enough
+/// ([`kernel::Error::Fragmented`]) is left out and passed to `skipped`.
+pub fn measure_kernel(
+    device: &KernelDevice,
+    options: &Options,
+    data: &mut DataSource,
+    progress: impl FnMut(usize, usize, Op, usize),
+    mut skipped: impl FnMut(Op, usize, Error),
+) -> Result<Vec<Point>, Error> {
+    each_point(options, data, progress, |workload| {
+        let depth = options.depth;
+        match kernel_pipeline(device, options.queue, workload, depth, options.duration) {
+            Err(e @ Error::Kernel(kernel::Error::Fragmented { .. })) => {
+                skipped(workload.op, workload.bytes, e);
+                Ok(None)
+            }
+            measured => measured.map(Some),
+        }
+    })
+}
+
+/// Measures `point` (the depth it kept and its run, or nothing) for every
+/// operation and size of `options`, calling `progress` before each.
+fn each_point(
+    options: &Options,
+    data: &mut DataSource,
     mut progress: impl FnMut(usize, usize, Op, usize),
+    mut point: impl FnMut(&Workload) -> Result<Option<(usize, Run)>, Error>,
 ) -> Result<Vec<Point>, Error> {
     let total = options.ops.len() * options.sizes.len();
     let mut points = Vec::with_capacity(total);
+    let mut number = 0;
     for &op in &options.ops {
         for &size in &options.sizes {
-            progress(points.len() + 1, total, op, size);
+            number += 1;
+            progress(number, total, op, size);
             let workload = Workload::new(op, data.text(size));
-            let slots = make_slots(&workload, device.memory(), options.depth)?;
-            let run = pipeline(
-                device,
-                options.queue,
-                &slots,
-                options.batch,
-                options.duration,
-            )?;
-            points.push(Point {
-                op,
-                size,
-                depth: slots.len(),
-                run,
-            });
+            if let Some((depth, run)) = point(&workload)? {
+                points.push(Point {
+                    op,
+                    size,
+                    depth,
+                    run,
+                });
+            }
         }
     }
     Ok(points)
+}
+
+/// One job of `workload` in GEM objects of `device`: its submission and
+/// the objects it names.
+fn kernel_slot<'d>(
+    device: &'d KernelDevice,
+    workload: &Workload,
+    queue: u16,
+) -> Result<(Submission<'static>, Vec<GemObject<'d>>), Error> {
+    let mut submission = Submission::new(workload.op)
+        .raw_params(workload.params)
+        .on_queue(queue);
+    let mut objects = Vec::new();
+    for input in &workload.inputs {
+        let object = device.create_object(input.len().max(1) as u64)?;
+        object.mapping()?.write(0, input)?;
+        submission = submission.input(object.range(0, input.len() as u64)?);
+        objects.push(object);
+    }
+    for &size in &workload.output_sizes {
+        let object = device.create_object(size.max(1) as u64)?;
+        submission = submission.output(object.range(0, size as u64)?);
+        objects.push(object);
+    }
+    Ok((submission, objects))
+}
+
+/// Keeps `depth` jobs of `workload` (fewer if the device's result records
+/// are fewer) in flight on request queue `queue` for `duration`, each
+/// resubmitted once its sync_file has signalled, then drains; returns the
+/// depth kept and the run.
+pub fn kernel_pipeline(
+    device: &KernelDevice,
+    queue: u16,
+    workload: &Workload,
+    depth: usize,
+    duration: Duration,
+) -> Result<(usize, Run), Error> {
+    let slots = (0..depth.clamp(1, device.result_slots()))
+        .map(|_| kernel_slot(device, workload, queue))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut in_flight = slots
+        .iter()
+        .enumerate()
+        .map(|(index, (submission, _))| Ok((index, device.submit(submission)?)))
+        .collect::<Result<VecDeque<_>, Error>>()?;
+    let start = Instant::now();
+    let mut jobs = 0;
+    while let Some((index, job)) = in_flight.pop_front() {
+        job.finish(Some(device.timeout()))?.completion(0).check()?;
+        jobs += 1;
+        if start.elapsed() < duration {
+            in_flight.push_back((index, device.submit(&slots[index].0)?));
+        }
+    }
+    Ok((
+        slots.len(),
+        Run {
+            jobs,
+            elapsed: start.elapsed(),
+        },
+    ))
 }

@@ -5,7 +5,11 @@
 //! Map of the crate:
 //! - [`args`]: the command line and its translation into typed jobs;
 //! - [`target`]: which device to open: a daemon's vhost-user socket (host
-//!   transport) or a virtio-pci function (guest transport);
+//!   transport), a virtio-pci function through `uio_pci_generic`, or the
+//!   accel node of the guest kernel's `virtio_accel` module (guest
+//!   transports; the node when the module is bound);
+//! - [`accelerator`]: what the commands need of a device, on any transport:
+//!   its configuration, and a job run on bytes of this process;
 //! - [`mod@reference`]: software references of every operation, independent
 //!   of the daemon's engine crates;
 //! - [`data`]: seeded random and text-like input data;
@@ -17,6 +21,7 @@
 //! - [`report`]: what `list` prints about a device.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod accelerator;
 pub mod args;
 pub mod bench;
 pub mod data;

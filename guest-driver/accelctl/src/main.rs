@@ -10,10 +10,10 @@ use accel_driver::pci::{self, SYSFS_ROOT, UIO_DRIVER};
 use accelctl::args::{Args, BenchArgs, Command, RunArgs};
 use accelctl::bench;
 use accelctl::data::DataSource;
-use accelctl::report::{describe_device, supported_ops};
+use accelctl::report::{describe_any, supported_ops};
 use accelctl::run::execute;
-use accelctl::selftest::{self, Outcome, SelfTest};
-use accelctl::target::{pci_address, pci_devices, AnyDevice, Target};
+use accelctl::selftest::{self, Outcome, SelfTest, TransportChecks};
+use accelctl::target::{kernel_nodes, pci_address, pci_devices, AnyDevice, Target};
 use clap::Parser;
 use virtio_accel_spec::Op;
 
@@ -49,14 +49,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn target(args: &Args) -> Target {
-    match &args.vhost_user {
-        Some(path) => Target::VhostUser(path.clone()),
-        None => Target::Pci {
-            address: args.pci.clone(),
-            poll: args.poll,
-        },
-    }
+fn target(args: &Args) -> Result<Target, Box<dyn Error>> {
+    Ok(Target::choose(args, kernel_nodes)?)
 }
 
 fn timeout(args: &Args) -> Result<Duration, Box<dyn Error>> {
@@ -66,7 +60,7 @@ fn timeout(args: &Args) -> Result<Duration, Box<dyn Error>> {
 
 fn open(args: &Args, memory: usize) -> Result<AnyDevice, Box<dyn Error>> {
     let timeout = timeout(args)?;
-    Ok(target(args).open(memory, timeout)?)
+    Ok(target(args)?.open(memory, timeout)?)
 }
 
 fn dispatch(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
@@ -80,17 +74,37 @@ fn dispatch(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
 }
 
 fn list_command(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
-    if args.vhost_user.is_some() || args.pci.is_some() {
-        println!("{}", describe_device(&open(args, SMALL_MEMORY)?));
+    if args.vhost_user.is_some() || args.pci.is_some() || args.kernel.is_some() {
+        println!("transport: {}", target(args)?);
+        println!("{}", describe_any(&open(args, SMALL_MEMORY)?));
         return Ok(ExitCode::SUCCESS);
     }
+    let nodes = kernel_nodes()?;
     let devices = pci_devices()?;
-    if devices.is_empty() {
+    if nodes.is_empty() && devices.is_empty() {
         return Err(accelctl::target::Error::NoPciDevice.into());
+    }
+    match Target::choose(args, || Ok(nodes.clone())) {
+        Ok(chosen) => println!("transport: {chosen}"),
+        Err(error) => println!("transport: none chosen: {}", error_chain(&error)),
+    }
+    for node in &nodes {
+        let pci = node.pci.as_deref().unwrap_or("not on PCI");
+        let virtio = node.virtio.as_deref().unwrap_or("?");
+        println!(
+            "{} (the {} module, {virtio} on {pci})",
+            node.node.display(),
+            accel_driver::kernel::DRIVER_NAME
+        );
+        match Target::Kernel(node.node.clone()).open(SMALL_MEMORY, timeout(args)?) {
+            Ok(opened) => println!("{}", describe_any(&opened)),
+            Err(error) => println!("  cannot open: {}", error_chain(&error)),
+        }
     }
     for device in devices {
         let driver = device.driver.as_deref().unwrap_or("no driver");
         println!("{} ({driver})", device.bdf);
+        let module_node = nodes.iter().find(|n| n.pci.as_deref() == Some(&device.bdf));
         if device.driver.as_deref() == Some(UIO_DRIVER) {
             let target = Target::Pci {
                 address: Some(device.bdf.clone()),
@@ -99,9 +113,15 @@ fn list_command(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
             // A device another process holds (or that fails) is reported,
             // and the others are still listed.
             match target.open(SMALL_MEMORY, timeout(args)?) {
-                Ok(opened) => println!("{}", describe_device(&opened)),
+                Ok(opened) => println!("{}", describe_any(&opened)),
                 Err(error) => println!("  cannot open: {}", error_chain(&error)),
             }
+        } else if let Some(node) = module_node {
+            println!(
+                "  driven by the kernel module: {} (accelctl --pci {} bind hands it to {UIO_DRIVER})",
+                node.node.display(),
+                device.bdf
+            );
         } else {
             println!(
                 "  not usable until bound: accelctl --pci {} bind",
@@ -113,8 +133,8 @@ fn list_command(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
 }
 
 fn bind_command(args: &Args, dry_run: bool, force: bool) -> Result<ExitCode, Box<dyn Error>> {
-    if args.vhost_user.is_some() {
-        return Err("bind applies to virtio-pci devices, not to --vhost-user".into());
+    if args.vhost_user.is_some() || args.kernel.is_some() {
+        return Err("bind applies to virtio-pci devices, not to --vhost-user or --kernel".into());
     }
     let bdf = pci_address(args.pci.as_deref())?;
     let root = Path::new(SYSFS_ROOT);
@@ -150,7 +170,7 @@ fn run_command(args: &Args, run: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         .collect::<Result<Vec<_>, _>>()?;
     let input_len = inputs.iter().map(Vec::len).sum();
     let device = open(args, job.memory_needed(input_len))?;
-    let output = execute(&device, args.queue, &job, &inputs)?;
+    let output = execute(device.accelerator(), args.queue, &job, &inputs)?;
     if let (Some(data), Some(path)) = (&output.data, &run.output) {
         std::fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
@@ -167,27 +187,29 @@ fn selftest_command(
     seed: Option<u64>,
     strict: bool,
 ) -> Result<ExitCode, Box<dyn Error>> {
-    let device = open(args, SMALL_MEMORY)?;
+    let chosen = target(args)?;
+    let device = chosen.open(SMALL_MEMORY, timeout(args)?)?;
     let mut data = seed.map_or_else(DataSource::from_clock, DataSource::new);
     println!(
-        "selftest: seed {} (replay with --seed {})",
+        "selftest: seed {} (replay with --seed {}), transport: {chosen}",
         data.seed(),
         data.seed()
     );
-    let report = SelfTest::new(&device, &mut data).run(|check| match &check.outcome {
-        Outcome::Passed => println!("ok    {}", check.name),
-        Outcome::Failed(why) => println!("FAIL  {}: {why}", check.name),
-        Outcome::Skipped(why) => println!("skip  {}: {why}", check.name),
-    })?;
+    let report = match &device {
+        AnyDevice::Virtio(device) => run_selftest(device, &mut data)?,
+        AnyDevice::Kernel(device) => run_selftest(device, &mut data)?,
+    };
     let (failures, skips) = (report.failures(), report.skips());
     println!(
-        "selftest: {} checks, {failures} failed, {skips} not run{}, sizes {:?}",
+        "selftest: {} checks, {failures} failed, {skips} not run{}, {} not applicable to the \
+         transport, sizes {:?}",
         report.checks.len(),
         if strict && skips > 0 {
             " (--strict: a failure)"
         } else {
             ""
         },
+        report.not_applicable(),
         selftest::SIZES
     );
     Ok(if report.passed(strict) {
@@ -197,9 +219,22 @@ fn selftest_command(
     })
 }
 
+/// Runs the self-test on `device`, printing each check as it ends.
+fn run_selftest<D: TransportChecks>(
+    device: &D,
+    data: &mut DataSource,
+) -> Result<selftest::Report, selftest::Error> {
+    SelfTest::new(device, data).run(|check| match &check.outcome {
+        Outcome::Passed => println!("ok    {}", check.name),
+        Outcome::Failed(why) => println!("FAIL  {}: {why}", check.name),
+        Outcome::Skipped(why) => println!("skip  {}: {why}", check.name),
+        Outcome::NotApplicable(why) => println!("n/a   {}: {why}", check.name),
+    })
+}
+
 fn bench_command(args: &Args, bench_args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
     let device = open(args, bench_args.memory << 20)?;
-    let offered = supported_ops(u32::from(device.config().ops));
+    let offered = supported_ops(u32::from(device.accelerator().config().ops));
     let ops: Vec<Op> = if bench_args.ops.is_empty() {
         offered
     } else {
@@ -219,10 +254,24 @@ fn bench_command(args: &Args, bench_args: &BenchArgs) -> Result<ExitCode, Box<dy
         "op", "size", "depth", "jobs/s", "GB/s"
     );
     let mut data = DataSource::new(bench::BENCH_SEED);
-    let points = bench::measure(&device, &options, &mut data, |n, total, op, size| {
+    let progress = |n, total, op: Op, size| {
         eprint!("\r[{n}/{total}] {} {size} B          ", op.name());
         let _ = std::io::stderr().flush();
-    })?;
+    };
+    let mut left_out = Vec::new();
+    let points = match &device {
+        AnyDevice::Virtio(device) => bench::measure(device, &options, &mut data, progress)?,
+        AnyDevice::Kernel(device) => {
+            bench::measure_kernel(device, &options, &mut data, progress, |op, size, error| {
+                left_out.push(format!(
+                    "{:<14} {:>9} | not measured: {}",
+                    op.name(),
+                    size,
+                    error_chain(&error)
+                ));
+            })?
+        }
+    };
     eprintln!();
     for point in points {
         println!(
@@ -234,5 +283,6 @@ fn bench_command(args: &Args, bench_args: &BenchArgs) -> Result<ExitCode, Box<dy
             point.run.gb_per_sec(point.size)
         );
     }
+    left_out.iter().for_each(|line| println!("{line}"));
     Ok(ExitCode::SUCCESS)
 }

@@ -1,12 +1,16 @@
 //! What `accelctl list` prints about a device: features, operations and
-//! limits, from the configuration space (§5) and the negotiated features (§3).
+//! limits, from the configuration space (§5) and the negotiated features (§3)
+//! (over the kernel transport, from the driver's GET_INFO).
 
 use std::fmt::Write as _;
 
-use accel_driver::Transport;
+use accel_driver::kernel::DRIVER_NAME;
+use accel_driver::{KernelDevice, Transport};
 use virtio_accel_spec::{Op, VirtioAccelConfig, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+use crate::target::AnyDevice;
 
 /// Names of the feature bits the driver knows.
 const FEATURE_NAMES: &[(u32, &str)] = &[
@@ -42,17 +46,21 @@ pub fn supported_ops(ops: u32) -> Vec<Op> {
 /// A human-readable description of a device: its configuration, the
 /// negotiated features and the capabilities enabled (§3).
 pub fn describe(config: &VirtioAccelConfig, negotiated: u64, capabilities: u64) -> String {
+    format!(
+        "  features:        {}\n{}",
+        feature_names(negotiated).join(" "),
+        describe_config(config, capabilities)
+    )
+}
+
+/// The capabilities enabled (§3) and the configuration (§5), one per line.
+fn describe_config(config: &VirtioAccelConfig, capabilities: u64) -> String {
     let ops: Vec<&str> = supported_ops(u32::from(config.ops))
         .into_iter()
         .map(Op::name)
         .collect();
     let mut text = String::new();
     // Writing to a String cannot fail.
-    let _ = writeln!(
-        text,
-        "  features:        {}",
-        feature_names(negotiated).join(" ")
-    );
     let _ = writeln!(
         text,
         "  capabilities:    {}",
@@ -92,6 +100,24 @@ pub fn describe(config: &VirtioAccelConfig, negotiated: u64, capabilities: u64) 
 /// [`describe`] for an opened device.
 pub fn describe_device<T: Transport>(device: &accel_driver::Device<T>) -> String {
     describe(device.config(), device.features(), device.capabilities())
+}
+
+/// [`describe`] for the accel node of the kernel's driver, which
+/// negotiates the features itself and reports the capabilities it enabled.
+pub fn describe_kernel(device: &KernelDevice) -> String {
+    let (major, minor, patch) = device.version();
+    format!(
+        "  driver:          {DRIVER_NAME} {major}.{minor}.{patch} (it negotiates the features)\n{}",
+        describe_config(&device.config(), device.capabilities())
+    )
+}
+
+/// [`describe`] for a device on any transport.
+pub fn describe_any(device: &AnyDevice) -> String {
+    match device {
+        AnyDevice::Virtio(device) => describe_device(device),
+        AnyDevice::Kernel(device) => describe_kernel(device),
+    }
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 //! DEFLATE_COMPRESS as one member per piece (a multi-member file, which
 //! `gzip -d` reads whole). The other operations take one request.
 
-use accel_driver::{Completion, Request, Transport};
+use accel_driver::Completion;
 
-use crate::workload::with_direct_buffers;
+use crate::accelerator::{self, Accelerator, JobData};
 use thiserror::Error;
-use virtio_accel_spec::op::{COMPARE_EQUAL, GCM_IV_SIZE, GCM_TAG_SIZE};
+use virtio_accel_spec::op::{OpParams, COMPARE_EQUAL, GCM_IV_SIZE, GCM_TAG_SIZE, PARAMS_SIZE};
 use virtio_accel_spec::{
     AesGcmParams, Crc32cParams, DeflateFormat, DeflateParams, FillParams, Op, Status,
 };
@@ -30,6 +30,9 @@ pub enum Error {
     /// DMA memory ran out or failed.
     #[error("DMA memory")]
     Memory(#[from] accel_driver::memory::Error),
+    /// The kernel transport failed.
+    #[error("kernel transport")]
+    Kernel(#[from] accel_driver::kernel::Error),
     /// The operation needs more input files than were given, or fewer.
     #[error("{op} takes {expected} input file(s), {given} given")]
     Inputs {
@@ -54,10 +57,12 @@ pub enum Error {
     /// Decompressed data would exceed the output limit.
     #[error("decompressed data exceed {0} bytes (raise --max-output)")]
     OutputLimit(usize),
-    /// One stream decodes to more than one request may write.
+    /// One stream decodes to more than one request may write (over the
+    /// kernel transport: than one object surely holds).
     #[error("a stream decodes to more than {0} bytes, the most one request may write")]
     NoRoom(usize),
-    /// A gzip member is longer than one request may read.
+    /// A gzip member is longer than one request may read (over the kernel
+    /// transport: than one object surely holds).
     #[error("a gzip member is longer than {0} bytes, the most one request may read")]
     MemberTooLarge(usize),
     /// The device wrote less than the operation must write.
@@ -81,6 +86,19 @@ pub enum Error {
         input: usize,
     },
 }
+
+impl From<accelerator::Error> for Error {
+    fn from(error: accelerator::Error) -> Self {
+        match error {
+            accelerator::Error::Device(e) => Error::Device(e),
+            accelerator::Error::Memory(e) => Error::Memory(e),
+            accelerator::Error::Kernel(e) => Error::Kernel(e),
+        }
+    }
+}
+
+/// The parameter block of operations without parameters.
+const NO_PARAMS: [u8; PARAMS_SIZE] = [0; PARAMS_SIZE];
 
 /// An operation with its parameters, as the command line gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,8 +216,8 @@ pub struct Output {
 }
 
 /// Runs `job` on `inputs` (the input files' contents) on request queue `queue`.
-pub fn execute<T: Transport>(
-    device: &accel_driver::Device<T>,
+pub fn execute<D: Accelerator + ?Sized>(
+    device: &D,
     queue: u16,
     job: &Job,
     inputs: &[Vec<u8>],
@@ -227,7 +245,7 @@ pub fn execute<T: Transport>(
         Job::Crc32c { seed } => runner.crc32c(*seed, first),
         Job::Sha256 => {
             runner.fits(first.len())?;
-            let done = runner.run(Request::new(Op::Sha256), &[first], &[])?;
+            let done = runner.run(Op::Sha256, NO_PARAMS, &[first], &[])?;
             Ok(Output::summary(hex(&done.completion.result()[..32])))
         }
         Job::Seal { key, iv, aad } => runner.gcm(key, iv, None, aad, first),
@@ -312,18 +330,28 @@ impl Done {
 }
 
 /// Runs the requests of one job on one queue.
-struct Runner<'a, T: Transport> {
-    device: &'a accel_driver::Device<T>,
+struct Runner<'a, D: ?Sized> {
+    device: &'a D,
     queue: u16,
     op: Op,
     /// The device's `max_buffer_size` (§10).
     limit: usize,
 }
 
-impl<T: Transport> Runner<'_, T> {
-    /// Input pieces of operations that can be cut.
+impl<D: Accelerator + ?Sized> Runner<'_, D> {
+    /// Input pieces of operations that can be cut: what the transport
+    /// surely takes in one buffer.
     fn piece(&self) -> usize {
-        self.limit.clamp(1, MAX_PIECE)
+        self.limit
+            .min(self.device.largest_piece())
+            .clamp(1, MAX_PIECE)
+    }
+
+    /// The most a decompression reads and writes per request: the
+    /// device's limit, or less where the transport surely takes less in one
+    /// buffer (the kernel's objects).
+    fn window(&self) -> usize {
+        self.limit.min(self.device.largest_piece()).max(1)
     }
 
     /// An error unless `len` bytes fit in one request.
@@ -341,7 +369,7 @@ impl<T: Transport> Runner<'_, T> {
     fn copy(&self, input: &[u8]) -> Result<Output, Error> {
         let mut out = Vec::with_capacity(input.len());
         for chunk in pieces(input, self.piece()) {
-            let done = self.run(Request::new(Op::Copy), &[chunk], &[chunk.len()])?;
+            let done = self.run(Op::Copy, NO_PARAMS, &[chunk], &[chunk.len()])?;
             out.extend_from_slice(&done.written_exactly(Op::Copy, chunk.len())?);
         }
         Ok(Output::data(out, format!("copied {} bytes", input.len())))
@@ -355,7 +383,7 @@ impl<T: Transport> Runner<'_, T> {
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
             let n = (len - out.len()).min(self.piece());
-            let done = self.run(Request::new(Op::Fill).params(&params), &[], &[n])?;
+            let done = self.run(Op::Fill, params.to_params(), &[], &[n])?;
             out.extend_from_slice(&done.written_exactly(Op::Fill, n)?);
         }
         Ok(Output::data(
@@ -366,7 +394,7 @@ impl<T: Transport> Runner<'_, T> {
 
     fn compare(&self, first: &[u8], second: &[u8]) -> Result<Output, Error> {
         self.fits(first.len().max(second.len()))?;
-        let done = self.run(Request::new(Op::Compare), &[first, second], &[])?;
+        let done = self.run(Op::Compare, NO_PARAMS, &[first, second], &[])?;
         let at = done.completion.result_u64();
         let (summary, same) = if at == COMPARE_EQUAL {
             ("equal".to_string(), true)
@@ -388,7 +416,7 @@ impl<T: Transport> Runner<'_, T> {
                 seed: crc.into(),
                 ..Default::default()
             };
-            let done = self.run(Request::new(Op::Crc32c).params(&params), &[chunk], &[])?;
+            let done = self.run(Op::Crc32c, params.to_params(), &[chunk], &[])?;
             crc = done.completion.result_u32();
         }
         Ok(Output::summary(format!("{crc:08x}")))
@@ -410,11 +438,7 @@ impl<T: Transport> Runner<'_, T> {
             tag: tag.copied().unwrap_or_default(),
             ..Default::default()
         };
-        let done = self.run(
-            Request::new(self.op).params(&params),
-            &[aad, input],
-            &[input.len()],
-        )?;
+        let done = self.run(self.op, params.to_params(), &[aad, input], &[input.len()])?;
         let summary = match tag {
             None => format!("tag {}", hex(&done.completion.result()[..GCM_TAG_SIZE])),
             Some(_) => "authenticated".to_string(),
@@ -440,8 +464,8 @@ impl<T: Transport> Runner<'_, T> {
         };
         let mut out = Vec::new();
         for chunk in pieces(input, piece) {
-            let request = Request::new(Op::DeflateCompress).params(&params);
-            let done = self.run(request, &[chunk], &[deflate_room(chunk.len())])?;
+            let room = deflate_room(chunk.len());
+            let done = self.run(Op::DeflateCompress, params.to_params(), &[chunk], &[room])?;
             out.extend_from_slice(&done.written());
         }
         let summary = format!("{} bytes -> {} bytes", input.len(), out.len());
@@ -463,7 +487,7 @@ impl<T: Transport> Runner<'_, T> {
         let mut out = Vec::new();
         let mut at = 0usize;
         let trailing = loop {
-            let window = &input[at..input.len().min(at.saturating_add(self.limit))];
+            let window = &input[at..input.len().min(at.saturating_add(self.window()))];
             let budget = max_output.saturating_sub(out.len());
             let (data, consumed) = self.inflate_one(format, window, budget)?;
             out.extend_from_slice(&data);
@@ -481,7 +505,7 @@ impl<T: Transport> Runner<'_, T> {
     }
 
     /// Decodes the stream at the start of `window` into at most `budget`
-    /// bytes (and at most one request's limit), the output buffer growing
+    /// bytes (and at most [`window`](Self::window)), the output buffer growing
     /// from four times the input on NoSpace: the decoded bytes and the
     /// stream's length in `window`.
     fn inflate_one(
@@ -494,14 +518,18 @@ impl<T: Transport> Runner<'_, T> {
             format: format.into(),
             ..Default::default()
         };
-        let most = budget.min(self.limit);
+        let most = budget.min(self.window());
         if most == 0 {
             return Err(Error::OutputLimit(budget));
         }
         let mut room = window.len().saturating_mul(4).max(4096).min(most);
         loop {
-            let request = Request::new(Op::DeflateDecompress).params(&params);
-            let error = match self.run(request, &[window], &[room]) {
+            let error = match self.run(
+                Op::DeflateDecompress,
+                params.to_params(),
+                &[window],
+                &[room],
+            ) {
                 Ok(done) => return Ok((done.written(), stream_length(&done, window.len())?)),
                 Err(error) => error,
             };
@@ -511,37 +539,39 @@ impl<T: Transport> Runner<'_, T> {
             };
             match status {
                 Some(Status::NoSpace) if room < most => room = room.saturating_mul(2).min(most),
-                Some(Status::NoSpace) if most < self.limit => {
+                Some(Status::NoSpace) if most < self.window() => {
                     return Err(Error::OutputLimit(budget))
                 }
-                Some(Status::NoSpace) => return Err(Error::NoRoom(self.limit)),
-                Some(Status::BadData) if window.len() == self.limit => {
-                    return Err(Error::MemberTooLarge(self.limit))
+                Some(Status::NoSpace) => return Err(Error::NoRoom(self.window())),
+                Some(Status::BadData) if window.len() == self.window() => {
+                    return Err(Error::MemberTooLarge(self.window()))
                 }
                 _ => return Err(error),
             }
         }
     }
 
-    /// Runs `request` with `inputs` copied into DMA buffers and outputs of
-    /// `output_sizes` bytes; any status but Ok is an error.
+    /// Runs `op` with `params` on `inputs` (copied in) into outputs of
+    /// `output_sizes` bytes (copied out), in the transport's default
+    /// placement; any status but Ok is an error.
     fn run(
         &self,
-        request: Request,
+        op: Op,
+        params: [u8; PARAMS_SIZE],
         inputs: &[&[u8]],
         output_sizes: &[usize],
     ) -> Result<Done, Error> {
-        let memory = self.device.memory();
-        let (request, buffers) = with_direct_buffers(memory, request, inputs, output_sizes)?;
-        let completion = self.device.run(self.queue, &request)?.check()?;
-        let outputs = buffers[inputs.len()..]
-            .iter()
-            .zip(output_sizes)
-            .map(|(buf, &size)| memory.read_vec(buf, 0, size))
-            .collect::<Result<_, _>>()?;
+        let job = JobData {
+            op,
+            params,
+            inputs,
+            output_sizes,
+        };
+        let placement = self.device.placements()[0];
+        let done = self.device.execute(self.queue, &job, placement)?;
         Ok(Done {
-            completion,
-            outputs,
+            completion: done.completion.check()?,
+            outputs: done.outputs,
         })
     }
 }

@@ -1,12 +1,17 @@
 //! `accelctl selftest`: every operation the device offers, on seeded random
 //! and text data of awkward sizes, checked against [`crate::reference`];
-//! the error statuses of tampered inputs; objects (§7.1, §7.2) and fences
-//! across queues (§6.2). Each check is reported as it finishes, and so is
-//! each that does not run, with the reason: an operation the device does
-//! not offer, a size over its `max_buffer_size`, objects or fences not
-//! negotiated (a VMM that does not pass the feature on).
+//! the error statuses of tampered inputs; then the transport's own checks
+//! ([`TransportChecks`]): over the virtqueues, objects (§7.1, §7.2) and
+//! fences across queues (§6.2); over the kernel transport, GEM objects,
+//! dma-bufs, sync_files and syncobjs (`kernel` below). Each check is
+//! reported as it finishes, and so is each that does not run, with the
+//! reason: an operation the device does not offer, a size over its
+//! `max_buffer_size`, objects or fences not negotiated (a VMM that does not
+//! pass the feature on), or a check that has no meaning on the transport.
 
-use accel_driver::{Buffer, Completion, DmaBuf, Request, Transport};
+mod kernel;
+
+use accel_driver::{Buffer, Completion, Device, DmaBuf, Request, Transport};
 use thiserror::Error;
 use virtio_accel_spec::op::{OpParams, COMPARE_EQUAL, GCM_TAG_SIZE};
 use virtio_accel_spec::{
@@ -14,9 +19,9 @@ use virtio_accel_spec::{
     VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS,
 };
 
+use crate::accelerator::{self, Accelerator, JobData, Placement};
 use crate::data::DataSource;
 use crate::reference;
-use crate::workload::with_direct_buffers;
 
 /// Job sizes: empty, tiny, unaligned, page-sized, page-crossing, large.
 pub const SIZES: &[usize] = &[0, 1, 63, 4096, 3 * 4096 + 17, 65536, (1 << 20) - 3];
@@ -31,11 +36,24 @@ pub enum Error {
     /// DMA memory ran out or failed.
     #[error("DMA memory")]
     Memory(#[from] accel_driver::memory::Error),
+    /// The kernel transport failed.
+    #[error("kernel transport")]
+    Kernel(#[from] accel_driver::kernel::Error),
 }
 
 impl From<accel_driver::device::Error> for Error {
     fn from(error: accel_driver::device::Error) -> Self {
         Error::Device(error)
+    }
+}
+
+impl From<accelerator::Error> for Error {
+    fn from(error: accelerator::Error) -> Self {
+        match error {
+            accelerator::Error::Device(e) => Error::Device(e),
+            accelerator::Error::Memory(e) => Error::Memory(e),
+            accelerator::Error::Kernel(e) => Error::Kernel(e),
+        }
     }
 }
 
@@ -48,6 +66,9 @@ pub enum Outcome {
     Failed(String),
     /// It did not run: why.
     Skipped(String),
+    /// It has no meaning on this transport: why (not a failure, even with
+    /// `--strict`).
+    NotApplicable(String),
 }
 
 /// One check.
@@ -80,6 +101,11 @@ impl Report {
     /// Number of checks that did not run.
     pub fn skips(&self) -> usize {
         self.count(|outcome| matches!(outcome, Outcome::Skipped(_)))
+    }
+
+    /// Number of checks that have no meaning on the transport.
+    pub fn not_applicable(&self) -> usize {
+        self.count(|outcome| matches!(outcome, Outcome::NotApplicable(_)))
     }
 
     fn count(&self, which: impl Fn(&Outcome) -> bool) -> usize {
@@ -134,47 +160,84 @@ impl Finished {
     }
 }
 
-/// Runs the self-test on `device`, calling `on_check` as each check ends.
-pub struct SelfTest<'a, T: Transport> {
-    device: &'a accel_driver::Device<T>,
-    data: &'a mut DataSource,
-    report: Report,
+/// The checks a transport adds after those of the operations.
+pub trait TransportChecks: Accelerator + Sized {
+    /// Runs them on `test`, reporting each to `on_check`.
+    fn transport_checks(
+        test: &mut SelfTest<'_, Self>,
+        on_check: &mut dyn FnMut(&Check),
+    ) -> Result<(), Error>;
 }
 
-impl<'a, T: Transport> SelfTest<'a, T> {
+/// Over the virtqueues: objects, and fences the driver predicts and names.
+impl<T: Transport> TransportChecks for Device<T> {
+    fn transport_checks(
+        test: &mut SelfTest<'_, Self>,
+        on_check: &mut dyn FnMut(&Check),
+    ) -> Result<(), Error> {
+        let objects = test.enabled(VIRTIO_ACCEL_F_OBJECTS, "OBJECTS");
+        let name = "objects: create, use, destroy";
+        test.gated(name, &objects, SelfTest::check_objects, on_check)?;
+        let fences = test.enabled(VIRTIO_ACCEL_F_FENCES, "FENCES");
+        let name = "fences: a batch chained by the fences submit predicts";
+        test.gated(name, &fences, SelfTest::check_fence_chain, on_check)?;
+        let name = "fences: dependencies across queues, query, wait";
+        test.gated(name, &fences, SelfTest::check_fences, on_check)
+    }
+}
+
+/// Runs the self-test on `device`, calling `on_check` as each check ends.
+pub struct SelfTest<'a, D> {
+    device: &'a D,
+    data: &'a mut DataSource,
+    report: Report,
+    /// Where the operation checks put their bytes.
+    placement: Placement,
+}
+
+impl<'a, D: TransportChecks> SelfTest<'a, D> {
     /// A self-test of `device` with inputs from `data`.
-    pub fn new(device: &'a accel_driver::Device<T>, data: &'a mut DataSource) -> Self {
+    pub fn new(device: &'a D, data: &'a mut DataSource) -> Self {
         SelfTest {
             device,
             data,
             report: Report::default(),
+            placement: device.placements()[0],
         }
     }
 
     /// Runs every check; `on_check` sees each as it ends (or is skipped).
+    /// Where the transport offers several placements of the bytes, the
+    /// operation checks take them in turn, each named in the check.
     pub fn run(mut self, mut on_check: impl FnMut(&Check)) -> Result<Report, Error> {
         let offered = u32::from(self.device.config().ops);
-        for &op in Op::ALL {
-            for &size in SIZES {
-                let name = format!("{} {size} B", op.name());
+        let placements = self.device.placements();
+        for (op_index, &op) in Op::ALL.iter().enumerate() {
+            for (size_index, &size) in SIZES.iter().enumerate() {
+                self.placement = placements[(op_index + size_index) % placements.len()];
+                let mut name = format!("{} {size} B", op.name());
+                if placements.len() > 1 {
+                    name.push_str(&format!(" in {}", self.placement));
+                }
                 let outcome = if offered & op.capability() == 0 {
                     Outcome::Skipped("the device does not offer the operation".into())
                 } else if let Some(why) = self.too_large(size) {
                     Outcome::Skipped(why)
+                } else if let Some(why) = self.device.unavailable(self.placement) {
+                    Outcome::Skipped(why)
                 } else {
-                    outcome(self.check_op(op, size)?)
+                    match self.check_op(op, size) {
+                        Ok(verdict) => outcome(verdict),
+                        Err(Error::Kernel(e @ accel_driver::kernel::Error::Fragmented { .. })) => {
+                            Outcome::Skipped(e.to_string())
+                        }
+                        Err(e) => return Err(e),
+                    }
                 };
                 self.record(name, outcome, &mut on_check);
             }
         }
-        let objects = self.enabled(VIRTIO_ACCEL_F_OBJECTS, "OBJECTS");
-        let name = "objects: create, use, destroy";
-        self.gated(name, &objects, Self::check_objects, &mut on_check)?;
-        let fences = self.enabled(VIRTIO_ACCEL_F_FENCES, "FENCES");
-        let name = "fences: a batch chained by the fences submit predicts";
-        self.gated(name, &fences, Self::check_fence_chain, &mut on_check)?;
-        let name = "fences: dependencies across queues, query, wait";
-        self.gated(name, &fences, Self::check_fences, &mut on_check)?;
+        D::transport_checks(&mut self, &mut on_check)?;
         Ok(self.report)
     }
 
@@ -212,7 +275,7 @@ impl<'a, T: Transport> SelfTest<'a, T> {
         name: &str,
         gate: &Result<(), Outcome>,
         check: fn(&mut Self) -> Result<Verdict, Error>,
-        on_check: &mut impl FnMut(&Check),
+        on_check: &mut dyn FnMut(&Check),
     ) -> Result<(), Error> {
         let ended = match gate {
             Ok(()) => outcome(check(self)?),
@@ -222,14 +285,15 @@ impl<'a, T: Transport> SelfTest<'a, T> {
         Ok(())
     }
 
-    fn record(&mut self, name: String, outcome: Outcome, on_check: &mut impl FnMut(&Check)) {
+    fn record(&mut self, name: String, outcome: Outcome, on_check: &mut dyn FnMut(&Check)) {
         let check = Check { name, outcome };
         on_check(&check);
         self.report.checks.push(check);
     }
 
     /// Runs `op` with `params` on `inputs` into outputs of `output_sizes`
-    /// bytes, on request queue `queue`, after `deps`.
+    /// bytes (which start as a pattern no operation leaves by accident), on
+    /// request queue `queue`, the bytes in the current placement.
     fn exec(
         &self,
         queue: u16,
@@ -238,23 +302,16 @@ impl<'a, T: Transport> SelfTest<'a, T> {
         inputs: &[&[u8]],
         output_sizes: &[usize],
     ) -> Result<Finished, Error> {
-        let memory = self.device.memory();
-        let request = Request::new(op).raw_params(params);
-        let (request, buffers) = with_direct_buffers(memory, request, inputs, output_sizes)?;
-        let outs = &buffers[inputs.len()..];
-        // Outputs start as a pattern no operation leaves by accident.
-        for buf in outs {
-            memory.fill(buf, 0xee)?;
-        }
-        let completion = self.device.run(queue, &request)?;
-        let outputs = outs
-            .iter()
-            .zip(output_sizes)
-            .map(|(buf, &size)| memory.read_vec(buf, 0, size))
-            .collect::<Result<_, _>>()?;
+        let job = JobData {
+            op,
+            params,
+            inputs,
+            output_sizes,
+        };
+        let done = self.device.execute(queue, &job, self.placement)?;
         Ok(Finished {
-            completion,
-            outputs,
+            completion: done.completion,
+            outputs: done.outputs,
         })
     }
 
@@ -494,7 +551,10 @@ impl<'a, T: Transport> SelfTest<'a, T> {
             .status(Status::BadData)
             .map_err(|e| format!("corrupt stream: {e}")))
     }
+}
 
+/// The checks of objects and fences over the virtqueues.
+impl<T: Transport> SelfTest<'_, Device<T>> {
     /// An object over two separate buffers, used through a handle: CRC-32C
     /// of a range crossing the segment boundary, then destroyed, after which
     /// the handle is refused with NoObject.

@@ -3,7 +3,9 @@
 //! For a guest whose kernel has no `CONFIG_VFIO_NOIOMMU`, the way DPDK and SPDK
 //! drive virtio devices: bind the function to `uio_pci_generic`
 //! ([`bind_uio`]), map its BARs through sysfs `resourceN`, take INTx through
-//! `/dev/uioN` (or busy-poll), and give the device guest-physical addresses of
+//! `/dev/uioN` (or poll the used rings: when asked to, and by itself when the
+//! function has no INTx line, as under cloud-hypervisor; see
+//! [`InterruptMode`]), and give the device guest-physical addresses of
 //! hugepage-backed memory ([`DmaMemory::hugepages`](crate::DmaMemory::hugepages)).
 //!
 //! Modules:
@@ -48,7 +50,7 @@ pub use regs::{MmioBar, Registers, Width, Window};
 pub use sysfs::{
     bind_commands, bind_uio, list_devices, require_uio, PciDeviceInfo, SYSFS_ROOT, UIO_DRIVER,
 };
-pub use transport::{Error, PciOptions, PciTransport, Result};
+pub use transport::{Error, InterruptMode, NoIntx, PciOptions, PciTransport, Result};
 
 /// Errors of [`list_devices`], [`bind_uio`] and [`bind_commands`] (convert into [`Error`]).
 pub type SysfsError = sysfs::Error;

@@ -458,6 +458,22 @@ pub fn read_config(root: &Path, bdf: &str) -> Result<Vec<u8>> {
     fs::read(&path).map_err(|e| io_error("read", &path, e))
 }
 
+/// The IRQ the kernel gave the function's INTx pin: its sysfs `irq`
+/// (`pci_dev->irq`, 0 when none; with MSI enabled it would be the first MSI
+/// vector, which `uio_pci_generic` never enables). `uio_pci_generic` takes
+/// INTx only when this is neither 0 nor `IRQ_NOTCONNECTED`, so it is what
+/// decides whether `/dev/uioN` can ever deliver an interrupt.
+pub fn intx_irq(root: &Path, bdf: &str) -> Result<u32> {
+    let path = device_dir(root, bdf).join("irq");
+    read_string(&path)?
+        .trim()
+        .parse()
+        .map_err(|_| Error::Parse {
+            path,
+            what: "a decimal IRQ number",
+        })
+}
+
 /// The bytes to write to set `bits` (in the low byte) in a command register
 /// reading `old`: `None` if they are set already, else the new low byte, to
 /// be written alone at [`pci_header::COMMAND`].
@@ -996,6 +1012,26 @@ mod tests {
         for t in ["DMA", "DMA-FQ", "unmanaged", "blocked", "unknown"] {
             assert!(!dma_is_direct(Some(t)), "{t}");
         }
+    }
+
+    #[test]
+    fn intx_irq_from_the_irq_file() {
+        let fake = FakeSysfs::new("irq");
+        let dir = fake.add_device("0000:00:04.0", VENDOR, ACCEL, None, None);
+        let bdf = "0000:00:04.0";
+        assert!(matches!(
+            intx_irq(&fake.root, bdf),
+            Err(Error::Io { op: "read", .. })
+        ));
+        for (text, irq) in [("11\n", 11), ("0\n", 0), ("2147483648\n", 1 << 31)] {
+            fs::write(dir.join("irq"), text).unwrap();
+            assert_eq!(intx_irq(&fake.root, bdf).unwrap(), irq, "{text:?}");
+        }
+        fs::write(dir.join("irq"), "0x0b\n").unwrap();
+        assert!(matches!(
+            intx_irq(&fake.root, bdf),
+            Err(Error::Parse { .. })
+        ));
     }
 
     #[test]

@@ -408,7 +408,9 @@ const RESOURCE: &str = "\
 const BDF: &str = "0000:00:04.0";
 
 /// A fake sysfs tree with one accelerator function at [`BDF`] bound to a
-/// driver, options that poll it, and DMA memory to open it with.
+/// driver (pin INTA#, IRQ 11, `uio0` when bound to `uio_pci_generic`), an
+/// empty device-node directory, options that poll it, and DMA memory to open
+/// it with.
 struct FakeFunction {
     fake: FakeSysfs,
     dir: std::path::PathBuf,
@@ -420,9 +422,12 @@ impl FakeFunction {
     fn new(name: &str, driver: &str) -> Self {
         let fake = FakeSysfs::new(name);
         let dir = fake_function(&fake, BDF, driver);
+        let dev_root = fake.root.join("dev");
+        fs::create_dir(&dev_root).unwrap();
         let options = PciOptions {
             poll: true,
             sysfs_root: fake.root.clone(),
+            dev_root,
             ..PciOptions::default()
         };
         let mem = DmaMemory::new(1 << 16).unwrap();
@@ -448,7 +453,62 @@ fn fake_function(fake: &FakeSysfs, bdf: &str, driver: &str) -> std::path::PathBu
     fs::write(dir.join("config"), &config).unwrap();
     fs::write(dir.join("resource"), RESOURCE).unwrap();
     fs::write(dir.join("resource4"), vec![0u8; 0x4000]).unwrap();
+    fs::write(dir.join("irq"), "11\n").unwrap();
     dir
+}
+
+impl FakeFunction {
+    /// Gives the file standing for BAR 4 one queue of at most 8 entries
+    /// (the file keeps what the driver writes, so negotiation succeeds).
+    fn with_one_queue(self) -> Self {
+        let bar = self.dir.join("resource4");
+        let mut regs = fs::read(&bar).unwrap();
+        let mut put16 = |at: u64, v: u16| {
+            let at = usize::try_from(at).unwrap();
+            regs[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        };
+        put16(common::NUM_QUEUES, 1);
+        put16(common::QUEUE_SIZE, 8);
+        fs::write(&bar, regs).unwrap();
+        self
+    }
+
+    /// Sets the Interrupt Pin register and the sysfs `irq`.
+    fn set_intx(&self, pin: u8, irq: &str) {
+        let mut config = fs::read(self.dir.join("config")).unwrap();
+        config[pci_header::INTERRUPT_PIN] = pin;
+        fs::write(self.dir.join("config"), &config).unwrap();
+        fs::write(self.dir.join("irq"), irq).unwrap();
+    }
+
+    /// The command register in the fake configuration space.
+    fn command(&self) -> u16 {
+        let config = fs::read(self.dir.join("config")).unwrap();
+        u16::from_le_bytes([config[4], config[5]])
+    }
+
+    /// Sets INTX_DISABLE, as `uio_pci_generic`'s handler does when the line fires.
+    fn mask_intx(&self) {
+        let mut config = fs::read(self.dir.join("config")).unwrap();
+        config[5] |= pci_header::COMMAND_INTX_DISABLE.to_le_bytes()[1];
+        fs::write(self.dir.join("config"), &config).unwrap();
+    }
+
+    /// Options that wait for INTx.
+    fn intx_options(&self) -> PciOptions {
+        PciOptions {
+            poll: false,
+            ..self.options.clone()
+        }
+    }
+}
+
+/// Negotiates no features and sets up queue 0 of a transport opened on a
+/// [`FakeFunction::with_one_queue`].
+fn set_up_queue_0(t: &mut PciTransport) {
+    t.set_driver_features(0).unwrap();
+    t.setup_queue(0, &addrs(8, 0x1_0000)).unwrap();
+    t.activate().unwrap();
 }
 
 #[test]
@@ -463,6 +523,7 @@ fn open_on_a_fake_sysfs_tree() {
     // The BAR is a plain file: the "device" offers nothing and has no queues.
     let t = PciTransport::open(bdf, &mem, &options).unwrap();
     assert_eq!(t.max_queues(), 0);
+    assert_eq!(t.interrupt_mode(), InterruptMode::PollRequested);
     drop(t);
     let config = fs::read(dir.join("config")).unwrap();
     let command = u16::from_le_bytes([config[4], config[5]]);
@@ -477,43 +538,155 @@ fn open_on_a_fake_sysfs_tree() {
         "reset on close"
     );
 
-    // INTx mode needs /dev/uio0, which the fake tree cannot provide... unless
-    // the host has one; only check that the error names the device node.
-    if !std::path::Path::new("/dev/uio0").exists() {
-        let intx = PciOptions {
-            poll: false,
-            ..options.clone()
-        };
-        let err = PciTransport::open(bdf, &mem, &intx).unwrap_err();
-        assert!(err.to_string().contains("/dev/uio0"), "{err}");
-    }
-}
-
-#[test]
-fn a_function_without_an_interrupt_pin_is_polled() {
-    let FakeFunction {
-        fake: _fake,
-        dir,
-        options,
-        mem,
-    } = FakeFunction::new("pinless", UIO_DRIVER);
-    let mut config = fs::read(dir.join("config")).unwrap();
-    config[pci_header::INTERRUPT_PIN] = 0;
-    fs::write(dir.join("config"), &config).unwrap();
-    // Bound to a uio device no host has: waiting for INTx would open it and fail.
-    let uio = dir.join("uio");
-    fs::rename(uio.join("uio0"), uio.join("uio4095")).unwrap();
+    // INTx mode opens uio0 in the device-node directory, which is empty.
     let intx = PciOptions {
         poll: false,
         ..options.clone()
     };
-    // With no pin the transport polls instead, and opens.
-    PciTransport::open(BDF, &mem, &intx).unwrap();
-    // With a pin it would have waited for INTx.
-    config[pci_header::INTERRUPT_PIN] = 1;
-    fs::write(dir.join("config"), &config).unwrap();
-    let err = PciTransport::open(BDF, &mem, &intx).unwrap_err();
-    assert!(err.to_string().contains("/dev/uio4095"), "{err}");
+    let err = PciTransport::open(bdf, &mem, &intx).unwrap_err();
+    let node = options.dev_root.join("uio0");
+    assert!(
+        matches!(&err, Error::OpenUio { path, .. } if *path == node),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_function_without_an_intx_line_is_polled_and_says_why() {
+    // cloud-hypervisor's functions have no pin; a pin the kernel could not
+    // route leaves uio_pci_generic without an IRQ just the same.
+    let cases = [
+        (0, "11\n", NoIntx::NoPin),
+        (1, "0\n", NoIntx::NoIrq { pin: 1, irq: 0 }),
+        (
+            2,
+            "2147483648\n",
+            NoIntx::NoIrq {
+                pin: 2,
+                irq: 1 << 31,
+            },
+        ),
+    ];
+    for (pin, irq, why) in cases {
+        let f = FakeFunction::new("no-intx", UIO_DRIVER).with_one_queue();
+        f.set_intx(pin, irq);
+        f.mask_intx();
+        // No /dev/uio0 exists: waiting for INTx would fail to open it.
+        let mut t = PciTransport::open(BDF, &f.mem, &f.intx_options()).unwrap();
+        assert_eq!(t.interrupt_mode(), InterruptMode::PollNoIntx(why));
+        assert!(t.interrupt_mode().polls());
+        let said = t.interrupt_mode().to_string();
+        assert!(
+            said.contains("polling the used rings: no INTx line"),
+            "{said}"
+        );
+        set_up_queue_0(&mut t);
+        // It works by polling: each round reports possible work...
+        let start = Instant::now();
+        assert!(t.wait_interrupt(0, None).unwrap());
+        assert!(t.wait_interrupt(0, Some(Duration::from_secs(5))).unwrap());
+        assert!(start.elapsed() < Duration::from_secs(1), "a polling round");
+        // ...and a timeout below a round is honoured.
+        assert!(!t.wait_interrupt(0, Some(Duration::from_nanos(1))).unwrap());
+        assert_ne!(
+            f.command() & pci_header::COMMAND_INTX_DISABLE,
+            0,
+            "INTx left alone"
+        );
+    }
+    assert!(NoIntx::NoPin.to_string().contains("cloud-hypervisor"));
+    assert!(NoIntx::NoIrq { pin: 1, irq: 0 }
+        .to_string()
+        .contains("pin INTA# but the kernel assigned it no IRQ (irq 0)"));
+}
+
+/// Makes a FIFO at `path`: a `/dev/uioN` stand-in, readable when written to.
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `name` is a NUL-terminated path that lives across the call;
+    // mkfifo reads it and touches no other memory.
+    let rc = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_function_with_an_intx_line_takes_interrupts() {
+    let f = FakeFunction::new("intx", UIO_DRIVER).with_one_queue();
+    let node = f.options.dev_root.join("uio0");
+    mkfifo(&node);
+    // Masked, as uio_pci_generic leaves a line that fired before.
+    f.mask_intx();
+    let mut t = PciTransport::open(BDF, &f.mem, &f.intx_options()).unwrap();
+    assert_eq!(t.interrupt_mode(), InterruptMode::Intx { irq: 11 });
+    assert!(!t.interrupt_mode().polls());
+    assert_eq!(
+        f.command() & pci_header::COMMAND_INTX_DISABLE,
+        0,
+        "unmasked"
+    );
+    set_up_queue_0(&mut t);
+    // No interrupt: the wait times out (a polling transport would report work).
+    assert!(!t
+        .wait_interrupt(0, Some(Duration::from_millis(30)))
+        .unwrap());
+    // The kernel masks the line and counts the interrupt on /dev/uio0.
+    f.mask_intx();
+    let mut uio = fs::OpenOptions::new().write(true).open(&node).unwrap();
+    std::io::Write::write_all(&mut uio, &1u32.to_ne_bytes()).unwrap();
+    assert!(t.wait_interrupt(0, Some(Duration::from_secs(5))).unwrap());
+    assert_eq!(
+        f.command() & pci_header::COMMAND_INTX_DISABLE,
+        0,
+        "unmasked after the acknowledgement"
+    );
+    assert!(!t
+        .wait_interrupt(0, Some(Duration::from_millis(10)))
+        .unwrap());
+    drop(t);
+    // --poll stays a choice: the same function is polled when asked.
+    let t = PciTransport::open(BDF, &f.mem, &f.options).unwrap();
+    assert_eq!(t.interrupt_mode(), InterruptMode::PollRequested);
+}
+
+#[test]
+fn interrupt_mode_reads_the_irq_only_when_it_matters() {
+    let unread = || -> sysfs::Result<u32> { panic!("irq read") };
+    assert_eq!(
+        InterruptMode::choose(true, 1, unread).unwrap(),
+        InterruptMode::PollRequested
+    );
+    assert_eq!(
+        InterruptMode::choose(true, 0, unread).unwrap(),
+        InterruptMode::PollRequested
+    );
+    assert_eq!(
+        InterruptMode::choose(false, 0, unread).unwrap(),
+        InterruptMode::PollNoIntx(NoIntx::NoPin)
+    );
+    assert_eq!(
+        InterruptMode::choose(false, 1, || Ok(11)).unwrap(),
+        InterruptMode::Intx { irq: 11 }
+    );
+    assert_eq!(
+        InterruptMode::choose(false, 4, || Ok(0)).unwrap(),
+        InterruptMode::PollNoIntx(NoIntx::NoIrq { pin: 4, irq: 0 })
+    );
+    let err = InterruptMode::choose(false, 1, || {
+        Err(sysfs::Error::Parse {
+            path: "irq".into(),
+            what: "a decimal IRQ number",
+        })
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Sysfs(sysfs::Error::Parse { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        InterruptMode::Intx { irq: 11 }.to_string(),
+        "INTx through uio_pci_generic, IRQ 11"
+    );
 }
 
 #[test]

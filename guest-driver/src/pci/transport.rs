@@ -1,14 +1,16 @@
 //! [`PciTransport`]: drives a modern virtio-pci function from userspace
 //! (virtio 1.2 §4.1), the way DPDK and SPDK do without VFIO: BARs mapped from
-//! sysfs `resourceN`, INTx through `uio_pci_generic` (or busy polling), DMA to
-//! guest-physical addresses of [`DmaMemory`] (hugepages, see
-//! [`DmaMemory::hugepages`]).
+//! sysfs `resourceN`, INTx through `uio_pci_generic` (or polling the used
+//! rings, when asked to or when the function has no INTx line: see
+//! [`InterruptMode`]), DMA to guest-physical addresses of [`DmaMemory`]
+//! (hugepages, see [`DmaMemory::hugepages`]).
 //!
 //! Initialisation follows §3.1.1: reset, ACKNOWLEDGE, DRIVER, read the device
 //! features ([`PciTransport::open`]); write the driver features, FEATURES_OK,
 //! check it stuck ([`Transport::set_driver_features`]); program each queue
 //! ([`Transport::setup_queue`]); DRIVER_OK ([`Transport::activate`]).
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -151,12 +153,15 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct PciOptions {
     /// Busy-poll instead of waiting for INTx: `wait_interrupt` sleeps
     /// `poll_interval` and reports a (possible) interrupt. `/dev/uioN` is not used.
-    /// A function without an INTx pin is polled in any case.
+    /// A function without an INTx line is polled in any case
+    /// ([`InterruptMode::PollNoIntx`]).
     pub poll: bool,
     /// Sleep of one polling round.
     pub poll_interval: Duration,
     /// Where sysfs is mounted.
     pub sysfs_root: PathBuf,
+    /// Where the device nodes are (`/dev`): `/dev/uioN` is opened here.
+    pub dev_root: PathBuf,
     /// How long a reset may take before it is an error.
     pub reset_timeout: Duration,
 }
@@ -167,6 +172,7 @@ impl Default for PciOptions {
             poll: false,
             poll_interval: Duration::from_micros(20),
             sysfs_root: PathBuf::from(SYSFS_ROOT),
+            dev_root: PathBuf::from("/dev"),
             reset_timeout: Duration::from_secs(1),
         }
     }
@@ -191,6 +197,106 @@ pub const DRIVER_FEATURES: u64 = ((1 << 24) - 1)
 
 /// Most attempts at a consistent configuration read (§2.5.1).
 const CONFIG_RETRIES: u32 = 100;
+
+/// The sysfs `irq` of a function whose pin the platform could not route
+/// (Linux's `IRQ_NOTCONNECTED`); `uio_pci_generic` then takes no interrupt.
+const IRQ_NOTCONNECTED: u32 = 1 << 31;
+
+/// Why a function has no INTx line `uio_pci_generic` could deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoIntx {
+    /// Its Interrupt Pin register reads 0: the VMM gave it no INTx pin
+    /// (cloud-hypervisor's functions have MSI-X only).
+    NoPin,
+    /// It has a pin, but the kernel assigned it no IRQ (no routing for its
+    /// slot): sysfs `irq` reads 0 or `IRQ_NOTCONNECTED`.
+    NoIrq {
+        /// The Interrupt Pin register (1: INTA# ... 4: INTD#).
+        pin: u8,
+        /// The sysfs `irq`.
+        irq: u32,
+    },
+}
+
+impl fmt::Display for NoIntx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            NoIntx::NoPin => f.write_str(
+                "its interrupt pin register is 0: the VMM gives it MSI-X only, \
+                 as cloud-hypervisor does",
+            ),
+            NoIntx::NoIrq {
+                pin: pin @ 1..=4,
+                irq,
+            } => write!(
+                f,
+                "it has pin INT{}# but the kernel assigned it no IRQ (irq {irq})",
+                char::from(b'A' + pin - 1)
+            ),
+            NoIntx::NoIrq { pin, irq } => write!(
+                f,
+                "its interrupt pin register reads {pin} and the kernel assigned it no IRQ \
+                 (irq {irq})"
+            ),
+        }
+    }
+}
+
+/// How [`PciTransport`] learns that the device used buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptMode {
+    /// INTx through `/dev/uioN` (`uio_pci_generic`), on this IRQ.
+    Intx {
+        /// The function's IRQ (sysfs `irq`).
+        irq: u32,
+    },
+    /// The used rings are polled, as [`PciOptions::poll`] asked.
+    PollRequested,
+    /// The used rings are polled because the function has no INTx line:
+    /// `uio_pci_generic` logged "No IRQ assigned to device" when it bound the
+    /// function, and `/dev/uioN` fails every wait with EIO.
+    PollNoIntx(NoIntx),
+}
+
+impl fmt::Display for InterruptMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InterruptMode::Intx { irq } => write!(f, "INTx through uio_pci_generic, IRQ {irq}"),
+            InterruptMode::PollRequested => f.write_str("polling the used rings, as asked"),
+            InterruptMode::PollNoIntx(why) => {
+                write!(f, "polling the used rings: no INTx line ({why})")
+            }
+        }
+    }
+}
+
+impl InterruptMode {
+    /// Decides how to wait for a function with Interrupt Pin register `pin`:
+    /// poll when `poll` asks for it, or when the function has no INTx line,
+    /// i.e. no pin, or an IRQ (`read_irq`, its sysfs `irq`, read only when it
+    /// matters) that `uio_pci_generic` does not take (0, `IRQ_NOTCONNECTED`).
+    pub(crate) fn choose(
+        poll: bool,
+        pin: u8,
+        read_irq: impl FnOnce() -> sysfs::Result<u32>,
+    ) -> Result<Self> {
+        if poll {
+            return Ok(InterruptMode::PollRequested);
+        }
+        if pin == 0 {
+            return Ok(InterruptMode::PollNoIntx(NoIntx::NoPin));
+        }
+        Ok(match read_irq()? {
+            irq @ (0 | IRQ_NOTCONNECTED) => InterruptMode::PollNoIntx(NoIntx::NoIrq { pin, irq }),
+            irq => InterruptMode::Intx { irq },
+        })
+    }
+
+    /// Whether the used rings are polled.
+    pub fn polls(&self) -> bool {
+        !matches!(self, InterruptMode::Intx { .. })
+    }
+}
 
 #[derive(Debug)]
 enum Wait {
@@ -218,6 +324,8 @@ pub struct PciTransport {
     /// Notification offset of each set-up queue.
     queue_notify: Vec<Option<u64>>,
     wait: Wait,
+    /// How `wait` was chosen.
+    interrupts: InterruptMode,
     /// Features were written since the last reset: negotiating again needs
     /// a reset first (§3.1.1).
     needs_reset: bool,
@@ -284,20 +392,15 @@ impl PciTransport {
             }
         }
         let domain = sysfs::iommu_domain_type(root, bdf)?;
-        let pinless = interrupt_pin(&config) == 0;
-        if pinless && !options.poll {
-            log::warn!(
-                "{bdf}: the function has no INTx pin (its VMM gave it none, as \
-                 cloud-hypervisor does), so uio_pci_generic can deliver no interrupt: \
-                 polling the used rings every {:?} instead",
-                options.poll_interval
-            );
-        }
-        let poll = options.poll || pinless;
-        let wait = if poll {
+        let interrupts = InterruptMode::choose(options.poll, interrupt_pin(&config), || {
+            sysfs::intx_irq(root, bdf)
+        })?;
+        let wait = if interrupts.polls() {
             None
         } else {
-            let (line, lock) = open_uio(&uio, &sysfs::device_dir(root, bdf).join("config"), bdf)?;
+            let node = uio_node(&options.dev_root, &uio);
+            let config = sysfs::device_dir(root, bdf).join("config");
+            let (line, lock) = open_uio(&node, &config, bdf)?;
             locks.push(lock);
             Some(line)
         };
@@ -314,13 +417,23 @@ impl PciTransport {
             None => Wait::Poll(options.poll_interval),
             Some(line) => Wait::Intx(Intx::new(Box::new(line), t.num_queues)?),
         };
+        t.interrupts = interrupts;
         log::info!(
-            "{bdf}: virtio-pci accel, {} queues, features {:#x}, {}",
+            "{bdf}: virtio-pci accel, {} queues, features {:#x}, {interrupts}{}",
             t.num_queues,
             t.offered,
-            if poll { "polling" } else { "INTx via uio" }
+            if interrupts.polls() {
+                format!(", a round every {:?}", options.poll_interval)
+            } else {
+                String::new()
+            }
         );
         Ok(t)
+    }
+
+    /// How the transport waits for the device: INTx, or polling and why.
+    pub fn interrupt_mode(&self) -> InterruptMode {
+        self.interrupts
     }
 
     /// A transport over already mapped BARs (`bars[i]`: BAR `i`), polling.
@@ -345,6 +458,7 @@ impl PciTransport {
             queue_max: Vec::new(),
             queue_notify: Vec::new(),
             wait: Wait::Poll(PciOptions::default().poll_interval),
+            interrupts: InterruptMode::PollRequested,
             needs_reset: false,
             translating_iommu: None,
             _locks: Vec::new(),
@@ -362,6 +476,7 @@ impl PciTransport {
     #[cfg(test)]
     pub(crate) fn set_intx(&mut self, line: Box<dyn irq::IrqLine>) -> Result<()> {
         self.wait = Wait::Intx(Intx::new(line, self.num_queues)?);
+        self.interrupts = InterruptMode::Intx { irq: 0 };
         Ok(())
     }
 
@@ -603,6 +718,12 @@ pub(crate) fn bring_up<T>(
     Ok(t)
 }
 
+/// The node of `uio` (`/dev/uioN`, as sysfs names it) under `dev_root`.
+fn uio_node(dev_root: &Path, uio: &Path) -> PathBuf {
+    uio.file_name()
+        .map_or_else(|| uio.to_path_buf(), |name| dev_root.join(name))
+}
+
 /// Opens `/dev/uioN` and locks it exclusively for `bdf`, and opens the
 /// function's `config` (at `config`) to unmask INTx; returns the line and a
 /// second descriptor of the node that holds the lock.
@@ -727,8 +848,10 @@ impl Drop for PciTransport {
     }
 }
 
-/// The function's INTx pin (0: none, as under cloud-hypervisor, whose
-/// functions offer MSI-X only, which `uio_pci_generic` cannot deliver).
+/// The function's Interrupt Pin register (0: none, as under
+/// cloud-hypervisor, whose functions offer MSI-X only, which
+/// `uio_pci_generic` cannot deliver); 0 if the configuration space is too
+/// short to hold it.
 fn interrupt_pin(config: &[u8]) -> u8 {
     config.get(pci_header::INTERRUPT_PIN).copied().unwrap_or(0)
 }
