@@ -27,8 +27,9 @@ struct vaccel_device;
 struct vaccel_request;
 
 /*
- * Called once per submitted request: in softirq (BH) context when the device
- * completes it, in process context when a reset or removal fails it.
+ * Called once per submitted request, with BH disabled: from the completion
+ * work (softirq) when the device completes it, from the task that resets or
+ * removes the device when that fails it.
  */
 typedef void (*vaccel_done_fn)(struct vaccel_request *req);
 
