@@ -3,8 +3,10 @@
  * virtio_accel: GEM objects of the accel device node, which are device
  * objects (spec §7.1) while they exist.
  *
- * An object created here is shmem memory, pinned from creation to its end;
- * one imported from another driver's dma-buf is that buffer, mapped for the
+ * An object created here is shmem memory, pinned from creation to its end,
+ * from the driver's own tmpfs mount with huge=within_size when it has one
+ * (so that its pages come in 2 MiB runs where transparent huge pages are
+ * available); one imported from another driver's dma-buf is that buffer, mapped for the
  * virtio device from import to its end. Either is registered with
  * OBJECT_CREATE, its memory given as segments: the guest-physical address
  * ranges of its pages (the device reaches guest memory without an IOMMU), or
@@ -13,12 +15,17 @@
  * finished: a job holds a reference on each object it names (spec §7.2).
  *
  * A device reset forgets every object (spec §11): an object is registered
- * again when a job next uses it. An object that cannot be registered (the
- * device lacks the OBJECTS capability, or registering it fails after a
- * reset) is still usable if it is shmem memory: jobs then pass its pages as
- * direct buffers (drm_submit.c). An imported object has no pages to pass, so
- * its jobs fail with the registration's error.
+ * again when SUBMIT next names it (never from the deferred submission, which
+ * may not allocate or wait: drm_submit.c). An object that cannot be
+ * registered (the driver does not use objects, see vaccel_drm_objects(); it
+ * has more contiguous runs than max_segments; or registering it fails after
+ * a reset) is still usable if it is shmem memory: jobs then pass its pages as
+ * direct buffers. An imported object has no pages to pass, so its jobs fail
+ * with the registration's error.
  */
+#include <linux/fs.h>
+#include <linux/mount.h>
+#include <linux/shmem_fs.h>
 #include <linux/dma-buf.h>
 #include <linux/mm.h>
 #include <linux/overflow.h>
@@ -137,12 +144,16 @@ static int vaccel_bo_register(struct vaccel_drm *vd, struct vaccel_bo *bo)
 	u32 handle;
 	int count, err;
 
-	bo->handle = 0;
-	if (!bo->size || bo->size > info->max_object_size)
+	WRITE_ONCE(bo->handle, 0);
+	if (!bo->size || bo->size > info->max_object_size) {
+		bo->direct_only = true;
 		return -E2BIG;
+	}
 	max = bo->imported ? bo->base.sgt->nents :
 			     bo->base.base.size >> PAGE_SHIFT;
-	max = min(max, info->max_segments);
+	/* kvmalloc() refuses more than INT_MAX bytes. */
+	max = min3(max, info->max_segments,
+		   (unsigned int)(INT_MAX / sizeof(*segs)));
 	segs = kvmalloc_array(max, sizeof(*segs), GFP_KERNEL);
 	if (!segs)
 		return -ENOMEM;
@@ -150,6 +161,8 @@ static int vaccel_bo_register(struct vaccel_drm *vd, struct vaccel_bo *bo)
 		count = vaccel_bo_dma_segments(bo, segs, max);
 	else
 		count = vaccel_bo_page_segments(bo, segs, max);
+	/* Its pages are pinned: it has too many runs for good. */
+	bo->direct_only = count == -E2BIG;
 	if (count > 0)
 		err = vaccel_object_create(vd->vdev, segs, count, &handle);
 	else
@@ -157,9 +170,31 @@ static int vaccel_bo_register(struct vaccel_drm *vd, struct vaccel_bo *bo)
 	kvfree(segs);
 	if (err)
 		return err;
-	bo->handle = handle;
-	bo->handle_gen = vd->generation;
+	WRITE_ONCE(bo->handle, handle);
+	/* Pairs with vaccel_bo_current_handle(): @handle is set before. */
+	smp_store_release(&bo->handle_gen, vd->generation);
 	return 0;
+}
+
+/**
+ * vaccel_bo_current_handle - the handle of @bo's device object, or 0
+ * @vd: the device
+ * @bo: the object
+ *
+ * Takes no lock and never registers: the deferred submission may use it.
+ * The caller holds vd->reset_lock (read), so the generation is stable; a
+ * registration racing with it gives the new handle or 0 (not registered).
+ *
+ * Return: the handle if @bo is a device object of the current generation,
+ * 0 otherwise.
+ */
+u32 vaccel_bo_current_handle(struct vaccel_drm *vd, struct vaccel_bo *bo)
+{
+	/* Pairs with the release in vaccel_bo_register(). */
+	u64 gen = smp_load_acquire(&bo->handle_gen);
+	u32 handle = READ_ONCE(bo->handle);
+
+	return vaccel_drm_objects(vd) && gen == vd->generation ? handle : 0;
 }
 
 /**
@@ -171,19 +206,21 @@ static int vaccel_bo_register(struct vaccel_drm *vd, struct vaccel_bo *bo)
  * Registers @bo if it is not a device object of the current generation.
  * The caller is inside drm_dev_enter() and holds vd->reset_lock (read).
  *
- * Return: 0, -EOPNOTSUPP if the device lacks the OBJECTS capability, or the
- * error of the registration.
+ * Return: 0, -EOPNOTSUPP if the driver does not use objects
+ * (vaccel_drm_objects()), -E2BIG if @bo can never be one (too large, too
+ * many runs), or the error of the registration.
  */
 int vaccel_bo_device_handle(struct vaccel_drm *vd, struct vaccel_bo *bo,
 			    u32 *handle)
 {
-	const struct vaccel_info *info = vaccel_info(vd->vdev);
 	int err = 0;
 
-	if (!(info->capabilities & BIT_ULL(VIRTIO_ACCEL_F_OBJECTS)))
+	if (!vaccel_drm_objects(vd))
 		return -EOPNOTSUPP;
 	mutex_lock(&bo->lock);
-	if (!bo->handle || bo->handle_gen != vd->generation)
+	if (bo->direct_only)
+		err = -E2BIG;
+	else if (!bo->handle || bo->handle_gen != vd->generation)
 		err = vaccel_bo_register(vd, bo);
 	*handle = bo->handle;
 	mutex_unlock(&bo->lock);
@@ -274,8 +311,10 @@ void vaccel_release_zombies(struct vaccel_drm *vd)
 
 /*
  * A dma-buf of another driver, mapped for the virtio device by
- * drm_gem_prime_import(), becomes a device object. Without the OBJECTS
- * capability it would be of no use, so the import fails.
+ * drm_gem_prime_import(), becomes a device object. Where the driver does not
+ * use objects (no OBJECTS capability, or VIRTIO_F_ACCESS_PLATFORM: the
+ * mapping's addresses are not guest-physical) it would be of no use, so the
+ * import fails with -EOPNOTSUPP.
  */
 struct drm_gem_object *
 vaccel_gem_prime_import_sg_table(struct drm_device *drm,
@@ -321,6 +360,49 @@ struct vaccel_bo *vaccel_bo_lookup(struct drm_file *file, u32 handle)
 	return to_vaccel_bo(obj);
 }
 
+/*
+ * The driver's own tmpfs mount, with huge=within_size, for GEM objects: their
+ * pages then come in 2 MiB runs where transparent huge pages are available,
+ * so that an object of many megabytes fits in max_segments segments. NULL
+ * (the kernel's shmem mount) when it cannot be had.
+ */
+struct vfsmount *vaccel_gemfs_mount(void)
+{
+	char huge_opt[] = "huge=within_size";
+	struct file_system_type *type;
+	struct vfsmount *mnt;
+
+	if (!IS_ENABLED(CONFIG_TRANSPARENT_HUGEPAGE))
+		return NULL;
+	type = get_fs_type("tmpfs");
+	if (!type)
+		return NULL;
+	mnt = vfs_kern_mount(type, SB_KERNMOUNT, type->name, huge_opt);
+	return IS_ERR(mnt) ? NULL : mnt;
+}
+
+/*
+ * Moves a new object's (empty) shmem file onto @mnt. 6.12 has no
+ * drm_gem_shmem_create_with_mnt(): the helper's file is replaced before
+ * anything uses it, with the helper's gfp mask (pinned pages stay out of
+ * ZONE_MOVABLE).
+ */
+static void vaccel_gem_move_to(struct drm_gem_object *obj, struct vfsmount *mnt)
+{
+	struct file *filp;
+
+	if (!mnt)
+		return;
+	filp = shmem_file_setup_with_mnt(mnt, "drm mm object", obj->size,
+					 VM_NORESERVE);
+	if (IS_ERR(filp))
+		return;
+	mapping_set_gfp_mask(filp->f_mapping, GFP_HIGHUSER |
+			     __GFP_RETRY_MAYFAIL | __GFP_NOWARN);
+	fput(obj->filp);
+	obj->filp = filp;
+}
+
 int vaccel_ioctl_gem_create(struct drm_device *drm, void *data,
 			    struct drm_file *file)
 {
@@ -341,12 +423,16 @@ int vaccel_ioctl_gem_create(struct drm_device *drm, void *data,
 		goto out;
 	}
 	bo = to_vaccel_bo(&shmem->base);
+	vaccel_gem_move_to(&shmem->base, vd->gemfs);
 	err = drm_gem_shmem_pin(shmem);
 	bo->pinned = !err;
 	if (!err) {
 		err = vaccel_bo_register_new(vd, bo);
-		/* Without the OBJECTS capability, jobs use its pages directly. */
-		if (err == -EOPNOTSUPP)
+		/*
+		 * Without objects, or with more runs than max_segments, jobs
+		 * pass its pages as direct buffers.
+		 */
+		if (err == -EOPNOTSUPP || err == -E2BIG)
 			err = 0;
 	}
 	if (!err)

@@ -20,6 +20,7 @@
 struct dma_buf_attachment;
 struct drm_file;
 struct sg_table;
+struct vfsmount;
 
 /*
  * The accel device of one virtio device.
@@ -37,6 +38,8 @@ struct vaccel_drm {
 	struct vaccel_device *vdev;
 	struct rw_semaphore reset_lock;
 	u64 generation;			/* resets seen; under reset_lock */
+	bool access_platform;		/* VIRTIO_F_ACCESS_PLATFORM */
+	struct vfsmount *gemfs;		/* for GEM objects, or NULL */
 	struct mutex zombies_lock;
 	struct list_head zombies;	/* objects the device may still use */
 	atomic64_t next_job_id;
@@ -48,6 +51,20 @@ static inline struct vaccel_drm *to_vaccel_drm(struct drm_device *drm)
 }
 
 /*
+ * Whether GEM objects become device objects: the device has the OBJECTS
+ * capability and reaches guest-physical addresses. With
+ * VIRTIO_F_ACCESS_PLATFORM it reaches memory through the platform's DMA
+ * translation, which object segments (spec §7.1) cannot express: objects are
+ * then passed as direct buffers, mapped by the DMA API like all ring data.
+ */
+static inline bool vaccel_drm_objects(struct vaccel_drm *vd)
+{
+	return !vd->access_platform &&
+	       (vaccel_info(vd->vdev)->capabilities &
+		BIT_ULL(VIRTIO_ACCEL_F_OBJECTS));
+}
+
+/*
  * A GEM object: shmem pages of its own (pinned while it exists), or an
  * imported dma-buf (mapped for the device while it exists). It is a device
  * object (spec §7.1) while @handle is valid: @handle is not zero and
@@ -56,9 +73,10 @@ static inline struct vaccel_drm *to_vaccel_drm(struct drm_device *drm)
 struct vaccel_bo {
 	struct drm_gem_shmem_object base;
 	u64 size;			/* bytes requests may use */
-	struct mutex lock;		/* @handle, @handle_gen */
-	u32 handle;
-	u64 handle_gen;
+	struct mutex lock;		/* registration; see below */
+	u32 handle;			/* written under @lock */
+	u64 handle_gen;			/* written under @lock, after @handle */
+	bool direct_only;		/* never a device object; under @lock */
 	bool imported;			/* a dma-buf of another driver */
 	bool pinned;			/* shmem pages, pinned */
 	struct list_head zombie;	/* in vaccel_drm.zombies */
@@ -85,6 +103,8 @@ vaccel_gem_prime_import_sg_table(struct drm_device *drm,
 struct vaccel_bo *vaccel_bo_lookup(struct drm_file *file, u32 handle);
 int vaccel_bo_device_handle(struct vaccel_drm *vd, struct vaccel_bo *bo,
 			    u32 *handle);
+u32 vaccel_bo_current_handle(struct vaccel_drm *vd, struct vaccel_bo *bo);
+struct vfsmount *vaccel_gemfs_mount(void);
 void vaccel_release_zombies(struct vaccel_drm *vd);
 int vaccel_ioctl_gem_create(struct drm_device *drm, void *data,
 			    struct drm_file *file);

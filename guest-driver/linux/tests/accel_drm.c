@@ -4,8 +4,9 @@
  * (spec/accel-uapi.md): GEM objects created and mmapped, COPY then CRC32C
  * chained by a sync_file (a dependency on the device) and waited for with
  * poll(), CRC32C of pinned user memory waited for through a syncobj, a
- * udmabuf imported as a device object, PRIME export, and the errors that
- * bad requests get. Every result is checked against a computation here.
+ * udmabuf imported as a device object, PRIME export, CRC32C of a 4 MiB GEM
+ * object (more pages than max_segments: huge pages or direct buffers), and
+ * the errors that bad requests get. Every result is checked against a computation here.
  *
  * Build (static, for the guest):
  *   gcc -static -O2 -Wall -Wextra -D__user= \
@@ -19,6 +20,11 @@
  * Run: accel_drm [DEVICE] (default /dev/accel/accel0). Prints one line per
  * check, "ok N - ..." or "not ok N - ...: why", and exits 0 only if every
  * check passed; 2 if the device cannot be opened or lacks COPY or CRC32C.
+ *
+ * accel_drm --outlive FLAG [DEVICE]: a job's out sync_file kept after the
+ * device node is closed, so that the module can be unloaded meanwhile; once
+ * the file FLAG exists, the sync_file is polled and queried
+ * (SYNC_IOC_FILE_INFO) and closed, which must work without the module.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,12 +38,14 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/sync_file.h>
 #include <linux/types.h>
 #include <linux/udmabuf.h>
 #include <linux/virtio_accel.h>
 #include <drm/virtio_accel_drm.h>
 
 #define OBJ_SIZE	(64 * 1024)
+#define LARGE_SIZE	(4 << 20)
 #define WAIT_MS		10000
 #define RECORDS		16
 
@@ -399,6 +407,64 @@ static void check_udmabuf(void)
 	close(memfd);
 }
 
+/* CRC32C of @len bytes at @offset of @handle, waited for; record @slot. */
+static void crc_of_range(__u32 handle, const unsigned char *map, __u64 offset,
+			 __u64 len, unsigned int slot, const char *what)
+{
+	struct drm_vaccel_buffer bufs[1] = { gem_buf(handle, offset, len) };
+	struct drm_vaccel_submit crc;
+	__u32 want, got;
+	int err;
+
+	submit_init(&crc, VIRTIO_ACCEL_OP_CRC32C, bufs, 1, 0, slot);
+	crc.flags = DRM_VACCEL_SUBMIT_OUT_SYNC_FILE;
+	err = xioctl(DRM_IOCTL_VACCEL_SUBMIT, &crc);
+	if (!err) {
+		err = wait_sync_file(crc.out_sync_file);
+		close(crc.out_sync_file);
+	}
+	if (err) {
+		report(0, what, "%s", strerror(-err));
+		return;
+	}
+	if (!record_ok(slot, crc.job_id, what))
+		return;
+	want = crc32c(0, map + offset, len);
+	got = le32_at(records[slot].result);
+	report(got == want, what, "%#010x, expected %#010x", got, want);
+}
+
+/*
+ * A 4 MiB GEM object has 1024 pages, far more than max_segments (64 by
+ * default): it is a device object only if its pages came in huge runs, and
+ * is passed as direct buffers otherwise. Either way CRC32C of all of it and
+ * of a range across the 2 MiB boundary must be right.
+ */
+static void check_large_object(void)
+{
+	struct drm_vaccel_gem_info gem = { 0 };
+	unsigned char *map;
+	size_t i;
+	int err;
+
+	gem.handle = gem_create(LARGE_SIZE, (void **)&map);
+	if (!gem.handle)
+		return;
+	report(1, "a 4 MiB GEM object created and mapped", "");
+	for (i = 0; i < LARGE_SIZE; i++)
+		map[i] = (unsigned char)(i * 7 + (i >> 12));
+	err = xioctl(DRM_IOCTL_VACCEL_GEM_INFO, &gem);
+	report(!err, "GEM_INFO of the 4 MiB object", "%s", strerror(-err));
+	printf("# the 4 MiB object is %s\n",
+	       gem.flags & DRM_VACCEL_GEM_REGISTERED ?
+	       "a device object" : "not a device object (direct buffers)");
+	crc_of_range(gem.handle, map, 0, LARGE_SIZE, 6,
+		     "CRC32C of a 4 MiB GEM object");
+	crc_of_range(gem.handle, map, (2 << 20) - 100, 4096, 7,
+		     "CRC32C across the 2 MiB boundary of the object");
+	munmap(map, LARGE_SIZE);
+}
+
 /* A GEM object exported as a dma-buf comes back as the same handle. */
 static void check_prime_export(__u32 handle)
 {
@@ -466,12 +532,64 @@ static void check_errors(__u32 src, __u32 dst)
 		close(s.out_sync_file);
 }
 
+/*
+ * A finished job's sync_file, used after the node is closed and (the
+ * caller's script does it) the module unloaded, once @flag exists.
+ */
+static int check_outlive(const char *flag)
+{
+	struct sync_fence_info fence_info = { 0 };
+	struct sync_file_info file_info = { 0 };
+	unsigned char data[4096] = { 1, 2, 3 };
+	struct drm_vaccel_buffer bufs[1] = { user_buf(data, sizeof(data)) };
+	struct drm_vaccel_submit crc;
+	int err, fd;
+
+	submit_init(&crc, VIRTIO_ACCEL_OP_CRC32C, bufs, 1, 0, 0);
+	crc.results_handle = 0;
+	crc.results_offset = 0;
+	crc.flags = DRM_VACCEL_SUBMIT_OUT_SYNC_FILE;
+	err = xioctl(DRM_IOCTL_VACCEL_SUBMIT, &crc);
+	report(!err, "SUBMIT with an out sync_file to keep", "%s",
+	       strerror(-err));
+	if (err)
+		return 1;
+	fd = crc.out_sync_file;
+	err = wait_sync_file(fd);
+	report(!err, "the kept sync_file signalled", "%s", strerror(-err));
+	close(dev_fd);
+	printf("# node closed, sync_file kept: waiting for %s\n", flag);
+	while (access(flag, F_OK))
+		usleep(100000);
+	err = wait_sync_file(fd);
+	report(!err, "poll() of the sync_file after the module went", "%s",
+	       strerror(-err));
+	file_info.num_fences = 1;
+	file_info.sync_fence_info = (__u64)(unsigned long)&fence_info;
+	err = ioctl(fd, SYNC_IOC_FILE_INFO, &file_info) ? -errno : 0;
+	report(!err && file_info.status == 1,
+	       "SYNC_IOC_FILE_INFO after the module went: signalled",
+	       "err %d, status %d", err, file_info.status);
+	printf("# its fence: driver \"%s\", timeline \"%s\"\n",
+	       fence_info.driver_name, fence_info.obj_name);
+	close(fd);
+	printf("# %u checks, %u failed\n", checks, failures);
+	return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
-	const char *path = argc > 1 ? argv[1] : "/dev/accel/accel0";
+	const char *flag = NULL;
+	const char *path;
 	unsigned char *src_map, *dst_map;
 	__u32 src, dst;
 
+	if (argc > 2 && !strcmp(argv[1], "--outlive")) {
+		flag = argv[2];
+		argc -= 2;
+		argv += 2;
+	}
+	path = argc > 1 ? argv[1] : "/dev/accel/accel0";
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	dev_fd = open(path, O_RDWR | O_CLOEXEC);
 	if (dev_fd < 0) {
@@ -479,6 +597,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	check_info();
+	if (flag)
+		return check_outlive(flag);
 	results_handle = gem_create(RECORDS * sizeof(*records),
 				    (void **)&records);
 	src = gem_create(OBJ_SIZE, (void **)&src_map);
@@ -491,6 +611,7 @@ int main(int argc, char **argv)
 	check_udmabuf();
 	check_prime_export(src);
 	check_errors(src, dst);
+	check_large_object();
 	printf("# %u checks, %u failed\n", checks, failures);
 	return failures ? 1 : 0;
 }
