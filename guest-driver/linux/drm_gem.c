@@ -3,11 +3,12 @@
  * virtio_accel: GEM objects of the accel device node, which are device
  * objects (spec §7.1) while they exist.
  *
- * An object created here is shmem memory, pinned from creation to its end,
- * from the driver's own tmpfs mount with huge=within_size when it has one
- * (so that its pages come in 2 MiB runs where transparent huge pages are
- * available); one imported from another driver's dma-buf is that buffer, mapped for the
- * virtio device from import to its end. Either is registered with
+ * An object created here is shmem memory, pinned from creation to its end;
+ * one larger than max_segments pages comes from the driver's own tmpfs mount
+ * with huge=always when it has one (so that its pages come in 2 MiB runs
+ * where transparent huge pages are available). One imported from another
+ * driver's dma-buf is that buffer, mapped for the virtio device from import
+ * to its end. Either is registered with
  * OBJECT_CREATE, its memory given as segments: the guest-physical address
  * ranges of its pages (the device reaches guest memory without an IOMMU), or
  * of the dma-buf mapping, physically contiguous runs merged. It is destroyed
@@ -361,14 +362,15 @@ struct vaccel_bo *vaccel_bo_lookup(struct drm_file *file, u32 handle)
 }
 
 /*
- * The driver's own tmpfs mount, with huge=within_size, for GEM objects: their
- * pages then come in 2 MiB runs where transparent huge pages are available,
- * so that an object of many megabytes fits in max_segments segments. NULL
- * (the kernel's shmem mount) when it cannot be had.
+ * The driver's own tmpfs mount, with huge=always, for the GEM objects that
+ * 4 KiB pages could not describe in max_segments segments: their pages then
+ * come in 2 MiB runs where transparent huge pages are available. (Not
+ * within_size: an object of 1 MiB would never get a huge page.) NULL (the
+ * kernel's shmem mount) when it cannot be had.
  */
 struct vfsmount *vaccel_gemfs_mount(void)
 {
-	char huge_opt[] = "huge=within_size";
+	char huge_opt[] = "huge=always";
 	struct file_system_type *type;
 	struct vfsmount *mnt;
 
@@ -423,7 +425,8 @@ int vaccel_ioctl_gem_create(struct drm_device *drm, void *data,
 		goto out;
 	}
 	bo = to_vaccel_bo(&shmem->base);
-	vaccel_gem_move_to(&shmem->base, vd->gemfs);
+	if (args->size > (u64)vaccel_info(vd->vdev)->max_segments * PAGE_SIZE)
+		vaccel_gem_move_to(&shmem->base, vd->gemfs);
 	err = drm_gem_shmem_pin(shmem);
 	bo->pinned = !err;
 	if (!err) {
