@@ -50,6 +50,275 @@ interrupted() {
     tail -n 2 /tmp/job.log
 }
 
+# The kernel driver (guest-driver/linux/, virtio_accel.ko): each check is a
+# command line, run and reported as "accel-guest: kernel: LABEL: exit N".
+kcheck() { label=$1; shift; "$@"; echo "accel-guest: kernel: $label: exit $?"; }
+# The accelerator's PCI function (virtio 1.0 device ID 0x1040 + 63).
+accel_pci() {
+    for dev in /sys/bus/pci/devices/*; do
+        if [ "$(cat "$dev/vendor")" = 0x1af4 ] && [ "$(cat "$dev/device")" = 0x107f ]; then
+            basename "$dev"; return 0
+        fi
+    done
+    return 1
+}
+# Gives the PCI function $1 back from uio_pci_generic (accelctl bind) to
+# virtio-pci, which creates its virtio device.
+to_virtio_pci() {
+    echo > "/sys/bus/pci/devices/$1/driver_override" &&
+    echo "$1" > "/sys/bus/pci/devices/$1/driver/unbind" &&
+    echo "$1" > /sys/bus/pci/drivers_probe
+}
+# Whether virtio_accel drives the virtio device of the PCI function $1.
+bound() { [ "$(basename "$(readlink /sys/bus/pci/devices/"$1"/virtio*/driver)")" = virtio_accel ]; }
+unbound() { ! bound "$1"; }
+# The module's algorithms in /proc/crypto, "NAME DRIVER PRIORITY SELFTEST TYPE"
+# each (a block ends with an empty line).
+module_algorithms() {
+    awk '/^name/ { name = $3 } /^driver/ { driver = $3 } /^module/ { module = $3 }
+        /^priority/ { priority = $3 } /^selftest/ { selftest = $3 } /^type/ { type = $3 }
+        /^$/ { if (module == "virtio_accel") print name, driver, priority, selftest, type
+            module = "" }' /proc/crypto
+}
+# Every algorithm of the module passed its self-test (printed as "accel-guest:
+# crypto: ..."), there is one, and the kernel logged no failed self-test. The
+# tests may still run when the module is loaded (selftest "unknown"): waits
+# for them, 60 s at most.
+crypto_selftests() {
+    waited=0
+    while module_algorithms | grep -q ' unknown ' && [ $waited -lt 60 ]; do
+        sleep 1; waited=$((waited + 1))
+    done
+    module_algorithms > /tmp/algorithms
+    sed 's/^/accel-guest: crypto: /' /tmp/algorithms
+    echo "accel-guest: crypto self-tests done after ${waited}s"
+    [ -s /tmp/algorithms ] && ! grep -v ' passed ' /tmp/algorithms &&
+        ! dmesg | grep -E 'alg: .*fail'
+}
+# The kernel's log since line $1 has no oops, warning, hung task or failed
+# crypto self-test (it prints those it has).
+kernel_log_clean() {
+    ! dmesg | tail -n +"$(($1 + 1))" |
+        grep -E 'BUG:|Oops|WARNING:|Call Trace|blocked for more than|hung_task|alg: .*fail'
+}
+# Whether process $1 still runs (not a zombie waiting for its parent).
+running() { grep -qs '^State:[[:space:]]*[RSD] ' "/proc/$1/status"; }
+# Runs a command line (after its time limit, $1 s); one still running then
+# shows its state and kernel stack and is killed (exit 137).
+limited() {
+    limit=$1; shift
+    "$@" & pid=$!
+    waited=0
+    while running $pid && [ $waited -lt "$limit" ]; do sleep 1; waited=$((waited + 1)); done
+    if running $pid; then
+        echo "accel-guest: $1 still running after ${limit}s: $(grep '^State' /proc/$pid/status)"
+        cat /proc/$pid/stack
+        kill -KILL $pid
+    fi
+    wait $pid
+}
+# A test program of guest-driver/linux/tests/ (2 minutes at most); missing
+# is a failure.
+test_program() {
+    if [ -x "/bin/$1" ]; then limited 120 "$@"; else echo "no /bin/$1"; return 1; fi
+}
+# Ends a kernel step still running after $1 s with the kernel's log, the
+# state and kernel stack of each user process, the blocked tasks (killable
+# waits too, which the hung-task detector passes over) and what the CPUs
+# run, and powers off, rather than leave the host waiting.
+watchdog() {
+    sleep "$1"
+    echo "accel-guest: kernel: watchdog: still running after $1 s"
+    dmesg | tail -n 40
+    for task in /proc/[0-9]*; do
+        [ -e "$task/exe" ] || continue
+        echo "${task#/proc/} $(cat "$task/comm") $(grep '^State' "$task/status")"
+        cat "$task/stack"
+    done
+    echo w > /proc/sysrq-trigger
+    echo l > /proc/sysrq-trigger
+    sync
+    poweroff -f
+}
+# The daemon's counters, "OK AUTH_FAILED BYTES" (requests completed Ok and
+# AuthFailed, bytes of the Ok ones), went from $1 to $2 (asked of the host:
+# "host counters") by at least $3 (three numbers too).
+counters_rose() {
+    echo "accel-guest: daemon counters (ok, auth failed, bytes): $1 -> $2, at least +$3"
+    echo "$1 $2 $3" | awk '{ exit !($4 - $1 >= $7 && $5 - $2 >= $8 && $6 - $3 >= $9) }'
+}
+# What "afalg --driver" must have had computed by the device, at least: 12
+# Ok requests (sha256 two one-shot digests, crc32c four checks, gcm(aes) two
+# vectors and the long text, encrypted and decrypted), 2 AuthFailed (the
+# vectors with a bad tag: only the device reports those), and the
+# 10000-byte pattern four times (sha256 and crc32c in one send, gcm(aes)
+# both ways). The daemon counts by status, not by operation.
+AFALG_MIN="12 2 40000"
+# afalg --driver with the daemon's counters read before and after: they
+# rose by what it must have sent. $1 ends the checks' labels.
+afalg_on_device() {
+    host counters; before=$ack
+    kcheck "afalg --driver$1" test_program afalg --driver
+    host counters
+    kcheck "afalg computed by the daemon$1" counters_rose "$before" "$ack" "$AFALG_MIN"
+}
+# A system suspend, devices only (pm_test): the module's freeze and restore
+# run as in a suspend to RAM, and the device is reset in between, without
+# the machine sleeping (suspend to idle, which every machine has).
+suspend_devices() {
+    echo devices > /sys/power/pm_test || return 1
+    echo freeze > /sys/power/state; status=$?
+    echo none > /sys/power/pm_test
+    return $status
+}
+# A finished job's sync_file, kept by accel_drm --outlive with the device
+# node closed while the module unloads (outlive_start; the module's rmmod
+# comes between), then polled and queried (outlive_end).
+outlive_start() {
+    rm -f /tmp/outlive
+    /bin/accel_drm --outlive /tmp/outlive > /tmp/outlive.log 2>&1 & outlive=$!
+    waited=0
+    until grep -q 'waiting for' /tmp/outlive.log || [ $waited -ge 60 ]; do
+        sleep 1; waited=$((waited + 1))
+    done
+    cat /tmp/outlive.log
+    grep -q 'waiting for' /tmp/outlive.log
+}
+outlive_end() { touch /tmp/outlive; wait $outlive; status=$?; cat /tmp/outlive.log; return $status; }
+# The module drives the device of the PCI function $1.
+bind_module() { to_virtio_pci "$1" && modprobe virtio_accel && bound "$1"; }
+# accelctl chose the kernel transport (the module bound).
+accelctl_kernel() {
+    accelctl list > /tmp/list.log 2>&1
+    cat /tmp/list.log
+    grep -q '^transport: kernel, ' /tmp/list.log
+}
+# accelctl selftest --strict over the kernel transport: every check runs and
+# passes. shmem gets huge pages meanwhile: a device object has at most
+# max_segments (64) contiguous runs of pages, and base pages may each be a
+# run of their own (64 x 4 KiB = 256 KiB); huge pages come in 2 MiB runs, so
+# accelctl's udmabuf memfds over 256 KiB fit (the module's GEM objects that
+# size come from its own huge tmpfs).
+kernel_selftest() {
+    thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+    thp_was=$(sed 's/.*\[\(.*\)\].*/\1/' $thp)
+    echo always > $thp
+    accelctl selftest --strict --seed 11 > /tmp/selftest.log 2>&1
+    status=$?
+    echo "$thp_was" > $thp
+    if [ $status = 0 ] && grep -q 'transport: kernel, ' /tmp/selftest.log &&
+        grep -q ', 0 failed, 0 not run,' /tmp/selftest.log; then
+        grep '^selftest' /tmp/selftest.log
+    else
+        cat /tmp/selftest.log
+        return 1
+    fi
+}
+# A counter of /proc/vmstat.
+vmstat() { awk -v name="$1" '$1 == name { print $2 }' /proc/vmstat; }
+# Swap on a zram device (zswap needs a swap device behind it).
+swap_on_zram() {
+    modprobe zram && echo 256M > /sys/block/zram0/disksize &&
+        mkswap /dev/zram0 > /dev/null && swapon /dev/zram0
+}
+# zswap compresses with $1 (an algorithm's or driver's name); it took.
+zswap_compressor() {
+    echo "$1" > /sys/module/zswap/parameters/compressor &&
+        [ "$(cat /sys/module/zswap/parameters/compressor)" = "$1" ]
+}
+zswap_enable() { echo "$1" > /sys/module/zswap/parameters/enabled; }
+# A memory cgroup of 16 MiB, "pressure": what runs there swaps at once
+# (far faster under TCG than filling the guest's 1 GiB).
+memory_cgroup() {
+    mount -t cgroup2 none /sys/fs/cgroup &&
+        echo +memory > /sys/fs/cgroup/cgroup.subtree_control &&
+        mkdir /sys/fs/cgroup/pressure &&
+        echo 16M > /sys/fs/cgroup/pressure/memory.max
+}
+# swap_pressure writes 64 MiB in the cgroup and reads every page back.
+swap_pressure_in_cgroup() {
+    # shellcheck disable=SC2016 # $$: the inner shell's
+    limited 300 sh -c 'echo $$ > /sys/fs/cgroup/pressure/cgroup.procs &&
+        exec /bin/swap_pressure 64'
+}
+# zswap no longer holds the module's deflate (rmmod comes later): swap off,
+# zswap off and back on lzo (built in), and no reference left (10 s at
+# most: zswap frees its old pool in a work item).
+zswap_release() {
+    swapoff /dev/zram0 && zswap_enable N && zswap_compressor lzo || return 1
+    waited=0
+    while [ "$(cat /sys/module/virtio_accel/refcnt)" != 0 ] && [ $waited -lt 10 ]; do
+        sleep 1; waited=$((waited + 1))
+    done
+    [ "$(cat /sys/module/virtio_accel/refcnt)" = 0 ]
+}
+# zswap with the module's deflate under memory pressure: every page comes
+# back intact, zswap stored and loaded pages, and the daemon completed at
+# least one request per page stored or loaded.
+kernel_zswap() {
+    kcheck "swap on zram" swap_on_zram
+    kcheck "zswap compressor" zswap_compressor deflate-virtio-accel
+    kcheck "zswap enabled" zswap_enable Y
+    kcheck "memory cgroup" memory_cgroup
+    stored=$(vmstat zswpout); loaded=$(vmstat zswpin)
+    host counters; before=$ack
+    kcheck "swap pressure" swap_pressure_in_cgroup
+    host counters
+    stored=$(($(vmstat zswpout) - stored)); loaded=$(($(vmstat zswpin) - loaded))
+    echo "accel-guest: zswap: $stored pages stored, $loaded loaded"
+    kcheck "zswap stored and loaded" test "$stored" -gt 0 -a "$loaded" -gt 0
+    kcheck "zswap computed by the daemon" counters_rose "$before" "$ack" "$((stored + loaded)) 0 0"
+    kcheck "zswap released" zswap_release
+}
+# The module loads, binds and passes its checks (AF_ALG, the accel node,
+# accelctl over it, zswap, a daemon restart); unloads and loads again;
+# hands the device back to accelctl (uio_pci_generic). The zswap check runs
+# when $1 is "zswap".
+kernel_module() {
+    echo 10 > /proc/sys/kernel/hung_task_timeout_secs
+    log_start=$(dmesg | wc -l)
+    watchdog 900 & dog=$!
+    pci=$(accel_pci)
+    kcheck "to virtio-pci" to_virtio_pci "$pci"
+    kcheck "modprobe" modprobe virtio_accel
+    kcheck "bound" bound "$pci"
+    kcheck "accel node" test -c /dev/accel/accel0
+    kcheck "crypto self-tests" crypto_selftests
+    kcheck "afalg" test_program afalg
+    afalg_on_device ""
+    kcheck "modprobe vgem" modprobe vgem
+    kcheck "accel_drm" test_program accel_drm
+    kcheck "accelctl list: kernel transport" accelctl_kernel
+    kcheck "accelctl selftest" kernel_selftest
+    if [ "$1" = zswap ]; then kernel_zswap; fi
+    kcheck "suspend (devices)" suspend_devices
+    afalg_on_device " after suspend"
+    # The daemon restarted while the module is bound (idle). The new daemon
+    # takes nothing from rings an earlier instance used (spec 11.2), so the
+    # first request after it gets no completion: the module's watchdog
+    # resets the device after its timeout (3 s here, below the hung-task
+    # detector's 10 s, for AF_ALG waits uninterruptibly) and the crypto
+    # provider computes that request in software. Then the device works.
+    echo 3 > /sys/module/virtio_accel/parameters/timeout
+    host restart-daemon
+    kcheck "afalg --driver across a daemon restart" test_program afalg --driver
+    afalg_on_device " after a daemon restart"
+    kcheck "a sync_file kept" outlive_start
+    kcheck "rmmod" rmmod virtio_accel
+    kcheck "the sync_file outlives the module" outlive_end
+    kcheck "unbound" unbound "$pci"
+    kcheck "modprobe again" modprobe virtio_accel
+    kcheck "bound again" bound "$pci"
+    kcheck "crypto self-tests again" crypto_selftests
+    kcheck "rmmod at the end" rmmod virtio_accel
+    kcheck "kernel log clean" kernel_log_clean "$log_start"
+    echo accel-kernel-log-begin
+    dmesg | tail -n +"$((log_start + 1))" | tail -n 60
+    echo accel-kernel-log-end
+    kcheck "accelctl bind" accelctl bind
+    kill $dog
+}
+
 while echo "accel-guest: next?" && read -r step label; do
     case $step in
     first)
@@ -73,10 +342,16 @@ while echo "accel-guest: next?" && read -r step label; do
         host start-daemon
         crc_again "after the daemon came back"
         ;;
+    kernel)
+        kernel_module "$label"
+        crc; echo "accel-guest: after the kernel module: exit $?"
+        ;;
     crc)
         crc; echo "accel-guest: $label: exit $?"
         ;;
     reboot)
+        kcheck "bound for the reboot" bind_module "$(accel_pci)"
+        kcheck "afalg --driver before the reboot" test_program afalg --driver
         echo "accel-guest: rebooting"
         reboot -f
         ;;
@@ -208,18 +483,25 @@ pub fn build_binaries(out: &Path) -> GuestBinaries {
     binaries
 }
 
-/// Builds the guest's kernel and initramfs with `accelctl` and
-/// [`GUEST_SCRIPT`] (`vmm-config/guest/build-initramfs.sh`, which caches
-/// Debian's kernel in `cache`); returns their paths.
+/// Builds the guest's kernel and initramfs with `accelctl`, the kernel
+/// module `virtio_accel.ko` and its test programs
+/// (`vmm-config/guest/build-module.sh`) and [`GUEST_SCRIPT`]
+/// (`vmm-config/guest/build-initramfs.sh`); both cache what they fetch from
+/// Debian in `cache`. Returns the kernel's and the initramfs's paths.
 pub fn build_guest(out: &Path, cache: &Path, accelctl: &Path) -> (String, String) {
     let guest_script = out.join("guest-script.sh");
     std::fs::write(&guest_script, GUEST_SCRIPT)
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", guest_script.display()));
+    let module = run_script(&[&workspace().join("vmm-config/guest/build-module.sh"), cache]);
+    let module = module
+        .first()
+        .unwrap_or_else(|| panic!("build-module.sh printed no module"));
     let mut boot = run_script(&[
         &workspace().join("vmm-config/guest/build-initramfs.sh"),
         cache,
         accelctl,
         &guest_script,
+        Path::new(module),
     ])
     .into_iter();
     match (boot.next(), boot.next()) {
@@ -386,6 +668,19 @@ impl Vm {
         }
     }
 
+    /// Waits for `begin`, then `end`, on `console`, after what was already
+    /// seen there; returns what came between them.
+    pub fn expect_between(&mut self, console: &mut Console, begin: &str, end: &str) -> String {
+        self.expect(console, begin);
+        let start = console.seen;
+        self.expect(console, end);
+        let log = std::fs::read(&console.log).unwrap_or_default();
+        let between = log
+            .get(start..console.seen.saturating_sub(end.len()))
+            .unwrap_or_default();
+        String::from_utf8_lossy(between).into_owned()
+    }
+
     /// Waits until the VMM exits, which must be a success.
     pub fn wait_exit(&mut self) {
         let deadline = Instant::now() + STEP_TIMEOUT;
@@ -431,6 +726,103 @@ pub trait GuestHost {
     fn kill_daemon(&mut self);
     /// Starts the daemon again; returns once it listens.
     fn start_daemon(&mut self);
+    /// The daemon's metrics endpoint's answer (`--metrics`: the Prometheus
+    /// text of every tenant's counters).
+    fn daemon_metrics(&mut self) -> String;
+}
+
+/// What the guest's checks read of the daemon's counters (summed over its
+/// tenants), as [`GUEST_SCRIPT`]'s `counters_rose` takes them: "OK
+/// AUTH_FAILED BYTES". The daemon counts requests by status, not by
+/// operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DaemonCounters {
+    /// Requests completed with Ok.
+    pub ok: u64,
+    /// Requests completed with AuthFailed (AES-GCM tags that did not match).
+    pub auth_failed: u64,
+    /// Buffer bytes of the requests completed with Ok.
+    pub bytes: u64,
+}
+
+impl DaemonCounters {
+    /// Reads them from the Prometheus text of the daemon's metrics endpoint
+    /// (`backend/src/stats.rs`); a counter it lacks reads 0.
+    pub fn parse(metrics: &str) -> Self {
+        let mut counters = DaemonCounters::default();
+        for line in metrics.lines().map(str::trim) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<u64>() else {
+                continue;
+            };
+            let slot = if name.starts_with("vhost_user_accel_bytes_total{") {
+                &mut counters.bytes
+            } else if !name.starts_with("vhost_user_accel_requests_total{") {
+                continue;
+            } else if name.contains("status=\"ok\"") {
+                &mut counters.ok
+            } else if name.contains("status=\"auth_failed\"") {
+                &mut counters.auth_failed
+            } else {
+                continue;
+            };
+            *slot = slot.saturating_add(value);
+        }
+        counters
+    }
+}
+
+impl std::fmt::Display for DaemonCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.ok, self.auth_failed, self.bytes)
+    }
+}
+
+/// What the guest asks of the host during a step, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostPart {
+    /// `accel-guest: restart-daemon`: the daemon killed and started again.
+    RestartDaemon,
+    /// `accel-guest: counters`: the daemon's counters ([`DaemonCounters`]).
+    Counters,
+}
+
+impl HostPart {
+    /// Waits for the guest's request and answers it.
+    fn play(self, host: &mut impl GuestHost) {
+        match self {
+            HostPart::RestartDaemon => {
+                host.expect("accel-guest: restart-daemon");
+                host.kill_daemon();
+                host.start_daemon();
+                host.send("ok");
+            }
+            HostPart::Counters => {
+                host.expect("accel-guest: counters");
+                let counters = DaemonCounters::parse(&host.daemon_metrics());
+                host.send(&counters.to_string());
+            }
+        }
+    }
+}
+
+/// The host's part of the kernel-module step: the counters around `afalg
+/// --driver`, around the zswap part (when it runs), around `afalg --driver`
+/// after the suspend, then a daemon restart and the new daemon's counters
+/// around `afalg --driver`.
+fn kernel_host_parts(zswap: bool) -> Vec<HostPart> {
+    let counters = [HostPart::Counters; 2];
+    let zswap_parts: &[HostPart] = if zswap { &counters } else { &[] };
+    [
+        &counters[..],
+        zswap_parts,
+        &counters[..],
+        &[HostPart::RestartDaemon],
+        &counters[..],
+    ]
+    .concat()
 }
 
 /// A step of [`GUEST_SCRIPT`]. Each runs one CRC-32C job of the guest's
@@ -452,10 +844,106 @@ pub enum Step {
     /// The daemon killed under a job, which times out, and started again
     /// once the job has ended; then a CRC job.
     StopUnderJob,
-    /// The guest reboots (a device reset from the machine's side); then a
-    /// CRC job in the new boot.
+    /// The guest reboots with the kernel module bound ([`REBOOT_CHECKS`]: the
+    /// kernel's shutdown, then a device reset from the machine's side);
+    /// then a CRC job in the new boot, with `accelctl` over
+    /// `uio_pci_generic`.
     Reboot,
+    /// The kernel driver, `virtio_accel.ko`: the device goes from
+    /// `uio_pci_generic` back to `virtio-pci`, the module loads and binds
+    /// it, its crypto algorithms pass the kernel's self-tests, and
+    /// ([`KERNEL_CHECKS`]):
+    /// - AF_ALG (`afalg`, by algorithm and by our driver names) gives the
+    ///   right results, computed by the daemon: its counters rose by what
+    ///   `afalg --driver` must have sent it (Ok requests, the AuthFailed of
+    ///   the bad tags, bytes). The daemon counts by status, not by
+    ///   operation, so this shows that AES-GCM ran on the device (only the
+    ///   device reports AuthFailed) and that the device did the work of
+    ///   all three in sum, not each of sha256 and crc32c alone;
+    /// - the accel node (`accel_drm`, with a job held by a foreign fence,
+    ///   vgem's, until it signals), and `accelctl selftest --strict`
+    ///   over the kernel transport (GEM objects, udmabuf dma-bufs,
+    ///   sync_files), every check run and passed;
+    /// - zswap with the module's deflate, swapping to zram: a program in a
+    ///   16 MiB memory cgroup writes 64 MiB and reads every page back;
+    ///   zswap stored and loaded pages (`/proc/vmstat`), and the daemon
+    ///   completed at least one request for each;
+    /// - a system suspend, devices only (`pm_test`): the module's freeze
+    ///   and restore run and the device is reset in between; `afalg
+    ///   --driver` after it is computed by the daemon;
+    /// - the daemon killed and restarted while the module is bound (idle):
+    ///   `afalg --driver` right after passes (its first request, which the
+    ///   new daemon does not take (spec §11.2), fails over to software when
+    ///   the module's watchdog resets the device), and so does the next,
+    ///   computed by the new daemon;
+    /// - it unloads (while a process keeps a finished job's sync_file, which
+    ///   works after) and loads again, and the kernel logs no oops, warning
+    ///   or hung task.
+    ///
+    /// Then the device goes back to `uio_pci_generic` (`accelctl bind`)
+    /// for a CRC job. The counters come from the daemon's metrics endpoint
+    /// under both VMMs ([`GuestHost::daemon_metrics`]). The zswap part runs
+    /// when `zswap` is set ([`ZSWAP_CHECKS`]).
+    KernelModule {
+        /// Whether the zswap part runs.
+        zswap: bool,
+    },
 }
+
+/// The checks that the kernel-module step must run and pass (its guest
+/// function `kernel_module` prints `accel-guest: kernel: LABEL: exit N` for
+/// each; every other check it prints must pass as well).
+pub const KERNEL_CHECKS: &[&str] = &[
+    "to virtio-pci",
+    "modprobe",
+    "bound",
+    "accel node",
+    "crypto self-tests",
+    "afalg",
+    "afalg --driver",
+    "afalg computed by the daemon",
+    "modprobe vgem",
+    "accel_drm",
+    "accelctl list: kernel transport",
+    "accelctl selftest",
+    "suspend (devices)",
+    "afalg --driver after suspend",
+    "afalg computed by the daemon after suspend",
+    "afalg --driver across a daemon restart",
+    "afalg --driver after a daemon restart",
+    "afalg computed by the daemon after a daemon restart",
+    "a sync_file kept",
+    "rmmod",
+    "the sync_file outlives the module",
+    "unbound",
+    "modprobe again",
+    "bound again",
+    "crypto self-tests again",
+    "rmmod at the end",
+    "kernel log clean",
+    "accelctl bind",
+];
+
+/// The checks that the reboot step must run and pass before the guest
+/// reboots ([`Step::Reboot`]).
+pub const REBOOT_CHECKS: &[&str] = &["bound for the reboot", "afalg --driver before the reboot"];
+
+/// The checks of the kernel-module step's zswap part, when it runs
+/// ([`Step::KernelModule`]).
+pub const ZSWAP_CHECKS: &[&str] = &[
+    "swap on zram",
+    "zswap compressor",
+    "zswap enabled",
+    "memory cgroup",
+    "swap pressure",
+    "zswap stored and loaded",
+    "zswap computed by the daemon",
+    "zswap released",
+];
+
+/// The crypto API algorithms that `virtio_accel` registers (issue 13 item
+/// 4), each of which must have passed the kernel's self-test.
+pub const KERNEL_ALGORITHMS: &[&str] = &["gcm(aes)", "sha256", "crc32c", "deflate"];
 
 impl Step {
     /// The step's name in [`GUEST_SCRIPT`].
@@ -466,6 +954,7 @@ impl Step {
             Step::RestartUnderJob => "restart-under-job",
             Step::StopUnderJob => "stop-under-job",
             Step::Reboot => "reboot",
+            Step::KernelModule { .. } => "kernel",
         }
     }
 
@@ -474,15 +963,18 @@ impl Step {
     /// its part (the guest may still be running the step's last job).
     pub fn run(self, host: &mut impl GuestHost) {
         host.expect("accel-guest: next?");
-        host.send(self.name());
+        match self {
+            Step::KernelModule { zswap: true } => host.send("kernel zswap"),
+            _ => host.send(self.name()),
+        }
         match self {
             Step::FirstJobs => {}
-            Step::IdleRestart | Step::RestartUnderJob => {
-                host.expect("accel-guest: restart-daemon");
-                host.kill_daemon();
-                host.start_daemon();
-                host.send("ok");
+            Step::KernelModule { zswap } => {
+                for part in kernel_host_parts(zswap) {
+                    part.play(host);
+                }
             }
+            Step::IdleRestart | Step::RestartUnderJob => HostPart::RestartDaemon.play(host),
             Step::StopUnderJob => {
                 host.expect("accel-guest: stop-daemon");
                 host.kill_daemon();
@@ -524,8 +1016,54 @@ impl Step {
                 timed_out("without a daemon");
                 succeeded("after the daemon came back");
             }
-            Step::Reboot => succeeded("after reboot"),
+            Step::Reboot => {
+                check_kernel_lines(log, REBOOT_CHECKS, context);
+                succeeded("after reboot");
+            }
+            Step::KernelModule { zswap } => {
+                check_kernel_module(log, zswap, context);
+                succeeded("after the kernel module");
+            }
         }
+    }
+}
+
+/// Checks what the kernel-module step printed: every check of
+/// [`KERNEL_CHECKS`] ran and passed, so did any other, and each algorithm
+/// of [`KERNEL_ALGORITHMS`] passed its self-test.
+fn check_kernel_module(log: &str, zswap: bool, context: &str) {
+    check_kernel_lines(log, KERNEL_CHECKS, context);
+    if zswap {
+        check_kernel_lines(log, ZSWAP_CHECKS, context);
+    }
+    let failed: Vec<&str> = log
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| l.contains("accel-guest: kernel: ") && !l.ends_with(": exit 0"))
+        .collect();
+    assert!(failed.is_empty(), "{}\n{context}", failed.join("\n"));
+    for algorithm in KERNEL_ALGORITHMS {
+        let line = lines(
+            log,
+            &format!("accel-guest: crypto: {algorithm} "),
+            0,
+            context,
+        );
+        assert!(line.contains(" passed "), "{line}\n{context}");
+    }
+}
+
+/// Every check of `labels` printed `accel-guest: kernel: LABEL: exit 0` in
+/// `log`.
+fn check_kernel_lines(log: &str, labels: &[&str], context: &str) {
+    for label in labels {
+        let line = lines(
+            log,
+            &format!("accel-guest: kernel: {label}: exit"),
+            0,
+            context,
+        );
+        assert!(line.ends_with("exit 0"), "{line}\n{context}");
     }
 }
 
@@ -597,5 +1135,39 @@ pub fn check_guest_console(log: &str, steps: &[Step], context: &str) {
     );
     for step in steps {
         step.check(log, context);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use vhost_user_accel::stats::{render, TenantStats};
+    use virtio_accel_spec::Status;
+
+    use super::DaemonCounters;
+
+    /// The counters read from what the daemon's metrics endpoint renders,
+    /// summed over tenants, other statuses aside.
+    #[test]
+    fn daemon_counters_parse_the_daemons_metrics() {
+        let tenants = [
+            Arc::new(TenantStats::new("a")),
+            Arc::new(TenantStats::new("b")),
+        ];
+        let latency = Duration::from_micros(5);
+        tenants[0].request_done(Status::Ok, 100, latency);
+        tenants[1].request_done(Status::Ok, 20, latency);
+        tenants[1].request_done(Status::AuthFailed, 7, latency);
+        tenants[1].request_done(Status::Invalid, 9, latency);
+        let counters = DaemonCounters::parse(&render(&tenants));
+        let expected = DaemonCounters {
+            ok: 2,
+            auth_failed: 1,
+            bytes: 120,
+        };
+        assert_eq!(counters, expected);
+        assert_eq!(counters.to_string(), "2 1 120");
     }
 }

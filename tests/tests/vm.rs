@@ -7,13 +7,21 @@
 //! 1. `accelctl selftest --strict` passes with every check run, and a file
 //!    the guest compresses through the device decodes, on the host, to the
 //!    bytes the host expects;
-//! 2. the daemon is killed and restarted at once, while the device is idle and
+//! 2. the kernel driver, `virtio_accel.ko` (`guest-driver/linux/`, built
+//!    against the guest kernel's headers): it binds the device, its crypto
+//!    algorithms pass the kernel's self-tests and serve AF_ALG (computed by
+//!    the daemon: its counters, read from its metrics endpoint, rose),
+//!    `accelctl selftest` passes over it, zswap swaps through its deflate,
+//!    it survives a system suspend (devices only) and a daemon restart, unloads and loads again without an
+//!    oops, a warning or a hung task, and gives the device back to the
+//!    userspace driver (`Step::KernelModule`);
+//! 3. the daemon is killed and restarted at once, while the device is idle and
 //!    while a guest job runs: QEMU reconnects, the job ends with an error
 //!    instead of hanging, and new jobs work;
-//! 3. the daemon is killed and stays away while a guest job runs: the job
+//! 4. the daemon is killed and stays away while a guest job runs: the job
 //!    times out; once the daemon is back, new jobs work;
-//! 4. the VM reboots (a device reset from the machine's side): jobs work in
-//!    the new boot.
+//! 5. the VM reboots with the kernel module bound (a device reset from the
+//!    machine's side): jobs work in the new boot.
 //!
 //! Needs root on Debian bookworm (the build scripts install packages) the first
 //! time; the builds are cached in `ACCEL_VM_CACHE` (default
@@ -22,25 +30,30 @@
 //! a machine where it cannot build the VM at all (with a loud message).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use accel_tests::vm::{self, Console, GuestHost, Step, Vm};
 
-/// The daemon, as an operator runs it: its own process, killed for real.
+/// The daemon, as an operator runs it: its own process, killed for real,
+/// with its metrics endpoint on a unix socket.
 struct DaemonProcess {
     binary: PathBuf,
     socket: PathBuf,
+    metrics: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl DaemonProcess {
-    fn start(binary: &Path, socket: &Path, log: &Path) -> Self {
+    fn start(binary: &Path, socket: &Path, metrics: &Path, log: &Path) -> Self {
         let mut daemon = DaemonProcess {
             binary: binary.to_path_buf(),
             socket: socket.to_path_buf(),
+            metrics: metrics.to_path_buf(),
             log: log.to_path_buf(),
             child: None,
         };
@@ -60,6 +73,7 @@ impl DaemonProcess {
             .arg("--socket-path")
             .arg(&self.socket)
             .args(["--queues", "2"])
+            .arg(format!("--metrics=unix:{}", self.metrics.display()))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -71,6 +85,16 @@ impl DaemonProcess {
             assert!(Instant::now() < deadline, "the daemon did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The metrics endpoint's answer (an HTTP response; its body is what
+    /// [`vm::DaemonCounters::parse`] reads).
+    fn metrics(&self) -> String {
+        let mut stream = UnixStream::connect(&self.metrics).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.
@@ -148,6 +172,10 @@ impl GuestHost for QemuHost {
     fn start_daemon(&mut self) {
         self.daemon.restart();
     }
+
+    fn daemon_metrics(&mut self) -> String {
+        self.daemon.metrics()
+    }
 }
 
 #[test]
@@ -167,7 +195,8 @@ fn guest_uses_the_device_across_daemon_restarts_and_a_reboot() {
     let socket = out.join("accel.sock");
     let daemon_log = out.join("daemon.log");
     let _ = std::fs::remove_file(&daemon_log);
-    let daemon = DaemonProcess::start(&binaries.daemon, &socket, &daemon_log);
+    let metrics = out.join("metrics.sock");
+    let daemon = DaemonProcess::start(&binaries.daemon, &socket, &metrics, &daemon_log);
     let console = out.join("console.log");
     let qemu_stderr = out.join("qemu.stderr");
     let mut child = Command::new(&qemu[0])
@@ -202,6 +231,7 @@ fn guest_uses_the_device_across_daemon_restarts_and_a_reboot() {
     // Every step, the daemon killed while idle before it is killed under jobs.
     let steps = [
         Step::FirstJobs,
+        Step::KernelModule { zswap: true },
         Step::IdleRestart,
         Step::RestartUnderJob,
         Step::StopUnderJob,

@@ -11,8 +11,8 @@
 //! runs the daemon and cloud-hypervisor with the test guest (L2):
 //!
 //! - L1's console (QEMU's stdio): L1's messages, and the test's orders to
-//!   kill and start the daemon, which runs in L1, and to start
-//!   cloud-hypervisor again;
+//!   kill and start the daemon, which runs in L1, to print its metrics (the
+//!   kernel-module step's counters) and to start cloud-hypervisor again;
 //! - L1's second serial port: L2's console (cloud-hypervisor `--console
 //!   tty`), which QEMU connects to `l2-console.in` (a FIFO the test writes)
 //!   and `l2-console.out`;
@@ -78,6 +78,12 @@ impl GuestHost for NestedHost {
 
     fn start_daemon(&mut self) {
         self.order("start-daemon", "l1: daemon listening");
+    }
+
+    fn daemon_metrics(&mut self) -> String {
+        self.l1_console.send("metrics");
+        self.l1
+            .expect_between(&mut self.l1_console, "l1: metrics-begin", "l1: metrics-end")
     }
 }
 
@@ -208,7 +214,17 @@ fn guest_uses_the_device_under_cloud_hypervisor() {
     // cloud-hypervisor restarts the rings at their available index, past
     // the requests of the earlier daemon, which stay unanswered. On a
     // reboot it creates the device anew (a new connection to the daemon).
-    let steps = [Step::FirstJobs, Step::RestartUnderJob, Step::Reboot];
+    // The kernel module's zswap part does not run: memory pressure in L2
+    // wedges the nested KVM (L1's under QEMU's TCG SVM): in one run L2
+    // triple-faulted with no message, in another L1 reported the vCPU
+    // thread of cloud-hypervisor blocked for more than 120 s, and L2 stood
+    // idle. tests/vm.rs runs it.
+    let steps = [
+        Step::FirstJobs,
+        Step::KernelModule { zswap: false },
+        Step::RestartUnderJob,
+        Step::Reboot,
+    ];
     for step in steps {
         step.run(&mut host);
     }

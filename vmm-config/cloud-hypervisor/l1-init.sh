@@ -7,8 +7,9 @@
 #   ttyS0  L1's console: what L1 says ("l1: ..."), and the host's orders, one
 #          a line: "kill-daemon" (SIGKILL, answered "l1: daemon killed"),
 #          "start-daemon" (answered "l1: daemon listening" once it listens),
-#          "start-vm" (cloud-hypervisor again, after it exited) and
-#          "poweroff";
+#          "metrics" (the daemon's metrics endpoint's answer, between the
+#          lines "l1: metrics-begin" and "l1: metrics-end"), "start-vm"
+#          (cloud-hypervisor again, after it exited) and "poweroff";
 #   ttyS1  L2's console: a virtio console (--console tty, hvc0 in L2), which
 #          cloud-hypervisor reads from its stdin (this port) and writes to
 #          its stdout, a FIFO relayed to this port: with a terminal as its
@@ -42,6 +43,9 @@ if [ ! -c /dev/kvm ]; then
 fi
 
 socket=/run/accel.sock
+# The daemon's metrics endpoint, on loopback.
+metrics=127.0.0.1:9400
+ifconfig lo 127.0.0.1 up
 # Relays opened read-write, so that they never see an end of file when one
 # writer (a daemon, a cloud-hypervisor) ends and before the next starts.
 mkfifo /run/daemon-log /run/l2-console
@@ -50,7 +54,8 @@ cat <>/run/l2-console >/dev/ttyS1 &
 daemon=
 start_daemon() {
     rm -f $socket
-    RUST_LOG=debug /bin/vhost-user-accel --socket-path $socket --queues 2 2>/run/daemon-log &
+    RUST_LOG=debug /bin/vhost-user-accel --socket-path $socket --queues 2 \
+        --metrics $metrics 2>/run/daemon-log &
     daemon=$!
     while [ ! -S $socket ]; do usleep 20000; done
     say "daemon listening"
@@ -68,13 +73,16 @@ kill_daemon() {
     say "daemon killed"
 }
 
+# L2 waits 20 s after a panic before it reboots: cloud-hypervisor has no
+# reset device that Linux uses, so the reboot is a triple fault, which can
+# cut the panic's message short on the virtio console.
 start_vm() {
     (
         set -x
         cloud-hypervisor -v \
             --cpus boot=2 --memory size=1G,shared=on \
             --kernel /l2/vmlinuz --initramfs /l2/initrd.gz \
-            --cmdline "console=hvc0 quiet panic=-1" \
+            --cmdline "console=hvc0 quiet panic=20" \
             --serial off --console tty \
             --generic-vhost-user "socket=$socket,device_type=63,queue_sizes=[256,256,256]" \
             </dev/ttyS1 >/run/l2-console 2>/dev/ttyS3
@@ -90,6 +98,11 @@ while read -r order; do
     case $order in
     kill-daemon) kill_daemon ;;
     start-daemon) start_daemon ;;
+    metrics)
+        say metrics-begin
+        wget -q -O - "http://$metrics/metrics" || say "no metrics"
+        say metrics-end
+        ;;
     start-vm) start_vm ;;
     poweroff) poweroff -f ;;
     *) say "unknown order: $order" ;;

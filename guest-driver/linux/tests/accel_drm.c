@@ -5,8 +5,12 @@
  * chained by a sync_file (a dependency on the device) and waited for with
  * poll(), CRC32C of pinned user memory waited for through a syncobj, a
  * udmabuf imported as a device object, PRIME export, CRC32C of a 4 MiB GEM
- * object (more pages than max_segments: huge pages or direct buffers), and
- * the errors that bad requests get. Every result is checked against a computation here.
+ * object (more pages than max_segments: huge pages or direct buffers), a
+ * job held by a foreign fence (vgem's, exported from a vgem dma-buf as a
+ * sync_file) until that signals, and the errors that bad requests get.
+ * Every result is checked against a computation here. The foreign fence
+ * needs the vgem module loaded (modprobe vgem; CONFIG_DRM_VGEM): without
+ * its node that check fails.
  *
  * Build (static, for the guest):
  *   gcc -static -O2 -Wall -Wextra -D__user= \
@@ -38,16 +42,21 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/dma-buf.h>
 #include <linux/sync_file.h>
 #include <linux/types.h>
 #include <linux/udmabuf.h>
 #include <linux/virtio_accel.h>
+#include <drm/drm_mode.h>
+#include <drm/vgem_drm.h>
 #include <drm/virtio_accel_drm.h>
 
 #define OBJ_SIZE	(64 * 1024)
 #define LARGE_SIZE	(4 << 20)
 #define WAIT_MS		10000
 #define RECORDS		16
+/* How long a job waiting for a foreign fence must stay unfinished. */
+#define HELD_MS		300
 
 static int dev_fd = -1;
 static unsigned int checks;
@@ -407,6 +416,136 @@ static void check_udmabuf(void)
 	close(memfd);
 }
 
+/* The fd of vgem's card node (/dev/dri/cardN), or -1. */
+static int open_vgem(void)
+{
+	char path[32], name[16];
+	struct drm_version version;
+	int fd, n;
+
+	for (n = 0; n < 16; n++) {
+		snprintf(path, sizeof(path), "/dev/dri/card%d", n);
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		memset(&version, 0, sizeof(version));
+		memset(name, 0, sizeof(name));
+		version.name = name;
+		version.name_len = sizeof(name) - 1;
+		if (!ioctl(fd, DRM_IOCTL_VERSION, &version) &&
+		    !strcmp(name, "vgem"))
+			return fd;
+		close(fd);
+	}
+	return -1;
+}
+
+/*
+ * A sync_file of a fence of vgem's (a foreign driver's) that is signalled
+ * with DRM_IOCTL_VGEM_FENCE_SIGNAL on @vgem, fence *@fence_id; or -1. The
+ * fence is attached to a vgem object for writing, and the object's dma-buf
+ * exports it (the fences a reader waits for).
+ */
+static int vgem_fence(int vgem, __u32 *fence_id)
+{
+	struct drm_mode_create_dumb dumb = {
+		.width = 1024, .height = 1, .bpp = 32,
+	};
+	struct drm_vgem_fence_attach attach = { .flags = VGEM_FENCE_WRITE };
+	struct drm_prime_handle prime = { .flags = DRM_CLOEXEC };
+	struct dma_buf_export_sync_file export = {
+		.flags = DMA_BUF_SYNC_READ, .fd = -1,
+	};
+
+	if (ioctl(vgem, DRM_IOCTL_MODE_CREATE_DUMB, &dumb)) {
+		report(0, "vgem object", "%s", strerror(errno));
+		return -1;
+	}
+	attach.handle = dumb.handle;
+	if (ioctl(vgem, DRM_IOCTL_VGEM_FENCE_ATTACH, &attach)) {
+		report(0, "VGEM_FENCE_ATTACH", "%s", strerror(errno));
+		return -1;
+	}
+	*fence_id = attach.out_fence;
+	prime.handle = dumb.handle;
+	if (ioctl(vgem, DRM_IOCTL_PRIME_HANDLE_TO_FD, &prime)) {
+		report(0, "PRIME export of the vgem object", "%s",
+		       strerror(errno));
+		return -1;
+	}
+	if (ioctl(prime.fd, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &export))
+		report(0, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE", "%s",
+		       strerror(errno));
+	close(prime.fd);
+	return export.fd;
+}
+
+/* Whether a sync_file signalled, asked without waiting (SYNC_IOC_FILE_INFO). */
+static int sync_file_signalled(int fd)
+{
+	struct sync_file_info file_info = { 0 };
+
+	return !ioctl(fd, SYNC_IOC_FILE_INFO, &file_info) &&
+	       file_info.status == 1;
+}
+
+/*
+ * CRC32C of @src after a fence of vgem's: the job stays unfinished (its
+ * sync_file unsignalled, its record pending) while the fence is
+ * pending, and finishes with the right CRC once vgem signals it.
+ */
+static void check_foreign_fence(__u32 src, const unsigned char *src_map)
+{
+	struct drm_vgem_fence_signal signal = { 0 };
+	struct drm_vaccel_buffer bufs[1] = { gem_buf(src, 0, OBJ_SIZE) };
+	struct drm_vaccel_submit crc;
+	struct pollfd pfd;
+	int vgem, in_fd, err, polled;
+	__u32 want, got, status;
+
+	vgem = open_vgem();
+	report(vgem >= 0, "a vgem node (modprobe vgem)", "none in /dev/dri");
+	if (vgem < 0)
+		return;
+	in_fd = vgem_fence(vgem, &signal.fence);
+	if (in_fd < 0)
+		goto close_vgem;
+	submit_init(&crc, VIRTIO_ACCEL_OP_CRC32C, bufs, 1, 0, 8);
+	crc.flags = DRM_VACCEL_SUBMIT_IN_SYNC_FILE |
+		    DRM_VACCEL_SUBMIT_OUT_SYNC_FILE;
+	crc.in_sync_file = in_fd;
+	err = xioctl(DRM_IOCTL_VACCEL_SUBMIT, &crc);
+	report(!err, "SUBMIT CRC32C after a vgem fence's sync_file", "%s",
+	       strerror(-err));
+	if (err)
+		goto close_in;
+	pfd.fd = crc.out_sync_file;
+	pfd.events = POLLIN;
+	polled = poll(&pfd, 1, HELD_MS);
+	status = __atomic_load_n(&records[8].status, __ATOMIC_ACQUIRE);
+	report(polled == 0 && !sync_file_signalled(crc.out_sync_file) &&
+	       status == DRM_VACCEL_STATUS_PENDING,
+	       "the job waits for the pending vgem fence",
+	       "poll() %d, record status %#x", polled, status);
+	err = ioctl(vgem, DRM_IOCTL_VGEM_FENCE_SIGNAL, &signal) ? -errno : 0;
+	report(!err, "VGEM_FENCE_SIGNAL", "%s", strerror(-err));
+	if (!err)
+		err = wait_sync_file(crc.out_sync_file);
+	report(!err, "poll() of its sync_file after the vgem fence", "%s",
+	       strerror(-err));
+	if (!err && record_ok(8, crc.job_id, "CRC32C after the vgem fence")) {
+		want = crc32c(0, src_map, OBJ_SIZE);
+		got = le32_at(records[8].result);
+		report(got == want, "CRC32C after the vgem fence",
+		       "%#010x, expected %#010x", got, want);
+	}
+	close(crc.out_sync_file);
+close_in:
+	close(in_fd);
+close_vgem:
+	close(vgem);
+}
+
 /* CRC32C of @len bytes at @offset of @handle, waited for; record @slot. */
 static void crc_of_range(__u32 handle, const unsigned char *map, __u64 offset,
 			 __u64 len, unsigned int slot, const char *what)
@@ -610,6 +749,7 @@ int main(int argc, char **argv)
 	check_user_memory();
 	check_udmabuf();
 	check_prime_export(src);
+	check_foreign_fence(src, src_map);
 	check_errors(src, dst);
 	check_large_object();
 	printf("# %u checks, %u failed\n", checks, failures);
