@@ -1136,6 +1136,27 @@ pub fn check_guest_console(log: &str, steps: &[Step], context: &str) {
     for step in steps {
         step.check(log, context);
     }
+    check_no_kernel_crash(log, context);
+}
+
+/// What the guest kernel prints on the console (even with `quiet`) when it
+/// crashes or finds a bug in itself.
+const KERNEL_CRASH_MARKERS: &[&str] = &[
+    "BUG:",
+    "Oops:",
+    "Kernel panic",
+    "general protection fault",
+    "WARNING: CPU:",
+];
+
+/// No boot of the guest (the reboot with the kernel module bound
+/// included) printed a kernel crash on the console.
+fn check_no_kernel_crash(log: &str, context: &str) {
+    let crashes: Vec<&str> = log
+        .lines()
+        .filter(|line| KERNEL_CRASH_MARKERS.iter().any(|m| line.contains(m)))
+        .collect();
+    assert!(crashes.is_empty(), "{}\n{context}", crashes.join("\n"));
 }
 
 #[cfg(test)]
@@ -1146,7 +1167,19 @@ mod tests {
     use vhost_user_accel::stats::{render, TenantStats};
     use virtio_accel_spec::Status;
 
-    use super::DaemonCounters;
+    use super::{check_no_kernel_crash, DaemonCounters};
+
+    /// A console with an oops fails the check; one without passes.
+    #[test]
+    fn kernel_crash_on_the_console_fails() {
+        let clean = "accel-guest: up\naccel-guest: kernel: rmmod: exit 0\n";
+        check_no_kernel_crash(clean, "clean");
+        let oops = format!(
+            "{clean}[   12.3] Oops: general protection fault, probably for non-canonical address\n"
+        );
+        let result = std::panic::catch_unwind(|| check_no_kernel_crash(&oops, "oops"));
+        assert!(result.is_err());
+    }
 
     /// The counters read from what the daemon's metrics endpoint renders,
     /// summed over tenants, other statuses aside.
