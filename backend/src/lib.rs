@@ -13,6 +13,8 @@
 //! - [`stats`]: a tenant's counters, rendered for Prometheus;
 //! - [`fence`]: per-queue fence timelines and waiters (§6.2);
 //! - [`tracking`]: the slab of requests in flight and the set of busy ring heads;
+//! - [`ring_record`]: a virtqueue's crash-consistent record of what the device
+//!   took, completed and published, for the process after a crash (issue 14);
 //! - [`device`]: the device model tying them together, one per connection;
 //! - [`backend`]: the `VhostUserBackend` glue;
 //! - [`memory`]: validation of the guest memory a VMM hands over;
@@ -44,6 +46,7 @@ pub mod objects;
 pub mod ops;
 pub mod quota;
 pub mod ratelimit;
+pub mod ring_record;
 pub mod sandbox;
 pub mod server;
 pub mod sg;
