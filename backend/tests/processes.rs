@@ -3,6 +3,9 @@
 //! memory its VMM truncated) costs its own VM a reconnection and nothing
 //! more; the neighbour keeps completing requests throughout, the supervisor
 //! restarts the process behind the same socket, and the counters carry on.
+//! A VMM that reconnects to the new process (the harness front-end playing
+//! QEMU or cloud-hypervisor) finds a device that takes nothing from the
+//! rings until its driver resets it (spec §11).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,9 +15,12 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use accel_driver::{Buffer, Device, DmaMemory, Request, VhostUserTransport, DEFAULT_FEATURES};
+use accel_driver::{
+    Buffer, Device, DmaMemory, FrontendModel, OpenOptions, Request, VhostUserOptions,
+    VhostUserTransport, DEFAULT_FEATURES,
+};
 use vhost_user_accel::arbiter::SLOW_STEPS;
-use virtio_accel_spec::{Op, Status};
+use virtio_accel_spec::{FillParams, Op, Status};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
 
@@ -788,4 +794,74 @@ fn the_arbiter_slows_down_a_tenant_ahead_and_gives_its_priority_back() {
         assert!(Instant::now() < deadline, "nice levels stay {levels:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A tenant's process killed while its driver has the device open, as the
+/// guest sees it today (spec §11): the VMM reconnects to the new process and
+/// starts the rings where they stand (QEMU at the used index,
+/// cloud-hypervisor v53 at the available one); the new device instance
+/// takes nothing from rings an earlier instance moved, so a request made
+/// after the crash gets no completion and is not run, until the driver
+/// resets the device; then it is served, with fences from 1. (Issue 14 is
+/// to make such a crash a pause.)
+fn a_vmm_reconnecting_after_a_crash_gets_a_device_to_reset(test: &str, model: FrontendModel) {
+    let supervisor = Supervisor::start(test, 1);
+    let socket = supervisor.socket("t0");
+    let memory = DmaMemory::new(8 << 20).unwrap();
+    let options = VhostUserOptions::of(model);
+    let transport = VhostUserTransport::connect_with(&socket, &memory, &options).unwrap();
+    let mut device = Device::open_with(transport, &OpenOptions::default()).unwrap();
+    let out = memory.alloc(64).unwrap();
+    let fill = Request::new(Op::Fill)
+        .params(&FillParams {
+            pattern: 0x5a,
+            ..Default::default()
+        })
+        .output(Buffer::direct(&out));
+    for _ in 0..3 {
+        device.run(0, &fill).unwrap().check().unwrap();
+    }
+
+    let pid = supervisor.tenant_pid("t0");
+    kill(pid, libc::SIGKILL);
+    let bases = device.transport_mut().reconnect(&socket, &options).unwrap();
+    // Ring 1 is request queue 0: three requests made, three completed.
+    assert_eq!(bases.get(1), Some(&3), "{model:?}: {bases:?}");
+    assert_ne!(supervisor.tenant_pid("t0"), pid);
+
+    memory.write(&out, 0, &[0; 64]).unwrap();
+    device.submit(0, &fill, 1).unwrap();
+    device.flush(0).unwrap();
+    let early = device.wait(0, Duration::from_millis(500)).unwrap();
+    assert!(
+        early.is_empty(),
+        "{model:?}: a request was taken: {early:?}"
+    );
+    assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0; 64], "and run");
+    let log = supervisor.log();
+    assert!(log.contains("used by an earlier device instance"), "{log}");
+
+    let transport = device.close().unwrap();
+    let device = Device::open_with(transport, &OpenOptions::default()).unwrap();
+    let done = device.run(0, &fill).unwrap().check().unwrap();
+    assert_eq!(u64::from(done.fence().seqno), 1, "{model:?}");
+    assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0x5a; 64]);
+}
+
+#[test]
+fn after_a_crash_stock_qemu_reconnects_to_a_device_to_reset() {
+    a_vmm_reconnecting_after_a_crash_gets_a_device_to_reset(
+        "crash-qemu",
+        FrontendModel::Qemu {
+            forwards_reset: false,
+        },
+    );
+}
+
+#[test]
+fn after_a_crash_cloud_hypervisor_reconnects_to_a_device_to_reset() {
+    a_vmm_reconnecting_after_a_crash_gets_a_device_to_reset(
+        "crash-ch",
+        FrontendModel::CloudHypervisor,
+    );
 }

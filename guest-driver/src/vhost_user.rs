@@ -574,6 +574,55 @@ impl VhostUserTransport {
         Ok(())
     }
 
+    /// Connects again to the back-end at `socket_path` after the connection
+    /// broke (its process ended, and it or its supervisor listens again), as
+    /// the model's VMM does (spec §11): the handshake of
+    /// [`VhostUserTransport::connect_with`] (retrying while nothing listens
+    /// yet), then the features, the memory table and every ring set up,
+    /// started where the model starts it: QEMU and this crate's model at the
+    /// ring's used index (QEMU's `GET_VRING_BASE` on the broken connection
+    /// failed, so it rewinds to what the guest has seen completed),
+    /// cloud-hypervisor v53 at its available index. Returns those indexes,
+    /// in ring order. The driver's rings and memory stay as they are.
+    pub fn reconnect(
+        &mut self,
+        socket_path: impl AsRef<Path>,
+        options: &VhostUserOptions,
+    ) -> Result<Vec<u16>> {
+        let stream = connect_socket(socket_path.as_ref(), options.connect_timeout)?;
+        let fresh = Self::from_stream(stream, &self.memory, options)?;
+        self.frontend = fresh.frontend;
+        self.backend_features = fresh.backend_features;
+        self.protocol_features = fresh.protocol_features;
+        let bases = self
+            .set_up()
+            .into_iter()
+            .map(|queue| self.resume_index(queue))
+            .collect::<Result<Vec<u16>>>()?;
+        if self.model == FrontendModel::Own {
+            self.send_features_and_memory()?;
+        }
+        self.start_rings(&bases)?;
+        Ok(bases)
+    }
+
+    /// Where the model's VMM starts ring `queue` again after reconnecting:
+    /// the `idx` of its used ring, or of its available ring for
+    /// cloud-hypervisor, read from guest memory.
+    fn resume_index(&self, queue: u16) -> Result<u16> {
+        let addrs = self.ring(queue)?.addrs;
+        let ring = match self.model {
+            FrontendModel::CloudHypervisor => addrs.avail,
+            FrontendModel::Own | FrontendModel::Qemu { .. } => addrs.used,
+        };
+        // Both rings begin with `flags: le16, idx: le16`.
+        let mut idx = [0u8; 2];
+        self.memory
+            .read_at(ring + 2, &mut idx)
+            .map_err(|_| Error::RingAddress { queue, gpa: ring })?;
+        Ok(u16::from_le_bytes(idx))
+    }
+
     /// Stops every virtqueue set up, as the model does when the driver
     /// resets the device or the VM pauses; returns where each ring stopped
     /// (`GET_VRING_BASE`), in index order. The rings stay described, so
