@@ -84,6 +84,7 @@ enum vaccel_state {
 	VACCEL_STOPPED,		/* no virtqueues: probing, resetting, removed */
 	VACCEL_STARTING,	/* virtqueues up, capabilities being asked */
 	VACCEL_LIVE,
+	VACCEL_DRAINING,	/* suspending: what it holds finishes, no more */
 };
 
 struct vaccel_device {
@@ -567,7 +568,8 @@ static void vaccel_done_work(struct work_struct *work)
 			vaccel_finish(q, req, used_len);
 		}
 	} while (!virtqueue_enable_cb(q->vq));
-	if (q->dev->state == VACCEL_LIVE && vaccel_queue_refill(q, &done))
+	if ((q->dev->state == VACCEL_LIVE || q->dev->state == VACCEL_DRAINING) &&
+	    vaccel_queue_refill(q, &done))
 		virtqueue_kick(q->vq);
 	spin_unlock_irq(&q->lock);
 	vaccel_complete_list(&done, 0);
@@ -1324,8 +1326,10 @@ static void vaccel_remove(struct virtio_device *vdev)
 
 #ifdef CONFIG_PM_SLEEP
 /*
- * Suspend lets the requests in flight finish (up to the timeout) before
- * the device stops; a watchdog reset (stop_error set) does not wait.
+ * Suspend lets the requests it holds (in flight and backlogged) finish, up
+ * to the timeout, before the device stops, and takes no new ones meanwhile:
+ * vaccel_submit() refuses them with -EAGAIN (the crypto providers compute
+ * them in software). A watchdog reset (stop_error set) does not wait.
  */
 static int vaccel_freeze(struct virtio_device *vdev)
 {
@@ -1336,6 +1340,8 @@ static int vaccel_freeze(struct virtio_device *vdev)
 	mutex_lock(&dev->state_mutex);
 	error = dev->stop_error;
 	dev->stop_error = 0;
+	if (!error && dev->state == VACCEL_LIVE)
+		vaccel_set_state(dev, VACCEL_DRAINING);
 	mutex_unlock(&dev->state_mutex);
 	if (!error) {
 		while (vaccel_inflight_count(dev) &&
