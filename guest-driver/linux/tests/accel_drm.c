@@ -212,6 +212,22 @@ static int record_ok(unsigned int slot, __u64 job_id, const char *what)
 	return 1;
 }
 
+/*
+ * Record @slot is job @job_id's, finished Ok with the CRC32C (seeded with
+ * @seed) of the @len bytes at @data.
+ */
+static void check_crc_record(unsigned int slot, __u64 job_id, const char *what,
+			     __u32 seed, const unsigned char *data, size_t len)
+{
+	__u32 want, got;
+
+	if (!record_ok(slot, job_id, what))
+		return;
+	want = crc32c(seed, data, len);
+	got = le32_at(records[slot].result);
+	report(got == want, what, "%#010x, expected %#010x", got, want);
+}
+
 static void check_info(void)
 {
 	int err = xioctl(DRM_IOCTL_VACCEL_GET_INFO, &info);
@@ -242,7 +258,6 @@ static void check_copy_crc(__u32 src, unsigned char *src_map, __u32 dst,
 	struct drm_vaccel_buffer copy_bufs[2], crc_bufs[1];
 	struct drm_vaccel_submit copy, crc;
 	const __u32 len = OBJ_SIZE - 4096 + 123;
-	__u32 want, got;
 	int err, i;
 
 	for (i = 0; i < OBJ_SIZE; i++)
@@ -280,12 +295,9 @@ static void check_copy_crc(__u32 src, unsigned char *src_map, __u32 dst,
 		       "COPY result", "bytes_written %llu, or the copy differs",
 		       (unsigned long long)records[0].bytes_written);
 	}
-	if (!err && record_ok(1, crc.job_id, "CRC32C result")) {
-		want = crc32c(0, src_map, len);
-		got = le32_at(records[1].result);
-		report(got == want, "CRC32C result saw the copy",
-		       "%#010x, expected %#010x", got, want);
-	}
+	if (!err)
+		check_crc_record(1, crc.job_id, "CRC32C result saw the copy", 0,
+				 src_map, len);
 	close(crc.out_sync_file);
 close_copy:
 	close(copy.out_sync_file);
@@ -301,7 +313,7 @@ static void check_user_memory(void)
 	const size_t len = 3 * 4096 + 17;
 	unsigned char *data = malloc(len + 5);
 	struct timespec now;
-	__u32 seed = 0x12345678, want, got;
+	__u32 seed = 0x12345678;
 	size_t i;
 	int err;
 
@@ -331,12 +343,9 @@ static void check_user_memory(void)
 			    now.tv_nsec;
 	err = xioctl(DRM_IOCTL_SYNCOBJ_WAIT, &wait);
 	report(!err, "SYNCOBJ_WAIT", "%s", strerror(-err));
-	if (!err && record_ok(2, crc.job_id, "CRC32C of user memory")) {
-		want = crc32c(seed, data + 5, len);
-		got = le32_at(records[2].result);
-		report(got == want, "CRC32C of user memory, seeded",
-		       "%#010x, expected %#010x", got, want);
-	}
+	if (!err)
+		check_crc_record(2, crc.job_id, "CRC32C of user memory, seeded",
+				 seed, data + 5, len);
 out:
 	free(data);
 }
@@ -351,7 +360,6 @@ static void check_udmabuf(void)
 	struct drm_vaccel_buffer bufs[1];
 	struct drm_vaccel_submit crc;
 	int memfd, udmabuf, dmabuf_fd;
-	__u32 want, got;
 	unsigned char *map;
 	size_t i;
 	int err;
@@ -403,12 +411,9 @@ static void check_udmabuf(void)
 		return;
 	err = wait_sync_file(crc.out_sync_file);
 	report(!err, "poll() of its sync_file", "%s", strerror(-err));
-	if (!err && record_ok(3, crc.job_id, "CRC32C of the udmabuf")) {
-		want = crc32c(0, map + 100, size - 200);
-		got = le32_at(records[3].result);
-		report(got == want, "CRC32C of the udmabuf",
-		       "%#010x, expected %#010x", got, want);
-	}
+	if (!err)
+		check_crc_record(3, crc.job_id, "CRC32C of the udmabuf", 0,
+				 map + 100, size - 200);
 	close(crc.out_sync_file);
 	close(dmabuf_fd);
 	close(udmabuf);
@@ -501,7 +506,7 @@ static void check_foreign_fence(__u32 src, const unsigned char *src_map)
 	struct drm_vaccel_submit crc;
 	struct pollfd pfd;
 	int vgem, in_fd, err, polled;
-	__u32 want, got, status;
+	__u32 status;
 
 	vgem = open_vgem();
 	report(vgem >= 0, "a vgem node (modprobe vgem)", "none in /dev/dri");
@@ -533,12 +538,9 @@ static void check_foreign_fence(__u32 src, const unsigned char *src_map)
 		err = wait_sync_file(crc.out_sync_file);
 	report(!err, "poll() of its sync_file after the vgem fence", "%s",
 	       strerror(-err));
-	if (!err && record_ok(8, crc.job_id, "CRC32C after the vgem fence")) {
-		want = crc32c(0, src_map, OBJ_SIZE);
-		got = le32_at(records[8].result);
-		report(got == want, "CRC32C after the vgem fence",
-		       "%#010x, expected %#010x", got, want);
-	}
+	if (!err)
+		check_crc_record(8, crc.job_id, "CRC32C after the vgem fence", 0,
+				 src_map, OBJ_SIZE);
 	close(crc.out_sync_file);
 close_in:
 	close(in_fd);
@@ -552,7 +554,6 @@ static void crc_of_range(__u32 handle, const unsigned char *map, __u64 offset,
 {
 	struct drm_vaccel_buffer bufs[1] = { gem_buf(handle, offset, len) };
 	struct drm_vaccel_submit crc;
-	__u32 want, got;
 	int err;
 
 	submit_init(&crc, VIRTIO_ACCEL_OP_CRC32C, bufs, 1, 0, slot);
@@ -566,11 +567,7 @@ static void crc_of_range(__u32 handle, const unsigned char *map, __u64 offset,
 		report(0, what, "%s", strerror(-err));
 		return;
 	}
-	if (!record_ok(slot, crc.job_id, what))
-		return;
-	want = crc32c(0, map + offset, len);
-	got = le32_at(records[slot].result);
-	report(got == want, what, "%#010x, expected %#010x", got, want);
+	check_crc_record(slot, crc.job_id, what, 0, map + offset, len);
 }
 
 /*
