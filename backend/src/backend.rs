@@ -11,10 +11,16 @@
 //! stop event with the worker instead, and ends the event loop (by failing
 //! the event) when it fires. [`Connection`] fires it when dropped, before the
 //! daemon, whose drop waits for the worker.
+//!
+//! A device that resumes from the record of the tenant's previous process
+//! (§11.3) waits for the front-end to start its rings again, which no
+//! callback of vhost-user-backend reports: a timer registered with the
+//! worker polls it (every 5 ms) until it has resumed.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use log::error;
 use thiserror::Error;
@@ -28,6 +34,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::TenantConfig;
 use crate::device::{Device, DeviceError, TenantState};
@@ -40,6 +47,10 @@ const CONFIG_WINDOW: usize = 4096;
 /// The epoll event id of the worker's stop event: past every virtqueue and
 /// completion event id (the event loop passes ids on as 16 bits).
 const STOP_EVENT_ID: u16 = u16::MAX;
+/// The epoll event id of the resume timer.
+const RESUME_EVENT_ID: u16 = u16::MAX - 1;
+/// How often a device waiting to resume looks at its rings.
+const RESUME_POLL: Duration = Duration::from_millis(5);
 
 /// Errors of a connection's backend and daemon.
 #[derive(Debug, Error)]
@@ -50,6 +61,9 @@ pub enum BackendError {
     /// The worker's stop event could not be created.
     #[error("cannot create the worker's stop event")]
     StopEvent(#[source] io::Error),
+    /// The resume timer could not be created or armed.
+    #[error("cannot set up the resume timer")]
+    ResumeTimer(#[source] vmm_sys_util::errno::Error),
     /// The vhost-user daemon could not be created (its error type is no
     /// `std::error::Error`, hence no source).
     #[error("cannot create the vhost-user daemon: {0}")]
@@ -76,6 +90,9 @@ pub struct AccelBackend {
     /// Ends the worker's event loop; registered as long as the worker holds
     /// this backend (see the module documentation).
     stop_event: EventFd,
+    /// Armed while the device waits to resume (see the module
+    /// documentation).
+    resume_timer: TimerFd,
 }
 
 impl AccelBackend {
@@ -87,13 +104,32 @@ impl AccelBackend {
     ) -> Result<Self, BackendError> {
         let num_queues = usize::from(config.request_queues) + 1;
         let queue_size = usize::from(config.queue_size);
+        let device = Device::new(config, engine.as_ref(), tenant)?;
+        let mut resume_timer = TimerFd::new().map_err(BackendError::ResumeTimer)?;
+        if device.is_resuming() {
+            resume_timer
+                .reset(RESUME_POLL, Some(RESUME_POLL))
+                .map_err(BackendError::ResumeTimer)?;
+        }
         Ok(AccelBackend {
-            device: Device::new(config, engine.as_ref(), tenant)?,
+            device,
             num_queues,
             queue_size,
             stop_event: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)
                 .map_err(BackendError::StopEvent)?,
+            resume_timer,
         })
+    }
+
+    /// A tick of the resume timer: the device tries to resume, and the
+    /// timer stops once it no longer waits to.
+    fn poll_resume(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
+        self.resume_timer.wait().map_err(io::Error::from)?;
+        self.device.resume(vrings);
+        if !self.device.is_resuming() {
+            self.resume_timer.clear().map_err(io::Error::from)?;
+        }
+        Ok(())
     }
 
     /// The epoll event id of hardware queue `queue`'s completions (ids up to
@@ -102,12 +138,22 @@ impl AccelBackend {
         (self.num_queues + 1 + queue) as u64
     }
 
-    /// Registers the completion event of every hardware queue with the
-    /// worker `handler`.
-    fn register_completions<T: vhost_user_backend::VhostUserBackend>(
+    /// Registers the resume timer and the completion event of every
+    /// hardware queue with the worker `handler`.
+    fn register_events<T: vhost_user_backend::VhostUserBackend>(
         &self,
         handler: &VringEpollHandler<T>,
     ) -> Result<(), BackendError> {
+        handler
+            .register_listener(
+                self.resume_timer.as_raw_fd(),
+                EventSet::IN,
+                u64::from(RESUME_EVENT_ID),
+            )
+            .map_err(|source| BackendError::Register {
+                event: String::from("resume timer"),
+                source,
+            })?;
         for (queue, hw_queue) in self.device.hw_queues().iter().enumerate() {
             let fd = hw_queue.completion_event().as_raw_fd();
             handler
@@ -171,7 +217,7 @@ impl Connection {
             });
         }
         let connection = Connection { daemon, stop };
-        read(backend).register_completions(handler)?;
+        read(backend).register_events(handler)?;
         Ok(connection)
     }
 
@@ -297,6 +343,9 @@ impl VhostUserBackendMut for AccelBackend {
             // The one way to end vhost-user-backend's event loop without its
             // exit event.
             return Err(io::Error::other("the connection's worker stops"));
+        }
+        if device_event == RESUME_EVENT_ID {
+            return self.poll_resume(vrings);
         }
         self.device.attach_vrings(vrings);
         let event = usize::from(device_event);

@@ -9,6 +9,11 @@
 //! and FENCE_WAIT commands. Used entries are batched and the guest notified
 //! once per batch, subject to `VIRTIO_RING_F_EVENT_IDX`.
 //!
+//! Every chain taken, started, completed and published is written in the
+//! tenant's [`DeviceRecord`] as it happens ([`crate::ring_record`]), so that
+//! the next process of the tenant resumes the device where this one left it
+//! should this one be killed (§11.3: [`Device::resume`]).
+//!
 //! Guest memory is the table the device last validated ([`crate::memory`]),
 //! never the table vhost-user-backend shares with the vrings: every access
 //! to a ring or a buffer goes through that snapshot, so a table the device
@@ -17,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,16 +39,18 @@ use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMma
 use crate::chain::{walk, ChainStart, Walk};
 use crate::command::{decode_control, decode_request, BufSpec, Control, Deps, FenceId};
 use crate::config::TenantConfig;
-use crate::engine::{Completion, Engine, EngineError, HwQueue, Job, Share};
+use crate::device_record::{DeviceRecord, DeviceRecordError};
+use crate::engine::{Buffers, Completion, Engine, EngineError, HwQueue, Job, Share};
 use crate::fence::Fences;
 use crate::memory::{check_table, MemoryError};
 use crate::objects::{Object, ObjectError, ObjectTable};
 use crate::ops::Outcome;
 use crate::quota::{Admission, QuotaKind};
 use crate::ratelimit::TenantLog;
+use crate::ring_record::{Recovered, Take, NO_RERUN};
 use crate::sg::SgList;
 use crate::stats::TenantStats;
-use crate::tracking::{HeadSet, Restart, RingHistory, Slab};
+use crate::tracking::{Restart, RingHistory, Slab};
 
 /// Errors that stop processing of a queue (as opposed to a bad request, which
 /// only fails that request).
@@ -69,6 +77,12 @@ pub enum DeviceError {
         #[source]
         source: std::io::Error,
     },
+    /// The record an earlier process left cannot be trusted (§11.3).
+    #[error("the device's record cannot be trusted")]
+    Record(#[from] DeviceRecordError),
+    /// A ring the record names was not started again in time (§11.3).
+    #[error("virtqueue {0} was not started again within {RESUME_WAIT:?}")]
+    NotStarted(u16),
 }
 
 /// A memory table the device validated.
@@ -81,6 +95,9 @@ struct InFlight {
     fence: FenceId,
     resp: SgList,
     direct_output: bool,
+    /// Whether its output overlaps its input or its response: once started
+    /// it cannot run again ([`NO_RERUN`]).
+    no_rerun: bool,
     /// When the chain was taken.
     accepted: Instant,
     /// Sum of the lengths of its buffer references (§6.3).
@@ -140,8 +157,16 @@ pub struct Device {
     mem: Option<Snapshot>,
     ready: Vec<Vec<Job>>,
     used: Vec<Used>,
-    /// The heads of every chain taken and not yet returned.
-    busy_heads: HeadSet,
+    /// What the device took, ran, completed and published, per virtqueue,
+    /// kept where the next process of the tenant finds it (§11.3).
+    record: Arc<DeviceRecord>,
+    /// Since when the device waits to resume from the record of an earlier
+    /// process of the tenant ([`Device::resume`]); it takes nothing until
+    /// then.
+    resuming: Option<Instant>,
+    /// Whether the device is taking again the requests of the record
+    /// ([`Device::resume`]).
+    replaying: bool,
     /// Whether the rings' histories began with this instance (§11).
     history: RingHistory,
     /// The tenant's log of what its guest and VMM do, rate-limited.
@@ -166,6 +191,9 @@ pub struct TenantState {
     pub admission: Arc<Mutex<Admission>>,
     /// Its log of what its guest and VMM do, limited across connections.
     pub log: Arc<TenantLog>,
+    /// The record of its device, which outlives its processes where the
+    /// supervisor holds it.
+    pub record: Arc<DeviceRecord>,
 }
 
 impl TenantState {
@@ -176,8 +204,14 @@ impl TenantState {
             stats: Arc::new(TenantStats::new(config.name.clone())),
             admission: Arc::new(Mutex::new(Admission::new(config.quota, Instant::now()))),
             log: Arc::new(TenantLog::new(&config.name)),
+            record: Arc::new(DeviceRecord::private(config)),
         }
     }
+}
+
+/// The request queue that virtqueue `vq` is, if it is one (§4).
+fn request_queue(vq: u16) -> Option<u16> {
+    vq.checked_sub(virtio_accel_spec::FIRST_REQUEST_QUEUE)
 }
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it
@@ -192,6 +226,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// a stop lets every accepted request finish, up to `max_inflight` jobs of
 /// up to `max_buffer_size` bytes per queue.
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a device with a record to resume waits for the front-end to
+/// start again every ring the record names before it gives up and resets
+/// (§11.3). VMMs start every ring within milliseconds of reconnecting.
+pub const RESUME_WAIT: Duration = Duration::from_secs(10);
 
 const RESP_SIZE: usize = std::mem::size_of::<Resp>();
 const CTRL_RESP_SIZE: usize = std::mem::size_of::<CtrlResp>();
@@ -231,7 +270,9 @@ impl Device {
             mem: None,
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
-            busy_heads: HeadSet::default(),
+            resuming: tenant.record.in_use().then(Instant::now),
+            replaying: false,
+            record: tenant.record,
             history: RingHistory::default(),
             log: tenant.log,
             quiesce_timeout: QUIESCE_TIMEOUT,
@@ -351,7 +392,8 @@ impl Device {
         self.waiting.clear();
         self.ready.iter_mut().for_each(Vec::clear);
         self.used.clear();
-        self.busy_heads.clear();
+        self.record.clear();
+        self.resuming = None;
         self.history.clear();
         self.features = 0;
         self.capabilities = 0;
@@ -479,6 +521,189 @@ impl Device {
         }
     }
 
+    /// Whether the device waits to resume from the record of an earlier
+    /// process of the tenant: the backend then calls [`Device::resume`]
+    /// now and then until it does not.
+    pub fn is_resuming(&self) -> bool {
+        self.resuming.is_some()
+    }
+
+    /// Resumes the device where the tenant's previous process left it
+    /// (§11.3), once the front-end has started again every ring the record
+    /// names: the rings go on at the record's positions (not those the
+    /// front-end sent, which no VMM knows after a crash), fence numbering
+    /// continues, completed entries not yet published are published, the
+    /// requests taken and not completed run again (or, those that cannot,
+    /// are answered Interrupted), and every ring is polled and its driver
+    /// notified. A record that cannot be trusted, or a ring that does not
+    /// start again within [`RESUME_WAIT`], is logged and the device starts
+    /// afresh instead, refusing the rings of the earlier instance until the
+    /// driver resets it (§11.2).
+    pub fn resume(&mut self, vrings: &[VringRwLock]) {
+        let Some(since) = self.resuming else {
+            return;
+        };
+        let Some(mem) = self.mem.clone() else {
+            return;
+        };
+        self.attach_vrings(vrings);
+        let started = |vq: u16| {
+            vrings
+                .get(usize::from(vq))
+                .is_some_and(|vring| vring.get_ref().get_queue().ready())
+        };
+        let queues = self.config.request_queues + 1;
+        if !(0..queues).all(started) && since.elapsed() < RESUME_WAIT {
+            return;
+        }
+        self.resuming = None;
+        match self.recover_rings(vrings, &mem) {
+            Ok(recovered) => self.replay(vrings, &mem, recovered),
+            Err(e) => {
+                self.vmm_log(
+                    Level::Error,
+                    format_args!(
+                        "cannot resume the device after a restart of the tenant's process, \
+                         it starts afresh: {}",
+                        crate::error_chain(&e)
+                    ),
+                );
+                self.record.clear();
+            }
+        }
+        // Kicks that came while the device waited found nothing taken.
+        for vq in 0..queues {
+            self.handle_queue(vq, vrings);
+        }
+    }
+
+    /// Reads the record of every virtqueue with the used index of its ring;
+    /// a ring not started must be one the record shows unused.
+    fn recover_rings(
+        &self,
+        vrings: &[VringRwLock],
+        mem: &Snapshot,
+    ) -> Result<Vec<Option<Recovered>>, DeviceError> {
+        self.record.check()?;
+        let queues = self.config.request_queues + 1;
+        let mut recovered = Vec::with_capacity(usize::from(queues));
+        for (vq, vring) in (0..queues).zip(vrings) {
+            let Some(ring) = self.record.ring(vq) else {
+                recovered.push(None);
+                continue;
+            };
+            let state = vring.get_ref();
+            let queue = state.get_queue();
+            if !queue.ready() {
+                if ring.taken() != 0 {
+                    return Err(DeviceError::NotStarted(vq));
+                }
+                recovered.push(None);
+                continue;
+            }
+            let used = queue
+                .used_idx(&**mem, Ordering::Acquire)
+                .map_err(|source| DeviceError::Vring { index: vq, source })?;
+            let ring_error = |source| DeviceRecordError::Ring { vq, source };
+            recovered.push(Some(ring.recover(used.0).map_err(ring_error)?));
+        }
+        Ok(recovered)
+    }
+
+    /// Puts the device back where the record says (see [`Device::resume`]).
+    fn replay(
+        &mut self,
+        vrings: &[VringRwLock],
+        mem: &Snapshot,
+        recovered: Vec<Option<Recovered>>,
+    ) {
+        self.capabilities = self.record.capabilities() & CAPABILITIES;
+        let rings: Vec<(u16, &VringRwLock, Recovered)> = (0u16..)
+            .zip(vrings)
+            .zip(recovered)
+            .filter_map(|((vq, vring), recovered)| Some((vq, vring, recovered?)))
+            .collect();
+        for (vq, vring, recovered) in &rings {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            queue.set_next_avail(u16::try_from(recovered.taken % (1 << 16)).unwrap_or(0));
+            queue.set_next_used(recovered.used);
+            self.history.resumed(*vq);
+            if let Some(queue) = request_queue(*vq) {
+                let pending: Vec<u64> = recovered
+                    .rerun
+                    .iter()
+                    .chain(&recovered.interrupted)
+                    .map(|&(_, seqno)| seqno)
+                    .collect();
+                self.fences.restore(queue, recovered.taken, &pending);
+            }
+        }
+        let (mut republished, mut rerun, mut interrupted) = (0, 0, 0);
+        for (vq, vring, recovered) in &rings {
+            let (table, size) = {
+                let state = vring.get_ref();
+                (state.get_queue().desc_table(), state.get_queue().size())
+            };
+            for &(head, len) in &recovered.republish {
+                self.push_used(*vq, head, len);
+            }
+            for &(head, seqno) in &recovered.interrupted {
+                self.answer_interrupted(*vq, ChainStart { table, size, head }, mem, seqno);
+            }
+            self.replaying = true;
+            for &(head, seqno) in &recovered.rerun {
+                self.accept_chain(*vq, ChainStart { table, size, head }, mem, seqno);
+            }
+            self.replaying = false;
+            republished += recovered.republish.len();
+            rerun += recovered.rerun.len();
+            interrupted += recovered.interrupted.len();
+            // The driver may have missed the notification of entries the
+            // last process published.
+            if let Err(e) = vring.signal_used_queue() {
+                self.vmm_log(
+                    Level::Warn,
+                    format_args!("virtqueue {vq}: cannot notify the driver: {e}"),
+                );
+            }
+        }
+        self.vmm_log(
+            Level::Info,
+            format_args!(
+                "resumed the device after a restart of the tenant's process: {republished} \
+                 completions published again, {rerun} requests run again, {interrupted} \
+                 interrupted (§11.3)"
+            ),
+        );
+    }
+
+    /// Answers request `seqno`, at `start`, which stopped part-way in an
+    /// earlier process and cannot run again: Interrupted (§11.3).
+    fn answer_interrupted(&mut self, vq: u16, start: ChainStart, mem: &Snapshot, seqno: u64) {
+        let Some(queue) = request_queue(vq) else {
+            return;
+        };
+        let fence = FenceId { queue, seqno };
+        let mut walked = walk(start, mem, self.config.limits.max_segments);
+        let Some(resp) = walked.writable.take_front(RESP_SIZE) else {
+            self.finish_unanswered(vq, start.head, fence);
+            return;
+        };
+        let inflight = InFlight {
+            vq,
+            head: start.head,
+            fence,
+            resp,
+            direct_output: false,
+            no_rerun: true,
+            accepted: Instant::now(),
+            bytes: 0,
+            _objects: Vec::new(),
+        };
+        self.finish(inflight, Outcome::failed(Status::Interrupted));
+    }
+
     /// Remembers the vrings of the connection, for [`Device::stop`].
     pub fn attach_vrings(&mut self, vrings: &[VringRwLock]) {
         if self.vrings.len() != vrings.len() {
@@ -556,7 +781,7 @@ impl Device {
     /// Takes the available chains of virtqueue `vq` from `mem`; returns how
     /// many (0 if the ring cannot be read).
     fn drain_queue(&mut self, vq: u16, vring: &VringRwLock, mem: &Snapshot) -> usize {
-        if self.legacy_driver {
+        if self.legacy_driver || self.resuming.is_some() {
             return 0;
         }
         if self.history.restarting(vq) {
@@ -583,26 +808,45 @@ impl Device {
             }
         };
         let taken = heads.len();
+        let record = Arc::clone(&self.record);
+        let Some(ring) = record.ring(vq) else {
+            return 0;
+        };
         for head in heads {
-            if head >= size || !self.busy_heads.insert(vq, head) {
-                // §6.5: no chain, or one already in flight: it cannot be
-                // answered without corrupting the request that owns it.
-                self.guest_error(format_args!(
-                    "virtqueue {vq}: head {head} is out of range or in flight"
-                ));
-                self.consume_unanswerable(vq);
-                continue;
-            }
-            // The lists hold `mem`: whatever is made of them keeps it mapped.
-            let start = ChainStart { table, size, head };
-            let walked = walk(start, mem, self.config.limits.max_segments);
-            if vq == virtio_accel_spec::CONTROL_QUEUE {
-                self.accept_control(head, walked, mem);
-            } else {
-                self.accept_request(vq, head, walked, mem);
+            match ring.take(head) {
+                Take::Held(seqno) => {
+                    // Fences are issued in step with the record: both count
+                    // the entries taken since the reset (§6.2).
+                    if let Some(queue) = request_queue(vq) {
+                        self.fences.issue(queue, seqno);
+                    }
+                    self.accept_chain(vq, ChainStart { table, size, head }, mem, seqno);
+                }
+                Take::Skipped(seqno) => {
+                    // §6.5: no chain, or one already in flight: it cannot be
+                    // answered without corrupting the request that owns it.
+                    self.guest_error(format_args!(
+                        "virtqueue {vq}: head {head} is out of range or in flight"
+                    ));
+                    self.consume_unanswerable(vq, seqno);
+                }
             }
         }
         taken
+    }
+
+    /// Walks the chain at `start` and takes it as a control command, or as
+    /// request `seqno` of its queue, whose fence is issued.
+    fn accept_chain(&mut self, vq: u16, start: ChainStart, mem: &Snapshot, seqno: u64) {
+        // The lists hold `mem`: whatever is made of them keeps it mapped.
+        let walked = walk(start, mem, self.config.limits.max_segments);
+        match request_queue(vq) {
+            None => self.accept_control(start.head, walked, mem),
+            Some(queue) => {
+                let fence = FenceId { queue, seqno };
+                self.accept_request(vq, start.head, walked, mem, fence);
+            }
+        }
     }
 
     /// Whether the device may take chains from `vq`, whose next index is
@@ -625,32 +869,36 @@ impl Device {
         !self.history.has_foreign()
     }
 
-    /// An available entry that names no chain the device may answer: on a
-    /// request queue it still gets a fence, which signals at once (§6.5).
-    fn consume_unanswerable(&mut self, vq: u16) {
-        if let Some(fence) = vq
-            .checked_sub(virtio_accel_spec::FIRST_REQUEST_QUEUE)
-            .and_then(|queue| self.fences.issue(queue))
-        {
+    /// An available entry that names no chain the device may answer, taken
+    /// as number `seqno`: on a request queue it still gets a fence, which
+    /// signals at once (§6.5).
+    fn consume_unanswerable(&mut self, vq: u16, seqno: u64) {
+        if let Some(fence) = request_queue(vq).and_then(|queue| self.fences.issue(queue, seqno)) {
             self.signal(fence);
         }
     }
 
-    /// Queues the used entry of `head`; the head stays in flight until the
-    /// entry is published.
+    /// `head` is complete, its output and response written, with used
+    /// length `len`: recorded so, and its used entry queued; the head stays
+    /// in flight until the entry is published.
     fn push_used(&mut self, vq: u16, head: u16, len: u32) {
+        if let Some(ring) = self.record.ring(vq) {
+            ring.complete(head, len);
+        }
         self.used.push(Used { vq, head, len });
     }
 
-    /// Takes one request (§6): every request gets a fence, even a failing one.
-    fn accept_request(&mut self, vq: u16, head: u16, mut walked: Walk, mem: &Snapshot) {
-        let queue = vq - virtio_accel_spec::FIRST_REQUEST_QUEUE;
-        let Some(fence) = self.fences.issue(queue) else {
-            // Cannot happen (`vq` is a request queue of this device); the
-            // chain is returned anyway so that its head is not lost.
-            self.push_used(vq, head, 0);
-            return;
-        };
+    /// Takes one request (§6), under its fence `fence`: every request gets
+    /// one, even a failing one.
+    fn accept_request(
+        &mut self,
+        vq: u16,
+        head: u16,
+        mut walked: Walk,
+        mem: &Snapshot,
+        fence: FenceId,
+    ) {
+        let queue = fence.queue;
         let Some(resp) = walked.writable.take_front(RESP_SIZE) else {
             self.guest_error(format_args!(
                 "request queue {queue}: no room for a response"
@@ -664,6 +912,7 @@ impl Device {
             fence,
             resp,
             direct_output: false,
+            no_rerun: false,
             accepted: Instant::now(),
             bytes: 0,
             _objects: Vec::new(),
@@ -679,7 +928,12 @@ impl Device {
 
     /// Applies the tenant's request quotas to a valid request of `bytes`
     /// buffer bytes: over one, it completes with Busy, not run (§10.3).
+    /// Requests taken again after a restart were admitted when first taken,
+    /// and are not counted twice.
     fn admit(&mut self, bytes: u64) -> Result<(), Status> {
+        if self.replaying {
+            return Ok(());
+        }
         let inflight = self.inflight.len();
         let admitted = lock(&self.admission).admit_request(inflight, bytes, Instant::now());
         admitted.map_err(|kind| self.over_quota(kind))
@@ -723,16 +977,22 @@ impl Device {
             }
         }
         let mut objects = Vec::new();
-        let inputs = request
+        let inputs: Buffers = request
             .inputs
             .iter()
             .map(|spec| self.resolve(*spec, &mut walked.readable, mem, &mut objects))
             .collect::<Result<_, _>>()?;
-        let outputs = request
+        let outputs: Buffers = request
             .outputs
             .iter()
             .map(|spec| self.resolve(*spec, &mut walked.writable, mem, &mut objects))
             .collect::<Result<_, _>>()?;
+        inflight.no_rerun = inputs.iter().any(|input| {
+            outputs
+                .iter()
+                .chain([&inflight.resp])
+                .any(|output| input.overlaps(output))
+        });
         inflight.bytes = request
             .inputs
             .iter()
@@ -939,6 +1199,9 @@ impl Device {
             let Some(hw_queue) = self.hw_queues.get(queue) else {
                 continue;
             };
+            for job in &jobs {
+                self.record_start(job.cookie);
+            }
             if let Err(e) = hw_queue.submit(&mut jobs) {
                 self.log
                     .guest(Level::Warn, format_args!("hardware queue {queue}: {e}"));
@@ -948,6 +1211,17 @@ impl Device {
                     }
                 }
             }
+        }
+    }
+
+    /// Records that the request of `cookie` is handed to the engine, which
+    /// may write its output from now on.
+    fn record_start(&self, cookie: u64) {
+        let Some(inflight) = self.inflight.get(cookie) else {
+            return;
+        };
+        if let Some(ring) = self.record.ring(inflight.vq) {
+            ring.start(inflight.head, if inflight.no_rerun { NO_RERUN } else { 0 });
         }
     }
 
@@ -964,25 +1238,15 @@ impl Device {
             return;
         }
         for (index, vring) in (0u16..).zip(vrings) {
-            let mut entries = used.iter().filter(|entry| entry.vq == index).peekable();
-            if entries.peek().is_none() {
+            let batch: Vec<(u16, u32)> = used
+                .iter()
+                .filter(|entry| entry.vq == index)
+                .map(|entry| (entry.head, entry.len))
+                .collect();
+            if batch.is_empty() {
                 continue;
             }
-            let notify = {
-                let mut state = vring.get_mut();
-                let queue = state.get_queue_mut();
-                for entry in entries {
-                    self.busy_heads.remove(index, entry.head);
-                    if let Err(e) = queue.add_used(&*mem, entry.head, entry.len) {
-                        self.guest_error(format_args!(
-                            "virtqueue {index}: cannot return head {}: {e}",
-                            entry.head
-                        ));
-                    }
-                }
-                queue.needs_notification(&*mem).unwrap_or(true)
-            };
-            if notify {
+            if self.publish_batch(index, vring, &mem, &batch) {
                 if let Err(e) = vring.signal_used_queue() {
                     self.vmm_log(
                         Level::Warn,
@@ -991,6 +1255,38 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// Publishes the used entries `batch` of virtqueue `vq` in its ring,
+    /// recorded as they go (§11.3); returns whether the driver asked to be
+    /// notified. An entry the ring cannot take (the guest moved its used ring
+    /// out of its memory) is logged, and leaves the record at odds with the
+    /// ring: a process that resumes from it then resets the device instead.
+    fn publish_batch(
+        &self,
+        vq: u16,
+        vring: &VringRwLock,
+        mem: &Snapshot,
+        batch: &[(u16, u32)],
+    ) -> bool {
+        let record = self.record.ring(vq);
+        if let Some(Err(e)) = record.as_ref().map(|ring| ring.begin_publish(batch)) {
+            // Cannot happen: the heads are the record's own, each once.
+            error!("virtqueue {vq}: {e}");
+        }
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        for &(head, len) in batch {
+            if let Err(e) = queue.add_used(&**mem, head, len) {
+                self.guest_error(format_args!(
+                    "virtqueue {vq}: cannot return head {head}: {e}"
+                ));
+            }
+        }
+        if let Some(ring) = record {
+            ring.end_publish(batch);
+        }
+        queue.needs_notification(&**mem).unwrap_or(true)
     }
 
     /// Takes one control command (§7).
@@ -1031,11 +1327,15 @@ impl Device {
             Control::Capabilities(asked) => Ok(self.enable_capabilities(asked)),
             Control::ObjectCreate(segments) => {
                 let admission = lock(&self.admission);
-                self.objects
-                    .create(segments, mem, &admission)
-                    .map(u64::from)
+                let created = self.objects.create(segments, mem, &admission);
+                self.record.set_objects(self.objects.len());
+                created.map(u64::from)
             }
-            Control::ObjectDestroy(handle) => self.objects.destroy(handle).map(|()| 0),
+            Control::ObjectDestroy(handle) => {
+                let destroyed = self.objects.destroy(handle);
+                self.record.set_objects(self.objects.len());
+                destroyed.map(|()| 0)
+            }
             Control::FenceQuery(fence) => {
                 return self
                     .fences
@@ -1063,6 +1363,7 @@ impl Device {
     /// until the device is reset.
     fn enable_capabilities(&mut self, asked: u64) -> u64 {
         self.capabilities |= asked & CAPABILITIES;
+        self.record.set_capabilities(self.capabilities);
         (self.features | self.capabilities) & CAPABILITIES
     }
 
@@ -1146,6 +1447,7 @@ mod tests {
             fence: FenceId { queue: 0, seqno: 1 },
             resp: SgList::new(),
             direct_output: false,
+            no_rerun: false,
             accepted: Instant::now(),
             bytes: 0,
             _objects: Vec::new(),

@@ -50,14 +50,18 @@ impl<W> Default for Timeline<W> {
 }
 
 impl<W> Timeline<W> {
-    fn issue(&mut self) -> u64 {
-        let seqno = self.next;
-        self.next += 1;
+    /// Issues fence `seqno`, if it is the next one or past it (the fences
+    /// between count as issued and signalled).
+    fn issue(&mut self, seqno: u64) -> Option<u64> {
+        if seqno < self.next {
+            return None;
+        }
+        self.next = seqno.checked_add(1)?;
         self.pending.push_back(Pending {
             seqno,
             waiters: Vec::new(),
         });
-        seqno
+        Some(seqno)
     }
 
     fn is_issued(&self, seqno: u64) -> bool {
@@ -125,11 +129,40 @@ impl<W> Fences<W> {
         }
     }
 
-    /// Issues the next fence of `queue`; `None` if there is no such queue.
-    pub fn issue(&mut self, queue: u16) -> Option<FenceId> {
+    /// Issues fence `seqno` of `queue`: the sequence number of the request
+    /// the device just took there, one past the last issued (a number past
+    /// that issues the fences between as signalled). `None` if there is no
+    /// such queue or `seqno` was issued already.
+    pub fn issue(&mut self, queue: u16, seqno: u64) -> Option<FenceId> {
         let timeline = self.timelines.get_mut(usize::from(queue))?;
-        let seqno = timeline.issue();
+        let seqno = timeline.issue(seqno)?;
         Some(FenceId { queue, seqno })
+    }
+
+    /// The timeline of `queue` as a device instance left it (§11.3): fences
+    /// 1 to `issued` issued, those of `pending` not signalled (numbers past
+    /// `issued`, or 0, are ignored), none waited on.
+    pub fn restore(&mut self, queue: u16, issued: u64, pending: &[u64]) {
+        let Some(timeline) = self.timelines.get_mut(usize::from(queue)) else {
+            return;
+        };
+        let mut pending: Vec<u64> = pending
+            .iter()
+            .copied()
+            .filter(|&seqno| seqno != 0 && seqno <= issued)
+            .collect();
+        pending.sort_unstable();
+        pending.dedup();
+        *timeline = Timeline {
+            next: issued.saturating_add(1),
+            pending: pending
+                .into_iter()
+                .map(|seqno| Pending {
+                    seqno,
+                    waiters: Vec::new(),
+                })
+                .collect(),
+        };
     }
 
     /// Whether `fence` has signalled; an error if it was never issued.
@@ -176,6 +209,13 @@ mod tests {
     use super::*;
 
     impl<W> Fences<W> {
+        /// Issues the next fence of `queue`, as a device that takes one
+        /// request there.
+        fn issue_next(&mut self, queue: u16) -> Option<FenceId> {
+            let next = self.timelines.get(usize::from(queue))?.next;
+            self.issue(queue, next)
+        }
+
         /// Every waiter held, on every fence.
         fn waiter_count(&self) -> usize {
             let pending = self.timelines.iter().flat_map(|t| &t.pending);
@@ -186,11 +226,11 @@ mod tests {
     #[test]
     fn out_of_order_signals_and_waiters() {
         let mut fences = Fences::<&str>::new(2);
-        let a = fences.issue(0).unwrap();
-        let b = fences.issue(0).unwrap();
-        let c = fences.issue(1).unwrap();
+        let a = fences.issue_next(0).unwrap();
+        let b = fences.issue_next(0).unwrap();
+        let c = fences.issue_next(1).unwrap();
         assert_eq!((a.seqno, b.seqno, c.seqno), (1, 2, 1));
-        assert_eq!(fences.issue(2), None);
+        assert_eq!(fences.issue_next(2), None);
         assert_eq!(
             fences.is_signalled(FenceId { queue: 0, seqno: 3 }),
             Err(FenceError::NotIssued(FenceId { queue: 0, seqno: 3 }))
@@ -214,16 +254,42 @@ mod tests {
         assert_eq!(fences.timelines[1].pending.len(), 1);
     }
 
+    /// A timeline restored after a back-end restart goes on where the last
+    /// instance left it: the fences it had not signalled are pending, the
+    /// others signalled, and no number is issued twice.
+    #[test]
+    fn a_restored_timeline_continues_the_numbering() {
+        let mut fences = Fences::<u32>::new(2);
+        fences.restore(1, 9, &[7, 3, 12, 0, 3]);
+        let fence = |seqno| FenceId { queue: 1, seqno };
+        assert_eq!(fences.is_signalled(fence(3)), Ok(false));
+        assert_eq!(fences.is_signalled(fence(7)), Ok(false));
+        assert_eq!(fences.is_signalled(fence(9)), Ok(true));
+        assert!(fences.is_signalled(fence(10)).is_err());
+        assert!(fences.issue(1, 9).is_none(), "issued already");
+        assert_eq!(fences.issue_next(1), Some(fence(10)));
+        fences.wait(fence(7), 1);
+        assert_eq!(fences.signal(fence(7)), vec![1]);
+        assert_eq!(fences.timelines[1].pending.len(), 2);
+        // Past the next number: the fences between are signalled.
+        assert_eq!(fences.issue(0, 4), Some(FenceId { queue: 0, seqno: 4 }));
+        assert_eq!(
+            fences.is_signalled(FenceId { queue: 0, seqno: 2 }),
+            Ok(true)
+        );
+        assert_eq!(fences.issue(3, 1), None);
+    }
+
     /// A held fence costs nothing per completion behind it: the timeline
     /// holds the requests in flight, not the fences signalled since.
     #[test]
     fn a_held_fence_keeps_the_timeline_at_the_requests_in_flight() {
         let mut fences = Fences::<u32>::new(2);
-        let held = fences.issue(0).unwrap();
+        let held = fences.issue_next(0).unwrap();
         fences.wait(held, 7);
         let mut window = VecDeque::new();
         for round in 0..1_000_000u64 {
-            window.push_back(fences.issue(0).unwrap());
+            window.push_back(fences.issue_next(0).unwrap());
             if window.len() == 4 {
                 // Completions behind the held fence, out of order half the time.
                 let index = usize::from(round % 2 == 0);
@@ -316,7 +382,7 @@ mod tests {
                 match rng.below(8) {
                     0..=2 => {
                         let queue = u16::try_from(rng.below(u64::from(QUEUES))).unwrap();
-                        let fence = fences.issue(queue).unwrap();
+                        let fence = fences.issue_next(queue).unwrap();
                         let next = &mut model.next[usize::from(queue)];
                         assert_eq!(fence.seqno, *next);
                         *next += 1;

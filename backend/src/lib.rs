@@ -12,9 +12,11 @@
 //! - [`quota`]: a tenant's quotas, applied to requests and objects;
 //! - [`stats`]: a tenant's counters, rendered for Prometheus;
 //! - [`fence`]: per-queue fence timelines and waiters (§6.2);
-//! - [`tracking`]: the slab of requests in flight and the set of busy ring heads;
+//! - [`tracking`]: the slab of requests in flight and the rings' histories;
 //! - [`ring_record`]: a virtqueue's crash-consistent record of what the device
-//!   took, completed and published, for the process after a crash (issue 14);
+//!   took, completed and published, for the process after a crash (§11.3);
+//! - [`device_record`]: the record of a tenant's device, every virtqueue's,
+//!   in memory that outlives the tenant's process;
 //! - [`device`]: the device model tying them together, one per connection;
 //! - [`backend`]: the `VhostUserBackend` glue;
 //! - [`memory`]: validation of the guest memory a VMM hands over;
@@ -37,6 +39,7 @@ pub mod command;
 pub mod config;
 pub mod config_file;
 pub mod device;
+pub mod device_record;
 pub mod engine;
 pub mod fairshare;
 pub mod fence;

@@ -208,6 +208,16 @@ impl ObjectTable {
             .ok_or(ObjectError::NoObject(handle))
     }
 
+    /// How many objects have a handle.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether no object has a handle.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
     /// Drops every handle (device reset, §11).
     pub fn clear(&mut self) {
         self.objects.clear();

@@ -286,14 +286,14 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
     /// The take counts once `taken` moved. A head past the queue's size,
     /// or one that holds a request, holds nothing new: the entry is
     /// [`RingRecord::skip`]ped.
-    pub fn take(&self, head: u16, flags: u8) -> Take {
+    pub fn take(&self, head: u16) -> Take {
         let busy = |head| self.words.load(Self::state_index(head)) & 0xff != SlotState::Free as u64;
         if head >= self.size || busy(head) {
             return Take::Skipped(self.skip());
         }
         let seqno = self.taken().saturating_add(1);
         self.words.store(Self::seqno_index(head), seqno);
-        self.set_state(head, SlotState::Taken, flags & KNOWN_FLAGS, 0);
+        self.set_state(head, SlotState::Taken, 0, 0);
         self.words.store(TAKEN, seqno);
         Take::Held(seqno)
     }
@@ -306,9 +306,10 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
         seqno
     }
 
-    /// The request at `head` reached the engine.
-    pub fn start(&self, head: u16) {
-        self.set_state(head, SlotState::Running, self.flags(head), 0);
+    /// The request at `head` is handed to the engine, with `flags`
+    /// ([`NO_RERUN`] if it cannot run twice).
+    pub fn start(&self, head: u16, flags: u8) {
+        self.set_state(head, SlotState::Running, flags & KNOWN_FLAGS, 0);
     }
 
     /// The request at `head` wrote its output and response; `len` is its
@@ -615,11 +616,9 @@ mod tests {
                         .filter(|&h| heads[usize::from(h)].is_none())
                         .collect();
                     if let Some(&head) = free.get(rng.below(free.len())) {
-                        let flags = if rng.below(3) == 0 { NO_RERUN } else { 0 };
-                        let Take::Held(seqno) = record.take(head, flags) else {
+                        let Take::Held(seqno) = record.take(head) else {
                             panic!("a free head was not taken");
                         };
-                        story.flags.insert(seqno, flags);
                         heads[usize::from(head)] = Some((seqno, SlotState::Taken));
                     }
                 }
@@ -629,7 +628,11 @@ mod tests {
                 2 => {
                     let taken = with(&heads, &[SlotState::Taken]);
                     if let Some(&head) = taken.get(rng.below(taken.len())) {
-                        record.start(head);
+                        let flags = if rng.below(3) == 0 { NO_RERUN } else { 0 };
+                        record.start(head, flags);
+                        story
+                            .flags
+                            .insert(heads[usize::from(head)].unwrap().0, flags);
                         heads[usize::from(head)].as_mut().unwrap().1 = SlotState::Running;
                     }
                 }
@@ -781,10 +784,10 @@ mod tests {
     fn a_head_in_flight_is_not_taken_twice() {
         let atomics: Vec<AtomicU64> = (0..RECORD).map(|_| AtomicU64::new(0)).collect();
         let record = RingRecord::new(&atomics[..], SIZE).unwrap();
-        assert_eq!(record.take(2, 0), Take::Held(1));
+        assert_eq!(record.take(2), Take::Held(1));
         record.complete(2, 20);
-        assert_eq!(record.take(2, 0), Take::Skipped(2));
-        assert_eq!(record.take(SIZE, 0), Take::Skipped(3));
+        assert_eq!(record.take(2), Take::Skipped(2));
+        assert_eq!(record.take(SIZE), Take::Skipped(3));
         let recovered = record.recover(0).unwrap();
         assert_eq!(recovered.republish, vec![(2, 20)]);
         assert!(recovered.rerun.is_empty());
@@ -816,7 +819,7 @@ mod tests {
     fn a_used_index_the_record_does_not_explain_is_refused() {
         let atomics: Vec<AtomicU64> = (0..RECORD).map(|_| AtomicU64::new(0)).collect();
         let record = RingRecord::new(&atomics[..], SIZE).unwrap();
-        assert_eq!(record.take(3, 0), Take::Held(1));
+        assert_eq!(record.take(3), Take::Held(1));
         record.complete(3, 40);
         record.begin_publish(&[(3, 40)]).unwrap();
         assert_eq!(

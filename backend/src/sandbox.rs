@@ -617,6 +617,9 @@ const ALLOWED: &[(Syscall, Check)] = &[
     (syscall!(SYS_epoll_create1), Check::Any),
     (syscall!(SYS_epoll_ctl), Check::Any),
     (syscall!(SYS_eventfd2), Check::Any),
+    // The timer of a device waiting to resume after a restart (backend.rs).
+    (syscall!(SYS_timerfd_create), Check::Any),
+    (syscall!(SYS_timerfd_settime), Check::Any),
     // Descriptors: duplicated (EventFd::try_clone), a memory region's file
     // examined (its size and seals, see memory.rs; `statx` and `newfstatat`
     // of a descriptor are allowed by REFUSED_WITH_ERROR), and checked open

@@ -22,6 +22,7 @@ use vhost::vhost_user::Listener;
 use crate::backend::{AccelBackend, BackendError, Connection};
 use crate::config::{Config, EngineKind, SocketSource, TenantConfig};
 use crate::device::TenantState;
+use crate::device_record::DeviceRecord;
 use crate::engine::software::SoftwareEngine;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::MetricsServer;
@@ -69,6 +70,16 @@ const RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Longest pause between failed connections.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
+/// What a tenant keeps across its connections, and across its processes
+/// where the supervisor holds it.
+#[derive(Debug)]
+pub struct Kept {
+    /// Its counters.
+    pub stats: Arc<TenantStats>,
+    /// The record of its device (§11.3).
+    pub record: Arc<DeviceRecord>,
+}
+
 /// One tenant: its socket, and what outlives its connections.
 struct Tenant {
     config: TenantConfig,
@@ -92,23 +103,26 @@ impl Server {
             .iter()
             .map(listen)
             .collect::<Result<Vec<_>, _>>()?;
-        let stats = config
+        let kept = config
             .tenants
             .iter()
-            .map(|tenant| Arc::new(TenantStats::new(tenant.name.clone())))
+            .map(|tenant| Kept {
+                stats: Arc::new(TenantStats::new(tenant.name.clone())),
+                record: Arc::new(DeviceRecord::private(tenant)),
+            })
             .collect();
-        Server::bind_with(config, listeners, stats, 0)
+        Server::bind_with(config, listeners, kept, 0)
     }
 
     /// Starts the engine of `config` and serves its tenants on `listeners`,
-    /// counting in `stats` (both in the order of `config.tenants`): how a
-    /// tenant's process serves the socket and the counters that the
-    /// supervisor handed it. `incarnation` counts the processes that served
-    /// these tenants before.
+    /// with what each keeps in `kept` (both in the order of
+    /// `config.tenants`): how a tenant's process serves the socket, the
+    /// counters and the device record that the supervisor handed it.
+    /// `incarnation` counts the processes that served these tenants before.
     pub fn bind_with(
         config: Config,
         listeners: Vec<Listener>,
-        stats: Vec<Arc<TenantStats>>,
+        kept: Vec<Kept>,
         incarnation: u64,
     ) -> Result<Self, ServerError> {
         let engine: Arc<dyn Engine> = match config.engine {
@@ -119,15 +133,16 @@ impl Server {
         };
         let tenants = (0u32..)
             .zip(config.tenants)
-            .zip(listeners.into_iter().zip(stats))
-            .map(|((index, config), (listener, stats))| Tenant {
+            .zip(listeners.into_iter().zip(kept))
+            .map(|((index, config), (listener, kept))| Tenant {
                 listener,
                 engine: Arc::clone(&engine),
                 state: TenantState {
                     index,
                     admission: Arc::new(Mutex::new(admission(&config, incarnation))),
                     log: Arc::new(TenantLog::new(&config.name)),
-                    stats,
+                    stats: kept.stats,
+                    record: kept.record,
                 },
                 config,
             })

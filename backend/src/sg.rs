@@ -77,6 +77,13 @@ impl HostSeg {
         self.len == 0
     }
 
+    /// Whether the two segments share a byte.
+    fn overlaps(&self, other: &HostSeg) -> bool {
+        let start = |seg: &HostSeg| seg.addr.as_ptr() as usize;
+        let end = |seg: &HostSeg| start(seg).saturating_add(seg.len);
+        start(self) < end(other) && start(other) < end(self)
+    }
+
     /// The first `len` bytes and the rest; `len` must not exceed the length.
     /// Called only on segments held by a list.
     fn split(self, len: usize) -> (HostSeg, HostSeg) {
@@ -169,6 +176,14 @@ impl SgList {
     /// Whether the list holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether a byte of host memory is in both lists (a request whose
+    /// output overlaps its input cannot run twice).
+    pub fn overlaps(&self, other: &SgList) -> bool {
+        self.segs
+            .iter()
+            .any(|seg| other.segs.iter().any(|theirs| seg.overlaps(theirs)))
     }
 
     /// Removes and returns the first `len` bytes, or `None` (leaving the list
@@ -517,6 +532,20 @@ mod tests {
         assert_eq!(bytes_of(&middle), pattern(100)[15..35]);
         assert!(list.slice(80, 11).is_none());
         assert_eq!(list.slice(90, 0).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn overlapping_lists_share_a_byte() {
+        let owned = OwnedBuffers::new(vec![pattern(100), pattern(100)]);
+        let mut first = owned.sg(0, 7).unwrap();
+        let second = owned.sg(1, 7).unwrap();
+        assert!(!first.overlaps(&second));
+        let head = first.take_front(30).unwrap();
+        let tail = first.slice(0, 70).unwrap();
+        assert!(!head.overlaps(&tail), "adjacent bytes are not shared");
+        let across = owned.sg(0, 100).unwrap().slice(29, 2).unwrap();
+        assert!(across.overlaps(&head) && across.overlaps(&tail));
+        assert!(!SgList::new().overlaps(&head));
     }
 
     #[test]

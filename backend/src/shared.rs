@@ -1,5 +1,6 @@
-//! Memory shared between the supervisor and a tenant's process: a sealed
-//! memfd mapped by both, holding plain atomics (the tenant's counters).
+//! Memory shared between the supervisor and a tenant's process: sealed
+//! memfds mapped by both, holding plain atomics (the tenant's counters, a
+//! [`SharedMemory`]; the record of its device, [`SharedWords`]).
 //!
 //! The supervisor creates the file, fixes its size with seals (a tenant's
 //! process, which is not trusted, can then neither shrink it, which would
@@ -11,6 +12,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
 
 /// Types that may live in memory another process writes at any time.
 ///
@@ -25,10 +27,106 @@ pub unsafe trait SharedPlain: Sync {}
 /// Seals that fix a shared file's size for good.
 const SIZE_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 
-/// A `T` in a memfd mapped shared, readable and writable.
-pub struct SharedMemory<T: SharedPlain> {
-    ptr: NonNull<T>,
+/// A shared, readable and writable mapping of a whole memfd whose size is
+/// sealed.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
     file: OwnedFd,
+}
+
+impl Mapping {
+    /// A zeroed memfd of `len` bytes named `name` (for /proc/PID/fd),
+    /// sealed at its size, mapped.
+    fn create(name: &str, len: usize) -> io::Result<Self> {
+        let name = std::ffi::CString::new(format!("vhost-user-accel-{name}"))
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `name` is a valid C string; the flags are valid.
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+        let file = unsafe { OwnedFd::from_raw_fd(fd) };
+        let size =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: plain calls on a descriptor this function owns.
+        if unsafe { libc::ftruncate(file.as_raw_fd(), size) } != 0
+            // SAFETY: as above.
+            || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SIZE_SEALS) } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Self::map(file, len)
+    }
+
+    /// Maps `file`, a memfd made by [`Mapping::create`] (in this process or
+    /// the one that handed it over); refused unless its size is sealed at
+    /// exactly `len` bytes.
+    fn attach(file: OwnedFd, len: usize) -> io::Result<Self> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        // SAFETY: F_GET_SEALS only reads the descriptor's seals.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if seals & SIZE_SEALS != SIZE_SEALS {
+            return Err(invalid("shared memory file is not sealed at its size"));
+        }
+        let size = std::fs::File::from(file.try_clone()?).metadata()?.len();
+        if usize::try_from(size).ok() != Some(len) {
+            return Err(invalid("shared memory file has the wrong size"));
+        }
+        Self::map(file, len)
+    }
+
+    fn map(file: OwnedFd, len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: a new shared mapping of the whole file (whose size is
+        // `len`, fixed by seals), at an address the kernel picks.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(addr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Mapping { ptr, len, file })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`, which no
+        // reference outlives (they borrow the value that owns `self`).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("fd", &self.file.as_raw_fd())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// A `T` in a memfd mapped shared, readable and writable.
+#[derive(Debug)]
+pub struct SharedMemory<T: SharedPlain> {
+    mapping: Mapping,
     _marker: PhantomData<T>,
 }
 
@@ -42,77 +140,27 @@ impl<T: SharedPlain> SharedMemory<T> {
     /// A zeroed `T` in a new memfd named `name` (for /proc/PID/fd), sealed
     /// at its size.
     pub fn create(name: &str) -> io::Result<Self> {
-        let name = std::ffi::CString::new(format!("vhost-user-accel-{name}"))
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: `name` is a valid C string; the flags are valid.
-        let fd = unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-        let file = unsafe { OwnedFd::from_raw_fd(fd) };
-        let size = libc::off_t::try_from(std::mem::size_of::<T>())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: plain calls on a descriptor this function owns.
-        if unsafe { libc::ftruncate(file.as_raw_fd(), size) } != 0
-            // SAFETY: as above.
-            || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SIZE_SEALS) } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Self::map(file)
+        Mapping::create(name, std::mem::size_of::<T>()).map(Self::from_mapping)
     }
 
     /// Maps the shared `T` of `file`, a memfd made by [`SharedMemory::create`]
     /// (in this process or the one that handed it over); refused unless its
     /// size is sealed at exactly the size of `T`.
     pub fn attach(file: OwnedFd) -> io::Result<Self> {
-        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-        // SAFETY: F_GET_SEALS only reads the descriptor's seals.
-        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if seals & SIZE_SEALS != SIZE_SEALS {
-            return Err(invalid("shared memory file is not sealed at its size"));
-        }
-        let size = std::fs::File::from(file.try_clone()?).metadata()?.len();
-        if usize::try_from(size).ok() != Some(std::mem::size_of::<T>()) {
-            return Err(invalid("shared memory file has the wrong size"));
-        }
-        Self::map(file)
+        Mapping::attach(file, std::mem::size_of::<T>()).map(Self::from_mapping)
     }
 
-    fn map(file: OwnedFd) -> io::Result<Self> {
-        // SAFETY: a new shared mapping of the whole file (whose size is
-        // `size_of::<T>()`, fixed by seals), at an address the kernel picks.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                std::mem::size_of::<T>(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(addr.cast::<T>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(SharedMemory {
-            ptr,
-            file,
+    fn from_mapping(mapping: Mapping) -> Self {
+        SharedMemory {
+            mapping,
             _marker: PhantomData,
-        })
+        }
     }
 }
 
 impl<T: SharedPlain> AsFd for SharedMemory<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+        self.mapping.file.as_fd()
     }
 }
 
@@ -122,23 +170,60 @@ impl<T: SharedPlain> std::ops::Deref for SharedMemory<T> {
     fn deref(&self) -> &T {
         // SAFETY: the mapping is page-aligned, as large as `T`, lives as long
         // as `self`, and any bytes in it are a valid `T` (`SharedPlain`).
-        unsafe { self.ptr.as_ref() }
+        unsafe { self.mapping.ptr.cast::<T>().as_ref() }
     }
 }
 
-impl<T: SharedPlain> Drop for SharedMemory<T> {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`, which no
-        // reference outlives (they borrow `self`).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), std::mem::size_of::<T>()) };
+/// A run of 64-bit atomic words in a memfd mapped shared, readable and
+/// writable, its length fixed when it is made.
+#[derive(Debug)]
+pub struct SharedWords {
+    mapping: Mapping,
+}
+
+// SAFETY: the mapping is only reached through `&[AtomicU64]`, which is
+// `Sync`; it belongs to this value alone and is unmapped when it drops.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+const WORD: usize = std::mem::size_of::<AtomicU64>();
+
+impl SharedWords {
+    /// `words` zeroed words in a new memfd named `name`, sealed at its size.
+    pub fn create(name: &str, words: usize) -> io::Result<Self> {
+        let len = words.checked_mul(WORD).ok_or(io::ErrorKind::InvalidInput)?;
+        Mapping::create(name, len).map(|mapping| SharedWords { mapping })
+    }
+
+    /// Maps the `words` words of `file`, made by [`SharedWords::create`];
+    /// refused unless its size is sealed at exactly that many words.
+    pub fn attach(file: OwnedFd, words: usize) -> io::Result<Self> {
+        let len = words.checked_mul(WORD).ok_or(io::ErrorKind::InvalidInput)?;
+        Mapping::attach(file, len).map(|mapping| SharedWords { mapping })
     }
 }
 
-impl<T: SharedPlain> std::fmt::Debug for SharedMemory<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedMemory")
-            .field("fd", &self.file.as_raw_fd())
-            .finish()
+impl AsFd for SharedWords {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.mapping.file.as_fd()
+    }
+}
+
+impl std::ops::Deref for SharedWords {
+    type Target = [AtomicU64];
+
+    fn deref(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so aligned for `AtomicU64`),
+        // `len` bytes long, a multiple of the word's size (`create`,
+        // `attach`), lives as long as `self`, and any bits are a valid
+        // `AtomicU64`, accessed only atomically.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.mapping.ptr.cast::<AtomicU64>().as_ptr(),
+                self.mapping.len / WORD,
+            )
+        }
     }
 }
 
@@ -170,6 +255,21 @@ mod tests {
     fn unsealed_or_wrongly_sized_files_are_refused() {
         let file = tempfile_fd();
         assert!(SharedMemory::<Pair>::attach(file).is_err());
+        let words = SharedWords::create("test", 3).unwrap();
+        let other = || words.as_fd().try_clone_to_owned().unwrap();
+        assert!(SharedWords::attach(other(), 4).is_err());
+        assert!(SharedMemory::<Pair>::attach(other()).is_err());
+        assert!(SharedWords::create("test", 0).is_err());
+    }
+
+    #[test]
+    fn two_mappings_of_words_see_each_other() {
+        let a = SharedWords::create("test", 1000).unwrap();
+        let b = SharedWords::attach(a.as_fd().try_clone_to_owned().unwrap(), 1000).unwrap();
+        assert_eq!(b.len(), 1000);
+        a[999].store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(b[999].load(Ordering::Relaxed), u64::MAX);
+        assert_eq!(b[0].load(Ordering::Relaxed), 0);
     }
 
     fn tempfile_fd() -> OwnedFd {

@@ -6,8 +6,8 @@
 //! started by fork and exec of the daemon's own binary (`/proc/self/exe`), so
 //! that it gets a fresh address space (no other tenant's memory, no state
 //! inherited from the supervisor's threads, new address-space randomisation)
-//! and only the descriptors it is handed: its listening socket, the memfd of
-//! its counters, and its configuration on a pipe. This is how
+//! and only the descriptors it is handed: its listening socket, the memfds of
+//! its counters and of its device's record, and its configuration on a pipe. This is how
 //! cloud-hypervisor runs each vhost-user back-end and virglrenderer its
 //! render server: a guest or VMM that crashes, corrupts or exhausts a
 //! tenant's process reaches nothing of the others.
@@ -18,7 +18,9 @@
 //! from [`RETRY_DELAY`] to [`MAX_RETRY_DELAY`] while the processes keep
 //! dying young. The listening socket stays bound in the supervisor, so the
 //! socket path never moves and a VMM that reconnects is served by the next
-//! process. Counters live in shared memory and survive the process.
+//! process. Counters live in shared memory and survive the process; so does
+//! the record of the tenant's device, from which the next process resumes
+//! the device where the last one left it (§11.3).
 //!
 //! Tenants' processes are killed with the supervisor (`PR_SET_PDEATHSIG`)
 //! and sit in a process group of their own, so that a terminal's ^C reaches
@@ -38,12 +40,13 @@ use vhost::vhost_user::Listener;
 
 use crate::arbiter::{Arbiter, Member};
 use crate::config::{Config, MetricsAddr, TenantConfig};
+use crate::device_record::DeviceRecord;
 use crate::fairshare::{self, FairShare};
 use crate::metrics::MetricsServer;
 use crate::server::{listen, ServerError};
 use crate::shutdown::{self, signal_name, Signals};
 use crate::stats::TenantStats;
-use crate::tenant_process::{ProcessConfig, TenantProcessError, LISTENER_FD, STATS_FD};
+use crate::tenant_process::{ProcessConfig, TenantProcessError, LISTENER_FD, RECORD_FD, STATS_FD};
 
 /// First pause before a tenant's process that ended is started again.
 pub const RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -70,8 +73,8 @@ pub enum SupervisorError {
     /// A tenant's socket or the metrics endpoint could not be bound.
     #[error(transparent)]
     Server(#[from] ServerError),
-    /// A tenant's shared counters could not be made.
-    #[error("tenant {tenant}: cannot create its shared counters")]
+    /// A tenant's shared counters or device record could not be made.
+    #[error("tenant {tenant}: cannot create its shared memory")]
     Counters {
         /// The tenant.
         tenant: String,
@@ -105,6 +108,8 @@ struct Slot {
     config: TenantConfig,
     listener: Listener,
     stats: Arc<TenantStats>,
+    /// The record of its device, handed to each of its processes.
+    record: DeviceRecord,
     process: Option<Running>,
     /// When to start the next process, if none runs.
     start_at: Instant,
@@ -139,16 +144,17 @@ impl Supervisor {
             .tenants
             .iter()
             .map(|tenant| {
-                let stats = TenantStats::shared(tenant.name.clone()).map_err(|source| {
-                    SupervisorError::Counters {
-                        tenant: tenant.name.clone(),
-                        source,
-                    }
-                })?;
+                let shared_error = |source| SupervisorError::Counters {
+                    tenant: tenant.name.clone(),
+                    source,
+                };
+                let stats = TenantStats::shared(tenant.name.clone()).map_err(shared_error)?;
+                let record = DeviceRecord::shared(tenant).map_err(shared_error)?;
                 Ok(Slot {
                     config: tenant.clone(),
                     listener: listen(tenant)?,
                     stats: Arc::new(stats),
+                    record,
                     process: None,
                     start_at: Instant::now(),
                     delay: RETRY_DELAY,
@@ -277,13 +283,19 @@ impl Supervisor {
     /// Starts the process of `slot`.
     fn spawn(&self, slot: &Slot) -> Result<Child, SpawnError> {
         let config = ProcessConfig::new(&self.config, &slot.config, slot.incarnations).encode()?;
+        let not_shared = |what| SpawnError::Descriptors(io::Error::other(what));
         let counters = slot
             .stats
             .shared_file()
-            .ok_or_else(|| SpawnError::Descriptors(io::Error::other("counters are not shared")))?;
+            .ok_or_else(|| not_shared("counters are not shared"))?;
+        let record = slot
+            .record
+            .shared_file()
+            .ok_or_else(|| not_shared("the device record is not shared"))?;
         let listener = duplicate_high(listener_fd(&slot.listener))?;
         let counters = duplicate_high(counters)?;
-        let (listener_raw, counters_raw) = (listener.as_raw_fd(), counters.as_raw_fd());
+        let record = duplicate_high(record)?;
+        let handed = [&listener, &counters, &record].map(AsRawFd::as_raw_fd);
         let parent = std::process::id();
         let mut command = Command::new(&self.program);
         command
@@ -295,10 +307,10 @@ impl Supervisor {
         // getppid), on descriptors that stay open in the parent until the
         // spawn returns.
         unsafe {
-            command.pre_exec(move || prepare_child(listener_raw, counters_raw, parent));
+            command.pre_exec(move || prepare_child(handed, parent));
         }
         let mut child = command.spawn().map_err(SpawnError::Exec)?;
-        drop((listener, counters));
+        drop((listener, counters, record));
         // Before the configuration: until it has it, the process is one
         // thread waiting on its input, so its cgroup and its nice level (per
         // thread on Linux) reach every thread it will start.
@@ -433,17 +445,21 @@ fn duplicate_high(fd: BorrowedFd<'_>) -> Result<OwnedFd, SpawnError> {
 /// In the child, between fork and exec: the descriptors at their numbers
 /// (dup2 clears close-on-exec on the copies), a process group of its own,
 /// and death with the supervisor.
-fn prepare_child(listener: RawFd, counters: RawFd, parent: u32) -> io::Result<()> {
-    // SAFETY: async-signal-safe calls on descriptors open in this process;
-    // the targets are free numbers or the child's own copies.
-    if unsafe { libc::dup2(listener, LISTENER_FD) < 0 || libc::dup2(counters, STATS_FD) < 0 } {
-        return Err(io::Error::last_os_error());
+/// `handed` are the listening socket, the counters and the device record,
+/// which go to [`LISTENER_FD`], [`STATS_FD`] and [`RECORD_FD`].
+fn prepare_child(handed: [RawFd; 3], parent: u32) -> io::Result<()> {
+    for (fd, target) in handed.into_iter().zip([LISTENER_FD, STATS_FD, RECORD_FD]) {
+        // SAFETY: an async-signal-safe call on a descriptor open in this
+        // process; the target is a free number or the child's own copy.
+        if unsafe { libc::dup2(fd, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     // Nothing else crosses: above all no other tenant's socket (std marks
     // its own descriptors close-on-exec, but an inherited one may not be).
     // SAFETY: closes descriptors of this child only, which it no longer
     // needs; on a kernel without close_range the close-on-exec flags remain.
-    unsafe { libc::syscall(libc::SYS_close_range, STATS_FD + 1, libc::c_uint::MAX, 0) };
+    unsafe { libc::syscall(libc::SYS_close_range, RECORD_FD + 1, libc::c_uint::MAX, 0) };
     // SAFETY: async-signal-safe calls that change only this process: its
     // own process group (a terminal's ^C reaches the supervisor only), no
     // stop for writing to that terminal from the background (SIGTTOU stays
@@ -557,6 +573,7 @@ mod tests {
             config: TenantConfig::new("a", SocketSource::Fd(-1)),
             listener,
             stats: Arc::new(TenantStats::new("a")),
+            record: DeviceRecord::private(&TenantConfig::new("a", SocketSource::Fd(-1))),
             process: None,
             start_at: Instant::now(),
             delay: RETRY_DELAY,

@@ -4,7 +4,9 @@
 //! again with the hidden `--tenant-process` option. The new process finds:
 //! - on its standard input, its [`ProcessConfig`] as TOML, then end of file;
 //! - at descriptor [`LISTENER_FD`], the tenant's listening vhost-user socket;
-//! - at descriptor [`STATS_FD`], the sealed memfd of the tenant's counters.
+//! - at descriptor [`STATS_FD`], the sealed memfd of the tenant's counters;
+//! - at descriptor [`RECORD_FD`], the sealed memfd of its device's record,
+//!   which the last process of the tenant may have left a device in (§11.3).
 //!
 //! It then runs a [`Server`] of that one tenant, with an engine of its own:
 //! it maps only its own VM's memory, and whatever goes wrong in it (a
@@ -21,15 +23,18 @@ use thiserror::Error;
 use vhost::vhost_user::Listener;
 
 use crate::config::{check_socket_fd, Config, ConfigError, EngineKind, SocketSource, TenantConfig};
+use crate::device_record::DeviceRecord;
 use crate::fairshare;
 use crate::sandbox::{self, SandboxConfig, SandboxError, UserSpec};
-use crate::server::{Server, ServerError};
+use crate::server::{Kept, Server, ServerError};
 use crate::stats::TenantStats;
 
 /// Descriptor of the tenant's listening socket in its process.
 pub const LISTENER_FD: RawFd = 3;
 /// Descriptor of the tenant's counters in its process.
 pub const STATS_FD: RawFd = 4;
+/// Descriptor of the tenant's device record in its process.
+pub const RECORD_FD: RawFd = 5;
 /// Largest configuration a tenant's process reads.
 const MAX_CONFIG: u64 = 1 << 20;
 
@@ -161,13 +166,17 @@ pub fn run(name: &str, input: impl Read) -> Result<(), TenantProcessError> {
     // number (checked just now to be an open socket); nothing else in this
     // process refers to it.
     let listener = unsafe { Listener::from_raw_fd(listener_fd) };
-    let stats =
-        TenantStats::attach(config.tenant.name.clone(), take_fd(STATS_FD)?).map_err(|source| {
-            TenantProcessError::Descriptor {
-                fd: STATS_FD,
-                what: "counters",
-                source,
-            }
+    let stats = TenantStats::attach(config.tenant.name.clone(), take_fd(STATS_FD, "counters")?)
+        .map_err(|source| TenantProcessError::Descriptor {
+            fd: STATS_FD,
+            what: "counters",
+            source,
+        })?;
+    let record = DeviceRecord::attach(&config.tenant, take_fd(RECORD_FD, "device record")?)
+        .map_err(|source| TenantProcessError::Descriptor {
+            fd: RECORD_FD,
+            what: "device record",
+            source,
         })?;
     arm_fault(config.incarnation);
     info!(
@@ -179,7 +188,10 @@ pub fn run(name: &str, input: impl Read) -> Result<(), TenantProcessError> {
     let server = Server::bind_with(
         config.daemon_config(),
         vec![listener],
-        vec![Arc::new(stats)],
+        vec![Kept {
+            stats: Arc::new(stats),
+            record: Arc::new(record),
+        }],
         config.incarnation,
     )?;
     // Everything the process needs from the file system and the kernel's
@@ -231,13 +243,13 @@ pub fn fault_point() {
 }
 
 /// Takes ownership of inherited descriptor `fd`, marking it close-on-exec.
-fn take_fd(fd: RawFd) -> Result<OwnedFd, TenantProcessError> {
+fn take_fd(fd: RawFd, what: &'static str) -> Result<OwnedFd, TenantProcessError> {
     // SAFETY: F_SETFD on a number that may or may not be open; it changes
     // nothing but the flag of an open descriptor.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
         return Err(TenantProcessError::Descriptor {
             fd,
-            what: "counters",
+            what,
             source: io::Error::last_os_error(),
         });
     }

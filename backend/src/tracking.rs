@@ -1,6 +1,7 @@
 //! Constant-time bookkeeping of the work a device has taken: a generational
-//! slab for requests in flight, a bitmap of the ring heads they own, and
-//! whether each ring's history began with this device instance.
+//! slab for requests in flight, and whether each ring's history began with
+//! this device instance. (The ring heads they own are in the device's record,
+//! [`crate::ring_record`].)
 //!
 //! They sit on the request path of every chain, so none hashes or allocates
 //! once warmed up.
@@ -57,6 +58,16 @@ impl<T> Slab<T> {
         Self::key(index, 0)
     }
 
+    /// The value under `key`, if it is still there.
+    pub fn get(&self, key: u64) -> Option<&T> {
+        let index = u32::try_from(key & u64::from(u32::MAX)).ok()?;
+        let generation = u32::try_from(key >> 32).ok()?;
+        let slot = self.slots.get(index as usize)?;
+        (slot.generation == generation)
+            .then_some(slot.value.as_ref())
+            .flatten()
+    }
+
     /// Takes the value under `key` out, if it is still there.
     pub fn remove(&mut self, key: u64) -> Option<T> {
         let index = u32::try_from(key & u64::from(u32::MAX)).ok()?;
@@ -89,53 +100,6 @@ impl<T> Slab<T> {
             }
         }
         self.len = 0;
-    }
-}
-
-/// The heads of each virtqueue that the device has taken and not returned
-/// (§6.5: a head already in flight cannot be answered twice).
-#[derive(Debug, Default)]
-pub struct HeadSet {
-    /// One bit per head, per virtqueue.
-    queues: Vec<Vec<u64>>,
-}
-
-impl HeadSet {
-    fn word(head: u16) -> (usize, u64) {
-        (usize::from(head / 64), 1 << (head % 64))
-    }
-
-    /// Marks `head` of `vq` taken; `false` if it already was.
-    pub fn insert(&mut self, vq: u16, head: u16) -> bool {
-        let (index, bit) = Self::word(head);
-        let vq = usize::from(vq);
-        if self.queues.len() <= vq {
-            self.queues.resize_with(vq + 1, Vec::new);
-        }
-        let words = &mut self.queues[vq];
-        if words.len() <= index {
-            words.resize(index + 1, 0);
-        }
-        let taken = words[index] & bit != 0;
-        words[index] |= bit;
-        !taken
-    }
-
-    /// Marks `head` of `vq` returned.
-    pub fn remove(&mut self, vq: u16, head: u16) {
-        let (index, bit) = Self::word(head);
-        if let Some(word) = self
-            .queues
-            .get_mut(usize::from(vq))
-            .and_then(|words| words.get_mut(index))
-        {
-            *word &= !bit;
-        }
-    }
-
-    /// Marks every head of every queue returned.
-    pub fn clear(&mut self) {
-        self.queues.iter_mut().for_each(|words| words.fill(0));
     }
 }
 
@@ -204,6 +168,16 @@ impl RingHistory {
         let foreign = next_avail != 0;
         *entry = Some(foreign);
         Some(!foreign)
+    }
+
+    /// Virtqueue `vq` resumes where an earlier instance left it, from the
+    /// record it kept (§11.3): its history counts as this instance's.
+    pub fn resumed(&mut self, vq: u16) {
+        let vq = usize::from(vq);
+        if self.foreign.len() <= vq {
+            self.foreign.resize(vq + 1, None);
+        }
+        self.foreign[vq] = Some(false);
     }
 
     /// Whether any ring's history began before this instance.
@@ -297,7 +271,10 @@ mod tests {
         assert_eq!(slab.remove(b), None);
         assert_eq!(slab.remove(c), None);
         let d = slab.insert("d");
+        assert_eq!(slab.get(d), Some(&"d"));
+        assert_eq!(slab.get(a), None);
         assert_eq!(slab.remove(d), Some("d"));
+        assert_eq!(slab.get(d), None);
         assert_eq!(slab.remove(u64::MAX), None);
     }
 
@@ -422,16 +399,13 @@ mod tests {
     }
 
     #[test]
-    fn heads_are_taken_once_per_queue() {
-        let mut heads = HeadSet::default();
-        assert!(heads.insert(1, 200));
-        assert!(!heads.insert(1, 200));
-        assert!(heads.insert(2, 200), "queues are independent");
-        assert!(heads.insert(1, 63) && heads.insert(1, 64));
-        heads.remove(1, 200);
-        assert!(heads.insert(1, 200));
-        heads.remove(7, 9); // never taken: no effect
-        heads.clear();
-        assert!(heads.insert(1, 63) && heads.insert(2, 200));
+    fn a_ring_resumed_from_the_record_is_not_foreign() {
+        let mut history = RingHistory::default();
+        assert_eq!(history.observe(2, 40), Some(false));
+        assert!(history.has_foreign());
+        history.resumed(2);
+        history.resumed(0);
+        assert!(!history.has_foreign());
+        assert_eq!(history.observe(0, 7), None, "judged already");
     }
 }

@@ -4,8 +4,10 @@
 //! more; the neighbour keeps completing requests throughout, the supervisor
 //! restarts the process behind the same socket, and the counters carry on.
 //! A VMM that reconnects to the new process (the harness front-end playing
-//! QEMU or cloud-hypervisor) finds a device that takes nothing from the
-//! rings until its driver resets it (spec §11).
+//! QEMU or cloud-hypervisor) finds the device where the killed process left
+//! it, its requests in flight completed once (spec §11.3), unless it cannot
+//! be resumed (live objects, for now): then it takes nothing from the rings
+//! until its driver resets it (§11.2).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,6 +21,7 @@ use accel_driver::{
     Buffer, Device, DmaMemory, FrontendModel, OpenOptions, Request, VhostUserOptions,
     VhostUserTransport, DEFAULT_FEATURES,
 };
+use sha2::Digest;
 use vhost_user_accel::arbiter::SLOW_STEPS;
 use virtio_accel_spec::{FillParams, Op, Status};
 
@@ -796,62 +799,102 @@ fn the_arbiter_slows_down_a_tenant_ahead_and_gives_its_priority_back() {
     }
 }
 
-/// A tenant's process killed while its driver has the device open, as the
-/// guest sees it today (spec §11): the VMM reconnects to the new process and
-/// starts the rings where they stand (QEMU at the used index,
-/// cloud-hypervisor v53 at the available one); the new device instance
-/// takes nothing from rings an earlier instance moved, so a request made
-/// after the crash gets no completion and is not run, until the driver
-/// resets the device; then it is served, with fences from 1. (Issue 14 is
-/// to make such a crash a pause.)
-fn a_vmm_reconnecting_after_a_crash_gets_a_device_to_reset(test: &str, model: FrontendModel) {
-    let supervisor = Supervisor::start(test, 1);
-    let socket = supervisor.socket("t0");
-    let memory = DmaMemory::new(8 << 20).unwrap();
-    let options = VhostUserOptions::of(model);
-    let transport = VhostUserTransport::connect_with(&socket, &memory, &options).unwrap();
-    let mut device = Device::open_with(transport, &OpenOptions::default()).unwrap();
-    let out = memory.alloc(64).unwrap();
-    let fill = Request::new(Op::Fill)
+/// A FILL of `out` with 0x5a.
+fn fill_request(out: &accel_driver::DmaBuf) -> Request {
+    Request::new(Op::Fill)
         .params(&FillParams {
             pattern: 0x5a,
             ..Default::default()
         })
-        .output(Buffer::direct(&out));
-    for _ in 0..3 {
-        device.run(0, &fill).unwrap().check().unwrap();
+        .output(Buffer::direct(out))
+}
+
+/// Inputs of the batch of [`a_crash_under_a_batch_is_a_pause`]: each
+/// request digests a buffer of its own.
+const BATCH: usize = 8;
+const BATCH_INPUT: usize = 16 << 20;
+
+/// A tenant's process SIGKILLed while its driver has a batch in flight is a
+/// pause (§11.3): the VMM reconnects to the new process and starts the rings
+/// where it starts them after a crash (QEMU at the used index,
+/// cloud-hypervisor v53 at the available one), and the new process resumes
+/// the device from the record the supervisor kept: every request of the
+/// batch completes exactly once, with its own digest and the fence it was
+/// given, and numbering goes on after it.
+fn a_crash_under_a_batch_is_a_pause(test: &str, model: FrontendModel) {
+    let supervisor = Supervisor::start(test, 1);
+    let socket = supervisor.socket("t0");
+    let memory = DmaMemory::new(BATCH * BATCH_INPUT + (8 << 20)).unwrap();
+    let options = VhostUserOptions::of(model);
+    let transport = VhostUserTransport::connect_with(&socket, &memory, &options).unwrap();
+    let mut device = Device::open_with(transport, &OpenOptions::default()).unwrap();
+    let out = memory.alloc(64).unwrap();
+    for seqno in 1..=3 {
+        let done = device.run(0, &fill_request(&out)).unwrap().check().unwrap();
+        assert_eq!(u64::from(done.fence().seqno), seqno);
     }
+    let mut expected = Vec::new();
+    let inputs: Vec<_> = (0..BATCH)
+        .map(|i| {
+            let input = memory.alloc(BATCH_INPUT).unwrap();
+            let bytes = vec![u8::try_from(i).unwrap() ^ 0xa5; BATCH_INPUT];
+            memory.write(&input, 0, &bytes).unwrap();
+            expected.push(sha2::Sha256::digest(&bytes));
+            input
+        })
+        .collect();
+    let mut fences = Vec::new();
+    for (token, input) in (0u64..).zip(&inputs) {
+        let request = Request::new(Op::Sha256).input(Buffer::direct(input));
+        fences.push(device.submit(0, &request, token).unwrap());
+    }
+    device.flush(0).unwrap();
+    let mut completions = device.wait(0, PATIENCE).unwrap();
+    assert!(completions.len() < BATCH, "the batch ended before the kill");
 
     let pid = supervisor.tenant_pid("t0");
     kill(pid, libc::SIGKILL);
-    let bases = device.transport_mut().reconnect(&socket, &options).unwrap();
-    // Ring 1 is request queue 0: three requests made, three completed.
-    assert_eq!(bases.get(1), Some(&3), "{model:?}: {bases:?}");
-    assert_ne!(supervisor.tenant_pid("t0"), pid);
+    let killed = Instant::now();
+    device.transport_mut().reconnect(&socket, &options).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while completions.len() < BATCH && Instant::now() < deadline {
+        completions.extend(device.wait(0, Duration::from_millis(200)).unwrap());
+    }
+    let resumed_after = killed.elapsed();
+    // Anything more would be a request completed twice.
+    completions.extend(device.wait(0, Duration::from_millis(300)).unwrap());
+    let mut tokens: Vec<u64> = completions.iter().map(|c| c.token).collect();
+    tokens.sort_unstable();
+    assert_eq!(
+        tokens,
+        (0..BATCH as u64).collect::<Vec<_>>(),
+        "{model:?}: every request once"
+    );
+    for completion in completions {
+        let index = usize::try_from(completion.token).unwrap();
+        let completion = completion.check().unwrap();
+        assert_eq!(completion.fence(), fences[index], "{model:?}");
+        assert_eq!(completion.result()[..32], expected[index][..], "{model:?}");
+    }
+    let log = supervisor.log();
+    assert!(log.contains("resumed the device"), "{log}");
+    assert!(
+        !log.contains(" 0 requests run again"),
+        "{model:?}: nothing was in flight at the kill: {log}"
+    );
+    assert!(!log.contains("used by an earlier device instance"), "{log}");
+    eprintln!("{model:?}: the batch completed {resumed_after:?} after the kill");
 
     memory.write(&out, 0, &[0; 64]).unwrap();
-    device.submit(0, &fill, 1).unwrap();
-    device.flush(0).unwrap();
-    let early = device.wait(0, Duration::from_millis(500)).unwrap();
-    assert!(
-        early.is_empty(),
-        "{model:?}: a request was taken: {early:?}"
-    );
-    assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0; 64], "and run");
-    let log = supervisor.log();
-    assert!(log.contains("used by an earlier device instance"), "{log}");
-
-    let transport = device.close().unwrap();
-    let device = Device::open_with(transport, &OpenOptions::default()).unwrap();
-    let done = device.run(0, &fill).unwrap().check().unwrap();
-    assert_eq!(u64::from(done.fence().seqno), 1, "{model:?}");
+    let done = device.run(0, &fill_request(&out)).unwrap().check().unwrap();
+    assert_eq!(u64::from(done.fence().seqno), 4 + BATCH as u64, "{model:?}");
     assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0x5a; 64]);
 }
 
 #[test]
-fn after_a_crash_stock_qemu_reconnects_to_a_device_to_reset() {
-    a_vmm_reconnecting_after_a_crash_gets_a_device_to_reset(
-        "crash-qemu",
+fn a_crash_under_a_batch_is_a_pause_for_stock_qemu() {
+    a_crash_under_a_batch_is_a_pause(
+        "pause-qemu",
         FrontendModel::Qemu {
             forwards_reset: false,
         },
@@ -859,9 +902,48 @@ fn after_a_crash_stock_qemu_reconnects_to_a_device_to_reset() {
 }
 
 #[test]
-fn after_a_crash_cloud_hypervisor_reconnects_to_a_device_to_reset() {
-    a_vmm_reconnecting_after_a_crash_gets_a_device_to_reset(
-        "crash-ch",
-        FrontendModel::CloudHypervisor,
-    );
+fn a_crash_under_a_batch_is_a_pause_for_cloud_hypervisor() {
+    a_crash_under_a_batch_is_a_pause("pause-ch", FrontendModel::CloudHypervisor);
+}
+
+/// A device that had objects when its process was killed cannot resume yet
+/// (the record does not keep objects): the new process says so and starts
+/// afresh, and the driver must reset the device (§11.2): the rings the
+/// earlier instance moved are refused until it does, then fences start
+/// from 1.
+#[test]
+fn a_crash_with_live_objects_still_costs_a_reset() {
+    let supervisor = Supervisor::start("crash-objects", 1);
+    let socket = supervisor.socket("t0");
+    let memory = DmaMemory::new(8 << 20).unwrap();
+    let options = VhostUserOptions::of(FrontendModel::Qemu {
+        forwards_reset: false,
+    });
+    let transport = VhostUserTransport::connect_with(&socket, &memory, &options).unwrap();
+    let mut device = Device::open_with(transport, &OpenOptions::default()).unwrap();
+    let out = memory.alloc(64).unwrap();
+    let object = memory.alloc(4096).unwrap();
+    device.create_object(&[(object.gpa(), 4096)]).unwrap();
+    for _ in 0..3 {
+        device.run(0, &fill_request(&out)).unwrap().check().unwrap();
+    }
+
+    let pid = supervisor.tenant_pid("t0");
+    kill(pid, libc::SIGKILL);
+    device.transport_mut().reconnect(&socket, &options).unwrap();
+    memory.write(&out, 0, &[0; 64]).unwrap();
+    device.submit(0, &fill_request(&out), 1).unwrap();
+    device.flush(0).unwrap();
+    let early = device.wait(0, Duration::from_millis(500)).unwrap();
+    assert!(early.is_empty(), "a request was taken: {early:?}");
+    assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0; 64], "and run");
+    let log = supervisor.log();
+    assert!(log.contains("objects were live"), "{log}");
+    assert!(log.contains("used by an earlier device instance"), "{log}");
+
+    let transport = device.close().unwrap();
+    let device = Device::open_with(transport, &OpenOptions::default()).unwrap();
+    let done = device.run(0, &fill_request(&out)).unwrap().check().unwrap();
+    assert_eq!(u64::from(done.fence().seqno), 1);
+    assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0x5a; 64]);
 }

@@ -106,9 +106,13 @@ void vaccel_crypto_note_fallback(struct vaccel_device *vdev,
 {
 	struct device *dev = vaccel_dev(vdev);
 
-	/* Busy is a host quota (§10.3), DeviceError a failure of the device. */
+	/*
+	 * Busy is a host quota (§10.3), DeviceError a failure of the device,
+	 * Interrupted a restart of the device while the request ran (§9).
+	 */
 	if (status == VIRTIO_ACCEL_S_BUSY ||
-	    status == VIRTIO_ACCEL_S_DEVICE_ERROR)
+	    status == VIRTIO_ACCEL_S_DEVICE_ERROR ||
+	    status == VIRTIO_ACCEL_S_INTERRUPTED)
 		dev_dbg_ratelimited(dev, "op %u: status %u (error %d), computed in software\n",
 				    vreq->op, status, vreq->error);
 	else

@@ -150,6 +150,9 @@ int vaccel_status_errno(u32 status)
 		return -EBUSY;
 	case VIRTIO_ACCEL_S_NO_RESOURCES:
 		return -ENOBUFS;
+	case VIRTIO_ACCEL_S_INTERRUPTED:
+		/* The device restarted mid-request; the input may be overwritten. */
+		return -ECANCELED;
 	default:		/* DeviceError, and values this driver does not know (§9.1) */
 		return -EIO;
 	}

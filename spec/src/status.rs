@@ -40,6 +40,11 @@ wire_enum! {
         NoResources = 12,
         /// The device failed internally.
         DeviceError = 13,
+        /// The device restarted while the request ran (a new back-end process took over) and
+        /// could not safely run it again: its output overlaps its input and may have been
+        /// partly written. The output buffers' contents are unspecified; objects and fences
+        /// are unaffected. The driver may resubmit it only if it still has the intact input.
+        Interrupted = 14,
     }
 }
 

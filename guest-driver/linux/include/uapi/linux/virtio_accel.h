@@ -166,5 +166,6 @@ struct virtio_accel_deflate_params {
 #define VIRTIO_ACCEL_S_BUSY		11
 #define VIRTIO_ACCEL_S_NO_RESOURCES	12
 #define VIRTIO_ACCEL_S_DEVICE_ERROR	13
+#define VIRTIO_ACCEL_S_INTERRUPTED	14
 
 #endif /* _UAPI_LINUX_VIRTIO_ACCEL_H */
