@@ -7,7 +7,8 @@ use clap::{Parser, ValueEnum};
 use thiserror::Error;
 use vhost_user_accel::config::{
     check_engine_nice, check_engine_threads, check_queue_size, check_queues, check_socket_fd,
-    check_user, ConfigError, MetricsAddr, TenantConfig, MAX_TENANTS,
+    check_state_dir, check_user, ConfigError, MetricsAddr, TenantConfig, DEFAULT_MAX_RESTART_PAUSE,
+    MAX_TENANTS,
 };
 use vhost_user_accel::config_file::{self, ConfigFileError};
 use vhost_user_accel::{Config, EngineKind, SocketSource};
@@ -43,7 +44,7 @@ pub struct Args {
     /// Read the daemon and its tenants from this TOML file (see README).
     #[arg(long, conflicts_with_all = [
         "socket_path", "socket_fd", "socket_count", "queues", "queue_size",
-        "engine", "engine_threads", "engine_nice", "metrics", "user",
+        "engine", "engine_threads", "engine_nice", "metrics", "user", "state_dir",
     ])]
     pub config: Option<PathBuf>,
     /// Number of request queues of each tenant (the control queue comes on top).
@@ -73,6 +74,12 @@ pub struct Args {
     /// user name, or UID:GID), with that group only.
     #[arg(long)]
     pub user: Option<String>,
+    /// Where to save the record of each tenant's device when the daemon
+    /// stops (SIGTERM), so that the next daemon started with the same
+    /// directory resumes the devices (an upgrade is then a pause for the
+    /// VMs); an absolute path, made if missing.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Run as the process of the tenant of this name, started by the daemon
     /// itself (see `vhost_user_accel::tenant_process`); not for operators.
     #[arg(long, hide = true, exclusive = true, value_name = "NAME")]
@@ -187,6 +194,14 @@ impl TryFrom<Args> for Config {
                 .map(check_user)
                 .transpose()
                 .map_err(option("user"))?,
+            // A setting of the configuration file only.
+            max_restart_pause: DEFAULT_MAX_RESTART_PAUSE,
+            state_dir: args
+                .state_dir
+                .as_deref()
+                .map(check_state_dir)
+                .transpose()
+                .map_err(option("state-dir"))?,
         };
         config.validate()?;
         Ok(config)
@@ -236,6 +251,14 @@ mod tests {
             "--engine-nice: must be between 0 and 19, got 20"
         );
         assert!(message(&["--metrics", "0.0.0.0:80"]).starts_with("--metrics: must be a loopback"));
+        assert_eq!(
+            message(&["--state-dir", "state"]),
+            "--state-dir: must be an absolute path, got \"state\""
+        );
+        assert_eq!(
+            parse(&["--state-dir", "/run/s"]).unwrap().state_dir,
+            Some(PathBuf::from("/run/s"))
+        );
     }
 
     #[test]

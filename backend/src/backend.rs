@@ -166,9 +166,9 @@ impl AccelBackend {
         Ok(())
     }
 
-    /// The connection is over (§11): drains the device and forgets its state.
+    /// The connection is over (§11): see [`Device::disconnect`].
     pub fn disconnect(&mut self) {
-        self.device.reset();
+        self.device.disconnect();
     }
 }
 

@@ -1,9 +1,11 @@
 //! Daemon configuration, independent of how it was given (command line,
-//! configuration file, tests): the engine, the metrics endpoint, and the
+//! configuration file, tests): the engine, the metrics endpoint, how long
+//! the supervisor may pause before restarting a tenant's process, and the
 //! tenants, each one VM's device behind its own socket.
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -21,6 +23,14 @@ pub const MAX_ENGINE_THREADS: usize = 256;
 pub const MAX_TENANTS: usize = 1024;
 /// Largest scheduling weight of a tenant.
 pub const MAX_WEIGHT: u32 = 1000;
+/// Default of the longest pause before a tenant's process that ended is
+/// started again (`max-restart-pause-ms`, [`crate::supervisor`]).
+pub const DEFAULT_MAX_RESTART_PAUSE: Duration = Duration::from_secs(5);
+/// Least `max-restart-pause-ms`: a process that dies as it starts is
+/// started again at most a hundred times a second.
+pub const MIN_RESTART_PAUSE_MS: u64 = 10;
+/// Largest `max-restart-pause-ms`: an hour.
+pub const MAX_RESTART_PAUSE_MS: u64 = 3_600_000;
 
 /// A value of the configuration out of its range, or a clash between tenants.
 /// The messages of values leave out the setting's name, which the command
@@ -79,6 +89,14 @@ pub enum ConfigError {
     /// A metrics address that is neither `HOST:PORT` on loopback nor `unix:PATH`.
     #[error("must be a loopback HOST:PORT (127.0.0.1:9105, [::1]:9105) or unix:PATH, got {0:?}")]
     Metrics(String),
+    /// Longest restart pause out of range.
+    #[error(
+        "must be between {MIN_RESTART_PAUSE_MS} and {MAX_RESTART_PAUSE_MS} (milliseconds), got {0}"
+    )]
+    RestartPause(u64),
+    /// A state directory that is not an absolute path.
+    #[error("must be an absolute path, got {0:?}")]
+    StateDir(PathBuf),
 }
 
 /// Where a tenant's vhost-user socket comes from.
@@ -269,6 +287,14 @@ pub struct Config {
     /// The unprivileged user tenants' processes switch to when the daemon
     /// runs as root.
     pub user: Option<UserSpec>,
+    /// The longest pause before the supervisor starts again a tenant's
+    /// process that ended ([`crate::supervisor`]); the first pause is the
+    /// shorter of this and [`crate::supervisor::RETRY_DELAY`].
+    pub max_restart_pause: Duration,
+    /// Where the supervisor saves the record of each tenant's device when
+    /// it stops, for the next daemon to resume the devices (§11.3); none
+    /// if `None`.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -286,6 +312,8 @@ impl Config {
             metrics: None,
             tenants,
             user: None,
+            max_restart_pause: DEFAULT_MAX_RESTART_PAUSE,
+            state_dir: None,
         }
     }
 
@@ -293,6 +321,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_engine_threads(self.engine_threads as u64)?;
         check_engine_nice(u64::try_from(self.engine_nice).unwrap_or(u64::MAX))?;
+        check_max_restart_pause(
+            u64::try_from(self.max_restart_pause.as_millis()).unwrap_or(u64::MAX),
+        )?;
+        if let Some(dir) = &self.state_dir {
+            check_state_dir(dir)?;
+        }
         match self.tenants.len() {
             0 => return Err(ConfigError::NoTenant),
             n if n > MAX_TENANTS => return Err(ConfigError::TooManyTenants(n)),
@@ -369,6 +403,24 @@ pub fn check_engine_nice(value: u64) -> Result<i32, ConfigError> {
         |nice| (0..=19).contains(nice),
         ConfigError::EngineNice,
     )
+}
+
+/// Longest pause between a tenant's processes, in milliseconds.
+pub fn check_max_restart_pause(millis: u64) -> Result<Duration, ConfigError> {
+    if (MIN_RESTART_PAUSE_MS..=MAX_RESTART_PAUSE_MS).contains(&millis) {
+        Ok(Duration::from_millis(millis))
+    } else {
+        Err(ConfigError::RestartPause(millis))
+    }
+}
+
+/// The state directory: an absolute path.
+pub fn check_state_dir(path: &Path) -> Result<PathBuf, ConfigError> {
+    if path.is_absolute() {
+        Ok(path.to_owned())
+    } else {
+        Err(ConfigError::StateDir(path.to_owned()))
+    }
 }
 
 /// Scheduling weight.
@@ -454,6 +506,23 @@ mod tests {
         assert_eq!(check_queue_size(100), Err(ConfigError::QueueSize(100)));
         assert_eq!(check_queue_size(65536), Err(ConfigError::QueueSize(65536)));
         assert_eq!(check_queue_size(32768), Ok(32768));
+        assert_eq!(
+            check_max_restart_pause(9),
+            Err(ConfigError::RestartPause(9))
+        );
+        assert_eq!(check_max_restart_pause(10), Ok(Duration::from_millis(10)));
+        assert_eq!(
+            check_max_restart_pause(3_600_000),
+            Ok(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            check_max_restart_pause(3_600_001),
+            Err(ConfigError::RestartPause(3_600_001))
+        );
+        let mut config = Config::with_tenants(vec![tenant("a", "/x")]);
+        assert_eq!(config.max_restart_pause, DEFAULT_MAX_RESTART_PAUSE);
+        config.max_restart_pause = Duration::from_millis(1);
+        assert_eq!(config.validate(), Err(ConfigError::RestartPause(1)));
     }
 
     #[test]

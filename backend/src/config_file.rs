@@ -1,10 +1,14 @@
 //! The TOML configuration file (`--config`): the engine, the metrics
-//! endpoint, and one `[[tenant]]` table per VM with its socket, queues,
-//! weight and quotas. Every error names the file, the line and the setting.
+//! endpoint, the supervisor's longest restart pause and state directory, and
+//! one `[[tenant]]`
+//! table per VM with its socket, queues, weight and quotas. Every error
+//! names the file, the line and the setting.
 //!
 //! ```toml
 //! engine-threads = 2
 //! metrics = "127.0.0.1:9105"
+//! max-restart-pause-ms = 5000
+//! state-dir = "/run/vhost-user-accel/state"
 //!
 //! [[tenant]]
 //! name = "vm1"
@@ -22,9 +26,9 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::config::{
-    check_engine_nice, check_engine_threads, check_name, check_queue_size, check_queues,
-    check_quota, check_socket_fd, check_user, check_weight, Config, ConfigError, EngineKind,
-    MetricsAddr, Quota, SocketSource, TenantConfig,
+    check_engine_nice, check_engine_threads, check_max_restart_pause, check_name, check_queue_size,
+    check_queues, check_quota, check_socket_fd, check_state_dir, check_user, check_weight, Config,
+    ConfigError, EngineKind, MetricsAddr, Quota, SocketSource, TenantConfig,
 };
 
 /// Errors of the configuration file.
@@ -72,6 +76,8 @@ struct File {
     engine_nice: Option<Spanned<u64>>,
     metrics: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
+    max_restart_pause_ms: Option<Spanned<u64>>,
+    state_dir: Option<Spanned<PathBuf>>,
     #[serde(default)]
     tenant: Vec<Tenant>,
 }
@@ -140,6 +146,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigFileError> {
     }
     if let Some(user) = &file.user {
         config.user = Some(at.value("user", user.span(), check_user(user.get_ref()))?);
+    }
+    if let Some(pause) = &file.max_restart_pause_ms {
+        config.max_restart_pause =
+            at.check("max-restart-pause-ms", pause, check_max_restart_pause)?;
+    }
+    if let Some(dir) = &file.state_dir {
+        config.state_dir =
+            Some(at.value("state-dir", dir.span(), check_state_dir(dir.get_ref()))?);
     }
     if file.tenant.is_empty() {
         return Err(at.error("tenant", 0..0, ConfigError::NoTenant));
@@ -266,6 +280,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use std::time::Duration;
 
     fn parse_str(text: &str) -> Result<Config, ConfigFileError> {
         parse(text, Path::new("accel.toml"))
@@ -280,6 +295,8 @@ engine = "software"
 engine-threads = 3
 engine-nice = 0
 metrics = "unix:/run/accel-metrics.sock"
+max-restart-pause-ms = 250
+state-dir = "/run/accel-state"
 
 [[tenant]]
 name = "vm1"
@@ -298,6 +315,14 @@ socket = "/run/vm2.sock"
     fn a_full_file_becomes_a_config() {
         let config = parse_str(TWO).unwrap();
         assert_eq!((config.engine_threads, config.engine_nice), (3, 0));
+        assert_eq!(config.max_restart_pause, Duration::from_millis(250));
+        assert_eq!(config.state_dir, Some(PathBuf::from("/run/accel-state")));
+        let plain = parse_str("[[tenant]]\nname = \"a\"\nsocket = \"/x\"\n").unwrap();
+        assert_eq!(plain.state_dir, None);
+        assert_eq!(
+            plain.max_restart_pause,
+            crate::config::DEFAULT_MAX_RESTART_PAUSE
+        );
         assert_eq!(
             config.metrics,
             Some(MetricsAddr::Unix(PathBuf::from("/run/accel-metrics.sock")))
@@ -361,6 +386,15 @@ socket = "/run/vm2.sock"
             (
                 "metrics = \"0.0.0.0:1\"\n[[tenant]]\nname = \"a\"\nsocket = \"/x\"\n",
                 "accel.toml:1: metrics: must be a loopback",
+            ),
+            (
+                "max-restart-pause-ms = 5\n[[tenant]]\nname = \"a\"\nsocket = \"/x\"\n",
+                "accel.toml:1: max-restart-pause-ms: must be between 10 and 3600000 \
+                 (milliseconds), got 5",
+            ),
+            (
+                "state-dir = \"state\"\n[[tenant]]\nname = \"a\"\nsocket = \"/x\"\n",
+                "accel.toml:1: state-dir: must be an absolute path, got \"state\"",
             ),
             ("engine-threads = 2\n", "accel.toml:1: tenant: no tenant"),
         ];

@@ -80,6 +80,24 @@ pub enum DeviceError {
     /// The record an earlier process left cannot be trusted (§11.3).
     #[error("the device's record cannot be trusted")]
     Record(#[from] DeviceRecordError),
+    /// The objects of the record cannot be restored (§11.3).
+    #[error("the device's objects cannot be restored")]
+    Objects(#[from] ObjectError),
+    /// A ring holds fewer available entries than the record says the
+    /// device took from it: not the ring the record is of (§11.3).
+    #[error("virtqueue {vq}: the device took up to index {taken}, the driver made available up to {avail}")]
+    NotTaken {
+        /// The virtqueue.
+        vq: u16,
+        /// The record's next available index.
+        taken: u16,
+        /// The guest's available index.
+        avail: u16,
+    },
+    /// The record has a control command stopped part-way, which no device
+    /// writes (§11.3).
+    #[error("the record holds a control command that cannot run again")]
+    InterruptedCommand,
     /// A ring the record names was not started again in time (§11.3).
     #[error("virtqueue {0} was not started again within {RESUME_WAIT:?}")]
     NotStarted(u16),
@@ -123,6 +141,9 @@ struct Waiting {
 enum ControlOutcome {
     /// Answer now with this value.
     Done(u64),
+    /// OBJECT_DESTROY: answer Ok, then drop the object (its record says
+    /// which command destroyed it until the answer is recorded, §11.3).
+    Destroyed(Arc<Object>),
     /// A FENCE_WAIT on these unsignalled fences.
     Wait(Vec<FenceId>),
 }
@@ -157,6 +178,8 @@ pub struct Device {
     mem: Option<Snapshot>,
     ready: Vec<Vec<Job>>,
     used: Vec<Used>,
+    /// One virtqueue's share of `used`, while it is published.
+    batch: Vec<(u16, u32)>,
     /// What the device took, ran, completed and published, per virtqueue,
     /// kept where the next process of the tenant finds it (§11.3).
     record: Arc<DeviceRecord>,
@@ -206,6 +229,18 @@ impl TenantState {
             log: Arc::new(TenantLog::new(&config.name)),
             record: Arc::new(DeviceRecord::private(config)),
         }
+    }
+}
+
+/// Whether a device starts by waiting to resume from `record` (§11.3): only
+/// if it took anything; a record with nothing taken is cleared, whatever a
+/// process killed while it cleared it or took its first entry left there.
+fn resuming(record: &DeviceRecord) -> Option<Instant> {
+    if record.in_use() {
+        Some(Instant::now())
+    } else {
+        record.clear();
+        None
     }
 }
 
@@ -262,7 +297,11 @@ impl Device {
             capabilities: 0,
             legacy_driver: false,
             hw_queues,
-            objects: ObjectTable::new(config.limits, Arc::clone(&tenant.stats)),
+            objects: ObjectTable::new(
+                config.limits,
+                Arc::clone(&tenant.stats),
+                Arc::clone(&tenant.record),
+            ),
             fences: Fences::new(config.request_queues),
             inflight: Slab::default(),
             waiting: HashMap::new(),
@@ -270,7 +309,8 @@ impl Device {
             mem: None,
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
-            resuming: tenant.record.in_use().then(Instant::now),
+            batch: Vec::new(),
+            resuming: resuming(&tenant.record),
             replaying: false,
             record: tenant.record,
             history: RingHistory::default(),
@@ -343,6 +383,10 @@ impl Device {
                     }
                 }
                 self.mem = Some(table);
+                // The wait to resume runs from the VMM's setting up.
+                if let Some(since) = &mut self.resuming {
+                    *since = Instant::now();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -465,6 +509,15 @@ impl Device {
         std::process::abort();
     }
 
+    /// The connection is over (§11): the device drains and forgets its
+    /// state, unless it still waits to resume (§11.3): then it holds nothing
+    /// yet, and the record stays for the VMM's next connection.
+    pub fn disconnect(&mut self) {
+        if self.resuming.is_none() {
+            self.reset();
+        }
+    }
+
     /// A ring stop (`GET_VRING_BASE`): quiesces the device (see
     /// [`Device::stop`]) and records where the ring stopped, so that its
     /// restart can show a reset (§11.2); a ring whose history began before
@@ -553,26 +606,47 @@ impl Device {
                 .is_some_and(|vring| vring.get_ref().get_queue().ready())
         };
         let queues = self.config.request_queues + 1;
-        if !(0..queues).all(started) && since.elapsed() < RESUME_WAIT {
+        // The driver may reset the device while it waits (rings stopped and
+        // started again at index 0, §11.2): then it starts afresh.
+        if (0..queues).any(|vq| self.history.restarting(vq) && started(vq)) {
+            self.judge_restart();
+            if self.resuming.is_none() {
+                self.poll_all(vrings);
+                return;
+            }
+        }
+        let used = |vq: u16| self.record.ring(vq).is_some_and(|ring| ring.taken() != 0);
+        if !(0..queues).all(|vq| started(vq) || !used(vq)) && since.elapsed() < RESUME_WAIT {
             return;
         }
         self.resuming = None;
-        match self.recover_rings(vrings, &mem) {
+        let recovered = self.recover_rings(vrings, &mem).and_then(|recovered| {
+            self.objects.restore(&mem)?;
+            Ok(recovered)
+        });
+        match recovered {
             Ok(recovered) => self.replay(vrings, &mem, recovered),
             Err(e) => {
                 self.vmm_log(
                     Level::Error,
                     format_args!(
                         "cannot resume the device after a restart of the tenant's process, \
-                         it starts afresh: {}",
+                         it starts afresh (as after a reset; a reset the last process did not \
+                         see yet looks the same): {}",
                         crate::error_chain(&e)
                     ),
                 );
+                self.objects.clear();
                 self.record.clear();
             }
         }
-        // Kicks that came while the device waited found nothing taken.
-        for vq in 0..queues {
+        self.poll_all(vrings);
+    }
+
+    /// Takes what every ring holds: kicks that came while the device waited
+    /// to resume found nothing taken.
+    fn poll_all(&mut self, vrings: &[VringRwLock]) {
+        for vq in 0..self.config.request_queues + 1 {
             self.handle_queue(vq, vrings);
         }
     }
@@ -601,11 +675,28 @@ impl Device {
                 recovered.push(None);
                 continue;
             }
+            let vring_error = |source| DeviceError::Vring { index: vq, source };
             let used = queue
                 .used_idx(&**mem, Ordering::Acquire)
-                .map_err(|source| DeviceError::Vring { index: vq, source })?;
+                .map_err(vring_error)?
+                .0;
+            let avail = queue
+                .avail_idx(&**mem, Ordering::Acquire)
+                .map_err(vring_error)?
+                .0;
             let ring_error = |source| DeviceRecordError::Ring { vq, source };
-            recovered.push(Some(ring.recover(used.0).map_err(ring_error)?));
+            let ring = ring.recover(used).map_err(ring_error)?;
+            if request_queue(vq).is_none() && !ring.interrupted.is_empty() {
+                // Commands are never started: a record that says so lies.
+                return Err(DeviceError::InterruptedCommand);
+            }
+            // The driver made available at least what the device took: a
+            // ring set up anew (a new driver, a new VM) has not.
+            let taken = u16::try_from(ring.taken % (1 << 16)).unwrap_or(0);
+            if taken.wrapping_sub(used) > avail.wrapping_sub(used) {
+                return Err(DeviceError::NotTaken { vq, taken, avail });
+            }
+            recovered.push(Some(ring));
         }
         Ok(recovered)
     }
@@ -618,11 +709,14 @@ impl Device {
         recovered: Vec<Option<Recovered>>,
     ) {
         self.capabilities = self.record.capabilities() & CAPABILITIES;
-        let rings: Vec<(u16, &VringRwLock, Recovered)> = (0u16..)
+        let mut rings: Vec<(u16, &VringRwLock, Recovered)> = (0u16..)
             .zip(vrings)
             .zip(recovered)
             .filter_map(|((vq, vring), recovered)| Some((vq, vring, recovered?)))
             .collect();
+        // Requests first: a command taken again may destroy an object that
+        // they use.
+        rings.sort_by_key(|&(vq, ..)| request_queue(vq).is_none());
         for (vq, vring, recovered) in &rings {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
@@ -668,12 +762,14 @@ impl Device {
                 );
             }
         }
+        self.objects.end_resume();
         self.vmm_log(
             Level::Info,
             format_args!(
-                "resumed the device after a restart of the tenant's process: {republished} \
-                 completions published again, {rerun} requests run again, {interrupted} \
-                 interrupted (§11.3)"
+                "resumed the device after a restart of the tenant's process: {} objects, \
+                 {republished} completions published again, {rerun} requests run again, \
+                 {interrupted} interrupted (§11.3)",
+                self.objects.len()
             ),
         );
     }
@@ -781,7 +877,10 @@ impl Device {
     /// Takes the available chains of virtqueue `vq` from `mem`; returns how
     /// many (0 if the ring cannot be read).
     fn drain_queue(&mut self, vq: u16, vring: &VringRwLock, mem: &Snapshot) -> usize {
-        if self.legacy_driver || self.resuming.is_some() {
+        // A ring the front-end has not started (again) holds nothing to take,
+        // and its index tells nothing yet (§11.2).
+        let started = vring.get_ref().get_queue().ready();
+        if !started || self.legacy_driver || self.resuming.is_some() {
             return 0;
         }
         if self.history.restarting(vq) {
@@ -813,7 +912,14 @@ impl Device {
             return 0;
         };
         for head in heads {
-            match ring.take(head) {
+            // A head past the ring's own size (which may be below the
+            // queue's) names no chain (§6.5).
+            let take = if head < size {
+                ring.take(head)
+            } else {
+                Take::Skipped(ring.skip())
+            };
+            match take {
                 Take::Held(seqno) => {
                     // Fences are issued in step with the record: both count
                     // the entries taken since the reset (§6.2).
@@ -841,7 +947,7 @@ impl Device {
         // The lists hold `mem`: whatever is made of them keeps it mapped.
         let walked = walk(start, mem, self.config.limits.max_segments);
         match request_queue(vq) {
-            None => self.accept_control(start.head, walked, mem),
+            None => self.accept_control(start.head, walked, mem, seqno),
             Some(queue) => {
                 let fence = FenceId { queue, seqno };
                 self.accept_request(vq, start.head, walked, mem, fence);
@@ -906,13 +1012,16 @@ impl Device {
             self.finish_unanswered(vq, head, fence);
             return;
         };
+        // Its header and direct input, which a second run reads again, are
+        // the readable part of the chain.
+        let no_rerun = walked.readable.overlaps(&resp);
         let mut inflight = InFlight {
             vq,
             head,
             fence,
             resp,
             direct_output: false,
-            no_rerun: false,
+            no_rerun,
             accepted: Instant::now(),
             bytes: 0,
             _objects: Vec::new(),
@@ -953,6 +1062,7 @@ impl Device {
         inflight: &mut InFlight,
         mem: &Snapshot,
     ) -> Result<(Deps, Job), Status> {
+        let readable = walked.readable.spans();
         if let Some(error) = walked.error {
             self.guest_error(format_args!("request chain: {error}"));
             return Err(error.status());
@@ -987,11 +1097,8 @@ impl Device {
             .iter()
             .map(|spec| self.resolve(*spec, &mut walked.writable, mem, &mut objects))
             .collect::<Result<_, _>>()?;
-        inflight.no_rerun = inputs.iter().any(|input| {
-            outputs
-                .iter()
-                .chain([&inflight.resp])
-                .any(|output| input.overlaps(output))
+        inflight.no_rerun |= outputs.iter().chain([&inflight.resp]).any(|output| {
+            readable.overlaps(output) || inputs.iter().any(|input| input.overlaps(output))
         });
         inflight.bytes = request
             .inputs
@@ -1104,6 +1211,12 @@ impl Device {
 
     /// Completes a request: response, used entry, fence signal.
     fn finish(&mut self, inflight: InFlight, outcome: Outcome) {
+        if inflight.no_rerun {
+            // Its response may overwrite what a second run would read.
+            if let Some(ring) = self.record.ring(inflight.vq) {
+                ring.start(inflight.head, NO_RERUN);
+            }
+        }
         let resp = Resp {
             status: u32::from(outcome.status).into(),
             reserved: 0.into(),
@@ -1233,16 +1346,19 @@ impl Device {
         let Some(mem) = self.mem.clone() else {
             return;
         };
-        let used = std::mem::take(&mut self.used);
-        if used.is_empty() {
+        if self.used.is_empty() {
             return;
         }
+        // Both lists keep their allocations from one flush to the next.
+        let mut used = std::mem::take(&mut self.used);
+        let mut batch = std::mem::take(&mut self.batch);
         for (index, vring) in (0u16..).zip(vrings) {
-            let batch: Vec<(u16, u32)> = used
-                .iter()
-                .filter(|entry| entry.vq == index)
-                .map(|entry| (entry.head, entry.len))
-                .collect();
+            batch.clear();
+            batch.extend(
+                used.iter()
+                    .filter(|entry| entry.vq == index)
+                    .map(|entry| (entry.head, entry.len)),
+            );
             if batch.is_empty() {
                 continue;
             }
@@ -1255,13 +1371,17 @@ impl Device {
                 }
             }
         }
+        used.clear();
+        self.used = used;
+        self.batch = batch;
     }
 
     /// Publishes the used entries `batch` of virtqueue `vq` in its ring,
     /// recorded as they go (§11.3); returns whether the driver asked to be
     /// notified. An entry the ring cannot take (the guest moved its used ring
     /// out of its memory) is logged, and leaves the record at odds with the
-    /// ring: a process that resumes from it then resets the device instead.
+    /// ring: it is marked so, and a process that would resume from it starts
+    /// afresh instead.
     fn publish_batch(
         &self,
         vq: u16,
@@ -1281,6 +1401,7 @@ impl Device {
                 self.guest_error(format_args!(
                     "virtqueue {vq}: cannot return head {head}: {e}"
                 ));
+                self.record.poison();
             }
         }
         if let Some(ring) = record {
@@ -1289,8 +1410,8 @@ impl Device {
         queue.needs_notification(&**mem).unwrap_or(true)
     }
 
-    /// Takes one control command (§7).
-    fn accept_control(&mut self, head: u16, mut walked: Walk, mem: &Snapshot) {
+    /// Takes one control command (§7), number `seqno` of the control queue.
+    fn accept_control(&mut self, head: u16, mut walked: Walk, mem: &Snapshot, seqno: u64) {
         let Some(resp) = walked.writable.take_front(CTRL_RESP_SIZE) else {
             self.guest_error(format_args!("control queue: no room for a response"));
             self.push_used(virtio_accel_spec::CONTROL_QUEUE, head, 0);
@@ -1309,15 +1430,24 @@ impl Device {
                 return;
             }
         };
-        match self.run_control(command, mem) {
+        match self.run_control(command, mem, seqno) {
             Ok(ControlOutcome::Done(value)) => self.answer_control(head, &resp, Status::Ok, value),
+            Ok(ControlOutcome::Destroyed(object)) => {
+                self.answer_control(head, &resp, Status::Ok, 0);
+                drop(object);
+            }
             Ok(ControlOutcome::Wait(pending)) => self.park_fence_wait(head, resp, &pending),
             Err(status) => self.answer_control(head, &resp, status, 0),
         }
     }
 
     /// Runs a command.
-    fn run_control(&mut self, command: Control, mem: &Snapshot) -> Result<ControlOutcome, Status> {
+    fn run_control(
+        &mut self,
+        command: Control,
+        mem: &Snapshot,
+        seqno: u64,
+    ) -> Result<ControlOutcome, Status> {
         if let Some(needed) = command.capability() {
             if !self.has_capability(needed) {
                 return Err(Status::Unsupported);
@@ -1327,14 +1457,15 @@ impl Device {
             Control::Capabilities(asked) => Ok(self.enable_capabilities(asked)),
             Control::ObjectCreate(segments) => {
                 let admission = lock(&self.admission);
-                let created = self.objects.create(segments, mem, &admission);
-                self.record.set_objects(self.objects.len());
-                created.map(u64::from)
+                self.objects
+                    .create(segments, mem, &admission, seqno)
+                    .map(u64::from)
             }
             Control::ObjectDestroy(handle) => {
-                let destroyed = self.objects.destroy(handle);
-                self.record.set_objects(self.objects.len());
-                destroyed.map(|()| 0)
+                return match self.objects.destroy(handle, seqno) {
+                    Ok(object) => Ok(ControlOutcome::Destroyed(object)),
+                    Err(e) => Err(self.object_error(e)),
+                };
             }
             Control::FenceQuery(fence) => {
                 return self
@@ -1348,13 +1479,20 @@ impl Device {
             }
             Control::FenceWait(fences) => return self.prepare_fence_wait(&fences),
         };
-        result.map(ControlOutcome::Done).map_err(|e| match e {
+        result
+            .map(ControlOutcome::Done)
+            .map_err(|e| self.object_error(e))
+    }
+
+    /// The status of a failed object command, counted and logged.
+    fn object_error(&mut self, error: ObjectError) -> Status {
+        match error {
             ObjectError::Quota(kind) => self.over_quota(kind),
             e => {
                 self.guest_error(format_args!("object command: {e}"));
                 e.status()
             }
-        })
+        }
     }
 
     /// CAPABILITIES (§7.5): enables those of `asked` the device has (it

@@ -4,6 +4,10 @@
 //! `Arc<Object>` while their work is queued or running: that reference is the
 //! object's fence attachment. OBJECT_DESTROY removes the handle at once, and the
 //! object itself is released when the last request using it completes.
+//!
+//! Each object is written in a slot of the tenant's [`DeviceRecord`], so
+//! that the next process of the tenant finds it (§11.3,
+//! [`ObjectTable::restore`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::chain::{translate, ChainError};
 use crate::config::Limits;
+use crate::device_record::{DeviceRecord, DeviceRecordError, ObjectEntry, ObjectState};
 use crate::quota::{Admission, QuotaKind};
 use crate::sg::SgList;
 use crate::stats::TenantStats;
@@ -54,6 +59,18 @@ pub enum ObjectError {
     /// A quota of the tenant refuses another object.
     #[error("over the {} quota", .0.name())]
     Quota(QuotaKind),
+    /// The record holds an object that cannot be restored.
+    #[error("recorded object {handle} cannot be restored")]
+    Restore {
+        /// Its handle.
+        handle: u32,
+        /// Why.
+        #[source]
+        source: Box<ObjectError>,
+    },
+    /// The record's object slots cannot be read.
+    #[error("the record's objects cannot be read")]
+    Record(#[from] DeviceRecordError),
 }
 
 impl ObjectError {
@@ -66,6 +83,7 @@ impl ObjectError {
             ObjectError::BadSegment { .. } | ObjectError::Unmapped(_) => Status::BadAddress,
             ObjectError::Range { .. } => Status::Range,
             ObjectError::Quota(_) => Status::Busy,
+            ObjectError::Restore { .. } | ObjectError::Record(_) => Status::DeviceError,
         }
     }
 }
@@ -78,11 +96,19 @@ pub struct Object {
     segments: Vec<(u64, u64)>,
     size: u64,
     stats: Arc<TenantStats>,
+    record: Arc<DeviceRecord>,
+    /// Its slot in the record, and its serial number there; `None` if every
+    /// slot was taken (by objects released later than their handles).
+    slot: Option<(usize, u64)>,
 }
 
 impl Drop for Object {
     fn drop(&mut self) {
         self.stats.object_released(self.size);
+        match self.slot {
+            Some((slot, serial)) => self.record.free_object(slot, serial),
+            None => self.record.count_unrecorded(-1),
+        }
     }
 }
 
@@ -130,32 +156,79 @@ pub struct ObjectTable {
     next_handle: u32,
     limits: Limits,
     stats: Arc<TenantStats>,
+    record: Arc<DeviceRecord>,
+    /// Where to look for a free slot next.
+    slot_cursor: usize,
+    /// While the device resumes (§11.3): objects whose handles were
+    /// destroyed and which the last process had not released (its
+    /// OBJECT_DESTROY unanswered, or requests still using them), by
+    /// handle, with the command that destroyed them.
+    retired: HashMap<u32, (Arc<Object>, u64)>,
+    /// While the device resumes: live objects by the command that created
+    /// them, should that command run again.
+    created_by: HashMap<u64, u32>,
 }
 
 impl ObjectTable {
-    /// An empty table enforcing `limits`, counting held objects in `stats`.
-    pub fn new(limits: Limits, stats: Arc<TenantStats>) -> Self {
+    /// An empty table enforcing `limits`, counting held objects in `stats`,
+    /// writing them in `record`.
+    pub fn new(limits: Limits, stats: Arc<TenantStats>, record: Arc<DeviceRecord>) -> Self {
         ObjectTable {
             objects: HashMap::new(),
             next_handle: 1,
             limits,
             stats,
+            record,
+            slot_cursor: 0,
+            retired: HashMap::new(),
+            created_by: HashMap::new(),
         }
     }
 
     /// Validates `segments` against `mem`, the limits and the tenant's
-    /// quotas, and returns the new handle (§7.1).
+    /// quotas, and returns the new handle (§7.1). `command` is the sequence
+    /// number of the control command; if it created an object already (it
+    /// runs again after a restart, §11.3), that object's handle.
     pub fn create(
         &mut self,
         segments: Vec<(u64, u64)>,
         mem: &GuestMemoryMmap,
         admission: &Admission,
+        command: u64,
     ) -> Result<u32, ObjectError> {
+        if let Some(&handle) = self.created_by.get(&command) {
+            return Ok(handle);
+        }
         if self.objects.len() >= self.limits.max_objects as usize {
             return Err(ObjectError::TooManyObjects(self.limits.max_objects));
         }
+        let size = self.check_segments(&segments, mem)?;
+        let (held, held_bytes) = self.stats.held();
+        admission
+            .admit_object(held, held_bytes, size)
+            .map_err(ObjectError::Quota)?;
+        let handle = self.free_handle();
+        let slot = self.record_object(handle, command, &segments);
+        self.stats.object_held(size);
+        let object = Object {
+            segments,
+            size,
+            stats: Arc::clone(&self.stats),
+            record: Arc::clone(&self.record),
+            slot,
+        };
+        self.objects.insert(handle, Arc::new(object));
+        Ok(handle)
+    }
+
+    /// The size of an object of `segments`, each checked to be in `mem`.
+    fn check_segments(
+        &self,
+        segments: &[(u64, u64)],
+        mem: &GuestMemoryMmap,
+    ) -> Result<u64, ObjectError> {
         let mut size: u64 = 0;
-        for &(addr, len) in &segments {
+        for &(addr, len) in segments {
             let in_memory = addr.checked_add(len).is_some()
                 && usize::try_from(len).is_ok_and(|len| mem.check_range(GuestAddress(addr), len));
             if !in_memory {
@@ -166,19 +239,33 @@ impl ObjectTable {
                 .filter(|&s| s <= self.limits.max_object_size)
                 .ok_or(ObjectError::TooBig(self.limits.max_object_size))?;
         }
-        let (held, held_bytes) = self.stats.held();
-        admission
-            .admit_object(held, held_bytes, size)
-            .map_err(ObjectError::Quota)?;
-        let handle = self.free_handle();
-        self.stats.object_held(size);
-        let object = Object {
-            segments,
-            size,
-            stats: Arc::clone(&self.stats),
-        };
-        self.objects.insert(handle, Arc::new(object));
-        Ok(handle)
+        Ok(size)
+    }
+
+    /// Writes a new object in a free slot of the record; with none free
+    /// (objects destroyed and still in use hold theirs), it is counted as
+    /// unrecorded, and the device cannot resume while it lives.
+    fn record_object(
+        &mut self,
+        handle: u32,
+        command: u64,
+        segments: &[(u64, u64)],
+    ) -> Option<(usize, u64)> {
+        self.record.set_next_handle(self.next_handle);
+        let recorded = self
+            .record
+            .free_object_slot(self.slot_cursor)
+            .and_then(|slot| {
+                let serial = self.record.next_serial();
+                self.record
+                    .write_object(slot, handle, serial, command, segments)
+                    .then_some((slot, serial))
+            });
+        match recorded {
+            Some((slot, _)) => self.slot_cursor = slot + 1,
+            None => self.record.count_unrecorded(1),
+        }
+        recorded
     }
 
     /// The next handle not in use; never 0 (the direct handle).
@@ -186,26 +273,97 @@ impl ObjectTable {
         loop {
             let handle = self.next_handle;
             self.next_handle = self.next_handle.checked_add(1).unwrap_or(1);
-            if handle != virtio_accel_spec::DIRECT_HANDLE && !self.objects.contains_key(&handle) {
+            let in_use = self.objects.contains_key(&handle) || self.retired.contains_key(&handle);
+            if handle != virtio_accel_spec::DIRECT_HANDLE && !in_use {
                 return handle;
             }
         }
     }
 
-    /// Removes `handle`; the object lives on while requests still use it (§7.2).
-    pub fn destroy(&mut self, handle: u32) -> Result<(), ObjectError> {
-        self.objects
-            .remove(&handle)
-            .map(drop)
-            .ok_or(ObjectError::NoObject(handle))
+    /// Removes `handle` for control command `command` and returns the
+    /// object, which lives on while requests still use it (§7.2): the
+    /// caller drops it once the command is answered, so that the record
+    /// shows who destroyed it until then (§11.3). A command that destroyed
+    /// it already (it runs again after a restart) gets it again.
+    pub fn destroy(&mut self, handle: u32, command: u64) -> Result<Arc<Object>, ObjectError> {
+        if let Some(object) = self.objects.remove(&handle) {
+            if let Some((slot, serial)) = object.slot {
+                self.record.destroy_object(slot, serial, command);
+            }
+            return Ok(object);
+        }
+        match self.retired.get(&handle) {
+            Some((object, by)) if *by == command => Ok(Arc::clone(object)),
+            _ => Err(ObjectError::NoObject(handle)),
+        }
     }
 
-    /// The object named `handle`.
+    /// The object named `handle` (while the device resumes, also one whose
+    /// handle was destroyed and which requests taken again use).
     pub fn get(&self, handle: u32) -> Result<Arc<Object>, ObjectError> {
         self.objects
             .get(&handle)
+            .or_else(|| self.retired.get(&handle).map(|(object, _)| object))
             .cloned()
             .ok_or(ObjectError::NoObject(handle))
+    }
+
+    /// Restores the objects of the record, each checked against `mem` and
+    /// the limits, when the device resumes (§11.3). Until
+    /// [`ObjectTable::end_resume`], requests taken again may use objects
+    /// whose handles were destroyed, and commands taken again find what
+    /// they did.
+    pub fn restore(&mut self, mem: &GuestMemoryMmap) -> Result<(), ObjectError> {
+        self.clear();
+        self.next_handle = self.record.next_handle().max(1);
+        for entry in self.record.objects()? {
+            self.restore_one(entry, mem)?;
+        }
+        Ok(())
+    }
+
+    fn restore_one(
+        &mut self,
+        entry: ObjectEntry,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), ObjectError> {
+        let handle = entry.handle;
+        let refused = |source| ObjectError::Restore {
+            handle,
+            source: Box::new(source),
+        };
+        let size = self.check_segments(&entry.segments, mem).map_err(refused)?;
+        let twice = self.objects.contains_key(&handle) || self.retired.contains_key(&handle);
+        if twice || self.objects.len() >= self.limits.max_objects as usize {
+            return Err(refused(ObjectError::TooManyObjects(
+                self.limits.max_objects,
+            )));
+        }
+        self.stats.object_held(size);
+        let object = Arc::new(Object {
+            segments: entry.segments,
+            size,
+            stats: Arc::clone(&self.stats),
+            record: Arc::clone(&self.record),
+            slot: Some((entry.slot, entry.serial)),
+        });
+        match entry.state {
+            ObjectState::Live => {
+                self.objects.insert(handle, object);
+                self.created_by.insert(entry.command, handle);
+            }
+            ObjectState::Destroyed | ObjectState::Free => {
+                self.retired.insert(handle, (object, entry.command));
+            }
+        }
+        Ok(())
+    }
+
+    /// The device has resumed: objects whose handles were destroyed are
+    /// released once the requests taken again no longer use them.
+    pub fn end_resume(&mut self) {
+        self.retired.clear();
+        self.created_by.clear();
     }
 
     /// How many objects have a handle.
@@ -221,5 +379,104 @@ impl ObjectTable {
     /// Drops every handle (device reset, §11).
     pub fn clear(&mut self) {
         self.objects.clear();
+        self.end_resume();
+        self.next_handle = 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::{SocketSource, TenantConfig};
+
+    fn memory(len: usize) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).unwrap()
+    }
+
+    fn table(config: &TenantConfig, record: &Arc<DeviceRecord>) -> ObjectTable {
+        let stats = Arc::new(TenantStats::new("t"));
+        ObjectTable::new(config.limits, stats, Arc::clone(record))
+    }
+
+    /// The table of a process that dies is restored from the record by the
+    /// next one: live objects under their handles, a destroyed one still in
+    /// use, and the commands that made them answer again as they did.
+    #[test]
+    fn objects_outlive_the_process_through_the_record() {
+        let config = TenantConfig::new("t", SocketSource::Fd(-1));
+        let record = Arc::new(DeviceRecord::private(&config));
+        let mem = memory(1 << 20);
+        let admission = Admission::new(config.quota, Instant::now());
+        let mut first = table(&config, &record);
+        let kept = first
+            .create(vec![(0x1000, 100)], &mem, &admission, 1)
+            .unwrap();
+        let used = first
+            .create(vec![(0x2000, 8), (0x9000, 8)], &mem, &admission, 2)
+            .unwrap();
+        let gone = first
+            .create(vec![(0x3000, 1)], &mem, &admission, 3)
+            .unwrap();
+        // A request still holds `used` when its handle is destroyed;
+        // `gone` is released as soon as its destroy is answered.
+        let in_flight = first.destroy(used, 4).unwrap();
+        drop(first.destroy(gone, 5).unwrap());
+        // The process dies: nothing it held is released.
+        std::mem::forget((first, in_flight));
+
+        let mut next = table(&config, &record);
+        next.restore(&mem).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next.get(kept).unwrap().size, 100);
+        assert_eq!(
+            next.get(used).unwrap().size,
+            16,
+            "a request taken again uses it"
+        );
+        assert!(next.get(gone).is_err());
+        assert_eq!(next.create(vec![(0, 1)], &mem, &admission, 1), Ok(kept));
+        assert!(next.destroy(used, 6).is_err(), "another command");
+        let again = next.destroy(used, 4).unwrap();
+        next.end_resume();
+        assert!(next.get(used).is_err());
+        let fresh = next.create(vec![(0, 1)], &mem, &admission, 7).unwrap();
+        assert!(fresh > gone, "handles go on: {fresh}");
+        assert_eq!(record.objects().unwrap().len(), 3, "kept, used, fresh");
+        drop(again);
+        assert_eq!(
+            record.objects().unwrap().len(),
+            2,
+            "released: its slot is free"
+        );
+        next.clear();
+        assert_eq!(record.objects().unwrap(), vec![]);
+    }
+
+    /// Recorded objects that the new memory table does not hold, or two
+    /// with one handle, are refused: the device does not resume.
+    #[test]
+    fn objects_outside_the_new_memory_are_refused() {
+        let config = TenantConfig::new("t", SocketSource::Fd(-1));
+        let record = Arc::new(DeviceRecord::private(&config));
+        let admission = Admission::new(config.quota, Instant::now());
+        let mut first = table(&config, &record);
+        first
+            .create(vec![(0x80000, 16)], &memory(1 << 20), &admission, 1)
+            .unwrap();
+        std::mem::forget(first);
+        let mut next = table(&config, &record);
+        assert!(matches!(
+            next.restore(&memory(0x1000)),
+            Err(ObjectError::Restore { handle: 1, .. })
+        ));
+        next.clear();
+        record.clear();
+        assert!(record.write_object(0, 9, 1, 1, &[(0, 1)]));
+        assert!(record.write_object(1, 9, 2, 2, &[(0, 1)]));
+        assert!(next.restore(&memory(0x1000)).is_err());
     }
 }

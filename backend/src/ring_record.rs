@@ -7,10 +7,14 @@
 //! The record is a run of 64-bit words ([`RecordWords`]: in production a
 //! memfd the supervisor holds, so that it survives the tenant's process):
 //!
-//! - word 0, `taken`: how many available entries the device took since the
-//!   last reset. It is the commit point of a take: the next available index
-//!   is `taken` modulo 2^16 and the take's sequence number (its fence on a
-//!   request queue, §6.2) is `taken`.
+//! - word 0: `taken` (bits 0..48), how many available entries the device
+//!   took since the last reset, and how many of them it skipped (§6.5: no
+//!   chain it may answer, and no used entry), modulo 2^16 (bits 48..64). It
+//!   is the commit point of a take: the next available index is `taken`
+//!   modulo 2^16 and the take's sequence number (its fence on a request
+//!   queue, §6.2) is `taken`. Every entry taken is skipped, in a head's
+//!   slot, or published: recovery checks that the counts agree with the
+//!   guest's used index, so that no slot can go missing unnoticed.
 //! - word 1, `publish`: the used index the device last published (bits
 //!   0..16) and the size of the batch being published (bits 16..32), 0 when
 //!   none is.
@@ -114,6 +118,22 @@ pub enum RecordError {
         /// The batch being published.
         batch: u16,
     },
+    /// The entries taken are not all skipped, held or published: a head's
+    /// slot went missing.
+    #[error(
+        "{taken} entries taken, {skipped} skipped (mod 2^16), {held} held, \
+         but the used index is {guest}"
+    )]
+    Unaccounted {
+        /// Entries taken.
+        taken: u64,
+        /// Entries skipped, modulo 2^16.
+        skipped: u16,
+        /// Heads holding an entry.
+        held: usize,
+        /// The guest's used index.
+        guest: u16,
+    },
     /// Heads being published at places the batch does not have, or a batch
     /// larger than the queue.
     #[error("{publishing} heads being published, the batch holds {batch}")]
@@ -175,9 +195,11 @@ const KNOWN_FLAGS: u8 = NO_RERUN;
 const TAKEN: usize = 0;
 const PUBLISH: usize = 1;
 const HEADER_WORDS: usize = 2;
-/// More takes than any device makes (2^63): a record that claims more is
-/// refused, so that sequence numbers never overflow.
-const MAX_TAKEN: u64 = 1 << 63;
+/// More takes than any device makes (2^48): a record that claims more is
+/// refused.
+const MAX_TAKEN: u64 = 1 << 48;
+/// Where the count of skipped entries sits in word 0.
+const SKIPPED_SHIFT: u32 = 48;
 const SLOT_WORDS: usize = 2;
 
 /// What the next process does with a queue after [`RingRecord::recover`].
@@ -272,14 +294,27 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
 
     /// The device reset: nothing taken, nothing in flight.
     pub fn clear(&self) {
-        for index in 0..Self::words_for(self.size) {
+        // `taken` last: while it is not 0 the record still counts as in
+        // use, and a record cleared in part fails recovery.
+        for index in (0..Self::words_for(self.size)).rev() {
             self.words.store(index, 0);
         }
     }
 
     /// Available entries taken since the reset.
     pub fn taken(&self) -> u64 {
-        self.words.load(TAKEN)
+        self.words.load(TAKEN) & (MAX_TAKEN - 1)
+    }
+
+    /// Available entries skipped since the reset, modulo 2^16.
+    fn skipped(&self) -> u16 {
+        (self.words.load(TAKEN) >> SKIPPED_SHIFT) as u16
+    }
+
+    /// Commits `taken` and `skipped` at once.
+    fn commit(&self, taken: u64, skipped: u16) {
+        self.words
+            .store(TAKEN, taken | (u64::from(skipped) << SKIPPED_SHIFT));
     }
 
     /// The device took the chain at `head` as the next available entry.
@@ -294,7 +329,7 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
         let seqno = self.taken().saturating_add(1);
         self.words.store(Self::seqno_index(head), seqno);
         self.set_state(head, SlotState::Taken, 0, 0);
-        self.words.store(TAKEN, seqno);
+        self.commit(seqno, self.skipped());
         Take::Held(seqno)
     }
 
@@ -302,7 +337,7 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
     /// counts, and no head holds it. Returns its sequence number.
     pub fn skip(&self) -> u64 {
         let seqno = self.taken().saturating_add(1);
-        self.words.store(TAKEN, seqno);
+        self.commit(seqno, self.skipped().wrapping_add(1));
         seqno
     }
 
@@ -394,13 +429,6 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
     /// undone). Refuses a record it cannot trust: then the device is reset.
     pub fn recover(&self, guest_used: u16) -> Result<Recovered, RecordError> {
         let taken = self.taken();
-        if taken >= MAX_TAKEN {
-            return Err(RecordError::BadSeqno {
-                head: 0,
-                seqno: taken,
-                taken,
-            });
-        }
         let mut slots = Vec::new();
         for head in 0..self.size {
             if let Some(slot) = self.slot(head, taken)? {
@@ -444,8 +472,29 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
                 *entry = Some(state_word(state, slot.flags, slot.len));
             }
         }
+        self.check_accounts(taken, kept.iter().flatten().count(), guest_used)?;
         self.rewrite(&kept, recovered.used);
         Ok(recovered)
+    }
+
+    /// Every entry taken is skipped, held by a head, or published: counted
+    /// modulo 2^16, `taken - skipped - held` is the guest's used index.
+    /// (`held` is at most the queue's size, below 2^16.)
+    fn check_accounts(&self, taken: u64, held: usize, guest_used: u16) -> Result<(), RecordError> {
+        let skipped = self.skipped();
+        let published = ((taken & 0xffff) as u16)
+            .wrapping_sub(skipped)
+            .wrapping_sub(u16::try_from(held).unwrap_or(u16::MAX));
+        if published == guest_used {
+            Ok(())
+        } else {
+            Err(RecordError::Unaccounted {
+                taken,
+                skipped,
+                held,
+                guest: guest_used,
+            })
+        }
     }
 
     /// How many entries of the batch being published reached the guest's
@@ -834,6 +883,33 @@ mod tests {
         let recovered = record.recover(1).unwrap();
         assert!(recovered.republish.is_empty() && recovered.rerun.is_empty());
         assert_eq!((recovered.taken, recovered.used), (1, 1));
+    }
+
+    /// A head's slot wiped (its request would never complete) is caught by
+    /// the counts, as is a skip that went missing.
+    #[test]
+    fn a_missing_slot_is_refused() {
+        let atomics: Vec<AtomicU64> = (0..RECORD).map(|_| AtomicU64::new(0)).collect();
+        let record = RingRecord::new(&atomics[..], SIZE).unwrap();
+        assert_eq!(record.take(1), Take::Held(1));
+        assert_eq!(record.skip(), 2);
+        assert_eq!(record.take(4), Take::Held(3));
+        record.start(4, 0);
+        let kept = atomics[RingRecord::<[AtomicU64]>::state_index(4)].load(Ordering::Relaxed);
+        atomics[RingRecord::<[AtomicU64]>::state_index(4)].store(0, Ordering::Relaxed);
+        assert_eq!(
+            record.recover(0),
+            Err(RecordError::Unaccounted {
+                taken: 3,
+                skipped: 1,
+                held: 1,
+                guest: 0
+            })
+        );
+        atomics[RingRecord::<[AtomicU64]>::state_index(4)].store(kept, Ordering::Relaxed);
+        assert_eq!(record.recover(0).unwrap().rerun, vec![(1, 1), (4, 3)]);
+        atomics[TAKEN].store(3, Ordering::Relaxed);
+        assert!(record.recover(0).is_err(), "the skip is gone");
     }
 
     /// Arbitrary words never panic recovery: it accounts or refuses.

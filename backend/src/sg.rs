@@ -109,6 +109,23 @@ impl HostSeg {
 /// Segments kept inline: most buffers are one or two runs of host memory.
 type Segments = SmallVec<[HostSeg; 2]>;
 
+/// Whether a segment of `ours` shares a byte with one of `theirs`.
+fn segments_overlap(ours: &[HostSeg], theirs: &[HostSeg]) -> bool {
+    ours.iter()
+        .any(|seg| theirs.iter().any(|other| seg.overlaps(other)))
+}
+
+/// The runs of host memory of an [`SgList`], to compare, not to access.
+#[derive(Debug, Clone, Default)]
+pub struct Spans(Segments);
+
+impl Spans {
+    /// Whether a byte of host memory is in these runs and in `list`.
+    pub fn overlaps(&self, list: &SgList) -> bool {
+        segments_overlap(&self.0, &list.segs)
+    }
+}
+
 /// An ordered list of segments forming one buffer, owning (a clone of) the
 /// [`Keepalive`] of their memory: the list, and every list made from it,
 /// keeps that memory mapped for as long as it lives, whatever happens to the
@@ -181,9 +198,14 @@ impl SgList {
     /// Whether a byte of host memory is in both lists (a request whose
     /// output overlaps its input cannot run twice).
     pub fn overlaps(&self, other: &SgList) -> bool {
-        self.segs
-            .iter()
-            .any(|seg| other.segs.iter().any(|theirs| seg.overlaps(theirs)))
+        segments_overlap(&self.segs, &other.segs)
+    }
+
+    /// Where the list's bytes are, without its hold on that memory: to
+    /// compare with other lists later ([`Spans::overlaps`]), at the cost of
+    /// a copy of a few addresses.
+    pub fn spans(&self) -> Spans {
+        Spans(self.segs.clone())
     }
 
     /// Removes and returns the first `len` bytes, or `None` (leaving the list

@@ -14,13 +14,18 @@
 //!
 //! When a tenant's process ends, for whatever reason (SIGBUS from guest
 //! memory truncated by its VMM, a panic, the OOM killer, SIGKILL), the
-//! supervisor logs the cause and starts another after a pause that grows
-//! from [`RETRY_DELAY`] to [`MAX_RETRY_DELAY`] while the processes keep
-//! dying young. The listening socket stays bound in the supervisor, so the
-//! socket path never moves and a VMM that reconnects is served by the next
-//! process. Counters live in shared memory and survive the process; so does
-//! the record of the tenant's device, from which the next process resumes
-//! the device where the last one left it (§11.3).
+//! supervisor logs the cause and starts another after a pause. The pause
+//! starts at [`RETRY_DELAY`] (100 ms) and doubles while the processes keep
+//! dying young (each living less than 10 s), up to the daemon's
+//! `max-restart-pause-ms` ([`Config::max_restart_pause`], [`MAX_RETRY_DELAY`]
+//! (5 s) unless set; set below 100 ms, every pause is that long). The
+//! listening socket stays bound in the supervisor, so the socket path never
+//! moves and a VMM that reconnects is served by the next process. Counters
+//! live in shared memory and survive the process; so does the record of the
+//! tenant's device, from which the next process resumes the device where
+//! the last one left it (§11.3). With a state directory, the supervisor
+//! saves each record there when it stops, and the next daemon takes the
+//! records back, so that an upgrade is a pause too.
 //!
 //! Tenants' processes are killed with the supervisor (`PR_SET_PDEATHSIG`)
 //! and sit in a process group of their own, so that a terminal's ^C reaches
@@ -28,8 +33,9 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +46,7 @@ use vhost::vhost_user::Listener;
 
 use crate::arbiter::{Arbiter, Member};
 use crate::config::{Config, MetricsAddr, TenantConfig};
-use crate::device_record::DeviceRecord;
+use crate::device_record::{DeviceRecord, Saved};
 use crate::fairshare::{self, FairShare};
 use crate::metrics::MetricsServer;
 use crate::server::{listen, ServerError};
@@ -48,14 +54,21 @@ use crate::shutdown::{self, signal_name, Signals};
 use crate::stats::TenantStats;
 use crate::tenant_process::{ProcessConfig, TenantProcessError, LISTENER_FD, RECORD_FD, STATS_FD};
 
-/// First pause before a tenant's process that ended is started again.
+/// First pause before a tenant's process that ended is started again (or
+/// the longest pause, if that is shorter).
 pub const RETRY_DELAY: Duration = Duration::from_millis(100);
-/// Longest pause between a tenant's processes.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Longest pause between a tenant's processes unless the configuration sets
+/// another (`max-restart-pause-ms`, [`Config::max_restart_pause`]).
+pub const MAX_RETRY_DELAY: Duration = crate::config::DEFAULT_MAX_RESTART_PAUSE;
 /// A process that lived this long did not die young: the pause starts over.
 const STABLE_LIFETIME: Duration = Duration::from_secs(10);
 /// Longest wait for the tenants' processes to end at exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How old a record saved by a stopped daemon may be for the next one to
+/// take it: past this, the VM that used it has given up or gone (a driver
+/// resets a device that does not answer for 30 s, cloud-hypervisor gives
+/// a back-end 60 s to come back).
+const SAVED_MAX_AGE: Duration = Duration::from_secs(60);
 /// Longest the supervisor's loop sleeps without a signal.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// `argv[0]` of a tenant's process, as `ps` shows it.
@@ -78,6 +91,15 @@ pub enum SupervisorError {
     Counters {
         /// The tenant.
         tenant: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The state directory could not be made.
+    #[error("cannot make the state directory {path}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
         /// The cause.
         #[source]
         source: io::Error,
@@ -115,6 +137,8 @@ struct Slot {
     start_at: Instant,
     /// The pause after the next early death.
     delay: Duration,
+    /// The longest pause ([`Config::max_restart_pause`]).
+    max_delay: Duration,
     /// Processes started so far.
     incarnations: u64,
 }
@@ -140,6 +164,12 @@ impl Supervisor {
     pub fn bind(config: Config, program: impl Into<PathBuf>) -> Result<Self, SupervisorError> {
         let signals = shutdown::block_signals().map_err(SupervisorError::Signals)?;
         raise_descriptor_limit();
+        if let Some(dir) = &config.state_dir {
+            make_state_dir(dir).map_err(|source| SupervisorError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let slots = config
             .tenants
             .iter()
@@ -150,6 +180,9 @@ impl Supervisor {
                 };
                 let stats = TenantStats::shared(tenant.name.clone()).map_err(shared_error)?;
                 let record = DeviceRecord::shared(tenant).map_err(shared_error)?;
+                if let Some(dir) = &config.state_dir {
+                    take_saved_record(&record, &tenant.name, dir);
+                }
                 Ok(Slot {
                     config: tenant.clone(),
                     listener: listen(tenant)?,
@@ -157,7 +190,8 @@ impl Supervisor {
                     record,
                     process: None,
                     start_at: Instant::now(),
-                    delay: RETRY_DELAY,
+                    delay: first_delay(config.max_restart_pause),
+                    max_delay: config.max_restart_pause,
                     incarnations: 0,
                 })
             })
@@ -369,7 +403,7 @@ impl Supervisor {
                 continue;
             };
             if now.duration_since(running.started) >= STABLE_LIFETIME {
-                slot.delay = RETRY_DELAY;
+                slot.delay = first_delay(slot.max_delay);
             }
             error!(
                 "tenant {}: process {} {}; restarting it in {:?}",
@@ -394,11 +428,20 @@ impl Supervisor {
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         for slot in &mut self.slots {
-            if let Some(mut running) = slot.process.take() {
-                while matches!(running.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
+            let ended = match slot.process.take() {
+                Some(mut running) => {
+                    while matches!(running.child.try_wait(), Ok(None)) && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    slot.stats.process_ended();
+                    matches!(running.child.try_wait(), Ok(Some(_)))
                 }
-                slot.stats.process_ended();
+                None => true,
+            };
+            // Only the record of a process that has ended stands still.
+            if let (true, Some(dir)) = (ended, &self.config.state_dir) {
+                save_record(slot, dir);
             }
         }
         self.share.tear_down();
@@ -410,12 +453,94 @@ impl Supervisor {
     }
 }
 
+/// Makes the state directory `dir` (mode 0700) if missing; refuses one that
+/// another user owns or that others may write to, since whoever can put a
+/// file there chooses the state a tenant's device resumes from.
+fn make_state_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let metadata = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let owner = unsafe { libc::geteuid() };
+    let private =
+        metadata.is_dir() && metadata.uid() == owner && metadata.permissions().mode() & 0o022 == 0;
+    if private {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "not a directory of the daemon's user that only it may write to",
+        ))
+    }
+}
+
+/// Takes into `record`, tenant `name`'s, the record the last daemon saved
+/// in `dir` when it stopped, if it is fresh and of this configuration
+/// (§11.3); says what it found.
+fn take_saved_record(record: &DeviceRecord, name: &str, dir: &Path) {
+    let path = record_path(dir, name);
+    match record.take_saved(&path, SAVED_MAX_AGE) {
+        Ok(Saved::None) => {}
+        Ok(Saved::Taken) => info!(
+            "tenant {name}: took the device record the last daemon saved in {}: the \
+             device resumes when its VMM reconnects",
+            path.display()
+        ),
+        Ok(Saved::Stale(age)) => warn!(
+            "tenant {name}: the device record in {} was saved {age:.0?} ago, too long \
+             (more than {SAVED_MAX_AGE:?}): ignored, the device starts afresh",
+            path.display()
+        ),
+        Ok(Saved::Foreign) => warn!(
+            "tenant {name}: the device record in {} is of another configuration or \
+             format: ignored, the device starts afresh",
+            path.display()
+        ),
+        Err(e) => warn!(
+            "tenant {name}: cannot take the device record in {}: {e}; the device \
+             starts afresh",
+            path.display()
+        ),
+    }
+}
+
+/// Saves the record of `slot`, whose process has ended, in `dir`, if its
+/// device holds anything to resume.
+fn save_record(slot: &Slot, dir: &Path) {
+    let name = &slot.config.name;
+    if !slot.record.in_use() {
+        return;
+    }
+    let path = record_path(dir, name);
+    match slot.record.save(&path) {
+        Ok(()) => info!(
+            "tenant {name}: saved its device record in {} for the next daemon",
+            path.display()
+        ),
+        Err(e) => error!(
+            "tenant {name}: cannot save its device record in {}: {e}",
+            path.display()
+        ),
+    }
+}
+
+/// The file of tenant `name`'s saved record in `dir`.
+fn record_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.record"))
+}
+
 impl Slot {
     /// Schedules the next start after the current pause, and doubles it.
     fn schedule_after(&mut self, now: Instant) {
         self.start_at = now + self.delay;
-        self.delay = (self.delay * 2).min(MAX_RETRY_DELAY);
+        self.delay = (self.delay * 2).min(self.max_delay);
     }
+}
+
+/// The first pause of a tenant whose pauses grow up to `max`.
+fn first_delay(max: Duration) -> Duration {
+    RETRY_DELAY.min(max)
 }
 
 fn listener_fd(listener: &Listener) -> BorrowedFd<'_> {
@@ -557,37 +682,64 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pauses_grow_while_processes_die_young() {
+    /// A slot of tenant "a" with no process, whose pauses grow up to `max`.
+    fn slot(max: Duration) -> Slot {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SLOTS: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "vhost-user-accel-supervisor-test-{}-{}",
+            std::process::id(),
+            SLOTS.fetch_add(1, Ordering::Relaxed)
+        );
         let listener = Listener::from(
             std::os::unix::net::UnixListener::bind_addr(
-                &std::os::unix::net::SocketAddr::from_abstract_name(format!(
-                    "vhost-user-accel-supervisor-test-{}",
-                    std::process::id()
-                ))
-                .unwrap_or_else(|e| panic!("{e}")),
+                &std::os::unix::net::SocketAddr::from_abstract_name(name)
+                    .unwrap_or_else(|e| panic!("{e}")),
             )
             .unwrap_or_else(|e| panic!("{e}")),
         );
-        let mut slot = Slot {
+        Slot {
             config: TenantConfig::new("a", SocketSource::Fd(-1)),
             listener,
             stats: Arc::new(TenantStats::new("a")),
             record: DeviceRecord::private(&TenantConfig::new("a", SocketSource::Fd(-1))),
             process: None,
             start_at: Instant::now(),
-            delay: RETRY_DELAY,
+            delay: first_delay(max),
+            max_delay: max,
             incarnations: 0,
-        };
+        }
+    }
+
+    /// The pauses before `count` restarts in a row of processes dying young.
+    fn pauses(slot: &mut Slot, count: usize) -> Vec<Duration> {
         let now = Instant::now();
-        let pauses: Vec<Duration> = (0..8)
+        (0..count)
             .map(|_| {
                 slot.schedule_after(now);
                 slot.start_at - now
             })
-            .collect();
-        assert_eq!(pauses.first(), Some(&RETRY_DELAY));
-        assert_eq!(pauses.get(1), Some(&(RETRY_DELAY * 2)));
-        assert_eq!(pauses.last(), Some(&MAX_RETRY_DELAY));
+            .collect()
+    }
+
+    #[test]
+    fn pauses_grow_while_processes_die_young() {
+        let ms = Duration::from_millis;
+        let mut default = slot(MAX_RETRY_DELAY);
+        assert_eq!(
+            pauses(&mut default, 8),
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000].map(ms)
+        );
+        // `max-restart-pause-ms` caps the doubling.
+        let mut capped = slot(ms(500));
+        assert_eq!(pauses(&mut capped, 5), [100, 200, 400, 500, 500].map(ms));
+        let mut at_first = slot(RETRY_DELAY);
+        assert_eq!(pauses(&mut at_first, 3), [RETRY_DELAY; 3]);
+        // Below the first pause, every pause is the longest.
+        let mut short = slot(ms(30));
+        assert_eq!(pauses(&mut short, 3), [ms(30); 3]);
+        // A process that lived long enough starts the pauses over (`reap`).
+        assert_eq!(first_delay(ms(500)), RETRY_DELAY);
+        assert_eq!(first_delay(ms(30)), ms(30));
     }
 }

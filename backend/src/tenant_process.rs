@@ -142,6 +142,9 @@ impl ProcessConfig {
             metrics: None,
             tenants: vec![self.tenant.clone()],
             user: self.user.clone(),
+            // The supervisor's: a tenant's process restarts nothing.
+            max_restart_pause: crate::config::DEFAULT_MAX_RESTART_PAUSE,
+            state_dir: None,
         }
     }
 }

@@ -22,7 +22,8 @@ use crate::reference;
 /// What the guest runs after `accelctl bind`: at each `accel-guest: next?`
 /// it reads the next [`Step`] from the console (the host picks them), and
 /// it waits for the host at each point where the host must act on the
-/// daemon (`accel-guest: restart-daemon`, answered once the daemon is back).
+/// daemon (`accel-guest: restart-daemon`, answered once the daemon is back;
+/// `accel-guest: kill-tenant`, once the tenant's process is killed).
 pub const GUEST_SCRIPT: &str = r#"#!/bin/sh
 seq 1 20000 > /tmp/in
 crc() { accelctl --timeout 20 run crc32c --in /tmp/in; }
@@ -328,6 +329,31 @@ while echo "accel-guest: next?" && read -r step label; do
         echo accel-gz-begin
         base64 /tmp/in.gz
         echo accel-gz-end
+        ;;
+    tenant-killed)
+        # The tenant's process killed under a pipeline of 1 MiB deflate jobs
+        # (16 in flight, the device slower than the guest: some taken and
+        # not completed), once its completions are under way; then under
+        # accelctl selftest, once its first check has passed.
+        accelctl bench --ops deflate --sizes 1048576 --depth 16 --seconds 10 --memory 48 \
+            > /tmp/bench.log 2>&1 & pid=$!
+        until grep -q '1/1' /tmp/bench.log || ! running $pid; do sleep 0.2; done
+        sleep 3
+        host kill-tenant
+        wait $pid; status=$?
+        echo accel-bench-begin
+        cat /tmp/bench.log
+        echo accel-bench-end
+        echo "accel-guest: bench across a tenant kill: exit $status"
+        accelctl selftest --strict --seed 12 > /tmp/selftest.log 2>&1 & pid=$!
+        until grep -q '^ok ' /tmp/selftest.log || ! running $pid; do sleep 0.2; done
+        host kill-tenant
+        wait $pid; status=$?
+        echo accel-selftest-begin
+        cat /tmp/selftest.log
+        echo accel-selftest-end
+        echo "accel-guest: selftest across a tenant kill: exit $status"
+        crc; echo "accel-guest: after a tenant kill: exit $?"
         ;;
     idle-restart)
         host restart-daemon
@@ -726,6 +752,12 @@ pub trait GuestHost {
     fn kill_daemon(&mut self);
     /// Starts the daemon again; returns once it listens.
     fn start_daemon(&mut self);
+    /// Kills the process of the daemon's tenant (not the daemon, which
+    /// supervises it) with SIGKILL, as in a crash of that process alone;
+    /// returns once it is gone. The daemon starts it again, and the new
+    /// process resumes the device from the record the daemon kept
+    /// (spec §11.3). Only [`Step::TenantKilledUnderJobs`] calls it.
+    fn kill_tenant(&mut self);
     /// The daemon's metrics endpoint's answer (`--metrics`: the Prometheus
     /// text of every tenant's counters).
     fn daemon_metrics(&mut self) -> String;
@@ -835,6 +867,25 @@ pub enum Step {
     /// three runs of `accelctl` in one boot, each resetting the device when
     /// it starts and when it ends.
     FirstJobs,
+    /// The tenant's process (not the daemon, which supervises it and keeps
+    /// the device's record) killed with SIGKILL twice, over
+    /// `uio_pci_generic`: under `accelctl bench`, a pipeline of 1 MiB
+    /// deflate jobs 16 deep (the device slower than the guest, so that some
+    /// are taken and not completed when the process dies), 3 s into it;
+    /// then under `accelctl selftest --strict`, once its first check has
+    /// passed. Each time the daemon starts the process again, the VMM
+    /// reconnects, and the new process resumes the device (spec §11.3), so
+    /// the guest sees only a pause: the bench ends with every job Ok, the
+    /// selftest passes with every check run (its objects and fence checks
+    /// after the kill, the fence numbering continued), no request times
+    /// out, the driver never reports that the device restarted (it checks
+    /// every completion's fence), and the daemon logged that it resumed the
+    /// device after each kill ([`check_tenant_resumed`], which shows that
+    /// each kill came while the device was in use); then a CRC job.
+    /// `accelctl` has no long batch of fence-chained jobs: the selftest's
+    /// own chain (FILL, COPY, CRC-32C made available together) is the
+    /// longest, and no command keeps an object alive for long.
+    TenantKilledUnderJobs,
     /// The daemon killed and restarted at once while no driver uses the
     /// device (reset after the last job); then a CRC job.
     IdleRestart,
@@ -950,12 +1001,34 @@ impl Step {
     fn name(self) -> &'static str {
         match self {
             Step::FirstJobs => "first",
+            Step::TenantKilledUnderJobs => "tenant-killed",
             Step::IdleRestart => "idle-restart",
             Step::RestartUnderJob => "restart-under-job",
             Step::StopUnderJob => "stop-under-job",
             Step::Reboot => "reboot",
             Step::KernelModule { .. } => "kernel",
         }
+    }
+
+    /// How many times the host's part of the step kills the tenant's
+    /// process ([`GuestHost::kill_tenant`]).
+    pub const fn tenant_kills(self) -> usize {
+        match self {
+            Step::TenantKilledUnderJobs => 2,
+            _ => 0,
+        }
+    }
+
+    /// Whether any of `steps` kills the tenant's process: a host that cannot
+    /// ([`GuestHost::kill_tenant`]) checks its steps with it at compile time.
+    pub const fn any_kills_the_tenant(mut steps: &[Step]) -> bool {
+        while let [step, rest @ ..] = steps {
+            if step.tenant_kills() > 0 {
+                return true;
+            }
+            steps = rest;
+        }
+        false
     }
 
     /// Plays the host's part of the step: asks the guest for it, and does
@@ -969,6 +1042,13 @@ impl Step {
         }
         match self {
             Step::FirstJobs => {}
+            Step::TenantKilledUnderJobs => {
+                for _ in 0..self.tenant_kills() {
+                    host.expect("accel-guest: kill-tenant");
+                    host.kill_tenant();
+                    host.send("ok");
+                }
+            }
             Step::KernelModule { zswap } => {
                 for part in kernel_host_parts(zswap) {
                     part.play(host);
@@ -1007,6 +1087,12 @@ impl Step {
                 );
                 check_gzip(log, context);
             }
+            Step::TenantKilledUnderJobs => {
+                succeeded("bench across a tenant kill");
+                succeeded("selftest across a tenant kill");
+                check_jobs_across_tenant_kills(log, context);
+                succeeded("after a tenant kill");
+            }
             Step::IdleRestart => succeeded("after an idle restart"),
             Step::RestartUnderJob => {
                 timed_out("across a daemon restart");
@@ -1026,6 +1112,86 @@ impl Step {
             }
         }
     }
+}
+
+/// What the guest printed of `accelctl bench` and `accelctl selftest`
+/// across kills of the tenant's process ([`Step::TenantKilledUnderJobs`]):
+/// both ran over `uio_pci_generic`, the bench measured its point (every job
+/// Ok), every check of the selftest ran and passed, and no request timed
+/// out or saw the device restart (`accel-driver`'s `Error::DeviceRestarted`).
+fn check_jobs_across_tenant_kills(log: &str, context: &str) {
+    let bench = between(log, "accel-bench-begin", "accel-bench-end", context);
+    let selftest = between(log, "accel-selftest-begin", "accel-selftest-end", context);
+    let fail = |what: &str, report: &str, why: &str| {
+        format!("{what} across a tenant kill: {why}\n{report}\n{context}")
+    };
+    // The bench's one point: "deflate  1048576 | DEPTH JOBS/S GB/S".
+    let measured = bench.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() == 6 && fields[..3] == ["deflate", "1048576", "|"]
+    });
+    assert!(measured, "{}", fail("bench", bench, "no measurement"));
+    assert!(
+        selftest.contains("transport: virtio-pci through uio_pci_generic"),
+        "{}",
+        fail("selftest", selftest, "not over uio_pci_generic")
+    );
+    assert!(
+        selftest.contains(", 0 failed, 0 not run,"),
+        "{}",
+        fail("selftest", selftest, "not every check ran and passed")
+    );
+    for (what, report) in [("bench", bench), ("selftest", selftest)] {
+        for sign in ["the device restarted", "no completion within", "FAIL "] {
+            assert!(!report.contains(sign), "{}", fail(what, report, sign));
+        }
+    }
+}
+
+/// Checks that the daemon resumed the device once for each kill of the
+/// tenant's process by `steps`, as the tenant logged it in `daemon_log`
+/// (the daemon's log): this shows that each kill came while the guest used
+/// the device, and that the new process took the device's state over rather
+/// than starting afresh. Where `steps` kill it, at least one resumption ran
+/// requests again (the kill under [`Step::TenantKilledUnderJobs`]'s bench
+/// found jobs taken and not completed, which the bench then saw complete
+/// Ok). `context` goes with a failure.
+pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
+    let kills: usize = steps.iter().map(|step| step.tenant_kills()).sum();
+    let resumed: Vec<&str> = daemon_log
+        .lines()
+        .filter(|line| line.contains("resumed the device after a restart of the tenant's process"))
+        .collect();
+    let refused = daemon_log
+        .lines()
+        .filter(|line| line.contains("cannot resume the device"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        resumed.len(),
+        kills,
+        "resumptions of the device after a kill of the tenant's process\n{refused}\n{context}"
+    );
+    // "..., N requests run again, ..."
+    let rerun: u64 = resumed
+        .iter()
+        .filter_map(|line| line.split_once(" requests run again"))
+        .filter_map(|(before, _)| before.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        kills == 0 || rerun > 0,
+        "no request in flight when the tenant's process was killed:\n{}\n{context}",
+        resumed.join("\n")
+    );
+}
+
+/// What `log` holds between the first `begin` and the `end` after it;
+/// `context` goes with a failure.
+fn between<'a>(log: &'a str, begin: &str, end: &str, context: &str) -> &'a str {
+    log.split_once(begin)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(inside, _)| inside)
+        .unwrap_or_else(|| panic!("nothing between {begin:?} and {end:?}\n{context}"))
 }
 
 /// Checks what the kernel-module step printed: every check of
@@ -1167,7 +1333,102 @@ mod tests {
     use vhost_user_accel::stats::{render, TenantStats};
     use virtio_accel_spec::Status;
 
-    use super::{check_no_kernel_crash, DaemonCounters};
+    use super::{
+        check_jobs_across_tenant_kills, check_no_kernel_crash, check_tenant_resumed,
+        DaemonCounters, Step,
+    };
+
+    /// What the guest prints of the bench and the selftest across tenant
+    /// kills, `bench` and `check` among their lines.
+    fn jobs_report(bench: &str, check: &str, summary: &str) -> String {
+        format!(
+            "accel-guest: kill-tenant\nok\naccel-bench-begin\n\
+             op                  size |  depth       jobs/s       GB/s\n\
+             [1/1] deflate 1048576 B          \n{bench}\naccel-bench-end\n\
+             accel-guest: bench across a tenant kill: exit 0\n\
+             accel-guest: kill-tenant\nok\naccel-selftest-begin\nselftest: seed 12 (replay \
+             with --seed 12), transport: virtio-pci through uio_pci_generic\n\
+             ok    copy 0 B\n{check}\n\
+             selftest: 66 checks, {summary}, 0 not applicable to the transport, sizes [0]\n\
+             accel-selftest-end\naccel-guest: selftest across a tenant kill: exit 0\n"
+        )
+    }
+
+    /// The bench and the selftest across tenant kills pass the check only
+    /// with the bench's point measured, every check run and passed, and
+    /// nothing timed out or restarted.
+    #[test]
+    fn jobs_across_tenant_kills_are_checked() {
+        let point = "deflate          1048576 |     16           95      0.100";
+        let (check, passed) = ("ok    fill 0 B", "0 failed, 0 not run");
+        check_jobs_across_tenant_kills(&jobs_report(point, check, passed), "clean");
+        let restarted = "accelctl: virtqueue 1: the device restarted (it reported fence 1 \
+                         where 9 was due); reopen it";
+        let timed_out = "accelctl: virtqueue 1: no completion within 30s";
+        let bad = [
+            jobs_report(point, check, "1 failed, 0 not run"),
+            jobs_report(point, check, "0 failed, 3 not run (--strict: a failure)"),
+            jobs_report(point, "FAIL  fill 0 B: device answered Interrupted", passed),
+            jobs_report(point, restarted, passed),
+            jobs_report(point, timed_out, passed),
+            jobs_report("", check, passed),
+            jobs_report(&format!("{point}\n{restarted}"), check, passed),
+            jobs_report(&format!("{point}\n{timed_out}"), check, passed),
+            jobs_report(point, check, passed).replace("uio_pci_generic", "vfio"),
+            jobs_report(point, check, passed).replace("accel-selftest-end", ""),
+            jobs_report(point, check, passed).replace("accel-bench-end", ""),
+        ];
+        for log in bad {
+            let result = std::panic::catch_unwind(|| check_jobs_across_tenant_kills(&log, "bad"));
+            assert!(result.is_err(), "passed:\n{log}");
+        }
+    }
+
+    /// The daemon must have resumed the device once per tenant kill: fewer
+    /// (a kill came while the device was closed, or the new process
+    /// started afresh) fail.
+    #[test]
+    fn a_resumption_per_tenant_kill() {
+        let steps = [Step::FirstJobs, Step::TenantKilledUnderJobs, Step::Reboot];
+        let resumed = "[INFO  vhost_user_accel::tenant] tenant 0: resumed the device after a \
+                       restart of the tenant's process: 0 objects, 1 completions published \
+                       again, 2 requests run again, 0 interrupted (§11.3)\n";
+        let idle = resumed.replace("2 requests run again", "0 requests run again");
+        check_tenant_resumed(&format!("{idle}{resumed}"), &steps, "resumed");
+        check_tenant_resumed("", &steps[..1], "no kill");
+        let refused = "tenant 0: cannot resume the device after a restart of the tenant's \
+                       process, it starts afresh: bad record\n";
+        let bad = [
+            String::new(),
+            resumed.to_string(),
+            format!("{resumed}{refused}"),
+            idle.repeat(2),
+            resumed.repeat(3),
+        ];
+        for log in &bad {
+            let result = std::panic::catch_unwind(|| check_tenant_resumed(log, &steps, "none"));
+            assert!(result.is_err(), "passed: {log:?}");
+        }
+    }
+
+    /// Which steps kill the tenant's process, as a const fn sees them.
+    #[test]
+    fn steps_that_kill_the_tenant() {
+        const {
+            assert!(!Step::any_kills_the_tenant(&[]));
+            assert!(!Step::any_kills_the_tenant(&[
+                Step::FirstJobs,
+                Step::Reboot
+            ]));
+            assert!(Step::any_kills_the_tenant(&[
+                Step::FirstJobs,
+                Step::TenantKilledUnderJobs
+            ]));
+        }
+        let runtime: fn(&[Step]) -> bool = Step::any_kills_the_tenant;
+        assert!(runtime(&[Step::Reboot, Step::TenantKilledUnderJobs]));
+        assert!(!runtime(&[Step::IdleRestart, Step::StopUnderJob]));
+    }
 
     /// A console with an oops fails the check; one without passes.
     #[test]

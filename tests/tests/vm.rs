@@ -7,7 +7,14 @@
 //! 1. `accelctl selftest --strict` passes with every check run, and a file
 //!    the guest compresses through the device decodes, on the host, to the
 //!    bytes the host expects;
-//! 2. the kernel driver, `virtio_accel.ko` (`guest-driver/linux/`, built
+//! 2. the tenant's process (not the daemon, which supervises it) is killed
+//!    with SIGKILL under a pipeline of deflate jobs (`accelctl bench`), then
+//!    while `accelctl selftest --strict` runs: each time the daemon starts it
+//!    again, QEMU reconnects, the new process resumes the device (spec
+//!    §11.3, logged by the daemon), every job completes Ok and the selftest
+//!    passes with every check run, with no request timed out and no "device
+//!    restarted" (`Step::TenantKilledUnderJobs`);
+//! 3. the kernel driver, `virtio_accel.ko` (`guest-driver/linux/`, built
 //!    against the guest kernel's headers): it binds the device, its crypto
 //!    algorithms pass the kernel's self-tests and serve AF_ALG (computed by
 //!    the daemon: its counters, read from its metrics endpoint, rose),
@@ -15,12 +22,12 @@
 //!    it survives a system suspend (devices only) and a daemon restart, unloads and loads again without an
 //!    oops, a warning or a hung task, and gives the device back to the
 //!    userspace driver (`Step::KernelModule`);
-//! 3. the daemon is killed and restarted at once, while the device is idle and
+//! 4. the daemon is killed and restarted at once, while the device is idle and
 //!    while a guest job runs: QEMU reconnects, the job ends with an error
 //!    instead of hanging, and new jobs work;
-//! 4. the daemon is killed and stays away while a guest job runs: the job
+//! 5. the daemon is killed and stays away while a guest job runs: the job
 //!    times out; once the daemon is back, new jobs work;
-//! 5. the VM reboots with the kernel module bound (a device reset from the
+//! 6. the VM reboots with the kernel module bound (a device reset from the
 //!    machine's side): jobs work in the new boot.
 //!
 //! Needs root on Debian bookworm (the build scripts install packages) the first
@@ -37,6 +44,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use accel_tests::vm::{self, Console, GuestHost, Step, Vm};
+
+/// The name of the daemon's one tenant: the index of its `--socket-path`.
+const TENANT: &str = "0";
 
 /// The daemon, as an operator runs it: its own process, killed for real,
 /// with its metrics endpoint on a unix socket.
@@ -95,6 +105,65 @@ impl DaemonProcess {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
         answer
+    }
+
+    /// The process of the daemon's tenant: the child of the daemon whose
+    /// command line is `vhost-user-accel --tenant-process 0` (a daemon
+    /// started with `--socket-path` names its tenant `0`), waiting for it
+    /// while the daemon (re)starts it (10 s at most).
+    fn tenant_pid(&self) -> u32 {
+        let daemon = self.child.as_ref().expect("the daemon runs").id();
+        let wanted = format!("vhost-user-accel\0--tenant-process\0{TENANT}\0");
+        let find = || {
+            std::fs::read_dir("/proc")
+                .ok()?
+                .flatten()
+                .find_map(|entry| {
+                    let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                    let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                    // The fields after the command name, which is in parentheses:
+                    // state, then the parent's id.
+                    let parent: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+                    let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                    (parent == daemon && cmdline == wanted.as_bytes()).then_some(pid)
+                })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = find() {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon (process {daemon}) has no process for tenant {TENANT}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL to the tenant's process, the daemon left running (it starts
+    /// the process again); returns once the process has ended (a zombie,
+    /// until the daemon reaps it, has an empty command line).
+    fn kill_tenant(&self) {
+        let pid = self.tenant_pid();
+        // SAFETY: kill(2) takes no pointers; it only sends the signal.
+        let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(
+            sent,
+            0,
+            "SIGKILL to {pid} (tenant {TENANT}): {}",
+            std::io::Error::last_os_error()
+        );
+        let cmdline = format!("/proc/{pid}/cmdline");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read(&cmdline).is_ok_and(|c| !c.is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "the tenant's process {pid} outlived SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("vm test: killed the process {pid} of tenant {TENANT}");
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.
@@ -173,6 +242,10 @@ impl GuestHost for QemuHost {
         self.daemon.restart();
     }
 
+    fn kill_tenant(&mut self) {
+        self.daemon.kill_tenant();
+    }
+
     fn daemon_metrics(&mut self) -> String {
         self.daemon.metrics()
     }
@@ -223,14 +296,18 @@ fn guest_uses_the_device_across_daemon_restarts_and_a_reboot() {
         vm: Vm::new(
             child,
             "qemu",
-            vec![console.clone(), qemu_stderr, daemon_log],
+            vec![console.clone(), qemu_stderr, daemon_log.clone()],
         ),
         console: Console::new(console, stdin),
         daemon,
     };
     // Every step, the daemon killed while idle before it is killed under jobs.
+    // The tenant's process is killed before the kernel module's step, which
+    // then drives (resets, suspends, reloads over) the device of the process
+    // that resumed it.
     let steps = [
         Step::FirstJobs,
+        Step::TenantKilledUnderJobs,
         Step::KernelModule { zswap: true },
         Step::IdleRestart,
         Step::RestartUnderJob,
@@ -239,5 +316,8 @@ fn guest_uses_the_device_across_daemon_restarts_and_a_reboot() {
     ];
     vm::run_steps(&mut host, &steps);
     host.vm.wait_exit();
-    vm::check_guest_console(&host.console.text(), &steps, &host.vm.context());
+    let context = host.vm.context();
+    vm::check_guest_console(&host.console.text(), &steps, &context);
+    let daemon_log = String::from_utf8_lossy(&std::fs::read(&daemon_log).unwrap()).into_owned();
+    vm::check_tenant_resumed(&daemon_log, &steps, &context);
 }

@@ -80,12 +80,53 @@ impl GuestHost for NestedHost {
         self.order("start-daemon", "l1: daemon listening");
     }
 
+    /// Never called: L1's init (`vmm-config/cloud-hypervisor/l1-init.sh`)
+    /// takes no order to kill the tenant's process, so [`STEPS`] has no
+    /// step that kills it, which the assertion under [`STEPS`] checks when
+    /// this test compiles.
+    fn kill_tenant(&mut self) {
+        unreachable!("no step of STEPS kills the tenant's process (checked at compile time)")
+    }
+
     fn daemon_metrics(&mut self) -> String {
         self.l1_console.send("metrics");
         self.l1
             .expect_between(&mut self.l1_console, "l1: metrics-begin", "l1: metrics-end")
     }
 }
+
+/// The steps of tests/vm.rs that cloud-hypervisor survives, with the same
+/// checks, but for the two that [`run_fatal_step`] runs.
+///
+/// It reconnects by itself to a daemon that comes back while a job runs;
+/// the job times out as under QEMU, since cloud-hypervisor restarts the
+/// rings at their available index, past the requests of the earlier daemon,
+/// which stay unanswered. On a reboot it creates the device anew (a new
+/// connection to the daemon). The kernel module's zswap part does not run:
+/// memory pressure in L2 wedges the nested KVM (L1's under QEMU's TCG SVM):
+/// in one run L2 triple-faulted with no message, in another L1 reported the
+/// vCPU thread of cloud-hypervisor blocked for more than 120 s, and L2 stood
+/// idle. tests/vm.rs runs it.
+///
+/// [`Step::TenantKilledUnderJobs`] does not run: the daemon and its
+/// tenant's process run in L1, and L1's init takes no order to kill the
+/// tenant's process alone (only the daemon: `kill-daemon`), so
+/// [`NestedHost`] cannot do it.
+const STEPS: [Step; 4] = [
+    Step::FirstJobs,
+    Step::KernelModule { zswap: false },
+    Step::RestartUnderJob,
+    Step::Reboot,
+];
+
+/// The steps that cloud-hypervisor v53 does not survive ([`run_fatal_step`]),
+/// in order.
+const FATAL_STEPS: [Step; 2] = [Step::IdleRestart, Step::StopUnderJob];
+
+// NestedHost::kill_tenant is unreachable: no step the test runs kills the
+// tenant's process.
+const _: () =
+    assert!(!Step::any_kills_the_tenant(&STEPS) && !Step::any_kills_the_tenant(&FATAL_STEPS));
 
 /// Runs `step`, which cloud-hypervisor v53 does not survive, and checks
 /// that it died of it.
@@ -208,36 +249,20 @@ fn guest_uses_the_device_under_cloud_hypervisor() {
         l2_console: Console::new(l2_console, l2_input),
     };
 
-    // The steps of tests/vm.rs that cloud-hypervisor survives, with the
-    // same checks. It reconnects by itself to a daemon that comes back
-    // while a job runs; the job times out as under QEMU, since
-    // cloud-hypervisor restarts the rings at their available index, past
-    // the requests of the earlier daemon, which stay unanswered. On a
-    // reboot it creates the device anew (a new connection to the daemon).
-    // The kernel module's zswap part does not run: memory pressure in L2
-    // wedges the nested KVM (L1's under QEMU's TCG SVM): in one run L2
-    // triple-faulted with no message, in another L1 reported the vCPU
-    // thread of cloud-hypervisor blocked for more than 120 s, and L2 stood
-    // idle. tests/vm.rs runs it.
-    let steps = [
-        Step::FirstJobs,
-        Step::KernelModule { zswap: false },
-        Step::RestartUnderJob,
-        Step::Reboot,
-    ];
-    for step in steps {
+    for step in STEPS {
         step.run(&mut host);
     }
-    run_fatal_step(&mut host, Step::IdleRestart);
+    let [idle_restart, stop_under_job] = FATAL_STEPS;
+    run_fatal_step(&mut host, idle_restart);
     // A new VM, as a user would start after losing one.
     host.l1_console.send("start-vm");
-    run_fatal_step(&mut host, Step::StopUnderJob);
+    run_fatal_step(&mut host, stop_under_job);
     host.l1_console.send("poweroff");
     host.l1.wait_exit();
 
     let context = host.l1.context();
     let log = host.l2_console.text();
-    vm::check_guest_console(&log, &steps, &context);
+    vm::check_guest_console(&log, &STEPS, &context);
     // The job that lost its daemon failed, as under QEMU, before
     // cloud-hypervisor died.
     vm::check_job_timed_out(&log, "without a daemon", &context);

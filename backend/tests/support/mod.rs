@@ -1,0 +1,205 @@
+//! The test harness of the daemon as its supervisor: a `vhost-user-accel`
+//! process started on a configuration file with tenants `t0`, `t1`…, their
+//! processes found and killed, its log and metrics read. Shared by
+//! `processes.rs` and `kills.rs`.
+
+// Each test file uses only some of the helpers.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// The daemon's binary, built for the tests.
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
+
+/// How long a test waits for the daemon to do what it must do soon (start
+/// a process, serve again): generous, for a loaded machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A supervisor with tenants `t0`, `t1`… on sockets in a directory of its own.
+pub struct Supervisor {
+    /// The supervisor's process.
+    pub child: Child,
+    /// Its directory: configuration, sockets, metrics socket and log.
+    pub dir: PathBuf,
+    /// Its standard error.
+    pub log: PathBuf,
+}
+
+/// What a test's daemon gets besides its tenants' names and sockets.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// TOML at the top of the configuration file.
+    pub settings: &'a str,
+    /// TOML in every `[[tenant]]` table.
+    pub tenant_settings: &'a str,
+    /// The daemon's environment on top of the test's.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+impl Supervisor {
+    /// A supervisor with default tenants `t0`, `t1`…
+    pub fn start(test: &str, tenants: usize) -> Supervisor {
+        Supervisor::start_with(test, tenants, Setup::default())
+    }
+
+    /// A supervisor with tenants `t0`, `t1`… configured with `setup`.
+    pub fn start_with(test: &str, tenants: usize, setup: Setup) -> Supervisor {
+        let dir = std::env::temp_dir().join(format!(
+            "vhost-user-accel-processes-{}-{test}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = format!(
+            "{}metrics = \"unix:{}\"\n",
+            setup.settings,
+            dir.join("metrics").display()
+        );
+        for index in 0..tenants {
+            config.push_str(&format!(
+                "[[tenant]]\nname = \"t{index}\"\nsocket = \"{}\"\n{}",
+                dir.join(format!("t{index}.sock")).display(),
+                setup.tenant_settings
+            ));
+        }
+        let config_path = dir.join("accel.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("daemon.log");
+        let child = Supervisor::spawn(&dir, &log, setup.env);
+        let supervisor = Supervisor { child, dir, log };
+        for index in 0..tenants {
+            supervisor.tenant_pid(&format!("t{index}"));
+        }
+        supervisor
+    }
+
+    /// The daemon on the configuration file in `dir`, logging to `log`
+    /// (appended to).
+    fn spawn(dir: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Child {
+        let config_path = dir.join("accel.toml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(DAEMON)
+            .args(["--config", config_path.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Stops the daemon with SIGTERM, as an upgrade does, and starts it
+    /// again on the same configuration; returns once tenant `t0` has a
+    /// process again.
+    pub fn restart(&mut self) {
+        // SAFETY: a signal to the child this test started and has not
+        // reaped, so the pid is still its own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}\n{}", self.log());
+        self.child = Supervisor::spawn(&self.dir, &self.log, &[]);
+        self.tenant_pid("t0");
+    }
+
+    /// The socket of `tenant`.
+    pub fn socket(&self, tenant: &str) -> PathBuf {
+        self.dir.join(format!("{tenant}.sock"))
+    }
+
+    /// The process serving `tenant`, waited for (`PATIENCE` at most).
+    pub fn tenant_pid(&self, tenant: &str) -> u32 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(pid) = self.find_tenant_pid(tenant) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no process for tenant {tenant}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A child of the supervisor whose command line names `tenant`.
+    pub fn find_tenant_pid(&self, tenant: &str) -> Option<u32> {
+        let wanted = format!("vhost-user-accel\0--tenant-process\0{tenant}\0");
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // Fields after the command name, which is in parentheses.
+                let ppid: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                (ppid == self.child.id() && cmdline == wanted.as_bytes()).then_some(pid)
+            })
+    }
+
+    /// What the supervisor and its tenants' processes logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    pub fn metrics(&self) -> String {
+        let mut stream = std::os::unix::net::UnixStream::connect(self.dir.join("metrics")).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    }
+
+    /// Waits (`PATIENCE` at most) until the metrics show `line`.
+    pub fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.metrics().lines().any(|l| l == line) {
+            assert!(
+                Instant::now() < deadline,
+                "metrics never showed {line:?}:\n{}",
+                self.metrics()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // SIGTERM, so that the supervisor stops its tenants and cleans up.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: a signal to the child this test started and has not
+            // reaped, so the pid is still its own.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `signal` to process `pid`, which must exist.
+pub fn kill(pid: u32, signal: libc::c_int) {
+    // SAFETY: a signal to a tenant process of the supervisor this test owns.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+}
+
+impl Supervisor {
+    /// Waits (`PATIENCE` at most) until process `pid` no longer serves `tenant`.
+    pub fn wait_until_gone(&self, tenant: &str, pid: u32) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.find_tenant_pid(tenant) == Some(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{tenant}'s process {pid} survived"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
