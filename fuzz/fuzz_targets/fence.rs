@@ -1,7 +1,8 @@
 //! The fence timelines (`backend/src/fence.rs`) against a plain model: the
 //! next sequence number of each queue, the set of issued fences not yet
-//! signalled, and the waiters registered on each. Any sequence of issue,
-//! signal, wait and is_signalled must give the model's answers.
+//! signalled, and the waiters registered on each. Any sequence of issue (of
+//! the next number, one past it, or one issued already), signal, wait and
+//! is_signalled must give the model's answers.
 
 #![no_main]
 
@@ -64,18 +65,24 @@ fuzz_target!(|data: &[u8]| {
         match r.u8() % 8 {
             0..=2 => {
                 let queue = r.u8() as u16 % (queues + 1);
-                let issued = fences.issue(queue);
+                let next = model.next.get(usize::from(queue)).copied().unwrap_or(1);
+                // Mostly the next number (as the device's record gives it);
+                // sometimes past it, or one issued already.
+                let seqno = match r.u8() % 8 {
+                    0 => next.saturating_sub(1 + u64::from(r.u8() % 4)),
+                    1 => next + u64::from(r.u8() % 4),
+                    _ => next,
+                };
+                let issued = fences.issue(queue, seqno);
                 match model.next.get_mut(usize::from(queue)) {
-                    Some(next) => {
-                        let fence = FenceId {
-                            queue,
-                            seqno: *next,
-                        };
+                    Some(next) if seqno >= *next => {
+                        let fence = FenceId { queue, seqno };
                         assert_eq!(issued, Some(fence));
-                        *next += 1;
+                        // The numbers skipped count as issued and signalled.
+                        *next = seqno + 1;
                         model.unsignalled.insert(fence);
                     }
-                    None => assert_eq!(issued, None),
+                    _ => assert_eq!(issued, None),
                 }
             }
             3..=4 => {
