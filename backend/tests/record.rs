@@ -10,7 +10,8 @@
 
 mod support;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use accel_driver::{
@@ -19,6 +20,7 @@ use accel_driver::{
 };
 use sha2::Digest;
 use support::{kill, Setup, Supervisor};
+use vhost_user_accel::shared::SharedWords;
 use virtio_accel_spec::Op;
 
 /// Corrupted records tried.
@@ -27,11 +29,9 @@ const ROUNDS: u64 = 40;
 const BATCH: usize = 4;
 const INPUT: usize = 1 << 20;
 
-/// The record memfd of the supervisor's tenant `t0`, mapped here.
-struct Record {
-    words: *mut u64,
-    len: usize,
-}
+/// The record memfd of the supervisor's tenant `t0`, mapped here through
+/// the daemon's own [`SharedWords`] (which checks its seals and size).
+struct Record(SharedWords);
 
 impl Record {
     /// Finds the memfd among the supervisor's descriptors and maps it.
@@ -51,47 +51,22 @@ impl Record {
             .write(true)
             .open(path)
             .unwrap();
-        let len = usize::try_from(file.metadata().unwrap().len()).unwrap();
-        // SAFETY: a new shared mapping of the whole file, unmapped on drop.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(addr, libc::MAP_FAILED);
-        Record {
-            words: addr.cast(),
-            len,
-        }
+        let words = usize::try_from(file.metadata().unwrap().len()).unwrap() / 8;
+        Record(SharedWords::attach(OwnedFd::from(file), words).unwrap())
     }
 
     fn words(&self) -> usize {
-        self.len / 8
+        self.0.len()
     }
 
+    // The tenant's process that writes the record is dead while the test
+    // reads and writes it.
     fn read(&self, index: usize) -> u64 {
-        assert!(index < self.words());
-        // SAFETY: within the mapping; the tenant's process that writes the
-        // record is dead while the test reads and writes it.
-        unsafe { self.words.add(index).read_volatile() }
+        self.0[index].load(Ordering::Relaxed)
     }
 
     fn write(&self, index: usize, value: u64) {
-        assert!(index < self.words());
-        // SAFETY: as in `read`.
-        unsafe { self.words.add(index).write_volatile(value) }
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`.
-        unsafe { libc::munmap(self.words.cast(), self.len) };
+        self.0[index].store(value, Ordering::Relaxed);
     }
 }
 
