@@ -345,6 +345,17 @@ while echo "accel-guest: next?" && read -r step label; do
         cat /tmp/bench.log
         echo accel-bench-end
         echo "accel-guest: bench across a tenant kill: exit $status"
+        # Then under rounds of fence-chained AES-GCM jobs across every
+        # queue on two objects kept for the whole run, once a round passed
+        # and while two more are to run.
+        accelctl chain --rounds 3 --size 1048576 --seed 13 > /tmp/chain.log 2>&1 & pid=$!
+        until grep -q '^round 1: ok' /tmp/chain.log || ! running $pid; do sleep 0.2; done
+        host kill-tenant
+        wait $pid; status=$?
+        echo accel-chain-begin
+        cat /tmp/chain.log
+        echo accel-chain-end
+        echo "accel-guest: chain across a tenant kill: exit $status"
         accelctl selftest --strict --seed 12 > /tmp/selftest.log 2>&1 & pid=$!
         until grep -q '^ok ' /tmp/selftest.log || ! running $pid; do sleep 0.2; done
         host kill-tenant
@@ -872,19 +883,22 @@ pub enum Step {
     /// `uio_pci_generic`: under `accelctl bench`, a pipeline of 1 MiB
     /// deflate jobs 16 deep (the device slower than the guest, so that some
     /// are taken and not completed when the process dies), 3 s into it;
-    /// then under `accelctl selftest --strict`, once its first check has
-    /// passed. Each time the daemon starts the process again, the VMM
-    /// reconnects, and the new process resumes the device (spec §11.3), so
-    /// the guest sees only a pause: the bench ends with every job Ok, the
+    /// then under `accelctl chain`, three rounds of two chains of 64
+    /// AES-GCM jobs of 1 MiB across every request queue, each job depending
+    /// on the one before, on two objects registered for the whole run, once
+    /// its first round has passed; then under `accelctl selftest --strict`,
+    /// once its first check has passed. Each time the daemon starts the
+    /// process again, the VMM reconnects, and the new process resumes the
+    /// device (spec §11.3), so the guest sees only a pause: the bench ends
+    /// with every job Ok, every round of the chain passes (every OPEN's tag,
+    /// the bytes back, fences as predicted, its objects still valid), the
     /// selftest passes with every check run (its objects and fence checks
     /// after the kill, the fence numbering continued), no request times
     /// out, the driver never reports that the device restarted (it checks
     /// every completion's fence), and the daemon logged that it resumed the
-    /// device after each kill ([`check_tenant_resumed`], which shows that
-    /// each kill came while the device was in use); then a CRC job.
-    /// `accelctl` has no long batch of fence-chained jobs: the selftest's
-    /// own chain (FILL, COPY, CRC-32C made available together) is the
-    /// longest, and no command keeps an object alive for long.
+    /// device after each kill, once with the chain's two objects
+    /// ([`check_tenant_resumed`], which shows that each kill came while the
+    /// device was in use); then a CRC job.
     TenantKilledUnderJobs,
     /// The daemon killed and restarted at once while no driver uses the
     /// device (reset after the last job); then a CRC job.
@@ -1014,7 +1028,7 @@ impl Step {
     /// process ([`GuestHost::kill_tenant`]).
     pub const fn tenant_kills(self) -> usize {
         match self {
-            Step::TenantKilledUnderJobs => 2,
+            Step::TenantKilledUnderJobs => 3,
             _ => 0,
         }
     }
@@ -1089,6 +1103,7 @@ impl Step {
             }
             Step::TenantKilledUnderJobs => {
                 succeeded("bench across a tenant kill");
+                succeeded("chain across a tenant kill");
                 succeeded("selftest across a tenant kill");
                 check_jobs_across_tenant_kills(log, context);
                 succeeded("after a tenant kill");
@@ -1114,13 +1129,16 @@ impl Step {
     }
 }
 
-/// What the guest printed of `accelctl bench` and `accelctl selftest`
-/// across kills of the tenant's process ([`Step::TenantKilledUnderJobs`]):
-/// both ran over `uio_pci_generic`, the bench measured its point (every job
-/// Ok), every check of the selftest ran and passed, and no request timed
-/// out or saw the device restart (`accel-driver`'s `Error::DeviceRestarted`).
+/// What the guest printed of `accelctl bench`, `accelctl chain` and
+/// `accelctl selftest` across kills of the tenant's process
+/// ([`Step::TenantKilledUnderJobs`]): the selftest ran over
+/// `uio_pci_generic`, the bench measured its point (every job Ok), the chain
+/// ran rounds past the one before the kill and every round passed, every
+/// check of the selftest ran and passed, and no request timed out or saw the
+/// device restart (`accel-driver`'s `Error::DeviceRestarted`).
 fn check_jobs_across_tenant_kills(log: &str, context: &str) {
     let bench = between(log, "accel-bench-begin", "accel-bench-end", context);
+    let chain = between(log, "accel-chain-begin", "accel-chain-end", context);
     let selftest = between(log, "accel-selftest-begin", "accel-selftest-end", context);
     let fail = |what: &str, report: &str, why: &str| {
         format!("{what} across a tenant kill: {why}\n{report}\n{context}")
@@ -1131,6 +1149,18 @@ fn check_jobs_across_tenant_kills(log: &str, context: &str) {
         fields.len() == 6 && fields[..3] == ["deflate", "1048576", "|"]
     });
     assert!(measured, "{}", fail("bench", bench, "no measurement"));
+    // "chain: R rounds, J jobs, 2 objects of N bytes, 0 failed", R > 1: the
+    // kill came after the first round, and the rounds after it passed.
+    let rounds = chain
+        .lines()
+        .find_map(|line| line.strip_prefix("chain: ")?.split_once(" rounds, "))
+        .filter(|(_, rest)| rest.ends_with(", 0 failed"))
+        .and_then(|(rounds, _)| rounds.parse::<u64>().ok());
+    assert!(
+        rounds.is_some_and(|rounds| rounds > 1),
+        "{}",
+        fail("chain", chain, "not several rounds, all passed")
+    );
     assert!(
         selftest.contains("transport: virtio-pci through uio_pci_generic"),
         "{}",
@@ -1141,7 +1171,7 @@ fn check_jobs_across_tenant_kills(log: &str, context: &str) {
         "{}",
         fail("selftest", selftest, "not every check ran and passed")
     );
-    for (what, report) in [("bench", bench), ("selftest", selftest)] {
+    for (what, report) in [("bench", bench), ("chain", chain), ("selftest", selftest)] {
         for sign in ["the device restarted", "no completion within", "FAIL "] {
             assert!(!report.contains(sign), "{}", fail(what, report, sign));
         }
@@ -1155,7 +1185,8 @@ fn check_jobs_across_tenant_kills(log: &str, context: &str) {
 /// than starting afresh. Where `steps` kill it, at least one resumption ran
 /// requests again (the kill under [`Step::TenantKilledUnderJobs`]'s bench
 /// found jobs taken and not completed, which the bench then saw complete
-/// Ok). `context` goes with a failure.
+/// Ok), and one restored at least two objects (the chain's). `context` goes
+/// with a failure.
 pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
     let kills: usize = steps.iter().map(|step| step.tenant_kills()).sum();
     let resumed: Vec<&str> = daemon_log
@@ -1181,6 +1212,18 @@ pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
     assert!(
         kills == 0 || rerun > 0,
         "no request in flight when the tenant's process was killed:\n{}\n{context}",
+        resumed.join("\n")
+    );
+    // "...: N objects, ...": the chain's two objects came through its kill.
+    let most_objects = resumed
+        .iter()
+        .filter_map(|line| line.split_once(" objects, "))
+        .filter_map(|(before, _)| before.rsplit(' ').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        kills == 0 || most_objects >= 2,
+        "no resumption kept the chain's objects:\n{}\n{context}",
         resumed.join("\n")
     );
 }
@@ -1338,14 +1381,27 @@ mod tests {
         DaemonCounters, Step,
     };
 
-    /// What the guest prints of the bench and the selftest across tenant
-    /// kills, `bench` and `check` among their lines.
+    /// The chain's lines across a tenant kill: rounds 1 and 2 passed.
+    const CHAIN: &str = "chain: seed 13 (replay with --seed 13), transport: virtio-pci \
+                         through uio_pci_generic, 64 jobs each way over 2 request queues\n\
+                         round 1: ok\nround 2: ok\n\
+                         chain: 2 rounds, 256 jobs, 2 objects of 262144 bytes, 0 failed";
+
+    /// What the guest prints of the bench, the chain and the selftest across
+    /// tenant kills, `bench` and `check` among their lines.
     fn jobs_report(bench: &str, check: &str, summary: &str) -> String {
+        chain_report(bench, CHAIN, check, summary)
+    }
+
+    /// [`jobs_report`] with the chain's lines.
+    fn chain_report(bench: &str, chain: &str, check: &str, summary: &str) -> String {
         format!(
             "accel-guest: kill-tenant\nok\naccel-bench-begin\n\
              op                  size |  depth       jobs/s       GB/s\n\
              [1/1] deflate 1048576 B          \n{bench}\naccel-bench-end\n\
              accel-guest: bench across a tenant kill: exit 0\n\
+             accel-guest: kill-tenant\nok\naccel-chain-begin\n{chain}\naccel-chain-end\n\
+             accel-guest: chain across a tenant kill: exit 0\n\
              accel-guest: kill-tenant\nok\naccel-selftest-begin\nselftest: seed 12 (replay \
              with --seed 12), transport: virtio-pci through uio_pci_generic\n\
              ok    copy 0 B\n{check}\n\
@@ -1377,6 +1433,16 @@ mod tests {
             jobs_report(point, check, passed).replace("uio_pci_generic", "vfio"),
             jobs_report(point, check, passed).replace("accel-selftest-end", ""),
             jobs_report(point, check, passed).replace("accel-bench-end", ""),
+            jobs_report(point, check, passed).replace("accel-chain-end", ""),
+            chain_report(point, &CHAIN.replace("2 rounds", "1 rounds"), check, passed),
+            chain_report(point, &CHAIN.replace("0 failed", "1 failed"), check, passed),
+            chain_report(
+                point,
+                "accelctl: error: round 2: job 3 answered",
+                check,
+                passed,
+            ),
+            chain_report(point, &format!("{CHAIN}\n{restarted}"), check, passed),
         ];
         for log in bad {
             let result = std::panic::catch_unwind(|| check_jobs_across_tenant_kills(&log, "bad"));
@@ -1394,7 +1460,8 @@ mod tests {
                        restart of the tenant's process: 0 objects, 1 completions published \
                        again, 2 requests run again, 0 interrupted (§11.3)\n";
         let idle = resumed.replace("2 requests run again", "0 requests run again");
-        check_tenant_resumed(&format!("{idle}{resumed}"), &steps, "resumed");
+        let objects = idle.replace("0 objects", "2 objects");
+        check_tenant_resumed(&format!("{idle}{resumed}{objects}"), &steps, "resumed");
         check_tenant_resumed("", &steps[..1], "no kill");
         let refused = "tenant 0: cannot resume the device after a restart of the tenant's \
                        process, it starts afresh: bad record\n";
@@ -1402,8 +1469,10 @@ mod tests {
             String::new(),
             resumed.to_string(),
             format!("{resumed}{refused}"),
-            idle.repeat(2),
+            idle.repeat(3),
             resumed.repeat(3),
+            format!("{idle}{idle}{objects}"),
+            resumed.repeat(4),
         ];
         for log in &bad {
             let result = std::panic::catch_unwind(|| check_tenant_resumed(log, &steps, "none"));
