@@ -21,6 +21,14 @@
 //!
 //! All of it is kept in `target/vm-test-ch/`.
 //!
+//! The nested VMs fail now and then by themselves, in no step in
+//! particular: L1's kernel panics ("corrupted stack end detected inside
+//! scheduler"), L2 triple-faults and boots again, a vCPU of L2 stalls for
+//! good (RCU stall) when the daemon restarts. So a failed run is said
+//! loudly, its logs are kept in `attempt-1/`, and the test runs once more
+//! ([`ATTEMPTS`]); it fails if that run fails too. A stalled L2 ends a run
+//! at once ([`L2_STALL`]) instead of at its time limit.
+//!
 //! The binary comes from `ACCEL_CH_BINARY` (CI:
 //! `../shared/vmm/cloud-hypervisor`, cloud-hypervisor v53.0); without it the
 //! test says loudly that it skips, and fails when `ACCEL_VM_REQUIRED=1`. It
@@ -47,7 +55,18 @@ struct NestedHost {
     l1: Vm,
     l1_console: Console,
     l2_console: Console,
+    /// The file of L2's console, read for [`L2_STALL`].
+    l2_log: PathBuf,
 }
+
+/// What L2's kernel prints when one of its vCPUs stopped running for 21 s:
+/// cloud-hypervisor's vCPU thread, in L1, is blocked (or L1 does not run
+/// it). L2 never recovers from it here, so a step that waits on L2 stops at
+/// once instead of running into its time limit.
+const L2_STALL: &str = "rcu_preempt detected stalls on CPUs";
+
+/// Runs of the nested VMs, at most (see the module documentation).
+const ATTEMPTS: u32 = 2;
 
 impl NestedHost {
     /// Gives L1 `order` and waits for its `answer`.
@@ -60,11 +79,16 @@ impl NestedHost {
 impl GuestHost for NestedHost {
     fn expect(&mut self, marker: &str) {
         let l1_console = &self.l1_console;
+        let l2_log = &self.l2_log;
         let exited = "l1: cloud-hypervisor exited";
         self.l1.expect_unless(&mut self.l2_console, marker, || {
-            l1_console
-                .shows(exited)
-                .then(|| String::from("cloud-hypervisor exited"))
+            if l1_console.shows(exited) {
+                return Some(String::from("cloud-hypervisor exited"));
+            }
+            let l2 = std::fs::read(l2_log).unwrap_or_default();
+            String::from_utf8_lossy(&l2)
+                .contains(L2_STALL)
+                .then(|| String::from("the test guest (L2) stalled"))
         });
     }
 
@@ -204,6 +228,44 @@ fn guest_uses_the_device_under_cloud_hypervisor() {
         Path::new(&initrd),
     ]);
 
+    for attempt in 1..=ATTEMPTS {
+        let run = std::panic::catch_unwind(|| run_nested(&out, &qemu[0], &l1));
+        let Err(panic) = run else {
+            return;
+        };
+        if attempt == ATTEMPTS {
+            std::panic::resume_unwind(panic);
+        }
+        let kept = out.join(format!("attempt-{attempt}"));
+        keep_logs(&out, &kept);
+        eprintln!(
+            "*** vm_cloud_hypervisor: attempt {attempt} failed (above); its logs are in {}; \
+             running the nested VMs once more ***",
+            kept.display()
+        );
+    }
+}
+
+/// Moves the logs of a failed run from `out` to `kept`.
+fn keep_logs(out: &Path, kept: &Path) {
+    std::fs::create_dir_all(kept).unwrap();
+    for file in LOGS {
+        let _ = std::fs::rename(out.join(file), kept.join(file));
+    }
+}
+
+/// The files of one run of the nested VMs.
+const LOGS: [&str; 5] = [
+    "l1-console.log",
+    "l2-console.out",
+    "daemon.log",
+    "cloud-hypervisor.log",
+    "qemu.stderr",
+];
+
+/// Boots L1 (`qemu`, its kernel and initrd `l1`), logging into `out`, and
+/// runs every step and check.
+fn run_nested(out: &Path, qemu: &str, l1: &[String]) {
     let l1_console = out.join("l1-console.log");
     let l2_input = fifo(&out.join("l2-console.in"));
     let l2_console = out.join("l2-console.out");
@@ -211,7 +273,7 @@ fn guest_uses_the_device_under_cloud_hypervisor() {
     let daemon_log = out.join("daemon.log");
     let ch_log = out.join("cloud-hypervisor.log");
     let qemu_stderr = out.join("qemu.stderr");
-    let mut child = Command::new(&qemu[0])
+    let mut child = Command::new(qemu)
         .args(["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"])
         .args([
             "-machine",
@@ -246,7 +308,8 @@ fn guest_uses_the_device_under_cloud_hypervisor() {
     let mut host = NestedHost {
         l1: Vm::new(child, "L1 (qemu)", logs),
         l1_console: Console::new(l1_console, stdin),
-        l2_console: Console::new(l2_console, l2_input),
+        l2_console: Console::new(l2_console.clone(), l2_input),
+        l2_log: l2_console,
     };
 
     for step in STEPS {
