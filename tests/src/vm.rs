@@ -41,6 +41,22 @@ crc_again() {
     done
     echo "accel-guest: $1: exit $status"
 }
+# accelctl ARGS... (after NAME MARKER PAUSE) run while the host kills the
+# tenant's process, once MARKER is in its output and PAUSE more seconds have
+# passed; its output between accel-NAME-begin and accel-NAME-end, then how
+# it ended.
+killed_under() {
+    name=$1 marker=$2 pause=$3; shift 3
+    accelctl "$@" > "/tmp/$name.log" 2>&1 & pid=$!
+    until grep -q "$marker" "/tmp/$name.log" || ! running $pid; do sleep 0.2; done
+    sleep "$pause"
+    host kill-tenant
+    wait $pid; status=$?
+    echo "accel-$name-begin"
+    cat "/tmp/$name.log"
+    echo "accel-$name-end"
+    echo "accel-guest: $name across a tenant kill: exit $status"
+}
 # A job running (its first requests done) while the host does STEP; how it ended.
 interrupted() {
     job 10 & pid=$!
@@ -335,35 +351,13 @@ while echo "accel-guest: next?" && read -r step label; do
         # (16 in flight, the device slower than the guest: some taken and
         # not completed), once its completions are under way; then under
         # accelctl selftest, once its first check has passed.
-        accelctl bench --ops deflate --sizes 1048576 --depth 16 --seconds 10 --memory 48 \
-            > /tmp/bench.log 2>&1 & pid=$!
-        until grep -q '1/1' /tmp/bench.log || ! running $pid; do sleep 0.2; done
-        sleep 3
-        host kill-tenant
-        wait $pid; status=$?
-        echo accel-bench-begin
-        cat /tmp/bench.log
-        echo accel-bench-end
-        echo "accel-guest: bench across a tenant kill: exit $status"
+        killed_under bench '1/1' 3 \
+            bench --ops deflate --sizes 1048576 --depth 16 --seconds 10 --memory 48
         # Then under rounds of fence-chained AES-GCM jobs across every
         # queue on two objects kept for the whole run, once a round passed
         # and while two more are to run.
-        accelctl chain --rounds 3 --size 1048576 --seed 13 > /tmp/chain.log 2>&1 & pid=$!
-        until grep -q '^round 1: ok' /tmp/chain.log || ! running $pid; do sleep 0.2; done
-        host kill-tenant
-        wait $pid; status=$?
-        echo accel-chain-begin
-        cat /tmp/chain.log
-        echo accel-chain-end
-        echo "accel-guest: chain across a tenant kill: exit $status"
-        accelctl selftest --strict --seed 12 > /tmp/selftest.log 2>&1 & pid=$!
-        until grep -q '^ok ' /tmp/selftest.log || ! running $pid; do sleep 0.2; done
-        host kill-tenant
-        wait $pid; status=$?
-        echo accel-selftest-begin
-        cat /tmp/selftest.log
-        echo accel-selftest-end
-        echo "accel-guest: selftest across a tenant kill: exit $status"
+        killed_under chain '^round 1: ok' 0 chain --rounds 3 --size 1048576 --seed 13
+        killed_under selftest '^ok ' 0 selftest --strict --seed 12
         crc; echo "accel-guest: after a tenant kill: exit $?"
         ;;
     idle-restart)
@@ -1206,8 +1200,7 @@ pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
     // "..., N requests run again, ..."
     let rerun: u64 = resumed
         .iter()
-        .filter_map(|line| line.split_once(" requests run again"))
-        .filter_map(|(before, _)| before.rsplit(' ').next()?.parse::<u64>().ok())
+        .filter_map(|line| count_before(line, " requests run again"))
         .sum();
     assert!(
         kills == 0 || rerun > 0,
@@ -1217,8 +1210,7 @@ pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
     // "...: N objects, ...": the chain's two objects came through its kill.
     let most_objects = resumed
         .iter()
-        .filter_map(|line| line.split_once(" objects, "))
-        .filter_map(|(before, _)| before.rsplit(' ').next()?.parse::<u64>().ok())
+        .filter_map(|line| count_before(line, " objects, "))
         .max()
         .unwrap_or(0);
     assert!(
@@ -1226,6 +1218,12 @@ pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
         "no resumption kept the chain's objects:\n{}\n{context}",
         resumed.join("\n")
     );
+}
+
+/// The number that `line` gives just before `phrase` ("... N phrase").
+fn count_before(line: &str, phrase: &str) -> Option<u64> {
+    let (before, _) = line.split_once(phrase)?;
+    before.rsplit(' ').next()?.parse().ok()
 }
 
 /// What `log` holds between the first `begin` and the `end` after it;
