@@ -28,7 +28,7 @@ pub const GUEST_SCRIPT: &str = r#"#!/bin/sh
 seq 1 20000 > /tmp/in
 crc() { accelctl --timeout 20 run crc32c --in /tmp/in; }
 job() {
-    accelctl --timeout "$1" bench --ops copy --sizes 4096 --seconds 120 --memory 32 > /tmp/job.log 2>&1
+    accelctl --timeout "$1" bench --ops copy --sizes 4096 --seconds 30 --memory 32 > /tmp/job.log 2>&1
 }
 # Asks the host to do STEP to the daemon and waits until it has.
 host() { echo "accel-guest: $1"; read -r ack; }
@@ -345,6 +345,19 @@ while echo "accel-guest: next?" && read -r step label; do
         cat /tmp/bench.log
         echo accel-bench-end
         echo "accel-guest: bench across a tenant kill: exit $status"
+        # Then under rounds of fence-chained AES-GCM jobs across every
+        # queue on two objects kept for the whole run, once a round passed
+        # and while two more are to run (a kill after the last one would
+        # come with the device reset, which cloud-hypervisor v53 does not
+        # survive).
+        accelctl chain --rounds 3 --size 1048576 --seed 13 > /tmp/chain.log 2>&1 & pid=$!
+        until grep -q '^round 1: ok' /tmp/chain.log || ! running $pid; do sleep 0.2; done
+        host kill-tenant
+        wait $pid; status=$?
+        echo accel-chain-begin
+        cat /tmp/chain.log
+        echo accel-chain-end
+        echo "accel-guest: chain across a tenant kill: exit $status"
         accelctl selftest --strict --seed 12 > /tmp/selftest.log 2>&1 & pid=$!
         until grep -q '^ok ' /tmp/selftest.log || ! running $pid; do sleep 0.2; done
         host kill-tenant
@@ -872,26 +885,38 @@ pub enum Step {
     /// `uio_pci_generic`: under `accelctl bench`, a pipeline of 1 MiB
     /// deflate jobs 16 deep (the device slower than the guest, so that some
     /// are taken and not completed when the process dies), 3 s into it;
-    /// then under `accelctl selftest --strict`, once its first check has
-    /// passed. Each time the daemon starts the process again, the VMM
-    /// reconnects, and the new process resumes the device (spec §11.3), so
-    /// the guest sees only a pause: the bench ends with every job Ok, the
+    /// then under `accelctl chain`, three rounds of two chains of 64
+    /// AES-GCM jobs of 1 MiB across every request queue, each job depending
+    /// on the one before, on two objects registered for the whole run, once
+    /// its first round has passed; then under `accelctl selftest --strict`, once its
+    /// first check has passed. Each time the daemon starts the process
+    /// again, the VMM reconnects, and the new process resumes the device
+    /// (spec §11.3), so the guest sees only a pause: the bench ends with
+    /// every job Ok, every round of the chain passes (every OPEN's tag, the
+    /// bytes back, fences as predicted, its objects still valid), the
     /// selftest passes with every check run (its objects and fence checks
     /// after the kill, the fence numbering continued), no request times
     /// out, the driver never reports that the device restarted (it checks
     /// every completion's fence), and the daemon logged that it resumed the
-    /// device after each kill ([`check_tenant_resumed`], which shows that
-    /// each kill came while the device was in use); then a CRC job.
-    /// `accelctl` has no long batch of fence-chained jobs: the selftest's
-    /// own chain (FILL, COPY, CRC-32C made available together) is the
-    /// longest, and no command keeps an object alive for long.
+    /// device after each kill, once with the chain's two objects
+    /// ([`check_tenant_resumed`], which shows that each kill came while the
+    /// device was in use); then a CRC job.
     TenantKilledUnderJobs,
     /// The daemon killed and restarted at once while no driver uses the
     /// device (reset after the last job); then a CRC job.
     IdleRestart,
-    /// The daemon killed and restarted at once while a guest job runs: the
-    /// job fails (no completion) instead of hanging; then a CRC job.
-    RestartUnderJob,
+    /// The daemon killed and restarted at once while a guest job runs; then
+    /// a CRC job.
+    RestartUnderJob {
+        /// Whether the VMM keeps the device's record as its inflight region
+        /// and hands it to the new daemon (`SET_INFLIGHT_FD`,
+        /// cloud-hypervisor), which resumes the device from it (spec
+        /// §11.3.3): the job completes Ok, and the daemon logs that it
+        /// resumed the device. Otherwise (QEMU's generic device sends no
+        /// inflight messages) the new daemon cannot know what the old one
+        /// took, and the job fails (no completion) instead of hanging.
+        resumes: bool,
+    },
     /// The daemon killed under a job, which times out, and started again
     /// once the job has ended; then a CRC job.
     StopUnderJob,
@@ -925,8 +950,10 @@ pub enum Step {
     /// - the daemon killed and restarted while the module is bound (idle):
     ///   `afalg --driver` right after passes (its first request, which the
     ///   new daemon does not take (spec §11.2), fails over to software when
-    ///   the module's watchdog resets the device), and so does the next,
-    ///   computed by the new daemon;
+    ///   the module's watchdog resets the device; where the VMM hands the
+    ///   device's record to the new daemon, `resumes`, the device resumes
+    ///   instead, §11.3.3, and the request is computed by it), and so does
+    ///   the next, computed by the new daemon;
     /// - it unloads (while a process keeps a finished job's sync_file, which
     ///   works after) and loads again, and the kernel logs no oops, warning
     ///   or hung task.
@@ -938,6 +965,10 @@ pub enum Step {
     KernelModule {
         /// Whether the zswap part runs.
         zswap: bool,
+        /// Whether the VMM hands the device's record to the restarted
+        /// daemon, which then resumes the device (see
+        /// [`Step::RestartUnderJob`]).
+        resumes: bool,
     },
 }
 
@@ -1003,7 +1034,7 @@ impl Step {
             Step::FirstJobs => "first",
             Step::TenantKilledUnderJobs => "tenant-killed",
             Step::IdleRestart => "idle-restart",
-            Step::RestartUnderJob => "restart-under-job",
+            Step::RestartUnderJob { .. } => "restart-under-job",
             Step::StopUnderJob => "stop-under-job",
             Step::Reboot => "reboot",
             Step::KernelModule { .. } => "kernel",
@@ -1014,8 +1045,20 @@ impl Step {
     /// process ([`GuestHost::kill_tenant`]).
     pub const fn tenant_kills(self) -> usize {
         match self {
-            Step::TenantKilledUnderJobs => 2,
+            Step::TenantKilledUnderJobs => 3,
             _ => 0,
+        }
+    }
+
+    /// How many times the daemon resumes the device from its record during
+    /// the step (spec §11.3): after each kill of the tenant's process, and
+    /// after a restart of the daemon while the device is in use (under a
+    /// job, or bound to the kernel module) where the VMM hands the record
+    /// back.
+    pub const fn resumptions(self) -> usize {
+        match self {
+            Step::RestartUnderJob { resumes: true } | Step::KernelModule { resumes: true, .. } => 1,
+            _ => self.tenant_kills(),
         }
     }
 
@@ -1037,7 +1080,7 @@ impl Step {
     pub fn run(self, host: &mut impl GuestHost) {
         host.expect("accel-guest: next?");
         match self {
-            Step::KernelModule { zswap: true } => host.send("kernel zswap"),
+            Step::KernelModule { zswap: true, .. } => host.send("kernel zswap"),
             _ => host.send(self.name()),
         }
         match self {
@@ -1049,12 +1092,14 @@ impl Step {
                     host.send("ok");
                 }
             }
-            Step::KernelModule { zswap } => {
+            Step::KernelModule { zswap, .. } => {
                 for part in kernel_host_parts(zswap) {
                     part.play(host);
                 }
             }
-            Step::IdleRestart | Step::RestartUnderJob => HostPart::RestartDaemon.play(host),
+            Step::IdleRestart | Step::RestartUnderJob { .. } => {
+                HostPart::RestartDaemon.play(host);
+            }
             Step::StopUnderJob => {
                 host.expect("accel-guest: stop-daemon");
                 host.kill_daemon();
@@ -1089,13 +1134,18 @@ impl Step {
             }
             Step::TenantKilledUnderJobs => {
                 succeeded("bench across a tenant kill");
+                succeeded("chain across a tenant kill");
                 succeeded("selftest across a tenant kill");
                 check_jobs_across_tenant_kills(log, context);
                 succeeded("after a tenant kill");
             }
             Step::IdleRestart => succeeded("after an idle restart"),
-            Step::RestartUnderJob => {
-                timed_out("across a daemon restart");
+            Step::RestartUnderJob { resumes } => {
+                if resumes {
+                    succeeded("job across a daemon restart");
+                } else {
+                    timed_out("across a daemon restart");
+                }
                 succeeded("after a restart under a job");
             }
             Step::StopUnderJob => {
@@ -1106,7 +1156,7 @@ impl Step {
                 check_kernel_lines(log, REBOOT_CHECKS, context);
                 succeeded("after reboot");
             }
-            Step::KernelModule { zswap } => {
+            Step::KernelModule { zswap, .. } => {
                 check_kernel_module(log, zswap, context);
                 succeeded("after the kernel module");
             }
@@ -1114,13 +1164,16 @@ impl Step {
     }
 }
 
-/// What the guest printed of `accelctl bench` and `accelctl selftest`
-/// across kills of the tenant's process ([`Step::TenantKilledUnderJobs`]):
-/// both ran over `uio_pci_generic`, the bench measured its point (every job
-/// Ok), every check of the selftest ran and passed, and no request timed
-/// out or saw the device restart (`accel-driver`'s `Error::DeviceRestarted`).
+/// What the guest printed of `accelctl bench`, `accelctl chain` and
+/// `accelctl selftest` across kills of the tenant's process
+/// ([`Step::TenantKilledUnderJobs`]): the selftest ran over
+/// `uio_pci_generic`, the bench measured its point (every job Ok), the chain
+/// ran rounds past the one before the kill and every round passed, every
+/// check of the selftest ran and passed, and no request timed out or saw the
+/// device restart (`accel-driver`'s `Error::DeviceRestarted`).
 fn check_jobs_across_tenant_kills(log: &str, context: &str) {
     let bench = between(log, "accel-bench-begin", "accel-bench-end", context);
+    let chain = between(log, "accel-chain-begin", "accel-chain-end", context);
     let selftest = between(log, "accel-selftest-begin", "accel-selftest-end", context);
     let fail = |what: &str, report: &str, why: &str| {
         format!("{what} across a tenant kill: {why}\n{report}\n{context}")
@@ -1131,6 +1184,18 @@ fn check_jobs_across_tenant_kills(log: &str, context: &str) {
         fields.len() == 6 && fields[..3] == ["deflate", "1048576", "|"]
     });
     assert!(measured, "{}", fail("bench", bench, "no measurement"));
+    // "chain: R rounds, J jobs, 2 objects of N bytes, 0 failed", R > 1: the
+    // kill came after the first round, and the rounds after it passed.
+    let rounds = chain
+        .lines()
+        .find_map(|line| line.strip_prefix("chain: ")?.split_once(" rounds, "))
+        .filter(|(_, rest)| rest.ends_with(", 0 failed"))
+        .and_then(|(rounds, _)| rounds.parse::<u64>().ok());
+    assert!(
+        rounds.is_some_and(|rounds| rounds > 1),
+        "{}",
+        fail("chain", chain, "not several rounds, all passed")
+    );
     assert!(
         selftest.contains("transport: virtio-pci through uio_pci_generic"),
         "{}",
@@ -1141,7 +1206,7 @@ fn check_jobs_across_tenant_kills(log: &str, context: &str) {
         "{}",
         fail("selftest", selftest, "not every check ran and passed")
     );
-    for (what, report) in [("bench", bench), ("selftest", selftest)] {
+    for (what, report) in [("bench", bench), ("chain", chain), ("selftest", selftest)] {
         for sign in ["the device restarted", "no completion within", "FAIL "] {
             assert!(!report.contains(sign), "{}", fail(what, report, sign));
         }
@@ -1149,15 +1214,18 @@ fn check_jobs_across_tenant_kills(log: &str, context: &str) {
 }
 
 /// Checks that the daemon resumed the device once for each kill of the
-/// tenant's process by `steps`, as the tenant logged it in `daemon_log`
-/// (the daemon's log): this shows that each kill came while the guest used
-/// the device, and that the new process took the device's state over rather
-/// than starting afresh. Where `steps` kill it, at least one resumption ran
+/// tenant's process by `steps`, and once for a restart of the daemon under a
+/// job where the VMM hands the record back ([`Step::resumptions`]), as the
+/// tenant logged it in `daemon_log` (the daemon's log): this shows that each
+/// kill came while the guest used the device, and that the new process took
+/// the device's state over rather than starting afresh. Where `steps` kill it, at least one resumption ran
 /// requests again (the kill under [`Step::TenantKilledUnderJobs`]'s bench
 /// found jobs taken and not completed, which the bench then saw complete
-/// Ok). `context` goes with a failure.
+/// Ok), and one restored at least two objects (the chain's). `context` goes
+/// with a failure.
 pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
     let kills: usize = steps.iter().map(|step| step.tenant_kills()).sum();
+    let resumptions: usize = steps.iter().map(|step| step.resumptions()).sum();
     let resumed: Vec<&str> = daemon_log
         .lines()
         .filter(|line| line.contains("resumed the device after a restart of the tenant's process"))
@@ -1169,8 +1237,8 @@ pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
         .join("\n");
     assert_eq!(
         resumed.len(),
-        kills,
-        "resumptions of the device after a kill of the tenant's process\n{refused}\n{context}"
+        resumptions,
+        "resumptions of the device from its record\n{refused}\n{context}"
     );
     // "..., N requests run again, ..."
     let rerun: u64 = resumed
@@ -1181,6 +1249,18 @@ pub fn check_tenant_resumed(daemon_log: &str, steps: &[Step], context: &str) {
     assert!(
         kills == 0 || rerun > 0,
         "no request in flight when the tenant's process was killed:\n{}\n{context}",
+        resumed.join("\n")
+    );
+    // "...: N objects, ...": the chain's two objects came through its kill.
+    let most_objects = resumed
+        .iter()
+        .filter_map(|line| line.split_once(" objects, "))
+        .filter_map(|(before, _)| before.rsplit(' ').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        kills == 0 || most_objects >= 2,
+        "no resumption kept the chain's objects:\n{}\n{context}",
         resumed.join("\n")
     );
 }
@@ -1338,14 +1418,27 @@ mod tests {
         DaemonCounters, Step,
     };
 
-    /// What the guest prints of the bench and the selftest across tenant
-    /// kills, `bench` and `check` among their lines.
+    /// The chain's lines across a tenant kill: rounds 1 and 2 passed.
+    const CHAIN: &str = "chain: seed 13 (replay with --seed 13), transport: virtio-pci \
+                         through uio_pci_generic, 64 jobs each way over 2 request queues\n\
+                         round 1: ok\nround 2: ok\n\
+                         chain: 2 rounds, 256 jobs, 2 objects of 262144 bytes, 0 failed";
+
+    /// What the guest prints of the bench, the chain and the selftest across
+    /// tenant kills, `bench` and `check` among their lines.
     fn jobs_report(bench: &str, check: &str, summary: &str) -> String {
+        chain_report(bench, CHAIN, check, summary)
+    }
+
+    /// [`jobs_report`] with the chain's lines.
+    fn chain_report(bench: &str, chain: &str, check: &str, summary: &str) -> String {
         format!(
             "accel-guest: kill-tenant\nok\naccel-bench-begin\n\
              op                  size |  depth       jobs/s       GB/s\n\
              [1/1] deflate 1048576 B          \n{bench}\naccel-bench-end\n\
              accel-guest: bench across a tenant kill: exit 0\n\
+             accel-guest: kill-tenant\nok\naccel-chain-begin\n{chain}\naccel-chain-end\n\
+             accel-guest: chain across a tenant kill: exit 0\n\
              accel-guest: kill-tenant\nok\naccel-selftest-begin\nselftest: seed 12 (replay \
              with --seed 12), transport: virtio-pci through uio_pci_generic\n\
              ok    copy 0 B\n{check}\n\
@@ -1377,6 +1470,16 @@ mod tests {
             jobs_report(point, check, passed).replace("uio_pci_generic", "vfio"),
             jobs_report(point, check, passed).replace("accel-selftest-end", ""),
             jobs_report(point, check, passed).replace("accel-bench-end", ""),
+            jobs_report(point, check, passed).replace("accel-chain-end", ""),
+            chain_report(point, &CHAIN.replace("2 rounds", "1 rounds"), check, passed),
+            chain_report(point, &CHAIN.replace("0 failed", "1 failed"), check, passed),
+            chain_report(
+                point,
+                "accelctl: error: round 2: job 3 answered",
+                check,
+                passed,
+            ),
+            chain_report(point, &format!("{CHAIN}\n{restarted}"), check, passed),
         ];
         for log in bad {
             let result = std::panic::catch_unwind(|| check_jobs_across_tenant_kills(&log, "bad"));
@@ -1394,7 +1497,8 @@ mod tests {
                        restart of the tenant's process: 0 objects, 1 completions published \
                        again, 2 requests run again, 0 interrupted (§11.3)\n";
         let idle = resumed.replace("2 requests run again", "0 requests run again");
-        check_tenant_resumed(&format!("{idle}{resumed}"), &steps, "resumed");
+        let objects = idle.replace("0 objects", "2 objects");
+        check_tenant_resumed(&format!("{idle}{resumed}{objects}"), &steps, "resumed");
         check_tenant_resumed("", &steps[..1], "no kill");
         let refused = "tenant 0: cannot resume the device after a restart of the tenant's \
                        process, it starts afresh: bad record\n";
@@ -1402,8 +1506,10 @@ mod tests {
             String::new(),
             resumed.to_string(),
             format!("{resumed}{refused}"),
-            idle.repeat(2),
+            idle.repeat(3),
             resumed.repeat(3),
+            format!("{idle}{idle}{objects}"),
+            resumed.repeat(4),
         ];
         for log in &bad {
             let result = std::panic::catch_unwind(|| check_tenant_resumed(log, &steps, "none"));
@@ -1428,6 +1534,16 @@ mod tests {
         let runtime: fn(&[Step]) -> bool = Step::any_kills_the_tenant;
         assert!(runtime(&[Step::Reboot, Step::TenantKilledUnderJobs]));
         assert!(!runtime(&[Step::IdleRestart, Step::StopUnderJob]));
+        assert!(!runtime(&[Step::RestartUnderJob { resumes: true }]));
+        assert_eq!(Step::RestartUnderJob { resumes: true }.resumptions(), 1);
+        assert_eq!(Step::RestartUnderJob { resumes: false }.resumptions(), 0);
+        assert_eq!(Step::TenantKilledUnderJobs.resumptions(), 3);
+        let kernel = |resumes| Step::KernelModule {
+            zswap: false,
+            resumes,
+        };
+        assert_eq!(kernel(true).resumptions(), 1);
+        assert_eq!(kernel(false).resumptions(), 0);
     }
 
     /// A console with an oops fails the check; one without passes.

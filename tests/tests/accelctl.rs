@@ -1,7 +1,9 @@
 //! `accelctl`'s commands as a library, against the daemon over vhost-user:
 //! the self-test passes on a correct device, `run` cuts large inputs into
 //! pieces the device accepts and puts them back together (multi-member gzip
-//! included), reports the device's refusals, and `bench` measures.
+//! included), reports the device's refusals, `bench` measures, and `chain`
+//! runs its fence-chained rounds and refuses a device without objects or
+//! fences.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use accel_driver::{
@@ -13,7 +15,7 @@ use accel_tests::reference;
 use accelctl::data::DataSource;
 use accelctl::run::{execute, Error, Job, Output};
 use accelctl::selftest::{Outcome, SelfTest, SIZES};
-use accelctl::{bench, report};
+use accelctl::{bench, chain, report};
 use virtio_accel_spec::{DeflateFormat, Op, Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
 
 /// A daemon whose requests take at most `limit` bytes per buffer.
@@ -357,4 +359,64 @@ fn bench_measures_every_point_it_is_asked_for() {
         assert_eq!(point.depth, 32);
     }
     assert!(report::describe_device(&device).contains("crc32c"));
+}
+
+/// Chains longer than a queue's share and across every queue (runs of
+/// `chain::RUN`, FENCE_QUERY before naming another queue's fence), under
+/// both ways of enabling objects and fences: each round checks itself (every
+/// OPEN's tag, the first object's bytes, fences as predicted).
+#[test]
+fn chain_rounds_pass_across_queues() {
+    for model in [FrontendModel::Own, FrontendModel::CloudHypervisor] {
+        let daemon = Daemon::start_with(|config| config.request_queues = 3);
+        let memory = guest_ram(64);
+        let options = VhostUserOptions::of(model);
+        let transport =
+            VhostUserTransport::connect_with(daemon.socket(), &memory, &options).unwrap();
+        let device = AccelDevice::open_with(transport, &OpenOptions::default()).unwrap();
+        let options = chain::Options {
+            jobs: 5 * chain::RUN + 1,
+            size: 4096,
+            duration: std::time::Duration::ZERO,
+            rounds: None,
+        };
+        let mut rounds = Vec::new();
+        let summary = chain::run(&device, &options, &mut DataSource::new(7), |round| {
+            rounds.push(round);
+        })
+        .unwrap();
+        assert_eq!(rounds, [1], "{model:?}");
+        assert_eq!(summary.rounds, 1);
+        assert_eq!(summary.jobs, 2 * 21);
+        assert_eq!(summary.size, 4096);
+        // Both objects were destroyed at the end: the next run gets handles
+        // again and passes, as many rounds as asked for however long.
+        let options = chain::Options {
+            rounds: Some(2),
+            duration: std::time::Duration::from_secs(3600),
+            ..options
+        };
+        let summary = chain::run(&device, &options, &mut DataSource::new(8), |_| ()).unwrap();
+        assert_eq!(summary.rounds, 2, "{model:?}");
+    }
+}
+
+#[test]
+fn chain_refuses_a_device_without_fences() {
+    let daemon = Daemon::start();
+    let device = daemon.connect_with(
+        &guest_ram(64),
+        DEFAULT_FEATURES & !feature(VIRTIO_ACCEL_F_FENCES),
+    );
+    let options = chain::Options {
+        jobs: 4,
+        size: 64,
+        duration: std::time::Duration::ZERO,
+        rounds: None,
+    };
+    let error = chain::run(&device, &options, &mut DataSource::new(1), |_| ()).unwrap_err();
+    assert!(
+        matches!(error, chain::Error::Missing("FENCES")),
+        "{error:?}"
+    );
 }

@@ -96,6 +96,9 @@ pub enum Command {
     },
     /// Measure jobs/s and GB/s per operation and size.
     Bench(BenchArgs),
+    /// Run long fence-chained batches over every request queue on two
+    /// objects kept for the whole run, each round checking itself.
+    Chain(ChainArgs),
     /// Hand a virtio-pci device to uio_pci_generic so that accelctl can
     /// drive it (unbinding it from the kernel's virtio-pci driver).
     Bind {
@@ -216,6 +219,26 @@ pub struct BenchArgs {
     /// DMA memory in MiB (the depth shrinks for sizes that do not fit).
     #[arg(long, default_value_t = 256)]
     pub memory: usize,
+}
+
+/// `accelctl chain`.
+#[derive(Debug, ClapArgs)]
+pub struct ChainArgs {
+    /// Jobs of each chain (a round runs a chain of SEALs and one of OPENs).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+    /// Bytes of each of the two objects.
+    #[arg(long, default_value_t = 256 << 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub size: u32,
+    /// Seconds of rounds (at least one round runs).
+    #[arg(long, default_value_t = 5.0, conflicts_with = "rounds")]
+    pub seconds: f64,
+    /// Run exactly this many rounds, however long they take.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: Option<u64>,
+    /// Seed of the bytes and the key (replays a run); from the clock by default.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 impl From<OpName> for Op {

@@ -15,6 +15,8 @@
 //! - [`data`]: seeded random and text-like input data;
 //! - [`workload`]: one job per operation on given data, as a request;
 //! - [`mod@bench`]: the pipelined submit/reap loop and the `bench` command;
+//! - [`chain`]: rounds of long fence-chained batches on objects, the
+//!   `chain` command;
 //! - [`selftest`]: every operation, objects and fences checked against the
 //!   references;
 //! - [`run`]: the `run OP` command on files;
@@ -24,6 +26,7 @@
 pub mod accelerator;
 pub mod args;
 pub mod bench;
+pub mod chain;
 pub mod data;
 pub mod reference;
 pub mod report;

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use accel_driver::pci::{self, SYSFS_ROOT, UIO_DRIVER};
-use accelctl::args::{Args, BenchArgs, Command, RunArgs};
-use accelctl::bench;
+use accelctl::args::{Args, BenchArgs, ChainArgs, Command, RunArgs};
 use accelctl::data::DataSource;
 use accelctl::report::{describe_any, supported_ops};
 use accelctl::run::execute;
 use accelctl::selftest::{self, Outcome, SelfTest, TransportChecks};
 use accelctl::target::{kernel_nodes, pci_address, pci_devices, AnyDevice, Target};
+use accelctl::{bench, chain};
 use clap::Parser;
 use virtio_accel_spec::Op;
 
@@ -70,6 +70,7 @@ fn dispatch(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
         Command::Run(run) => run_command(args, run),
         Command::Selftest { seed, strict } => selftest_command(args, *seed, *strict),
         Command::Bench(bench) => bench_command(args, bench),
+        Command::Chain(chain) => chain_command(args, chain),
     }
 }
 
@@ -284,5 +285,44 @@ fn bench_command(args: &Args, bench_args: &BenchArgs) -> Result<ExitCode, Box<dy
         );
     }
     left_out.iter().for_each(|line| println!("{line}"));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn chain_command(args: &Args, chain_args: &ChainArgs) -> Result<ExitCode, Box<dyn Error>> {
+    let options = chain::Options {
+        jobs: usize::from(chain_args.jobs),
+        size: usize::try_from(chain_args.size)?,
+        duration: Duration::try_from_secs_f64(chain_args.seconds)
+            .map_err(|_| format!("--seconds {} is not a duration", chain_args.seconds))?,
+        rounds: chain_args.rounds,
+    };
+    let chosen = target(args)?;
+    let AnyDevice::Virtio(device) = chosen.open(chain::memory_needed(&options), timeout(args)?)?
+    else {
+        return Err(
+            "chain drives the virtqueues itself: use --vhost-user or --pci, not the \
+                    kernel module's node"
+                .into(),
+        );
+    };
+    let mut data = chain_args
+        .seed
+        .map_or_else(DataSource::from_clock, DataSource::new);
+    println!(
+        "chain: seed {} (replay with --seed {}), transport: {chosen}, {} jobs each way over {} \
+         request queues",
+        data.seed(),
+        data.seed(),
+        options.jobs,
+        device.num_request_queues()
+    );
+    let summary = chain::run(&device, &options, &mut data, |round| {
+        println!("round {round}: ok");
+        let _ = std::io::stdout().flush();
+    })?;
+    println!(
+        "chain: {} rounds, {} jobs, 2 objects of {} bytes, 0 failed",
+        summary.rounds, summary.jobs, summary.size
+    );
     Ok(ExitCode::SUCCESS)
 }
