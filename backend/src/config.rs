@@ -13,9 +13,10 @@ use virtio_accel_spec::VirtioAccelConfig;
 
 use crate::sandbox::UserSpec;
 
-/// Most request queues a tenant's device serves: vhost-user-backend assigns
-/// vrings to worker threads with a 64-bit mask, and the control queue takes
-/// one bit. (The specification allows up to `MAX_REQUEST_QUEUES`, 64.)
+/// Most request queues a tenant's device serves: 64 virtqueues with the
+/// control queue, the number vhost-user-backend's vrings were designed
+/// around (one bit of a 64-bit mask each). (The specification allows up to
+/// `MAX_REQUEST_QUEUES`, 64.)
 pub const MAX_QUEUES: u16 = 63;
 /// Most engine worker threads.
 pub const MAX_ENGINE_THREADS: usize = 256;

@@ -15,13 +15,15 @@
 //! should this one be killed (§11.3: [`Device::resume`]).
 //!
 //! Guest memory is the table the device last validated ([`crate::memory`]),
-//! never the table vhost-user-backend shares with the vrings: every access
-//! to a ring or a buffer goes through that snapshot, so a table the device
-//! refused is never touched, not even in the moment between
-//! vhost-user-backend installing it and the device refusing it.
+//! never the table the connection shares with the vrings: every access to a
+//! ring or a buffer goes through that snapshot, so a table the device
+//! refused is never touched, not even in the moment between the connection
+//! installing it and the device refusing it.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -359,9 +361,9 @@ impl Device {
     /// A table with a region that its file does not cover is refused: the
     /// VMM gets an error reply, and until a valid table arrives the device
     /// touches no guest memory (it takes nothing from its rings and holds
-    /// back used entries). vhost-user-backend 0.24 ends the connection after
-    /// any error reply, so in practice the next valid table comes with the
-    /// VMM's next connection.
+    /// back used entries). The connection ends after any error reply
+    /// ([`crate::connection`]), so in practice the next valid table comes
+    /// with the VMM's next connection.
     pub fn set_memory(
         &mut self,
         shared: &GuestMemoryAtomic<GuestMemoryMmap>,
@@ -579,6 +581,93 @@ impl Device {
     /// now and then until it does not.
     pub fn is_resuming(&self) -> bool {
         self.resuming.is_some()
+    }
+
+    /// The device's record as the front-end's inflight region
+    /// (`GET_INFLIGHT_FD`, §11.3.3): its size in bytes and its memfd.
+    pub fn record_region(&self) -> io::Result<(u64, File)> {
+        let fd = self.record.shared_file().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the device's record is private to this process",
+            )
+        })?;
+        Ok((
+            self.record.size_bytes(),
+            File::from(fd.try_clone_to_owned()?),
+        ))
+    }
+
+    /// `SET_INFLIGHT_FD` (§11.3.3): the front-end hands back the region it
+    /// keeps, `size` bytes at `offset` of `file`; `started` if a ring of
+    /// this connection has ever started. The region the device gave it is
+    /// its record already. Another one that is a record of this device's
+    /// geometry (sealed at its size, from offset 0, its header this
+    /// device's format and geometry: one the front-end kept
+    /// from an earlier instance of the daemon) becomes the device's record,
+    /// provided nothing ran on this connection yet: the record the device
+    /// had is cleared (the front-end's is the later one: it was the record
+    /// of the instance the front-end last talked to), and the device waits
+    /// to resume from the new one if it took anything. Anything else is
+    /// logged and changes nothing.
+    pub fn offer_record(&mut self, file: File, size: u64, offset: u64, started: bool) {
+        match self.record_offered(file, size, offset, started) {
+            Ok(None) => {}
+            Ok(Some(record)) => {
+                let old = std::mem::replace(&mut self.record, Arc::new(record));
+                old.clear();
+                self.objects.set_record(Arc::clone(&self.record));
+                self.resuming = resuming(&self.record);
+                self.vmm_log(
+                    Level::Info,
+                    format_args!(
+                        "the front-end's inflight region is the device's record from now on{}                          (§11.3.3)",
+                        if self.resuming.is_some() {
+                            ", and the device resumes from it once its rings start"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+            Err(why) => self.vmm_log(
+                Level::Warn,
+                format_args!("inflight region ignored: {why} (§11.3.3)"),
+            ),
+        }
+    }
+
+    /// The record in the region of [`Device::offer_record`]: `None` if it
+    /// is the device's record already, an error saying why it cannot be.
+    fn record_offered(
+        &self,
+        file: File,
+        size: u64,
+        offset: u64,
+        started: bool,
+    ) -> Result<Option<DeviceRecord>, String> {
+        if self.record.is_file(&file).map_err(|e| e.to_string())? {
+            return Ok(None);
+        }
+        if offset != 0 || size != self.record.size_bytes() {
+            return Err(format!(
+                "{size} bytes at offset {offset}, where the device's record is {} bytes at 0",
+                self.record.size_bytes()
+            ));
+        }
+        if started || !self.inflight.is_empty() || !self.objects.is_empty() {
+            return Err(String::from(
+                "it came after the device started work on this connection",
+            ));
+        }
+        let record = DeviceRecord::attach(&self.config, file.into())
+            .map_err(|e| format!("not a record of this device: {e}"))?;
+        if !record.is_of_this_device() {
+            return Err(String::from(
+                "not a record of this device: its header names another format or geometry",
+            ));
+        }
+        Ok(Some(record))
     }
 
     /// Resumes the device where the tenant's previous process left it

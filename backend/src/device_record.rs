@@ -40,9 +40,10 @@
 //! next process checks it ([`DeviceRecord::check`], [`RingRecord::recover`])
 //! and resets the device when it cannot trust it.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -224,6 +225,22 @@ impl DeviceRecord {
         record
     }
 
+    /// The record's size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        std::mem::size_of_val(self.words()) as u64
+    }
+
+    /// Whether `file` is this record's memfd (a descriptor of the same
+    /// file, wherever it came from).
+    pub fn is_file(&self, file: &File) -> io::Result<bool> {
+        let Some(own) = self.shared_file() else {
+            return Ok(false);
+        };
+        let own = File::from(own.try_clone_to_owned()?).metadata()?;
+        let other = file.metadata()?;
+        Ok(own.dev() == other.dev() && own.ino() == other.ino())
+    }
+
     /// The memfd of a record made by [`DeviceRecord::shared`].
     pub fn shared_file(&self) -> Option<BorrowedFd<'_>> {
         match &self.words {
@@ -347,6 +364,14 @@ impl DeviceRecord {
                 ring.clear();
             }
         }
+    }
+
+    /// Whether the header says this is a record of this geometry (the
+    /// record of a device like this one, whatever state it is in).
+    pub fn is_of_this_device(&self) -> bool {
+        self.load(MAGIC_WORD) == MAGIC
+            && self.load(GEOMETRY) == self.geometry()
+            && self.load(OBJECT_GEOMETRY) == self.object_geometry()
     }
 
     /// Whether the device took anything since its last reset: only then is

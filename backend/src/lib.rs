@@ -18,7 +18,10 @@
 //! - [`device_record`]: the record of a tenant's device, every virtqueue's,
 //!   in memory that outlives the tenant's process;
 //! - [`device`]: the device model tying them together, one per connection;
-//! - [`backend`]: the `VhostUserBackend` glue;
+//! - [`backend`]: the device's side of a connection: messages and events
+//!   in, calls into the device out;
+//! - [`connection`]: one VMM connection: the vhost-user request handler and
+//!   the worker thread of the rings;
 //! - [`memory`]: validation of the guest memory a VMM hands over;
 //! - [`server`]: the tenants' sockets and connection loops;
 //! - [`supervisor`]: one process per tenant, restarted when it ends;
@@ -38,6 +41,7 @@ pub mod chain;
 pub mod command;
 pub mod config;
 pub mod config_file;
+pub mod connection;
 pub mod device;
 pub mod device_record;
 pub mod engine;

@@ -185,6 +185,13 @@ impl ObjectTable {
         }
     }
 
+    /// Writes objects in `record` from now on: the device adopted it
+    /// (§11.3.3) while it held no object.
+    pub fn set_record(&mut self, record: Arc<DeviceRecord>) {
+        self.record = record;
+        self.slot_cursor = 0;
+    }
+
     /// Validates `segments` against `mem`, the limits and the tenant's
     /// quotas, and returns the new handle (§7.1). `command` is the sequence
     /// number of the control command; if it created an object already (it

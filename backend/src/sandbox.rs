@@ -572,8 +572,8 @@ const ALLOWED: &[(Syscall, Check)] = &[
     (syscall!(SYS_mremap), Check::Any),
     (syscall!(SYS_madvise), Check::Any),
     (syscall!(SYS_brk), Check::Any),
-    // Threads: vhost-user-backend starts a thread per connection and one per
-    // vring worker; they name themselves, set up their guard and signal
+    // Threads: a connection starts a thread for the VMM's messages and one
+    // for its rings (connection.rs); they name themselves, set up their guard and signal
     // stacks (Rust's std reads its stack with pthread_getattr_np, hence
     // sched_getaffinity) and wait on futexes.
     (

@@ -19,8 +19,9 @@ use log::Level;
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 
-use crate::backend::{AccelBackend, BackendError, Connection};
+use crate::backend::{AccelBackend, BackendError};
 use crate::config::{Config, EngineKind, SocketSource, TenantConfig};
+use crate::connection::{Connection, ConnectionError};
 use crate::device::TenantState;
 use crate::device_record::DeviceRecord;
 use crate::engine::software::SoftwareEngine;
@@ -50,15 +51,19 @@ pub enum ServerError {
     /// The engine could not start.
     #[error("cannot start the engine")]
     Engine(#[from] EngineError),
-    /// The backend or the daemon of a connection could not be set up.
-    #[error("cannot set up the connection")]
+    /// The backend of a connection could not be set up.
+    #[error("cannot set up the device")]
     Backend(#[from] BackendError),
-    /// The vhost-user daemon failed.
-    #[error("vhost-user daemon: {0}")]
-    Daemon(vhost_user_backend::Error),
+    /// A connection could not be set up or ended with an error.
+    #[error("vhost-user connection")]
+    Connection(#[from] ConnectionError),
     /// A thread could not be started.
     #[error("cannot start a thread")]
     Spawn(#[source] std::io::Error),
+    /// A tenant's device record could not be made (a memfd, so that the
+    /// VMM can keep it as its inflight region, §11.3.3).
+    #[error("cannot make a device record")]
+    Record(#[source] std::io::Error),
     /// A tenant's thread panicked.
     #[error("the thread of tenant {0} panicked")]
     Panicked(String),
@@ -106,11 +111,13 @@ impl Server {
         let kept = config
             .tenants
             .iter()
-            .map(|tenant| Kept {
-                stats: Arc::new(TenantStats::new(tenant.name.clone())),
-                record: Arc::new(DeviceRecord::private(tenant)),
+            .map(|tenant| {
+                Ok(Kept {
+                    stats: Arc::new(TenantStats::new(tenant.name.clone())),
+                    record: Arc::new(DeviceRecord::shared(tenant).map_err(ServerError::Record)?),
+                })
             })
-            .collect();
+            .collect::<Result<_, ServerError>>()?;
         Server::bind_with(config, listeners, kept, 0)
     }
 
@@ -291,20 +298,11 @@ impl Tenant {
     fn run_connection(&mut self, backend: &Arc<RwLock<AccelBackend>>) -> Result<(), ServerError> {
         let name = format!("vhost-user-accel-{}", self.config.name);
         let mut connection = Connection::new(name, backend)?;
-        connection
-            .start(&mut self.listener)
-            .map_err(ServerError::Daemon)?;
+        connection.start(&mut self.listener)?;
         self.state.stats.set_connected(true);
         self.state
             .log
             .vmm(Level::Info, format_args!("VMM connected"));
-        let result = connection.wait();
-        match result {
-            Ok(()) => Ok(()),
-            Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => Ok(()),
-            Err(e) => Err(ServerError::Daemon(e)),
-        }
+        Ok(connection.wait()?)
     }
 }

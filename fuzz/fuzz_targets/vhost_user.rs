@@ -1,7 +1,7 @@
 //! Sequences of vhost-user messages into the daemon's own connection code:
-//! `backend::Connection` (vhost-user-backend's daemon with the accelerator
-//! backend and its events registered), accepted on a listening socket as
-//! `server.rs` does, with a fresh `AccelBackend` per input. The harness is
+//! `connection::Connection` (the daemon's vhost-user request handler and
+//! the worker of its rings, with the accelerator backend), accepted on a
+//! listening socket as `server.rs` does, with a fresh `AccelBackend` per input. The harness is
 //! the VMM: it writes each message (with its descriptors, SCM_RIGHTS) on
 //! the connection, reads the reply when one is due, and as the guest lays
 //! out rings in memfd-backed guest memory and kicks them.
@@ -16,7 +16,7 @@
 //! every message either gets a well-formed reply where one is due (GET_*;
 //! an acknowledgement when REPLY_ACK is negotiated and NEED_REPLY set; after
 //! a raw message, the reply to a probe) or ends the connection, as
-//! vhost-user-backend does after an error; no reply comes that was not
+//! the daemon does after an error; no reply comes that was not
 //! asked for; an error acknowledgement is followed by the end of the
 //! connection; a memory table or an added region that its file does not
 //! cover is refused; the answers to GET_FEATURES, GET_PROTOCOL_FEATURES,
@@ -37,8 +37,9 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Listener;
-use vhost_user_accel::backend::{AccelBackend, Connection};
+use vhost_user_accel::backend::AccelBackend;
 use vhost_user_accel::config::{SocketSource, TenantConfig};
+use vhost_user_accel::connection::{Connection, ConnectionError};
 use vhost_user_accel::device::TenantState;
 use vhost_user_accel::engine::software::SoftwareEngine;
 use vhost_user_accel::engine::Engine;
@@ -51,7 +52,6 @@ use vhost_user_accel_fuzz::vhost_user::{
     code, Action, Ended, FdMode, Frontend, RegionFile, RegionSpec, Reply, RingAddr, Step,
     FLAG_NEED_REPLY, FLAG_VERSION, MAX_STEPS, VMM_BASE, VRING_NOFD,
 };
-use vhost_user_backend::VhostUserBackendMut;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
@@ -549,7 +549,7 @@ fn connect(config: TenantConfig) -> (Arc<RwLock<AccelBackend>>, Connection, Unix
 /// connection, or ended it), its worker stopped, and the backend drained
 /// as the server does; nothing may hold the backend any more.
 fn disconnect(backend: Arc<RwLock<AccelBackend>>, mut connection: Connection) {
-    if let Err(vhost_user_backend::Error::WaitDaemon(_)) = connection.wait() {
+    if let Err(ConnectionError::Panicked) = connection.wait() {
         panic!("the connection's thread panicked");
     }
     drop(connection);
@@ -576,8 +576,12 @@ fn run(data: &[u8]) {
     let (backend, connection, socket) = connect(config);
     let (features, protocol_features, num_queues) = {
         let backend = backend.read().unwrap_or_else(PoisonError::into_inner);
-        let protocol = backend.protocol_features() | VhostUserProtocolFeatures::REPLY_ACK;
-        (backend.features(), protocol.bits(), backend.num_queues())
+        let protocol = AccelBackend::protocol_features() | VhostUserProtocolFeatures::REPLY_ACK;
+        (
+            AccelBackend::features(),
+            protocol.bits(),
+            backend.num_queues(),
+        )
     };
     let mut vmm = Vmm {
         frontend: Frontend::new(socket),

@@ -9,6 +9,14 @@
 //! negotiated every request asks for an acknowledgement, so backend errors
 //! surface at the request that caused them.
 //!
+//! The models of QEMU and cloud-hypervisor also acknowledge
+//! INFLIGHT_SHMFD when the backend offers it, as those VMMs do; only
+//! cloud-hypervisor's then uses it: it asks the backend for an inflight
+//! region (`GET_INFLIGHT_FD`) when it starts the rings and holds none,
+//! hands the region it holds back (`SET_INFLIGHT_FD`) each time it starts
+//! them, on a new connection too, and forgets it when the driver resets the
+//! device ([`FrontendModel::CloudHypervisor`], [`InflightRegion`]).
+//!
 //! vhost-user ring addresses are addresses in the frontend's address space;
 //! the transport translates the guest-physical ring addresses it is given.
 //!
@@ -16,6 +24,7 @@
 //! order, or the exact message sequences of QEMU's and cloud-hypervisor's
 //! generic vhost-user devices, so that tests meet the daemon as those VMMs do.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -24,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight};
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -158,7 +167,10 @@ pub enum FrontendModel {
     /// `SET_FEATURES`, `SET_MEM_TABLE`, per ring `NUM`, `BASE`, `ADDR`,
     /// `KICK`, `CALL`; then `ENABLE` 1 on every ring and `CALL` again on
     /// each. A stop (`vhost_dev_stop`): `ENABLE` 0 on every ring, then
-    /// `GET_VRING_BASE` on each.
+    /// `GET_VRING_BASE` on each. It acknowledges INFLIGHT_SHMFD when offered
+    /// (QEMU 10.0 acknowledges every protocol feature it knows) but never
+    /// sends `GET_INFLIGHT_FD` or `SET_INFLIGHT_FD`: only its block and SCSI
+    /// devices do.
     Qemu {
         /// Whether a reset then sends `RESET_DEVICE` (the project's QEMU
         /// patch); stock QEMU sends none.
@@ -166,9 +178,16 @@ pub enum FrontendModel {
     },
     /// cloud-hypervisor's generic vhost-user device (v53): the driver is
     /// offered only [`CLOUD_HYPERVISOR_FEATURES`] of the back-end's bits. At
-    /// DRIVER_OK: `SET_FEATURES`, `SET_MEM_TABLE`, `NUM` on every ring, per
-    /// ring `ADDR`, `BASE`, `CALL`, `KICK`; then `ENABLE` 1 on every ring. A
-    /// stop: `ENABLE` 0 and `GET_VRING_BASE`, ring by ring. No `RESET_DEVICE`.
+    /// DRIVER_OK: `SET_FEATURES`, `SET_MEM_TABLE`, `NUM` on every ring; with
+    /// INFLIGHT_SHMFD acknowledged, `GET_INFLIGHT_FD` if it holds no
+    /// inflight region (`num_queues`: the rings set up; `queue_size`: the
+    /// size of the first), keeping the region answered, then always
+    /// `SET_INFLIGHT_FD` with the region it holds; then per ring `ADDR`,
+    /// `BASE`, `CALL`, `KICK`; then `ENABLE` 1 on every ring. A stop:
+    /// `ENABLE` 0 and `GET_VRING_BASE`, ring by ring. No `RESET_DEVICE`. The
+    /// region outlives the connection (after a reconnection it sends
+    /// `SET_INFLIGHT_FD` only, with the same region); a reset of the device
+    /// by the driver drops it, so that the next start asks for one again.
     CloudHypervisor,
 }
 
@@ -189,14 +208,17 @@ pub struct VhostUserOptions {
 impl VhostUserOptions {
     /// The options of a VMM `model`, with the protocol features it
     /// acknowledges among ours (cloud-hypervisor does not know
-    /// `RESET_DEVICE`).
+    /// `RESET_DEVICE`), and INFLIGHT_SHMFD for both VMMs, which acknowledge
+    /// it (only cloud-hypervisor's model then sends its messages).
     pub fn of(model: FrontendModel) -> Self {
         let defaults = VhostUserOptions::default();
+        let inflight = VhostUserProtocolFeatures::INFLIGHT_SHMFD;
         let protocol_features = match model {
             FrontendModel::CloudHypervisor => {
-                defaults.protocol_features - VhostUserProtocolFeatures::RESET_DEVICE
+                (defaults.protocol_features - VhostUserProtocolFeatures::RESET_DEVICE) | inflight
             }
-            FrontendModel::Own | FrontendModel::Qemu { .. } => defaults.protocol_features,
+            FrontendModel::Qemu { .. } => defaults.protocol_features | inflight,
+            FrontendModel::Own => defaults.protocol_features,
         };
         VhostUserOptions {
             protocol_features,
@@ -250,6 +272,35 @@ pub struct QueueStats {
     pub interrupts: u64,
 }
 
+/// An inflight region as cloud-hypervisor holds it: the file and the sizes
+/// of a `GET_INFLIGHT_FD` answer, sent back as they are with
+/// `SET_INFLIGHT_FD` (the front-end never maps it). Tests may put any file
+/// and sizes in its place ([`VhostUserTransport::replace_inflight_region`]).
+#[derive(Debug)]
+pub struct InflightRegion {
+    /// The region's file.
+    pub file: File,
+    /// Its size, as the back-end said.
+    pub mmap_size: u64,
+    /// Where it begins in the file, as the back-end said.
+    pub mmap_offset: u64,
+    /// The virtqueues it is for.
+    pub num_queues: u16,
+    /// Their size.
+    pub queue_size: u16,
+}
+
+impl InflightRegion {
+    fn message(&self) -> VhostUserInflight {
+        VhostUserInflight {
+            mmap_size: self.mmap_size,
+            mmap_offset: self.mmap_offset,
+            num_queues: self.num_queues,
+            queue_size: self.queue_size,
+        }
+    }
+}
+
 /// A vhost-user frontend session with one backend.
 pub struct VhostUserTransport {
     frontend: Frontend,
@@ -262,6 +313,9 @@ pub struct VhostUserTransport {
     model: FrontendModel,
     /// The features the driver accepted, for models that send them at DRIVER_OK.
     driver_features: u64,
+    /// The inflight region held (cloud-hypervisor's model), across
+    /// reconnections, until the driver resets the device.
+    inflight: Option<InflightRegion>,
 }
 
 /// Virtio feature bit that vhost-user borrows for protocol features.
@@ -315,6 +369,7 @@ impl std::fmt::Debug for VhostUserTransport {
             .field("num_queues", &self.num_queues)
             .field("queue_size", &self.queue_size)
             .field("model", &self.model)
+            .field("inflight", &self.inflight)
             .finish_non_exhaustive()
     }
 }
@@ -385,6 +440,7 @@ impl VhostUserTransport {
             queues: (0..num_queues).map(|_| None).collect(),
             model: options.model,
             driver_features: 0,
+            inflight: None,
         })
     }
 
@@ -401,6 +457,26 @@ impl VhostUserTransport {
     /// Protocol features acknowledged.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         self.protocol_features
+    }
+
+    /// The inflight region the transport holds: what `GET_INFLIGHT_FD`
+    /// answered (cloud-hypervisor's model, INFLIGHT_SHMFD acknowledged),
+    /// unless a test replaced it.
+    pub fn inflight_region(&self) -> Option<&InflightRegion> {
+        self.inflight.as_ref()
+    }
+
+    /// Puts `region` in place of the inflight region held (`None`: none,
+    /// so that the next start of the rings asks for one), returning the one
+    /// held before. The model sends the new one with `SET_INFLIGHT_FD` the
+    /// next time it starts the rings ([`VhostUserTransport::start_rings`],
+    /// [`VhostUserTransport::reconnect`]), whatever it is: tests hand the
+    /// back-end bogus regions so.
+    pub fn replace_inflight_region(
+        &mut self,
+        region: Option<InflightRegion>,
+    ) -> Option<InflightRegion> {
+        std::mem::replace(&mut self.inflight, region)
     }
 
     /// The call eventfd of virtqueue `queue`, once set up.
@@ -540,10 +616,54 @@ impl VhostUserTransport {
             .map_err(request("SET_VRING_ENABLE"))
     }
 
+    /// cloud-hypervisor's inflight messages, between `NUM` and the rest of
+    /// each ring: `GET_INFLIGHT_FD` unless a region is held, then
+    /// `SET_INFLIGHT_FD` with the one held. Nothing unless INFLIGHT_SHMFD
+    /// was acknowledged on this connection, or no ring is set up.
+    fn send_inflight(&mut self, rings: &[u16]) -> Result<()> {
+        if !self
+            .protocol_features
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            return Ok(());
+        }
+        let Some(&first) = rings.first() else {
+            return Ok(());
+        };
+        if self.inflight.is_none() {
+            let asked = VhostUserInflight {
+                mmap_size: 0,
+                mmap_offset: 0,
+                // At most MAX_REQUEST_QUEUES + 1 rings are ever set up.
+                num_queues: u16::try_from(rings.len()).unwrap_or(u16::MAX),
+                queue_size: self.ring(first)?.addrs.size,
+            };
+            let (info, file) = self
+                .frontend
+                .get_inflight_fd(&asked)
+                .map_err(request("GET_INFLIGHT_FD"))?;
+            self.inflight = Some(InflightRegion {
+                file,
+                mmap_size: info.mmap_size,
+                mmap_offset: info.mmap_offset,
+                num_queues: info.num_queues,
+                queue_size: info.queue_size,
+            });
+        }
+        let Some(region) = &self.inflight else {
+            return Ok(());
+        };
+        let (message, fd) = (region.message(), region.file.as_raw_fd());
+        self.frontend
+            .set_inflight_fd(&message, fd)
+            .map_err(request("SET_INFLIGHT_FD"))
+    }
+
     /// Starts every virtqueue set up, at `bases` (one per ring, in index
     /// order), as the model does at DRIVER_OK or when it resumes a paused
     /// VM: with the features and the memory table first, except for the
-    /// transport's own model, which sent them at FEATURES_OK.
+    /// transport's own model, which sent them at FEATURES_OK; for
+    /// cloud-hypervisor, with the inflight region after the rings' `NUM`.
     pub fn start_rings(&mut self, bases: &[u16]) -> Result<()> {
         let rings = self.set_up();
         if self.model != FrontendModel::Own {
@@ -553,6 +673,7 @@ impl VhostUserTransport {
             for &queue in &rings {
                 self.send_ring_message(queue, RingMessage::Num, 0)?;
             }
+            self.send_inflight(&rings)?;
         }
         for (&queue, &base) in rings.iter().zip(bases) {
             self.send_ring(queue, base)?;
@@ -582,8 +703,10 @@ impl VhostUserTransport {
     /// started where the model starts it: QEMU and this crate's model at the
     /// ring's used index (QEMU's `GET_VRING_BASE` on the broken connection
     /// failed, so it rewinds to what the guest has seen completed),
-    /// cloud-hypervisor v53 at its available index. Returns those indexes,
-    /// in ring order. The driver's rings and memory stay as they are.
+    /// cloud-hypervisor v53 at its available index, handing back the
+    /// inflight region it holds (`SET_INFLIGHT_FD` only). Returns those
+    /// indexes, in ring order. The driver's rings and memory stay as they
+    /// are.
     pub fn reconnect(
         &mut self,
         socket_path: impl AsRef<Path>,
@@ -771,7 +894,11 @@ impl Transport for VhostUserTransport {
         let sends_reset = match self.model {
             FrontendModel::Own => true,
             FrontendModel::Qemu { forwards_reset } => forwards_reset,
-            FrontendModel::CloudHypervisor => false,
+            FrontendModel::CloudHypervisor => {
+                // Its device reset drops the worker that holds the region.
+                self.inflight = None;
+                false
+            }
         };
         if sends_reset
             && self
@@ -811,5 +938,323 @@ mod tests {
         let err = VhostUserTransport::connect_with("/nonexistent/accel.sock", &mem, &options)
             .unwrap_err();
         assert!(matches!(err, Error::Connect { .. }));
+    }
+
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::{Arc, Mutex};
+    use vhost::vhost_user::message::FrontendReq;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    /// A message a [`fake_backend`] received.
+    #[derive(Debug, Clone)]
+    struct Received {
+        request: u32,
+        body: Vec<u8>,
+        /// The file that came with it, as (device, inode).
+        file: Option<(u64, u64)>,
+        /// For `GET_INFLIGHT_FD`: the file it answered with.
+        answered: Option<(u64, u64)>,
+    }
+
+    type Log = Arc<Mutex<Vec<Received>>>;
+
+    fn file_id(file: &File) -> (u64, u64) {
+        let meta = file.metadata().unwrap();
+        (meta.dev(), meta.ino())
+    }
+
+    const INFLIGHT_SIZE: u64 = 4096;
+
+    /// Plays a back-end on `stream` until the front-end hangs up: offers
+    /// CONFIG, MQ (3 queues), REPLY_ACK, and INFLIGHT_SHMFD if `inflight`;
+    /// answers `GET_INFLIGHT_FD` with a new memfd of [`INFLIGHT_SIZE`]
+    /// bytes each time; acknowledges the rest; logs every message in `log`
+    /// before it answers.
+    fn fake_backend(stream: UnixStream, inflight: bool, log: Log) {
+        let mut stream = stream;
+        loop {
+            let mut header = [0u8; 12];
+            let (n, file) = stream.recv_with_fd(&mut header).unwrap();
+            if n == 0 {
+                return;
+            }
+            stream.read_exact(&mut header[n..]).unwrap();
+            let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap());
+            let (request, flags, size) = (word(0), word(4), word(8));
+            let mut body = vec![0u8; size as usize];
+            stream.read_exact(&mut body).unwrap();
+            let mut received = Received {
+                request,
+                body: body.clone(),
+                file: file.as_ref().map(file_id),
+                answered: None,
+            };
+            let mut given = None;
+            let reply: Option<Vec<u8>> = match request {
+                r if r == FrontendReq::GET_FEATURES as u32 => Some(
+                    ((1u64 << 32) | PROTOCOL_FEATURES_BIT)
+                        .to_le_bytes()
+                        .to_vec(),
+                ),
+                r if r == FrontendReq::GET_PROTOCOL_FEATURES as u32 => {
+                    let mut offered = VhostUserProtocolFeatures::CONFIG
+                        | VhostUserProtocolFeatures::MQ
+                        | VhostUserProtocolFeatures::REPLY_ACK;
+                    if inflight {
+                        offered |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+                    }
+                    Some(offered.bits().to_le_bytes().to_vec())
+                }
+                r if r == FrontendReq::GET_QUEUE_NUM as u32 => Some(3u64.to_le_bytes().to_vec()),
+                // VhostUserVringState: the index, then the base.
+                r if r == FrontendReq::GET_VRING_BASE as u32 => {
+                    Some([&body[..4], &[0u8; 4][..]].concat())
+                }
+                r if r == FrontendReq::GET_INFLIGHT_FD as u32 => {
+                    // A memfd of its own for each answer.
+                    let region = DmaMemory::new(INFLIGHT_SIZE as usize)
+                        .unwrap()
+                        .file()
+                        .try_clone()
+                        .unwrap();
+                    received.answered = Some(file_id(&region));
+                    // mmap_size, mmap_offset, then num_queues and queue_size echoed.
+                    let mut reply = INFLIGHT_SIZE.to_le_bytes().to_vec();
+                    reply.extend_from_slice(&0u64.to_le_bytes());
+                    reply.extend_from_slice(&body[16..20]);
+                    reply.resize(body.len(), 0);
+                    given = Some(region);
+                    Some(reply)
+                }
+                _ if flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 => {
+                    Some(0u64.to_le_bytes().to_vec())
+                }
+                _ => None,
+            };
+            log.lock().unwrap().push(received);
+            if let Some(reply) = reply {
+                let size = u32::try_from(reply.len()).unwrap();
+                let mut message = request.to_le_bytes().to_vec();
+                // Version 1, a reply.
+                message.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
+                message.extend_from_slice(&size.to_le_bytes());
+                message.extend_from_slice(&reply);
+                match &given {
+                    Some(region) => {
+                        stream
+                            .send_with_fd(&message[..], region.as_raw_fd())
+                            .unwrap();
+                    }
+                    None => stream.write_all(&message).unwrap(),
+                }
+            }
+        }
+    }
+
+    /// A transport of `model` connected to a new [`fake_backend`], with
+    /// three rings of 16 set up, and the back-end's log.
+    fn fake_transport(
+        model: FrontendModel,
+        inflight: bool,
+        memory: &DmaMemory,
+    ) -> (VhostUserTransport, Log) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let log = Log::default();
+        let backend_log = Arc::clone(&log);
+        std::thread::spawn(move || fake_backend(theirs, inflight, backend_log));
+        let options = VhostUserOptions::of(model);
+        let mut transport = VhostUserTransport::from_stream(ours, memory, &options).unwrap();
+        set_up_rings(&mut transport, memory);
+        (transport, log)
+    }
+
+    fn set_up_rings(transport: &mut VhostUserTransport, memory: &DmaMemory) {
+        transport.set_driver_features(1 << 32).unwrap();
+        for queue in 0..3 {
+            let gpa = memory.alloc_pages(4096).unwrap().gpa();
+            let addrs = QueueAddresses {
+                size: 16,
+                desc: gpa,
+                avail: gpa + 0x400,
+                used: gpa + 0x800,
+            };
+            transport.setup_queue(queue, &addrs).unwrap();
+        }
+    }
+
+    /// The messages logged since the last call, by request code.
+    fn drain(log: &Log) -> Vec<Received> {
+        std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    fn codes(messages: &[Received]) -> Vec<u32> {
+        messages.iter().map(|m| m.request).collect()
+    }
+
+    fn only(messages: &[Received], request: FrontendReq) -> Vec<Received> {
+        messages
+            .iter()
+            .filter(|m| m.request == request as u32)
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn cloud_hypervisor_asks_for_an_inflight_region_once_and_hands_it_back() {
+        use FrontendReq as R;
+        let memory = DmaMemory::new(1 << 20).unwrap();
+        let (mut transport, log) = fake_transport(FrontendModel::CloudHypervisor, true, &memory);
+        assert!(transport
+            .protocol_features()
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD));
+        drain(&log);
+        transport.activate().unwrap();
+        let started = drain(&log);
+        let mut expected = vec![R::SET_FEATURES, R::SET_MEM_TABLE];
+        expected.extend([R::SET_VRING_NUM; 3]);
+        expected.extend([R::GET_INFLIGHT_FD, R::SET_INFLIGHT_FD]);
+        for _ in 0..3 {
+            expected.extend([
+                R::SET_VRING_ADDR,
+                R::SET_VRING_BASE,
+                R::SET_VRING_CALL,
+                R::SET_VRING_KICK,
+            ]);
+        }
+        expected.extend([R::SET_VRING_ENABLE; 3]);
+        let expected: Vec<u32> = expected.into_iter().map(|r| r as u32).collect();
+        assert_eq!(codes(&started), expected);
+        // GET: mmap_size and mmap_offset 0, 3 queues of 16.
+        let get = &only(&started, R::GET_INFLIGHT_FD)[0];
+        assert_eq!(get.body[..16], [0; 16]);
+        assert_eq!(get.body[16..20], [3, 0, 16, 0]);
+        // SET: the answer's sizes and file, as they came.
+        let set = &only(&started, R::SET_INFLIGHT_FD)[0];
+        assert_eq!(set.body[..8], INFLIGHT_SIZE.to_le_bytes());
+        assert_eq!(set.body[8..20], [0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 16, 0]);
+        let region = get.answered.unwrap();
+        assert_eq!(set.file, Some(region));
+        let held = transport.inflight_region().unwrap();
+        assert_eq!(file_id(&held.file), region);
+        assert_eq!(
+            (
+                held.mmap_size,
+                held.mmap_offset,
+                held.num_queues,
+                held.queue_size
+            ),
+            (INFLIGHT_SIZE, 0, 3, 16)
+        );
+
+        // A pause and a resume: SET only, the same region.
+        let bases = transport.stop_rings().unwrap();
+        transport.start_rings(&bases).unwrap();
+        let resumed = drain(&log);
+        assert!(only(&resumed, R::GET_INFLIGHT_FD).is_empty());
+        let sets = only(&resumed, R::SET_INFLIGHT_FD);
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].file, Some(region));
+
+        // A new connection (a restarted back-end): SET only, the same region.
+        let dir =
+            std::env::temp_dir().join(format!("accel-driver-inflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("backend.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let second = Log::default();
+        let second_log = Arc::clone(&second);
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            fake_backend(stream, true, second_log);
+        });
+        let options = VhostUserOptions::of(FrontendModel::CloudHypervisor);
+        transport.reconnect(&path, &options).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let reconnected = drain(&second);
+        assert!(only(&reconnected, R::GET_INFLIGHT_FD).is_empty());
+        let sets = only(&reconnected, R::SET_INFLIGHT_FD);
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].file, Some(region));
+        let position = |r: R| reconnected.iter().position(|m| m.request == r as u32);
+        assert!(position(R::SET_VRING_NUM) < position(R::SET_INFLIGHT_FD));
+        assert!(position(R::SET_INFLIGHT_FD) < position(R::SET_VRING_ADDR));
+
+        // A reset by the driver drops the region: the next start asks anew.
+        transport.reset().unwrap();
+        assert!(transport.inflight_region().is_none());
+        set_up_rings(&mut transport, &memory);
+        drain(&second);
+        transport.activate().unwrap();
+        let restarted = drain(&second);
+        let get = &only(&restarted, R::GET_INFLIGHT_FD)[0];
+        let sets = only(&restarted, R::SET_INFLIGHT_FD);
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].file, get.answered);
+        assert_ne!(get.answered, Some(region));
+    }
+
+    #[test]
+    fn a_replaced_inflight_region_is_sent_as_it_is() {
+        let memory = DmaMemory::new(1 << 20).unwrap();
+        let (mut transport, log) = fake_transport(FrontendModel::CloudHypervisor, true, &memory);
+        let null = File::open("/dev/null").unwrap();
+        let null_id = file_id(&null);
+        let bogus = InflightRegion {
+            file: null,
+            mmap_size: 12345,
+            mmap_offset: 8,
+            num_queues: 7,
+            queue_size: 9,
+        };
+        assert!(transport.replace_inflight_region(Some(bogus)).is_none());
+        transport.activate().unwrap();
+        let started = drain(&log);
+        assert!(only(&started, FrontendReq::GET_INFLIGHT_FD).is_empty());
+        let set = &only(&started, FrontendReq::SET_INFLIGHT_FD)[0];
+        assert_eq!(set.file, Some(null_id));
+        assert_eq!(set.body[..8], 12345u64.to_le_bytes());
+        assert_eq!(set.body[8..16], 8u64.to_le_bytes());
+        assert_eq!(set.body[16..20], [7, 0, 9, 0]);
+        let old = transport.replace_inflight_region(None).unwrap();
+        assert_eq!(file_id(&old.file), null_id);
+    }
+
+    #[test]
+    fn qemu_acknowledges_inflight_but_never_sends_it_and_nobody_sends_it_unoffered() {
+        let qemu = FrontendModel::Qemu {
+            forwards_reset: false,
+        };
+        for (model, offered) in [
+            (qemu, true),
+            (FrontendModel::Own, true),
+            (FrontendModel::CloudHypervisor, false),
+        ] {
+            let memory = DmaMemory::new(1 << 20).unwrap();
+            let (mut transport, log) = fake_transport(model, offered, &memory);
+            assert_eq!(
+                transport
+                    .protocol_features()
+                    .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD),
+                offered && model != FrontendModel::Own,
+                "{model:?}"
+            );
+            transport.activate().unwrap();
+            let bases = transport.stop_rings().unwrap();
+            transport.start_rings(&bases).unwrap();
+            transport.reset().unwrap();
+            let sent = drain(&log);
+            assert!(sent
+                .iter()
+                .all(|m| m.request != FrontendReq::GET_INFLIGHT_FD as u32
+                    && m.request != FrontendReq::SET_INFLIGHT_FD as u32));
+            assert!(
+                sent.iter()
+                    .any(|m| m.request == FrontendReq::SET_VRING_ENABLE as u32),
+                "{model:?}"
+            );
+            assert!(transport.inflight_region().is_none());
+        }
     }
 }

@@ -308,9 +308,12 @@ fn guest_uses_the_device_across_daemon_restarts_and_a_reboot() {
     let steps = [
         Step::FirstJobs,
         Step::TenantKilledUnderJobs,
-        Step::KernelModule { zswap: true },
+        Step::KernelModule {
+            zswap: true,
+            resumes: false,
+        },
         Step::IdleRestart,
-        Step::RestartUnderJob,
+        Step::RestartUnderJob { resumes: false },
         Step::StopUnderJob,
         Step::Reboot,
     ];

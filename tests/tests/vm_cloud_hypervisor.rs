@@ -11,7 +11,8 @@
 //! runs the daemon and cloud-hypervisor with the test guest (L2):
 //!
 //! - L1's console (QEMU's stdio): L1's messages, and the test's orders to
-//!   kill and start the daemon, which runs in L1, to print its metrics (the
+//!   kill and start the daemon, which runs in L1, to kill its tenant's
+//!   process alone, to print its metrics (the
 //!   kernel-module step's counters) and to start cloud-hypervisor again;
 //! - L1's second serial port: L2's console (cloud-hypervisor `--console
 //!   tty`), which QEMU connects to `l2-console.in` (a FIFO the test writes)
@@ -104,12 +105,17 @@ impl GuestHost for NestedHost {
         self.order("start-daemon", "l1: daemon listening");
     }
 
-    /// Never called: L1's init (`vmm-config/cloud-hypervisor/l1-init.sh`)
-    /// takes no order to kill the tenant's process, so [`STEPS`] has no
-    /// step that kills it, which the assertion under [`STEPS`] checks when
-    /// this test compiles.
+    /// L1's init finds the daemon's process of its tenant and kills it.
     fn kill_tenant(&mut self) {
-        unreachable!("no step of STEPS kills the tenant's process (checked at compile time)")
+        let answer = "l1: tenant kill: ";
+        self.order("kill-tenant", answer);
+        self.l1.expect(&mut self.l1_console, "\n");
+        let text = self.l1_console.text();
+        let outcome = text
+            .rsplit_once(answer)
+            .and_then(|(_, rest)| rest.lines().next())
+            .unwrap_or_default();
+        assert_eq!(outcome, "done", "{}", self.l1.context());
     }
 
     fn daemon_metrics(&mut self) -> String {
@@ -122,24 +128,30 @@ impl GuestHost for NestedHost {
 /// The steps of tests/vm.rs that cloud-hypervisor survives, with the same
 /// checks, but for the two that [`run_fatal_step`] runs.
 ///
-/// It reconnects by itself to a daemon that comes back while a job runs;
-/// the job times out as under QEMU, since cloud-hypervisor restarts the
-/// rings at their available index, past the requests of the earlier daemon,
-/// which stay unanswered. On a reboot it creates the device anew (a new
+/// It reconnects by itself to a daemon that comes back while a job runs,
+/// and hands it the inflight region it got from the earlier daemon
+/// (`SET_INFLIGHT_FD`): the device's record, from which the new daemon
+/// resumes the device (spec §11.3.3), so the job completes Ok, where under
+/// QEMU (no inflight messages) it times out. On a reboot it creates the device anew (a new
 /// connection to the daemon). The kernel module's zswap part does not run:
 /// memory pressure in L2 wedges the nested KVM (L1's under QEMU's TCG SVM):
 /// in one run L2 triple-faulted with no message, in another L1 reported the
 /// vCPU thread of cloud-hypervisor blocked for more than 120 s, and L2 stood
 /// idle. tests/vm.rs runs it.
 ///
-/// [`Step::TenantKilledUnderJobs`] does not run: the daemon and its
-/// tenant's process run in L1, and L1's init takes no order to kill the
-/// tenant's process alone (only the daemon: `kill-daemon`), so
-/// [`NestedHost`] cannot do it.
-const STEPS: [Step; 4] = [
+/// The tenant's process killed under jobs ([`Step::TenantKilledUnderJobs`],
+/// L1's `kill-tenant`) is a pause here too: cloud-hypervisor reconnects to
+/// the process the daemon starts again and starts the rings at their
+/// available index, and the new process resumes the device from the
+/// daemon's record (spec §11.3), at the record's ring positions.
+const STEPS: [Step; 5] = [
     Step::FirstJobs,
-    Step::KernelModule { zswap: false },
-    Step::RestartUnderJob,
+    Step::TenantKilledUnderJobs,
+    Step::KernelModule {
+        zswap: false,
+        resumes: true,
+    },
+    Step::RestartUnderJob { resumes: true },
     Step::Reboot,
 ];
 
@@ -147,10 +159,9 @@ const STEPS: [Step; 4] = [
 /// in order.
 const FATAL_STEPS: [Step; 2] = [Step::IdleRestart, Step::StopUnderJob];
 
-// NestedHost::kill_tenant is unreachable: no step the test runs kills the
-// tenant's process.
-const _: () =
-    assert!(!Step::any_kills_the_tenant(&STEPS) && !Step::any_kills_the_tenant(&FATAL_STEPS));
+// The steps that end cloud-hypervisor come after the last tenant kill
+// (whose resumption the test checks in the daemon's log).
+const _: () = assert!(!Step::any_kills_the_tenant(&FATAL_STEPS));
 
 /// Runs `step`, which cloud-hypervisor v53 does not survive, and checks
 /// that it died of it.
@@ -302,7 +313,7 @@ fn run_nested(out: &Path, qemu: &str, l1: &[String]) {
         l1_console.clone(),
         qemu_stderr,
         ch_log.clone(),
-        daemon_log,
+        daemon_log.clone(),
         l2_console.clone(),
     ];
     let mut host = NestedHost {
@@ -326,6 +337,8 @@ fn run_nested(out: &Path, qemu: &str, l1: &[String]) {
     let context = host.l1.context();
     let log = host.l2_console.text();
     vm::check_guest_console(&log, &STEPS, &context);
+    let daemon_log = String::from_utf8_lossy(&std::fs::read(&daemon_log).unwrap()).into_owned();
+    vm::check_tenant_resumed(&daemon_log, &STEPS, &context);
     // The job that lost its daemon failed, as under QEMU, before
     // cloud-hypervisor died.
     vm::check_job_timed_out(&log, "without a daemon", &context);

@@ -7,6 +7,9 @@
 #   ttyS0  L1's console: what L1 says ("l1: ..."), and the host's orders, one
 #          a line: "kill-daemon" (SIGKILL, answered "l1: daemon killed"),
 #          "start-daemon" (answered "l1: daemon listening" once it listens),
+#          "kill-tenant" (SIGKILL to the daemon's process of its one tenant,
+#          answered "l1: tenant kill: done" once it is gone, and the daemon
+#          starts it again; "l1: tenant kill: no process" if there is none),
 #          "metrics" (the daemon's metrics endpoint's answer, between the
 #          lines "l1: metrics-begin" and "l1: metrics-end"), "start-vm"
 #          (cloud-hypervisor again, after it exited) and "poweroff";
@@ -73,6 +76,30 @@ kill_daemon() {
     say "daemon killed"
 }
 
+# The process of the daemon's tenant ("0": the tenant of the one
+# --socket-path), which the daemon started with --tenant-process.
+tenant_pid() {
+    for dir in /proc/[0-9]*; do
+        if [ "$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null)" = "vhost-user-accel --tenant-process 0 " ]
+        then
+            echo "${dir#/proc/}"
+            return
+        fi
+    done
+}
+kill_tenant() {
+    tenant=$(tenant_pid)
+    if [ -z "$tenant" ]; then
+        say "tenant kill: no process"
+        return
+    fi
+    kill -KILL "$tenant"
+    # Gone once its command line reads empty (a zombie until the daemon
+    # reaps it) or its directory is gone.
+    while [ -n "$(tr '\0' ' ' <"/proc/$tenant/cmdline" 2>/dev/null)" ]; do usleep 20000; done
+    say "tenant kill: done"
+}
+
 # L2 waits 20 s after a panic before it reboots: cloud-hypervisor has no
 # reset device that Linux uses, so the reboot is a triple fault, which can
 # cut the panic's message short on the virtio console.
@@ -97,6 +124,7 @@ start_vm
 while read -r order; do
     case $order in
     kill-daemon) kill_daemon ;;
+    kill-tenant) kill_tenant ;;
     start-daemon) start_daemon ;;
     metrics)
         say metrics-begin

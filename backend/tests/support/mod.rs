@@ -1,7 +1,7 @@
 //! The test harness of the daemon as its supervisor: a `vhost-user-accel`
 //! process started on a configuration file with tenants `t0`, `t1`…, their
 //! processes found and killed, its log and metrics read. Shared by
-//! `processes.rs` and `kills.rs`.
+//! `processes.rs`, `kills.rs`, `record.rs` and `inflight.rs`.
 
 // Each test file uses only some of the helpers.
 #![allow(dead_code)]
@@ -104,6 +104,50 @@ impl Supervisor {
         assert!(status.success(), "{status:?}\n{}", self.log());
         self.child = Supervisor::spawn(&self.dir, &self.log, &[]);
         self.tenant_pid("t0");
+    }
+
+    /// Kills the whole daemon with SIGKILL, as a crash or an OOM kill
+    /// does (its tenants' processes die with it, `PR_SET_PDEATHSIG`),
+    /// waits until none of them is left, and starts a new daemon on the
+    /// same configuration and sockets (the old ones are left behind, as
+    /// after a crash: the new daemon replaces them); returns once tenant
+    /// `t0` has a process again. Nothing carries over but what the test's
+    /// front-end keeps (and the state directory, if configured).
+    pub fn kill_and_start_again(&mut self) {
+        let tenants = self.tenant_pids();
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        for pid in tenants {
+            // Gone, or a zombie waiting for a reaper (no command line).
+            while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "tenant process {pid} outlived its killed supervisor"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.child = Supervisor::spawn(&self.dir, &self.log, &[]);
+        self.tenant_pid("t0");
+    }
+
+    /// The processes of every tenant of the supervisor.
+    pub fn tenant_pids(&self) -> Vec<u32> {
+        let prefix = b"vhost-user-accel\0--tenant-process\0";
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                let ppid: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                (ppid == self.child.id() && cmdline.starts_with(prefix)).then_some(pid)
+            })
+            .collect()
     }
 
     /// The socket of `tenant`.
