@@ -49,7 +49,7 @@ use crate::objects::{Object, ObjectError, ObjectTable};
 use crate::ops::Outcome;
 use crate::quota::{Admission, QuotaKind};
 use crate::ratelimit::TenantLog;
-use crate::ring_record::{Recovered, Take, NO_RERUN};
+use crate::ring_record::{Binding, Recovered, Take, NO_RERUN};
 use crate::sg::SgList;
 use crate::stats::TenantStats;
 use crate::tracking::{Restart, RingHistory, Slab};
@@ -249,6 +249,17 @@ fn resuming(record: &DeviceRecord) -> Option<Instant> {
 /// The request queue that virtqueue `vq` is, if it is one (§4).
 fn request_queue(vq: u16) -> Option<u16> {
     vq.checked_sub(virtio_accel_spec::FIRST_REQUEST_QUEUE)
+}
+
+/// Where `queue`'s ring is in the guest's memory, and its size: what its
+/// record is bound to.
+fn binding_of(queue: &impl QueueT) -> Binding {
+    Binding {
+        desc: queue.desc_table(),
+        avail: queue.avail_ring(),
+        used: queue.used_ring(),
+        size: queue.size(),
+    }
 }
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it
@@ -748,6 +759,7 @@ impl Device {
         mem: &Snapshot,
     ) -> Result<Vec<Option<Recovered>>, DeviceError> {
         self.record.check()?;
+        let failed = self.record.failed();
         let queues = self.config.request_queues + 1;
         let mut recovered = Vec::with_capacity(usize::from(queues));
         for (vq, vring) in (0..queues).zip(vrings) {
@@ -764,6 +776,10 @@ impl Device {
                 recovered.push(None);
                 continue;
             }
+            let ring_error = |source| DeviceRecordError::Ring { vq, source };
+            if ring.taken() != 0 {
+                ring.check_binding(binding_of(queue)).map_err(ring_error)?;
+            }
             let vring_error = |source| DeviceError::Vring { index: vq, source };
             let used = queue
                 .used_idx(&**mem, Ordering::Acquire)
@@ -773,8 +789,7 @@ impl Device {
                 .avail_idx(&**mem, Ordering::Acquire)
                 .map_err(vring_error)?
                 .0;
-            let ring_error = |source| DeviceRecordError::Ring { vq, source };
-            let ring = ring.recover(used).map_err(ring_error)?;
+            let ring = ring.recover(used, failed).map_err(ring_error)?;
             if request_queue(vq).is_none() && !ring.interrupted.is_empty() {
                 // Commands are never started: a record that says so lies.
                 return Err(DeviceError::InterruptedCommand);
@@ -852,6 +867,7 @@ impl Device {
             }
         }
         self.objects.end_resume();
+        self.record.clear_failed();
         self.vmm_log(
             Level::Info,
             format_args!(
@@ -975,10 +991,11 @@ impl Device {
         if self.history.restarting(vq) {
             self.judge_restart();
         }
-        let (heads, table, size) = {
+        let (heads, table, size, binding) = {
             let mut state = vring.get_mut();
             let size = state.get_queue().size();
             let table = state.get_queue().desc_table();
+            let binding = binding_of(state.get_queue());
             if !self.ring_began_here(vq, state.get_queue().next_avail()) {
                 return 0;
             }
@@ -987,6 +1004,7 @@ impl Device {
                     iter.map(|chain| chain.head_index()).collect::<Vec<_>>(),
                     table,
                     size,
+                    binding,
                 ),
                 Err(e) => {
                     drop(state);
@@ -1000,6 +1018,7 @@ impl Device {
         let Some(ring) = record.ring(vq) else {
             return 0;
         };
+        ring.bind(binding);
         for head in heads {
             // A head past the ring's own size (which may be below the
             // queue's) names no chain (§6.5).
@@ -1425,6 +1444,7 @@ impl Device {
         if let Some(ring) = self.record.ring(inflight.vq) {
             ring.start(inflight.head, if inflight.no_rerun { NO_RERUN } else { 0 });
         }
+        crate::tenant_process::poison_point(inflight.bytes);
     }
 
     /// Adds the queued used entries to their rings (§6.4) and notifies each

@@ -17,7 +17,11 @@
 //!   cannot resume;
 //! - 7: not 0 once a used entry could not be written as recorded (the
 //!   guest's used ring is not where its driver said): the device cannot
-//!   resume.
+//!   resume;
+//! - 8: not 0 while the last process ended by a failure of its own (the
+//!   supervisor sets it, [`DeviceRecord::mark_failed`]; the next process
+//!   clears it once it resumed): the requests that process was running
+//!   count a lost run ([`crate::ring_record::MAX_LOST_RUNS`]).
 //!
 //! After the rings, one slot per object, `3 + 2 * max_segments` words: its
 //! state (bits 0..8: [`ObjectState`]; bits 8..32: how many segments; bits
@@ -54,8 +58,8 @@ use crate::config::TenantConfig;
 use crate::ring_record::{RecordError, RecordWords, RingRecord};
 use crate::shared::SharedWords;
 
-/// Word 0 of a record: "VUACREC" and the format's version, 1.
-pub const MAGIC: u64 = u64::from_be_bytes(*b"VUACREC\x01");
+/// Word 0 of a record: "VUACREC" and the format's version, 2.
+pub const MAGIC: u64 = u64::from_be_bytes(*b"VUACREC\x02");
 
 const MAGIC_WORD: usize = 0;
 const GEOMETRY: usize = 1;
@@ -65,7 +69,8 @@ const OBJECT_GEOMETRY: usize = 4;
 const SERIAL: usize = 5;
 const UNRECORDED: usize = 6;
 const POISONED: usize = 7;
-const HEADER_WORDS: usize = 8;
+const FAILED: usize = 8;
+const HEADER_WORDS: usize = 9;
 /// Words of an object slot before its segments.
 const OBJECT_HEAD: usize = 3;
 
@@ -276,7 +281,7 @@ impl DeviceRecord {
         self.store(MAGIC_WORD, MAGIC);
         self.store(GEOMETRY, self.geometry());
         self.store(OBJECT_GEOMETRY, self.object_geometry());
-        for index in [CAPABILITIES, NEXT_HANDLE, UNRECORDED, POISONED] {
+        for index in [CAPABILITIES, NEXT_HANDLE, UNRECORDED, POISONED, FAILED] {
             self.store(index, 0);
         }
     }
@@ -418,6 +423,22 @@ impl DeviceRecord {
     /// no longer matches the ring, and the device cannot resume from it.
     pub fn poison(&self) {
         self.store(POISONED, 1);
+    }
+
+    /// The last process of the tenant ended by a failure of its own (the
+    /// supervisor saw it): not killed or stopped from outside.
+    pub fn mark_failed(&self) {
+        self.store(FAILED, 1);
+    }
+
+    /// Whether the last process ended by a failure of its own.
+    pub fn failed(&self) -> bool {
+        self.load(FAILED) != 0
+    }
+
+    /// The device resumed after the failure: the next end counts anew.
+    pub fn clear_failed(&self) {
+        self.store(FAILED, 0);
     }
 
     /// The next object handle to try, as recorded.
@@ -624,8 +645,8 @@ mod tests {
         assert!(DeviceRecord::attach(&bigger, file()).is_err());
         // Same size, other split: the header says so.
         let mut other = config.clone();
-        other.request_queues = 16;
-        other.queue_size = 2;
+        other.request_queues = 0;
+        other.queue_size = 54;
         assert_eq!(
             DeviceRecord::words_for(&other),
             DeviceRecord::words_for(&config)

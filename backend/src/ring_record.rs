@@ -7,20 +7,26 @@
 //! The record is a run of 64-bit words ([`RecordWords`]: in production a
 //! memfd the supervisor holds, so that it survives the tenant's process):
 //!
-//! - word 0: `taken` (bits 0..48), how many available entries the device
-//!   took since the last reset, and how many of them it skipped (§6.5: no
-//!   chain it may answer, and no used entry), modulo 2^16 (bits 48..64). It
-//!   is the commit point of a take: the next available index is `taken`
-//!   modulo 2^16 and the take's sequence number (its fence on a request
-//!   queue, §6.2) is `taken`. Every entry taken is skipped, in a head's
-//!   slot, or published: recovery checks that the counts agree with the
-//!   guest's used index, so that no slot can go missing unnoticed.
+//! - word 0: `taken`, how many available entries the device took since the
+//!   last reset. It is the commit point of a take: the next available index
+//!   is `taken` modulo 2^16 and the take's sequence number (its fence on a
+//!   request queue, §6.2) is `taken`.
 //! - word 1, `publish`: the used index the device last published (bits
-//!   0..16) and the size of the batch being published (bits 16..32), 0 when
-//!   none is.
+//!   0..16), the size of the batch being published (bits 16..32, 0 when none
+//!   is), and how many of the entries taken the device skipped (§6.5: no
+//!   chain it may answer, and no used entry), modulo 2^16 (bits 32..48). A
+//!   skip counts once `taken` moved: a count one ahead of it is a skip the
+//!   process did not commit. Every entry taken is skipped, in a head's slot,
+//!   or published: recovery checks that the counts agree with the guest's
+//!   used index, so that no slot can go missing unnoticed.
+//! - words 2 to 5, the ring's binding: the guest addresses of its
+//!   descriptor table, available ring and used ring, and its size, as they
+//!   were at the first take since the reset ([`RingRecord::bind`]): a ring
+//!   that starts again elsewhere is not the one the record describes.
 //! - then two words per descriptor head: the sequence number of the chain
 //!   at that head, and its state (bits 0..8: [`SlotState`]; bits 8..16:
-//!   flags, [`NO_RERUN`]; bits 16..32: its place in the batch being
+//!   flags, [`NO_RERUN`] and the count of processes that failed while it
+//!   ran ([`MAX_LOST_RUNS`]); bits 16..32: its place in the batch being
 //!   published; bits 32..64: the used length once completed).
 //!
 //! The order of the stores (one writer: the device's thread) is what makes
@@ -34,7 +40,9 @@
 //! written and before its fence signals (a request whose completion anyone
 //! may have seen must never run again), then a batch of completed heads is
 //! published: [`RingRecord::begin_publish`], the caller writes the used
-//! entries and the used index, [`RingRecord::end_publish`]. Every used entry
+//! entries and the used index, [`RingRecord::end_publish`]. A request that
+//! was running when [`MAX_LOST_RUNS`] processes in a row failed is not run
+//! again (it may be what makes them fail): it is interrupted. Every used entry
 //! goes through a batch, those of requests answered without running too;
 //! after a failed write of the used ring, `end_publish` is not called (the
 //! record then refuses to be trusted, and the device is reset). After
@@ -97,7 +105,7 @@ pub enum RecordError {
         state: u64,
     },
     /// A head's sequence number is 0 or past `taken`, or two heads have the
-    /// same one, or `taken` is beyond anything a device reaches.
+    /// same one.
     #[error("head {head}: sequence number {seqno} is impossible (taken {taken})")]
     BadSeqno {
         /// The head.
@@ -143,6 +151,41 @@ pub enum RecordError {
         /// The batch's size.
         batch: u16,
     },
+    /// `taken` is past anything a device reaches ([`MAX_TAKEN`]).
+    #[error("{0} entries taken is more than any device takes")]
+    TooManyTaken(u64),
+    /// The ring started where the record does not say it was.
+    #[error("the ring is {ring}, the record describes {recorded}")]
+    Moved {
+        /// Where the ring is now.
+        ring: Binding,
+        /// Where the record says it was.
+        recorded: Binding,
+    },
+}
+
+/// Where a ring is in the guest's memory, and its size: what a record is
+/// bound to ([`RingRecord::bind`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// The descriptor table's guest address.
+    pub desc: u64,
+    /// The available ring's guest address.
+    pub avail: u64,
+    /// The used ring's guest address.
+    pub used: u64,
+    /// The ring's size.
+    pub size: u16,
+}
+
+impl std::fmt::Display for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} entries at {:#x} (available {:#x}, used {:#x})",
+            self.size, self.desc, self.avail, self.used
+        )
+    }
 }
 
 /// Where a head is in its request's life.
@@ -189,17 +232,32 @@ pub enum Take {
 /// so once it ran in part its input is gone.
 pub const NO_RERUN: u8 = 1;
 
+/// Processes that may fail in a row while a request runs before it is
+/// interrupted instead of run again: a request that makes the process fail
+/// each time it runs (a fault of the engine on that input) would otherwise
+/// end every process that takes over, and the device would never serve
+/// again. Requests that merely ran beside it are interrupted too (§11.3).
+/// A process killed or stopped from outside is no failure of its own: its
+/// requests run again as often as that happens.
+pub const MAX_LOST_RUNS: u8 = 2;
+
+/// Where, in a head's flags, the count of processes that failed while its
+/// request ran sits, and its mask.
+const LOST_RUNS_SHIFT: u8 = 1;
+const LOST_RUNS: u8 = 0b11 << LOST_RUNS_SHIFT;
+
 /// Flags this module knows.
-const KNOWN_FLAGS: u8 = NO_RERUN;
+const KNOWN_FLAGS: u8 = NO_RERUN | LOST_RUNS;
+
+/// More takes than any device makes (2^62: 146 years at 10^9 a second): a
+/// record that claims more is refused, and sequence numbers never near the
+/// end of their range.
+const MAX_TAKEN: u64 = 1 << 62;
 
 const TAKEN: usize = 0;
 const PUBLISH: usize = 1;
-const HEADER_WORDS: usize = 2;
-/// More takes than any device makes (2^48): a record that claims more is
-/// refused.
-const MAX_TAKEN: u64 = 1 << 48;
-/// Where the count of skipped entries sits in word 0.
-const SKIPPED_SHIFT: u32 = 48;
+const BINDING: usize = 2;
+const HEADER_WORDS: usize = 6;
 const SLOT_WORDS: usize = 2;
 
 /// What the next process does with a queue after [`RingRecord::recover`].
@@ -238,9 +296,41 @@ fn publishing_word(flags: u8, place: u16, len: u32) -> u64 {
     state_word(SlotState::Publishing, flags, len) | (u64::from(place) << 16)
 }
 
-/// The publish word: used index and batch size.
-fn publish_word(used: u16, batch: u16) -> u64 {
-    u64::from(used) | (u64::from(batch) << 16)
+/// The count of processes that failed while the request ran, in a head's
+/// `flags`.
+fn lost_runs(flags: u8) -> u8 {
+    (flags & LOST_RUNS) >> LOST_RUNS_SHIFT
+}
+
+/// `flags` with the count of lost runs set to `lost` (at most 3: counts
+/// past [`MAX_LOST_RUNS`] all mean the same).
+fn with_lost_runs(flags: u8, lost: u8) -> u8 {
+    (flags & !LOST_RUNS) | ((lost.min(3) << LOST_RUNS_SHIFT) & LOST_RUNS)
+}
+
+/// Word 1: where publishing stands, and the entries skipped.
+#[derive(Debug, Clone, Copy)]
+struct Publish {
+    /// The used index the device last published.
+    used: u16,
+    /// The size of the batch being published; 0 when none is.
+    batch: u16,
+    /// Entries skipped since the reset, modulo 2^16.
+    skipped: u16,
+}
+
+impl Publish {
+    fn decode(word: u64) -> Self {
+        Publish {
+            used: (word & 0xffff) as u16,
+            batch: ((word >> 16) & 0xffff) as u16,
+            skipped: ((word >> 32) & 0xffff) as u16,
+        }
+    }
+
+    fn encode(self) -> u64 {
+        u64::from(self.used) | (u64::from(self.batch) << 16) | (u64::from(self.skipped) << 32)
+    }
 }
 
 /// A head's slot, read and checked.
@@ -303,18 +393,47 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
 
     /// Available entries taken since the reset.
     pub fn taken(&self) -> u64 {
-        self.words.load(TAKEN) & (MAX_TAKEN - 1)
+        self.words.load(TAKEN)
     }
 
-    /// Available entries skipped since the reset, modulo 2^16.
-    fn skipped(&self) -> u16 {
-        (self.words.load(TAKEN) >> SKIPPED_SHIFT) as u16
+    fn publish(&self) -> Publish {
+        Publish::decode(self.words.load(PUBLISH))
     }
 
-    /// Commits `taken` and `skipped` at once.
-    fn commit(&self, taken: u64, skipped: u16) {
-        self.words
-            .store(TAKEN, taken | (u64::from(skipped) << SKIPPED_SHIFT));
+    fn set_publish(&self, publish: Publish) {
+        self.words.store(PUBLISH, publish.encode());
+    }
+
+    /// Binds the record to the ring at `binding`, before the first take
+    /// since the reset; a record in use keeps the ring it is bound to.
+    pub fn bind(&self, binding: Binding) {
+        if self.taken() != 0 {
+            return;
+        }
+        let words = [
+            binding.desc,
+            binding.avail,
+            binding.used,
+            u64::from(binding.size),
+        ];
+        for (index, word) in (BINDING..).zip(words) {
+            self.words.store(index, word);
+        }
+    }
+
+    /// Checks that the ring at `ring` is the one the record is bound to.
+    pub fn check_binding(&self, ring: Binding) -> Result<(), RecordError> {
+        let recorded = Binding {
+            desc: self.words.load(BINDING),
+            avail: self.words.load(BINDING + 1),
+            used: self.words.load(BINDING + 2),
+            size: u16::try_from(self.words.load(BINDING + 3)).unwrap_or(0),
+        };
+        if recorded == ring {
+            Ok(())
+        } else {
+            Err(RecordError::Moved { ring, recorded })
+        }
     }
 
     /// The device took the chain at `head` as the next available entry.
@@ -329,7 +448,7 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
         let seqno = self.taken().saturating_add(1);
         self.words.store(Self::seqno_index(head), seqno);
         self.set_state(head, SlotState::Taken, 0, 0);
-        self.commit(seqno, self.skipped());
+        self.words.store(TAKEN, seqno);
         Take::Held(seqno)
     }
 
@@ -337,14 +456,26 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
     /// counts, and no head holds it. Returns its sequence number.
     pub fn skip(&self) -> u64 {
         let seqno = self.taken().saturating_add(1);
-        self.commit(seqno, self.skipped().wrapping_add(1));
+        let publish = self.publish();
+        self.set_publish(Publish {
+            skipped: publish.skipped.wrapping_add(1),
+            ..publish
+        });
+        self.words.store(TAKEN, seqno);
         seqno
     }
 
     /// The request at `head` is handed to the engine, with `flags`
-    /// ([`NO_RERUN`] if it cannot run twice).
+    /// ([`NO_RERUN`] if it cannot run twice); the count of processes that
+    /// failed while it ran before is kept.
     pub fn start(&self, head: u16, flags: u8) {
-        self.set_state(head, SlotState::Running, flags & KNOWN_FLAGS, 0);
+        let lost = lost_runs(self.flags(head));
+        self.set_state(
+            head,
+            SlotState::Running,
+            with_lost_runs(flags & NO_RERUN, lost),
+            0,
+        );
     }
 
     /// The request at `head` wrote its output and response; `len` is its
@@ -367,28 +498,31 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
                 publishing: heads.len(),
                 batch: self.size,
             })?;
-        let used = (self.words.load(PUBLISH) & 0xffff) as u16;
         for (place, &(head, len)) in (0..batch).zip(heads) {
             self.words.store(
                 Self::state_index(head),
                 publishing_word(self.flags(head), place, len),
             );
         }
-        self.words.store(PUBLISH, publish_word(used, batch));
+        self.set_publish(Publish {
+            batch,
+            ..self.publish()
+        });
         Ok(())
     }
 
     /// The used entries of [`RingRecord::begin_publish`] and the used index
     /// are in the guest's ring: the heads are free.
     pub fn end_publish(&self, heads: &[(u16, u32)]) {
-        let publish = self.words.load(PUBLISH);
-        let used = (publish & 0xffff) as u16;
-        let batch = ((publish >> 16) & 0xffff) as u16;
+        let publish = self.publish();
         for &(head, _) in heads {
             self.set_state(head, SlotState::Free, 0, 0);
         }
-        self.words
-            .store(PUBLISH, publish_word(used.wrapping_add(batch), 0));
+        self.set_publish(Publish {
+            used: publish.used.wrapping_add(publish.batch),
+            batch: 0,
+            ..publish
+        });
     }
 
     /// Reads head `head`'s slot; `None` when it holds no committed chain.
@@ -426,9 +560,14 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
     /// `guest_used`, the used index in the guest's ring; says what the next
     /// process must publish and run again, and rewrites the record to match
     /// (publishing heads published, or back to completed; uncommitted takes
-    /// undone). Refuses a record it cannot trust: then the device is reset.
-    pub fn recover(&self, guest_used: u16) -> Result<Recovered, RecordError> {
+    /// and skips undone; with `after_failure`, when the process failed, one
+    /// more lost run for each request that was running). Refuses a record it
+    /// cannot trust: then the device is reset.
+    pub fn recover(&self, guest_used: u16, after_failure: bool) -> Result<Recovered, RecordError> {
         let taken = self.taken();
+        if taken > MAX_TAKEN {
+            return Err(RecordError::TooManyTaken(taken));
+        }
         let mut slots = Vec::new();
         for head in 0..self.size {
             if let Some(slot) = self.slot(head, taken)? {
@@ -452,49 +591,66 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
         // What each head holds from now on (the rest are free).
         let mut kept = vec![None; usize::from(self.size)];
         for slot in &slots {
+            let mut flags = slot.flags;
             let state = match slot.state {
                 SlotState::Publishing if slot.place < published => continue,
                 SlotState::Done | SlotState::Publishing => {
                     recovered.republish.push((slot.head, slot.len));
                     SlotState::Done
                 }
-                SlotState::Running if slot.flags & NO_RERUN != 0 => {
-                    recovered.interrupted.push((slot.head, slot.seqno));
-                    SlotState::Running
+                SlotState::Running => {
+                    let lost = lost_runs(flags) + u8::from(after_failure);
+                    flags = with_lost_runs(flags, lost);
+                    if flags & NO_RERUN != 0 || lost >= MAX_LOST_RUNS {
+                        recovered.interrupted.push((slot.head, slot.seqno));
+                        SlotState::Running
+                    } else {
+                        recovered.rerun.push((slot.head, slot.seqno));
+                        SlotState::Taken
+                    }
                 }
-                SlotState::Taken | SlotState::Running => {
+                SlotState::Taken => {
                     recovered.rerun.push((slot.head, slot.seqno));
                     SlotState::Taken
                 }
                 SlotState::Free => continue,
             };
             if let Some(entry) = kept.get_mut(usize::from(slot.head)) {
-                *entry = Some(state_word(state, slot.flags, slot.len));
+                *entry = Some(state_word(state, flags, slot.len));
             }
         }
-        self.check_accounts(taken, kept.iter().flatten().count(), guest_used)?;
-        self.rewrite(&kept, recovered.used);
+        let skipped = self.accounted_skips(taken, kept.iter().flatten().count(), guest_used)?;
+        self.rewrite(&kept, recovered.used, skipped);
         Ok(recovered)
     }
 
     /// Every entry taken is skipped, held by a head, or published: counted
     /// modulo 2^16, `taken - skipped - held` is the guest's used index.
-    /// (`held` is at most the queue's size, below 2^16.)
-    fn check_accounts(&self, taken: u64, held: usize, guest_used: u16) -> Result<(), RecordError> {
-        let skipped = self.skipped();
-        let published = ((taken & 0xffff) as u16)
-            .wrapping_sub(skipped)
-            .wrapping_sub(u16::try_from(held).unwrap_or(u16::MAX));
-        if published == guest_used {
-            Ok(())
-        } else {
-            Err(RecordError::Unaccounted {
+    /// (`held` is at most the queue's size, below 2^16.) Returns the skips
+    /// that count: the record's, or one fewer where the last skip was not
+    /// committed.
+    fn accounted_skips(
+        &self,
+        taken: u64,
+        held: usize,
+        guest_used: u16,
+    ) -> Result<u16, RecordError> {
+        let skipped = self.publish().skipped;
+        let held16 = u16::try_from(held).unwrap_or(u16::MAX);
+        let published = |skipped: u16| {
+            ((taken & 0xffff) as u16)
+                .wrapping_sub(skipped)
+                .wrapping_sub(held16)
+        };
+        [skipped, skipped.wrapping_sub(1)]
+            .into_iter()
+            .find(|&skipped| published(skipped) == guest_used)
+            .ok_or(RecordError::Unaccounted {
                 taken,
                 skipped,
                 held,
                 guest: guest_used,
             })
-        }
     }
 
     /// How many entries of the batch being published reached the guest's
@@ -502,9 +658,7 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
     /// Until every entry did, every head of the batch is still publishing,
     /// each at its own place.
     fn published(&self, slots: &[Slot], guest_used: u16) -> Result<u16, RecordError> {
-        let publish = self.words.load(PUBLISH);
-        let used = (publish & 0xffff) as u16;
-        let batch = ((publish >> 16) & 0xffff) as u16;
+        let Publish { used, batch, .. } = self.publish();
         let published = guest_used.wrapping_sub(used);
         if batch > self.size {
             return Err(RecordError::BatchMismatch {
@@ -546,12 +700,17 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
 
     /// Writes the record as [`RingRecord::recover`] found it: the state
     /// word of each head (`kept`, free where `None`: heads published and
-    /// uncommitted takes), the guest's used index, no batch.
-    fn rewrite(&self, kept: &[Option<u64>], used: u16) {
+    /// uncommitted takes), the guest's used index, no batch, the skips that
+    /// count.
+    fn rewrite(&self, kept: &[Option<u64>], used: u16, skipped: u16) {
         for (head, word) in (0..self.size).zip(kept) {
             self.words.store(Self::state_index(head), word.unwrap_or(0));
         }
-        self.words.store(PUBLISH, publish_word(used, 0));
+        self.set_publish(Publish {
+            used,
+            batch: 0,
+            skipped,
+        });
     }
 }
 
@@ -565,6 +724,10 @@ mod tests {
     use super::*;
 
     const SIZE: u16 = 8;
+
+    /// The process that wrote the record failed (the worst case: requests
+    /// that were running count a lost run).
+    const FAILED: bool = true;
 
     /// Words that keep a copy of themselves after every store: each copy is
     /// what a process killed right after that store leaves behind. Past the
@@ -748,7 +911,7 @@ mod tests {
         let record = RingRecord::new(&record_words, SIZE).unwrap();
         let guest_used = words[GUEST_USED];
         let recovered = record
-            .recover((guest_used & 0xffff) as u16)
+            .recover((guest_used & 0xffff) as u16, FAILED)
             .unwrap_or_else(|e| panic!("a crash left a record that is refused: {e}"));
         let published = &words[GUEST_LOG..GUEST_LOG + usize::try_from(guest_used).unwrap()];
         let mut seen = BTreeMap::new();
@@ -818,7 +981,7 @@ mod tests {
                 *again.words.borrow_mut() = snapshot.clone();
                 let record = RingRecord::new(&again, SIZE).unwrap();
                 record
-                    .recover((snapshot[GUEST_USED] & 0xffff) as u16)
+                    .recover((snapshot[GUEST_USED] & 0xffff) as u16, FAILED)
                     .unwrap();
                 for rewritten in again.snapshots.borrow().iter() {
                     check_crash(rewritten, &story);
@@ -831,16 +994,154 @@ mod tests {
     /// touching that request (§6.5).
     #[test]
     fn a_head_in_flight_is_not_taken_twice() {
-        let atomics: Vec<AtomicU64> = (0..RECORD).map(|_| AtomicU64::new(0)).collect();
+        let atomics = fresh();
         let record = RingRecord::new(&atomics[..], SIZE).unwrap();
         assert_eq!(record.take(2), Take::Held(1));
         record.complete(2, 20);
         assert_eq!(record.take(2), Take::Skipped(2));
         assert_eq!(record.take(SIZE), Take::Skipped(3));
-        let recovered = record.recover(0).unwrap();
+        let recovered = record.recover(0, FAILED).unwrap();
         assert_eq!(recovered.republish, vec![(2, 20)]);
         assert!(recovered.rerun.is_empty());
         assert_eq!(recovered.taken, 3);
+    }
+
+    fn fresh() -> Vec<AtomicU64> {
+        (0..RECORD).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    /// A request running when two processes in a row fail is interrupted,
+    /// not run a third time; its neighbour that completed in between, and a
+    /// later request at that neighbour's head, run again as usual.
+    #[test]
+    fn a_request_running_at_two_ends_in_a_row_is_interrupted() {
+        let atomics = fresh();
+        let record = RingRecord::new(&atomics[..], SIZE).unwrap();
+        assert_eq!(record.take(5), Take::Held(1));
+        assert_eq!(record.take(6), Take::Held(2));
+        record.start(5, 0);
+        record.start(6, 0);
+        assert_eq!(
+            record.recover(0, FAILED).unwrap().rerun,
+            vec![(5, 1), (6, 2)]
+        );
+        // The next process runs both again; 6 completes, 5 is still running
+        // when that process ends too.
+        record.start(5, 0);
+        record.start(6, 0);
+        record.complete(6, 30);
+        record.begin_publish(&[(6, 30)]).unwrap();
+        record.end_publish(&[(6, 30)]);
+        let recovered = record.recover(1, FAILED).unwrap();
+        assert_eq!(recovered.interrupted, vec![(5, 1)]);
+        assert!(recovered.rerun.is_empty());
+        assert_eq!(record.take(6), Take::Held(3));
+        record.start(6, 0);
+        let recovered = record.recover(1, FAILED).unwrap();
+        assert_eq!(recovered.rerun, vec![(6, 3)]);
+        assert_eq!(recovered.interrupted, vec![(5, 1)]);
+    }
+
+    /// Only a process that failed while the request ran counts: not one
+    /// that failed before it started the request again, nor one killed from
+    /// outside while it ran.
+    #[test]
+    fn a_lost_run_counts_only_a_failure_while_the_request_ran() {
+        let atomics = fresh();
+        let record = RingRecord::new(&atomics[..], SIZE).unwrap();
+        assert_eq!(record.take(2), Take::Held(1));
+        record.start(2, 0);
+        for _ in 0..3 {
+            assert_eq!(record.recover(0, FAILED).unwrap().rerun, vec![(2, 1)]);
+        }
+        for _ in 0..3 {
+            record.start(2, 0);
+            assert_eq!(record.recover(0, false).unwrap().rerun, vec![(2, 1)]);
+        }
+        record.start(2, 0);
+        assert_eq!(record.recover(0, FAILED).unwrap().interrupted, vec![(2, 1)]);
+    }
+
+    /// The record is bound to where the ring was at the first take since
+    /// the reset, and refuses a ring anywhere else.
+    #[test]
+    fn a_record_is_bound_to_its_ring_from_the_first_take() {
+        let atomics = fresh();
+        let record = RingRecord::new(&atomics[..], SIZE).unwrap();
+        let here = Binding {
+            desc: 0x1000,
+            avail: 0x2000,
+            used: 0x3000,
+            size: SIZE,
+        };
+        let elsewhere = Binding {
+            used: 0x7000,
+            ..here
+        };
+        record.bind(elsewhere);
+        record.bind(here);
+        assert_eq!(record.take(0), Take::Held(1));
+        record.bind(elsewhere);
+        assert_eq!(record.check_binding(here), Ok(()));
+        assert_eq!(
+            record.check_binding(elsewhere),
+            Err(RecordError::Moved {
+                ring: elsewhere,
+                recorded: here
+            })
+        );
+        assert!(record.check_binding(Binding { size: 4, ..here }).is_err());
+        record.clear();
+        record.bind(elsewhere);
+        assert_eq!(record.check_binding(elsewhere), Ok(()));
+    }
+
+    /// Sequence numbers go on past 2^48 (and past 2^16 skips), with the
+    /// next available index where it should be; a count past any device's
+    /// is refused.
+    #[test]
+    fn takes_count_on_past_two_to_the_48() {
+        let atomics = fresh();
+        let record = RingRecord::new(&atomics[..], SIZE).unwrap();
+        atomics[TAKEN].store((1 << 48) - 1, Ordering::Relaxed);
+        let publish = Publish {
+            used: 0,
+            batch: 0,
+            skipped: 0xffff,
+        };
+        atomics[PUBLISH].store(publish.encode(), Ordering::Relaxed);
+        assert_eq!(record.take(1), Take::Held(1 << 48));
+        assert_eq!(record.skip(), (1 << 48) + 1);
+        record.complete(1, 8);
+        record.begin_publish(&[(1, 8)]).unwrap();
+        record.end_publish(&[(1, 8)]);
+        let recovered = record.recover(1, FAILED).unwrap();
+        assert_eq!(recovered.taken, (1 << 48) + 1);
+        assert_eq!((recovered.taken % (1 << 16), recovered.used), (1, 1));
+        atomics[TAKEN].store(MAX_TAKEN + 1, Ordering::Relaxed);
+        assert_eq!(
+            record.recover(1, FAILED),
+            Err(RecordError::TooManyTaken(MAX_TAKEN + 1))
+        );
+    }
+
+    /// A skip the process counted and did not commit (it ended between the
+    /// two stores) is undone: its entry is still available.
+    #[test]
+    fn an_uncommitted_skip_is_undone() {
+        let atomics = fresh();
+        let record = RingRecord::new(&atomics[..], SIZE).unwrap();
+        assert_eq!(record.take(1), Take::Held(1));
+        assert_eq!(record.skip(), 2);
+        let committed = atomics[PUBLISH].load(Ordering::Relaxed);
+        let counted = Publish {
+            skipped: 2,
+            ..Publish::decode(committed)
+        };
+        atomics[PUBLISH].store(counted.encode(), Ordering::Relaxed);
+        let recovered = record.recover(0, FAILED).unwrap();
+        assert_eq!((recovered.taken, recovered.rerun), (2, vec![(1, 1)]));
+        assert_eq!(atomics[PUBLISH].load(Ordering::Relaxed), committed);
     }
 
     /// Recovery rewrites the record to what it found: recovering the
@@ -856,8 +1157,8 @@ mod tests {
                 .map(|&w| AtomicU64::new(w))
                 .collect();
             let record = RingRecord::new(&atomics[..], SIZE).unwrap();
-            let first = record.recover(guest_used).unwrap();
-            let second = record.recover(guest_used).unwrap();
+            let first = record.recover(guest_used, FAILED).unwrap();
+            let second = record.recover(guest_used, FAILED).unwrap();
             assert_eq!(first, second);
         }
     }
@@ -866,13 +1167,13 @@ mod tests {
     /// where the batch would take it is refused.
     #[test]
     fn a_used_index_the_record_does_not_explain_is_refused() {
-        let atomics: Vec<AtomicU64> = (0..RECORD).map(|_| AtomicU64::new(0)).collect();
+        let atomics = fresh();
         let record = RingRecord::new(&atomics[..], SIZE).unwrap();
         assert_eq!(record.take(3), Take::Held(1));
         record.complete(3, 40);
         record.begin_publish(&[(3, 40)]).unwrap();
         assert_eq!(
-            record.recover(5),
+            record.recover(5, FAILED),
             Err(RecordError::UsedDiverged {
                 guest: 5,
                 used: 0,
@@ -880,7 +1181,7 @@ mod tests {
             })
         );
         // Where the batch takes it: published.
-        let recovered = record.recover(1).unwrap();
+        let recovered = record.recover(1, FAILED).unwrap();
         assert!(recovered.republish.is_empty() && recovered.rerun.is_empty());
         assert_eq!((recovered.taken, recovered.used), (1, 1));
     }
@@ -889,7 +1190,7 @@ mod tests {
     /// the counts, as is a skip that went missing.
     #[test]
     fn a_missing_slot_is_refused() {
-        let atomics: Vec<AtomicU64> = (0..RECORD).map(|_| AtomicU64::new(0)).collect();
+        let atomics = fresh();
         let record = RingRecord::new(&atomics[..], SIZE).unwrap();
         assert_eq!(record.take(1), Take::Held(1));
         assert_eq!(record.skip(), 2);
@@ -898,7 +1199,7 @@ mod tests {
         let kept = atomics[RingRecord::<[AtomicU64]>::state_index(4)].load(Ordering::Relaxed);
         atomics[RingRecord::<[AtomicU64]>::state_index(4)].store(0, Ordering::Relaxed);
         assert_eq!(
-            record.recover(0),
+            record.recover(0, FAILED),
             Err(RecordError::Unaccounted {
                 taken: 3,
                 skipped: 1,
@@ -907,9 +1208,12 @@ mod tests {
             })
         );
         atomics[RingRecord::<[AtomicU64]>::state_index(4)].store(kept, Ordering::Relaxed);
-        assert_eq!(record.recover(0).unwrap().rerun, vec![(1, 1), (4, 3)]);
-        atomics[TAKEN].store(3, Ordering::Relaxed);
-        assert!(record.recover(0).is_err(), "the skip is gone");
+        assert_eq!(
+            record.recover(0, FAILED).unwrap().rerun,
+            vec![(1, 1), (4, 3)]
+        );
+        atomics[PUBLISH].store(0, Ordering::Relaxed);
+        assert!(record.recover(0, FAILED).is_err(), "the skip is gone");
     }
 
     /// Arbitrary words never panic recovery: it accounts or refuses.
@@ -926,7 +1230,7 @@ mod tests {
                 })
                 .collect();
             let record = RingRecord::new(&words, SIZE).unwrap();
-            if let Ok(recovered) = record.recover(u16::try_from(rng.below(4)).unwrap()) {
+            if let Ok(recovered) = record.recover(u16::try_from(rng.below(4)).unwrap(), FAILED) {
                 let count =
                     recovered.republish.len() + recovered.rerun.len() + recovered.interrupted.len();
                 assert!(count <= usize::from(SIZE));

@@ -412,6 +412,9 @@ impl Supervisor {
                 describe(status),
                 slot.delay
             );
+            if failed_by_itself(status) {
+                slot.record.mark_failed();
+            }
             slot.stats.process_ended();
             slot.process = None;
             slot.schedule_after(now);
@@ -633,6 +636,19 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// Whether a process that ended with `status` failed by itself (a signal of
+/// its own making, such as SIGABRT after a panic, SIGSEGV, SIGBUS or SIGSYS
+/// from the sandbox, or an exit status other than 0), rather than being
+/// killed (SIGKILL) or stopped (SIGTERM, SIGINT) from outside: its device's
+/// requests that were running then count a lost run (§11.3).
+fn failed_by_itself(status: ExitStatus) -> bool {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code != 0,
+        (None, Some(signal)) => ![libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&signal),
+        (None, None) => false,
+    }
+}
+
 /// Raises this process's soft limit on open descriptors to its hard limit,
 /// for its tenants' processes to inherit: a VMM hands each a descriptor per
 /// memory region and two per virtqueue.
@@ -680,6 +696,18 @@ mod tests {
             describe(ExitStatus::from_raw(libc::SIGSEGV | 0x80)),
             "was killed by SIGSEGV (11) (core dumped)"
         );
+    }
+
+    #[test]
+    fn only_a_failure_of_its_own_counts() {
+        let failed = |raw| failed_by_itself(ExitStatus::from_raw(raw));
+        assert!(failed(libc::SIGABRT | 0x80));
+        assert!(failed(libc::SIGSYS));
+        assert!(failed(libc::SIGBUS));
+        assert!(failed(1 << 8));
+        assert!(!failed(libc::SIGKILL));
+        assert!(!failed(libc::SIGTERM));
+        assert!(!failed(0));
     }
 
     /// A slot of tenant "a" with no process, whose pauses grow up to `max`.

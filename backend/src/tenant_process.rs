@@ -15,6 +15,7 @@
 
 use std::io::{self, Read};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use log::{debug, info};
@@ -220,28 +221,46 @@ fn name_process(tenant: &str) {
 }
 
 /// Whether an injected fault waits on the request path (tests only).
-static FAULT_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static FAULT_ARMED: AtomicBool = AtomicBool::new(false);
 
-/// Arms the fault of `VHOST_USER_ACCEL_FAULT=panic` for the first process of
-/// a tenant (built with the `fault-injection` feature only; a restarted
-/// process must serve, or the test could not see the restart work).
+/// Whether requests of [`POISON_BYTES`] end the process (tests only).
+static POISON_ARMED: AtomicBool = AtomicBool::new(false);
+
+/// The size (the sum of its buffers' lengths) of a request that ends every
+/// process of a tenant when it runs, under `VHOST_USER_ACCEL_FAULT=poison`.
+pub const POISON_BYTES: u64 = 4093;
+
+/// Arms the faults of `VHOST_USER_ACCEL_FAULT` (built with the
+/// `fault-injection` feature only): `panic`, a panic at the first kick in
+/// the first process of a tenant (a restarted process must serve, or the
+/// test could not see the restart work); `poison`, a panic in every process
+/// of the tenant that starts a request of [`POISON_BYTES`].
 fn arm_fault(incarnation: u64) {
-    let wanted = cfg!(feature = "fault-injection")
-        && std::env::var_os("VHOST_USER_ACCEL_FAULT").is_some_and(|v| v == "panic");
-    FAULT_ARMED.store(
-        wanted && incarnation == 0,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let fault =
+        std::env::var_os("VHOST_USER_ACCEL_FAULT").filter(|_| cfg!(feature = "fault-injection"));
+    let is = |name: &str| fault.as_deref().is_some_and(|fault| fault == name);
+    FAULT_ARMED.store(is("panic") && incarnation == 0, Ordering::Relaxed);
+    POISON_ARMED.store(is("poison"), Ordering::Relaxed);
 }
 
 /// Panics here, on the request path, if a fault is armed (tests only:
 /// `VHOST_USER_ACCEL_FAULT=panic` with the `fault-injection` feature arms
 /// one in the first process of each tenant); nothing at all otherwise.
 pub fn fault_point() {
-    if cfg!(feature = "fault-injection")
-        && FAULT_ARMED.swap(false, std::sync::atomic::Ordering::Relaxed)
-    {
+    if cfg!(feature = "fault-injection") && FAULT_ARMED.swap(false, Ordering::Relaxed) {
         panic!("fault injected on the request path (VHOST_USER_ACCEL_FAULT=panic)");
+    }
+}
+
+/// Panics here, as the device hands a request of `bytes` to the engine, if
+/// it is a poisoned one (tests only: `VHOST_USER_ACCEL_FAULT=poison` with
+/// the `fault-injection` feature); nothing at all otherwise.
+pub fn poison_point(bytes: u64) {
+    if cfg!(feature = "fault-injection")
+        && bytes == POISON_BYTES
+        && POISON_ARMED.load(Ordering::Relaxed)
+    {
+        panic!("fault injected: a request of {POISON_BYTES} bytes (VHOST_USER_ACCEL_FAULT=poison)");
     }
 }
 

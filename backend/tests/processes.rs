@@ -22,6 +22,7 @@ use accel_driver::{
 };
 use sha2::Digest;
 use vhost_user_accel::arbiter::SLOW_STEPS;
+use vhost_user_accel::tenant_process::POISON_BYTES;
 use virtio_accel_spec::{FillParams, Op, Status};
 
 use support::{kill, Setup, Supervisor, PATIENCE};
@@ -490,6 +491,99 @@ fn a_panic_on_the_request_path_ends_only_its_tenants_process() {
     assert!(log.contains("fault injected on the request path"), "{log}");
     assert!(
         log.contains(&format!("process {pid} was killed by SIGABRT (6)")),
+        "{log}"
+    );
+}
+
+/// How many of the tenant's processes the supervisor saw end with SIGABRT.
+fn aborted(supervisor: &Supervisor) -> usize {
+    supervisor
+        .log()
+        .matches("was killed by SIGABRT (6)")
+        .count()
+}
+
+/// Reconnects `device` as QEMU does, again while the process that takes the
+/// connection ends before it is set up.
+fn reconnect(device: &mut AccelDevice, socket: &Path, options: &VhostUserOptions) {
+    for _ in 0..5 {
+        if device.transport_mut().reconnect(socket, options).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cannot reconnect to {}", socket.display());
+}
+
+/// A request that ends the tenant's process whenever it runs (a fault of
+/// the engine on its input) ends the process that runs it and the one that
+/// runs it again, then completes with Interrupted instead of a third run
+/// (§11.3): the device serves again, and fence numbering goes on.
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (cargo test --all-features)"
+)]
+fn a_request_that_ends_every_process_is_interrupted_after_two() {
+    let supervisor = Supervisor::start_with(
+        "poison",
+        1,
+        Setup {
+            env: &[("VHOST_USER_ACCEL_FAULT", "poison")],
+            ..Setup::default()
+        },
+    );
+    let socket = supervisor.socket("t0");
+    let memory = DmaMemory::new(8 << 20).unwrap();
+    let options = VhostUserOptions::of(FrontendModel::Qemu {
+        forwards_reset: false,
+    });
+    let transport = VhostUserTransport::connect_with(&socket, &memory, &options).unwrap();
+    let mut device = Device::open_with(transport, &OpenOptions::default()).unwrap();
+    let out = memory.alloc(64).unwrap();
+    let done = device.run(0, &fill_request(&out)).unwrap().check().unwrap();
+    assert_eq!(u64::from(done.fence().seqno), 1);
+
+    let first = supervisor.tenant_pid("t0");
+    let poison = memory
+        .alloc(usize::try_from(POISON_BYTES).unwrap())
+        .unwrap();
+    let crc = Request::new(Op::Crc32c).input(Buffer::direct(&poison));
+    let fence = device.submit(0, &crc, 7).unwrap();
+    device.flush(0).unwrap();
+    supervisor.wait_until_gone("t0", first);
+    reconnect(&mut device, &socket, &options);
+    // The next process resumes the device, runs the request again, and
+    // ends too.
+    let deadline = Instant::now() + PATIENCE;
+    while aborted(&supervisor) < 2 {
+        assert!(Instant::now() < deadline, "{}", supervisor.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reconnect(&mut device, &socket, &options);
+    let completions = device.wait(0, PATIENCE).unwrap();
+    let log = supervisor.log();
+    assert_eq!(completions.len(), 1, "{log}");
+    let completion = &completions[0];
+    assert_eq!(completion.token, 7);
+    assert!(
+        matches!(completion.status(), Ok(Status::Interrupted)),
+        "{:?}\n{log}",
+        completion.status()
+    );
+    assert_eq!(completion.fence(), fence);
+    assert!(log.contains("1 interrupted"), "{log}");
+
+    memory.write(&out, 0, &[0; 64]).unwrap();
+    let done = device.run(0, &fill_request(&out)).unwrap().check().unwrap();
+    assert_eq!(u64::from(done.fence().seqno), 3);
+    assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0x5a; 64]);
+    let log = supervisor.log();
+    assert_eq!(aborted(&supervisor), 2, "{log}");
+    assert_eq!(
+        log.matches("fault injected: a request of 4093 bytes")
+            .count(),
+        2,
         "{log}"
     );
 }
