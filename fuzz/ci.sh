@@ -25,6 +25,7 @@ declare -A max_len=(
     [fence]=4096
     [device]=16384
     [vhost_user]=8192
+    [record]=2048
 )
 targets=$(cargo +nightly fuzz list)
 cargo +nightly fuzz build -O

@@ -14,9 +14,10 @@
 //! - word 1, `publish`: the used index the device last published (bits
 //!   0..16), the size of the batch being published (bits 16..32, 0 when none
 //!   is), and how many of the entries taken the device skipped (§6.5: no
-//!   chain it may answer, and no used entry), modulo 2^16 (bits 32..48). A
-//!   skip counts once `taken` moved: a count one ahead of it is a skip the
-//!   process did not commit. Every entry taken is skipped, in a head's slot,
+//!   chain it may answer, and no used entry), modulo 2^16 (bits 32..48),
+//!   and, while a skip is being committed, bit 48. A skip counts once
+//!   `taken` moved: while bit 48 is set, a count one ahead of it may be a
+//!   skip the process did not commit. Every entry taken is skipped, in a head's slot,
 //!   or published: recovery checks that the counts agree with the guest's
 //!   used index, so that no slot can go missing unnoticed.
 //! - words 2 to 5, the ring's binding: the guest addresses of its
@@ -151,7 +152,16 @@ pub enum RecordError {
         /// The batch's size.
         batch: u16,
     },
-    /// `taken` is past anything a device reaches ([`MAX_TAKEN`]).
+    /// A batch to publish that the queue cannot hold: more heads than its
+    /// size, or a head past it.
+    #[error("a batch of {heads} heads cannot be published on a queue of {size}")]
+    BatchTooLarge {
+        /// Heads in the batch.
+        heads: usize,
+        /// The queue's size.
+        size: u16,
+    },
+    /// `taken` is past anything a device reaches (2^62).
     #[error("{0} entries taken is more than any device takes")]
     TooManyTaken(u64),
     /// The ring started where the record does not say it was.
@@ -274,8 +284,9 @@ pub struct Recovered {
     /// Taken and not completed, which may run again from the start: `(head,
     /// sequence number)`, by sequence number.
     pub rerun: Vec<(u16, u64)>,
-    /// Stopped part-way, not able to run again ([`NO_RERUN`]): `(head,
-    /// sequence number)`, answered with the status of a request lost to a
+    /// Stopped part-way, not able to run again ([`NO_RERUN`]), or running
+    /// when [`MAX_LOST_RUNS`] processes failed: `(head, sequence number)`,
+    /// by sequence number, answered with the status of a request lost to a
     /// back-end restart.
     pub interrupted: Vec<(u16, u64)>,
 }
@@ -317,6 +328,8 @@ struct Publish {
     batch: u16,
     /// Entries skipped since the reset, modulo 2^16.
     skipped: u16,
+    /// A skip is counted in `skipped` and may not be committed yet.
+    skipping: bool,
 }
 
 impl Publish {
@@ -325,11 +338,15 @@ impl Publish {
             used: (word & 0xffff) as u16,
             batch: ((word >> 16) & 0xffff) as u16,
             skipped: ((word >> 32) & 0xffff) as u16,
+            skipping: word & (1 << 48) != 0,
         }
     }
 
     fn encode(self) -> u64 {
-        u64::from(self.used) | (u64::from(self.batch) << 16) | (u64::from(self.skipped) << 32)
+        u64::from(self.used)
+            | (u64::from(self.batch) << 16)
+            | (u64::from(self.skipped) << 32)
+            | (u64::from(self.skipping) << 48)
     }
 }
 
@@ -456,12 +473,17 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
     /// counts, and no head holds it. Returns its sequence number.
     pub fn skip(&self) -> u64 {
         let seqno = self.taken().saturating_add(1);
-        let publish = self.publish();
-        self.set_publish(Publish {
-            skipped: publish.skipped.wrapping_add(1),
-            ..publish
-        });
+        let counted = Publish {
+            skipped: self.publish().skipped.wrapping_add(1),
+            skipping: true,
+            ..self.publish()
+        };
+        self.set_publish(counted);
         self.words.store(TAKEN, seqno);
+        self.set_publish(Publish {
+            skipping: false,
+            ..counted
+        });
         seqno
     }
 
@@ -494,9 +516,9 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
         let batch = u16::try_from(heads.len())
             .ok()
             .filter(|&batch| batch <= self.size && heads.iter().all(|&(h, _)| h < self.size))
-            .ok_or(RecordError::BatchMismatch {
-                publishing: heads.len(),
-                batch: self.size,
+            .ok_or(RecordError::BatchTooLarge {
+                heads: heads.len(),
+                size: self.size,
             })?;
         for (place, &(head, len)) in (0..batch).zip(heads) {
             self.words.store(
@@ -627,23 +649,26 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
     /// Every entry taken is skipped, held by a head, or published: counted
     /// modulo 2^16, `taken - skipped - held` is the guest's used index.
     /// (`held` is at most the queue's size, below 2^16.) Returns the skips
-    /// that count: the record's, or one fewer where the last skip was not
-    /// committed.
+    /// that count: the record's, or, while a skip was being committed, one
+    /// fewer where it was not.
     fn accounted_skips(
         &self,
         taken: u64,
         held: usize,
         guest_used: u16,
     ) -> Result<u16, RecordError> {
-        let skipped = self.publish().skipped;
+        let Publish {
+            skipped, skipping, ..
+        } = self.publish();
         let held16 = u16::try_from(held).unwrap_or(u16::MAX);
         let published = |skipped: u16| {
             ((taken & 0xffff) as u16)
                 .wrapping_sub(skipped)
                 .wrapping_sub(held16)
         };
-        [skipped, skipped.wrapping_sub(1)]
+        [Some(skipped), skipping.then(|| skipped.wrapping_sub(1))]
             .into_iter()
+            .flatten()
             .find(|&skipped| published(skipped) == guest_used)
             .ok_or(RecordError::Unaccounted {
                 taken,
@@ -710,6 +735,7 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
             used,
             batch: 0,
             skipped,
+            skipping: false,
         });
     }
 }
@@ -1108,6 +1134,7 @@ mod tests {
             used: 0,
             batch: 0,
             skipped: 0xffff,
+            skipping: false,
         };
         atomics[PUBLISH].store(publish.encode(), Ordering::Relaxed);
         assert_eq!(record.take(1), Take::Held(1 << 48));
@@ -1126,7 +1153,8 @@ mod tests {
     }
 
     /// A skip the process counted and did not commit (it ended between the
-    /// two stores) is undone: its entry is still available.
+    /// first two stores) is undone: its entry is still available. Outside a
+    /// skip, a count one ahead is refused.
     #[test]
     fn an_uncommitted_skip_is_undone() {
         let atomics = fresh();
@@ -1134,9 +1162,15 @@ mod tests {
         assert_eq!(record.take(1), Take::Held(1));
         assert_eq!(record.skip(), 2);
         let committed = atomics[PUBLISH].load(Ordering::Relaxed);
-        let counted = Publish {
+        let ahead = Publish {
             skipped: 2,
             ..Publish::decode(committed)
+        };
+        atomics[PUBLISH].store(ahead.encode(), Ordering::Relaxed);
+        assert!(record.recover(0, FAILED).is_err());
+        let counted = Publish {
+            skipping: true,
+            ..ahead
         };
         atomics[PUBLISH].store(counted.encode(), Ordering::Relaxed);
         let recovered = record.recover(0, FAILED).unwrap();

@@ -25,18 +25,34 @@
 //! Kills land after a random delay behind the last flush, just after the
 //! first completion, between the submissions of a batch, while the device is
 //! idle, twice before the VMM reconnects, again just after it reconnected
-//! (while the device resumes), and while an OBJECT_CREATE or OBJECT_DESTROY
-//! is in flight. The harness's `create_object` and `destroy_object` cannot
-//! live through the last: they wait for the answer until the device's
-//! timeout, reconnecting needs the device to itself, and an answer that
-//! comes after the timeout is dropped. So those commands go as chains of
-//! the test's own on the control queue ([`Run::control_across_kill`]):
-//! published and kicked, the kill after a delay of 0 to about 2 ms, the
-//! reconnection, then the answer read from the used ring. A create must
-//! answer Ok with a handle that no other live object has and that reads the
-//! object's bytes (at once between batches, else after the batch); a
-//! destroy must answer Ok, and its handle is then gone. Now and then the
-//! driver resets the device between batches, which ends every object.
+//! (while the device resumes), while an OBJECT_CREATE or OBJECT_DESTROY is
+//! in flight, while the front-end sends the memory table again with a batch
+//! in flight (as a VMM does when memory is plugged), and while the driver
+//! resets the device. Each kind is a random choice of the plan; the last
+//! two are forced once half of the kills are done if they have not
+//! happened yet, and a test of [`COVERAGE_KILLS`] kills or more in which
+//! one never happened fails.
+//!
+//! The harness's `create_object` and `destroy_object` cannot live through a
+//! kill: they wait for the answer until the device's timeout, reconnecting
+//! needs the device to itself, and an answer that comes after the timeout
+//! is dropped. So those commands go as chains of the test's own on the
+//! control queue ([`Run::control_across_kill`]): published and kicked, the
+//! kill after a delay of 0 to about 2 ms, the reconnection, then the answer
+//! read from the used ring. A create must answer Ok with a handle that no
+//! other live object has and that reads the object's bytes (at once between
+//! batches, else after the batch); a destroy must answer Ok, and its handle
+//! is then gone. Now and then the driver resets the device between batches,
+//! which ends every object.
+//!
+//! A memory table ([`Run::mem_table_across_kill`]) and a reset
+//! ([`Run::reset_across_kill`]) are killed from another thread, 0 to about
+//! 2 ms after the main thread began them; they may then fail, but a failure
+//! that came before the kill fails the test. After the memory table the VMM
+//! reconnects, and the batch completes as after any kill. After a reset the
+//! device must be as just reset (fences from 1, no object), whether the
+//! reset went through before the kill (the VMM then reconnects) or broke
+//! (the VMM connects anew and the driver opens the device again).
 //!
 //! After each batch the test checks that every object of the pool holds
 //! its bytes (the device's CRC-32C of the whole object is the host's), that
@@ -111,6 +127,20 @@ const CONTROL_KILL_PERCENT: usize = 20;
 const CONTROL_TOKENS: u64 = 1 << 62;
 /// How long the daemon's gauges may lag behind what they count.
 const GAUGE_PATIENCE: Duration = Duration::from_secs(5);
+/// How often in a hundred the driver resets the device after a batch, and
+/// how often it does so while the tenant's process is killed.
+const RESET_PERCENT: usize = 5;
+const RESET_KILL_PERCENT: usize = 8;
+/// Timeout of the driver's commands while it opens the device across a
+/// kill: cloud-hypervisor's model asks for the capabilities with a control
+/// command (§7.5), whose answer a kill loses.
+const REOPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the process that follows a kill during a reset may take to say
+/// whether it resumed the device.
+const VERDICT_WAIT: Duration = Duration::from_millis(200);
+/// Kills of one test from which each kind of kill must have happened (the
+/// plan forces a kind still missing once half of them are done).
+const COVERAGE_KILLS: usize = 20;
 
 type AccelDevice = Device<VhostUserTransport>;
 
@@ -194,6 +224,17 @@ impl Rng {
             _ => 5_000 + self.below(15_000),
         };
         Duration::from_micros(micros as u64)
+    }
+
+    /// A delay of 0 to about 2 ms before a kill that races a message or a
+    /// command: the kill lands before the device saw it, while it handles
+    /// it, or after it answered.
+    fn brief_delay(&mut self) -> Duration {
+        match self.below(4) {
+            0 => Duration::ZERO,
+            1 | 2 => Duration::from_micros(self.below(150) as u64),
+            _ => Duration::from_micros(150 + self.below(2_000) as u64),
+        }
     }
 }
 
@@ -403,6 +444,9 @@ enum KillPoint {
     AfterFlush(Duration),
     /// After a delay behind the first completion.
     AfterFirst(Duration),
+    /// After a delay (0 to about 2 ms) behind the start of a new memory
+    /// table, which the front-end sends with the batch in flight.
+    DuringMemTable(Duration),
 }
 
 /// Builds the requests of one batch.
@@ -891,6 +935,34 @@ fn ctx<T, E: Display>(result: Result<T, E>, what: impl Display) -> Result<T, Str
     result.map_err(|e| format!("{what}: {e}"))
 }
 
+/// Runs `action` while another thread SIGKILLs process `pid` after `delay`;
+/// returns what `action` returned and when the signal was sent.
+fn kill_during<T>(pid: u32, delay: Duration, action: impl FnOnce() -> T) -> (T, Instant) {
+    std::thread::scope(|scope| {
+        let killer = scope.spawn(move || {
+            std::thread::sleep(delay);
+            let at = Instant::now();
+            kill(pid, libc::SIGKILL);
+            at
+        });
+        let result = action();
+        let at = killer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (result, at)
+    })
+}
+
+/// Resets `device` (closes it, then opens it again with `options`): fences
+/// start from 1, and no object is left.
+fn reopen(device: AccelDevice, options: &OpenOptions) -> Result<AccelDevice, String> {
+    let transport = ctx(device.close(), "resetting the device")?;
+    ctx(
+        Device::open_with(transport, options),
+        "opening the device after a reset",
+    )
+}
+
 /// One test's run: the daemon, the device, the plan and what was seen.
 struct Run {
     label: &'static str,
@@ -947,6 +1019,31 @@ struct Run {
     /// just before the kill.
     control_kills_unanswered: usize,
     object_requests: usize,
+    /// The kills the run is for.
+    target_kills: usize,
+    /// Kills while the front-end sent a memory table, and those in which
+    /// the exchange failed (the kill landed before or during it).
+    mem_table_kills: usize,
+    mem_table_failed: usize,
+    reset_kills: ResetKills,
+}
+
+/// Kills during a reset of the device, and what the process after each one
+/// said of the device it found.
+#[derive(Default)]
+struct ResetKills {
+    count: usize,
+    /// Those in which closing or opening the device failed: the VMM
+    /// connected anew and the driver opened the device again.
+    broken: usize,
+    /// The process after the kill resumed the device (the reset had been
+    /// recorded), or refused to (it found the state from before the reset
+    /// and started afresh), or said neither within [`VERDICT_WAIT`].
+    resumed: usize,
+    refused: usize,
+    silent: usize,
+    /// The first line of each verdict.
+    examples: Vec<String>,
 }
 
 impl Run {
@@ -1004,6 +1101,10 @@ impl Run {
             control_kills: 0,
             control_kills_unanswered: 0,
             object_requests: 0,
+            target_kills: 0,
+            mem_table_kills: 0,
+            mem_table_failed: 0,
+            reset_kills: ResetKills::default(),
         }
     }
 
@@ -1049,6 +1150,7 @@ impl Run {
     /// Runs batches until `kills` kills; returns the time taken.
     fn run(&mut self, kills: usize) -> Duration {
         let started = Instant::now();
+        self.target_kills = kills;
         while self.kills < kills {
             if let Err(message) = self.batch() {
                 self.fail(&message);
@@ -1065,33 +1167,72 @@ impl Run {
     fn kill_and_reconnect(&mut self, why: &str, double: bool) -> Result<(), String> {
         let pid = self.current_pid()?;
         kill(pid, libc::SIGKILL);
-        self.killed_at.get_or_insert_with(Instant::now);
+        self.killed(pid, Instant::now(), why);
+        self.reconnect_after_kill(pid, double)
+    }
+
+    /// Counts and logs the SIGKILL of process `pid`, sent `at`.
+    fn killed(&mut self, pid: u32, at: Instant, why: &str) {
+        self.killed_at.get_or_insert(at);
         self.kills += 1;
         self.event(format!("kill {}: process {pid}, {why}", self.kills));
+    }
+
+    /// After the kill of process `pid` (and with `double` the one started
+    /// after it, before the VMM could reconnect), reconnects as the VMM
+    /// does; now and then kills again at once, while the device resumes.
+    fn reconnect_after_kill(&mut self, pid: u32, double: bool) -> Result<(), String> {
         if double {
             let next = self.next_pid(pid)?;
             kill(next, libc::SIGKILL);
-            self.kills += 1;
-            self.event(format!(
-                "kill {}: process {next}, started after {pid}, before the VMM reconnected",
-                self.kills
-            ));
+            let why = format!("started after {pid}, before the VMM reconnected");
+            self.killed(next, Instant::now(), &why);
         }
         self.reconnect(double)?;
-        // Now and then again at once, while the device resumes.
         if self.rng.chance(15) {
             let delay = Duration::from_micros(self.rng.below(5_000) as u64);
             std::thread::sleep(delay);
             let pid = self.current_pid()?;
             kill(pid, libc::SIGKILL);
-            self.kills += 1;
-            self.event(format!(
-                "kill {}: process {pid}, {delay:?} after the VMM reconnected",
-                self.kills
-            ));
+            let why = format!("{delay:?} after the VMM reconnected");
+            self.killed(pid, Instant::now(), &why);
             self.reconnect(false)?;
         }
         Ok(())
+    }
+
+    /// Whether a kind of kill that happened `count` times must be forced:
+    /// it never happened, and half of the run's kills are done.
+    fn overdue(&self, count: usize) -> bool {
+        count == 0 && self.kills * 2 >= self.target_kills
+    }
+
+    /// Sends the memory table again, as a VMM does when memory is plugged,
+    /// with the batch in flight (the device completes the requests it took
+    /// before it answers, §11), while another thread SIGKILLs the tenant's
+    /// process after `delay`; then reconnects as the VMM does. The exchange
+    /// fails where the kill lands first or during it; a failure before the
+    /// kill fails the test.
+    fn mem_table_across_kill(&mut self, delay: Duration) -> Result<(), String> {
+        let pid = self.current_pid()?;
+        let device = self.device();
+        let ((sent, ended), at) = kill_during(pid, delay, || {
+            (device.transport().set_mem_table(), Instant::now())
+        });
+        let how = match sent {
+            Ok(()) => String::from("answered before the kill"),
+            Err(e) if ended < at => {
+                return Err(format!("SET_MEM_TABLE failed before the kill: {e}"))
+            }
+            Err(e) => {
+                self.mem_table_failed += 1;
+                format!("which failed: {e}")
+            }
+        };
+        self.mem_table_kills += 1;
+        self.killed(pid, at, &format!("{delay:?} into a SET_MEM_TABLE, {how}"));
+        let double = self.rng.chance(10);
+        self.reconnect_after_kill(pid, double)
     }
 
     /// Reconnects as the VMM does. With `raced`, a process was killed while
@@ -1171,7 +1312,7 @@ impl Run {
     /// One batch: objects created and destroyed, requests submitted in
     /// rounds, objects created and destroyed again, killed where the plan
     /// says, collected, checked, the objects checked; then maybe a kill
-    /// while idle, or a reset.
+    /// while idle, and maybe a reset, with or without a kill during it.
     fn batch(&mut self) -> Result<(), String> {
         self.batches += 1;
         self.objects_between_batches()?;
@@ -1180,12 +1321,7 @@ impl Run {
         let mut batch = self.plan();
         self.object_requests += batch.requests.iter().filter(|r| !r.uses.is_empty()).count();
         let rounds = batch.requests.iter().map(|r| r.round).max().unwrap_or(0) + 1;
-        let point = match self.rng.below(20) {
-            0..=2 => KillPoint::None,
-            3..=4 => KillPoint::AfterFlush(Duration::ZERO),
-            5..=12 => KillPoint::AfterFlush(self.rng.delay()),
-            _ => KillPoint::AfterFirst(Duration::from_micros(self.rng.below(3_000) as u64)),
-        };
+        let point = self.kill_point();
         let per_queue = |q| batch.requests.iter().filter(|r| r.queue == q).count();
         self.event(format!(
             "batch {}: tokens {}.., {} on queue 0, {} on queue 1, {rounds} rounds, {point:?}",
@@ -1223,6 +1359,7 @@ impl Run {
                 let why = format!("{delay:?} after the first completion");
                 self.kill_and_reconnect(&why, double)?;
             }
+            KillPoint::DuringMemTable(delay) => self.mem_table_across_kill(delay)?,
         }
         if !objects_first {
             self.objects_during_batch(&batch)?;
@@ -1241,10 +1378,29 @@ impl Run {
             let double = self.rng.chance(10);
             self.kill_and_reconnect("while the device is idle", double)?;
         }
-        if self.rng.chance(5) {
+        let roll = self.rng.below(100);
+        if roll < RESET_PERCENT {
             self.reset()?;
+        } else if roll < RESET_PERCENT + RESET_KILL_PERCENT || self.overdue(self.reset_kills.count)
+        {
+            self.reset_across_kill()?;
         }
         Ok(())
+    }
+
+    /// Where the batch gets its kill; a kill during SET_MEM_TABLE when one
+    /// is [`Run::overdue`].
+    fn kill_point(&mut self) -> KillPoint {
+        if self.overdue(self.mem_table_kills) {
+            return KillPoint::DuringMemTable(self.rng.brief_delay());
+        }
+        match self.rng.below(20) {
+            0..=2 => KillPoint::None,
+            3..=4 => KillPoint::AfterFlush(Duration::ZERO),
+            5..=11 => KillPoint::AfterFlush(self.rng.delay()),
+            12..=17 => KillPoint::AfterFirst(Duration::from_micros(self.rng.below(3_000) as u64)),
+            _ => KillPoint::DuringMemTable(self.rng.brief_delay()),
+        }
     }
 
     /// Submits the requests of `round` and flushes both queues.
@@ -1787,11 +1943,7 @@ impl Run {
         )?;
         ctx(ring.publish(), "publishing a control chain")?;
         ctx(device.notify(CONTROL_QUEUE), "kicking the control queue")?;
-        let delay = match self.rng.below(4) {
-            0 => Duration::ZERO,
-            1 | 2 => Duration::from_micros(self.rng.below(150) as u64),
-            _ => Duration::from_micros(150 + self.rng.below(2_000) as u64),
-        };
+        let delay = self.rng.brief_delay();
         std::thread::sleep(delay);
         self.control_kills += 1;
         // Whether the device answered already, just before the kill.
@@ -1968,21 +2120,121 @@ impl Run {
     /// every object is gone.
     fn reset(&mut self) -> Result<(), String> {
         let device = self.device.take().unwrap();
-        let transport = ctx(device.close(), "resetting the device")?;
-        let device = ctx(
-            Device::open_with(transport, &OpenOptions::default()),
-            "opening the device after a reset",
+        self.device = Some(reopen(device, &OpenOptions::default())?);
+        self.reset_done("");
+        Ok(())
+    }
+
+    /// Resets the device while another thread SIGKILLs the tenant's process
+    /// after 0 to about 2 ms: before the rings stop, while they stop, while
+    /// the driver opens the device again, or after. Where closing or
+    /// opening failed (after the kill; a failure before it fails the test),
+    /// the transport went with the device: the VMM connects anew, which
+    /// starts no ring of a device the driver reset, and the driver opens
+    /// the device again ([`Run::connect_and_open`]). Where both went
+    /// through, the process died after them: the VMM reconnects. Either way
+    /// the device must then be as just reset.
+    fn reset_across_kill(&mut self) -> Result<(), String> {
+        let delay = self.rng.brief_delay();
+        let pid = self.current_pid()?;
+        let mark = self.supervisor.log().len();
+        let device = self.device.take().unwrap();
+        let options = OpenOptions {
+            timeout: REOPEN_TIMEOUT,
+            ..OpenOptions::default()
+        };
+        let ((reopened, ended), at) =
+            kill_during(pid, delay, || (reopen(device, &options), Instant::now()));
+        self.reset_kills.count += 1;
+        match reopened {
+            Ok(mut device) => {
+                device.set_timeout(OpenOptions::default().timeout);
+                self.device = Some(device);
+                let why = format!("{delay:?} into a reset, which went through");
+                self.killed(pid, at, &why);
+                let double = self.rng.chance(10);
+                self.reconnect_after_kill(pid, double)?;
+            }
+            Err(e) if ended < at => return Err(format!("{e}, before the kill")),
+            Err(e) => {
+                self.reset_kills.broken += 1;
+                self.killed(
+                    pid,
+                    at,
+                    &format!("{delay:?} into a reset, which failed: {e}"),
+                );
+                self.device = Some(self.connect_and_open()?);
+            }
+        }
+        let verdict = self.verdict_after(pid, mark);
+        self.reset_done(&format!(" across a kill: the next process {verdict}"));
+        Ok(())
+    }
+
+    /// After a kill broke a reset: connects anew as the VMM does (the
+    /// handshake only) and opens the device.
+    fn connect_and_open(&self) -> Result<AccelDevice, String> {
+        let what = "after a kill during a reset";
+        let transport = ctx(
+            VhostUserTransport::connect_with(&self.socket, &self.memory, &self.options),
+            format_args!("connecting anew {what}"),
         )?;
-        self.device = Some(device);
+        ctx(
+            Device::open_with(transport, &OpenOptions::default()),
+            format_args!("opening the device {what}"),
+        )
+    }
+
+    /// The driver's side of a reset: a new instance of the device, whose
+    /// fences start from 1, without objects.
+    fn reset_done(&mut self, how: &str) {
         self.epoch += 1;
         self.resets += 1;
         self.reset_at = Some(self.batches);
-        self.event(format!("reset the device (instance {})", self.epoch));
+        self.event(format!("reset the device (instance {}){how}", self.epoch));
         for object in std::mem::take(&mut self.objects) {
             self.graveyard.push(object.handle);
             self.arena.release(&object);
         }
-        Ok(())
+    }
+
+    /// What the process after `pid`, killed during a reset, said of the
+    /// device it found: the first verdict in the daemon's log after byte
+    /// `mark` and the line that says `pid` was killed (the process it
+    /// follows may not have said its own yet), waited for up to
+    /// [`VERDICT_WAIT`]. Counted in [`Run::reset_kills`], the first line of
+    /// each kind kept.
+    fn verdict_after(&mut self, pid: u32, mark: usize) -> &'static str {
+        let deadline = Instant::now() + VERDICT_WAIT;
+        let death = format!("process {pid} was killed");
+        let line = loop {
+            let log = self.supervisor.log();
+            // Whole lines only: the process may be writing the next one.
+            let end = log.rfind('\n').map_or(mark, |at| at + 1);
+            let text = log.get(mark..end).unwrap_or_default();
+            let found = text.find(&death).and_then(|at| {
+                text[at..]
+                    .lines()
+                    .skip(1)
+                    .find(|l| l.contains("resumed the device") || l.contains("cannot resume"))
+                    .map(String::from)
+            });
+            if found.is_some() || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let kills = &mut self.reset_kills;
+        let (count, said) = match &line {
+            Some(l) if l.contains("resumed the device") => (&mut kills.resumed, "resumed it"),
+            Some(_) => (&mut kills.refused, "started afresh"),
+            None => (&mut kills.silent, "said nothing"),
+        };
+        *count += 1;
+        if let Some(line) = line.filter(|_| *count == 1) {
+            kills.examples.push(line);
+        }
+        said
     }
 
     /// The daemon resumed every time since the last look at its log.
@@ -1995,7 +2247,11 @@ impl Run {
     /// start again). A process killed before that kick leaves the record of
     /// the device before the reset, which its successor finds inconsistent
     /// with the rings at index 0: it starts afresh, which is what the driver
-    /// expects after a reset, and says why in the log.
+    /// expects after a reset, and says why in the log. After a kill that
+    /// broke a reset, the rings are set up anew at index 0 while the record
+    /// may hold a command taken and not answered on them (cloud-hypervisor's
+    /// CAPABILITIES): the refusal then says that the driver made nothing
+    /// available ([`set_up_anew`]).
     ///
     /// A process that ended otherwise than by this test's SIGKILL fails it,
     /// and so does a restart after a longer pause than `max-restart-pause-ms`.
@@ -2014,7 +2270,7 @@ impl Run {
             if line.contains("earlier device instance") {
                 refused.push(line);
             } else if line.contains("cannot resume") {
-                if reset_lately && line.contains("used index 0 in the ring") {
+                if reset_lately && set_up_anew(line) {
                     self.overtaken += 1;
                 } else {
                     refused.push(line);
@@ -2035,6 +2291,24 @@ impl Run {
             ));
         }
         Ok(())
+    }
+
+    /// Fails the run if a kind of kill never happened in a run of `kills`
+    /// kills, [`COVERAGE_KILLS`] or more; says so below that.
+    fn check_coverage(&self, kills: usize) {
+        let kinds = [
+            ("during SET_MEM_TABLE", self.mem_table_kills),
+            ("during a reset", self.reset_kills.count),
+        ];
+        for (kind, _) in kinds.into_iter().filter(|&(_, count)| count == 0) {
+            if kills >= COVERAGE_KILLS {
+                self.fail(&format!("no kill {kind} in {} kills", self.kills));
+            }
+            eprintln!(
+                "{}: no kill {kind}: {kills} kills are too few to require one",
+                self.label
+            );
+        }
     }
 
     /// Totals of "N what" over the daemon's resume lines.
@@ -2059,6 +2333,12 @@ impl Run {
         }
         (resumes, totals)
     }
+}
+
+/// Whether the daemon's refusal to resume, `line`, says that a ring the
+/// record shows used is at index 0, as a driver sets it up after a reset.
+fn set_up_anew(line: &str) -> bool {
+    line.contains("used index 0 in the ring") || line.contains("made available up to 0")
 }
 
 /// The value of gauge `name` of tenant `t0` in the daemon's metrics.
@@ -2142,9 +2422,27 @@ fn kills_at_random_points(label: &'static str, model: FrontendModel, kills: usiz
         run.control_kills,
         run.control_kills_unanswered
     );
+    let resets = &run.reset_kills;
+    eprintln!(
+        "{label}: {} kills during SET_MEM_TABLE ({} of the exchanges failed), {} during a \
+         reset ({} of them broke it: connected anew and opened again); the process after a \
+         kill during a reset resumed the device {} times, started afresh {} times, said \
+         nothing {} times",
+        run.mem_table_kills,
+        run.mem_table_failed,
+        resets.count,
+        resets.broken,
+        resets.resumed,
+        resets.refused,
+        resets.silent
+    );
+    for line in &resets.examples {
+        eprintln!("{label}: after a kill during a reset: {line}");
+    }
     if interrupted != 0 {
         run.fail("a request whose output does not overlap its input was interrupted");
     }
+    run.check_coverage(kills);
     let device = run.device.take().unwrap();
     device.into_transport().disconnect();
 }
