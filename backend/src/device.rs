@@ -189,6 +189,12 @@ pub struct Device {
     /// process of the tenant ([`Device::resume`]); it takes nothing until
     /// then.
     resuming: Option<Instant>,
+    /// Whether the tenant's previous process failed by itself, as the
+    /// supervisor marked its record: the requests it was running count a
+    /// lost run when the device resumes (§11.3). Read before anything can
+    /// clear the mark, and kept here, since the device may resume from
+    /// another record (the front-end's inflight region, §11.3.3).
+    after_failure: bool,
     /// Whether the device is taking again the requests of the record
     /// ([`Device::resume`]).
     replaying: bool,
@@ -323,6 +329,7 @@ impl Device {
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
             batch: Vec::new(),
+            after_failure: tenant.record.failed(),
             resuming: resuming(&tenant.record),
             replaying: false,
             record: tenant.record,
@@ -759,7 +766,7 @@ impl Device {
         mem: &Snapshot,
     ) -> Result<Vec<Option<Recovered>>, DeviceError> {
         self.record.check()?;
-        let failed = self.record.failed();
+        let failed = self.after_failure || self.record.failed();
         let queues = self.config.request_queues + 1;
         let mut recovered = Vec::with_capacity(usize::from(queues));
         for (vq, vring) in (0..queues).zip(vrings) {
@@ -867,6 +874,7 @@ impl Device {
             }
         }
         self.objects.end_resume();
+        self.after_failure = false;
         self.record.clear_failed();
         self.vmm_log(
             Level::Info,
@@ -1500,8 +1508,10 @@ impl Device {
     ) -> bool {
         let record = self.record.ring(vq);
         if let Some(Err(e)) = record.as_ref().map(|ring| ring.begin_publish(batch)) {
-            // Cannot happen: the heads are the record's own, each once.
+            // Cannot happen: the heads are the record's own, each once. The
+            // record no longer says what the ring holds.
             error!("virtqueue {vq}: {e}");
+            self.record.poison();
         }
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();

@@ -17,9 +17,9 @@
 //!   chain it may answer, and no used entry), modulo 2^16 (bits 32..48),
 //!   and, while a skip is being committed, bit 48. A skip counts once
 //!   `taken` moved: while bit 48 is set, a count one ahead of it may be a
-//!   skip the process did not commit. Every entry taken is skipped, in a head's slot,
-//!   or published: recovery checks that the counts agree with the guest's
-//!   used index, so that no slot can go missing unnoticed.
+//!   skip the process did not commit. Every entry taken is skipped, in a
+//!   head's slot, or published: recovery checks that the counts agree with
+//!   the guest's used index, so that no slot can go missing unnoticed.
 //! - words 2 to 5, the ring's binding: the guest addresses of its
 //!   descriptor table, available ring and used ring, and its size, as they
 //!   were at the first take since the reset ([`RingRecord::bind`]): a ring
@@ -42,11 +42,12 @@
 //! may have seen must never run again), then a batch of completed heads is
 //! published: [`RingRecord::begin_publish`], the caller writes the used
 //! entries and the used index, [`RingRecord::end_publish`]. A request that
-//! was running when [`MAX_LOST_RUNS`] processes in a row failed is not run
-//! again (it may be what makes them fail): it is interrupted. Every used entry
+//! was running at [`MAX_LOST_RUNS`] failures of the process's own since it
+//! was taken (kills from outside do not count) is not run again, since it
+//! may be what makes the process fail: it is interrupted. Every used entry
 //! goes through a batch, those of requests answered without running too;
-//! after a failed write of the used ring, `end_publish` is not called (the
-//! record then refuses to be trusted, and the device is reset). After
+//! after a failed write of the used ring the caller poisons the device's
+//! record (which then refuses to be trusted, and the device is reset). After
 //! [`RingRecord::recover`] the caller notifies the guest, which may have
 //! missed the notification of the last entries published.
 
@@ -143,8 +144,7 @@ pub enum RecordError {
         /// The guest's used index.
         guest: u16,
     },
-    /// Heads being published at places the batch does not have, or a batch
-    /// larger than the queue.
+    /// Heads being published at places the batch does not have.
     #[error("{publishing} heads being published, the batch holds {batch}")]
     BatchMismatch {
         /// Heads in state Publishing.
@@ -242,13 +242,13 @@ pub enum Take {
 /// so once it ran in part its input is gone.
 pub const NO_RERUN: u8 = 1;
 
-/// Processes that may fail in a row while a request runs before it is
-/// interrupted instead of run again: a request that makes the process fail
-/// each time it runs (a fault of the engine on that input) would otherwise
-/// end every process that takes over, and the device would never serve
-/// again. Requests that merely ran beside it are interrupted too (§11.3).
-/// A process killed or stopped from outside is no failure of its own: its
-/// requests run again as often as that happens.
+/// Failures of the process's own while a request runs, counted since it was
+/// taken, at which it is interrupted instead of run again: a request that
+/// makes the process fail each time it runs (a fault of the engine on that
+/// input) would otherwise end every process that takes over, and the device
+/// would never serve again. Requests that merely ran beside it are
+/// interrupted too (§11.3). A process killed or stopped from outside did not
+/// fail by itself: its requests run again as often as that happens.
 pub const MAX_LOST_RUNS: u8 = 2;
 
 /// Where, in a head's flags, the count of processes that failed while its
@@ -686,9 +686,9 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
         let Publish { used, batch, .. } = self.publish();
         let published = guest_used.wrapping_sub(used);
         if batch > self.size {
-            return Err(RecordError::BatchMismatch {
-                publishing: 0,
-                batch,
+            return Err(RecordError::BatchTooLarge {
+                heads: usize::from(batch),
+                size: self.size,
             });
         }
         if published > batch {
@@ -1036,7 +1036,7 @@ mod tests {
         (0..RECORD).map(|_| AtomicU64::new(0)).collect()
     }
 
-    /// A request running when two processes in a row fail is interrupted,
+    /// A request running when two processes fail by themselves is interrupted,
     /// not run a third time; its neighbour that completed in between, and a
     /// later request at that neighbour's head, run again as usual.
     #[test]

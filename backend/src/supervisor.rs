@@ -636,15 +636,27 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Whether a process that ended with `status` failed by itself (a signal of
-/// its own making, such as SIGABRT after a panic, SIGSEGV, SIGBUS or SIGSYS
-/// from the sandbox, or an exit status other than 0), rather than being
-/// killed (SIGKILL) or stopped (SIGTERM, SIGINT) from outside: its device's
-/// requests that were running then count a lost run (§11.3).
+/// Signals that a process raises on itself when it fails: SIGABRT after a
+/// panic, SIGSEGV, SIGBUS, SIGILL, SIGFPE and SIGTRAP from a fault, SIGSYS
+/// from the sandbox.
+const FAILURE_SIGNALS: [libc::c_int; 7] = [
+    libc::SIGABRT,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+/// Whether a process that ended with `status` failed by itself (one of
+/// [`FAILURE_SIGNALS`], or an exit status other than 0), rather than being
+/// killed or stopped from outside (any other signal): its device's requests
+/// that were running then count a lost run (§11.3).
 fn failed_by_itself(status: ExitStatus) -> bool {
     match (status.code(), status.signal()) {
         (Some(code), _) => code != 0,
-        (None, Some(signal)) => ![libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&signal),
+        (None, Some(signal)) => FAILURE_SIGNALS.contains(&signal),
         (None, None) => false,
     }
 }
@@ -707,6 +719,7 @@ mod tests {
         assert!(failed(1 << 8));
         assert!(!failed(libc::SIGKILL));
         assert!(!failed(libc::SIGTERM));
+        assert!(!failed(libc::SIGHUP));
         assert!(!failed(0));
     }
 

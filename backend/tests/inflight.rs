@@ -10,7 +10,9 @@
 //! pause for the guest. QEMU's generic device never sends the region: the
 //! same kill then costs the guest its requests in flight until the driver
 //! resets the device (§11.2). Regions that are not a record of the device
-//! are ignored, with a line in the log, and the device serves on.
+//! are ignored, with a line in the log, and the device serves on. A request
+//! that makes the process fail whenever it runs is interrupted after two
+//! failures there too (§11.3).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,9 +34,10 @@ use vhost::vhost_user::message::VhostUserInflight;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost_user_accel::config::{SocketSource, TenantConfig};
 use vhost_user_accel::device_record::{DeviceRecord, MAGIC};
+use vhost_user_accel::tenant_process::POISON_BYTES;
 use virtio_accel_spec::{Fence, FillParams, Op, Status};
 
-use support::{kill, Supervisor, PATIENCE};
+use support::{kill, Setup, Supervisor, PATIENCE};
 
 type AccelDevice = Device<VhostUserTransport>;
 
@@ -48,6 +51,9 @@ const RESUMED: &str = "resumed the device after a restart of the tenant's proces
 const ADOPTED: &str = "the front-end's inflight region is the device's record from now on";
 /// What it says of a region it does not take.
 const IGNORED: &str = "inflight region ignored";
+/// What the supervisor says of a tenant's process that failed by itself
+/// with a panic.
+const ABORTED: &str = "was killed by SIGABRT (6)";
 
 const CLOUD_HYPERVISOR: FrontendModel = FrontendModel::CloudHypervisor;
 const STOCK_QEMU: FrontendModel = FrontendModel::Qemu {
@@ -625,4 +631,61 @@ fn a_region_handed_back_after_the_device_worked_is_ignored() {
     wait_for_more(&supervisor, IGNORED, before, "a late region");
     let log = supervisor.log();
     assert!(!log.contains(ADOPTED), "{log}");
+}
+
+/// A request that makes the tenant's process fail whenever it runs is
+/// answered Interrupted after two failures (§11.3) also once the device
+/// keeps its state in the region cloud-hypervisor handed back after a
+/// restart of the whole daemon: the supervisor marks the failures on the
+/// record it hands each process, which the device reads before it takes
+/// the front-end's region instead.
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (cargo test --all-features)"
+)]
+fn a_poison_request_is_interrupted_in_the_region_handed_back() {
+    let mut supervisor = Supervisor::start_with(
+        "inflight-poison",
+        1,
+        Setup {
+            env: &[("VHOST_USER_ACCEL_FAULT", "poison")],
+            ..Setup::default()
+        },
+    );
+    let socket = supervisor.socket("t0");
+    let memory = DmaMemory::new(8 << 20).unwrap();
+    let options = VhostUserOptions::of(CLOUD_HYPERVISOR);
+    let mut device = open(&socket, &memory, CLOUD_HYPERVISOR);
+    let out = memory.alloc(64).unwrap();
+    fill_is(&device, &out, 1, "before the daemon's kill");
+    supervisor.kill_and_start_again();
+    device.transport_mut().reconnect(&socket, &options).unwrap();
+    fill_is(&device, &out, 2, "after the daemon's restart");
+    assert_eq!(count(&supervisor.log(), ADOPTED), 1, "{}", supervisor.log());
+
+    let poison = memory
+        .alloc(usize::try_from(POISON_BYTES).unwrap())
+        .unwrap();
+    let crc = Request::new(Op::Crc32c).input(Buffer::direct(&poison));
+    let fence = device.submit(0, &crc, 7).unwrap();
+    device.flush(0).unwrap();
+    wait_for_more(&supervisor, ABORTED, 0, "the first run");
+    // The next process takes the region again, runs the request again and
+    // fails too, maybe before the reconnection is done.
+    let _ = device.transport_mut().reconnect(&socket, &options);
+    wait_for_more(&supervisor, ABORTED, 1, "the second run");
+    device.transport_mut().reconnect(&socket, &options).unwrap();
+    let completions = device.wait(0, PATIENCE).unwrap();
+    let log = supervisor.log();
+    assert_eq!(completions.len(), 1, "{log}");
+    assert_eq!(completions[0].token, 7);
+    assert!(
+        matches!(completions[0].status(), Ok(Status::Interrupted)),
+        "{:?}\n{log}",
+        completions[0].status()
+    );
+    assert_eq!(completions[0].fence(), fence);
+    fill_is(&device, &out, 4, "after the interrupted request");
+    assert_eq!(count(&supervisor.log(), ABORTED), 2, "{}", supervisor.log());
 }

@@ -503,18 +503,6 @@ fn aborted(supervisor: &Supervisor) -> usize {
         .count()
 }
 
-/// Reconnects `device` as QEMU does, again while the process that takes the
-/// connection ends before it is set up.
-fn reconnect(device: &mut AccelDevice, socket: &Path, options: &VhostUserOptions) {
-    for _ in 0..5 {
-        if device.transport_mut().reconnect(socket, options).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("cannot reconnect to {}", socket.display());
-}
-
 /// A request that ends the tenant's process whenever it runs (a fault of
 /// the engine on its input) ends the process that runs it and the one that
 /// runs it again, then completes with Interrupted instead of a third run
@@ -552,15 +540,16 @@ fn a_request_that_ends_every_process_is_interrupted_after_two() {
     let fence = device.submit(0, &crc, 7).unwrap();
     device.flush(0).unwrap();
     supervisor.wait_until_gone("t0", first);
-    reconnect(&mut device, &socket, &options);
-    // The next process resumes the device, runs the request again, and
-    // ends too.
+    // The next process resumes the device once the rings start, runs the
+    // request again, and ends too: maybe before the reconnection is done,
+    // which then fails. Either way the one after it is left to serve.
+    let _ = device.transport_mut().reconnect(&socket, &options);
     let deadline = Instant::now() + PATIENCE;
     while aborted(&supervisor) < 2 {
         assert!(Instant::now() < deadline, "{}", supervisor.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    reconnect(&mut device, &socket, &options);
+    device.transport_mut().reconnect(&socket, &options).unwrap();
     let completions = device.wait(0, PATIENCE).unwrap();
     let log = supervisor.log();
     assert_eq!(completions.len(), 1, "{log}");
@@ -572,7 +561,7 @@ fn a_request_that_ends_every_process_is_interrupted_after_two() {
         completion.status()
     );
     assert_eq!(completion.fence(), fence);
-    assert!(log.contains("1 interrupted"), "{log}");
+    assert!(log.contains(", 1 interrupted"), "{log}");
 
     memory.write(&out, 0, &[0; 64]).unwrap();
     let done = device.run(0, &fill_request(&out)).unwrap().check().unwrap();

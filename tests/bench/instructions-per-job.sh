@@ -47,8 +47,10 @@ run() {
 for binary in "$@"; do
     per_job=()
     for ((rep = 0; rep < reps; rep++)); do
-        read -r ir_short jobs_short < <(run "$binary" 2)
-        read -r ir_long jobs_long < <(run "$binary" 6)
+        short=$(run "$binary" 2)
+        long=$(run "$binary" 6)
+        read -r ir_short jobs_short <<<"$short"
+        read -r ir_long jobs_long <<<"$long"
         per_job+=("$(awk -v a="$ir_short" -v b="$ir_long" -v j="$jobs_short" -v k="$jobs_long" \
             'BEGIN { printf "%.0f", (b - a) / (k - j) }')")
     done

@@ -26,6 +26,8 @@ pub struct Supervisor {
     pub dir: PathBuf,
     /// Its standard error.
     pub log: PathBuf,
+    /// Its environment on top of the test's, again at every restart.
+    env: Vec<(String, String)>,
 }
 
 /// What a test's daemon gets besides its tenants' names and sockets.
@@ -68,8 +70,18 @@ impl Supervisor {
         let config_path = dir.join("accel.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join("daemon.log");
-        let child = Supervisor::spawn(&dir, &log, setup.env);
-        let supervisor = Supervisor { child, dir, log };
+        let env: Vec<(String, String)> = setup
+            .env
+            .iter()
+            .map(|&(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        let child = Supervisor::spawn(&dir, &log, &env);
+        let supervisor = Supervisor {
+            child,
+            dir,
+            log,
+            env,
+        };
         for index in 0..tenants {
             supervisor.tenant_pid(&format!("t{index}"));
         }
@@ -78,7 +90,7 @@ impl Supervisor {
 
     /// The daemon on the configuration file in `dir`, logging to `log`
     /// (appended to).
-    fn spawn(dir: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Child {
+    fn spawn(dir: &std::path::Path, log: &std::path::Path, env: &[(String, String)]) -> Child {
         let config_path = dir.join("accel.toml");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -87,7 +99,7 @@ impl Supervisor {
             .unwrap();
         Command::new(DAEMON)
             .args(["--config", config_path.to_str().unwrap()])
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stderr(log)
             .spawn()
             .unwrap()
@@ -102,7 +114,7 @@ impl Supervisor {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         assert!(status.success(), "{status:?}\n{}", self.log());
-        self.child = Supervisor::spawn(&self.dir, &self.log, &[]);
+        self.child = Supervisor::spawn(&self.dir, &self.log, &self.env);
         self.tenant_pid("t0");
     }
 
@@ -128,7 +140,7 @@ impl Supervisor {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        self.child = Supervisor::spawn(&self.dir, &self.log, &[]);
+        self.child = Supervisor::spawn(&self.dir, &self.log, &self.env);
         self.tenant_pid("t0");
     }
 
