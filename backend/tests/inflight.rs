@@ -29,15 +29,14 @@ use accel_driver::{
     Buffer, Completion, Device, DmaBuf, DmaMemory, FrontendModel, OpenOptions, Request,
     VhostUserOptions, VhostUserTransport,
 };
-use sha2::Digest;
 use vhost::vhost_user::message::VhostUserInflight;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost_user_accel::config::{SocketSource, TenantConfig};
 use vhost_user_accel::device_record::{DeviceRecord, MAGIC};
 use vhost_user_accel::tenant_process::POISON_BYTES;
-use virtio_accel_spec::{Fence, FillParams, Op, Status};
+use virtio_accel_spec::{Op, Status};
 
-use support::{kill, Setup, Supervisor, PATIENCE};
+use support::{fill_request, kill, submit_digests, Digests, Setup, Supervisor, PATIENCE};
 
 type AccelDevice = Device<VhostUserTransport>;
 
@@ -65,16 +64,6 @@ fn open(socket: &Path, memory: &DmaMemory, model: FrontendModel) -> AccelDevice 
     let options = VhostUserOptions::of(model);
     let transport = VhostUserTransport::connect_with(socket, memory, &options).unwrap();
     Device::open_with(transport, &OpenOptions::default()).unwrap()
-}
-
-/// A FILL of `out` with 0x5a.
-fn fill_request(out: &DmaBuf) -> Request {
-    Request::new(Op::Fill)
-        .params(&FillParams {
-            pattern: 0x5a,
-            ..Default::default()
-        })
-        .output(Buffer::direct(out))
 }
 
 /// Runs a FILL on request queue 0, which must complete Ok with fence
@@ -281,8 +270,7 @@ fn cloud_hypervisor_gets_the_device_record_as_its_inflight_region() {
 
 /// The batch of [`batch_across_a_daemon_kill`].
 struct Batch {
-    expected: Vec<[u8; 32]>,
-    fences: Vec<Fence>,
+    digests: Digests,
     completions: Vec<Completion>,
     /// The log's length when the daemon was killed.
     mark: usize,
@@ -298,27 +286,11 @@ fn batch_across_a_daemon_kill(
     device: &AccelDevice,
     out: &DmaBuf,
 ) -> (Batch, u32) {
-    let memory = device.memory();
     for seqno in 1..=3 {
         fill_is(device, out, seqno, "before the kill");
     }
     let handle = digits_object(device);
-    let mut expected = Vec::new();
-    let inputs: Vec<_> = (0..BATCH)
-        .map(|i| {
-            let input = memory.alloc(BATCH_INPUT).unwrap();
-            let bytes = vec![u8::try_from(i).unwrap() ^ 0x3c; BATCH_INPUT];
-            memory.write(&input, 0, &bytes).unwrap();
-            expected.push(sha2::Sha256::digest(&bytes).into());
-            input
-        })
-        .collect();
-    let mut fences = Vec::new();
-    for (token, input) in (0u64..).zip(&inputs) {
-        let request = Request::new(Op::Sha256).input(Buffer::direct(input));
-        fences.push(device.submit(0, &request, token).unwrap());
-    }
-    device.flush(0).unwrap();
+    let digests = submit_digests(device, BATCH, BATCH_INPUT, 0x3c);
     let completions = device.wait(0, PATIENCE).unwrap();
     assert!(
         !completions.is_empty() && completions.len() < BATCH,
@@ -328,8 +300,7 @@ fn batch_across_a_daemon_kill(
     let mark = supervisor.log().len();
     supervisor.kill_and_start_again();
     let batch = Batch {
-        expected,
-        fences,
+        digests,
         completions,
         mark,
     };
@@ -391,8 +362,8 @@ fn a_killed_daemon_resumes_from_the_region_cloud_hypervisor_hands_back() {
     for completion in std::mem::take(&mut batch.completions) {
         let index = usize::try_from(completion.token).unwrap();
         let completion = completion.check().unwrap();
-        assert_eq!(completion.fence(), batch.fences[index]);
-        assert_eq!(completion.result()[..32], batch.expected[index][..]);
+        assert_eq!(completion.fence(), batch.digests.fences[index]);
+        assert_eq!(completion.result()[..32], batch.digests.expected[index][..]);
     }
     assert!(after.contains(ADOPTED), "{after}");
     assert!(after.contains(&format!("{RESUMED}: 1 objects")), "{after}");

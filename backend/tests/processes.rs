@@ -23,9 +23,9 @@ use accel_driver::{
 use sha2::Digest;
 use vhost_user_accel::arbiter::SLOW_STEPS;
 use vhost_user_accel::tenant_process::POISON_BYTES;
-use virtio_accel_spec::{FillParams, Op, Status};
+use virtio_accel_spec::{Op, Status};
 
-use support::{kill, Setup, Supervisor, PATIENCE};
+use support::{fill_request, kill, submit_digests, Setup, Supervisor, PATIENCE};
 
 type AccelDevice = Device<VhostUserTransport>;
 
@@ -723,16 +723,6 @@ fn the_arbiter_slows_down_a_tenant_ahead_and_gives_its_priority_back() {
     }
 }
 
-/// A FILL of `out` with 0x5a.
-fn fill_request(out: &accel_driver::DmaBuf) -> Request {
-    Request::new(Op::Fill)
-        .params(&FillParams {
-            pattern: 0x5a,
-            ..Default::default()
-        })
-        .output(Buffer::direct(out))
-}
-
 /// Inputs of the batch of [`a_crash_under_a_batch_is_a_pause`]: each
 /// request digests a buffer of its own.
 const BATCH: usize = 8;
@@ -757,22 +747,8 @@ fn a_crash_under_a_batch_is_a_pause(test: &str, model: FrontendModel) {
         let done = device.run(0, &fill_request(&out)).unwrap().check().unwrap();
         assert_eq!(u64::from(done.fence().seqno), seqno);
     }
-    let mut expected = Vec::new();
-    let inputs: Vec<_> = (0..BATCH)
-        .map(|i| {
-            let input = memory.alloc(BATCH_INPUT).unwrap();
-            let bytes = vec![u8::try_from(i).unwrap() ^ 0xa5; BATCH_INPUT];
-            memory.write(&input, 0, &bytes).unwrap();
-            expected.push(sha2::Sha256::digest(&bytes));
-            input
-        })
-        .collect();
-    let mut fences = Vec::new();
-    for (token, input) in (0u64..).zip(&inputs) {
-        let request = Request::new(Op::Sha256).input(Buffer::direct(input));
-        fences.push(device.submit(0, &request, token).unwrap());
-    }
-    device.flush(0).unwrap();
+    let digests = submit_digests(&device, BATCH, BATCH_INPUT, 0xa5);
+    let (expected, fences) = (&digests.expected, &digests.fences);
     let mut completions = device.wait(0, PATIENCE).unwrap();
     assert!(completions.len() < BATCH, "the batch ended before the kill");
 

@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use accel_driver::{Buffer, Device, DmaBuf, Request, VhostUserTransport};
+use sha2::Digest;
+use virtio_accel_spec::{Fence, FillParams, Op};
+
 /// The daemon's binary, built for the tests.
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
 
@@ -258,4 +262,54 @@ impl Supervisor {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A FILL of `out` with 0x5a.
+pub fn fill_request(out: &DmaBuf) -> Request {
+    Request::new(Op::Fill)
+        .params(&FillParams {
+            pattern: 0x5a,
+            ..Default::default()
+        })
+        .output(Buffer::direct(out))
+}
+
+/// SHA-256 digests submitted by [`submit_digests`].
+pub struct Digests {
+    /// Their inputs, to keep until every digest has completed.
+    pub inputs: Vec<DmaBuf>,
+    /// The digest each must give, by token.
+    pub expected: Vec<[u8; 32]>,
+    /// The fence each was given, by token.
+    pub fences: Vec<Fence>,
+}
+
+/// Submits `count` SHA-256 digests on request queue 0 of `device`, under
+/// tokens 0 to `count - 1`, each of a buffer of its own of `size` bytes
+/// (every byte its index xor `salt`), and flushes the queue.
+pub fn submit_digests(
+    device: &Device<VhostUserTransport>,
+    count: usize,
+    size: usize,
+    salt: u8,
+) -> Digests {
+    let memory = device.memory();
+    let mut digests = Digests {
+        inputs: Vec::with_capacity(count),
+        expected: Vec::with_capacity(count),
+        fences: Vec::with_capacity(count),
+    };
+    for (token, index) in (0u64..).zip(0..count) {
+        let input = memory.alloc(size).unwrap();
+        let bytes = vec![u8::try_from(index).unwrap() ^ salt; size];
+        memory.write(&input, 0, &bytes).unwrap();
+        digests.expected.push(sha2::Sha256::digest(&bytes).into());
+        let request = Request::new(Op::Sha256).input(Buffer::direct(&input));
+        digests
+            .fences
+            .push(device.submit(0, &request, token).unwrap());
+        digests.inputs.push(input);
+    }
+    device.flush(0).unwrap();
+    digests
 }
