@@ -299,6 +299,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         let vring = self.vring(index)?;
         match u16::try_from(num) {
             Ok(num) if num != 0 && num <= self.max_queue_size => {
+                debug!("virtqueue {index}: size {num}");
                 vring.set_queue_size(num);
                 Ok(())
             }
@@ -328,11 +329,16 @@ impl VhostUserBackendReqHandlerMut for Handler {
             .queue_used_idx()
             .map_err(|_| VhostUserError::BackendInternalError)?;
         vring.set_queue_next_used(used_idx);
+        debug!(
+            "virtqueue {index}: descriptors at {desc:#x}, available ring at {avail:#x}, \
+             used ring at {used:#x} (guest addresses), used index {used_idx}"
+        );
         Ok(())
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VhostUserResult<()> {
         let base = u16::try_from(base).map_err(|_| VhostUserError::InvalidParam)?;
+        debug!("virtqueue {index}: base {base}");
         self.vring(index)?.set_queue_next_avail(base);
         Ok(())
     }
@@ -346,6 +352,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
             .map_err(VhostUserError::ReqHandlerError)?;
         let vring = self.vring(index)?;
         let next_avail = vring.queue_next_avail();
+        debug!("virtqueue {index}: stopped at {next_avail}");
         vring.set_kick(None);
         vring.set_call(None);
         Ok(VhostUserVringState::new(index, u32::from(next_avail)))
@@ -396,6 +403,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
                 VhostUserVirtioFeatures::PROTOCOL_FEATURES,
             ));
         }
+        debug!("virtqueue {index}: enabled {enable}");
         self.vring(index)?.set_enabled(enable);
         self.update_ring(index)
     }
@@ -458,6 +466,10 @@ impl VhostUserBackendReqHandlerMut for Handler {
     /// region is the front-end's to keep whatever the device thinks of it.
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VhostUserResult<()> {
         let started = self.ring_started;
+        debug!(
+            "inflight region offered: {} bytes at offset {}, {} queues of {}",
+            inflight.mmap_size, inflight.mmap_offset, inflight.num_queues, inflight.queue_size
+        );
         self.backend()
             .offer_record(file, inflight.mmap_size, inflight.mmap_offset, started);
         Ok(())

@@ -829,6 +829,15 @@ impl Device {
         // they use.
         rings.sort_by_key(|&(vq, ..)| request_queue(vq).is_none());
         for (vq, vring, recovered) in &rings {
+            debug!(
+                "virtqueue {vq}: resumes with {} taken, used index {}; run again {:?}, \
+                 interrupted {:?}, published again {:?}",
+                recovered.taken,
+                recovered.used,
+                recovered.rerun,
+                recovered.interrupted,
+                recovered.republish
+            );
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
             queue.set_next_avail(u16::try_from(recovered.taken % (1 << 16)).unwrap_or(0));
@@ -966,6 +975,12 @@ impl Device {
         let Some(mem) = self.mem.clone() else {
             return Ok(());
         };
+        // A ring the front-end has not started, or has stopped, is not the
+        // device's to write, not even its notification fields: the driver
+        // may have freed it (§11.2).
+        if !vring.get_ref().get_queue().ready() {
+            return Ok(());
+        }
         let vring_error = |source| DeviceError::Vring { index: vq, source };
         loop {
             vring
@@ -1670,8 +1685,11 @@ impl Device {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use std::os::fd::FromRawFd;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Command;
+
+    use vm_memory::{Bytes, FileOffset, GuestAddress};
 
     use super::*;
     use crate::config::SocketSource;
@@ -1711,6 +1729,57 @@ mod tests {
         });
         device.quiesce_timeout = Duration::from_millis(100);
         device.stop();
+    }
+
+    /// `size` bytes of guest memory at address 0, in a memfd as a VMM's.
+    fn guest_memory(size: usize) -> GuestMemoryAtomic<GuestMemoryMmap> {
+        // SAFETY: a valid NUL-terminated name and no flags; checked below.
+        let fd = unsafe { libc::memfd_create(c"device-test".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+        let file = File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        file.set_len(size as u64).unwrap();
+        let region = (GuestAddress(0), size, Some(FileOffset::new(file, 0)));
+        GuestMemoryAtomic::new(GuestMemoryMmap::from_ranges_with_files([region]).unwrap())
+    }
+
+    /// A ring the front-end has not started, or has stopped
+    /// (`GET_VRING_BASE`), is never written, not even the notification
+    /// fields of its used ring: a driver that reset the device may have
+    /// freed it (§11.2). A resume polls every ring, started or not.
+    #[test]
+    fn a_ring_not_started_is_never_written() {
+        const USED: u64 = 0x2000;
+        const CANARY: u16 = 0xa5a5;
+        let config = TenantConfig::new("idle", SocketSource::Fd(-1));
+        let engine = SoftwareEngine::new(1).unwrap();
+        let tenant = TenantState::new(0, &config);
+        let mut device = Device::new(config, &engine, tenant).unwrap();
+        let mem = guest_memory(1 << 20);
+        device.set_memory(&mem).unwrap();
+        let size = 256u16;
+        // The used ring's flags, and its avail_event after the last element.
+        let fields = [USED, USED + 4 + 8 * u64::from(size)].map(GuestAddress);
+        for event_idx in [false, true] {
+            let vrings: Vec<VringRwLock> = (0..3)
+                .map(|_| VringRwLock::new(mem.clone(), size).unwrap())
+                .collect();
+            for vring in &vrings {
+                vring.set_queue_size(size);
+                vring.set_queue_info(0, 0x1000, USED).unwrap();
+                vring.set_queue_event_idx(event_idx);
+            }
+            for field in fields {
+                mem.memory().write_obj(CANARY, field).unwrap();
+            }
+            for vq in 0..3 {
+                device.handle_queue(vq, &vrings);
+            }
+            for field in fields {
+                let value: u16 = mem.memory().read_obj(field).unwrap();
+                assert_eq!(value, CANARY, "EVENT_IDX {event_idx}: {field:?} written");
+            }
+        }
     }
 
     /// The process ends instead of returning while work may still touch
