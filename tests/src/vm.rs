@@ -57,10 +57,17 @@ killed_under() {
     echo "accel-$name-end"
     echo "accel-guest: $name across a tenant kill: exit $status"
 }
-# A job running (its first requests done) while the host does STEP; how it ended.
+# A job running (its first requests done) while the host does STEP; how it
+# ended. A job that ends before its first completion gives up the step.
 interrupted() {
     job 10 & pid=$!
-    until grep -q '1/1' /tmp/job.log; do sleep 1; done
+    until grep -q '1/1' /tmp/job.log || ! running $pid; do sleep 1; done
+    if ! grep -q '1/1' /tmp/job.log; then
+        wait $pid; status=$?
+        cat /tmp/job.log
+        echo "accel-guest: gave up: the job before $1 ended (exit $status) before its first completion"
+        return 1
+    fi
     sleep 2 # completions under way, so the rings have moved on from index 0
     host "$1"
     wait $pid; echo "accel-guest: job $2: exit $?"
@@ -609,9 +616,13 @@ impl Console {
 
     /// Types a line.
     pub fn send(&mut self, line: &str) {
-        writeln!(self.input, "{line}")
-            .and_then(|()| self.input.flush())
+        self.try_send(line)
             .unwrap_or_else(|e| panic!("cannot type on {}: {e}", self.log.display()));
+    }
+
+    /// Types a line, if the machine still reads its console.
+    pub fn try_send(&mut self, line: &str) -> std::io::Result<()> {
+        writeln!(self.input, "{line}").and_then(|()| self.input.flush())
     }
 
     /// Where `marker` ends, if it came after what was already seen (byte
@@ -640,6 +651,10 @@ impl Console {
         found.is_some()
     }
 }
+
+/// What [`GUEST_SCRIPT`] prints when a step cannot go on (the rest of the
+/// line says why): the host's wait for the step's next marker ends there.
+const GAVE_UP: &str = "accel-guest: gave up: ";
 
 /// A running VMM process (killed when dropped) and the logs that tell what
 /// happened in it.
@@ -691,6 +706,12 @@ impl Vm {
             }
             if let Some(why) = gone() {
                 panic!("no {marker:?}: {why}\n{}", self.context());
+            }
+            if console.shows(GAVE_UP) {
+                panic!(
+                    "no {marker:?}: the guest gave up a step\n{}",
+                    self.context()
+                );
             }
             assert!(
                 Instant::now() < deadline,

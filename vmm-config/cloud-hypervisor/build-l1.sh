@@ -28,7 +28,7 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,proc,sys,dev,run,tmp,mod,l2}
 cp "$cache/busybox/bin/busybox" "$root/bin/busybox"
 for applet in sh mount insmod echo cat ls sleep usleep rm kill stty mkfifo poweroff \
-    ifconfig wget tr; do
+    ifconfig wget tr dmesg tail head grep; do
     ln -s busybox "$root/bin/$applet"
 done
 # kvm-amd needs ccp (SEV) and kvm; kvm needs irqbypass.

@@ -11,7 +11,10 @@
 #          answered "l1: tenant kill: done" once it is gone, and the daemon
 #          starts it again; "l1: tenant kill: no process" if there is none),
 #          "metrics" (the daemon's metrics endpoint's answer, between the
-#          lines "l1: metrics-begin" and "l1: metrics-end"), "start-vm"
+#          lines "l1: metrics-begin" and "l1: metrics-end"), "dump" (what
+#          the threads of cloud-hypervisor and the daemon are doing, and
+#          L1's kernel log, between "l1: dump-begin" and "l1: dump-end": the
+#          test asks for it when a run fails), "start-vm"
 #          (cloud-hypervisor again, after it exited) and "poweroff";
 #   ttyS1  L2's console: a virtio console (--console tty, hvc0 in L2), which
 #          cloud-hypervisor reads from its stdin (this port) and writes to
@@ -30,6 +33,8 @@
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tracefs tracefs /sys/kernel/tracing
 say() { echo "l1: $*"; }
 
 # The host's orders are not echoed; the logs get no carriage returns.
@@ -100,6 +105,60 @@ kill_tenant() {
     say "tenant kill: done"
 }
 
+# KVM's counters of L2's exits (all of L1's VMs together).
+kvm_counters() {
+    for counter in exits halt_exits halt_wakeup io_exits mmio_exits pf_taken \
+        irq_injections signal_exits request_irq_exits insn_emulation; do
+        echo "kvm $counter $(cat /sys/kernel/debug/kvm/$counter 2>/dev/null)"
+    done
+}
+# Each thread of cloud-hypervisor and of the daemon's processes (the
+# supervisor, and its tenants' processes, named accel-TENANT): its name,
+# state, CPU time (user and system, in ticks), system call and kernel stack.
+threads() {
+    for dir in /proc/[0-9]*; do
+        case $(cat "$dir/comm" 2>/dev/null) in
+        cloud-hyperviso | vhost-user-acce | accel-*) ;;
+        *) continue ;;
+        esac
+        for task in "$dir"/task/*; do
+            read -r _ _ state _ _ _ _ _ _ _ _ _ _ utime stime _ <"$task/stat"
+            echo "thread ${dir#/proc/}/${task##*/} $(cat "$task/comm") $state" \
+                "user $utime system $stime syscall $(cat "$task/syscall")"
+            cat "$task/stack"
+        done
+    done
+}
+# L2's exits for a fifth of a second, as KVM traces them: where each vCPU of
+# L2 was (its RIP), why it exited, what KVM emulated and which MMIO it did.
+kvm_trace() {
+    events=/sys/kernel/tracing/events/kvm
+    for event in kvm_exit kvm_emulate_insn kvm_mmio kvm_pio; do
+        echo 1 >"$events/$event/enable"
+    done
+    usleep 200000
+    echo 0 >"$events/enable"
+    grep -v '^#' /sys/kernel/tracing/trace | head -n 80
+    echo >/sys/kernel/tracing/trace
+}
+# What a failed run leaves to read: the threads and KVM's counters twice,
+# 2 s apart (who runs, who waits, whether L2 still exits), L2's exits as KVM
+# traced them, and L1's kernel log with the backtraces of its CPUs and its
+# blocked tasks.
+dump() {
+    say dump-begin
+    kvm_counters
+    threads
+    sleep 2
+    kvm_counters
+    threads
+    kvm_trace
+    echo l >/proc/sysrq-trigger
+    echo w >/proc/sysrq-trigger
+    dmesg | tail -n 150
+    say dump-end
+}
+
 # L2 waits 20 s after a panic before it reboots: cloud-hypervisor has no
 # reset device that Linux uses, so the reboot is a triple fault, which can
 # cut the panic's message short on the virtio console.
@@ -131,6 +190,7 @@ while read -r order; do
         wget -q -O - "http://$metrics/metrics" || say "no metrics"
         say metrics-end
         ;;
+    dump) dump ;;
     start-vm) start_vm ;;
     poweroff) poweroff -f ;;
     *) say "unknown order: $order" ;;
