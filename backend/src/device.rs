@@ -975,14 +975,15 @@ impl Device {
         let Some(mem) = self.mem.clone() else {
             return Ok(());
         };
-        // A ring the front-end has not started, or has stopped, is not the
-        // device's to write, not even its notification fields: the driver
-        // may have freed it (§11.2).
-        if !vring.get_ref().get_queue().ready() {
-            return Ok(());
-        }
         let vring_error = |source| DeviceError::Vring { index: vq, source };
         loop {
+            // A ring the front-end has not started (again), or has stopped
+            // meanwhile, holds nothing to take, its index tells nothing yet,
+            // and it is not the device's to write, not even its notification
+            // fields: the driver may have freed it (§11.2).
+            if !vring.get_ref().get_queue().ready() {
+                return Ok(());
+            }
             vring
                 .get_mut()
                 .get_queue_mut()
@@ -1003,12 +1004,10 @@ impl Device {
     }
 
     /// Takes the available chains of virtqueue `vq` from `mem`; returns how
-    /// many (0 if the ring cannot be read).
+    /// many (0 if the ring cannot be read). [`Device::poll_ring`] calls it
+    /// on a started ring only.
     fn drain_queue(&mut self, vq: u16, vring: &VringRwLock, mem: &Snapshot) -> usize {
-        // A ring the front-end has not started (again) holds nothing to take,
-        // and its index tells nothing yet (§11.2).
-        let started = vring.get_ref().get_queue().ready();
-        if !started || self.legacy_driver || self.resuming.is_some() {
+        if self.legacy_driver || self.resuming.is_some() {
             return 0;
         }
         if self.history.restarting(vq) {
