@@ -33,10 +33,12 @@ use vhost::vhost_user::message::VhostUserInflight;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost_user_accel::config::{SocketSource, TenantConfig};
 use vhost_user_accel::device_record::{DeviceRecord, MAGIC};
-use vhost_user_accel::tenant_process::POISON_BYTES;
 use virtio_accel_spec::{Op, Status};
 
-use support::{fill_request, kill, submit_digests, Digests, Setup, Supervisor, PATIENCE};
+use support::{
+    assert_interrupted, fill_request, kill, submit_digests, submit_poison, Digests, Supervisor,
+    PATIENCE,
+};
 
 type AccelDevice = Device<VhostUserTransport>;
 
@@ -52,8 +54,6 @@ const ADOPTED: &str = "the front-end's inflight region is the device's record fr
 const IGNORED: &str = "inflight region ignored";
 /// What the supervisor says of a tenant's process that failed by itself
 /// with a panic.
-const ABORTED: &str = "was killed by SIGABRT (6)";
-
 const CLOUD_HYPERVISOR: FrontendModel = FrontendModel::CloudHypervisor;
 const STOCK_QEMU: FrontendModel = FrontendModel::Qemu {
     forwards_reset: false,
@@ -616,14 +616,7 @@ fn a_region_handed_back_after_the_device_worked_is_ignored() {
     ignore = "needs the fault-injection feature (cargo test --all-features)"
 )]
 fn a_poison_request_is_interrupted_in_the_region_handed_back() {
-    let mut supervisor = Supervisor::start_with(
-        "inflight-poison",
-        1,
-        Setup {
-            env: &[("VHOST_USER_ACCEL_FAULT", "poison")],
-            ..Setup::default()
-        },
-    );
+    let mut supervisor = Supervisor::start_poisoned("inflight-poison");
     let socket = supervisor.socket("t0");
     let memory = DmaMemory::new(8 << 20).unwrap();
     let options = VhostUserOptions::of(CLOUD_HYPERVISOR);
@@ -635,28 +628,15 @@ fn a_poison_request_is_interrupted_in_the_region_handed_back() {
     fill_is(&device, &out, 2, "after the daemon's restart");
     assert_eq!(count(&supervisor.log(), ADOPTED), 1, "{}", supervisor.log());
 
-    let poison = memory
-        .alloc(usize::try_from(POISON_BYTES).unwrap())
-        .unwrap();
-    let crc = Request::new(Op::Crc32c).input(Buffer::direct(&poison));
-    let fence = device.submit(0, &crc, 7).unwrap();
-    device.flush(0).unwrap();
-    wait_for_more(&supervisor, ABORTED, 0, "the first run");
+    let (fence, _poison) = submit_poison(&device, 7);
+    supervisor.wait_for_aborted(0, "the first run");
     // The next process takes the region again, runs the request again and
     // fails too, maybe before the reconnection is done.
     let _ = device.transport_mut().reconnect(&socket, &options);
-    wait_for_more(&supervisor, ABORTED, 1, "the second run");
+    supervisor.wait_for_aborted(1, "the second run");
     device.transport_mut().reconnect(&socket, &options).unwrap();
     let completions = device.wait(0, PATIENCE).unwrap();
-    let log = supervisor.log();
-    assert_eq!(completions.len(), 1, "{log}");
-    assert_eq!(completions[0].token, 7);
-    assert!(
-        matches!(completions[0].status(), Ok(Status::Interrupted)),
-        "{:?}\n{log}",
-        completions[0].status()
-    );
-    assert_eq!(completions[0].fence(), fence);
+    assert_interrupted(&completions, 7, fence, &supervisor.log());
     fill_is(&device, &out, 4, "after the interrupted request");
-    assert_eq!(count(&supervisor.log(), ABORTED), 2, "{}", supervisor.log());
+    assert_eq!(supervisor.aborted(), 2, "{}", supervisor.log());
 }

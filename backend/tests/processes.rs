@@ -22,10 +22,12 @@ use accel_driver::{
 };
 use sha2::Digest;
 use vhost_user_accel::arbiter::SLOW_STEPS;
-use vhost_user_accel::tenant_process::POISON_BYTES;
 use virtio_accel_spec::{Op, Status};
 
-use support::{fill_request, kill, submit_digests, Setup, Supervisor, PATIENCE};
+use support::{
+    assert_interrupted, fill_request, kill, submit_digests, submit_poison, Setup, Supervisor,
+    PATIENCE,
+};
 
 type AccelDevice = Device<VhostUserTransport>;
 
@@ -496,13 +498,6 @@ fn a_panic_on_the_request_path_ends_only_its_tenants_process() {
 }
 
 /// How many of the tenant's processes the supervisor saw end with SIGABRT.
-fn aborted(supervisor: &Supervisor) -> usize {
-    supervisor
-        .log()
-        .matches("was killed by SIGABRT (6)")
-        .count()
-}
-
 /// A request that ends the tenant's process whenever it runs (a fault of
 /// the engine on its input) ends the process that runs it and the one that
 /// runs it again, then completes with Interrupted instead of a third run
@@ -513,14 +508,7 @@ fn aborted(supervisor: &Supervisor) -> usize {
     ignore = "needs the fault-injection feature (cargo test --all-features)"
 )]
 fn a_request_that_ends_every_process_is_interrupted_after_two() {
-    let supervisor = Supervisor::start_with(
-        "poison",
-        1,
-        Setup {
-            env: &[("VHOST_USER_ACCEL_FAULT", "poison")],
-            ..Setup::default()
-        },
-    );
+    let supervisor = Supervisor::start_poisoned("poison");
     let socket = supervisor.socket("t0");
     let memory = DmaMemory::new(8 << 20).unwrap();
     let options = VhostUserOptions::of(FrontendModel::Qemu {
@@ -533,34 +521,17 @@ fn a_request_that_ends_every_process_is_interrupted_after_two() {
     assert_eq!(u64::from(done.fence().seqno), 1);
 
     let first = supervisor.tenant_pid("t0");
-    let poison = memory
-        .alloc(usize::try_from(POISON_BYTES).unwrap())
-        .unwrap();
-    let crc = Request::new(Op::Crc32c).input(Buffer::direct(&poison));
-    let fence = device.submit(0, &crc, 7).unwrap();
-    device.flush(0).unwrap();
+    let (fence, _poison) = submit_poison(&device, 7);
     supervisor.wait_until_gone("t0", first);
     // The next process resumes the device once the rings start, runs the
     // request again, and ends too: maybe before the reconnection is done,
     // which then fails. Either way the one after it is left to serve.
     let _ = device.transport_mut().reconnect(&socket, &options);
-    let deadline = Instant::now() + PATIENCE;
-    while aborted(&supervisor) < 2 {
-        assert!(Instant::now() < deadline, "{}", supervisor.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    supervisor.wait_for_aborted(1, "the second run");
     device.transport_mut().reconnect(&socket, &options).unwrap();
     let completions = device.wait(0, PATIENCE).unwrap();
     let log = supervisor.log();
-    assert_eq!(completions.len(), 1, "{log}");
-    let completion = &completions[0];
-    assert_eq!(completion.token, 7);
-    assert!(
-        matches!(completion.status(), Ok(Status::Interrupted)),
-        "{:?}\n{log}",
-        completion.status()
-    );
-    assert_eq!(completion.fence(), fence);
+    assert_interrupted(&completions, 7, fence, &log);
     assert!(log.contains(", 1 interrupted"), "{log}");
 
     memory.write(&out, 0, &[0; 64]).unwrap();
@@ -568,7 +539,7 @@ fn a_request_that_ends_every_process_is_interrupted_after_two() {
     assert_eq!(u64::from(done.fence().seqno), 3);
     assert_eq!(memory.read_vec(&out, 0, 64).unwrap(), [0x5a; 64]);
     let log = supervisor.log();
-    assert_eq!(aborted(&supervisor), 2, "{log}");
+    assert_eq!(supervisor.aborted(), 2, "{log}");
     assert_eq!(
         log.matches("fault injected: a request of 4093 bytes")
             .count(),

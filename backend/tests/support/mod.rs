@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use accel_driver::{Buffer, Device, DmaBuf, Request, VhostUserTransport};
+use accel_driver::{Buffer, Completion, Device, DmaBuf, Request, VhostUserTransport};
 use sha2::Digest;
-use virtio_accel_spec::{Fence, FillParams, Op};
+use vhost_user_accel::tenant_process::POISON_BYTES;
+use virtio_accel_spec::{Fence, FillParams, Op, Status};
 
 /// The daemon's binary, built for the tests.
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
@@ -21,6 +22,9 @@ pub const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-user-accel");
 /// How long a test waits for the daemon to do what it must do soon (start
 /// a process, serve again): generous, for a loaded machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the supervisor logs of a tenant's process that ended by SIGABRT.
+pub const ABORTED: &str = "was killed by SIGABRT (6)";
 
 /// A supervisor with tenants `t0`, `t1`… on sockets in a directory of its own.
 pub struct Supervisor {
@@ -49,6 +53,39 @@ impl Supervisor {
     /// A supervisor with default tenants `t0`, `t1`…
     pub fn start(test: &str, tenants: usize) -> Supervisor {
         Supervisor::start_with(test, tenants, Setup::default())
+    }
+
+    /// A supervisor of one tenant, `t0`, whose processes end by SIGABRT on
+    /// a request of [`POISON_BYTES`] (fault injection `poison`, which needs
+    /// the `fault-injection` feature): see [`submit_poison`].
+    pub fn start_poisoned(test: &str) -> Supervisor {
+        Supervisor::start_with(
+            test,
+            1,
+            Setup {
+                env: &[("VHOST_USER_ACCEL_FAULT", "poison")],
+                ..Setup::default()
+            },
+        )
+    }
+
+    /// How many tenants' processes ended by SIGABRT.
+    pub fn aborted(&self) -> usize {
+        self.log().matches(ABORTED).count()
+    }
+
+    /// Waits until more than `before` tenants' processes ended by SIGABRT;
+    /// `context` says which in a failure.
+    pub fn wait_for_aborted(&self, before: usize, context: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.aborted() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "{context}: no more than {before} processes ended by SIGABRT:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A supervisor with tenants `t0`, `t1`… configured with `setup`.
@@ -272,6 +309,36 @@ pub fn fill_request(out: &DmaBuf) -> Request {
             ..Default::default()
         })
         .output(Buffer::direct(out))
+}
+
+/// Submits under `token`, on request queue 0 of `device`, a CRC-32C of
+/// [`POISON_BYTES`], which ends the process that runs it under
+/// [`Supervisor::start_poisoned`], and flushes the queue. Returns the
+/// request's fence, and its input to keep until it completes.
+pub fn submit_poison(device: &Device<VhostUserTransport>, token: u64) -> (Fence, DmaBuf) {
+    let poison = device
+        .memory()
+        .alloc(usize::try_from(POISON_BYTES).unwrap())
+        .unwrap();
+    let crc = Request::new(Op::Crc32c).input(Buffer::direct(&poison));
+    let fence = device.submit(0, &crc, token).unwrap();
+    device.flush(0).unwrap();
+    (fence, poison)
+}
+
+/// `completions` are one: the request of `token` and `fence`, answered
+/// Interrupted (§11.3). `log` is shown in a failure.
+pub fn assert_interrupted(completions: &[Completion], token: u64, fence: Fence, log: &str) {
+    let [completion] = completions else {
+        panic!("{} completions, not one\n{log}", completions.len());
+    };
+    assert_eq!(completion.token, token, "{log}");
+    assert!(
+        matches!(completion.status(), Ok(Status::Interrupted)),
+        "{:?}\n{log}",
+        completion.status()
+    );
+    assert_eq!(completion.fence(), fence, "{log}");
 }
 
 /// SHA-256 digests submitted by [`submit_digests`].
