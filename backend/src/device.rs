@@ -49,7 +49,7 @@ use crate::objects::{Object, ObjectError, ObjectTable};
 use crate::ops::Outcome;
 use crate::quota::{Admission, QuotaKind};
 use crate::ratelimit::TenantLog;
-use crate::ring_record::{Binding, Recovered, Take, NO_RERUN};
+use crate::ring_record::{Binding, Recovered, Take, MAX_LOST_RUNS, NO_RERUN};
 use crate::sg::SgList;
 use crate::stats::TenantStats;
 use crate::tracking::{Restart, RingHistory, Slab};
@@ -118,6 +118,9 @@ struct InFlight {
     /// Whether its output overlaps its input or its response: once started
     /// it cannot run again ([`NO_RERUN`]).
     no_rerun: bool,
+    /// Whether it runs alone on the engine: it was running when a process
+    /// of the tenant failed by itself (§11.3).
+    alone: bool,
     /// When the chain was taken.
     accepted: Instant,
     /// Sum of the lengths of its buffer references (§6.3).
@@ -148,6 +151,19 @@ enum ControlOutcome {
     Destroyed(Arc<Object>),
     /// A FENCE_WAIT on these unsignalled fences.
     Wait(Vec<FenceId>),
+}
+
+/// How the device takes a request (§11.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// For the first time.
+    No,
+    /// Again, after a restart of the tenant's process.
+    Again,
+    /// Again, after a failure of the process while it ran: alone on the
+    /// engine, so that if it fails the process again, the failure counts
+    /// against no other request.
+    Alone,
 }
 
 /// A used-ring entry to publish.
@@ -195,9 +211,15 @@ pub struct Device {
     /// clear the mark, and kept here, since the device may resume from
     /// another record (the front-end's inflight region, §11.3.3).
     after_failure: bool,
-    /// Whether the device is taking again the requests of the record
-    /// ([`Device::resume`]).
-    replaying: bool,
+    /// Whether the device is taking again the requests of the record, and
+    /// how they run ([`Device::resume`]).
+    replaying: Replay,
+    /// Jobs handed to the engine whose completions are not reaped yet.
+    on_engine: usize,
+    /// Requests in flight that run alone on the engine (§11.3).
+    alone: usize,
+    /// Whether the engine runs one of them, and nothing else.
+    alone_on_engine: bool,
     /// Whether the rings' histories began with this instance (§11).
     history: RingHistory,
     /// The tenant's log of what its guest and VMM do, rate-limited.
@@ -331,7 +353,10 @@ impl Device {
             batch: Vec::new(),
             after_failure: tenant.record.failed(),
             resuming: resuming(&tenant.record),
-            replaying: false,
+            replaying: Replay::No,
+            on_engine: 0,
+            alone: 0,
+            alone_on_engine: false,
             record: tenant.record,
             history: RingHistory::default(),
             log: tenant.log,
@@ -455,6 +480,9 @@ impl Device {
         self.inflight.clear();
         self.waiting.clear();
         self.ready.iter_mut().for_each(Vec::clear);
+        self.on_engine = 0;
+        self.alone = 0;
+        self.alone_on_engine = false;
         self.used.clear();
         self.record.clear();
         self.resuming = None;
@@ -865,11 +893,16 @@ impl Device {
             for &(head, seqno) in &recovered.interrupted {
                 self.answer_interrupted(*vq, ChainStart { table, size, head }, mem, seqno);
             }
-            self.replaying = true;
             for &(head, seqno) in &recovered.rerun {
+                let failures = self.record.ring(*vq).map_or(0, |ring| ring.failures(head));
+                self.replaying = if failures == 0 {
+                    Replay::Again
+                } else {
+                    Replay::Alone
+                };
                 self.accept_chain(*vq, ChainStart { table, size, head }, mem, seqno);
             }
-            self.replaying = false;
+            self.replaying = Replay::No;
             republished += recovered.republish.len();
             rerun += recovered.rerun.len();
             interrupted += recovered.interrupted.len();
@@ -903,6 +936,22 @@ impl Device {
             return;
         };
         let fence = FenceId { queue, seqno };
+        let failures = self
+            .record
+            .ring(vq)
+            .map_or(0, |ring| ring.failures(start.head));
+        let why = if failures >= MAX_LOST_RUNS {
+            format!("it was running at {failures} failures of the tenant's process")
+        } else {
+            "it had begun, and its output overlaps what it reads".to_owned()
+        };
+        self.vmm_log(
+            Level::Warn,
+            format_args!(
+                "request queue {queue}: the request of fence {seqno} cannot run again, \
+                 answered Interrupted: {why} (§11.3)"
+            ),
+        );
         let mut walked = walk(start, mem, self.config.limits.max_segments);
         let Some(resp) = walked.writable.take_front(RESP_SIZE) else {
             self.finish_unanswered(vq, start.head, fence);
@@ -915,6 +964,7 @@ impl Device {
             resp,
             direct_output: false,
             no_rerun: true,
+            alone: false,
             accepted: Instant::now(),
             bytes: 0,
             _objects: Vec::new(),
@@ -1145,6 +1195,8 @@ impl Device {
         // Its header and direct input, which a second run reads again, are
         // the readable part of the chain.
         let no_rerun = walked.readable.overlaps(&resp);
+        let alone = self.replaying == Replay::Alone;
+        self.alone += usize::from(alone);
         let mut inflight = InFlight {
             vq,
             head,
@@ -1152,6 +1204,7 @@ impl Device {
             resp,
             direct_output: false,
             no_rerun,
+            alone,
             accepted: Instant::now(),
             bytes: 0,
             _objects: Vec::new(),
@@ -1170,7 +1223,7 @@ impl Device {
     /// Requests taken again after a restart were admitted when first taken,
     /// and are not counted twice.
     fn admit(&mut self, bytes: u64) -> Result<(), Status> {
-        if self.replaying {
+        if self.replaying != Replay::No {
             return Ok(());
         }
         let inflight = self.inflight.len();
@@ -1341,6 +1394,7 @@ impl Device {
 
     /// Completes a request: response, used entry, fence signal.
     fn finish(&mut self, inflight: InFlight, outcome: Outcome) {
+        self.alone = self.alone.saturating_sub(usize::from(inflight.alone));
         if inflight.no_rerun {
             // Its response may overwrite what a second run would read.
             if let Some(ring) = self.record.ring(inflight.vq) {
@@ -1418,7 +1472,10 @@ impl Device {
         completions
     }
 
+    /// Completes the requests of `completions`, reaped from the engine.
     fn finish_all(&mut self, completions: Vec<Completion>) {
+        self.on_engine = self.on_engine.saturating_sub(completions.len());
+        self.alone_on_engine &= self.on_engine > 0;
         for Completion { cookie, outcome } in completions {
             if let Some(inflight) = self.inflight.remove(cookie) {
                 self.finish(inflight, outcome);
@@ -1434,25 +1491,60 @@ impl Device {
         self.stats.set_inflight(self.inflight.len());
     }
 
-    /// Sends every ready job to its hardware queue. A refused batch fails
-    /// its requests, which may release more jobs: repeat until none is left.
+    /// Sends every ready job to its hardware queue, but a request that runs
+    /// alone (§11.3) waits until the engine has nothing else, goes by
+    /// itself, and holds back every other job until it completes. A refused
+    /// batch fails its requests, which may release more jobs: repeat until
+    /// none is left.
     fn submit_ready(&mut self) {
-        while let Some(queue) = self.ready.iter().position(|jobs| !jobs.is_empty()) {
-            let mut jobs = std::mem::take(&mut self.ready[queue]);
-            let Some(hw_queue) = self.hw_queues.get(queue) else {
-                continue;
+        while !self.alone_on_engine {
+            let (queue, jobs, alone) = match self.next_alone() {
+                Some(_) if self.on_engine > 0 => return,
+                Some((queue, index)) => (queue, vec![self.ready[queue].remove(index)], true),
+                None => match self.ready.iter().position(|jobs| !jobs.is_empty()) {
+                    Some(queue) => (queue, std::mem::take(&mut self.ready[queue]), false),
+                    None => return,
+                },
             };
-            for job in &jobs {
-                self.record_start(job.cookie);
-            }
-            if let Err(e) = hw_queue.submit(&mut jobs) {
+            self.submit(queue, jobs, alone);
+        }
+    }
+
+    /// Where the first ready job of a request that runs alone is: hardware
+    /// queue and place in its ready jobs.
+    fn next_alone(&self) -> Option<(usize, usize)> {
+        if self.alone == 0 {
+            return None;
+        }
+        let runs_alone = |job: &Job| self.inflight.get(job.cookie).is_some_and(|f| f.alone);
+        self.ready
+            .iter()
+            .enumerate()
+            .find_map(|(queue, jobs)| Some((queue, jobs.iter().position(runs_alone)?)))
+    }
+
+    /// Hands `jobs` to hardware queue `queue`, `alone` if they are the one
+    /// request that runs alone; fails them if it refuses them.
+    fn submit(&mut self, queue: usize, mut jobs: Vec<Job>, alone: bool) {
+        for job in &jobs {
+            self.record_start(job.cookie);
+        }
+        let count = jobs.len();
+        let submitted = match self.hw_queues.get(queue) {
+            Some(hw_queue) => hw_queue.submit(&mut jobs).map_err(|e| {
                 self.log
                     .guest(Level::Warn, format_args!("hardware queue {queue}: {e}"));
-                for job in jobs {
-                    if let Some(inflight) = self.inflight.remove(job.cookie) {
-                        self.finish(inflight, Outcome::failed(Status::DeviceError));
-                    }
-                }
+            }),
+            None => Err(()),
+        };
+        if submitted.is_ok() {
+            self.on_engine += count;
+            self.alone_on_engine = alone;
+            return;
+        }
+        for job in jobs {
+            if let Some(inflight) = self.inflight.remove(job.cookie) {
+                self.finish(inflight, Outcome::failed(Status::DeviceError));
             }
         }
     }
@@ -1722,6 +1814,7 @@ mod tests {
             resp: SgList::new(),
             direct_output: false,
             no_rerun: false,
+            alone: false,
             accepted: Instant::now(),
             bytes: 0,
             _objects: Vec::new(),

@@ -246,9 +246,11 @@ pub const NO_RERUN: u8 = 1;
 /// taken, at which it is interrupted instead of run again: a request that
 /// makes the process fail each time it runs (a fault of the engine on that
 /// input) would otherwise end every process that takes over, and the device
-/// would never serve again. Requests that merely ran beside it are
-/// interrupted too (§11.3). A process killed or stopped from outside did not
-/// fail by itself: its requests run again as often as that happens.
+/// would never serve again. After a failure, the device runs each request
+/// that was running then alone ([`RingRecord::failures`]), so that a second
+/// failure counts against that request only (§11.3). A process killed or
+/// stopped from outside did not fail by itself: its requests run again as
+/// often as that happens.
 pub const MAX_LOST_RUNS: u8 = 2;
 
 /// Where, in a head's flags, the count of processes that failed while its
@@ -397,6 +399,13 @@ impl<'a, W: RecordWords + ?Sized> RingRecord<'a, W> {
 
     fn flags(&self, head: u16) -> u8 {
         ((self.words.load(Self::state_index(head)) >> 8) & 0xff) as u8
+    }
+
+    /// How many processes failed by themselves while the request at `head`
+    /// ran, since it was taken ([`MAX_LOST_RUNS`]); after
+    /// [`RingRecord::recover`], what decides how it runs again.
+    pub fn failures(&self, head: u16) -> u8 {
+        lost_runs(self.flags(head))
     }
 
     /// The device reset: nothing taken, nothing in flight.
@@ -1047,10 +1056,13 @@ mod tests {
         assert_eq!(record.take(6), Take::Held(2));
         record.start(5, 0);
         record.start(6, 0);
+        assert_eq!(record.failures(5), 0);
         assert_eq!(
             record.recover(0, FAILED).unwrap().rerun,
             vec![(5, 1), (6, 2)]
         );
+        // Both run alone next time (the device reads this).
+        assert_eq!((record.failures(5), record.failures(6)), (1, 1));
         // The next process runs both again; 6 completes, 5 is still running
         // when that process ends too.
         record.start(5, 0);
@@ -1079,6 +1091,7 @@ mod tests {
         record.start(2, 0);
         for _ in 0..3 {
             assert_eq!(record.recover(0, FAILED).unwrap().rerun, vec![(2, 1)]);
+            assert_eq!(record.failures(2), 1);
         }
         for _ in 0..3 {
             record.start(2, 0);

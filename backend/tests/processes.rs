@@ -25,8 +25,8 @@ use vhost_user_accel::arbiter::SLOW_STEPS;
 use virtio_accel_spec::{Op, Status};
 
 use support::{
-    assert_interrupted, fill_request, kill, submit_digests, submit_poison, Setup, Supervisor,
-    PATIENCE,
+    assert_interrupted, fill_request, kill, queue_digests, submit_digests, submit_poison, Setup,
+    Supervisor, PATIENCE,
 };
 
 type AccelDevice = Device<VhostUserTransport>;
@@ -546,6 +546,65 @@ fn a_request_that_ends_every_process_is_interrupted_after_two() {
         2,
         "{log}"
     );
+}
+
+/// Requests that were running beside such a request when it ended the
+/// process run again alone, one at a time, and complete: the second failure
+/// finds only the request that causes it running, and only that one is
+/// interrupted (§11.3).
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (cargo test --all-features)"
+)]
+fn requests_beside_one_that_ends_every_process_complete() {
+    const BESIDE: usize = 4;
+    const POISON_TOKEN: u64 = BESIDE as u64;
+    let supervisor = Supervisor::start_poisoned("poison-beside");
+    let socket = supervisor.socket("t0");
+    let memory = DmaMemory::new(16 << 20).unwrap();
+    let options = VhostUserOptions::of(FrontendModel::Qemu {
+        forwards_reset: false,
+    });
+    let transport = VhostUserTransport::connect_with(&socket, &memory, &options).unwrap();
+    let mut device = Device::open_with(transport, &OpenOptions::default()).unwrap();
+    let first = supervisor.tenant_pid("t0");
+    // One batch: the digests are handed to the engine just before the
+    // request that ends the process.
+    let digests = queue_digests(&device, BESIDE, 1 << 20, 0x3c);
+    let (fence, _poison) = submit_poison(&device, POISON_TOKEN);
+    supervisor.wait_until_gone("t0", first);
+    let _ = device.transport_mut().reconnect(&socket, &options);
+    supervisor.wait_for_aborted(1, "the second run");
+    device.transport_mut().reconnect(&socket, &options).unwrap();
+    let mut completions = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while completions.len() <= BESIDE && Instant::now() < deadline {
+        completions.extend(device.wait(0, Duration::from_millis(200)).unwrap());
+    }
+    // Anything more would be a request completed twice.
+    completions.extend(device.wait(0, Duration::from_millis(300)).unwrap());
+
+    let log = supervisor.log();
+    let (poisoned, beside): (Vec<_>, Vec<_>) = completions
+        .into_iter()
+        .partition(|completion| completion.token == POISON_TOKEN);
+    assert_interrupted(&poisoned, POISON_TOKEN, fence, &log);
+    let mut tokens: Vec<u64> = beside.iter().map(|completion| completion.token).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, (0..POISON_TOKEN).collect::<Vec<_>>(), "{log}");
+    for completion in beside {
+        let index = usize::try_from(completion.token).unwrap();
+        let completion = completion.check().unwrap_or_else(|e| panic!("{e}\n{log}"));
+        assert_eq!(completion.fence(), digests.fences[index], "{log}");
+        assert_eq!(
+            completion.result()[..32],
+            digests.expected[index][..],
+            "{log}"
+        );
+    }
+    assert_eq!(supervisor.aborted(), 2, "{log}");
+    assert!(log.contains("running at 2 failures"), "{log}");
 }
 
 /// Keeps four SHA-256 digests of 1 MiB in flight on `socket` until `stop`.

@@ -178,8 +178,14 @@ fn word(r: &mut Reader<'_>, words: &[AtomicU64], index: usize) -> u64 {
         (0, _) => 0,
         (0xff, _) => r.u64(),
         (_, TAKEN) => u64::from(r.u16()),
-        // The used index, the batch, the skips.
-        (_, PUBLISH) => u64::from(r.u16()) | u64::from(r.u8()) << 16 | u64::from(r.u16()) << 32,
+        // The used index, the batch, the skips, whether a skip is being
+        // committed.
+        (_, PUBLISH) => {
+            u64::from(r.u16())
+                | u64::from(r.u8()) << 16
+                | u64::from(r.u16()) << 32
+                | u64::from(r.u8() & 1) << 48
+        }
         (_, index) if index < header() => u64::from(selector),
         // A sequence number at or before the next take.
         (_, index) if (index - header()) % 2 == 0 => {

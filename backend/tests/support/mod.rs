@@ -360,6 +360,19 @@ pub fn submit_digests(
     size: usize,
     salt: u8,
 ) -> Digests {
+    let digests = queue_digests(device, count, size, salt);
+    device.flush(0).unwrap();
+    digests
+}
+
+/// [`submit_digests`] without the flush: the device sees the digests with
+/// what is submitted next.
+pub fn queue_digests(
+    device: &Device<VhostUserTransport>,
+    count: usize,
+    size: usize,
+    salt: u8,
+) -> Digests {
     let memory = device.memory();
     let mut digests = Digests {
         inputs: Vec::with_capacity(count),
@@ -377,6 +390,5 @@ pub fn submit_digests(
             .push(device.submit(0, &request, token).unwrap());
         digests.inputs.push(input);
     }
-    device.flush(0).unwrap();
     digests
 }
