@@ -296,11 +296,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How long a reset, a ring stop or a memory table change waits for the work
-/// in flight before it ends the process ([`Device::stop`]). A reset cancels
-/// the running jobs first, which stop within a chunk's time (milliseconds);
-/// a stop lets every accepted request finish, up to `max_inflight` jobs of
-/// up to `max_buffer_size` bytes per queue.
+/// How long a reset, a ring stop or a memory table change waits for one of
+/// the requests in flight to complete before it ends the process
+/// ([`Device::stop`]): the engine made no progress in that time. A reset
+/// cancels the running jobs first, which stop within a chunk's time
+/// (milliseconds); a stop lets every accepted request finish, up to
+/// `max_inflight` jobs of up to `max_buffer_size` bytes per queue, one after
+/// the other where they run alone (§11.3).
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a device with a record to resume waits for the front-end to
@@ -499,11 +501,10 @@ impl Device {
     /// handed back to the VMM is final (§11).
     ///
     /// Neither this nor [`Device::reset`] returns while a job may still touch
-    /// guest memory: if work is still running after [`QUIESCE_TIMEOUT`]
-    /// (an engine that ignores cancellation, or more accepted work than
-    /// the engine can finish in that time), the tenant's process ends with
-    /// an error naming the tenant and what was still in flight, and its
-    /// supervisor starts a new one.
+    /// guest memory: if no request completes for [`QUIESCE_TIMEOUT`] (an
+    /// engine that ignores cancellation, or hangs), the tenant's process
+    /// ends with an error naming the tenant and what was still in flight,
+    /// and its supervisor starts a new one.
     pub fn stop(&mut self) {
         let vrings = self.vrings.clone();
         self.run_until_idle(|device, queue| {
@@ -515,12 +516,16 @@ impl Device {
     }
 
     /// Calls `step` on each hardware queue until no request is in flight;
-    /// ends the process after [`QUIESCE_TIMEOUT`] ([`Device::give_up`]).
+    /// ends the process once [`QUIESCE_TIMEOUT`] passes without a request
+    /// completing ([`Device::give_up`]).
     fn run_until_idle(&mut self, mut step: impl FnMut(&mut Self, u16)) {
         let started = Instant::now();
+        let (mut progress, mut left) = (started, self.inflight.len());
         let queues = self.config.request_queues;
         while !self.inflight.is_empty() {
-            if started.elapsed() > self.quiesce_timeout {
+            if self.inflight.len() < left {
+                (progress, left) = (Instant::now(), self.inflight.len());
+            } else if progress.elapsed() > self.quiesce_timeout {
                 self.give_up(started);
             }
             for queue in 0..queues {
@@ -545,14 +550,15 @@ impl Device {
             .count();
         let ready: usize = self.ready.iter().map(Vec::len).sum();
         error!(
-            "tenant {}: {} requests still in flight {:.1?} after the device began to stop \
-             ({} on the engine, {ready} ready to submit, {waiting} waiting for fences); \
-             ending the tenant's process so that none of them can touch guest memory \
-             after the stop (§11)",
+            "tenant {}: {} requests still in flight {:.1?} after the device began to stop, \
+             none completed in the last {:.1?} ({} on the engine, {ready} ready to submit, \
+             {waiting} waiting for fences); ending the tenant's process so that none of \
+             them can touch guest memory after the stop (§11)",
             self.config.name,
             self.inflight.len(),
             started.elapsed(),
-            self.inflight.len().saturating_sub(waiting + ready),
+            self.quiesce_timeout,
+            self.on_engine,
         );
         std::process::abort();
     }
@@ -1474,6 +1480,10 @@ impl Device {
 
     /// Completes the requests of `completions`, reaped from the engine.
     fn finish_all(&mut self, completions: Vec<Completion>) {
+        debug_assert!(
+            completions.len() <= self.on_engine,
+            "more completions than jobs"
+        );
         self.on_engine = self.on_engine.saturating_sub(completions.len());
         self.alone_on_engine &= self.on_engine > 0;
         for Completion { cookie, outcome } in completions {
@@ -1537,8 +1547,9 @@ impl Device {
             }),
             None => Err(()),
         };
+        // A refused batch stays in `jobs`, but for what the engine took.
+        self.on_engine += count.saturating_sub(jobs.len());
         if submitted.is_ok() {
-            self.on_engine += count;
             self.alone_on_engine = alone;
             return;
         }
@@ -1807,20 +1818,121 @@ mod tests {
         let engine = SoftwareEngine::new(1).unwrap();
         let tenant = TenantState::new(0, &config);
         let mut device = Device::new(config, &engine, tenant).unwrap();
-        device.inflight.insert(InFlight {
-            vq: 1,
+        device
+            .inflight
+            .insert(bare_request(FenceId { queue: 0, seqno: 1 }, false));
+        device.quiesce_timeout = Duration::from_millis(100);
+        device.stop();
+    }
+
+    /// The bookkeeping of request `fence` with no buffers, at head 0 of its
+    /// virtqueue; `alone` if it runs alone (§11.3).
+    fn bare_request(fence: FenceId, alone: bool) -> InFlight {
+        InFlight {
+            vq: fence.queue + 1,
             head: 0,
-            fence: FenceId { queue: 0, seqno: 1 },
+            fence,
             resp: SgList::new(),
             direct_output: false,
             no_rerun: false,
-            alone: false,
+            alone,
             accepted: Instant::now(),
             bytes: 0,
             _objects: Vec::new(),
+        }
+    }
+
+    /// Issues fence `seqno` of request queue `queue` to a request with no
+    /// buffers (a CRC-32C of nothing) ready for the engine; `alone` if it
+    /// runs alone (§11.3).
+    fn ready_request(device: &mut Device, queue: u16, seqno: u64, alone: bool) {
+        let fence = device.fences.issue(queue, seqno).unwrap();
+        device.alone += usize::from(alone);
+        let cookie = device.inflight.insert(bare_request(fence, alone));
+        device.ready[usize::from(queue)].push(Job {
+            operation: crate::ops::Operation::Crc32c { seed: 0 },
+            inputs: Buffers::new(),
+            outputs: Buffers::new(),
+            cookie,
         });
-        device.quiesce_timeout = Duration::from_millis(100);
-        device.stop();
+    }
+
+    /// Waits for `count` completions of hardware queue `queue`, then
+    /// finishes their requests.
+    fn complete(device: &mut Device, queue: u16, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut completions = Vec::new();
+        while completions.len() < count {
+            assert!(Instant::now() < deadline, "{count} completions on {queue}");
+            completions.extend(device.reap(queue));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(completions.len(), count, "completions on {queue}");
+        device.finish_all(completions);
+    }
+
+    /// A request that runs alone after a failure (§11.3) goes to the engine
+    /// once the engine has nothing else, and nothing else goes while it
+    /// runs; the other requests, on every queue, go as usual otherwise.
+    #[test]
+    fn a_request_that_runs_alone_never_shares_the_engine() {
+        let mut config = TenantConfig::new("alone", SocketSource::Fd(-1));
+        config.request_queues = 2;
+        let engine = SoftwareEngine::new(2).unwrap();
+        let tenant = TenantState::new(0, &config);
+        let mut device = Device::new(config, &engine, tenant).unwrap();
+        let left = |device: &Device| device.ready.iter().map(Vec::len).collect::<Vec<_>>();
+        let engine_holds = |device: &Device| (device.on_engine, device.alone_on_engine);
+        ready_request(&mut device, 0, 1, false);
+        ready_request(&mut device, 0, 2, true);
+        ready_request(&mut device, 0, 3, false);
+        ready_request(&mut device, 1, 1, false);
+        ready_request(&mut device, 1, 2, true);
+        for _ in 0..2 {
+            device.submit_ready();
+            assert_eq!(engine_holds(&device), (1, true));
+            assert_eq!(left(&device), [2, 2]);
+        }
+        complete(&mut device, 0, 1);
+        assert_eq!(engine_holds(&device), (0, false));
+        device.submit_ready();
+        assert_eq!(engine_holds(&device), (1, true));
+        assert_eq!(left(&device), [2, 1]);
+        complete(&mut device, 1, 1);
+        device.submit_ready();
+        assert_eq!(engine_holds(&device), (3, false));
+        assert_eq!((left(&device), device.alone), (vec![0, 0], 0));
+
+        // One that is ready while others run waits for the engine to
+        // empty, and holds back what is ready after it.
+        ready_request(&mut device, 1, 3, true);
+        ready_request(&mut device, 0, 4, false);
+        device.submit_ready();
+        assert_eq!(
+            (engine_holds(&device), left(&device)),
+            ((3, false), vec![1, 1])
+        );
+        complete(&mut device, 0, 2);
+        device.submit_ready();
+        assert_eq!(
+            (engine_holds(&device), left(&device)),
+            ((1, false), vec![1, 1])
+        );
+        complete(&mut device, 1, 1);
+        device.submit_ready();
+        assert_eq!(
+            (engine_holds(&device), left(&device)),
+            ((1, true), vec![1, 0])
+        );
+        complete(&mut device, 1, 1);
+        device.submit_ready();
+        assert_eq!(
+            (engine_holds(&device), left(&device)),
+            ((1, false), vec![0, 0])
+        );
+        complete(&mut device, 0, 1);
+        assert!(device.inflight.is_empty());
+        assert_eq!((device.on_engine, device.alone), (0, 0));
     }
 
     /// `size` bytes of guest memory at address 0, in a memfd as a VMM's.

@@ -94,7 +94,8 @@ impl Default for Share {
 
 /// A submission/completion queue pair of an engine.
 pub trait HwQueue: Send + Sync {
-    /// Queues `jobs` (draining the vector) and rings the doorbell once.
+    /// Queues `jobs` (draining the vector) and rings the doorbell once. On
+    /// an error, the jobs it did not queue stay in `jobs`.
     fn submit(&self, jobs: &mut Vec<Job>) -> Result<(), EngineError>;
 
     /// Moves every pending completion into `out`.
