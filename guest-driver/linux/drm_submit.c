@@ -39,6 +39,7 @@
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/overflow.h>
+#include <linux/rcupdate.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/sync_file.h>
@@ -169,8 +170,8 @@ static const char *vaccel_fence_timeline_name(struct dma_fence *fence)
  * sync_file or another driver's syncobj). It holds no reference on the
  * module: it uses these ops only until it signals, which is before its job
  * ends (module exit waits for every job), then takes the ops of the
- * kernel's stub fence (vaccel_fence_detach()). With no .release, the
- * kernel frees it (dma_fence_free()).
+ * kernel's stub fence (vaccel_fence_signal_detach()). With no .release,
+ * the kernel frees it (dma_fence_free()).
  */
 static const struct dma_fence_ops vaccel_fence_ops = {
 	.get_driver_name = vaccel_fence_driver_name,
@@ -192,14 +193,33 @@ static struct vaccel_fence *vaccel_fence_create(struct vaccel_drm *vd)
 }
 
 /*
- * Signals @fence, then leaves it without the module's ops: whoever reads
+ * Signals @fence and leaves it without the module's ops: whoever reads
  * them later (a wait, SYNC_IOC_FILE_INFO, the release) reads the kernel's.
- * 6.12 has no way to detach a fence from its driver; this is the nearest.
+ * Both happen in one section under the fence's lock, as dma_fence_signal()
+ * would signal it, so whoever reads the ops under that lock (adding a
+ * callback, enabling signalling, the default wait, the signal's own
+ * tracepoint and callbacks) sees either an unsignalled fence with this
+ * module's ops, which stay loaded until its job ends after this, or a
+ * signalled one with the kernel's: never a signalled fence whose ops may
+ * go with the module. A reader without the lock sees one pointer or the
+ * other (WRITE_ONCE(): one whole store), each valid while the module is
+ * loaded, and module exit waits for an RCU grace period after the last
+ * job (vaccel_jobs_exit()), as later kernels require of a driver that
+ * frees what a signalled fence's ops point to: a reader under
+ * rcu_read_lock() that loaded this module's ops is done with them before
+ * the module goes. 6.12 has no way to detach a fence from its driver; this
+ * is the nearest.
  */
 static void vaccel_fence_signal_detach(struct vaccel_fence *fence)
 {
-	dma_fence_signal(&fence->base);
+	bool cookie = dma_fence_begin_signalling();
+	unsigned long flags;
+
+	spin_lock_irqsave(fence->base.lock, flags);
+	dma_fence_signal_locked(&fence->base);
 	WRITE_ONCE(fence->base.ops, vaccel_detached_ops);
+	spin_unlock_irqrestore(fence->base.lock, flags);
+	dma_fence_end_signalling(cookie);
 }
 
 /* @fence as the fence of a job of @vd whose device fence is known, or NULL. */
@@ -208,7 +228,8 @@ static struct vaccel_fence *vaccel_own_fence(const struct vaccel_drm *vd,
 {
 	struct vaccel_fence *own;
 
-	if (fence->ops != &vaccel_fence_ops)
+	/* Signalled and detached meanwhile: no longer this module's. */
+	if (READ_ONCE(fence->ops) != &vaccel_fence_ops)
 		return NULL;
 	own = container_of(fence, struct vaccel_fence, base);
 	/* Pairs with the release in vaccel_job_send(): @hw is set before. */
@@ -1059,10 +1080,13 @@ int vaccel_jobs_init(void)
 
 /*
  * Waits for every job: their work items and callbacks are this module's,
- * and their fences use the module's ops until they signal.
+ * and their fences use the module's ops until they signal. Then for the
+ * readers that loaded those ops before vaccel_fence_signal_detach()
+ * replaced them, in an RCU read-side section or with preemption off.
  */
 void vaccel_jobs_exit(void)
 {
 	wait_var_event(&vaccel_jobs_live, !atomic_read(&vaccel_jobs_live));
+	synchronize_rcu();
 	destroy_workqueue(vaccel_job_wq);
 }

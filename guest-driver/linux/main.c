@@ -7,8 +7,9 @@
  * (§7), the request queues (§6) with their requests in flight and a backlog
  * for full rings, and recovery: a watchdog resets a device that leaves a
  * request unanswered for longer than the `timeout` parameter, failing
- * what was in flight (§11.1). Users of the device (crypto.c, drm.c) go
- * through virtio_accel.h.
+ * what was in flight (§11.1), and a device that returns a request out of
+ * step with the driver is reset too. Users of the device (crypto.c, drm.c)
+ * go through virtio_accel.h.
  */
 #include <linux/delay.h>
 #include <linux/interrupt.h>
@@ -64,6 +65,7 @@ struct vaccel_queue {
 	spinlock_t lock;		/* everything below */
 	struct list_head inflight;	/* in the ring, oldest first */
 	struct list_head backlog;	/* waiting for room in the ring */
+	struct list_head parked;	/* returned out of step: vaccel_park() */
 	u64 next_seqno;			/* the fence of the next chain (§6.2) */
 	unsigned long last_progress;	/* jiffies of the last completion */
 	unsigned int index;
@@ -94,6 +96,7 @@ struct vaccel_device {
 	struct vaccel_info info;
 	enum vaccel_state state;	/* written under every lock below */
 	bool removed;
+	bool halted;			/* a reset is due: nothing more to rings */
 	int stop_error;			/* how a reset fails requests */
 	int reset_error;		/* why reset_work was queued */
 	unsigned int ring_limit;	/* most descriptors of one chain */
@@ -176,8 +179,8 @@ struct device *vaccel_dev(struct vaccel_device *dev)
 
 /*
  * Asks for a reset of the device (§11.1) for @error, once until it is done:
- * from the watchdog, or when the device's fences are out of step with the
- * driver's. Any context.
+ * from the watchdog, or when the device returns a request out of step with
+ * the driver (vaccel_park()). Any context.
  */
 static void vaccel_schedule_reset(struct vaccel_device *dev, int error)
 {
@@ -458,10 +461,11 @@ int vaccel_submit(struct vaccel_device *dev, struct vaccel_request *req,
 
 	/*
 	 * The virtqueue is used, notified included, under q->lock only:
-	 * vaccel_stop() takes it away under the same lock.
+	 * vaccel_stop() takes it away under the same lock. A halted device
+	 * takes nothing more until its reset (vaccel_park()).
 	 */
 	spin_lock_irqsave(&q->lock, flags);
-	if (dev->state != VACCEL_LIVE) {
+	if (dev->state != VACCEL_LIVE || READ_ONCE(dev->halted)) {
 		err = dev->removed ? -ENODEV : -EAGAIN;
 	} else if (list_empty(&q->backlog)) {
 		err = vaccel_queue_add(q, req);
@@ -497,18 +501,26 @@ static u64 vaccel_output_len(const struct vaccel_request *req, bool direct)
 	return total;
 }
 
-/* Decodes a returned chain's response; the device is not trusted (§12.8). */
-static void vaccel_finish(struct vaccel_queue *q, struct vaccel_request *req,
+/*
+ * Decodes a returned chain's response; the device is not trusted (§12.8).
+ * Returns false if the device returned the chain out of step with the
+ * driver: with a used length this chain cannot have (the driver's chains
+ * always have room for the response, §6.4), or with another chain's fence
+ * (the device was reset behind the driver's back, §11.1). Such a device
+ * may not be done with the chain: see vaccel_park().
+ */
+static bool vaccel_finish(struct vaccel_queue *q, struct vaccel_request *req,
 			  unsigned int used_len)
 {
 	struct virtio_accel_resp *resp = req->resp;
 	struct device *dev = &q->dev->vdev->dev;
+	bool in_step = true;
 
 	if (used_len < sizeof(*resp) ||
 	    used_len - sizeof(*resp) > vaccel_output_len(req, true)) {
 		dev_err_ratelimited(dev, "%s: used length %u\n", q->name,
 				    used_len);
-		resp->status = cpu_to_le32(VIRTIO_ACCEL_S_DEVICE_ERROR);
+		in_step = false;
 	} else if (le64_to_cpu(resp->fence.seqno) !=
 		   le64_to_cpu(req->fence.seqno) ||
 		   le16_to_cpu(resp->fence.queue) != q->index) {
@@ -516,13 +528,7 @@ static void vaccel_finish(struct vaccel_queue *q, struct vaccel_request *req,
 				    q->name, le64_to_cpu(req->fence.seqno),
 				    le16_to_cpu(resp->fence.queue),
 				    le64_to_cpu(resp->fence.seqno));
-		resp->status = cpu_to_le32(VIRTIO_ACCEL_S_DEVICE_ERROR);
-		/*
-		 * The device's fence numbering is not the driver's: it was
-		 * reset behind the driver's back (§11.1). Only a reset puts
-		 * them back in step.
-		 */
-		vaccel_schedule_reset(q->dev, -EIO);
+		in_step = false;
 	} else if (le64_to_cpu(resp->bytes_written) >
 		   vaccel_output_len(req, false)) {
 		dev_err_ratelimited(dev, "%s: %llu bytes written of %llu\n",
@@ -530,10 +536,34 @@ static void vaccel_finish(struct vaccel_queue *q, struct vaccel_request *req,
 				    vaccel_output_len(req, false));
 		resp->status = cpu_to_le32(VIRTIO_ACCEL_S_DEVICE_ERROR);
 	}
+	if (!in_step)
+		resp->status = cpu_to_le32(VIRTIO_ACCEL_S_DEVICE_ERROR);
 	req->error = vaccel_status_errno(le32_to_cpu(resp->status));
+	return in_step;
 }
 
-/* Hands requests back to their owners; @error overrides the device's. */
+/*
+ * Keeps a request that the device returned out of step (vaccel_finish())
+ * from its owner until the device is reset: such a device may still write
+ * the chain, and the ring has taken its descriptors back already. Nothing
+ * more goes into a ring of the device (@halted; on this queue strictly, as
+ * under q->lock) until vaccel_stop() resets it and fails the request. A
+ * stopping device is being reset already. Under q->lock.
+ */
+static void vaccel_park(struct vaccel_queue *q, struct vaccel_request *req)
+{
+	struct vaccel_device *dev = q->dev;
+
+	list_move_tail(&req->node, &q->parked);
+	WRITE_ONCE(dev->halted, true);
+	if (dev->state != VACCEL_STOPPED)
+		vaccel_schedule_reset(dev, -EIO);
+}
+
+/*
+ * Hands requests back to their owners; @error overrides the device's, and
+ * then so does DeviceError whatever the device wrote before its reset.
+ */
 static void vaccel_complete_list(struct list_head *done, int error)
 {
 	struct vaccel_request *req, *next;
@@ -543,7 +573,8 @@ static void vaccel_complete_list(struct list_head *done, int error)
 		if (error)
 			req->error = error;
 		if (req->error && req->resp &&
-		    req->resp->status == cpu_to_le32(VIRTIO_ACCEL_S_OK))
+		    (error ||
+		     req->resp->status == cpu_to_le32(VIRTIO_ACCEL_S_OK)))
 			req->resp->status =
 				cpu_to_le32(VIRTIO_ACCEL_S_DEVICE_ERROR);
 		req->done(req);
@@ -566,13 +597,15 @@ static void vaccel_done_work(struct work_struct *work)
 	do {
 		virtqueue_disable_cb(q->vq);
 		while ((req = virtqueue_get_buf(q->vq, &used_len))) {
-			list_move_tail(&req->node, &done);
 			q->last_progress = jiffies;
-			vaccel_finish(q, req, used_len);
+			if (vaccel_finish(q, req, used_len))
+				list_move_tail(&req->node, &done);
+			else
+				vaccel_park(q, req);
 		}
 	} while (!virtqueue_enable_cb(q->vq));
 	if ((q->dev->state == VACCEL_LIVE || q->dev->state == VACCEL_DRAINING) &&
-	    vaccel_queue_refill(q, &done))
+	    !READ_ONCE(q->dev->halted) && vaccel_queue_refill(q, &done))
 		virtqueue_kick(q->vq);
 	spin_unlock_irq(&q->lock);
 	vaccel_complete_list(&done, 0);
@@ -611,11 +644,15 @@ static void vaccel_control_done(struct virtqueue *vq)
  * A live device's command completes or is failed by the watchdog's reset.
  * While the device starts (state_mutex held by the starter) there is no
  * watchdog: a device that does not answer is reset here, which makes it
- * let go of the command's buffers (§11), and starting fails.
+ * let go of the command's buffers (§11), and starting fails. The command
+ * leaves the ring only then, answered meanwhile or not, so that the caller
+ * frees a buffer that neither the device nor the ring holds.
  */
 static int vaccel_control_wait(struct vaccel_device *dev, bool starting,
 			       struct vaccel_ctrl *ctrl)
 {
+	struct vaccel_ctrl *held;
+
 	if (!starting) {
 		wait_for_completion(&ctrl->done);
 		return ctrl->error;
@@ -626,6 +663,10 @@ static int vaccel_control_wait(struct vaccel_device *dev, bool starting,
 		timeout_secs);
 	virtio_reset_device(dev->vdev);
 	spin_lock_irq(&dev->ctrl_lock);
+	while ((held = virtqueue_detach_unused_buf(dev->ctrl_vq))) {
+		held->error = -ETIMEDOUT;
+		complete(&held->done);
+	}
 	dev->ctrl_pending = NULL;
 	spin_unlock_irq(&dev->ctrl_lock);
 	return -ETIMEDOUT;
@@ -657,7 +698,8 @@ static int vaccel_control(struct vaccel_device *dev, bool starting, u32 cmd,
 
 	mutex_lock(&dev->ctrl_mutex);
 	spin_lock_irq(&dev->ctrl_lock);
-	if (dev->state != (starting ? VACCEL_STARTING : VACCEL_LIVE)) {
+	if (dev->state != (starting ? VACCEL_STARTING : VACCEL_LIVE) ||
+	    READ_ONCE(dev->halted)) {
 		err = dev->removed ? -ENODEV : -EAGAIN;
 	} else {
 		err = virtqueue_add_sgs(dev->ctrl_vq, lists, 1, 1, ctrl,
@@ -936,8 +978,10 @@ static unsigned long vaccel_inflight_count(struct vaccel_device *dev)
 
 /*
  * Resets the device and fails, with @error, every request and command it
- * still holds: after virtio_reset_device() it touches no buffer (§11).
- * Completions that reached the used rings before the reset count.
+ * still holds, those parked by vaccel_park() included: after
+ * virtio_reset_device() it touches no buffer (§11). Completions that
+ * reached the used rings before the reset count. The device is in step
+ * with the driver again (@halted).
  */
 static void vaccel_stop(struct vaccel_device *dev, int error)
 {
@@ -960,6 +1004,7 @@ static void vaccel_stop(struct vaccel_device *dev, int error)
 		spin_lock_irq(&q->lock);
 		while ((req = virtqueue_detach_unused_buf(q->vq)))
 			list_move_tail(&req->node, &failed);
+		list_splice_tail_init(&q->parked, &failed);
 		list_splice_tail_init(&q->backlog, &failed);
 		spin_unlock_irq(&q->lock);
 	}
@@ -973,6 +1018,7 @@ static void vaccel_stop(struct vaccel_device *dev, int error)
 	local_bh_disable();
 	vaccel_complete_list(&failed, error);
 	local_bh_enable();
+	WRITE_ONCE(dev->halted, false);
 	vaccel_forget_vqs(dev);
 }
 
@@ -1041,7 +1087,7 @@ static void vaccel_reset_work(struct work_struct *work)
 			 timeout_secs);
 	else
 		dev_warn(vaccel_dev(dev),
-			 "the device's fences are out of step with the driver's: resetting it\n");
+			 "the device returned a request out of step with the driver: resetting it\n");
 	dev->stop_error = error;
 	mutex_unlock(&dev->state_mutex);
 #ifdef CONFIG_PM_SLEEP
@@ -1102,7 +1148,10 @@ static void vaccel_watchdog(struct work_struct *work)
 						 struct vaccel_device,
 						 watchdog);
 
-	if (vaccel_stalled(dev))
+	/* Again if vaccel_park() asked while the last reset ended. */
+	if (READ_ONCE(dev->halted))
+		vaccel_schedule_reset(dev, -EIO);
+	else if (vaccel_stalled(dev))
 		vaccel_schedule_reset(dev, -ETIMEDOUT);
 	else
 		schedule_delayed_work(&dev->watchdog, HZ);
@@ -1263,6 +1312,7 @@ static struct vaccel_device *vaccel_alloc(struct virtio_device *vdev)
 		spin_lock_init(&q->lock);
 		INIT_LIST_HEAD(&q->inflight);
 		INIT_LIST_HEAD(&q->backlog);
+		INIT_LIST_HEAD(&q->parked);
 		INIT_WORK(&q->done_work, vaccel_done_work);
 		snprintf(q->name, sizeof(q->name), "request.%u", i);
 	}
@@ -1332,7 +1382,8 @@ static void vaccel_remove(struct virtio_device *vdev)
  * Suspend lets the requests it holds (in flight and backlogged) finish, up
  * to the timeout, before the device stops, and takes no new ones meanwhile:
  * vaccel_submit() refuses them with -EAGAIN (the crypto providers compute
- * them in software). A watchdog reset (stop_error set) does not wait.
+ * them in software). A watchdog reset (stop_error set) does not wait, nor
+ * does a halted device (vaccel_park()): it refills no ring.
  */
 static int vaccel_freeze(struct virtio_device *vdev)
 {
@@ -1347,7 +1398,7 @@ static int vaccel_freeze(struct virtio_device *vdev)
 		vaccel_set_state(dev, VACCEL_DRAINING);
 	mutex_unlock(&dev->state_mutex);
 	if (!error) {
-		while (vaccel_inflight_count(dev) &&
+		while (vaccel_inflight_count(dev) && !READ_ONCE(dev->halted) &&
 		       time_before(jiffies, deadline))
 			msleep(20);
 		error = -EIO;

@@ -71,7 +71,11 @@ struct vaccel_request {
 	 * completed the request with Ok, vaccel_status_errno() of its status
 	 * otherwise, or -ETIMEDOUT / -ENODEV / -EIO when the device was reset
 	 * or removed with the request in flight (the device status then is
-	 * VIRTIO_ACCEL_S_DEVICE_ERROR). @resp is the device's response.
+	 * VIRTIO_ACCEL_S_DEVICE_ERROR). A request that the device returned out
+	 * of step with the driver (a used length or a fence that cannot be
+	 * right) is one of those: it is handed back only after the reset, the
+	 * device may write its buffers until then. @resp is the device's
+	 * response.
 	 */
 	struct virtio_accel_fence fence;
 	bool fence_known;
