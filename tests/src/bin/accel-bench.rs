@@ -7,18 +7,29 @@
 //! daemon. They run alternately, `--rounds` times each, and the medians are
 //! compared, so that a slow spell of a shared machine falls on both paths
 //! instead of on one. Notification counts come from the driver's transport.
+//!
+//! With `--pin DRIVER,ENGINE` the CPUs are laid out as under a VM: the
+//! driver (a vCPU) on one CPU, the daemon (its vring thread and its engine)
+//! on another, and on the direct path the submitter and the engine the same
+//! way. A ratio then shows what the daemon costs on the engine's CPU.
+//!
+//! Then one request at a time (`--latency` of them per path and mode, 4 KiB
+//! CRC-32C): the latency percentiles through the daemon and direct, waiting
+//! for an interrupt (the daemon's used-buffer notification; the engine's
+//! completion event) and polling (the used ring; the completion queue).
 
 use std::error::Error;
+use std::io;
 use std::time::{Duration, Instant};
 
-use accel_driver::{DmaBuf, DmaMemory};
-use accel_tests::harness::{tenant, Daemon};
+use accel_driver::{DmaBuf, DmaMemory, Request};
+use accel_tests::harness::{cpu_time, tenant, AccelDevice, Daemon};
 use accel_tests::workload::{engine_job, Workload};
 use accelctl::bench::{make_slots, pipeline, Run, Slot, BENCH_SEED};
 use accelctl::data::DataSource;
 use clap::Parser;
 use vhost_user_accel::engine::software::SoftwareEngine;
-use vhost_user_accel::engine::{Engine, HwQueue, Share};
+use vhost_user_accel::engine::{Engine, HwQueue, Job, Share};
 use vhost_user_accel::Config;
 use virtio_accel_spec::Op;
 
@@ -50,6 +61,59 @@ struct Args {
     /// Measure only the path through the daemon (for profiling it); prints no ratio.
     #[arg(long)]
     daemon_only: bool,
+    /// Two CPUs: the driver (and the direct path's submitter) runs on the
+    /// first, the daemon and both engines on the second, as a vCPU and the
+    /// host's daemon would.
+    #[arg(long, value_name = "DRIVER,ENGINE", value_parser = parse_pin)]
+    pin: Option<Pin>,
+    /// Lone requests per path and mode in each round of the latency
+    /// measurement; 0 leaves it out.
+    #[arg(long, default_value_t = 2000)]
+    latency: usize,
+}
+
+/// The CPUs of `--pin`.
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    driver: usize,
+    engine: usize,
+}
+
+fn parse_pin(text: &str) -> Result<Pin, String> {
+    let cpu = |part: &str| {
+        part.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("{part:?} is not a CPU number: {e}"))
+    };
+    match text.split(',').collect::<Vec<_>>()[..] {
+        [driver, engine] => Ok(Pin {
+            driver: cpu(driver)?,
+            engine: cpu(engine)?,
+        }),
+        _ => Err(format!("{text:?} is not two CPU numbers, DRIVER,ENGINE")),
+    }
+}
+
+/// Binds the calling thread, and every thread it starts from now on, to
+/// `cpu`.
+fn pin_to(cpu: usize) -> Result<(), Box<dyn Error>> {
+    let limit = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
+    if cpu >= limit {
+        return Err(format!("CPU {cpu} is past the {limit} a CPU set holds").into());
+    }
+    // SAFETY: all zeroes is an empty `cpu_set_t`, a plain bit array.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE, inside the set.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; the set is a whole `cpu_set_t`
+    // of the size passed, only read.
+    let pinned =
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if pinned != 0 {
+        let error = io::Error::last_os_error();
+        return Err(format!("cannot run on CPU {cpu}: {error}").into());
+    }
+    Ok(())
 }
 
 /// The slot a cookie names.
@@ -102,6 +166,116 @@ fn direct(
     })
 }
 
+/// How a lone request's completion is awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Await {
+    /// Sleeping until the interrupt (daemon) or completion event (direct).
+    Interrupt,
+    /// Spinning on the used ring (daemon) or completion queue (direct).
+    Poll,
+}
+
+/// One lone request through the daemon, from submission to completion.
+fn daemon_once(
+    device: &AccelDevice,
+    request: &Request,
+    how: Await,
+) -> Result<Duration, Box<dyn Error>> {
+    let start = Instant::now();
+    let completion = match how {
+        Await::Interrupt => device.run(0, request)?,
+        Await::Poll => {
+            device.submit(0, request, 0)?;
+            device.flush(0)?;
+            loop {
+                if let Some(completion) = device.poll(0)?.pop() {
+                    break completion;
+                }
+                std::hint::spin_loop();
+            }
+        }
+    };
+    let elapsed = start.elapsed();
+    completion.check()?;
+    Ok(elapsed)
+}
+
+/// One lone job on the engine's queue, from submission to completion.
+fn direct_once(queue: &dyn HwQueue, job: Job, how: Await) -> Result<Duration, Box<dyn Error>> {
+    let mut done = Vec::with_capacity(1);
+    let start = Instant::now();
+    queue.submit(&mut vec![job])?;
+    while done.is_empty() {
+        match how {
+            Await::Interrupt => queue.completion_event().read().map(drop)?,
+            Await::Poll => std::hint::spin_loop(),
+        }
+        queue.reap(&mut done);
+    }
+    let elapsed = start.elapsed();
+    match done.first() {
+        Some(completion) if completion.outcome.status.is_ok() => Ok(elapsed),
+        other => Err(format!("direct job failed: {other:?}").into()),
+    }
+}
+
+/// The `percent` percentile of sorted `samples`, in µs.
+fn percentile_us(samples: &[Duration], percent: usize) -> f64 {
+    let index = (samples.len() * percent / 100).min(samples.len().saturating_sub(1));
+    samples.get(index).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+}
+
+/// Lone 4 KiB CRC-32C requests, `count` per path and mode in each of
+/// `rounds` rounds (the paths alternate), then the percentiles side by side.
+fn latency(
+    device: &AccelDevice,
+    queue: &dyn HwQueue,
+    memory: &DmaMemory,
+    data: &mut DataSource,
+    count: usize,
+    rounds: u32,
+) -> Result<(), Box<dyn Error>> {
+    let workload = Workload::new(Op::Crc32c, data.text(4096));
+    let slots = make_slots(&workload, memory, 1)?;
+    let (request, buffers) = slots.first().ok_or("no slot for the latency request")?;
+    let job = || engine_job(&workload, memory, buffers, 0).ok_or("buffer outside guest memory");
+    println!("one request at a time, 4 KiB crc32c, {count} per path and mode in each of {rounds} rounds:");
+    println!(
+        "{:<10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10}",
+        "await", "daemon p50", "p99", "direct p50", "p99", "ratio p50", "ratio p99"
+    );
+    for how in [Await::Interrupt, Await::Poll] {
+        let (mut through, mut straight) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            for _ in 0..count {
+                through.push(daemon_once(device, request, how)?);
+            }
+            for _ in 0..count {
+                straight.push(direct_once(queue, job()?, how)?);
+            }
+        }
+        through.sort_unstable();
+        straight.sort_unstable();
+        let [d50, d99, s50, s99] = [
+            percentile_us(&through, 50),
+            percentile_us(&through, 99),
+            percentile_us(&straight, 50),
+            percentile_us(&straight, 99),
+        ];
+        println!(
+            "{:<10} | {:>8.1}µs {:>8.1}µs | {:>8.1}µs {:>8.1}µs | {:>10.2} {:>10.2}",
+            format!("{how:?}").to_lowercase(),
+            d50,
+            d99,
+            s50,
+            s99,
+            d50 / s50,
+            d99 / s99
+        );
+    }
+    Ok(())
+}
+
 /// The run with the median rate (the upper one of an even count).
 fn median(mut runs: Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.jobs_per_sec().total_cmp(&b.jobs_per_sec()));
@@ -110,6 +284,17 @@ fn median(mut runs: Vec<Run>) -> Run {
         jobs: 0,
         elapsed: Duration::from_secs(1),
     })
+}
+
+/// The share of one CPU this process (the daemon's threads and both
+/// engines'; this thread sleeps) uses over `seconds` with a device connected
+/// and nothing submitted: what an idle guest costs the host.
+fn idle_cpu_share(seconds: f64) -> Result<f64, Box<dyn Error>> {
+    let pid = std::process::id();
+    let (before, start) = (cpu_time(pid)?, Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let used = cpu_time(pid)?.saturating_sub(before);
+    Ok(used.as_secs_f64() / start.elapsed().as_secs_f64())
 }
 
 /// memcpy bandwidth between two `size`-byte buffers of guest RAM, in GB/s.
@@ -154,6 +339,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     let ops = selected_ops(&args.ops)?;
     let largest = args.sizes.iter().copied().max().unwrap_or(0);
+    // Threads keep the CPUs of the thread that starts them: the daemon and
+    // both engines start on the engine's CPU, then this thread moves.
+    if let Some(pin) = args.pin {
+        pin_to(pin.engine)?;
+    }
     let config = Config {
         engine_threads: args.engine_threads,
         ..Config::with_tenants(vec![tenant("bench")])
@@ -164,6 +354,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let device = daemon.connect(&memory);
     let engine = SoftwareEngine::new(args.engine_threads)?;
     let queue = engine.create_queue(args.depth, Share::default())?;
+    if let Some(Pin { driver, engine }) = args.pin {
+        pin_to(driver)?;
+        println!("pinned: the driver on CPU {driver}, the daemon and the engines on CPU {engine}");
+    }
     // The data `accelctl bench` uses, so both report on the same jobs.
     let mut data = DataSource::new(BENCH_SEED);
     let duration = Duration::from_secs_f64(args.seconds);
@@ -177,6 +371,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         args.seconds
     );
     if !args.daemon_only {
+        // Ticks of 10 ms: 3 s tell a share of 0.33 % apart from none.
+        println!(
+            "idle: a device connected, nothing submitted: {:.2} % of a CPU over 3 s",
+            100.0 * idle_cpu_share(3.0)?
+        );
         println!("memcpy on guest RAM (physical limit):");
         for &size in &args.sizes {
             println!(
@@ -233,6 +432,16 @@ fn main() -> Result<(), Box<dyn Error>> {
                 per_request(after.kicks - before.kicks),
             );
         }
+    }
+    if args.latency > 0 && !args.daemon_only {
+        latency(
+            &device,
+            queue.as_ref(),
+            &memory,
+            &mut data,
+            args.latency,
+            args.rounds,
+        )?;
     }
     Ok(())
 }
