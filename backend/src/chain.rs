@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory};
 
 use crate::sg::{HostSeg, SgError, SgList};
 
@@ -164,7 +164,7 @@ impl Table {
         }
         let offset = u64::from(index) * u64::from(DESC_SIZE);
         let addr = self.addr.checked_add(offset);
-        addr.and_then(|addr| mem.read_obj::<Descriptor>(GuestAddress(addr)).ok())
+        addr.and_then(|addr| read_descriptor(mem, GuestAddress(addr)))
             .ok_or(ChainError::UnreadableDescriptor(
                 self.addr.wrapping_add(offset),
             ))
@@ -173,6 +173,15 @@ impl Table {
     /// Most descriptors a chain without a loop links in this table.
     fn max_linked(&self) -> u32 {
         self.entries.min(MAX_LINKED)
+    }
+}
+
+/// Reads the descriptor at `addr` once: straight from its region, or, for
+/// one that straddles two regions, through vm-memory's copy across them.
+fn read_descriptor(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<Descriptor> {
+    match GuestMemoryBackend::get_slice(mem, addr, DESC_SIZE as usize) {
+        Ok(slice) => slice.get_ref::<Descriptor>(0).ok().map(|desc| desc.load()),
+        Err(_) => mem.read_obj::<Descriptor>(addr).ok(),
     }
 }
 
@@ -344,6 +353,20 @@ pub fn translate(
 ) -> Result<(), ChainError> {
     let bad = ChainError::BadAddress { addr, len };
     let count = usize::try_from(len).map_err(|_| bad)?;
+    let pushed = |e| match e {
+        SgError::TooLong => ChainError::Overflow,
+        SgError::OtherOwner => ChainError::OtherSnapshot,
+    };
+    // Most buffers lie in one region: one look-up, one segment.
+    if count > 0 {
+        if let Ok(slice) = GuestMemoryBackend::get_slice(&**mem, GuestAddress(addr), count) {
+            let seg = HostSeg::from_volatile(&slice).ok_or(bad)?;
+            // SAFETY: `slice` lies in one region of `mem`, mapped
+            // read-write until the region drops, after the last clone of
+            // `mem` (the table counts references to its regions).
+            return unsafe { list.push(seg, mem) }.map_err(pushed);
+        }
+    }
     let before = list.len();
     let appended = mem
         .get_slices(vm_memory::GuestAddress(addr), count)
@@ -353,10 +376,7 @@ pub fn translate(
             // SAFETY: `slice` is one run of a region of `mem`, mapped
             // read-write until the region drops, which is after the last
             // clone of `mem` (the regions are reference-counted by the table).
-            unsafe { list.push(seg, mem) }.map_err(|e| match e {
-                SgError::TooLong => ChainError::Overflow,
-                SgError::OtherOwner => ChainError::OtherSnapshot,
-            })
+            unsafe { list.push(seg, mem) }.map_err(pushed)
         });
     if appended.is_err() {
         // All or nothing: the list ends where it ended before.
@@ -407,6 +427,66 @@ mod tests {
             head: 0,
         };
         walk(start, mem, 128)
+    }
+
+    /// Two adjacent regions meeting at `BOUNDARY`, which is not a multiple
+    /// of 16, then a hole from `HOLE`.
+    const BOUNDARY: u64 = 0x10008;
+    const HOLE: u64 = 0x20000;
+
+    fn two_regions() -> Arc<GuestMemoryMmap> {
+        let low = usize::try_from(BOUNDARY).unwrap();
+        let high = usize::try_from(HOLE - BOUNDARY).unwrap();
+        let ranges = [(GuestAddress(0), low), (GuestAddress(BOUNDARY), high)];
+        Arc::new(GuestMemoryMmap::from_ranges(&ranges).unwrap())
+    }
+
+    /// A buffer and a descriptor across the boundary of two regions are
+    /// read whole (a segment per region, and one copy); one that runs into
+    /// a hole is refused, and leaves its list as it was.
+    #[test]
+    fn buffers_and_descriptors_across_regions() {
+        let mem = two_regions();
+        let data = vec![0x3c_u8; 64];
+        mem.write_slice(&data, GuestAddress(BOUNDARY - 32)).unwrap();
+        let mut list = SgList::new();
+        translate(&mem, BOUNDARY - 32, 64, &mut list).unwrap();
+        let mut read = vec![0; 64];
+        assert_eq!(list.read_into(&mut read), 64);
+        assert_eq!(read, data);
+        assert_eq!(
+            translate(&mem, HOLE - 16, 32, &mut list),
+            Err(ChainError::BadAddress {
+                addr: HOLE - 16,
+                len: 32
+            })
+        );
+        assert_eq!(list.len(), 64);
+
+        // A queue whose table's entry 1 lies across the boundary.
+        let table = BOUNDARY - 24;
+        place(
+            &mem,
+            table,
+            &[desc(0x100, 8, NEXT, 1), desc(0x200, 40, WRITE, 0)],
+        );
+        let start = ChainStart {
+            table,
+            size: 2,
+            head: 0,
+        };
+        let walked = walk(start, &mem, 16);
+        assert_eq!(walked.error, None);
+        assert_eq!((walked.readable.len(), walked.writable.len()), (8, 40));
+        let past = ChainStart {
+            table: HOLE - 16,
+            size: 2,
+            head: 1,
+        };
+        assert_eq!(
+            walk(past, &mem, 16).error,
+            Some(ChainError::UnreadableDescriptor(HOLE))
+        );
     }
 
     #[test]

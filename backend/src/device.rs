@@ -220,6 +220,10 @@ pub struct Device {
     alone: usize,
     /// Whether the engine runs one of them, and nothing else.
     alone_on_engine: bool,
+    /// When the current pass over a ring or over the engine's completions
+    /// began: the time of every request it takes or finishes (one clock
+    /// read per pass, not several per request).
+    clock: Instant,
     /// Whether the rings' histories began with this instance (§11).
     history: RingHistory,
     /// The tenant's log of what its guest and VMM do, rate-limited.
@@ -359,6 +363,7 @@ impl Device {
             on_engine: 0,
             alone: 0,
             alone_on_engine: false,
+            clock: Instant::now(),
             record: tenant.record,
             history: RingHistory::default(),
             log: tenant.log,
@@ -508,6 +513,7 @@ impl Device {
     pub fn stop(&mut self) {
         let vrings = self.vrings.clone();
         self.run_until_idle(|device, queue| {
+            device.clock = Instant::now();
             let completions = device.reap(queue);
             device.finish_all(completions);
             device.submit_ready();
@@ -740,6 +746,7 @@ impl Device {
         let Some(mem) = self.mem.clone() else {
             return;
         };
+        self.clock = Instant::now();
         self.attach_vrings(vrings);
         let started = |vq: u16| {
             vrings
@@ -971,7 +978,7 @@ impl Device {
             direct_output: false,
             no_rerun: true,
             alone: false,
-            accepted: Instant::now(),
+            accepted: self.clock,
             bytes: 0,
             _objects: Vec::new(),
         };
@@ -1011,6 +1018,7 @@ impl Device {
     /// flushes. A ring the device cannot update (the guest placed it outside
     /// its memory) is logged, rate-limited; the other queues carry on.
     pub fn handle_queue(&mut self, vq: u16, vrings: &[VringRwLock]) {
+        self.clock = Instant::now();
         let polled = self.poll_ring(vq, vrings);
         // Publish what was taken even if the ring then failed.
         self.flush(vrings);
@@ -1211,7 +1219,7 @@ impl Device {
             direct_output: false,
             no_rerun,
             alone,
-            accepted: Instant::now(),
+            accepted: self.clock,
             bytes: 0,
             _objects: Vec::new(),
         };
@@ -1233,7 +1241,7 @@ impl Device {
             return Ok(());
         }
         let inflight = self.inflight.len();
-        let admitted = lock(&self.admission).admit_request(inflight, bytes, Instant::now());
+        let admitted = lock(&self.admission).admit_request(inflight, bytes, self.clock);
         admitted.map_err(|kind| self.over_quota(kind))
     }
 
@@ -1421,8 +1429,11 @@ impl Device {
             0
         };
         let len = u32::try_from(output.saturating_add(RESP_SIZE as u64)).unwrap_or(u32::MAX);
-        self.stats
-            .request_done(outcome.status, inflight.bytes, inflight.accepted.elapsed());
+        self.stats.request_done(
+            outcome.status,
+            inflight.bytes,
+            self.clock.saturating_duration_since(inflight.accepted),
+        );
         self.push_used(inflight.vq, inflight.head, len);
         self.signal(inflight.fence);
     }
@@ -1459,6 +1470,7 @@ impl Device {
         let Some(hw_queue) = self.hw_queues.get(usize::from(queue)) else {
             return;
         };
+        self.clock = Instant::now();
         // Acknowledge the interrupt first, so a completion posted after the
         // reap below raises it again.
         if let Err(e) = hw_queue.completion_event().read() {
