@@ -207,8 +207,12 @@ static struct vaccel_fence *vaccel_fence_create(struct vaccel_drm *vd)
  * job (vaccel_jobs_exit()), as later kernels require of a driver that
  * frees what a signalled fence's ops point to: a reader under
  * rcu_read_lock() that loaded this module's ops is done with them before
- * the module goes. 6.12 has no way to detach a fence from its driver; this
- * is the nearest.
+ * the module goes. Readers that load the ops outside RCU with preemption
+ * on keep a window against module unload: sync_fill_fence_info()
+ * (SYNC_IOC_FILE_INFO), dma_fence_describe() and dma_fence_is_signaled()
+ * in process context may load this module's ops, be preempted, and call or
+ * read through them after the module went. 6.12 cannot close it: it has
+ * no way to detach a fence from its driver; this function is the nearest.
  */
 static void vaccel_fence_signal_detach(struct vaccel_fence *fence)
 {

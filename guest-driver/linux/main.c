@@ -96,9 +96,20 @@ struct vaccel_device {
 	struct vaccel_info info;
 	enum vaccel_state state;	/* written under every lock below */
 	bool removed;
-	bool halted;			/* a reset is due: nothing more to rings */
+	/*
+	 * A reset is due (vaccel_park()): nothing more goes to a ring. Set
+	 * by vaccel_park() under the lock of the queue that parked, cleared
+	 * only by vaccel_stop() under state_mutex, after the reset and with
+	 * the state STOPPED (vaccel_start() then sets LIVE under every lock,
+	 * after the clear); written with WRITE_ONCE(), read with READ_ONCE().
+	 * Under a queue's lock it is exact for that queue: nothing is added
+	 * or refilled behind a parked request. Elsewhere (another queue,
+	 * control commands, the watchdog, freeze) it may be seen late, and a
+	 * request may still reach another ring: the reset fails it as any
+	 * other in flight.
+	 */
+	bool halted;
 	int stop_error;			/* how a reset fails requests */
-	int reset_error;		/* why reset_work was queued */
 	unsigned int ring_limit;	/* most descriptors of one chain */
 
 	struct virtqueue *ctrl_vq;
@@ -178,14 +189,16 @@ struct device *vaccel_dev(struct vaccel_device *dev)
 }
 
 /*
- * Asks for a reset of the device (§11.1) for @error, once until it is done:
- * from the watchdog, or when the device returns a request out of step with
- * the driver (vaccel_park()). Any context.
+ * Asks for a reset of the device (§11.1): from the watchdog, or when the
+ * device returns a request out of step with the driver (vaccel_park()).
+ * The reset looks for its cause when it runs (vaccel_reset_cause()): one
+ * asked for during another is done after it, and finds no cause unless a
+ * new one arose. Returns false if a reset was queued already and has not
+ * started. Any context.
  */
-static void vaccel_schedule_reset(struct vaccel_device *dev, int error)
+static bool vaccel_schedule_reset(struct vaccel_device *dev)
 {
-	if (!cmpxchg(&dev->reset_error, 0, error))
-		queue_work(system_freezable_wq, &dev->reset_work);
+	return queue_work(system_freezable_wq, &dev->reset_work);
 }
 
 /* ---- Requests (§6) ---- */
@@ -557,7 +570,7 @@ static void vaccel_park(struct vaccel_queue *q, struct vaccel_request *req)
 	list_move_tail(&req->node, &q->parked);
 	WRITE_ONCE(dev->halted, true);
 	if (dev->state != VACCEL_STOPPED)
-		vaccel_schedule_reset(dev, -EIO);
+		vaccel_schedule_reset(dev);
 }
 
 /*
@@ -1068,51 +1081,6 @@ static void vaccel_restart_work(struct work_struct *work)
 }
 #endif
 
-/* Resets the device and starts it again (§11.1), failing what it held. */
-static void vaccel_reset_work(struct work_struct *work)
-{
-	struct vaccel_device *dev = container_of(work, struct vaccel_device,
-						 reset_work);
-	int error = READ_ONCE(dev->reset_error);
-	int err = 0;
-
-	mutex_lock(&dev->state_mutex);
-	if (dev->removed || dev->state != VACCEL_LIVE) {
-		mutex_unlock(&dev->state_mutex);
-		goto done;
-	}
-	if (error == -ETIMEDOUT)
-		dev_warn(vaccel_dev(dev),
-			 "the device left a request unanswered for %u s: resetting it\n",
-			 timeout_secs);
-	else
-		dev_warn(vaccel_dev(dev),
-			 "the device returned a request out of step with the driver: resetting it\n");
-	dev->stop_error = error;
-	mutex_unlock(&dev->state_mutex);
-#ifdef CONFIG_PM_SLEEP
-	/* The virtio core's own reset and restart, as for suspend and resume. */
-	err = virtio_device_freeze(dev->vdev);
-	if (!err)
-		err = virtio_device_restore(dev->vdev);
-	if (err) {
-		dev_err(vaccel_dev(dev),
-			"cannot restart the device (%d): trying again later\n",
-			err);
-		vaccel_schedule_restart(dev);
-	}
-#else
-	/* Without the virtio core's restore the device stays stopped. */
-	mutex_lock(&dev->state_mutex);
-	vaccel_stop(dev, error);
-	mutex_unlock(&dev->state_mutex);
-	vaccel_notify_reset(dev);
-	dev_err(vaccel_dev(dev), "cannot restart the device without CONFIG_PM_SLEEP\n");
-#endif
-done:
-	WRITE_ONCE(dev->reset_error, 0);
-}
-
 static bool vaccel_expired(unsigned long since)
 {
 	return time_after(jiffies, since + timeout_secs * HZ);
@@ -1142,18 +1110,90 @@ static bool vaccel_stalled(struct vaccel_device *dev)
 	return stalled;
 }
 
+/*
+ * Why the device must be reset now (§11.1), or 0: -EIO if it returned a
+ * request out of step with the driver (@halted), -ETIMEDOUT if it left a
+ * request or a command unanswered for too long.
+ */
+static int vaccel_reset_cause(struct vaccel_device *dev)
+{
+	if (READ_ONCE(dev->halted))
+		return -EIO;
+	return vaccel_stalled(dev) ? -ETIMEDOUT : 0;
+}
+
+/*
+ * Resets the device and starts it again (§11.1), failing what it held, if
+ * it still has a cause to. One asked for before the device stopped for
+ * another reason finds none: a reset queued during a suspend runs after
+ * the resume (system_freezable_wq), when the device that vaccel_freeze()
+ * stopped is live again; one asked for during a reset runs after it.
+ */
+static void vaccel_reset_work(struct work_struct *work)
+{
+	struct vaccel_device *dev = container_of(work, struct vaccel_device,
+						 reset_work);
+	int error;
+	int err = 0;
+
+	mutex_lock(&dev->state_mutex);
+	if (dev->removed || dev->state != VACCEL_LIVE) {
+		mutex_unlock(&dev->state_mutex);
+		return;
+	}
+	error = vaccel_reset_cause(dev);
+	if (!error) {
+		/* The watchdog may have stopped to ask for this reset. */
+		schedule_delayed_work(&dev->watchdog, HZ);
+		mutex_unlock(&dev->state_mutex);
+		return;
+	}
+	if (error == -ETIMEDOUT)
+		dev_warn(vaccel_dev(dev),
+			 "the device left a request unanswered for %u s: resetting it\n",
+			 timeout_secs);
+	else
+		dev_warn(vaccel_dev(dev),
+			 "the device returned a request out of step with the driver: resetting it\n");
+	dev->stop_error = error;
+	mutex_unlock(&dev->state_mutex);
+#ifdef CONFIG_PM_SLEEP
+	/* The virtio core's own reset and restart, as for suspend and resume. */
+	err = virtio_device_freeze(dev->vdev);
+	if (!err)
+		err = virtio_device_restore(dev->vdev);
+	if (err) {
+		dev_err(vaccel_dev(dev),
+			"cannot restart the device (%d): trying again later\n",
+			err);
+		vaccel_schedule_restart(dev);
+	}
+#else
+	/* Without the virtio core's restore the device stays stopped. */
+	mutex_lock(&dev->state_mutex);
+	vaccel_stop(dev, error);
+	mutex_unlock(&dev->state_mutex);
+	vaccel_notify_reset(dev);
+	dev_err(vaccel_dev(dev), "cannot restart the device without CONFIG_PM_SLEEP\n");
+#endif
+}
+
+/*
+ * Runs every second while the device is live (vaccel_start()) and stops
+ * once it has queued a reset: that reset stops and starts the device,
+ * which arms it again, or finds no cause and arms it again itself. While a
+ * cause holds and a reset is queued already it looks again a second later.
+ * Its re-arming does not defeat vaccel_stop() and vaccel_remove():
+ * cancel_delayed_work_sync() refuses to queue it while it waits for it,
+ * and nothing else arms it while the device is stopped or removed.
+ */
 static void vaccel_watchdog(struct work_struct *work)
 {
 	struct vaccel_device *dev = container_of(to_delayed_work(work),
 						 struct vaccel_device,
 						 watchdog);
 
-	/* Again if vaccel_park() asked while the last reset ended. */
-	if (READ_ONCE(dev->halted))
-		vaccel_schedule_reset(dev, -EIO);
-	else if (vaccel_stalled(dev))
-		vaccel_schedule_reset(dev, -ETIMEDOUT);
-	else
+	if (!vaccel_reset_cause(dev) || !vaccel_schedule_reset(dev))
 		schedule_delayed_work(&dev->watchdog, HZ);
 }
 

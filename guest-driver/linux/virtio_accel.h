@@ -74,8 +74,14 @@ struct vaccel_request {
 	 * VIRTIO_ACCEL_S_DEVICE_ERROR). A request that the device returned out
 	 * of step with the driver (a used length or a fence that cannot be
 	 * right) is one of those: it is handed back only after the reset, the
-	 * device may write its buffers until then. @resp is the device's
-	 * response.
+	 * device may write its buffers until then. That protects only buffers
+	 * the device reaches by their guest physical address: where the DMA
+	 * API maps them (VIRTIO_F_ACCESS_PLATFORM behind an IOMMU, swiotlb
+	 * bounce buffers as in confidential guests), virtqueue_get_buf() has
+	 * unmapped the chain before the driver can tell that it is out of
+	 * step, and a late write of the device may land in an IOVA or a
+	 * bounce slot already released, and perhaps reused. @resp is the
+	 * device's response.
 	 */
 	struct virtio_accel_fence fence;
 	bool fence_known;
