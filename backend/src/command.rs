@@ -236,6 +236,9 @@ fn check_count(
 
 /// Decodes a request from the front of `readable` (§6.1); what remains of
 /// `readable` afterwards is the direct input data.
+// A stage of the instruction budget (`accel-budget`): kept out of line so
+// that callgrind counts it.
+#[inline(never)]
 pub fn decode_request(readable: &mut SgList, limits: &Limits) -> Result<Request, DecodeError> {
     let req: Req = take(readable, "request header")?;
     let op = Op::try_from(u32::from(req.op))?;

@@ -921,12 +921,7 @@ impl Device {
             interrupted += recovered.interrupted.len();
             // The driver may have missed the notification of entries the
             // last process published.
-            if let Err(e) = vring.signal_used_queue() {
-                self.vmm_log(
-                    Level::Warn,
-                    format_args!("virtqueue {vq}: cannot notify the driver: {e}"),
-                );
-            }
+            self.notify(*vq, vring);
         }
         self.objects.end_resume();
         self.after_failure = false;
@@ -1318,6 +1313,9 @@ impl Device {
     }
 
     /// Host buffers of one buffer reference (§6.3); direct data is taken off `direct`.
+    // A stage of the instruction budget (`accel-budget`): kept out of line
+    // so that callgrind counts it.
+    #[inline(never)]
     fn resolve(
         &mut self,
         spec: BufSpec,
@@ -1367,6 +1365,9 @@ impl Device {
     }
 
     /// Sends the job now, or parks it until its dependencies signal (§6.2).
+    // A stage of the instruction budget (`accel-budget`): kept out of line
+    // so that callgrind counts it.
+    #[inline(never)]
     fn schedule(&mut self, queue: u16, deps: Deps, mut job: Job, inflight: InFlight) {
         job.cookie = self.inflight.insert(inflight);
         let pending: Deps = deps
@@ -1491,6 +1492,9 @@ impl Device {
     }
 
     /// Completes the requests of `completions`, reaped from the engine.
+    // A stage of the instruction budget (`accel-budget`): kept out of line
+    // so that callgrind counts it.
+    #[inline(never)]
     fn finish_all(&mut self, completions: Vec<Completion>) {
         debug_assert!(
             completions.len() <= self.on_engine,
@@ -1518,6 +1522,9 @@ impl Device {
     /// itself, and holds back every other job until it completes. A refused
     /// batch fails its requests, which may release more jobs: repeat until
     /// none is left.
+    // A stage of the instruction budget (`accel-budget`): kept out of line
+    // so that callgrind counts it.
+    #[inline(never)]
     fn submit_ready(&mut self) {
         while !self.alone_on_engine {
             let (queue, jobs, alone) = match self.next_alone() {
@@ -1588,6 +1595,9 @@ impl Device {
     /// touched ring once, if the driver asked for it. A ring the guest broke
     /// (used ring outside its memory) costs only its own entries. Without a
     /// valid memory table the entries wait for one.
+    // A stage of the instruction budget (`accel-budget`): kept out of line
+    // so that callgrind counts it.
+    #[inline(never)]
     fn publish_used(&mut self, vrings: &[VringRwLock]) {
         let Some(mem) = self.mem.clone() else {
             return;
@@ -1609,17 +1619,25 @@ impl Device {
                 continue;
             }
             if self.publish_batch(index, vring, &mem, &batch) {
-                if let Err(e) = vring.signal_used_queue() {
-                    self.vmm_log(
-                        Level::Warn,
-                        format_args!("virtqueue {index}: cannot notify the driver: {e}"),
-                    );
-                }
+                self.notify(index, vring);
             }
         }
         used.clear();
         self.used = used;
         self.batch = batch;
+    }
+
+    /// Sends the driver a used-buffer notification for virtqueue `vq`.
+    // A stage of the instruction budget (`accel-budget`): kept out of line
+    // so that callgrind counts it.
+    #[inline(never)]
+    fn notify(&self, vq: u16, vring: &VringRwLock) {
+        if let Err(e) = vring.signal_used_queue() {
+            self.vmm_log(
+                Level::Warn,
+                format_args!("virtqueue {vq}: cannot notify the driver: {e}"),
+            );
+        }
     }
 
     /// Publishes the used entries `batch` of virtqueue `vq` in its ring,
