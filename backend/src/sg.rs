@@ -211,9 +211,27 @@ impl SgList {
     /// Removes and returns the first `len` bytes, or `None` (leaving the list
     /// untouched) if it holds fewer.
     pub fn take_front(&mut self, len: usize) -> Option<SgList> {
-        let mut front = self.clone();
+        if len > self.len {
+            return None;
+        }
+        let mut front = SgList {
+            segs: Segments::new(),
+            len,
+            owner: None,
+        };
+        let mut left = len;
+        for seg in &self.segs {
+            if left == 0 {
+                break;
+            }
+            let part = seg.split(left.min(seg.len)).0;
+            left -= part.len;
+            front.segs.push(part);
+        }
+        if len > 0 {
+            front.owner.clone_from(&self.owner);
+        }
         self.advance(len)?;
-        front.truncate(len);
         Some(front)
     }
 

@@ -20,6 +20,7 @@
 
 use std::error::Error;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use accel_driver::{DmaBuf, DmaMemory, Request};
@@ -85,13 +86,20 @@ fn parse_pin(text: &str) -> Result<Pin, String> {
             .parse::<usize>()
             .map_err(|e| format!("{part:?} is not a CPU number: {e}"))
     };
-    match text.split(',').collect::<Vec<_>>()[..] {
-        [driver, engine] => Ok(Pin {
+    let pin = match text.split(',').collect::<Vec<_>>()[..] {
+        [driver, engine] => Pin {
             driver: cpu(driver)?,
             engine: cpu(engine)?,
-        }),
-        _ => Err(format!("{text:?} is not two CPU numbers, DRIVER,ENGINE")),
+        },
+        _ => return Err(format!("{text:?} is not two CPU numbers, DRIVER,ENGINE")),
+    };
+    if pin.driver == pin.engine {
+        // A spinning driver would then time-share the engine's CPU.
+        return Err(format!(
+            "{text:?}: the driver and the engine need CPUs of their own"
+        ));
     }
+    Ok(pin)
 }
 
 /// Binds the calling thread, and every thread it starts from now on, to
@@ -175,6 +183,33 @@ enum Await {
     Poll,
 }
 
+/// How long a lone request may take before the measurement gives up.
+const LONE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fails once `start` is [`LONE_TIMEOUT`] ago.
+fn in_time(start: Instant) -> Result<(), Box<dyn Error>> {
+    if start.elapsed() > LONE_TIMEOUT {
+        return Err(format!("a lone request took more than {LONE_TIMEOUT:?}").into());
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is readable, for at most [`LONE_TIMEOUT`].
+fn wait_readable(fd: RawFd) -> Result<(), Box<dyn Error>> {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout = i32::try_from(LONE_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd, for the duration of the call.
+    match unsafe { libc::poll(&mut pollfd, 1, timeout) } {
+        1 => Ok(()),
+        0 => Err(format!("no completion event in {LONE_TIMEOUT:?}").into()),
+        _ => Err(io::Error::last_os_error().into()),
+    }
+}
+
 /// One lone request through the daemon, from submission to completion.
 fn daemon_once(
     device: &AccelDevice,
@@ -191,6 +226,7 @@ fn daemon_once(
                 if let Some(completion) = device.poll(0)?.pop() {
                     break completion;
                 }
+                in_time(start)?;
                 std::hint::spin_loop();
             }
         }
@@ -207,8 +243,15 @@ fn direct_once(queue: &dyn HwQueue, job: Job, how: Await) -> Result<Duration, Bo
     queue.submit(&mut vec![job])?;
     while done.is_empty() {
         match how {
-            Await::Interrupt => queue.completion_event().read().map(drop)?,
-            Await::Poll => std::hint::spin_loop(),
+            Await::Interrupt => {
+                let event = queue.completion_event();
+                wait_readable(event.as_raw_fd())?;
+                event.read()?;
+            }
+            Await::Poll => {
+                in_time(start)?;
+                std::hint::spin_loop();
+            }
         }
         queue.reap(&mut done);
     }
