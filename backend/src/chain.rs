@@ -490,6 +490,16 @@ mod tests {
             walk(past, &mem, 16).error,
             Some(ChainError::UnreadableDescriptor(HOLE))
         );
+        // A descriptor that begins in memory and ends in the hole.
+        let straddling = ChainStart {
+            table: HOLE - 8,
+            size: 1,
+            head: 0,
+        };
+        assert_eq!(
+            walk(straddling, &mem, 16).error,
+            Some(ChainError::UnreadableDescriptor(HOLE - 8))
+        );
     }
 
     #[test]
