@@ -125,8 +125,10 @@ kernel_log_clean() {
     ! dmesg | tail -n +"$(($1 + 1))" |
         grep -E 'BUG:|Oops|WARNING:|Call Trace|blocked for more than|hung_task|alg: .*fail'
 }
-# Whether process $1 still runs (not a zombie waiting for its parent).
-running() { grep -qs '^State:[[:space:]]*[RSD] ' "/proc/$1/status"; }
+# Whether process $1 still runs: it exists and is not a zombie waiting for
+# its parent. Any other state counts (a task in an idle kernel wait shows
+# I, not S or D).
+running() { [ -e "/proc/$1/status" ] && ! grep -qs '^State:[[:space:]]*[ZX]' "/proc/$1/status"; }
 # Runs a command line (after its time limit, $1 s); one still running then
 # shows its state and kernel stack and is killed (exit 137).
 limited() {
