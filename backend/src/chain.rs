@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory, VolatileSlice,
+};
 
 use crate::sg::{HostSeg, SgError, SgList};
 
@@ -147,13 +149,29 @@ impl Walk {
 
 /// A descriptor table being walked: the virtqueue's, or an indirect table.
 #[derive(Debug, Clone, Copy)]
-struct Table {
+struct Table<'m> {
     addr: u64,
     entries: u32,
     indirect: bool,
+    /// The whole table, when it lies in one region: its descriptors are
+    /// then read without a region look-up each.
+    mapped: Option<VolatileSlice<'m>>,
 }
 
-impl Table {
+impl<'m> Table<'m> {
+    /// The table of `entries` descriptors at `addr` in `mem`.
+    fn new(mem: &'m GuestMemoryMmap, addr: u64, entries: u32, indirect: bool) -> Self {
+        let bytes = usize::try_from(u64::from(entries) * u64::from(DESC_SIZE)).ok();
+        let mapped = bytes
+            .and_then(|bytes| GuestMemoryBackend::get_slice(mem, GuestAddress(addr), bytes).ok());
+        Table {
+            addr,
+            entries,
+            indirect,
+            mapped,
+        }
+    }
+
     /// Reads entry `index`, once.
     fn read(&self, mem: &GuestMemoryMmap, index: u16) -> Result<Descriptor, ChainError> {
         if u32::from(index) >= self.entries {
@@ -163,11 +181,17 @@ impl Table {
             });
         }
         let offset = u64::from(index) * u64::from(DESC_SIZE);
-        let addr = self.addr.checked_add(offset);
-        addr.and_then(|addr| read_descriptor(mem, GuestAddress(addr)))
-            .ok_or(ChainError::UnreadableDescriptor(
-                self.addr.wrapping_add(offset),
-            ))
+        let mapped = self.mapped.and_then(|table| {
+            let at = usize::try_from(offset).ok()?;
+            Some(table.get_ref::<Descriptor>(at).ok()?.load())
+        });
+        let desc = mapped.or_else(|| {
+            let addr = self.addr.checked_add(offset)?;
+            read_descriptor(mem, GuestAddress(addr))
+        });
+        desc.ok_or(ChainError::UnreadableDescriptor(
+            self.addr.wrapping_add(offset),
+        ))
     }
 
     /// Most descriptors a chain without a loop links in this table.
@@ -196,11 +220,7 @@ fn read_descriptor(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<Descript
 #[inline(never)]
 pub fn walk(start: ChainStart, mem: &Arc<GuestMemoryMmap>, max_descriptors: u32) -> Walk {
     let mut walker = Walker::new(mem, max_descriptors);
-    let mut table = Table {
-        addr: start.table,
-        entries: u32::from(start.size),
-        indirect: false,
-    };
+    let mut table = Table::new(mem, start.table, u32::from(start.size), false);
     let mut index = start.head;
     let mut linked: u32 = 0;
     loop {
@@ -276,7 +296,7 @@ impl<'a> Walker<'a> {
     /// The indirect table that `desc`, found in `current`, refers to, if the
     /// walk goes on into it (§6.5): its whole descriptors, the trailing bytes
     /// of a length that is not a multiple of 16 left out.
-    fn enter(&mut self, current: Table, desc: &Descriptor) -> Option<Table> {
+    fn enter(&mut self, current: Table<'a>, desc: &Descriptor) -> Option<Table<'a>> {
         if current.indirect {
             self.malformed(ChainError::NestedIndirect);
             return None;
@@ -300,11 +320,7 @@ impl<'a> Walker<'a> {
             self.malformed(ChainError::IndirectOutside { addr, len: whole });
             return None;
         }
-        Some(Table {
-            addr,
-            entries,
-            indirect: true,
-        })
+        Some(Table::new(self.mem, addr, entries, true))
     }
 
     /// Takes one buffer descriptor; false once the walk has gone as far past

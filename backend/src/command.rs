@@ -16,7 +16,7 @@ use vm_memory::ByteValued;
 
 use crate::config::Limits;
 use crate::ops::{Operation, ParamsError};
-use crate::sg::SgList;
+use crate::sg::{SgList, SgReader};
 
 /// Why a request or command could not be decoded; [`DecodeError::status`] maps
 /// each case to the status of §9.
@@ -179,15 +179,34 @@ impl Control {
     }
 }
 
-/// Copies one `T` off the front of `list`.
-fn take<T: ByteValued + Default>(list: &mut SgList, what: &'static str) -> Result<T, DecodeError> {
-    let mut value = T::default();
-    list.read_front(value.as_mut_slice())
-        .ok_or(DecodeError::Short(what))?;
+/// Copies the next `T` from `reader`.
+fn take<T: ByteValued + Default>(
+    reader: &mut SgReader<'_>,
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    reader.read_obj().ok_or(DecodeError::Short(what))
+}
+
+/// Decodes what `decode` reads from the front of `list`, then drops those
+/// bytes from it; on an error the list is left as it was. The fields are
+/// read through one reader and the list is cut once, not once per field.
+fn consume<T>(
+    list: &mut SgList,
+    decode: impl FnOnce(&mut SgReader<'_>) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let (value, read) = {
+        let mut reader = list.reader();
+        let value = decode(&mut reader)?;
+        (value, list.len() - reader.len())
+    };
+    list.advance(read).ok_or(DecodeError::Short("request"))?;
     Ok(value)
 }
 
-fn take_fences<C: FromIterator<FenceId>>(list: &mut SgList, count: u32) -> Result<C, DecodeError> {
+fn take_fences<C: FromIterator<FenceId>>(
+    list: &mut SgReader<'_>,
+    count: u32,
+) -> Result<C, DecodeError> {
     (0..count)
         .map(|_| {
             let fence: Fence = take(list, "fence")?;
@@ -202,7 +221,7 @@ fn take_fences<C: FromIterator<FenceId>>(list: &mut SgList, count: u32) -> Resul
         .collect()
 }
 
-fn take_buf(list: &mut SgList) -> Result<BufSpec, DecodeError> {
+fn take_buf(list: &mut SgReader<'_>) -> Result<BufSpec, DecodeError> {
     let buf: BufRef = take(list, "buffer reference")?;
     if u32::from(buf.reserved) != 0 {
         return Err(DecodeError::Reserved("buffer reference"));
@@ -220,6 +239,16 @@ fn take_buf(list: &mut SgList) -> Result<BufSpec, DecodeError> {
         offset,
         len,
     })
+}
+
+/// The next `count` buffer references (a plain loop: collecting a
+/// `Result` iterator into a `SmallVec` costs more than the decoding).
+fn take_bufs(list: &mut SgReader<'_>, count: u8) -> Result<BufSpecs, DecodeError> {
+    let mut bufs = BufSpecs::new();
+    for _ in 0..count {
+        bufs.push(take_buf(list)?);
+    }
+    Ok(bufs)
 }
 
 fn check_count(
@@ -240,6 +269,10 @@ fn check_count(
 // that callgrind counts it.
 #[inline(never)]
 pub fn decode_request(readable: &mut SgList, limits: &Limits) -> Result<Request, DecodeError> {
+    consume(readable, |reader| read_request(reader, limits))
+}
+
+fn read_request(readable: &mut SgReader<'_>, limits: &Limits) -> Result<Request, DecodeError> {
     let req: Req = take(readable, "request header")?;
     let op = Op::try_from(u32::from(req.op))?;
     if req.reserved != [0; 8] {
@@ -256,12 +289,8 @@ pub fn decode_request(readable: &mut SgList, limits: &Limits) -> Result<Request,
         DecodeError::TooManyFences { got, limit }
     })?;
     let deps = take_fences(readable, num_deps)?;
-    let inputs = (0..req.num_in)
-        .map(|_| take_buf(readable))
-        .collect::<Result<_, _>>()?;
-    let outputs = (0..req.num_out)
-        .map(|_| take_buf(readable))
-        .collect::<Result<_, _>>()?;
+    let inputs = take_bufs(readable, req.num_in)?;
+    let outputs = take_bufs(readable, req.num_out)?;
     Ok(Request {
         operation,
         deps,
@@ -272,6 +301,10 @@ pub fn decode_request(readable: &mut SgList, limits: &Limits) -> Result<Request,
 
 /// Decodes a control command from `readable` (§7).
 pub fn decode_control(readable: &mut SgList, limits: &Limits) -> Result<Control, DecodeError> {
+    consume(readable, |reader| read_control(reader, limits))
+}
+
+fn read_control(readable: &mut SgReader<'_>, limits: &Limits) -> Result<Control, DecodeError> {
     let req: CtrlReq = take(readable, "control header")?;
     let command = ControlCommand::try_from(u32::from(req.cmd))?;
     let count = u32::from(req.count);
@@ -382,6 +415,19 @@ mod tests {
         assert_eq!(request.inputs.as_slice(), [BufSpec::Direct { len: 3 }]);
         assert!(request.outputs.is_empty());
         assert_eq!(rest, 3, "the direct data stays in the list");
+    }
+
+    /// A request cut short in its buffer references is refused and leaves
+    /// the list whole: nothing of it counts as read.
+    #[test]
+    fn a_short_request_leaves_the_list_as_it_was() {
+        let req = Req::new(Op::Crc32c).with_params(&Crc32cParams::default());
+        let mut bytes = request_bytes(req, &[], &[BufRef::direct(3)], b"");
+        bytes.truncate(bytes.len() - 1);
+        let len = bytes.len();
+        let (request, rest) = decode(bytes, 5);
+        assert_eq!(request, Err(DecodeError::Short("buffer reference")));
+        assert_eq!(rest, len);
     }
 
     #[test]

@@ -1218,13 +1218,16 @@ impl Device {
             bytes: 0,
             _objects: Vec::new(),
         };
-        let prepared = self
-            .prepare(&mut walked, &mut inflight, mem)
-            .and_then(|prepared| self.admit(inflight.bytes).map(|()| prepared));
-        match prepared {
-            Ok((deps, job)) => self.schedule(queue, deps, job, inflight),
-            Err(status) => self.finish(inflight, Outcome::failed(status)),
-        }
+        // Matched, not chained with `and_then`: each combinator would move
+        // the job (hundreds of bytes) once more.
+        let failed = match self.prepare(&mut walked, &mut inflight, mem) {
+            Ok((deps, job)) => match self.admit(inflight.bytes) {
+                Ok(()) => return self.schedule(queue, deps, job, inflight),
+                Err(status) => status,
+            },
+            Err(status) => status,
+        };
+        self.finish(inflight, Outcome::failed(failed));
     }
 
     /// Applies the tenant's request quotas to a valid request of `bytes`
@@ -1279,19 +1282,19 @@ impl Device {
             }
         }
         let mut objects = Vec::new();
-        let inputs: Buffers = request
-            .inputs
-            .iter()
-            .map(|spec| self.resolve(*spec, &mut walked.readable, mem, &mut objects))
-            .collect::<Result<_, _>>()?;
-        let outputs: Buffers = request
-            .outputs
-            .iter()
-            .map(|spec| self.resolve(*spec, &mut walked.writable, mem, &mut objects))
-            .collect::<Result<_, _>>()?;
-        inflight.no_rerun |= outputs.iter().chain([&inflight.resp]).any(|output| {
+        let mut inputs = Buffers::new();
+        for spec in &request.inputs {
+            inputs.push(self.resolve(*spec, &mut walked.readable, mem, &mut objects)?);
+        }
+        let mut outputs = Buffers::new();
+        for spec in &request.outputs {
+            outputs.push(self.resolve(*spec, &mut walked.writable, mem, &mut objects)?);
+        }
+        let overwrites_input = |output: &SgList| {
             readable.overlaps(output) || inputs.iter().any(|input| input.overlaps(output))
-        });
+        };
+        inflight.no_rerun |=
+            overwrites_input(&inflight.resp) || outputs.iter().any(overwrites_input);
         inflight.bytes = request
             .inputs
             .iter()
@@ -1396,6 +1399,9 @@ impl Device {
 
     /// Queues a job whose dependencies have signalled for its hardware queue.
     /// (`queue` always names one; a job that somehow does not is failed.)
+    /// Inlined, so that the job is moved into the list once, not through a
+    /// call.
+    #[inline(always)]
     fn make_ready(&mut self, queue: u16, job: Job) {
         match self.ready.get_mut(usize::from(queue)) {
             Some(ready) => ready.push(job),
@@ -1570,11 +1576,23 @@ impl Device {
         self.on_engine += count.saturating_sub(jobs.len());
         if submitted.is_ok() {
             self.alone_on_engine = alone;
-            return;
+        } else {
+            for job in jobs.drain(..) {
+                if let Some(inflight) = self.inflight.remove(job.cookie) {
+                    self.finish(inflight, Outcome::failed(Status::DeviceError));
+                }
+            }
         }
-        for job in jobs {
-            if let Some(inflight) = self.inflight.remove(job.cookie) {
-                self.finish(inflight, Outcome::failed(Status::DeviceError));
+        self.reuse_ready_list(queue, jobs);
+    }
+
+    /// Gives the emptied list of ready jobs back to hardware queue `queue`,
+    /// unless jobs became ready meanwhile: its capacity then serves the
+    /// next pass, which pushes jobs without growing a new list.
+    fn reuse_ready_list(&mut self, queue: usize, jobs: Vec<Job>) {
+        if let Some(ready) = self.ready.get_mut(queue) {
+            if ready.is_empty() && jobs.is_empty() {
+                *ready = jobs;
             }
         }
     }

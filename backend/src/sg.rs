@@ -20,7 +20,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 use thiserror::Error;
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::VolatileSlice;
+use vm_memory::{ByteValued, VolatileSlice};
 
 /// Owner of the memory that the segments of a [`SgList`] point into;
 /// dropping the last clone may unmap that memory.
@@ -435,6 +435,36 @@ impl SgReader<'_> {
         self.left -= dst.len();
         Some(())
     }
+
+    /// Reads the next `T`, or returns `None` (reading nothing) if fewer
+    /// bytes are left. A `T` within one segment (the usual case: a header
+    /// in its descriptor) is one unaligned load, not a call to `memcpy`.
+    pub fn read_obj<T: ByteValued + Default>(&mut self) -> Option<T> {
+        let size = std::mem::size_of::<T>();
+        match self.segs.first() {
+            Some(seg) if size <= seg.len - self.skip => {
+                // SAFETY: `seg` is mapped while the list this reader borrows,
+                // which holds its owner, lives (contract of `SgList::push`),
+                // and `skip + size` is within it; any bytes make a valid
+                // `ByteValued` value, and the load has no alignment needs.
+                let value = unsafe {
+                    std::ptr::read_unaligned(seg.addr.as_ptr().add(self.skip).cast::<T>())
+                };
+                self.skip += size;
+                self.left -= size;
+                if self.skip == seg.len {
+                    self.segs = &self.segs[1..];
+                    self.skip = 0;
+                }
+                Some(value)
+            }
+            _ => {
+                let mut value = T::default();
+                self.read_front(value.as_mut_slice())?;
+                Some(value)
+            }
+        }
+    }
 }
 
 /// Host buffers owned by the caller, turned into [`SgList`]s for jobs that do
@@ -553,6 +583,31 @@ mod tests {
         let mut bytes = vec![0; list.len()];
         list.read_into(&mut bytes);
         bytes
+    }
+
+    /// `read_obj` gives the bytes in list order whether an object lies in
+    /// one segment (one load), ends a segment exactly, or spans segments;
+    /// one longer than what is left reads nothing.
+    #[test]
+    fn read_obj_within_and_across_segments() {
+        let bytes = pattern(40);
+        // Segments [0, 12), [12, 24), [24, 36), [36, 40).
+        let owned = OwnedBuffers::new(vec![bytes.clone()]);
+        let list = owned.sg(0, 12).unwrap();
+        let mut reader = list.reader();
+        let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap());
+        let half = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!(reader.read_obj::<u32>(), Some(half(0)));
+        assert_eq!(reader.read_obj::<u64>(), Some(word(4)), "ends a segment");
+        assert_eq!(reader.read_obj::<u64>(), Some(word(12)));
+        assert_eq!(reader.read_obj::<u64>(), Some(word(20)), "spans two");
+        assert_eq!(reader.len(), 12);
+        assert_eq!(reader.read_obj::<[u64; 2]>(), None);
+        assert_eq!(reader.len(), 12, "a short read took bytes");
+        assert_eq!(reader.read_obj::<u64>(), Some(word(28)));
+        assert_eq!(reader.read_obj::<u32>(), Some(half(36)));
+        assert!(reader.is_empty());
+        assert_eq!(reader.read_obj::<u8>(), None);
     }
 
     #[test]
