@@ -1429,7 +1429,7 @@ impl Device {
             bytes_written: outcome.bytes_written.into(),
             result: outcome.result,
         };
-        inflight.resp.write_from(resp.as_slice());
+        inflight.resp.write_obj(resp);
         let output = if inflight.direct_output && outcome.status.is_ok() {
             outcome.bytes_written
         } else {
@@ -1825,7 +1825,7 @@ impl Device {
     }
 
     fn answer_control(&mut self, head: u16, resp: &SgList, status: Status, value: u64) {
-        resp.write_from(CtrlResp::new(status, value).as_slice());
+        resp.write_obj(CtrlResp::new(status, value));
         self.stats.command_done(status);
         self.push_used(virtio_accel_spec::CONTROL_QUEUE, head, CTRL_USED_LEN);
     }

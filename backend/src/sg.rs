@@ -214,6 +214,15 @@ impl SgList {
         if len > self.len {
             return None;
         }
+        if let Some(seg) = self.cut_within_first(len) {
+            let mut segs = Segments::new();
+            segs.push(seg);
+            return Some(SgList {
+                segs,
+                len,
+                owner: self.owner.clone(),
+            });
+        }
         let mut front = SgList {
             segs: Segments::new(),
             len,
@@ -241,6 +250,9 @@ impl SgList {
         if len > self.len {
             return None;
         }
+        if self.cut_within_first(len).is_some() {
+            return Some(());
+        }
         let mut left = len;
         let mut whole = 0;
         for seg in &mut self.segs {
@@ -254,6 +266,25 @@ impl SgList {
         self.segs.drain(..whole);
         self.len -= len;
         Some(())
+    }
+
+    /// The usual case of cutting the front (a header, a response, a
+    /// buffer within one descriptor): if the first segment holds the first
+    /// `len` bytes, with `len` not 0, drops them from the list and returns
+    /// them as one segment.
+    fn cut_within_first(&mut self, len: usize) -> Option<HostSeg> {
+        let first = self.segs.first_mut()?;
+        if len == 0 || len > first.len {
+            return None;
+        }
+        let (front, rest) = first.split(len);
+        if rest.is_empty() {
+            self.segs.remove(0);
+        } else {
+            *first = rest;
+        }
+        self.len -= len;
+        Some(front)
     }
 
     /// Keeps only the first `len` bytes (all of them if it holds fewer).
@@ -310,6 +341,23 @@ impl SgList {
     /// Copies `src` to the start of the list; returns how many bytes fit.
     pub fn write_from(&self, src: &[u8]) -> usize {
         self.write_at(0, src)
+    }
+
+    /// Writes `value` to the start of the list; returns how many bytes fit.
+    /// A value within the first segment (the usual case: a response in its
+    /// descriptor) is one unaligned store, not a call to `memcpy`.
+    pub fn write_obj<T: ByteValued>(&self, value: T) -> usize {
+        let size = std::mem::size_of::<T>();
+        match self.segs.first() {
+            Some(seg) if size <= seg.len => {
+                // SAFETY: `seg` is mapped and writable while this list, which
+                // holds its owner, lives (contract of `push`), and holds at
+                // least `size` bytes; the store has no alignment needs.
+                unsafe { std::ptr::write_unaligned(seg.addr.as_ptr().cast::<T>(), value) };
+                size
+            }
+            _ => self.write_from(value.as_slice()),
+        }
     }
 
     /// Copies `src` to byte `offset` of the list; returns how many bytes fit.
@@ -610,6 +658,24 @@ mod tests {
         assert_eq!(reader.read_obj::<u8>(), None);
     }
 
+    /// `write_obj` stores a value within the first segment, across
+    /// segments, or as much of it as fits.
+    #[test]
+    fn write_obj_within_across_and_past_the_end() {
+        let value = 0x0102_0304_0506_0708_u64;
+        for (seg, len, fits) in [(16, 16, 8), (3, 16, 8), (16, 5, 5)] {
+            let owned = OwnedBuffers::new(vec![vec![0; len]]);
+            let list = owned.sg(0, seg).unwrap();
+            assert_eq!(
+                list.write_obj(value),
+                fits,
+                "segments of {seg}, {len} bytes"
+            );
+            assert_eq!(bytes_of(&list)[..fits], value.to_ne_bytes()[..fits]);
+            assert!(bytes_of(&list)[fits..].iter().all(|&b| b == 0));
+        }
+    }
+
     #[test]
     fn take_front_and_slice_cross_segments() {
         let owned = OwnedBuffers::new(vec![pattern(100)]);
@@ -627,6 +693,18 @@ mod tests {
         assert_eq!(bytes_of(&middle), pattern(100)[15..35]);
         assert!(list.slice(80, 11).is_none());
         assert_eq!(list.slice(90, 0).unwrap().len(), 0);
+
+        // Within the first segment (bytes 10..14 of 100, segment 7..14),
+        // then the rest of it exactly, then advancing by part of the next.
+        let inside = list.take_front(2).unwrap();
+        assert_eq!(bytes_of(&inside), pattern(100)[10..12]);
+        let rest = list.take_front(2).unwrap();
+        assert_eq!(bytes_of(&rest), pattern(100)[12..14]);
+        assert_eq!((list.len(), list.segs.len()), (86, 13));
+        list.advance(3).unwrap();
+        assert_eq!(bytes_of(&list), pattern(100)[17..]);
+        assert!(list.take_front(0).unwrap().is_empty());
+        assert_eq!(list.len(), 83);
     }
 
     #[test]
