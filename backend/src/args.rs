@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use thiserror::Error;
 use vhost_user_accel::config::{
-    check_engine_nice, check_engine_threads, check_queue_size, check_queues, check_socket_fd,
-    check_state_dir, check_user, ConfigError, MetricsAddr, TenantConfig, DEFAULT_MAX_RESTART_PAUSE,
-    MAX_TENANTS,
+    check_engine_nice, check_engine_threads, check_poll_us, check_queue_size, check_queues,
+    check_socket_fd, check_state_dir, check_user, ConfigError, MetricsAddr, TenantConfig,
+    DEFAULT_MAX_RESTART_PAUSE, DEFAULT_POLL_US, MAX_TENANTS,
 };
 use vhost_user_accel::config_file::{self, ConfigFileError};
 use vhost_user_accel::{Config, EngineKind, SocketSource};
@@ -43,7 +43,7 @@ pub struct Args {
     pub socket_count: Option<usize>,
     /// Read the daemon and its tenants from this TOML file (see README).
     #[arg(long, conflicts_with_all = [
-        "socket_path", "socket_fd", "socket_count", "queues", "queue_size",
+        "socket_path", "socket_fd", "socket_count", "queues", "queue_size", "poll_us",
         "engine", "engine_threads", "engine_nice", "metrics", "user", "state_dir",
     ])]
     pub config: Option<PathBuf>,
@@ -53,6 +53,12 @@ pub struct Args {
     /// Largest virtqueue size (a power of two).
     #[arg(long, default_value_t = 256)]
     pub queue_size: u64,
+    /// The longest a tenant's connection polls its request rings after an
+    /// event before it sleeps, in microseconds (0 to 1000; 0 never polls).
+    /// It adapts below that, and polls only while the device has nothing on
+    /// the engine, at most a quarter of a CPU.
+    #[arg(long, default_value_t = u64::from(DEFAULT_POLL_US))]
+    pub poll_us: u64,
     /// The engine that runs the operations.
     #[arg(long, value_enum, default_value_t = EngineArg::Software)]
     pub engine: EngineArg,
@@ -164,6 +170,7 @@ impl TryFrom<Args> for Config {
         }
         let request_queues = check_queues(args.queues).map_err(option("queues"))?;
         let queue_size = check_queue_size(args.queue_size).map_err(option("queue-size"))?;
+        let poll_us = check_poll_us(args.poll_us).map_err(option("poll-us"))?;
         let tenants = args
             .sockets()?
             .into_iter()
@@ -171,6 +178,7 @@ impl TryFrom<Args> for Config {
             .map(|(index, socket)| TenantConfig {
                 request_queues,
                 queue_size,
+                poll_us,
                 ..TenantConfig::new(index.to_string(), socket)
             })
             .collect();
@@ -244,6 +252,12 @@ mod tests {
         );
         assert!(message(&["--queue-size", "100"]).starts_with("--queue-size: must be a power"));
         assert!(message(&["--engine-threads", "0"]).starts_with("--engine-threads"));
+        assert_eq!(parse(&[]).unwrap().tenants[0].poll_us, 50);
+        assert_eq!(parse(&["--poll-us", "0"]).unwrap().tenants[0].poll_us, 0);
+        assert_eq!(
+            message(&["--poll-us", "1001"]),
+            "--poll-us: must be at most 1000 (microseconds), got 1001"
+        );
         assert_eq!(parse(&[]).unwrap().engine_nice, 10);
         assert_eq!(parse(&["--engine-nice", "0"]).unwrap().engine_nice, 0);
         assert_eq!(

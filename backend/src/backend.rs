@@ -22,7 +22,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::TenantConfig;
-use crate::device::{Device, DeviceError, TenantState};
+use crate::device::{Device, DeviceError, Polled, TenantState};
 use crate::engine::Engine;
 
 /// Size of the configuration window a VMM may read (virtio-pci maps device
@@ -60,6 +60,8 @@ pub struct AccelBackend {
     device: Device,
     num_queues: usize,
     queue_size: u16,
+    /// The longest poll of the request rings after an event.
+    poll_max: Duration,
     /// Armed while the device waits to resume (see the module
     /// documentation).
     resume_timer: TimerFd,
@@ -74,6 +76,7 @@ impl AccelBackend {
     ) -> Result<Self, BackendError> {
         let num_queues = usize::from(config.request_queues) + 1;
         let queue_size = config.queue_size;
+        let poll_max = Duration::from_micros(u64::from(config.poll_us));
         let device = Device::new(config, engine.as_ref(), tenant)?;
         let mut resume_timer = TimerFd::new().map_err(BackendError::ResumeTimer)?;
         if device.is_resuming() {
@@ -85,6 +88,7 @@ impl AccelBackend {
             device,
             num_queues,
             queue_size,
+            poll_max,
             resume_timer,
         })
     }
@@ -223,6 +227,18 @@ impl AccelBackend {
                 log::error!("cannot start the resume timer: {e}");
             }
         }
+    }
+
+    /// The longest poll of the request rings after an event ([`crate::poll`]).
+    pub fn poll_max(&self) -> Duration {
+        self.poll_max
+    }
+
+    /// Polls the request rings ([`Device::poll_requests`]): the connection's
+    /// worker does, for a while after an event, instead of sleeping.
+    pub fn poll_requests(&mut self, vrings: &[VringRwLock]) -> Polled {
+        self.device.attach_vrings(vrings);
+        self.device.poll_requests(vrings)
     }
 
     /// An event of the connection's worker: a kick of virtqueue

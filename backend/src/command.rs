@@ -199,7 +199,8 @@ fn consume<T>(
         let value = decode(&mut reader)?;
         (value, list.len() - reader.len())
     };
-    list.advance(read).ok_or(DecodeError::Short("request"))?;
+    // The reader read no more than the list holds: this cannot fail.
+    list.advance(read).ok_or(DecodeError::Short("header"))?;
     Ok(value)
 }
 

@@ -45,6 +45,9 @@ pub enum ConfigError {
     /// Queue size not a power of two in range.
     #[error("must be a power of two between 2 and 32768, got {0}")]
     QueueSize(u64),
+    /// Polling window out of range.
+    #[error("must be at most {MAX_POLL_US} (microseconds), got {0}")]
+    PollUs(u64),
     /// Engine threads out of range.
     #[error("must be between 1 and {MAX_ENGINE_THREADS}, got {0}")]
     EngineThreads(u64),
@@ -220,6 +223,10 @@ pub struct TenantConfig {
     pub limits: Limits,
     /// Host quotas.
     pub quota: Quota,
+    /// The longest the worker of a connection polls the request rings after
+    /// an event, in microseconds, before it sleeps ([`crate::poll`]); 0
+    /// never polls.
+    pub poll_us: u32,
 }
 
 impl TenantConfig {
@@ -233,6 +240,7 @@ impl TenantConfig {
             weight: 1,
             limits: Limits::default(),
             quota: Quota::default(),
+            poll_us: DEFAULT_POLL_US,
         }
     }
 
@@ -257,6 +265,7 @@ impl TenantConfig {
         check_queues(u64::from(self.request_queues))?;
         check_queue_size(u64::from(self.queue_size))?;
         check_weight(u64::from(self.weight))?;
+        check_poll_us(u64::from(self.poll_us))?;
         let quota = &self.quota;
         [
             quota.objects,
@@ -389,6 +398,18 @@ pub fn check_queues(value: u64) -> Result<u16, ConfigError> {
 pub fn check_queue_size(value: u64) -> Result<u16, ConfigError> {
     let valid = |size: &u16| *size >= 2 && size.is_power_of_two();
     in_range(value, valid, ConfigError::QueueSize)
+}
+
+/// The default of [`TenantConfig::poll_us`]: as long as a few wake-ups of
+/// a sleeping thread on another CPU of a virtual machine's host.
+pub const DEFAULT_POLL_US: u32 = 50;
+/// The largest [`TenantConfig::poll_us`]: polling is for the gap between a
+/// completion and the driver's next request, not for long pauses.
+pub const MAX_POLL_US: u32 = 1000;
+
+/// The longest poll of a connection's request rings, in microseconds.
+pub fn check_poll_us(value: u64) -> Result<u32, ConfigError> {
+    in_range(value, |us: &u32| *us <= MAX_POLL_US, ConfigError::PollUs)
 }
 
 /// Software engine threads.

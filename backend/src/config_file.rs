@@ -1,7 +1,7 @@
 //! The TOML configuration file (`--config`): the engine, the metrics
 //! endpoint, the supervisor's longest restart pause and state directory, and
 //! one `[[tenant]]`
-//! table per VM with its socket, queues, weight and quotas. Every error
+//! table per VM with its socket, queues, weight, polling and quotas. Every error
 //! names the file, the line and the setting.
 //!
 //! ```toml
@@ -9,12 +9,14 @@
 //! metrics = "127.0.0.1:9105"
 //! max-restart-pause-ms = 5000
 //! state-dir = "/run/vhost-user-accel/state"
+//! poll-us = 50
 //!
 //! [[tenant]]
 //! name = "vm1"
 //! socket = "/run/vhost-user-accel/vm1.sock"
 //! queues = 2
 //! weight = 2
+//! poll-us = 0
 //! quota = { inflight = 128, jobs-per-sec = 50000 }
 //! ```
 
@@ -26,9 +28,10 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::config::{
-    check_engine_nice, check_engine_threads, check_max_restart_pause, check_name, check_queue_size,
-    check_queues, check_quota, check_socket_fd, check_state_dir, check_user, check_weight, Config,
-    ConfigError, EngineKind, MetricsAddr, Quota, SocketSource, TenantConfig,
+    check_engine_nice, check_engine_threads, check_max_restart_pause, check_name, check_poll_us,
+    check_queue_size, check_queues, check_quota, check_socket_fd, check_state_dir, check_user,
+    check_weight, Config, ConfigError, EngineKind, MetricsAddr, Quota, SocketSource, TenantConfig,
+    DEFAULT_POLL_US,
 };
 
 /// Errors of the configuration file.
@@ -78,6 +81,8 @@ struct File {
     user: Option<Spanned<String>>,
     max_restart_pause_ms: Option<Spanned<u64>>,
     state_dir: Option<Spanned<PathBuf>>,
+    /// Every tenant's `poll-us` unless its own table says otherwise.
+    poll_us: Option<Spanned<u64>>,
     #[serde(default)]
     tenant: Vec<Tenant>,
 }
@@ -97,6 +102,7 @@ struct Tenant {
     queues: Option<Spanned<u64>>,
     queue_size: Option<Spanned<u64>>,
     weight: Option<Spanned<u64>>,
+    poll_us: Option<Spanned<u64>>,
     #[serde(default)]
     quota: FileQuota,
 }
@@ -158,10 +164,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigFileError> {
     if file.tenant.is_empty() {
         return Err(at.error("tenant", 0..0, ConfigError::NoTenant));
     }
+    let poll_us = match &file.poll_us {
+        Some(poll) => at.check("poll-us", poll, check_poll_us)?,
+        None => DEFAULT_POLL_US,
+    };
     config.tenants = file
         .tenant
         .iter()
-        .map(|tenant| at.tenant(tenant))
+        .map(|tenant| at.tenant(tenant, poll_us))
         .collect::<Result<_, _>>()?;
     let clash = config.clash();
     if let Some((tenant, clash)) = clash.and_then(|(i, e)| file.tenant.get(i).map(|t| (t, e))) {
@@ -207,7 +217,8 @@ impl Locator<'_> {
         self.value(key, value.span(), check(*value.get_ref()))
     }
 
-    fn tenant(&self, tenant: &Tenant) -> Result<TenantConfig, ConfigFileError> {
+    /// Tenant `tenant`, polling up to `poll_us` unless it says otherwise.
+    fn tenant(&self, tenant: &Tenant, poll_us: u32) -> Result<TenantConfig, ConfigFileError> {
         let name = tenant.name.get_ref();
         let key = |field: &str| format!("tenant {name:?}.{field}");
         self.value(&key("name"), tenant.name.span(), check_name(name))?;
@@ -224,7 +235,10 @@ impl Locator<'_> {
                 ))
             }
         };
-        let mut config = TenantConfig::new(name.clone(), socket);
+        let mut config = TenantConfig {
+            poll_us,
+            ..TenantConfig::new(name.clone(), socket)
+        };
         if let Some(queues) = &tenant.queues {
             config.request_queues = self.check(&key("queues"), queues, check_queues)?;
         }
@@ -233,6 +247,9 @@ impl Locator<'_> {
         }
         if let Some(weight) = &tenant.weight {
             config.weight = self.check(&key("weight"), weight, check_weight)?;
+        }
+        if let Some(poll) = &tenant.poll_us {
+            config.poll_us = self.check(&key("poll-us"), poll, check_poll_us)?;
         }
         config.quota = self.quota(&tenant.quota, &key)?;
         Ok(config)
@@ -297,6 +314,7 @@ engine-nice = 0
 metrics = "unix:/run/accel-metrics.sock"
 max-restart-pause-ms = 250
 state-dir = "/run/accel-state"
+poll-us = 20
 
 [[tenant]]
 name = "vm1"
@@ -304,6 +322,7 @@ socket = "/run/vm1.sock"
 queues = 4
 queue-size = 128
 weight = 3
+poll-us = 200
 quota = { objects = 10, object-bytes = 1048576, inflight = 32, jobs-per-sec = 1000, bytes-per-sec = 4096 }
 
 [[tenant]]
@@ -336,8 +355,8 @@ socket = "/run/vm2.sock"
             SocketSource::Path(PathBuf::from("/run/vm1.sock"))
         );
         assert_eq!(
-            (vm1.request_queues, vm1.queue_size, vm1.weight),
-            (4, 128, 3)
+            (vm1.request_queues, vm1.queue_size, vm1.weight, vm1.poll_us),
+            (4, 128, 3, 200)
         );
         assert_eq!(
             vm1.quota,
@@ -349,7 +368,14 @@ socket = "/run/vm2.sock"
                 bytes_per_sec: Some(4096),
             }
         );
-        assert_eq!(*vm2, TenantConfig::new("vm2", vm2.socket.clone()));
+        assert_eq!(
+            *vm2,
+            TenantConfig {
+                poll_us: 20,
+                ..TenantConfig::new("vm2", vm2.socket.clone())
+            }
+        );
+        assert_eq!(plain.tenants[0].poll_us, DEFAULT_POLL_US);
     }
 
     #[test]
@@ -397,6 +423,10 @@ socket = "/run/vm2.sock"
                 "accel.toml:1: state-dir: must be an absolute path, got \"state\"",
             ),
             ("engine-threads = 2\n", "accel.toml:1: tenant: no tenant"),
+            (
+                "[[tenant]]\nname = \"a\"\nsocket = \"/x\"\npoll-us = 1001\n",
+                "accel.toml:4: tenant \"a\".poll-us: must be at most 1000 (microseconds), got 1001",
+            ),
         ];
         for (text, expected) in cases {
             let message = error_of(text);

@@ -20,7 +20,9 @@
 //!   device's events (its hardware queues' completions, its resume timer)
 //!   and its own stop event; a ring that starts is served at once, so that
 //!   requests made available before its kick descriptor came are not left
-//!   waiting for a kick.
+//!   waiting for a kick; after each event, while the device has nothing on
+//!   the engine, it polls the request rings for an adaptive window
+//!   ([`crate::poll`]) before it sleeps again.
 //!
 //! The request thread and the worker share the backend behind a lock, as
 //! they did under vhost-user-backend; so does a memory table change, which
@@ -31,6 +33,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use log::{debug, error};
 use thiserror::Error;
@@ -53,6 +56,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use crate::backend::{lock_backend, AccelBackend, BackendError, SharedBackend};
+use crate::device::Polled;
+use crate::poll::PollWindow;
 
 /// The worker's event id of its stop event.
 const STOP_EVENT_ID: u64 = u64::MAX;
@@ -558,6 +563,7 @@ impl Connection {
             backend: Arc::clone(backend),
             vrings: vrings.clone(),
             events: Arc::clone(&events),
+            poll_max: lock_backend(backend).poll_max(),
         };
         let worker = std::thread::Builder::new()
             .name(String::from("vring_worker"))
@@ -642,13 +648,21 @@ struct Worker {
     backend: SharedBackend,
     vrings: Vec<VringRwLock>,
     events: Arc<WorkerEvents>,
+    /// The longest poll of the rings after an event ([`crate::poll`]).
+    poll_max: Duration,
 }
 
 impl Worker {
     fn run(self) {
         let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
+        let mut window = PollWindow::new(self.poll_max, Instant::now());
         loop {
-            let count = match self.events.epoll.wait(-1, &mut events) {
+            let polled = self.poll(&mut window);
+            // After a poll that took requests, the events that came
+            // meanwhile (their kicks among them) are handled without a sleep.
+            let timeout = if polled == Polled::Took { 0 } else { -1 };
+            let asleep = Instant::now();
+            let count = match self.events.epoll.wait(timeout, &mut events) {
                 Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -656,6 +670,9 @@ impl Worker {
                     return;
                 }
             };
+            if polled == Polled::Nothing {
+                window.paused(asleep.elapsed());
+            }
             for event in &events[..count] {
                 match event.data() {
                     STOP_EVENT_ID => return,
@@ -664,6 +681,26 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Polls the request rings for at most the window ([`crate::poll`]),
+    /// looking at least once if polling is on; says what the last look
+    /// found.
+    fn poll(&self, window: &mut PollWindow) -> Polled {
+        if !window.enabled() {
+            return Polled::EngineBusy;
+        }
+        let start = Instant::now();
+        let deadline = start + window.window(start);
+        let polled = loop {
+            let polled = lock_backend(&self.backend).poll_requests(&self.vrings);
+            if polled != Polled::Nothing || Instant::now() >= deadline {
+                break polled;
+            }
+            std::hint::spin_loop();
+        };
+        window.polled(start.elapsed());
+        polled
     }
 
     /// Serves each ring that started since the last look (requests made

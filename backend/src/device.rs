@@ -166,6 +166,17 @@ enum Replay {
     Alone,
 }
 
+/// What a poll of the request rings came to ([`Device::poll_requests`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    /// Requests were taken.
+    Took,
+    /// No ring held a request the device could take.
+    Nothing,
+    /// The device has work on the engine or ready for it, and does not poll.
+    EngineBusy,
+}
+
 /// A used-ring entry to publish.
 struct Used {
     vq: u16,
@@ -1022,6 +1033,57 @@ impl Device {
         }
     }
 
+    /// Takes the chains of a request ring that holds some, as a kick of it
+    /// would, if the device may poll for them now; says what came of it.
+    /// The device polls only while nothing of its own is on the engine or
+    /// ready for it: the engine may share its CPU, and a poll would take
+    /// that CPU from the engine's work.
+    pub fn poll_requests(&mut self, vrings: &[VringRwLock]) -> Polled {
+        if self.on_engine > 0 || self.ready.iter().any(|jobs| !jobs.is_empty()) {
+            return Polled::EngineBusy;
+        }
+        let Some(vq) = self.ring_with_requests(vrings) else {
+            return Polled::Nothing;
+        };
+        let next_avail = |vrings: &[VringRwLock]| {
+            vrings
+                .get(usize::from(vq))
+                .map(|vring| vring.get_ref().get_queue().next_avail())
+        };
+        let before = next_avail(vrings);
+        self.handle_queue(vq, vrings);
+        if next_avail(vrings) == before {
+            // Entries the device cannot take (§11): not worth polling again.
+            Polled::Nothing
+        } else {
+            self.stats.polled();
+            Polled::Took
+        }
+    }
+
+    /// A started and enabled request ring (a kick of a disabled one is
+    /// ignored too) whose available index is ahead of the device's, if the
+    /// device takes requests at all.
+    fn ring_with_requests(&self, vrings: &[VringRwLock]) -> Option<u16> {
+        if self.legacy_driver || self.resuming.is_some() || self.history.has_foreign() {
+            return None;
+        }
+        let mem = self.mem.as_deref()?;
+        let first = virtio_accel_spec::FIRST_REQUEST_QUEUE;
+        (first..)
+            .zip(vrings.iter().skip(usize::from(first)))
+            .find_map(|(vq, vring)| {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                let ahead = state.is_enabled()
+                    && queue.ready()
+                    && queue
+                        .avail_idx(mem, Ordering::Acquire)
+                        .is_ok_and(|avail| avail.0 != queue.next_avail());
+                ahead.then_some(vq)
+            })
+    }
+
     /// Takes every available chain of virtqueue `vq`, with kicks disabled
     /// meanwhile; then re-enables them and checks once more for chains added
     /// in between (the usual race-free pattern, 2.7.10 of the virtio spec).
@@ -1591,7 +1653,7 @@ impl Device {
     /// next pass, which pushes jobs without growing a new list.
     fn reuse_ready_list(&mut self, queue: usize, jobs: Vec<Job>) {
         if let Some(ready) = self.ready.get_mut(queue) {
-            if ready.is_empty() && jobs.is_empty() {
+            if ready.is_empty() && jobs.is_empty() && jobs.capacity() > ready.capacity() {
                 *ready = jobs;
             }
         }

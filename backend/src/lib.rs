@@ -22,6 +22,7 @@
 //!   in, calls into the device out;
 //! - [`connection`]: one VMM connection: the vhost-user request handler and
 //!   the worker thread of the rings;
+//! - [`poll`]: how long that worker polls the rings before it sleeps;
 //! - [`memory`]: validation of the guest memory a VMM hands over;
 //! - [`server`]: the tenants' sockets and connection loops;
 //! - [`supervisor`]: one process per tenant, restarted when it ends;
@@ -51,6 +52,7 @@ pub mod memory;
 pub mod metrics;
 pub mod objects;
 pub mod ops;
+pub mod poll;
 pub mod quota;
 pub mod ratelimit;
 pub mod ring_record;

@@ -106,6 +106,66 @@ impl HostSeg {
     }
 }
 
+/// A word stored with no alignment, for volatile accesses at any address of
+/// guest memory (as vm-memory's own `VolatileRef` does).
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct Packed<T>(T);
+
+/// Copies `dst.len()` bytes of guest memory at `src` into `dst` with
+/// volatile loads, a word at a time: the guest may write them meanwhile, and
+/// each is fetched exactly once (a volatile load of a whole struct would go
+/// byte by byte).
+///
+/// # Safety
+///
+/// `src` must be valid for reads of `dst.len()` bytes, outside `dst`.
+unsafe fn volatile_load(src: *const u8, dst: &mut [u8]) {
+    let mut words = dst.chunks_exact_mut(8);
+    let mut at = 0;
+    for word in &mut words {
+        // SAFETY: `at + 8 <= dst.len()`, within `src` (the caller's
+        // contract); `Packed` has no alignment needs.
+        let Packed(loaded) = unsafe { std::ptr::read_volatile(src.add(at).cast::<Packed<u64>>()) };
+        word.copy_from_slice(&loaded.to_ne_bytes());
+        at += 8;
+    }
+    for byte in words.into_remainder() {
+        // SAFETY: `at < dst.len()`, within `src`.
+        *byte = unsafe { std::ptr::read_volatile(src.add(at)) };
+        at += 1;
+    }
+}
+
+/// Copies `src` into guest memory at `dst` with volatile stores, a word at a
+/// time.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `src.len()` bytes, outside `src`.
+unsafe fn volatile_store(src: &[u8], dst: *mut u8) {
+    let mut words = src.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(word);
+        // SAFETY: `at + 8 <= src.len()`, within `dst` (the caller's
+        // contract); `Packed` has no alignment needs.
+        unsafe {
+            std::ptr::write_volatile(
+                dst.add(at).cast::<Packed<u64>>(),
+                Packed(u64::from_ne_bytes(bytes)),
+            );
+        }
+        at += 8;
+    }
+    for &byte in words.remainder() {
+        // SAFETY: `at < src.len()`, within `dst`.
+        unsafe { std::ptr::write_volatile(dst.add(at), byte) };
+        at += 1;
+    }
+}
+
 /// Segments kept inline: most buffers are one or two runs of host memory.
 type Segments = SmallVec<[HostSeg; 2]>;
 
@@ -345,15 +405,16 @@ impl SgList {
 
     /// Writes `value` to the start of the list; returns how many bytes fit.
     /// A value within the first segment (the usual case: a response in its
-    /// descriptor) is one unaligned store, not a call to `memcpy`.
+    /// descriptor) is written with volatile word stores, not a call to
+    /// `memcpy`.
     pub fn write_obj<T: ByteValued>(&self, value: T) -> usize {
         let size = std::mem::size_of::<T>();
         match self.segs.first() {
             Some(seg) if size <= seg.len => {
                 // SAFETY: `seg` is mapped and writable while this list, which
                 // holds its owner, lives (contract of `push`), and holds at
-                // least `size` bytes; the store has no alignment needs.
-                unsafe { std::ptr::write_unaligned(seg.addr.as_ptr().cast::<T>(), value) };
+                // least `size` bytes; `value` is a distinct local.
+                unsafe { volatile_store(value.as_slice(), seg.addr.as_ptr()) };
                 size
             }
             _ => self.write_from(value.as_slice()),
@@ -486,18 +547,21 @@ impl SgReader<'_> {
 
     /// Reads the next `T`, or returns `None` (reading nothing) if fewer
     /// bytes are left. A `T` within one segment (the usual case: a header
-    /// in its descriptor) is one unaligned load, not a call to `memcpy`.
+    /// in its descriptor) is read with volatile word loads, not a call to
+    /// `memcpy`.
     pub fn read_obj<T: ByteValued + Default>(&mut self) -> Option<T> {
         let size = std::mem::size_of::<T>();
         match self.segs.first() {
             Some(seg) if size <= seg.len - self.skip => {
+                let mut value = T::default();
                 // SAFETY: `seg` is mapped while the list this reader borrows,
                 // which holds its owner, lives (contract of `SgList::push`),
-                // and `skip + size` is within it; any bytes make a valid
-                // `ByteValued` value, and the load has no alignment needs.
-                let value = unsafe {
-                    std::ptr::read_unaligned(seg.addr.as_ptr().add(self.skip).cast::<T>())
-                };
+                // and `skip + size` is within it; `value` is a distinct
+                // local of `size` bytes, and any bytes, torn or not, make a
+                // valid `ByteValued` value.
+                unsafe {
+                    volatile_load(seg.addr.as_ptr().add(self.skip), value.as_mut_slice());
+                }
                 self.skip += size;
                 self.left -= size;
                 if self.skip == seg.len {

@@ -98,6 +98,8 @@ pub struct Counters {
     connections: AtomicU64,
     /// Whether a VMM is connected (a gauge).
     connected: AtomicU64,
+    /// Polls of the request rings that took requests ([`crate::poll`]).
+    polled: AtomicU64,
     latency: Histogram,
 }
 
@@ -232,6 +234,16 @@ impl TenantStats {
         if let Some(counter) = self.quota_refusals.get(kind.index()) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A poll of the request rings took requests, with no kick waited for.
+    pub fn polled(&self) {
+        self.polled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Polls of the request rings that took requests.
+    pub fn polled_count(&self) -> u64 {
+        self.polled.load(Ordering::Relaxed)
     }
 
     /// Sets the number of requests in flight.
@@ -397,7 +409,7 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
             );
         }
     }
-    let singles: [(&str, &str, &str, Pick); 7] = [
+    let singles: [(&str, &str, &str, Pick); 8] = [
         (
             "bytes_total",
             "counter",
@@ -428,6 +440,12 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
         ("connected", "gauge", "Whether a VMM is connected.", |t| {
             &t.connected
         }),
+        (
+            "polls_total",
+            "counter",
+            "Polls of the request rings that took requests without waiting for a kick.",
+            |t| &t.polled,
+        ),
         (
             "process_restarts_total",
             "counter",

@@ -2771,3 +2771,37 @@ fn config_matches_a_custom_configuration() {
         Status::Limit
     );
 }
+
+// ---------------------------------------------------------------------------
+// 8. Polling.
+
+/// Lone requests one after another: with polling on, the device takes some
+/// by polling its request rings after the last completion, without waiting
+/// for the kick (`polls_total`), and each completes with the right CRC; with
+/// polling off it never polls. (Whether a given request is taken by a poll
+/// depends on timing, so the test asks for some out of many, which a device
+/// that polls gets on any machine.)
+#[test]
+fn lone_requests_are_taken_by_polling_when_it_is_on() {
+    const REQUESTS: usize = 400;
+    for poll_us in [1000, 0] {
+        let test = "lone_requests_are_taken_by_polling_when_it_is_on";
+        let Some(daemon) = custom_daemon(test, |config| config.poll_us = poll_us) else {
+            return;
+        };
+        let rig = Rig::with(daemon, guest_ram(RAM_MIB));
+        let input = rig.mem.alloc(4096).unwrap();
+        rig.mem.fill_at(input.gpa(), 4096, 0x5a).unwrap();
+        let want = reference::crc32c(0, &[0x5a; 4096]);
+        for _ in 0..REQUESTS {
+            let done = crc_of(&rig.dev, Buffer::direct(&input)).check().unwrap();
+            assert_eq!(done.result_u32(), want);
+        }
+        let polls = rig.daemon.stats().unwrap().polled_count();
+        if poll_us == 0 {
+            assert_eq!(polls, 0, "polling is off");
+        } else {
+            assert!(polls > 0, "no poll took a request in {REQUESTS}");
+        }
+    }
+}

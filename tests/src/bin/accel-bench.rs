@@ -31,7 +31,7 @@ use accelctl::data::DataSource;
 use clap::Parser;
 use vhost_user_accel::engine::software::SoftwareEngine;
 use vhost_user_accel::engine::{Engine, HwQueue, Job, Share};
-use vhost_user_accel::Config;
+use vhost_user_accel::{Config, TenantConfig};
 use virtio_accel_spec::Op;
 
 #[derive(Debug, Parser)]
@@ -67,6 +67,10 @@ struct Args {
     /// host's daemon would.
     #[arg(long, value_name = "DRIVER,ENGINE", value_parser = parse_pin)]
     pin: Option<Pin>,
+    /// The daemon's longest poll of its request rings after an event, in
+    /// µs (`--poll-us` of the daemon; 0: it never polls).
+    #[arg(long, default_value_t = vhost_user_accel::config::DEFAULT_POLL_US)]
+    poll_us: u32,
     /// Lone requests per path and mode in each round of the latency
     /// measurement; 0 leaves it out.
     #[arg(long, default_value_t = 2000)]
@@ -389,7 +393,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let config = Config {
         engine_threads: args.engine_threads,
-        ..Config::with_tenants(vec![tenant("bench")])
+        ..Config::with_tenants(vec![TenantConfig {
+            poll_us: args.poll_us,
+            ..tenant("bench")
+        }])
     };
     let daemon = Daemon::start_config(config).remove(0);
     let ram = (args.depth * (3 * largest + largest / 4 + 8192)).div_ceil(1 << 20) + 64;
@@ -406,8 +413,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let duration = Duration::from_secs_f64(args.seconds);
 
     println!(
-        "engine threads {}, depth {}, driver batch {}, median of {} alternating runs of {:.1} s per path and point; GB/s counts the job's input bytes",
+        "engine threads {}, daemon polls up to {} µs, depth {}, driver batch {}, median of {} alternating runs of {:.1} s per path and point; GB/s counts the job's input bytes",
         args.engine_threads,
+        args.poll_us,
         args.depth,
         args.batch.unwrap_or(args.depth / 4).max(1),
         args.rounds,

@@ -63,6 +63,10 @@ struct Args {
     /// Tenants connected at once in the scale measurement.
     #[arg(long, default_value_t = 64)]
     scale: usize,
+    /// The daemon's `poll-us`: its tenants' longest poll of their request
+    /// rings after an event (0: they never poll).
+    #[arg(long, default_value_t = vhost_user_accel::config::DEFAULT_POLL_US)]
+    poll_us: u32,
     /// Runs of the last two measurements; medians are compared.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
@@ -71,7 +75,10 @@ struct Args {
 impl Args {
     /// The daemon's configuration, but for its tenants.
     fn daemon_settings(&self) -> String {
-        format!("engine-threads = {}", self.engine_threads)
+        format!(
+            "engine-threads = {}\npoll-us = {}",
+            self.engine_threads, self.poll_us
+        )
     }
 }
 
