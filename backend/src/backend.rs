@@ -234,6 +234,11 @@ impl AccelBackend {
         self.poll_max
     }
 
+    /// Chains taken from the request rings so far ([`Device::requests_taken`]).
+    pub fn requests_taken(&self) -> u64 {
+        self.device.requests_taken()
+    }
+
     /// Polls the request rings ([`Device::poll_requests`]): the connection's
     /// worker does, for a while after an event, instead of sleeping.
     pub fn poll_requests(&mut self, vrings: &[VringRwLock]) -> Polled {

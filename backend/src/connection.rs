@@ -31,6 +31,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -103,6 +104,9 @@ struct WorkerEvents {
     epoll: Epoll,
     started: EventFd,
     started_rings: Mutex<Vec<u16>>,
+    /// The request thread waits for the backend's lock: the worker stops
+    /// polling, so that it gets it.
+    frontend_waiting: AtomicBool,
 }
 
 impl WorkerEvents {
@@ -158,7 +162,11 @@ fn handler_error(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> 
 
 impl Handler {
     fn backend(&self) -> std::sync::RwLockWriteGuard<'_, AccelBackend> {
-        lock_backend(&self.backend)
+        // Ends a poll of the worker, which takes the lock again and again.
+        self.events.frontend_waiting.store(true, Ordering::Relaxed);
+        let backend = lock_backend(&self.backend);
+        self.events.frontend_waiting.store(false, Ordering::Relaxed);
+        backend
     }
 
     fn vring(&self, index: u32) -> VhostUserResult<&VringRwLock> {
@@ -537,9 +545,13 @@ impl Connection {
     /// The connection of `backend`, named `name` (its threads' names), its
     /// worker running, ready to accept a VMM.
     pub fn new(name: String, backend: &SharedBackend) -> Result<Self, ConnectionError> {
-        let (num_queues, max_queue_size) = {
+        let (num_queues, max_queue_size, poll_max) = {
             let backend = lock_backend(backend);
-            (backend.num_queues(), backend.max_queue_size())
+            (
+                backend.num_queues(),
+                backend.max_queue_size(),
+                backend.poll_max(),
+            )
         };
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let vrings = (0..num_queues)
@@ -550,6 +562,7 @@ impl Connection {
             epoll: Epoll::new().map_err(ConnectionError::Worker)?,
             started: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(ConnectionError::Worker)?,
             started_rings: Mutex::new(Vec::new()),
+            frontend_waiting: AtomicBool::new(false),
         });
         let stop = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(ConnectionError::Worker)?;
         events
@@ -563,7 +576,7 @@ impl Connection {
             backend: Arc::clone(backend),
             vrings: vrings.clone(),
             events: Arc::clone(&events),
-            poll_max: lock_backend(backend).poll_max(),
+            poll_max,
         };
         let worker = std::thread::Builder::new()
             .name(String::from("vring_worker"))
@@ -657,11 +670,10 @@ impl Worker {
         let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
         let mut window = PollWindow::new(self.poll_max, Instant::now());
         loop {
-            let polled = self.poll(&mut window);
+            let (polled, idle_since) = self.poll(&mut window);
             // After a poll that took requests, the events that came
             // meanwhile (their kicks among them) are handled without a sleep.
             let timeout = if polled == Polled::Took { 0 } else { -1 };
-            let asleep = Instant::now();
             let count = match self.events.epoll.wait(timeout, &mut events) {
                 Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -670,29 +682,42 @@ impl Worker {
                     return;
                 }
             };
-            if polled == Polled::Nothing {
-                window.paused(asleep.elapsed());
-            }
+            let woke = Instant::now();
+            let mut took = false;
             for event in &events[..count] {
-                match event.data() {
+                took |= match event.data() {
                     STOP_EVENT_ID => return,
                     STARTED_EVENT_ID => self.serve_started_rings(),
                     id => self.handle(id),
+                };
+            }
+            // Only a request after an idle poll tells how long the driver
+            // paused; anything else that woke the worker is a miss.
+            if polled == Polled::Nothing {
+                if took {
+                    window.paused(woke.saturating_duration_since(idle_since));
+                } else {
+                    window.missed();
                 }
             }
         }
     }
 
     /// Polls the request rings for at most the window ([`crate::poll`]),
-    /// looking at least once if polling is on; says what the last look
-    /// found.
-    fn poll(&self, window: &mut PollWindow) -> Polled {
-        if !window.enabled() {
-            return Polled::EngineBusy;
-        }
+    /// looking once even when it is closed (so that it can open), not at
+    /// all once the budget is spent or the front-end waits for the backend;
+    /// says what the last look found, and when the poll began.
+    fn poll(&self, window: &mut PollWindow) -> (Polled, Instant) {
         let start = Instant::now();
-        let deadline = start + window.window(start);
+        let Some(length) = window.window(start) else {
+            return (Polled::Off, start);
+        };
+        let deadline = start + length;
         let polled = loop {
+            if self.events.frontend_waiting.load(Ordering::Relaxed) {
+                // The lock does not hand itself over: let the front-end in.
+                break Polled::Off;
+            }
             let polled = lock_backend(&self.backend).poll_requests(&self.vrings);
             if polled != Polled::Nothing || Instant::now() >= deadline {
                 break polled;
@@ -700,39 +725,53 @@ impl Worker {
             std::hint::spin_loop();
         };
         window.polled(start.elapsed());
-        polled
+        (polled, start)
     }
 
     /// Serves each ring that started since the last look (requests made
     /// available before its kick descriptor came get no kick).
-    fn serve_started_rings(&self) {
+    /// Returns whether requests were taken.
+    fn serve_started_rings(&self) -> bool {
         // Nonblocking: a count already read by an earlier wake-up is no
         // error, and the list below says what started.
         let _ = self.events.started.read();
         let started = std::mem::take(&mut *lock(&self.events.started_rings));
+        let mut took = false;
         for vq in started {
-            self.backend_event(vq);
+            took |= self.backend_event(vq);
         }
+        took
     }
 
-    /// A kick of ring `id`, or an event of the device.
-    fn handle(&self, id: u64) {
+    /// A kick of ring `id`, or an event of the device; returns whether
+    /// requests were taken.
+    fn handle(&self, id: u64) -> bool {
         let Ok(id) = u16::try_from(id) else {
-            return;
+            return false;
         };
         match self.vrings.get(usize::from(id)) {
             Some(vring) => match vring.read_kick() {
                 Ok(true) => self.backend_event(id),
-                Ok(false) => debug!("kick of virtqueue {id}, which is disabled"),
-                Err(e) => error!("cannot read the kick of virtqueue {id}: {e}"),
+                Ok(false) => {
+                    debug!("kick of virtqueue {id}, which is disabled");
+                    false
+                }
+                Err(e) => {
+                    error!("cannot read the kick of virtqueue {id}: {e}");
+                    false
+                }
             },
             None => self.backend_event(id),
         }
     }
 
-    fn backend_event(&self, id: u16) {
-        if let Err(e) = lock_backend(&self.backend).handle_event(id, &self.vrings) {
+    /// Hands event `id` to the backend; returns whether requests were taken.
+    fn backend_event(&self, id: u16) -> bool {
+        let mut backend = lock_backend(&self.backend);
+        let before = backend.requests_taken();
+        if let Err(e) = backend.handle_event(id, &self.vrings) {
             error!("the device's event {id} failed: {e}");
         }
+        backend.requests_taken() != before
     }
 }

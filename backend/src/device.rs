@@ -171,10 +171,16 @@ enum Replay {
 pub enum Polled {
     /// Requests were taken.
     Took,
-    /// No ring held a request the device could take.
+    /// No ring held a request.
     Nothing,
+    /// A ring's available entries could not be taken (§6.5, §11): it is
+    /// left alone until its available index moves, and the poll ends.
+    Stuck,
     /// The device has work on the engine or ready for it, and does not poll.
     EngineBusy,
+    /// No poll: polling is off, out of budget, or the front-end waits for
+    /// the device.
+    Off,
 }
 
 /// A used-ring entry to publish.
@@ -227,6 +233,11 @@ pub struct Device {
     replaying: Replay,
     /// Jobs handed to the engine whose completions are not reaped yet.
     on_engine: usize,
+    /// A request ring and its available index whose entries could not be
+    /// taken: polls pass it by until the index moves.
+    stuck: Option<(u16, u16)>,
+    /// Chains taken from the request rings (wrapping).
+    requests_taken: u64,
     /// Requests in flight that run alone on the engine (§11.3).
     alone: usize,
     /// Whether the engine runs one of them, and nothing else.
@@ -372,6 +383,8 @@ impl Device {
             resuming: resuming(&tenant.record),
             replaying: Replay::No,
             on_engine: 0,
+            stuck: None,
+            requests_taken: 0,
             alone: 0,
             alone_on_engine: false,
             clock: Instant::now(),
@@ -499,6 +512,7 @@ impl Device {
         self.waiting.clear();
         self.ready.iter_mut().for_each(Vec::clear);
         self.on_engine = 0;
+        self.stuck = None;
         self.alone = 0;
         self.alone_on_engine = false;
         self.used.clear();
@@ -1053,12 +1067,26 @@ impl Device {
         let before = next_avail(vrings);
         self.handle_queue(vq, vrings);
         if next_avail(vrings) == before {
-            // Entries the device cannot take (§11): not worth polling again.
-            Polled::Nothing
+            let avail = self.mem.as_deref().and_then(|mem| {
+                let vring = vrings.get(usize::from(vq))?;
+                let avail = vring
+                    .get_ref()
+                    .get_queue()
+                    .avail_idx(mem, Ordering::Acquire);
+                avail.ok()
+            });
+            self.stuck = avail.map(|avail| (vq, avail.0));
+            Polled::Stuck
         } else {
             self.stats.polled();
             Polled::Took
         }
+    }
+
+    /// Chains taken from the request rings since the device was made, by
+    /// kicks and polls alike (wrapping).
+    pub fn requests_taken(&self) -> u64 {
+        self.requests_taken
     }
 
     /// A started and enabled request ring (a kick of a disabled one is
@@ -1075,11 +1103,13 @@ impl Device {
             .find_map(|(vq, vring)| {
                 let state = vring.get_ref();
                 let queue = state.get_queue();
-                let ahead = state.is_enabled()
-                    && queue.ready()
-                    && queue
-                        .avail_idx(mem, Ordering::Acquire)
-                        .is_ok_and(|avail| avail.0 != queue.next_avail());
+                // As a kick would find it: started (a kick descriptor, kept
+                // only while the ring is served) and enabled.
+                if state.get_kick().is_none() || !state.is_enabled() || !queue.ready() {
+                    return None;
+                }
+                let avail = queue.avail_idx(mem, Ordering::Acquire).ok()?.0;
+                let ahead = avail != queue.next_avail() && self.stuck != Some((vq, avail));
                 ahead.then_some(vq)
             })
     }
@@ -1157,6 +1187,10 @@ impl Device {
             }
         };
         let taken = heads.len();
+        if request_queue(vq).is_some() {
+            let count = u64::try_from(taken).unwrap_or(u64::MAX);
+            self.requests_taken = self.requests_taken.wrapping_add(count);
+        }
         let record = Arc::clone(&self.record);
         let Some(ring) = record.ring(vq) else {
             return 0;

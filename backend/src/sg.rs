@@ -109,8 +109,7 @@ impl HostSeg {
 /// A word stored with no alignment, for volatile accesses at any address of
 /// guest memory (as vm-memory's own `VolatileRef` does).
 #[repr(C, packed)]
-#[derive(Clone, Copy)]
-struct Packed<T>(T);
+struct UnalignedWord(u64);
 
 /// Copies `dst.len()` bytes of guest memory at `src` into `dst` with
 /// volatile loads, a word at a time: the guest may write them meanwhile, and
@@ -125,8 +124,9 @@ unsafe fn volatile_load(src: *const u8, dst: &mut [u8]) {
     let mut at = 0;
     for word in &mut words {
         // SAFETY: `at + 8 <= dst.len()`, within `src` (the caller's
-        // contract); `Packed` has no alignment needs.
-        let Packed(loaded) = unsafe { std::ptr::read_volatile(src.add(at).cast::<Packed<u64>>()) };
+        // contract); `UnalignedWord` has no alignment needs.
+        let UnalignedWord(loaded) =
+            unsafe { std::ptr::read_volatile(src.add(at).cast::<UnalignedWord>()) };
         word.copy_from_slice(&loaded.to_ne_bytes());
         at += 8;
     }
@@ -150,11 +150,11 @@ unsafe fn volatile_store(src: &[u8], dst: *mut u8) {
         let mut bytes = [0; 8];
         bytes.copy_from_slice(word);
         // SAFETY: `at + 8 <= src.len()`, within `dst` (the caller's
-        // contract); `Packed` has no alignment needs.
+        // contract); `UnalignedWord` has no alignment needs.
         unsafe {
             std::ptr::write_volatile(
-                dst.add(at).cast::<Packed<u64>>(),
-                Packed(u64::from_ne_bytes(bytes)),
+                dst.add(at).cast::<UnalignedWord>(),
+                UnalignedWord(u64::from_ne_bytes(bytes)),
             );
         }
         at += 8;
