@@ -31,6 +31,7 @@ use accel_driver::{
 use accel_tests::data::{self, TestRng};
 use accel_tests::harness::{guest_ram, AccelDevice, Daemon, EXTERNAL_SOCKET_ENV};
 use accel_tests::reference::{self, GzipHeader};
+use vhost::vhost_user::VhostUserFrontend;
 use vhost_user_accel::{Limits, SocketSource, TenantConfig};
 use virtio_accel_spec::op::{OpParams, PARAMS_SIZE};
 use virtio_accel_spec::request::RESULT_SIZE;
@@ -2804,4 +2805,58 @@ fn lone_requests_are_taken_by_polling_when_it_is_on() {
             assert!(polls > 0, "no poll took a request in {REQUESTS}");
         }
     }
+}
+
+/// A ring the front-end disabled is not served by polls either: its kick is
+/// ignored, and a request made available on it stays there, while the
+/// worker polls after that kick, until the ring is enabled again.
+#[test]
+fn polling_never_takes_from_a_disabled_ring() {
+    let test = "polling_never_takes_from_a_disabled_ring";
+    let Some(daemon) = custom_daemon(test, |config| config.poll_us = 1000) else {
+        return;
+    };
+    let Rig {
+        daemon,
+        mem,
+        dev: mut device,
+    } = Rig::with(daemon, guest_ram(RAM_MIB));
+    let input = mem.alloc(4096).unwrap();
+    let request = Request::new(Op::Crc32c).input(Buffer::direct(&input));
+    // Lone requests open the polling window.
+    for _ in 0..200 {
+        device.run(0, &request).unwrap().check().unwrap();
+    }
+    let stats = daemon.stats().unwrap();
+    assert!(stats.polled_count() > 0, "the window never opened");
+    // Virtqueue 1 is request queue 0.
+    let frontend = device.transport_mut().frontend();
+    frontend.set_vring_enable(1, false).unwrap();
+    let polls = stats.polled_count();
+    device.submit(0, &request, 7).unwrap();
+    device.flush(0).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        device.poll(0).unwrap().is_empty(),
+        "a disabled ring was served"
+    );
+    assert_eq!(stats.polled_count(), polls, "a disabled ring was polled");
+    device
+        .transport_mut()
+        .frontend()
+        .set_vring_enable(1, true)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        // Kicks while disabled were dropped: kick again.
+        device.flush(0).unwrap();
+        device.transport_mut().notify(1).unwrap();
+        if let Some(done) = device.poll(0).unwrap().pop() {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "the request never completed");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(done.token, 7);
+    done.check().unwrap();
 }
