@@ -1056,26 +1056,13 @@ impl Device {
         if self.on_engine > 0 || self.ready.iter().any(|jobs| !jobs.is_empty()) {
             return Polled::EngineBusy;
         }
-        let Some(vq) = self.ring_with_requests(vrings) else {
+        let Some((vq, avail)) = self.ring_with_requests(vrings) else {
             return Polled::Nothing;
         };
-        let next_avail = |vrings: &[VringRwLock]| {
-            vrings
-                .get(usize::from(vq))
-                .map(|vring| vring.get_ref().get_queue().next_avail())
-        };
-        let before = next_avail(vrings);
+        let before = self.requests_taken;
         self.handle_queue(vq, vrings);
-        if next_avail(vrings) == before {
-            let avail = self.mem.as_deref().and_then(|mem| {
-                let vring = vrings.get(usize::from(vq))?;
-                let avail = vring
-                    .get_ref()
-                    .get_queue()
-                    .avail_idx(mem, Ordering::Acquire);
-                avail.ok()
-            });
-            self.stuck = avail.map(|avail| (vq, avail.0));
+        if self.requests_taken == before {
+            self.stuck = Some((vq, avail));
             Polled::Stuck
         } else {
             self.stats.polled();
@@ -1090,9 +1077,9 @@ impl Device {
     }
 
     /// A started and enabled request ring (a kick of a disabled one is
-    /// ignored too) whose available index is ahead of the device's, if the
-    /// device takes requests at all.
-    fn ring_with_requests(&self, vrings: &[VringRwLock]) -> Option<u16> {
+    /// ignored too) whose available index is ahead of the device's, with
+    /// that index, if the device takes requests at all.
+    fn ring_with_requests(&self, vrings: &[VringRwLock]) -> Option<(u16, u16)> {
         if self.legacy_driver || self.resuming.is_some() || self.history.has_foreign() {
             return None;
         }
@@ -1110,7 +1097,7 @@ impl Device {
                 }
                 let avail = queue.avail_idx(mem, Ordering::Acquire).ok()?.0;
                 let ahead = avail != queue.next_avail() && self.stuck != Some((vq, avail));
-                ahead.then_some(vq)
+                ahead.then_some((vq, avail))
             })
     }
 

@@ -99,6 +99,16 @@ mod tests {
 
     const MAX: Duration = Duration::from_micros(50);
 
+    /// A window grown to [`MAX`] by pauses within it.
+    fn opened(now: Instant) -> PollWindow {
+        let mut window = PollWindow::new(MAX, now);
+        for _ in 0..5 {
+            window.paused(Duration::from_micros(40));
+        }
+        assert_eq!(window.window(now), Some(MAX));
+        window
+    }
+
     #[test]
     fn grows_while_requests_come_soon_and_closes_after_pauses() {
         let now = Instant::now();
@@ -125,11 +135,7 @@ mod tests {
     #[test]
     fn a_driver_just_slower_than_the_maximum_closes_the_window() {
         let now = Instant::now();
-        let mut window = PollWindow::new(MAX, now);
-        for _ in 0..5 {
-            window.paused(Duration::from_micros(40));
-        }
-        assert_eq!(window.window(now), Some(MAX));
+        let mut window = opened(now);
         for _ in 0..4 {
             window.paused(Duration::from_micros(60));
         }
@@ -139,10 +145,7 @@ mod tests {
     #[test]
     fn wake_ups_that_bring_no_request_close_the_window() {
         let now = Instant::now();
-        let mut window = PollWindow::new(MAX, now);
-        for _ in 0..5 {
-            window.paused(Duration::from_micros(40));
-        }
+        let mut window = opened(now);
         window.paused(Duration::from_micros(30));
         assert_eq!(window.window(now), Some(MAX), "caught within the window");
         for _ in 0..4 {
@@ -162,11 +165,7 @@ mod tests {
     #[test]
     fn the_budget_of_a_period_bounds_polling() {
         let start = Instant::now();
-        let mut window = PollWindow::new(MAX, start);
-        for _ in 0..5 {
-            window.paused(Duration::from_micros(40));
-        }
-        assert_eq!(window.window(start), Some(MAX));
+        let mut window = opened(start);
         window.polled(BUDGET - Duration::from_micros(20));
         assert_eq!(window.window(start), Some(Duration::from_micros(20)));
         window.polled(Duration::from_micros(20));

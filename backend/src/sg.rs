@@ -106,66 +106,6 @@ impl HostSeg {
     }
 }
 
-/// A word stored with no alignment, for volatile accesses at any address of
-/// guest memory (as vm-memory's own `VolatileRef` does).
-#[repr(C, packed)]
-struct UnalignedWord(u64);
-
-/// Copies `dst.len()` bytes of guest memory at `src` into `dst` with
-/// volatile loads, a word at a time: the guest may write them meanwhile, and
-/// each is fetched exactly once (a volatile load of a whole struct would go
-/// byte by byte).
-///
-/// # Safety
-///
-/// `src` must be valid for reads of `dst.len()` bytes, outside `dst`.
-unsafe fn volatile_load(src: *const u8, dst: &mut [u8]) {
-    let mut words = dst.chunks_exact_mut(8);
-    let mut at = 0;
-    for word in &mut words {
-        // SAFETY: `at + 8 <= dst.len()`, within `src` (the caller's
-        // contract); `UnalignedWord` has no alignment needs.
-        let UnalignedWord(loaded) =
-            unsafe { std::ptr::read_volatile(src.add(at).cast::<UnalignedWord>()) };
-        word.copy_from_slice(&loaded.to_ne_bytes());
-        at += 8;
-    }
-    for byte in words.into_remainder() {
-        // SAFETY: `at < dst.len()`, within `src`.
-        *byte = unsafe { std::ptr::read_volatile(src.add(at)) };
-        at += 1;
-    }
-}
-
-/// Copies `src` into guest memory at `dst` with volatile stores, a word at a
-/// time.
-///
-/// # Safety
-///
-/// `dst` must be valid for writes of `src.len()` bytes, outside `src`.
-unsafe fn volatile_store(src: &[u8], dst: *mut u8) {
-    let mut words = src.chunks_exact(8);
-    let mut at = 0;
-    for word in &mut words {
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(word);
-        // SAFETY: `at + 8 <= src.len()`, within `dst` (the caller's
-        // contract); `UnalignedWord` has no alignment needs.
-        unsafe {
-            std::ptr::write_volatile(
-                dst.add(at).cast::<UnalignedWord>(),
-                UnalignedWord(u64::from_ne_bytes(bytes)),
-            );
-        }
-        at += 8;
-    }
-    for &byte in words.remainder() {
-        // SAFETY: `at < src.len()`, within `dst`.
-        unsafe { std::ptr::write_volatile(dst.add(at), byte) };
-        at += 1;
-    }
-}
-
 /// Segments kept inline: most buffers are one or two runs of host memory.
 type Segments = SmallVec<[HostSeg; 2]>;
 
@@ -405,16 +345,18 @@ impl SgList {
 
     /// Writes `value` to the start of the list; returns how many bytes fit.
     /// A value within the first segment (the usual case: a response in its
-    /// descriptor) is written with volatile word stores, not a call to
-    /// `memcpy`.
+    /// descriptor) is one volatile copy (vm-memory's), without the list's
+    /// walk over segments.
     pub fn write_obj<T: ByteValued>(&self, value: T) -> usize {
         let size = std::mem::size_of::<T>();
         match self.segs.first() {
             Some(seg) if size <= seg.len => {
                 // SAFETY: `seg` is mapped and writable while this list, which
                 // holds its owner, lives (contract of `push`), and holds at
-                // least `size` bytes; `value` is a distinct local.
-                unsafe { volatile_store(value.as_slice(), seg.addr.as_ptr()) };
+                // least `size` bytes. The copy is volatile: the guest may
+                // read or write them meanwhile.
+                unsafe { VolatileSlice::<()>::new(seg.addr.as_ptr(), size) }
+                    .copy_from(value.as_slice());
                 size
             }
             _ => self.write_from(value.as_slice()),
@@ -547,8 +489,8 @@ impl SgReader<'_> {
 
     /// Reads the next `T`, or returns `None` (reading nothing) if fewer
     /// bytes are left. A `T` within one segment (the usual case: a header
-    /// in its descriptor) is read with volatile word loads, not a call to
-    /// `memcpy`.
+    /// in its descriptor) is one volatile copy (vm-memory's), without the
+    /// reader's walk over segments.
     pub fn read_obj<T: ByteValued + Default>(&mut self) -> Option<T> {
         let size = std::mem::size_of::<T>();
         match self.segs.first() {
@@ -556,12 +498,12 @@ impl SgReader<'_> {
                 let mut value = T::default();
                 // SAFETY: `seg` is mapped while the list this reader borrows,
                 // which holds its owner, lives (contract of `SgList::push`),
-                // and `skip + size` is within it; `value` is a distinct
-                // local of `size` bytes, and any bytes, torn or not, make a
-                // valid `ByteValued` value.
-                unsafe {
-                    volatile_load(seg.addr.as_ptr().add(self.skip), value.as_mut_slice());
-                }
+                // and `skip + size` is within it. The copy is volatile: the
+                // guest may write these bytes meanwhile, and each is fetched
+                // once; any bytes, torn or not, make a valid `ByteValued`.
+                let slice =
+                    unsafe { VolatileSlice::<()>::new(seg.addr.as_ptr().add(self.skip), size) };
+                slice.copy_to(value.as_mut_slice());
                 self.skip += size;
                 self.left -= size;
                 if self.skip == seg.len {
