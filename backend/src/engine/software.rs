@@ -9,8 +9,10 @@
 //! [`MODERATION_BATCH`] completions are pending, or when the oldest pending
 //! completion has waited [`MODERATION_DELAY`]; a timer thread enforces that
 //! delay when no other completion comes along (a short job finishing next to
-//! a long one), so a completion never waits longer than that for its
-//! interrupt.
+//! a long one). The timer's timed wait adds the thread's timer slack (50 µs
+//! by default) and its wake-up to the delay: a completion waits about
+//! 100 µs at most for its interrupt on the 2-CPU test machine
+//! (`docs/benchmarks.md`, "2026-12-05 (4)").
 //!
 //! Cancelling a queue ([`HwQueue::cancel`]) takes its waiting jobs out of the
 //! run queue and moves the queue to a new *epoch*: a running job submitted in
@@ -39,7 +41,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Pending completions that raise the interrupt at once.
 pub const MODERATION_BATCH: usize = 16;
-/// Longest a completion waits for its interrupt while the queue stays busy.
+/// How long a completion waits for its interrupt while the queue stays
+/// busy, before the timer's slack and wake-up (see the module's
+/// documentation).
 pub const MODERATION_DELAY: Duration = Duration::from_micros(30);
 
 #[derive(Default)]
