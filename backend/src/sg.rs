@@ -210,7 +210,7 @@ impl SgList {
     /// compare with other lists later ([`Spans::overlaps`]), at the cost of
     /// a copy of a few addresses.
     pub fn spans(&self) -> Spans {
-        Spans(Segments::from_slice(&self.segs))
+        Spans(self.segs.clone())
     }
 
     /// Removes and returns the first `len` bytes, or `None` (leaving the list
