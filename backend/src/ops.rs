@@ -78,9 +78,9 @@ pub enum Operation {
     /// §8.5.
     Sha256,
     /// §8.6.
-    AesGcmSeal(Box<GcmKey>),
+    AesGcmSeal(GcmKey),
     /// §8.7.
-    AesGcmOpen(Box<GcmKey>, [u8; GCM_TAG_SIZE]),
+    AesGcmOpen(GcmKey, [u8; GCM_TAG_SIZE]),
     /// §8.8.
     DeflateCompress {
         /// Framing.
@@ -133,12 +133,10 @@ impl Operation {
             Op::AesGcmSeal | Op::AesGcmOpen => {
                 let p = AesGcmParams::from_params(raw);
                 reserved_ok(all_zero(&p.reserved))?;
-                // Boxed, so that moves of the operation copy no key
-                // material (which only the box's drop wipes).
-                let key = Box::new(GcmKey {
+                let key = GcmKey {
                     key: p.key,
                     iv: p.iv,
-                });
+                };
                 if op == Op::AesGcmSeal {
                     reserved_ok(all_zero(&p.tag))?;
                     Operation::AesGcmSeal(key)
@@ -716,15 +714,9 @@ mod tests {
             iv: [4; GCM_IV_SIZE],
         };
         let job = buffers
-            .job(
-                Operation::AesGcmSeal(Box::new(key)),
-                &[0, 1],
-                &[2],
-                |_| 4096,
-                0,
-            )
+            .job(Operation::AesGcmSeal(key), &[0, 1], &[2], |_| 4096, 0)
             .unwrap();
-        execute(&job.operation, job.inputs(), job.outputs(), scratch, &never)
+        execute(&job.operation, &job.inputs, &job.outputs, scratch, &never)
     }
 
     #[test]
@@ -781,8 +773,8 @@ mod tests {
         let mut scratch = Scratch::default();
         execute(
             &job.operation,
-            job.inputs(),
-            job.outputs(),
+            &job.inputs,
+            &job.outputs,
             &mut scratch,
             cancelled,
         )
@@ -791,10 +783,10 @@ mod tests {
     #[test]
     fn every_operation_stops_between_chunks_once_cancelled() {
         const SIZE: usize = 4 << 20;
-        let key = Box::new(GcmKey {
+        let key = GcmKey {
             key: [3; 32],
             iv: [4; GCM_IV_SIZE],
-        });
+        };
         let raw = DeflateFormat::Raw;
         let mut packer = Compress::new(Compression::new(6), false);
         let mut packed = vec![0; 64 << 10];
