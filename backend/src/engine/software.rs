@@ -10,9 +10,10 @@
 //! completion has waited [`MODERATION_DELAY`]; a timer thread enforces that
 //! delay when no other completion comes along (a short job finishing next to
 //! a long one). The timer's timed wait adds the thread's timer slack (50 µs
-//! by default) and its wake-up to the delay: a completion waits about
-//! 100 µs at most for its interrupt on the 2-CPU test machine
-//! (`docs/benchmarks.md`, "2026-12-05 (4)").
+//! by default) and its wake-up to the delay: on the 2-CPU test machine a
+//! 30 µs timed wait lasted 100 µs at p50 and 839 µs at p99
+//! (`docs/benchmarks.md`, "2026-12-05 (4)"), so that is how long such a
+//! completion may wait for its interrupt.
 //!
 //! Cancelling a queue ([`HwQueue::cancel`]) takes its waiting jobs out of the
 //! run queue and moves the queue to a new *epoch*: a running job submitted in
