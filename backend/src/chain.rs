@@ -13,12 +13,14 @@
 //! that the response can still be written. The lists it makes hold that
 //! snapshot, so its mappings live as long as they do.
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory, VolatileSlice,
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileMemory,
+    VolatileSlice,
 };
 
 use crate::sg::{HostSeg, SgError, SgList};
@@ -258,6 +260,7 @@ pub fn walk(start: ChainStart, mem: &Arc<GuestMemoryMmap>, max_descriptors: u32)
 /// One walk in progress.
 struct Walker<'a> {
     mem: &'a Arc<GuestMemoryMmap>,
+    translator: Translator<'a>,
     max_descriptors: u32,
     walk: Walk,
     /// Buffer descriptors met, those of an indirect table included.
@@ -274,6 +277,7 @@ impl<'a> Walker<'a> {
     fn new(mem: &'a Arc<GuestMemoryMmap>, max_descriptors: u32) -> Self {
         Walker {
             mem,
+            translator: Translator::new(mem),
             max_descriptors,
             walk: Walk::default(),
             count: 0,
@@ -354,7 +358,10 @@ impl<'a> Walker<'a> {
         } else {
             &mut self.walk.readable
         };
-        if let Err(error) = translate(self.mem, desc.addr().0, u64::from(desc.len()), list) {
+        let translated = self
+            .translator
+            .translate(desc.addr().0, u64::from(desc.len()), list);
+        if let Err(error) = translated {
             self.writable_broken |= writable;
             self.walk.fail(error);
         }
@@ -370,38 +377,108 @@ pub fn translate(
     len: u64,
     list: &mut SgList,
 ) -> Result<(), ChainError> {
-    let bad = ChainError::BadAddress { addr, len };
-    let count = usize::try_from(len).map_err(|_| bad)?;
-    let pushed = |e| match e {
-        SgError::TooLong => ChainError::Overflow,
-        SgError::OtherOwner => ChainError::OtherSnapshot,
-    };
-    // Most buffers lie in one region: one look-up, one segment.
-    if count > 0 {
-        if let Ok(slice) = GuestMemoryBackend::get_slice(&**mem, GuestAddress(addr), count) {
-            let seg = HostSeg::from_volatile(&slice).ok_or(bad)?;
-            // SAFETY: `slice` lies in one region of `mem`, mapped
-            // read-write until the region drops, after the last clone of
-            // `mem` (the table counts references to its regions).
-            return unsafe { list.push(seg, mem) }.map_err(pushed);
+    Translator::new(mem).translate(addr, len, list)
+}
+
+/// Translates guest buffers of one memory snapshot to host segments,
+/// remembering the region of the last one: the buffers of a chain mostly
+/// lie in one region, which is then looked up once.
+pub struct Translator<'a> {
+    mem: &'a Arc<GuestMemoryMmap>,
+    last: Option<Region>,
+}
+
+/// A region of guest memory and where the snapshot maps it.
+#[derive(Clone, Copy)]
+struct Region {
+    start: u64,
+    len: u64,
+    host: NonNull<u8>,
+}
+
+impl Region {
+    /// The region of `mem` holding guest address `addr`.
+    fn of(mem: &GuestMemoryMmap, addr: u64) -> Option<Self> {
+        let region = mem.find_region(GuestAddress(addr))?;
+        Some(Region {
+            start: region.start_addr().0,
+            len: GuestMemoryRegion::len(region),
+            host: NonNull::new(region.as_ptr())?,
+        })
+    }
+
+    /// The host run of the `count` bytes at guest address `addr`, if they
+    /// all lie in this region.
+    fn run(&self, addr: u64, count: usize) -> Option<HostSeg> {
+        let offset = addr.checked_sub(self.start)?;
+        let end = offset.checked_add(u64::try_from(count).ok()?)?;
+        if end > self.len {
+            return None;
         }
+        let offset = usize::try_from(offset).ok()?;
+        // SAFETY: `offset + count <= len`: the run lies within the region's
+        // mapping, which begins at `host`.
+        let start = unsafe { self.host.add(offset) };
+        Some(HostSeg::new(start, count))
     }
-    let before = list.len();
-    let appended = mem
-        .get_slices(vm_memory::GuestAddress(addr), count)
-        .try_for_each(|slice| {
-            let slice = slice.map_err(|_| bad)?;
-            let seg = HostSeg::from_volatile(&slice).ok_or(bad)?;
-            // SAFETY: `slice` is one run of a region of `mem`, mapped
-            // read-write until the region drops, which is after the last
-            // clone of `mem` (the regions are reference-counted by the table).
-            unsafe { list.push(seg, mem) }.map_err(pushed)
-        });
-    if appended.is_err() {
-        // All or nothing: the list ends where it ended before.
-        list.truncate(before);
+}
+
+impl<'a> Translator<'a> {
+    /// A translator of buffers of `mem`.
+    pub fn new(mem: &'a Arc<GuestMemoryMmap>) -> Self {
+        Translator { mem, last: None }
     }
-    appended
+
+    /// Appends the host segments of `len` bytes at guest address `addr` to
+    /// `list`, which then holds the snapshot (it must be empty or hold it
+    /// already).
+    pub fn translate(&mut self, addr: u64, len: u64, list: &mut SgList) -> Result<(), ChainError> {
+        let bad = ChainError::BadAddress { addr, len };
+        let count = usize::try_from(len).map_err(|_| bad)?;
+        let pushed = |e| match e {
+            SgError::TooLong => ChainError::Overflow,
+            SgError::OtherOwner => ChainError::OtherSnapshot,
+        };
+        // Most buffers lie in one region: one segment.
+        if count > 0 {
+            if let Some(seg) = self.in_one_region(addr, count) {
+                // SAFETY: the segment lies in one region of the snapshot,
+                // mapped read-write until the region drops, after the last
+                // clone of the snapshot (the table counts references to its
+                // regions).
+                return unsafe { list.push(seg, self.mem) }.map_err(pushed);
+            }
+        }
+        let before = list.len();
+        let appended = self
+            .mem
+            .get_slices(vm_memory::GuestAddress(addr), count)
+            .try_for_each(|slice| {
+                let slice = slice.map_err(|_| bad)?;
+                let seg = HostSeg::from_volatile(&slice).ok_or(bad)?;
+                // SAFETY: `slice` is one run of a region of the snapshot,
+                // mapped read-write until the region drops, which is after
+                // the last clone of the snapshot (the regions are
+                // reference-counted by the table).
+                unsafe { list.push(seg, self.mem) }.map_err(pushed)
+            });
+        if appended.is_err() {
+            // All or nothing: the list ends where it ended before.
+            list.truncate(before);
+        }
+        appended
+    }
+
+    /// The host run of the `count` bytes at `addr`, if they lie in one
+    /// region: the last one met, or the one holding `addr`.
+    fn in_one_region(&mut self, addr: u64, count: usize) -> Option<HostSeg> {
+        if let Some(seg) = self.last.and_then(|region| region.run(addr, count)) {
+            return Some(seg);
+        }
+        let region = Region::of(self.mem, addr)?;
+        self.last = Some(region);
+        region.run(addr, count)
+    }
 }
 
 #[cfg(test)]

@@ -39,10 +39,12 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::chain::{walk, ChainStart, Walk};
-use crate::command::{decode_control, decode_request, BufSpec, Control, Deps, FenceId};
+use crate::command::{
+    decode_control, decode_request, BufSpec, BufSpecs, Control, Deps, FenceId, Request,
+};
 use crate::config::TenantConfig;
 use crate::device_record::{DeviceRecord, DeviceRecordError};
-use crate::engine::{Buffers, Completion, Engine, EngineError, HwQueue, Job, Share};
+use crate::engine::{Completion, Engine, EngineError, HwQueue, Job, Share};
 use crate::fence::Fences;
 use crate::memory::{check_table, MemoryError};
 use crate::objects::{Object, ObjectError, ObjectTable};
@@ -50,7 +52,7 @@ use crate::ops::Outcome;
 use crate::quota::{Admission, QuotaKind};
 use crate::ratelimit::TenantLog;
 use crate::ring_record::{Binding, Recovered, Take, MAX_LOST_RUNS, NO_RERUN};
-use crate::sg::SgList;
+use crate::sg::{SgList, Spans};
 use crate::stats::TenantStats;
 use crate::tracking::{Restart, RingHistory, Slab};
 
@@ -1301,16 +1303,33 @@ impl Device {
             bytes: 0,
             _objects: Vec::new(),
         };
-        // Matched, not chained with `and_then`: each combinator would move
-        // the job (hundreds of bytes) once more.
-        let failed = match self.prepare(&mut walked, &mut inflight, mem) {
-            Ok((deps, job)) => match self.admit(inflight.bytes) {
-                Ok(()) => return self.schedule(queue, deps, job, inflight),
-                Err(status) => status,
-            },
-            Err(status) => status,
+        // What a second run reads again: the readable part of the chain.
+        let read_again = walked.readable.spans();
+        let request = match self.decode(&mut walked, fence) {
+            Ok(request) => request,
+            Err(status) => return self.finish(inflight, Outcome::failed(status)),
         };
-        self.finish(inflight, Outcome::failed(failed));
+        // The job is made here and filled in place: a job is hundreds of
+        // bytes, and each move through a return value would copy it again.
+        // Its cookie is set when the request enters the in-flight table.
+        let mut job = Job::new(request.operation, 0);
+        let buffers = (&request.inputs, &request.outputs);
+        if let Err(status) = self.prepare(
+            buffers,
+            read_again,
+            &mut walked,
+            &mut inflight,
+            &mut job,
+            mem,
+        ) {
+            return self.finish(inflight, Outcome::failed(status));
+        }
+        job.cookie = self.inflight.insert(inflight);
+        if self.dependencies_signalled(&request.deps) {
+            self.make_ready(queue, job);
+        } else {
+            self.park(queue, &request.deps, job);
+        }
     }
 
     /// Applies the tenant's request quotas to a valid request of `bytes`
@@ -1333,14 +1352,10 @@ impl Device {
         Status::Busy
     }
 
-    /// Decodes and resolves a request into a job (§6.1, §6.3).
-    fn prepare(
-        &mut self,
-        walked: &mut Walk,
-        inflight: &mut InFlight,
-        mem: &Snapshot,
-    ) -> Result<(Deps, Job), Status> {
-        let readable = walked.readable.spans();
+    /// Decodes the request of a walked chain (§6.1), checking that the
+    /// device may run it and that its dependencies are fences it issued
+    /// before `fence`, its own (§6.2).
+    fn decode(&mut self, walked: &mut Walk, fence: FenceId) -> Result<Request, Status> {
         if let Some(error) = walked.error {
             self.guest_error(format_args!("request chain: {error}"));
             return Err(error.status());
@@ -1359,43 +1374,53 @@ impl Device {
         }
         for dep in &request.deps {
             // A request cannot wait for itself: its own fence counts as not issued (§6.2).
-            if *dep == inflight.fence || self.fences.is_signalled(*dep).is_err() {
+            if *dep == fence || self.fences.is_signalled(*dep).is_err() {
                 self.guest_error(format_args!("request depends on unknown fence {dep:?}"));
                 return Err(Status::NoFence);
             }
         }
+        Ok(request)
+    }
+
+    /// Resolves a request's buffers, `(inputs, outputs)`, into `job` (§6.3)
+    /// and admits it (§10.3). `walked` holds the chain's buffers past the
+    /// header, and `read_again` the runs of memory a second run reads.
+    fn prepare(
+        &mut self,
+        (inputs, outputs): (&BufSpecs, &BufSpecs),
+        mut read_again: Spans,
+        walked: &mut Walk,
+        inflight: &mut InFlight,
+        job: &mut Job,
+        mem: &Snapshot,
+    ) -> Result<(), Status> {
         let mut objects = Vec::new();
-        let mut inputs = Buffers::new();
-        for spec in &request.inputs {
-            inputs.push(self.resolve(*spec, &mut walked.readable, mem, &mut objects)?);
+        for spec in inputs {
+            let input = self.resolve(*spec, &mut walked.readable, mem, &mut objects)?;
+            if matches!(spec, BufSpec::Object { .. }) {
+                read_again.add(&input);
+            }
+            job.push_input(input);
         }
-        let mut outputs = Buffers::new();
-        for spec in &request.outputs {
-            outputs.push(self.resolve(*spec, &mut walked.writable, mem, &mut objects)?);
+        for spec in outputs {
+            let output = self.resolve(*spec, &mut walked.writable, mem, &mut objects)?;
+            job.push_output(output);
         }
-        let overwrites_input = |output: &SgList| {
-            readable.overlaps(output) || inputs.iter().any(|input| input.overlaps(output))
-        };
-        inflight.no_rerun |=
-            overwrites_input(&inflight.resp) || outputs.iter().any(overwrites_input);
-        inflight.bytes = request
-            .inputs
-            .iter()
-            .chain(&request.outputs)
-            .fold(0u64, |sum, spec| sum.saturating_add(spec.len()));
-        inflight.direct_output = request
-            .outputs
+        inflight.no_rerun |= read_again.overlaps(&inflight.resp)
+            || job
+                .outputs()
+                .iter()
+                .any(|output| read_again.overlaps(output));
+        let mut bytes = 0u64;
+        for spec in inputs.iter().chain(outputs) {
+            bytes = bytes.saturating_add(spec.len());
+        }
+        inflight.bytes = bytes;
+        inflight.direct_output = outputs
             .iter()
             .any(|spec| matches!(spec, BufSpec::Direct { .. }));
         inflight._objects = objects;
-        let job = Job {
-            operation: request.operation,
-            inputs,
-            outputs,
-            // Set when the request enters the in-flight table (`schedule`).
-            cookie: 0,
-        };
-        Ok((request.deps, job))
+        self.admit(bytes)
     }
 
     /// Host buffers of one buffer reference (§6.3); direct data is taken off `direct`.
@@ -1450,28 +1475,30 @@ impl Device {
         }
     }
 
-    /// Sends the job now, or parks it until its dependencies signal (§6.2).
+    /// Whether every fence of `deps` has signalled (§6.2).
     // A stage of the instruction budget (`accel-budget`): kept out of line
     // so that callgrind counts it.
     #[inline(never)]
-    fn schedule(&mut self, queue: u16, deps: Deps, mut job: Job, inflight: InFlight) {
-        job.cookie = self.inflight.insert(inflight);
-        let pending: Deps = deps
-            .into_iter()
-            .filter(|dep| self.fences.is_signalled(*dep) == Ok(false))
-            .collect();
-        if pending.is_empty() {
-            self.make_ready(queue, job);
-            return;
-        }
+    fn dependencies_signalled(&self, deps: &Deps) -> bool {
+        deps.iter()
+            .all(|dep| self.fences.is_signalled(*dep) != Ok(false))
+    }
+
+    /// Parks `job`, of hardware queue `queue`, until those of `deps` that
+    /// have not signalled do (§6.2).
+    fn park(&mut self, queue: u16, deps: &Deps, job: Job) {
         let id = self.next_wait_id();
-        for dep in &pending {
-            self.fences.wait(*dep, id);
+        let mut remaining = 0;
+        for dep in deps {
+            if self.fences.is_signalled(*dep) == Ok(false) {
+                self.fences.wait(*dep, id);
+                remaining += 1;
+            }
         }
         self.waiting.insert(
             id,
             Waiting {
-                remaining: pending.len(),
+                remaining,
                 waiter: Waiter::Request {
                     queue,
                     job: Box::new(job),
@@ -1980,12 +2007,8 @@ mod tests {
         let fence = device.fences.issue(queue, seqno).unwrap();
         device.alone += usize::from(alone);
         let cookie = device.inflight.insert(bare_request(fence, alone));
-        device.ready[usize::from(queue)].push(Job {
-            operation: crate::ops::Operation::Crc32c { seed: 0 },
-            inputs: Buffers::new(),
-            outputs: Buffers::new(),
-            cookie,
-        });
+        device.ready[usize::from(queue)]
+            .push(Job::new(crate::ops::Operation::Crc32c { seed: 0 }, cookie));
     }
 
     /// Waits for `count` completions of hardware queue `queue`, then

@@ -16,7 +16,7 @@ use thiserror::Error;
 use virtio_accel_spec::Status;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::chain::{translate, ChainError};
+use crate::chain::{ChainError, Translator};
 use crate::config::Limits;
 use crate::device_record::{DeviceRecord, DeviceRecordError, ObjectEntry, ObjectState};
 use crate::quota::{Admission, QuotaKind};
@@ -131,13 +131,15 @@ impl Object {
             return Err(range());
         }
         let mut list = SgList::new();
+        let mut translator = Translator::new(mem);
         let mut seg_start = 0u64;
         for &(addr, seg_len) in &self.segments {
             let seg_end = seg_start + seg_len;
             let from = offset.max(seg_start);
             let to = end.min(seg_end);
             if from < to {
-                translate(mem, addr + (from - seg_start), to - from, &mut list)
+                translator
+                    .translate(addr + (from - seg_start), to - from, &mut list)
                     .map_err(ObjectError::Unmapped)?;
             }
             if seg_end >= end {

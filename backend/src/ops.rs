@@ -78,9 +78,9 @@ pub enum Operation {
     /// §8.5.
     Sha256,
     /// §8.6.
-    AesGcmSeal(GcmKey),
+    AesGcmSeal(Box<GcmKey>),
     /// §8.7.
-    AesGcmOpen(GcmKey, [u8; GCM_TAG_SIZE]),
+    AesGcmOpen(Box<GcmKey>, [u8; GCM_TAG_SIZE]),
     /// §8.8.
     DeflateCompress {
         /// Framing.
@@ -133,10 +133,12 @@ impl Operation {
             Op::AesGcmSeal | Op::AesGcmOpen => {
                 let p = AesGcmParams::from_params(raw);
                 reserved_ok(all_zero(&p.reserved))?;
-                let key = GcmKey {
+                // Boxed, so that moves of the operation copy no key
+                // material (which only the box's drop wipes).
+                let key = Box::new(GcmKey {
                     key: p.key,
                     iv: p.iv,
-                };
+                });
                 if op == Op::AesGcmSeal {
                     reserved_ok(all_zero(&p.tag))?;
                     Operation::AesGcmSeal(key)
@@ -714,9 +716,15 @@ mod tests {
             iv: [4; GCM_IV_SIZE],
         };
         let job = buffers
-            .job(Operation::AesGcmSeal(key), &[0, 1], &[2], |_| 4096, 0)
+            .job(
+                Operation::AesGcmSeal(Box::new(key)),
+                &[0, 1],
+                &[2],
+                |_| 4096,
+                0,
+            )
             .unwrap();
-        execute(&job.operation, &job.inputs, &job.outputs, scratch, &never)
+        execute(&job.operation, job.inputs(), job.outputs(), scratch, &never)
     }
 
     #[test]
@@ -773,8 +781,8 @@ mod tests {
         let mut scratch = Scratch::default();
         execute(
             &job.operation,
-            &job.inputs,
-            &job.outputs,
+            job.inputs(),
+            job.outputs(),
             &mut scratch,
             cancelled,
         )
@@ -783,10 +791,10 @@ mod tests {
     #[test]
     fn every_operation_stops_between_chunks_once_cancelled() {
         const SIZE: usize = 4 << 20;
-        let key = GcmKey {
+        let key = Box::new(GcmKey {
             key: [3; 32],
             iv: [4; GCM_IV_SIZE],
-        };
+        });
         let raw = DeflateFormat::Raw;
         let mut packer = Compress::new(Compression::new(6), false);
         let mut packed = vec![0; 64 << 10];

@@ -120,6 +120,11 @@ fn segments_overlap(ours: &[HostSeg], theirs: &[HostSeg]) -> bool {
 pub struct Spans(Segments);
 
 impl Spans {
+    /// Adds the runs of `list`.
+    pub fn add(&mut self, list: &SgList) {
+        self.0.extend_from_slice(&list.segs);
+    }
+
     /// Whether a byte of host memory is in these runs and in `list`.
     pub fn overlaps(&self, list: &SgList) -> bool {
         segments_overlap(&self.0, &list.segs)
@@ -566,12 +571,14 @@ impl OwnedBuffers {
         cookie: u64,
     ) -> Option<crate::engine::Job> {
         let list = |&index: &usize| self.sg(index, seg_size(index));
-        Some(crate::engine::Job {
-            operation,
-            inputs: inputs.iter().map(list).collect::<Option<_>>()?,
-            outputs: outputs.iter().map(list).collect::<Option<_>>()?,
-            cookie,
-        })
+        let mut job = crate::engine::Job::new(operation, cookie);
+        for input in inputs {
+            job.push_input(list(input)?);
+        }
+        for output in outputs {
+            job.push_output(list(output)?);
+        }
+        Some(job)
     }
 
     /// A list over buffer `index` split into segments of at most `seg_size`
@@ -815,8 +822,8 @@ mod tests {
         let job = owned
             .job(crate::ops::Operation::Sha256, &[0], &[], |_| 5, 1)
             .unwrap();
-        let tail = job.inputs[0].slice(10, 40).unwrap();
-        let clone = job.inputs[0].clone();
+        let tail = job.inputs()[0].slice(10, 40).unwrap();
+        let clone = job.inputs()[0].clone();
         drop(job);
         drop(owned);
         assert_eq!(bytes_of(&clone), pattern(64));

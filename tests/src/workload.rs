@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use accel_driver::{DmaBuf, DmaMemory};
 pub use accelctl::workload::Workload;
-use vhost_user_accel::engine::{Buffers, Job};
+use vhost_user_accel::engine::Job;
 use vhost_user_accel::ops::Operation;
 use vhost_user_accel::sg::{HostSeg, SgList};
 
@@ -37,15 +37,13 @@ pub fn engine_job(
         }
         Some(list)
     });
-    let inputs = lists
-        .by_ref()
-        .take(workload.inputs.len())
-        .collect::<Option<Buffers>>()?;
-    let outputs = lists.collect::<Option<Buffers>>()?;
-    Some(Job {
-        operation: Operation::decode(workload.op, &workload.params).ok()?,
-        inputs,
-        outputs,
-        cookie,
-    })
+    let operation = Operation::decode(workload.op, &workload.params).ok()?;
+    let mut job = Job::new(operation, cookie);
+    for input in lists.by_ref().take(workload.inputs.len()) {
+        job.push_input(input?);
+    }
+    for output in lists {
+        job.push_output(output?);
+    }
+    Some(job)
 }

@@ -44,22 +44,62 @@ pub enum EngineError {
     },
 }
 
-/// The buffers of one side of a job (no operation has more than two, §8).
-pub type Buffers = SmallVec<[SgList; 2]>;
+/// The buffers of a job, inline: no operation has more than three (§8).
+type Buffers = SmallVec<[SgList; 3]>;
 
 /// One unit of work, as a hardware descriptor would carry it. Its lists keep
 /// the memory of their segments mapped (see [`crate::sg`]); the engine drops
 /// the job only after it has finished with the buffers.
+///
+/// A job is moved from the request that makes it to the engine's queue: it
+/// is kept within 256 bytes, which a move copies with a few vector loads and
+/// stores.
 #[derive(Debug)]
 pub struct Job {
     /// What to do.
     pub operation: Operation,
-    /// Input buffers, in the operation's order (§8).
-    pub inputs: Buffers,
-    /// Output buffers, in the operation's order (§8).
-    pub outputs: Buffers,
+    /// Its input buffers, then its output buffers, each in the operation's
+    /// order (§8).
+    buffers: Buffers,
+    /// How many of `buffers` are inputs.
+    inputs: usize,
     /// Opaque value returned with the completion.
     pub cookie: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Job>() <= 256);
+
+impl Job {
+    /// A job of `operation`, without buffers yet.
+    pub fn new(operation: Operation, cookie: u64) -> Self {
+        Job {
+            operation,
+            buffers: Buffers::new(),
+            inputs: 0,
+            cookie,
+        }
+    }
+
+    /// Adds an input buffer, after the other inputs.
+    pub fn push_input(&mut self, list: SgList) {
+        self.buffers.insert(self.inputs, list);
+        self.inputs += 1;
+    }
+
+    /// Adds an output buffer, after the other outputs.
+    pub fn push_output(&mut self, list: SgList) {
+        self.buffers.push(list);
+    }
+
+    /// The input buffers, in the operation's order (§8).
+    pub fn inputs(&self) -> &[SgList] {
+        self.buffers.get(..self.inputs).unwrap_or_default()
+    }
+
+    /// The output buffers, in the operation's order (§8).
+    pub fn outputs(&self) -> &[SgList] {
+        self.buffers.get(self.inputs..).unwrap_or_default()
+    }
 }
 
 /// The completion of a [`Job`].

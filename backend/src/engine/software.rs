@@ -391,8 +391,8 @@ fn run_job(job: &Job, scratch: &mut Scratch, cancelled: &dyn Fn() -> bool) -> Re
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         execute(
             &job.operation,
-            &job.inputs,
-            &job.outputs,
+            job.inputs(),
+            job.outputs(),
             scratch,
             cancelled,
         )

@@ -14,7 +14,7 @@
 //! |---|---|
 //! | chain walk | `chain::walk` |
 //! | decode | `command::decode_request` |
-//! | objects and fences | `Device::resolve`, `Device::schedule` |
+//! | objects and fences | `Device::resolve`, `Device::dependencies_signalled` |
 //! | submit | `Device::submit_ready` |
 //! | completion | `Device::finish_all` |
 //! | used ring | `Device::publish_used`, less the notification |
@@ -82,7 +82,7 @@ const STAGES: [(&str, &[&str]); 7] = [
         "objects and fences",
         &[
             "vhost_user_accel::device::Device::resolve",
-            "vhost_user_accel::device::Device::schedule",
+            "vhost_user_accel::device::Device::dependencies_signalled",
         ],
     ),
     (
