@@ -55,6 +55,7 @@ use crate::ring_record::{Binding, Recovered, Take, MAX_LOST_RUNS, NO_RERUN};
 use crate::sg::{SgList, Spans};
 use crate::stats::TenantStats;
 use crate::tracking::{Restart, RingHistory, Slab};
+use crate::used;
 
 /// Errors that stop processing of a queue (as opposed to a bad request, which
 /// only fails that request).
@@ -1789,19 +1790,16 @@ impl Device {
             self.record.poison();
         }
         let mut state = vring.get_mut();
-        let queue = state.get_queue_mut();
-        for &(head, len) in batch {
-            if let Err(e) = queue.add_used(&**mem, head, len) {
-                self.guest_error(format_args!(
-                    "virtqueue {vq}: cannot return head {head}: {e}"
-                ));
-                self.record.poison();
-            }
-        }
+        let notify = used::publish(state.get_queue_mut(), mem, batch, |head, e| {
+            self.guest_error(format_args!(
+                "virtqueue {vq}: cannot return head {head}: {e}"
+            ));
+            self.record.poison();
+        });
         if let Some(ring) = record {
             ring.end_publish(batch);
         }
-        queue.needs_notification(&**mem).unwrap_or(true)
+        notify
     }
 
     /// Takes one control command (§7), number `seqno` of the control queue.

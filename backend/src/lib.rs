@@ -17,6 +17,7 @@
 //!   took, completed and published, for the process after a crash (§11.3);
 //! - [`device_record`]: the record of a tenant's device, every virtqueue's,
 //!   in memory that outlives the tenant's process;
+//! - [`used`]: a virtqueue's used ring, written a batch at a time;
 //! - [`device`]: the device model tying them together, one per connection;
 //! - [`backend`]: the device's side of a connection: messages and events
 //!   in, calls into the device out;
@@ -65,6 +66,7 @@ pub mod stats;
 pub mod supervisor;
 pub mod tenant_process;
 pub mod tracking;
+pub mod used;
 
 pub use config::{Config, EngineKind, Limits, SocketSource, TenantConfig};
 pub use server::{Server, ServerError};

@@ -210,7 +210,7 @@ impl SgList {
     /// compare with other lists later ([`Spans::overlaps`]), at the cost of
     /// a copy of a few addresses.
     pub fn spans(&self) -> Spans {
-        Spans(self.segs.clone())
+        Spans(Segments::from_slice(&self.segs))
     }
 
     /// Removes and returns the first `len` bytes, or `None` (leaving the list

@@ -82,7 +82,11 @@ impl Job {
 
     /// Adds an input buffer, after the other inputs.
     pub fn push_input(&mut self, list: SgList) {
-        self.buffers.insert(self.inputs, list);
+        if self.inputs == self.buffers.len() {
+            self.buffers.push(list);
+        } else {
+            self.buffers.insert(self.inputs, list);
+        }
         self.inputs += 1;
     }
 
