@@ -161,11 +161,11 @@ struct Table<'m> {
 }
 
 impl<'m> Table<'m> {
-    /// The table of `entries` descriptors at `addr` in `mem`.
-    fn new(mem: &'m GuestMemoryMmap, addr: u64, entries: u32, indirect: bool) -> Self {
+    /// The table of `entries` descriptors at `addr` in the memory of
+    /// `translator`.
+    fn new(translator: &mut Translator<'m>, addr: u64, entries: u32, indirect: bool) -> Self {
         let bytes = usize::try_from(u64::from(entries) * u64::from(DESC_SIZE)).ok();
-        let mapped = bytes
-            .and_then(|bytes| GuestMemoryBackend::get_slice(mem, GuestAddress(addr), bytes).ok());
+        let mapped = bytes.and_then(|bytes| translator.slice(addr, bytes));
         Table {
             addr,
             entries,
@@ -222,7 +222,12 @@ fn read_descriptor(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<Descript
 #[inline(never)]
 pub fn walk(start: ChainStart, mem: &Arc<GuestMemoryMmap>, max_descriptors: u32) -> Walk {
     let mut walker = Walker::new(mem, max_descriptors);
-    let mut table = Table::new(mem, start.table, u32::from(start.size), false);
+    let mut table = Table::new(
+        &mut walker.translator,
+        start.table,
+        u32::from(start.size),
+        false,
+    );
     let mut index = start.head;
     let mut linked: u32 = 0;
     loop {
@@ -324,7 +329,7 @@ impl<'a> Walker<'a> {
             self.malformed(ChainError::IndirectOutside { addr, len: whole });
             return None;
         }
-        Some(Table::new(self.mem, addr, entries, true))
+        Some(Table::new(&mut self.translator, addr, entries, true))
     }
 
     /// Takes one buffer descriptor; false once the walk has gone as far past
@@ -369,17 +374,6 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// Appends the host segments of `len` bytes at guest address `addr` to
-/// `list`, which then holds `mem` (it must be empty or hold `mem` already).
-pub fn translate(
-    mem: &Arc<GuestMemoryMmap>,
-    addr: u64,
-    len: u64,
-    list: &mut SgList,
-) -> Result<(), ChainError> {
-    Translator::new(mem).translate(addr, len, list)
-}
-
 /// Translates guest buffers of one memory snapshot to host segments,
 /// remembering the region of the last one: the buffers of a chain mostly
 /// lie in one region, which is then looked up once.
@@ -388,7 +382,9 @@ pub struct Translator<'a> {
     last: Option<Region>,
 }
 
-/// A region of guest memory and where the snapshot maps it.
+/// A region of guest memory and where the snapshot maps it. `host` is a raw
+/// address: it stays valid only while the [`Translator`] holding it borrows
+/// the snapshot.
 #[derive(Clone, Copy)]
 struct Region {
     start: u64,
@@ -407,19 +403,18 @@ impl Region {
         })
     }
 
-    /// The host run of the `count` bytes at guest address `addr`, if they
-    /// all lie in this region.
-    fn run(&self, addr: u64, count: usize) -> Option<HostSeg> {
+    /// Where the `count` bytes at guest address `addr` begin in the
+    /// mapping, if they all lie in this region.
+    fn host_address(&self, addr: u64, count: usize) -> Option<NonNull<u8>> {
         let offset = addr.checked_sub(self.start)?;
         let end = offset.checked_add(u64::try_from(count).ok()?)?;
         if end > self.len {
             return None;
         }
         let offset = usize::try_from(offset).ok()?;
-        // SAFETY: `offset + count <= len`: the run lies within the region's
+        // SAFETY: `offset + count <= len`: the bytes lie within the region's
         // mapping, which begins at `host`.
-        let start = unsafe { self.host.add(offset) };
-        Some(HostSeg::new(start, count))
+        Some(unsafe { self.host.add(offset) })
     }
 }
 
@@ -441,12 +436,12 @@ impl<'a> Translator<'a> {
         };
         // Most buffers lie in one region: one segment.
         if count > 0 {
-            if let Some(seg) = self.in_one_region(addr, count) {
+            if let Some(start) = self.in_one_region(addr, count) {
                 // SAFETY: the segment lies in one region of the snapshot,
                 // mapped read-write until the region drops, after the last
                 // clone of the snapshot (the table counts references to its
                 // regions).
-                return unsafe { list.push(seg, self.mem) }.map_err(pushed);
+                return unsafe { list.push(HostSeg::new(start, count), self.mem) }.map_err(pushed);
             }
         }
         let before = list.len();
@@ -469,15 +464,28 @@ impl<'a> Translator<'a> {
         appended
     }
 
-    /// The host run of the `count` bytes at `addr`, if they lie in one
-    /// region: the last one met, or the one holding `addr`.
-    fn in_one_region(&mut self, addr: u64, count: usize) -> Option<HostSeg> {
-        if let Some(seg) = self.last.and_then(|region| region.run(addr, count)) {
-            return Some(seg);
+    /// The `count` bytes at guest address `addr`, as one slice of guest
+    /// memory, if they lie in one region.
+    fn slice(&mut self, addr: u64, count: usize) -> Option<VolatileSlice<'a>> {
+        let start = self.in_one_region(addr, count)?;
+        // SAFETY: the bytes lie in one region of the snapshot, which stays
+        // mapped while the snapshot is borrowed for `'a`.
+        Some(unsafe { VolatileSlice::new(start.as_ptr(), count) })
+    }
+
+    /// Where the `count` bytes at guest address `addr` begin in the host's
+    /// mapping, if they lie in one region: the last one met, or the one
+    /// holding `addr`.
+    fn in_one_region(&mut self, addr: u64, count: usize) -> Option<NonNull<u8>> {
+        if let Some(start) = self
+            .last
+            .and_then(|region| region.host_address(addr, count))
+        {
+            return Some(start);
         }
         let region = Region::of(self.mem, addr)?;
         self.last = Some(region);
-        region.run(addr, count)
+        region.host_address(addr, count)
     }
 }
 
@@ -546,12 +554,14 @@ mod tests {
         let data = vec![0x3c_u8; 64];
         mem.write_slice(&data, GuestAddress(BOUNDARY - 32)).unwrap();
         let mut list = SgList::new();
-        translate(&mem, BOUNDARY - 32, 64, &mut list).unwrap();
+        Translator::new(&mem)
+            .translate(BOUNDARY - 32, 64, &mut list)
+            .unwrap();
         let mut read = vec![0; 64];
         assert_eq!(list.read_into(&mut read), 64);
         assert_eq!(read, data);
         assert_eq!(
-            translate(&mem, HOLE - 16, 32, &mut list),
+            Translator::new(&mem).translate(HOLE - 16, 32, &mut list),
             Err(ChainError::BadAddress {
                 addr: HOLE - 16,
                 len: 32
@@ -753,8 +763,12 @@ mod tests {
         let mem =
             Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x2000)]).unwrap());
         let mut list = SgList::new();
-        translate(&mem, 0x1000, 0x100, &mut list).unwrap();
-        let error = translate(&mem, 0x2800, 0x1000, &mut list).unwrap_err();
+        Translator::new(&mem)
+            .translate(0x1000, 0x100, &mut list)
+            .unwrap();
+        let error = Translator::new(&mem)
+            .translate(0x2800, 0x1000, &mut list)
+            .unwrap_err();
         assert_eq!(
             error,
             ChainError::BadAddress {
@@ -766,7 +780,7 @@ mod tests {
         let other =
             Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x2000)]).unwrap());
         assert_eq!(
-            translate(&other, 0x1000, 0x10, &mut list),
+            Translator::new(&other).translate(0x1000, 0x10, &mut list),
             Err(ChainError::OtherSnapshot),
             "a list holds one snapshot"
         );

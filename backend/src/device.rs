@@ -39,9 +39,7 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::chain::{walk, ChainStart, Walk};
-use crate::command::{
-    decode_control, decode_request, BufSpec, BufSpecs, Control, Deps, FenceId, Request,
-};
+use crate::command::{decode_control, decode_request, BufSpec, Control, Deps, FenceId, Request};
 use crate::config::TenantConfig;
 use crate::device_record::{DeviceRecord, DeviceRecordError};
 use crate::engine::{Completion, Engine, EngineError, HwQueue, Job, Share};
@@ -1220,12 +1218,12 @@ impl Device {
     /// request `seqno` of its queue, whose fence is issued.
     fn accept_chain(&mut self, vq: u16, start: ChainStart, mem: &Snapshot, seqno: u64) {
         // The lists hold `mem`: whatever is made of them keeps it mapped.
-        let walked = walk(start, mem, self.config.limits.max_segments);
+        let mut walked = walk(start, mem, self.config.limits.max_segments);
         match request_queue(vq) {
-            None => self.accept_control(start.head, walked, mem, seqno),
+            None => self.accept_control(start.head, &mut walked, mem, seqno),
             Some(queue) => {
                 let fence = FenceId { queue, seqno };
-                self.accept_request(vq, start.head, walked, mem, fence);
+                self.accept_request(vq, start.head, &mut walked, mem, fence);
             }
         }
     }
@@ -1275,7 +1273,7 @@ impl Device {
         &mut self,
         vq: u16,
         head: u16,
-        mut walked: Walk,
+        walked: &mut Walk,
         mem: &Snapshot,
         fence: FenceId,
     ) {
@@ -1287,8 +1285,8 @@ impl Device {
             self.finish_unanswered(vq, head, fence);
             return;
         };
-        // Its header and direct input, which a second run reads again, are
-        // the readable part of the chain.
+        // A second run reads the readable part of the chain again (its
+        // header and direct input): a response over it forbids one.
         let no_rerun = walked.readable.overlaps(&resp);
         let alone = self.replaying == Replay::Alone;
         self.alone += usize::from(alone);
@@ -1304,25 +1302,22 @@ impl Device {
             bytes: 0,
             _objects: Vec::new(),
         };
-        // What a second run reads again: the readable part of the chain.
+        // Kept before decoding takes the header off the list.
         let read_again = walked.readable.spans();
-        let request = match self.decode(&mut walked, fence) {
+        let request = match self.decode(walked) {
             Ok(request) => request,
             Err(status) => return self.finish(inflight, Outcome::failed(status)),
         };
+        if let Err(status) = self.check(&request, fence) {
+            return self.finish(inflight, Outcome::failed(status));
+        }
         // The job is made here and filled in place: a job is hundreds of
         // bytes, and each move through a return value would copy it again.
         // Its cookie is set when the request enters the in-flight table.
-        let mut job = Job::new(request.operation, 0);
-        let buffers = (&request.inputs, &request.outputs);
-        if let Err(status) = self.prepare(
-            buffers,
-            read_again,
-            &mut walked,
-            &mut inflight,
-            &mut job,
-            mem,
-        ) {
+        let mut job = Job::new(request.operation.clone(), 0);
+        if let Err(status) =
+            self.prepare(&request, read_again, walked, &mut inflight, &mut job, mem)
+        {
             return self.finish(inflight, Outcome::failed(status));
         }
         job.cookie = self.inflight.insert(inflight);
@@ -1353,19 +1348,22 @@ impl Device {
         Status::Busy
     }
 
-    /// Decodes the request of a walked chain (§6.1), checking that the
-    /// device may run it and that its dependencies are fences it issued
-    /// before `fence`, its own (§6.2).
-    fn decode(&mut self, walked: &mut Walk, fence: FenceId) -> Result<Request, Status> {
+    /// Decodes the request of a walked chain (§6.1).
+    fn decode(&mut self, walked: &mut Walk) -> Result<Request, Status> {
         if let Some(error) = walked.error {
             self.guest_error(format_args!("request chain: {error}"));
             return Err(error.status());
         }
-        let request = decode_request(&mut walked.readable, &self.config.limits).map_err(|e| {
+        decode_request(&mut walked.readable, &self.config.limits).map_err(|e| {
             let status = e.status();
             self.guest_error(format_args!("request: {e}"));
             status
-        })?;
+        })
+    }
+
+    /// Checks that the device may run `request`, and that its dependencies
+    /// are fences it issued before `fence`, its own (§6.2).
+    fn check(&mut self, request: &Request, fence: FenceId) -> Result<(), Status> {
         let op = request.operation.op();
         if self.ops & op.capability() == 0 {
             return Err(Status::Unsupported);
@@ -1380,15 +1378,15 @@ impl Device {
                 return Err(Status::NoFence);
             }
         }
-        Ok(request)
+        Ok(())
     }
 
-    /// Resolves a request's buffers, `(inputs, outputs)`, into `job` (§6.3)
-    /// and admits it (§10.3). `walked` holds the chain's buffers past the
-    /// header, and `read_again` the runs of memory a second run reads.
+    /// Resolves the buffers of `request` into `job` (§6.3) and admits it
+    /// (§10.3). `walked` holds the chain's buffers past the header, and
+    /// `read_again` the runs of memory a second run reads.
     fn prepare(
         &mut self,
-        (inputs, outputs): (&BufSpecs, &BufSpecs),
+        request: &Request,
         mut read_again: Spans,
         walked: &mut Walk,
         inflight: &mut InFlight,
@@ -1396,14 +1394,14 @@ impl Device {
         mem: &Snapshot,
     ) -> Result<(), Status> {
         let mut objects = Vec::new();
-        for spec in inputs {
+        for spec in &request.inputs {
             let input = self.resolve(*spec, &mut walked.readable, mem, &mut objects)?;
             if matches!(spec, BufSpec::Object { .. }) {
                 read_again.add(&input);
             }
             job.push_input(input);
         }
-        for spec in outputs {
+        for spec in &request.outputs {
             let output = self.resolve(*spec, &mut walked.writable, mem, &mut objects)?;
             job.push_output(output);
         }
@@ -1413,11 +1411,12 @@ impl Device {
                 .iter()
                 .any(|output| read_again.overlaps(output));
         let mut bytes = 0u64;
-        for spec in inputs.iter().chain(outputs) {
+        for spec in request.inputs.iter().chain(&request.outputs) {
             bytes = bytes.saturating_add(spec.len());
         }
         inflight.bytes = bytes;
-        inflight.direct_output = outputs
+        inflight.direct_output = request
+            .outputs
             .iter()
             .any(|spec| matches!(spec, BufSpec::Direct { .. }));
         inflight._objects = objects;
@@ -1495,6 +1494,10 @@ impl Device {
                 self.fences.wait(*dep, id);
                 remaining += 1;
             }
+        }
+        if remaining == 0 {
+            // Nothing to wait for after all.
+            return self.make_ready(queue, job);
         }
         self.waiting.insert(
             id,
@@ -1803,7 +1806,7 @@ impl Device {
     }
 
     /// Takes one control command (§7), number `seqno` of the control queue.
-    fn accept_control(&mut self, head: u16, mut walked: Walk, mem: &Snapshot, seqno: u64) {
+    fn accept_control(&mut self, head: u16, walked: &mut Walk, mem: &Snapshot, seqno: u64) {
         let Some(resp) = walked.writable.take_front(CTRL_RESP_SIZE) else {
             self.guest_error(format_args!("control queue: no room for a response"));
             self.push_used(virtio_accel_spec::CONTROL_QUEUE, head, 0);

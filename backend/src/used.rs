@@ -5,11 +5,16 @@
 //! driver sees one store to the index it polls, not one per entry.
 //!
 //! Whether the driver asked to be notified is then decided as virtio-queue's
-//! `needs_notification` does (2.7.10): always without `VIRTIO_F_EVENT_IDX`;
+//! `needs_notification` does (2.7.7): always without `VIRTIO_F_EVENT_IDX`;
 //! with it, when the driver's `used_event` lies among the entries added
 //! since the last decision. A ring that does not lie in one region of guest
 //! memory, or whose index is not aligned, is written through virtio-queue,
-//! entry by entry.
+//! entry by entry. The two ways may alternate: virtio-queue's count of
+//! entries added since its last decision, which this way leaves alone, can
+//! then only widen its next decision to a notification more, never to one
+//! fewer. The index is stored through an atomic reference, which vm-memory's
+//! dirty-page tracking does not see: the snapshot type has no such tracking
+//! (`GuestMemoryMmap<()>`); one that had would have to mark the index.
 
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
@@ -62,7 +67,7 @@ pub fn publish(
     let Some(ring) = used_ring(queue, mem) else {
         return publish_by_entry(queue, mem, batch, refused);
     };
-    // 2.7.8: the driver aligns the used ring; an index that is not aligned
+    // 2.7: the driver aligns the used ring to 4 bytes; an index that is not aligned
     // is left to virtio-queue, which refuses it.
     let Ok(index) = ring.get_atomic_ref::<AtomicU16>(USED_INDEX) else {
         return publish_by_entry(queue, mem, batch, refused);
@@ -113,7 +118,7 @@ fn publish_by_entry(
 }
 
 /// Whether the driver wants a notification for the entries from `old` to
-/// `next` (2.7.10): always without `VIRTIO_F_EVENT_IDX`, or when the used
+/// `next` (2.7.7): always without `VIRTIO_F_EVENT_IDX`, or when the used
 /// event it wrote lies among them. One it cannot read asks for one.
 fn needs_notification(queue: &Queue, mem: &GuestMemoryMmap, old: u16, next: u16) -> bool {
     // The used index is stored before the driver's event is read.

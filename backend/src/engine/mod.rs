@@ -202,3 +202,25 @@ pub fn run_blocking(queue: &dyn HwQueue, job: Job) -> Result<Completion, EngineE
         _ => Err(EngineError::Busy),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::sg::OwnedBuffers;
+
+    /// Inputs and outputs keep their own order, whichever comes first.
+    #[test]
+    fn inputs_and_outputs_keep_their_order() {
+        let owned = OwnedBuffers::new(vec![vec![0; 1], vec![0; 2], vec![0; 3]]);
+        let list = |index| owned.sg(index, 16).unwrap();
+        let mut job = Job::new(Operation::Compare, 7);
+        job.push_output(list(2));
+        job.push_input(list(0));
+        job.push_input(list(1));
+        let lens = |lists: &[SgList]| lists.iter().map(SgList::len).collect::<Vec<_>>();
+        assert_eq!(lens(job.inputs()), [1, 2]);
+        assert_eq!(lens(job.outputs()), [3]);
+    }
+}

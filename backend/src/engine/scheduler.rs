@@ -125,12 +125,23 @@ impl<T> Scheduler<T> {
     /// Adds `job`, submitted at `now`, at the back of `flow` (an id from
     /// [`Scheduler::flow`]).
     pub fn push(&mut self, flow: FlowId, job: T, now: Instant) {
+        self.push_all(flow, std::iter::once(job), now);
+    }
+
+    /// Adds `jobs`, in order, submitted at `now`, at the back of `flow`.
+    /// Each job is moved into the flow's queue once.
+    pub fn push_all(&mut self, flow: FlowId, jobs: impl IntoIterator<Item = T>, now: Instant) {
         let Some(entry) = self.flows.get_mut(flow) else {
             return;
         };
-        entry.jobs.push_back(job);
+        let before = entry.jobs.len();
+        entry.jobs.extend(jobs);
+        let added = entry.jobs.len() - before;
+        if added == 0 {
+            return;
+        }
         entry.submitted = Some(now);
-        self.len += 1;
+        self.len += added;
         if !entry.queued {
             entry.queued = true;
             entry.vtime = entry.vtime.max(self.vclock);

@@ -466,11 +466,13 @@ impl HwQueue for SoftwareQueue {
             }
             let now = Instant::now();
             let epoch = self.ring.epoch.load(Ordering::Acquire);
-            for job in jobs.drain(..) {
-                let ring = Arc::clone(&self.ring);
-                run.jobs
-                    .push(self.flow, Submitted { job, ring, epoch }, now);
-            }
+            let ring = &self.ring;
+            let submitted = jobs.drain(..).map(|job| Submitted {
+                job,
+                ring: Arc::clone(ring),
+                epoch,
+            });
+            run.jobs.push_all(self.flow, submitted, now);
             count.min(run.sleeping)
         };
         for _ in 0..wake {
