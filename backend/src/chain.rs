@@ -79,8 +79,8 @@ pub enum ChainError {
     /// A list's total length overflows.
     #[error("list length overflows")]
     Overflow,
-    /// A list holding memory of another snapshot was given to [`translate`]
-    /// (a bug of the caller, not of the chain).
+    /// A list holding memory of another snapshot was given to
+    /// [`Translator::translate`] (a bug of the caller, not of the chain).
     #[error("list of another memory snapshot")]
     OtherSnapshot,
 }
