@@ -32,7 +32,12 @@
 //! address with no memory). L1's kernel stack is out of reach of every
 //! process in L1, the daemon's included, so the emulated SVM with two
 //! vCPUs is the suspect; with one, the same steps passed. L2 keeps its two
-//! vCPUs. A failed run is still said loudly: L1 writes what the threads of
+//! vCPUs. Before patch 8 of `vmm-config/qemu/patches`, L1 also hung for good
+//! in some runs, each time seen after a tenant kill: its emulated `VMRUN`
+//! could lose the local APIC timer's interrupt, and L1 halted with the
+//! timer's vector pending (`vmm-config/qemu/README.md`).
+//!
+//! A failed run is still said loudly: L1 writes what the threads of
 //! cloud-hypervisor and the daemon are doing, KVM's counters and a trace of
 //! L2's exits to its console log (`dump`), the logs are kept in
 //! `attempt-N/`, and the test runs again, [`ATTEMPTS`] times at most. A
