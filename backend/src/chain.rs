@@ -217,11 +217,19 @@ fn read_descriptor(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<Descript
 /// the first writable descriptor that cannot be translated and before the
 /// descriptors past `max_descriptors`, so a response is never written in the
 /// wrong place. The lists hold `mem`.
+///
+/// The walk fills `walked`, which is empty (`Walk::default()`): a `Walk` is
+/// too large to be returned without a copy.
 // A stage of the instruction budget (`accel-budget`): kept out of line so
 // that callgrind counts it.
 #[inline(never)]
-pub fn walk(start: ChainStart, mem: &Arc<GuestMemoryMmap>, max_descriptors: u32) -> Walk {
-    let mut walker = Walker::new(mem, max_descriptors);
+pub fn walk(
+    start: ChainStart,
+    mem: &Arc<GuestMemoryMmap>,
+    max_descriptors: u32,
+    walked: &mut Walk,
+) {
+    let mut walker = Walker::new(mem, max_descriptors, walked);
     let mut table = Table::new(
         &mut walker.translator,
         start.table,
@@ -259,15 +267,14 @@ pub fn walk(start: ChainStart, mem: &Arc<GuestMemoryMmap>, max_descriptors: u32)
         }
         index = desc.next();
     }
-    walker.walk
 }
 
-/// One walk in progress.
-struct Walker<'a> {
+/// One walk in progress, filling `walk`.
+struct Walker<'a, 'w> {
     mem: &'a Arc<GuestMemoryMmap>,
     translator: Translator<'a>,
     max_descriptors: u32,
-    walk: Walk,
+    walk: &'w mut Walk,
     /// Buffer descriptors met, those of an indirect table included.
     count: u32,
     /// Their total length.
@@ -278,13 +285,13 @@ struct Walker<'a> {
     writable_broken: bool,
 }
 
-impl<'a> Walker<'a> {
-    fn new(mem: &'a Arc<GuestMemoryMmap>, max_descriptors: u32) -> Self {
+impl<'a, 'w> Walker<'a, 'w> {
+    fn new(mem: &'a Arc<GuestMemoryMmap>, max_descriptors: u32, walk: &'w mut Walk) -> Self {
         Walker {
             mem,
             translator: Translator::new(mem),
             max_descriptors,
-            walk: Walk::default(),
+            walk,
             count: 0,
             bytes: 0,
             seen_writable: false,
@@ -522,6 +529,13 @@ mod tests {
         }
     }
 
+    /// The walk of the chain at `start`.
+    fn walked(start: ChainStart, mem: &Arc<GuestMemoryMmap>, max_descriptors: u32) -> Walk {
+        let mut walked = Walk::default();
+        walk(start, mem, max_descriptors, &mut walked);
+        walked
+    }
+
     /// Walks the chain at the head of a queue of `size` holding `descs`.
     fn walk_queue(mem: &Arc<GuestMemoryMmap>, size: u16, descs: &[Descriptor]) -> Walk {
         place(mem, QUEUE, descs);
@@ -530,7 +544,7 @@ mod tests {
             size,
             head: 0,
         };
-        walk(start, mem, 128)
+        walked(start, mem, 128)
     }
 
     /// Two adjacent regions meeting at `BOUNDARY`, which is not a multiple
@@ -581,16 +595,16 @@ mod tests {
             size: 2,
             head: 0,
         };
-        let walked = walk(start, &mem, 16);
-        assert_eq!(walked.error, None);
-        assert_eq!((walked.readable.len(), walked.writable.len()), (8, 40));
+        let first = walked(start, &mem, 16);
+        assert_eq!(first.error, None);
+        assert_eq!((first.readable.len(), first.writable.len()), (8, 40));
         let past = ChainStart {
             table: HOLE - 16,
             size: 2,
             head: 1,
         };
         assert_eq!(
-            walk(past, &mem, 16).error,
+            walked(past, &mem, 16).error,
             Some(ChainError::UnreadableDescriptor(HOLE))
         );
         // A descriptor that begins in memory and ends in the hole.
@@ -600,7 +614,7 @@ mod tests {
             head: 0,
         };
         assert_eq!(
-            walk(straddling, &mem, 16).error,
+            walked(straddling, &mem, 16).error,
             Some(ChainError::UnreadableDescriptor(HOLE - 8))
         );
     }

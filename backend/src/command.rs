@@ -190,18 +190,20 @@ fn take<T: ByteValued + Default>(
 /// Decodes what `decode` reads from the front of `list`, then drops those
 /// bytes from it; on an error the list is left as it was. The fields are
 /// read through one reader and the list is cut once, not once per field.
+/// The result is returned as `decode` made it: taking a decoded request out
+/// and wrapping it again would copy it.
 fn consume<T>(
     list: &mut SgList,
     decode: impl FnOnce(&mut SgReader<'_>) -> Result<T, DecodeError>,
 ) -> Result<T, DecodeError> {
-    let (value, read) = {
-        let mut reader = list.reader();
-        let value = decode(&mut reader)?;
-        (value, list.len() - reader.len())
-    };
-    // The reader read no more than the list holds: this cannot fail.
-    list.advance(read).ok_or(DecodeError::Short("header"))?;
-    Ok(value)
+    let mut reader = list.reader();
+    let decoded = decode(&mut reader);
+    let read = list.len() - reader.len();
+    if decoded.is_ok() {
+        // The reader read no more than the list holds: this cannot fail.
+        list.advance(read).ok_or(DecodeError::Short("header"))?;
+    }
+    decoded
 }
 
 fn take_fences<C: FromIterator<FenceId>>(

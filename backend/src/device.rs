@@ -127,8 +127,13 @@ struct InFlight {
     /// Sum of the lengths of its buffer references (§6.3).
     bytes: u64,
     /// Fence attachments: the objects stay alive until this request completes.
-    _objects: Vec<Arc<Object>>,
+    /// A boxed slice, not a vector, keeps the record within 128 bytes, which
+    /// the compiler moves inline instead of calling `memcpy`.
+    _objects: Box<[Arc<Object>]>,
 }
+
+// A move of a larger record is a call to `memcpy` (see `InFlight::_objects`).
+const _: () = assert!(std::mem::size_of::<InFlight>() <= 128);
 
 /// Something waiting for fences to signal.
 enum Waiter {
@@ -216,6 +221,11 @@ pub struct Device {
     used: Vec<Used>,
     /// One virtqueue's share of `used`, while it is published.
     batch: Vec<(u16, u32)>,
+    /// The heads of the chains one pass over a ring takes, kept between
+    /// passes so that a pass allocates nothing.
+    heads: Vec<u16>,
+    /// The completions of one reap, kept between reaps likewise.
+    completions: Vec<Completion>,
     /// What the device took, ran, completed and published, per virtqueue,
     /// kept where the next process of the tenant finds it (§11.3).
     record: Arc<DeviceRecord>,
@@ -380,6 +390,8 @@ impl Device {
             ready: (0..config.request_queues).map(|_| Vec::new()).collect(),
             used: Vec::new(),
             batch: Vec::new(),
+            heads: Vec::new(),
+            completions: Vec::new(),
             after_failure: tenant.record.failed(),
             resuming: resuming(&tenant.record),
             replaying: Replay::No,
@@ -540,8 +552,7 @@ impl Device {
         let vrings = self.vrings.clone();
         self.run_until_idle(|device, queue| {
             device.clock = Instant::now();
-            let completions = device.reap(queue);
-            device.finish_all(completions);
+            device.finish_reaped(queue);
             device.submit_ready();
         });
         self.publish_used(&vrings);
@@ -986,7 +997,8 @@ impl Device {
                  answered Interrupted: {why} (§11.3)"
             ),
         );
-        let mut walked = walk(start, mem, self.config.limits.max_segments);
+        let mut walked = Walk::default();
+        walk(start, mem, self.config.limits.max_segments, &mut walked);
         let Some(resp) = walked.writable.take_front(RESP_SIZE) else {
             self.finish_unanswered(vq, start.head, fence);
             return;
@@ -1001,7 +1013,7 @@ impl Device {
             alone: false,
             accepted: self.clock,
             bytes: 0,
-            _objects: Vec::new(),
+            _objects: Box::default(),
         };
         self.finish(inflight, Outcome::failed(Status::Interrupted));
     }
@@ -1152,7 +1164,7 @@ impl Device {
         if self.history.restarting(vq) {
             self.judge_restart();
         }
-        let (heads, table, size, binding) = {
+        let (table, size, binding) = {
             let mut state = vring.get_mut();
             let size = state.get_queue().size();
             let table = state.get_queue().desc_table();
@@ -1160,21 +1172,20 @@ impl Device {
             if !self.ring_began_here(vq, state.get_queue().next_avail()) {
                 return 0;
             }
-            match state.get_queue_mut().iter(mem.clone()) {
-                Ok(iter) => (
-                    iter.map(|chain| chain.head_index()).collect::<Vec<_>>(),
-                    table,
-                    size,
-                    binding,
-                ),
+            self.heads.clear();
+            // Chains made of a plain reference to the memory: no reference
+            // count to change for each.
+            match state.get_queue_mut().iter(&**mem) {
+                Ok(iter) => self.heads.extend(iter.map(|chain| chain.head_index())),
                 Err(e) => {
                     drop(state);
                     self.guest_error(format_args!("virtqueue {vq}: {e}"));
                     return 0;
                 }
             }
+            (table, size, binding)
         };
-        let taken = heads.len();
+        let taken = self.heads.len();
         if request_queue(vq).is_some() {
             let count = u64::try_from(taken).unwrap_or(u64::MAX);
             self.requests_taken = self.requests_taken.wrapping_add(count);
@@ -1184,7 +1195,8 @@ impl Device {
             return 0;
         };
         ring.bind(binding);
-        for head in heads {
+        let heads = std::mem::take(&mut self.heads);
+        for &head in &heads {
             // A head past the ring's own size (which may be below the
             // queue's) names no chain (§6.5).
             let take = if head < size {
@@ -1211,6 +1223,7 @@ impl Device {
                 }
             }
         }
+        self.heads = heads;
         taken
     }
 
@@ -1218,7 +1231,8 @@ impl Device {
     /// request `seqno` of its queue, whose fence is issued.
     fn accept_chain(&mut self, vq: u16, start: ChainStart, mem: &Snapshot, seqno: u64) {
         // The lists hold `mem`: whatever is made of them keeps it mapped.
-        let mut walked = walk(start, mem, self.config.limits.max_segments);
+        let mut walked = Walk::default();
+        walk(start, mem, self.config.limits.max_segments, &mut walked);
         match request_queue(vq) {
             None => self.accept_control(start.head, &mut walked, mem, seqno),
             Some(queue) => {
@@ -1300,23 +1314,24 @@ impl Device {
             alone,
             accepted: self.clock,
             bytes: 0,
-            _objects: Vec::new(),
+            _objects: Box::default(),
         };
         // Kept before decoding takes the header off the list.
         let read_again = walked.readable.spans();
-        let request = match self.decode(walked) {
+        // Borrowed where it lies: moving the request out would copy it.
+        let decoded = self.decode(walked);
+        let request = match &decoded {
             Ok(request) => request,
-            Err(status) => return self.finish(inflight, Outcome::failed(status)),
+            Err(status) => return self.finish(inflight, Outcome::failed(*status)),
         };
-        if let Err(status) = self.check(&request, fence) {
+        if let Err(status) = self.check(request, fence) {
             return self.finish(inflight, Outcome::failed(status));
         }
         // The job is made here and filled in place: a job is hundreds of
         // bytes, and each move through a return value would copy it again.
         // Its cookie is set when the request enters the in-flight table.
         let mut job = Job::new(request.operation.clone(), 0);
-        if let Err(status) =
-            self.prepare(&request, read_again, walked, &mut inflight, &mut job, mem)
+        if let Err(status) = self.prepare(request, read_again, walked, &mut inflight, &mut job, mem)
         {
             return self.finish(inflight, Outcome::failed(status));
         }
@@ -1419,7 +1434,7 @@ impl Device {
             .outputs
             .iter()
             .any(|spec| matches!(spec, BufSpec::Direct { .. }));
-        inflight._objects = objects;
+        inflight._objects = objects.into_boxed_slice();
         self.admit(bytes)
     }
 
@@ -1597,9 +1612,20 @@ impl Device {
         if let Err(e) = hw_queue.completion_event().read() {
             debug!("hardware queue {queue}: completion event: {e}");
         }
-        let completions = self.reap(queue);
-        self.finish_all(completions);
+        self.finish_reaped(queue);
         self.flush(vrings);
+    }
+
+    /// Reaps the pending completions of hardware queue `queue` into the
+    /// device's own buffer (no allocation once it has grown) and completes
+    /// their requests.
+    fn finish_reaped(&mut self, queue: u16) {
+        let mut completions = std::mem::take(&mut self.completions);
+        if let Some(hw_queue) = self.hw_queues.get(usize::from(queue)) {
+            hw_queue.reap(&mut completions);
+        }
+        self.finish_all(&mut completions);
+        self.completions = completions;
     }
 
     /// The pending completions of hardware queue `queue`.
@@ -1611,18 +1637,19 @@ impl Device {
         completions
     }
 
-    /// Completes the requests of `completions`, reaped from the engine.
+    /// Completes the requests of `completions`, reaped from the engine,
+    /// leaving it empty.
     // A stage of the instruction budget (`accel-budget`): kept out of line
     // so that callgrind counts it.
     #[inline(never)]
-    fn finish_all(&mut self, completions: Vec<Completion>) {
+    fn finish_all(&mut self, completions: &mut Vec<Completion>) {
         debug_assert!(
             completions.len() <= self.on_engine,
             "more completions than jobs"
         );
         self.on_engine = self.on_engine.saturating_sub(completions.len());
         self.alone_on_engine &= self.on_engine > 0;
-        for Completion { cookie, outcome } in completions {
+        for Completion { cookie, outcome } in completions.drain(..) {
             if let Some(inflight) = self.inflight.remove(cookie) {
                 self.finish(inflight, outcome);
             }
@@ -1997,7 +2024,7 @@ mod tests {
             alone,
             accepted: Instant::now(),
             bytes: 0,
-            _objects: Vec::new(),
+            _objects: Box::default(),
         }
     }
 
@@ -2023,7 +2050,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(completions.len(), count, "completions on {queue}");
-        device.finish_all(completions);
+        device.finish_all(&mut completions);
     }
 
     /// A request that runs alone after a failure (§11.3) goes to the engine

@@ -494,8 +494,9 @@ impl SgReader<'_> {
 
     /// Reads the next `T`, or returns `None` (reading nothing) if fewer
     /// bytes are left. A `T` within one segment (the usual case: a header
-    /// in its descriptor) is one volatile copy (vm-memory's), without the
-    /// reader's walk over segments.
+    /// in its descriptor) is one copy of a size known when compiling, which
+    /// the compiler makes a few moves, without the reader's walk over
+    /// segments.
     pub fn read_obj<T: ByteValued + Default>(&mut self) -> Option<T> {
         let size = std::mem::size_of::<T>();
         match self.segs.first() {
@@ -503,12 +504,18 @@ impl SgReader<'_> {
                 let mut value = T::default();
                 // SAFETY: `seg` is mapped while the list this reader borrows,
                 // which holds its owner, lives (contract of `SgList::push`),
-                // and `skip + size` is within it. The copy is volatile: the
-                // guest may write these bytes meanwhile, and each is fetched
-                // once; any bytes, torn or not, make a valid `ByteValued`.
-                let slice =
-                    unsafe { VolatileSlice::<()>::new(seg.addr.as_ptr().add(self.skip), size) };
-                slice.copy_to(value.as_mut_slice());
+                // and `skip + size` is within it; `value` is a local of
+                // `size` bytes. The guest may write these bytes meanwhile:
+                // each is fetched once, by one plain copy, as vm-memory's
+                // `copy_to` copies anything longer than a word; any bytes,
+                // torn or not, make a valid `ByteValued`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        seg.addr.as_ptr().add(self.skip),
+                        value.as_mut_slice().as_mut_ptr(),
+                        size,
+                    );
+                }
                 self.skip += size;
                 self.left -= size;
                 if self.skip == seg.len {

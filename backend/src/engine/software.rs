@@ -143,7 +143,13 @@ impl CompletionRing {
 
     fn reap(&self, out: &mut Vec<Completion>) {
         let mut pending = lock(&self.pending);
-        out.append(&mut pending.done);
+        // Into an empty `out`, the buffers trade places: nothing is copied,
+        // and the queue keeps `out`'s room for its next completions.
+        if out.is_empty() {
+            std::mem::swap(out, &mut pending.done);
+        } else {
+            out.append(&mut pending.done);
+        }
         pending.raised = false;
         pending.oldest = None;
     }
