@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Runs every fuzz target of vhost-user-accel for a short bounded time
 # (docs/fuzzing.md), from the committed seed corpus; exits non-zero on any
 # crash, leak, timeout or build failure. Called by .ci/run.

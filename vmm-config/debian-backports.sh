@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Sourced by the build scripts: makes Debian's bookworm-backports suite
 # (binary and source packages) available to apt. Needs root.
 ensure_backports() {

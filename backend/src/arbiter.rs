@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The arbiter: fair sharing of the CPUs between tenants' processes by the
 //! CPU time the kernel says each used.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Command-line arguments and their conversion into a [`Config`].
 
 use std::os::fd::RawFd;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The device's side of a connection: what the front-end's messages and the
 //! worker's events ([`crate::connection`]) turn into, as calls into
 //! [`Device`].

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Walks a descriptor chain once, translating it to host memory.
 //!
 //! The virtio-queue chain iterator hides the descriptors that refer to

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Requests and control commands decoded from the bytes of a chain (§6, §7).
 //!
 //! Each header is copied out of guest memory exactly once into a typed value;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Daemon configuration, independent of how it was given (command line,
 //! configuration file, tests): the engine, the metrics endpoint, how long
 //! the supervisor may pause before restarting a tenant's process, and the

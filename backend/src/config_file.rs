@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The TOML configuration file (`--config`): the engine, the metrics
 //! endpoint, the supervisor's longest restart pause and state directory, and
 //! one `[[tenant]]`

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One VMM connection: the daemon's own vhost-user request handler on the
 //! `vhost` crate, and the worker thread that serves the rings.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The device model of one connection: chains in, jobs out, completions back.
 //!
 //! A request taken from a request queue is walked ([`crate::chain`]), decoded

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The record of a tenant's device that outlives the tenant's process
 //! (§11.3): a header, then the [`RingRecord`] of each virtqueue, in 64-bit
 //! words. The supervisor makes it ([`DeviceRecord::shared`]) and hands it to

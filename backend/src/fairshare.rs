@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Sharing the host CPU between tenants' processes by weight.
 //!
 //! Each tenant's process runs its own engine, so sharing the engine by

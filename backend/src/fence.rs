@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Fence timelines and the requests waiting on fences (§6.2).
 //!
 //! Each request queue has a timeline: requests get sequence numbers 1, 2, 3…

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vhost-user-accel: a vhost-user daemon that gives virtual machines a shared,
 //! isolated accelerator through the virtio device of `spec/virtio-accel.md`.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `vhost-user-accel`: the daemon binary. Parses the command line, then
 //! supervises a process per tenant ([`vhost_user_accel::Supervisor`]); run
 //! with the hidden `--tenant-process`, it is one of those processes

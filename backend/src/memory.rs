@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Validation of the guest memory a VMM hands over (SET_MEM_TABLE).
 //!
 //! A region is a window of a file the VMM shares (a memfd, a hugetlbfs or

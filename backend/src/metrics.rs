@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The metrics endpoint (`--metrics`): every tenant's counters in the
 //! Prometheus text format over HTTP, on a loopback TCP port or a unix socket.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Memory objects: guest memory wrapped into handles (the dma-buf model, §7.1, §7.2).
 //!
 //! An object is validated ("pinned") once, when created. Requests hold an

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The operations of §8, executed on scatter-gather lists.
 //!
 //! Nothing here knows about virtio: an [`Operation`] is decoded from a request's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! How long a connection's worker polls its request rings before it sleeps.
 //!
 //! Waking a sleeping thread on another CPU is the largest part of a lone

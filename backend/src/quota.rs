@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Admission of a tenant's requests and objects against its quotas (§10:
 //! host quotas are reported with Busy). Nothing here blocks: a request over
 //! a quota is refused at once.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Rate-limited logging: a guest that floods bad requests, or a VMM that
 //! reconnects in a loop, must not flood the host's logs.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A virtqueue's record that outlives the tenant's process (issue 14): which
 //! chains the device took, which it completed, which it is publishing, and
 //! where the rings stand, written so that a process killed between any two

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The sandbox of a tenant's process: what the process can still do once it
 //! is set up, so that a memory-safety bug one guest can reach (in a codec
 //! crate, in the vhost-user handling) gives an attacker a process that holds

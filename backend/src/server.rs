@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The listening sockets and the connection loops: one per tenant.
 //!
 //! The daemon binds every tenant's vhost-user socket at start and serves each

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Scatter-gather lists of host memory, as a device with shared virtual addressing sees them.
 //!
 //! A [`SgList`] is what a hardware descriptor carries: plain host addresses. It

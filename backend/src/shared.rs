@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Memory shared between the supervisor and a tenant's process: sealed
 //! memfds mapped by both, holding plain atomics (the tenant's counters, a
 //! [`SharedMemory`]; the record of its device, [`SharedWords`]).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The signals the supervisor acts on: SIGCHLD (a tenant's process ended),
 //! SIGINT and SIGTERM (exit with a report of every tenant's counters).
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Per-tenant counters, written by the tenant's device with relaxed atomics
 //! and read by the metrics endpoint and the exit report: requests by status,
 //! bytes, quota refusals, what is in flight and held, and a latency histogram.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The supervisor: one process per tenant, restarted when it ends.
 //!
 //! The `vhost-user-accel` process reads the configuration, binds every

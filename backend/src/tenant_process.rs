@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A tenant's own process: what the supervisor hands it, and how it runs.
 //!
 //! The supervisor ([`crate::supervisor`]) starts the daemon's own binary

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Constant-time bookkeeping of the work a device has taken: a generational
 //! slab for requests in flight, and whether each ring's history began with
 //! this device instance. (The ring heads they own are in the device's record,

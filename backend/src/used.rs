@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The used ring of a split virtqueue, written a batch at a time (virtio
 //! 1.2, 2.7.8): every entry of the batch, then the used index once, where
 //! virtio-queue's `add_used` stores the index after each entry. The ring is

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The daemon binary as a VMM sees it: command-line errors give a message and
 //! a non-zero exit; a running daemon serves a driver over its socket, keeps
 //! listening across disconnects, and accepts an inherited listening socket.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The front-end's inflight region (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
 //! spec §11.3.3), as cloud-hypervisor v53 uses it and the harness front-end
 //! plays it ([`FrontendModel::CloudHypervisor`]): at the first start of the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A tenant's process SIGKILLed again and again, at random points of a mixed
 //! workload, is each time only a pause for the guest (spec §11.3): every
 //! request completes exactly once, with status Ok, the right output and

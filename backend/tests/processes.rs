@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One process per tenant, as an operator and a VMM see it: a tenant's
 //! process that dies (SIGKILL in the middle of a batch, SIGBUS from guest
 //! memory its VMM truncated) costs its own VM a reconnection and nothing

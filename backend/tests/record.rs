@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A corrupted device record (spec §11.3): after a tenant's process is
 //! killed with requests in flight and an object live, words of the record it
 //! left are overwritten at random before the next process reads them. The

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The tenant process sandbox in force (`vhost_user_accel::sandbox`).
 //!
 //! A sandbox cannot be lifted, so each case re-executes this binary as a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Writes the seed corpus of every fuzz target into `corpus/<target>/seed-*`
 //! (docs/fuzzing.md): valid requests and commands of each kind, in the byte
 //! format the targets read, so that the fuzzers start past the decoders.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The control-command decoder (§7) on bytes split into segments of a size
 //! the input chooses. Checks: no panic, and every decoded command is what
 //! the wire structures of the spec crate say the bytes mean, within the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A whole device (`vhost_user_accel::device::Device`) with the software
 //! engine (one thread) on rings that the input fills: chains on the control
 //! queue and the request queues, kicks, completions, quiesces and resets, as

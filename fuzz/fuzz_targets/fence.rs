@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The fence timelines (`backend/src/fence.rs`) against a plain model: the
 //! next sequence number of each queue, the set of issued fences not yet
 //! signalled, and the waiters registered on each. Any sequence of issue (of

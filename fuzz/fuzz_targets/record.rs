@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The recovery of a virtqueue's crash record
 //! (`vhost_user_accel::ring_record::RingRecord::recover`), on words a hostile
 //! VMM may have written (the inflight region): the record after an honest

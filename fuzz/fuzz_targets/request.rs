@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The descriptor-chain walker and the request decoder on one chain of a
 //! split ring that the input lays out in guarded guest memory (two regions,
 //! touching or not). Checks: no panic, no access outside guest memory, and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Sequences of vhost-user messages into the daemon's own connection code:
 //! `connection::Connection` (the daemon's vhost-user request handler and
 //! the worker of its rings, with the accelerator backend), accepted on a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The byte format of fuzz inputs: little-endian fields read off the front,
 //! zeros once the input is exhausted, so that every prefix of an input is an
 //! input too (libFuzzer's mutations cut and splice freely). [`Writer`] is the

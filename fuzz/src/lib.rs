@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Shared parts of the fuzz targets of vhost-user-accel (docs/fuzzing.md):
 //! the byte format the inputs are written in ([`input`]), guest memory whose
 //! regions are fenced by inaccessible guard pages ([`memory`]), split

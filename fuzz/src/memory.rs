@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Guest memory for the fuzz targets: memfd-backed regions (as a VMM shares
 //! them, so the device's memory-table check accepts them), each mapped
 //! between two inaccessible guard pages. A device write or read past either

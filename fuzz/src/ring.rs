@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Split virtqueues laid out in guest memory by a fuzz input: a driver that
 //! mostly builds well-formed chains, and now and then a raw descriptor with
 //! any address, length, flags and successor (loops, bad indices, indirect

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A vhost-user front-end for the `vhost_user` fuzz target, written from the
 //! vhost-user specification rather than with the `vhost` crate's front-end
 //! (which cannot send malformed messages): the steps a fuzz input decodes

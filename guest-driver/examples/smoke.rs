@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Smoke run against a live daemon: `smoke SOCKET_PATH [FEATURES_HEX]`.
 //!
 //! Opens the device over vhost-user, prints its configuration, and runs a few

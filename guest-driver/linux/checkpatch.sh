@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0 OR MIT
 # Checks the kernel module's C sources with the kernel's checkpatch.pl --strict.
 #
 #   guest-driver/linux/checkpatch.sh [FILE...]

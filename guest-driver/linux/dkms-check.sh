@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0 OR MIT
 # Builds the kernel module with DKMS from its dkms.conf, as README.md
 # ("Installing with DKMS") has users install it, against the headers of the
 # VM test's guest kernel (vmm-config/guest/kernel.sh), and checks that DKMS

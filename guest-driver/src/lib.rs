@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Driver for the virtio accelerator device (`virtio-accel`).
 //!
 //! The driver is one transport-agnostic core plus transports. In this process

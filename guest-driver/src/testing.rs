@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Test helpers: a minimal in-process device side of a split virtqueue.
 
 use std::sync::atomic::Ordering;

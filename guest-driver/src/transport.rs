@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! What the device core needs from a transport (vhost-user, virtio-pci, ...).
 //!
 //! A transport moves feature bits and configuration, tells the device where a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vhost-user transport: this process plays the VMM and the guest.
 //!
 //! [`VhostUserTransport`] connects to a vhost-user backend socket, shares the

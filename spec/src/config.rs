@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Device configuration layout (§5).
 
 use vm_memory::endian::{Le32, Le64};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Control-queue commands and responses (§7).
 
 use thiserror::Error;

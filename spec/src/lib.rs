@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Wire types of the virtio accelerator device.
 //!
 //! This crate is the single source of truth for the layouts described in

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Operations, their capability bits and their parameter blocks (§8).
 
 use thiserror::Error;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Request-queue requests, buffer references, fences and responses (§6).
 
 use vm_memory::endian::{Le16, Le32, Le64};

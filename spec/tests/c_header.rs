@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Checks the kernel module's wire header,
 //! `guest-driver/linux/include/uapi/linux/virtio_accel.h`, against the marked
 //! tables of the specification, `spec/virtio-accel.md` (the markers are

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Checks the specification, `spec/virtio-accel.md`, against this crate.
 //!
 //! The specification marks its machine-readable tables with an HTML comment on

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Instructions per job through the daemon, counted by cachegrind: a measure
 # of the request path's cost that this shared 2-vCPU machine's noise does
 # not move (wall-clock runs vary by ±15 %). Counts user-space instructions

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Seeded random test inputs.
 //!
 //! Every test makes its own [`TestRng`]. The seed comes from the environment

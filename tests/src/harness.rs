@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Plays the VMM and the guest: starts the daemon on a fresh unix socket and
 //! connects the driver to it over vhost-user, with memfd-backed guest RAM.
 //!

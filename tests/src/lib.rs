@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Test support for vhost-user-accel, shared by the integration tests
 //! (`tests/tests/`) and the benchmark (`src/bin/`).
 //!

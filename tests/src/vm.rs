@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! What the end-to-end VM tests share: `tests/vm.rs` (the guest under the
 //! patched QEMU) and `tests/vm_cloud_hypervisor.rs` (the same guest under
 //! cloud-hypervisor, itself in a QEMU guest) build the same binaries and guest

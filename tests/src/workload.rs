@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The jobs of [`accelctl::workload`], also runnable straight on an engine
 //! (as a [`Job`] on the guest buffers' host addresses), so the benchmark
 //! compares the daemon path and the direct path on the same work and bytes.

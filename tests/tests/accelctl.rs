@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accelctl`'s commands as a library, against the daemon over vhost-user:
 //! the self-test passes on a correct device, `run` cuts large inputs into
 //! pieces the device accepts and puts them back together (multi-member gzip

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Bounded state (spec §12.7), over the real vhost-user socket: a guest that
 //! holds one fence open while it streams requests through the same queue
 //! does not grow the daemon's memory.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Functional tests of the daemon over the real vhost-user socket: the daemon
 //! runs in this process ([`Daemon::start`]) behind a unix socket, and the
 //! driver plays the VMM and the guest, with memfd-backed guest RAM.

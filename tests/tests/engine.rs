@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The direct engine path: every operation run through [`SoftwareEngine`]
 //! (no virtio in between) over the interesting sizes and several
 //! scatter-gather layouts, checked against the independent implementations of

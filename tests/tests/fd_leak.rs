@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Reconnecting VMs leak nothing: after many connect/disconnect cycles the
 //! daemon holds as many file descriptors and memory mappings as after the
 //! first one, and no object. (Its own test binary, whose tests run one at a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The malformed-input battery, over the real vhost-user socket.
 //!
 //! Every defect that the specification lists for a request header, a buffer

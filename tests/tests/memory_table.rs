@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Memory tables that their files do not cover (spec §12.1, §12.4), over the
 //! real vhost-user socket, with two tenants on one daemon.
 //!

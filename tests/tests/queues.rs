@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Every request queue is served, up to the most the daemon allows.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

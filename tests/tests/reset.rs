@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Stopping and resetting the device with work in flight (spec §11): a ring
 //! is stopped (`GET_VRING_BASE`) only after every request it accepted has
 //! completed, a reset or a disconnection cancels the work still running

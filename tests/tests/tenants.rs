@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The isolation suite: adversarial tenants against well-behaved ones, on one
 //! daemon, over real vhost-user sockets (spec §12.5, §9, §10).
 //!

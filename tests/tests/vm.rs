@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! End to end in a real VM: builds the patched QEMU and a guest initramfs with
 //! a static `accelctl` (`vmm-config/`), starts the daemon binary, boots the
 //! guest (KVM if it works here, else TCG) and drives it through its console,

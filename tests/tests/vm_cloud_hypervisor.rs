@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The end-to-end VM test of `tests/vm.rs`, under cloud-hypervisor: the same
 //! guest, the same guest script, the same steps and checks
 //! (`accel_tests::vm`), and what cloud-hypervisor does differently asserted

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Builds the initramfs of the L1 guest in which cloud-hypervisor runs the test
 # guest (KVM nested in QEMU TCG; see README.md for why).
 #

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Init of the L1 guest (build-l1.sh): a QEMU TCG guest whose emulated SVM gives
 # cloud-hypervisor a working /dev/kvm. It runs the daemon and cloud-hypervisor
 # with the test guest (L2), and takes orders from the host on its console.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Builds a guest kernel + initramfs that boots straight into accelctl.
 #
 #   vmm-config/guest/build-initramfs.sh CACHE_DIR ACCELCTL [SCRIPT [MODULE]]

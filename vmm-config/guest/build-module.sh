@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Builds the guest's kernel module, virtio_accel.ko (guest-driver/linux/), out
 # of tree against Debian's headers for the guest kernel (kernel.sh), the
 # benchmark module kbench.ko (guest-driver/linux/bench/) and the guest's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # shellcheck shell=bash disable=SC2034  # the scripts that source it use these
 # Sourced by build-initramfs.sh and build-module.sh: the guest's kernel, named
 # in this one place. Debian's kernel from bookworm-backports: the image the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Builds qemu-system-x86_64 from Debian's QEMU source with the generic
 # vhost-user device made usable: the patches in patches/, applied in the
 # order of patches/series (README.md here says what each one fixes).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The hardware behind the device: engines and their hardware queues.
 //!
 //! An [`Engine`] models an accelerator with shared virtual addressing: its

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Weighted fair queueing of jobs between tenants, by engine time.
 //!
 //! Each tenant's hardware queues feed one *flow*. Flows are served in the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The software engine: worker threads that run the operations on the host CPU.
 //!
 //! Every hardware queue feeds the flow of its tenant in one shared run queue,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The test harness of the daemon as its supervisor: a `vhost-user-accel`
 //! process started on a configuration file with tenants `t0`, `t1`…, their
 //! processes found and killed, its log and metrics read. Shared by

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! What `selftest`, `run` and `bench` need of a device, whatever carries it:
 //! its configuration, and one job run on bytes of this process (inputs
 //! copied in, outputs copied out) with its completion. The virtqueue driver

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The command line of `accelctl`, and its translation into typed jobs.
 
 use std::path::PathBuf;

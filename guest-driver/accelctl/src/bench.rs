@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Throughput: a queue kept `depth` requests deep, one interrupt asked per
 //! batch of completions, each completed request resubmitted at once. The
 //! foundation benchmark (`accel-bench`) measures the daemon path with this

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accelctl chain`: rounds of long fence-chained batches over every request
 //! queue, on two objects that stay registered for the whole run (§6.2,
 //! §7.1), each round checking itself with no software reference to compute.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Seeded input data: random bytes, and text-like bytes that compress the way
 //! logs do. The seed is printed so that a failing self-test can be replayed.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accelctl`: the command-line tool of the virtio accelerator device, and the
 //! library its commands are made of (the test suite and the foundation
 //! benchmark use the same pieces, so there is one driver path, not two).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accelctl`: see the library's documentation for the commands.
 
 use std::error::Error;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Reference implementations of the operations (§8 of the specification),
 //! independent of the crates the daemon's software engine uses (`crc32c`,
 //! `sha2`, `aes-gcm`, `flate2`): what the device must produce, computed

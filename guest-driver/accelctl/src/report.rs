@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! What `accelctl list` prints about a device: features, operations and
 //! limits, from the configuration space (§5) and the negotiated features (§3)
 //! (over the kernel transport, from the driver's GET_INFO).

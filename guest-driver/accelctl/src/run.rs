@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accelctl run OP`: one operation on the contents of files, the way a
 //! script would use the device. Inputs larger than the device takes in one
 //! request (`max_buffer_size`, §10) are cut into pieces where the operation

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accelctl selftest`: every operation the device offers, on seeded random
 //! and text data of awkward sizes, checked against [`crate::reference`];
 //! the error statuses of tampered inputs; then the transport's own checks

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Which device to open and how: a vhost-user socket (the host transport:
 //! this process plays the VMM, its memfd-backed memory the guest's RAM), a
 //! virtio-pci function through `uio_pci_generic`, or the accel node of the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One job per operation on given data: its parameters, inputs and output
 //! sizes, and the request that runs it on fresh guest buffers. `accelctl bench`
 //! and `accelctl selftest` use it, and so does the foundation benchmark, which

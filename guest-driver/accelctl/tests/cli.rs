@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The `accelctl` binary against the daemon on a real socket: output, files
 //! that standard tools accept, exit statuses and error messages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

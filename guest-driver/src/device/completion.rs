@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Completed requests and control commands, as the driver reports them.
 
 use virtio_accel_spec::request::RESULT_SIZE;

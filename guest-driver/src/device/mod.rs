@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The accelerator device over any [`Transport`]: feature negotiation, the
 //! control queue (objects, fences) and the request queues.
 //!

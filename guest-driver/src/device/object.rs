@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Registered objects (spec §7.1, §7.2) as owned handles: an [`Object`]
 //! names guest memory by handle in requests and is destroyed when dropped.
 //! The device defers the release of an object that queued or running

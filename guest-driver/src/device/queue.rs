@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One virtqueue as the device core drives it: submission with a driver-owned
 //! header buffer, reaping of used entries, and waiting shared by threads.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Request building: the header block and the chain layout.
 //!
 //! A request becomes one chain:

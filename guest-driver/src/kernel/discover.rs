@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Finding the accel nodes of the `virtio_accel` driver: sysfs lists every
 //! accel device in `class/accel/accelN`, whose `device` is the virtio device
 //! the driver is bound to (`virtioM`, a child of its PCI function); the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Fences of the kernel transport (accel-uapi §6): a job's out-fence as a
 //! sync_file, waited for with `poll()`, and DRM syncobjs, which hold a fence
 //! that jobs install and wait for.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! GEM objects of the accel node (accel-uapi §4): shmem memory the driver
 //! registers as a device object (spec §7.1), or another driver's dma-buf
 //! imported as one; mapped into this process, exported as dma-bufs, and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Jobs (accel-uapi §3, §5, §7): a [`Submission`] names an operation, its
 //! buffers and its in-fences; [`KernelDevice::submit`] queues it and returns
 //! a [`Job`], whose out-fence is a sync_file and whose result record lives in

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Shared mappings of GEM objects and dma-bufs, accessed only by volatile
 //! copies: the device writes the same pages while a job runs, so no Rust
 //! reference to their bytes is ever made.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The kernel transport: the device through its Linux driver, the
 //! `virtio_accel` module (`guest-driver/linux/`), which owns the virtqueues
 //! and gives this process the accel device node `/dev/accel/accelN`

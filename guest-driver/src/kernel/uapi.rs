@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The Linux uAPI the kernel transport speaks, mirrored in Rust: the accel
 //! node's own ioctls (spec/accel-uapi.md, header
 //! `guest-driver/linux/include/uapi/drm/virtio_accel_drm.h`), the generic DRM

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! dma-bufs of another driver, to import as device objects: `udmabuf`
 //! (`CONFIG_UDMABUF`, `/dev/udmabuf`) makes a dma-buf of the pages of a
 //! memfd sealed against shrinking, which this process keeps mapped.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! First-fit allocator of guest-physical ranges, one free list per region.
 //!
 //! Pure bookkeeping: it never touches memory. Ranges never span two regions,

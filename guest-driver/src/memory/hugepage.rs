@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! 2 MiB hugepages at known physical addresses, for DMA by a real device.
 //!
 //! A device driven through `uio_pci_generic` (no IOMMU) is given physical

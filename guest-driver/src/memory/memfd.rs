@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Anonymous shareable memory files (`memfd_create(2)`).
 
 use std::ffi::CStr;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! "Guest RAM" for the driver: memfd-backed regions at fixed guest-physical
 //! addresses, and an allocator of DMA buffers inside them.
 //!

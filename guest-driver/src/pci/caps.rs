@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Finds the virtio structures of a virtio-pci function in its PCI
 //! configuration space (virtio 1.2 §4.1.4).
 //!

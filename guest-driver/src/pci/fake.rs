@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! An in-memory model of a modern virtio-pci function's BAR, for tests.
 //!
 //! It behaves as a device does (virtio 1.2 §4.1.4): `queue_select` switches

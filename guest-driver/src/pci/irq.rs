@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! INTx interrupts through `uio_pci_generic`, shared by every virtqueue.
 //!
 //! `uio_pci_generic` masks INTx (command register bit 10, INTX_DISABLE) when

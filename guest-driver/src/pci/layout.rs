@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Register layouts of virtio over PCI (virtio 1.2 §4.1) and of the PCI
 //! configuration header, as constants. `virtio-bindings` has none of these.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! virtio-pci (modern) transport from Linux userspace, without VFIO.
 //!
 //! For a guest whose kernel has no `CONFIG_VFIO_NOIOMMU`, the way DPDK and SPDK

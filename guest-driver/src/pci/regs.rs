@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Register access to a BAR window: 8/16/32/64-bit little-endian reads and
 //! writes at offsets, bounds and alignment checked.
 //!

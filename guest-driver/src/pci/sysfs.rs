@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! PCI functions through sysfs: finding virtio-accel functions, binding them
 //! to `uio_pci_generic`, reading configuration space and BAR sizes.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Tests of [`PciTransport`] against the in-memory device model, and of
 //! [`PciTransport::open`] on a fake sysfs tree.
 

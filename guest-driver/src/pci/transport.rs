@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`PciTransport`]: drives a modern virtio-pci function from userspace
 //! (virtio 1.2 §4.1), the way DPDK and SPDK do without VFIO: BARs mapped from
 //! sysfs `resourceN`, INTx through `uio_pci_generic` (or polling the used

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The driver side of a split virtqueue living in [`DmaMemory`].
 //!
 //! [`SplitQueue`] owns the descriptor table, the available ring and the used

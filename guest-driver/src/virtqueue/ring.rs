@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Split-ring wire layout: descriptors, ring offsets, flags and the event-index rule.
 
 use vm_memory::endian::{Le16, Le32, Le64};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The specification, `spec/virtio-accel.md`, as the tests read it: its marked
 //! tables (see `layout.rs` for the markers), its numbered headings and the
 //! sections text cites. Shared by `layout.rs` (the document against the crate)

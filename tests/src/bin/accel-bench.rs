@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accel-bench`: throughput of every operation through the daemon over the
 //! vhost-user socket, side by side with the same jobs on the engine called
 //! directly, and memcpy on the same buffer sizes as the physical limit.

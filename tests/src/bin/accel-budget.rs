@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accel-budget`: the daemon's instructions per request, stage by stage,
 //! counted by callgrind (instruction counts repeat on a noisy machine, where
 //! times do not), next to the floor: virtio-queue's own

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accel-demo`: starts the daemon on a unix socket (or uses a running one
 //! with `--socket`), connects to it as a VM would, runs a job of every
 //! operation through the socket and prints what came back, checking each

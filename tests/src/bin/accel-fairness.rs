@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `accel-fairness`: how the daemon shares the host between tenants, each
 //! served by a process of its own, over real vhost-user sockets. It runs the
 //! daemon's binary (`vhost-user-accel` beside this program, or

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The kernel transport's own checks (spec/accel-uapi.md, cited as
 //! accel-uapi §n): GEM objects, dma-bufs imported and exported, sync_files
 //! and syncobjs as in- and out-fences, memory of this process, and the
