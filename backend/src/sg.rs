@@ -506,10 +506,9 @@ impl SgReader<'_> {
                 // SAFETY: `seg` is mapped while the list this reader borrows,
                 // which holds its owner, lives (contract of `SgList::push`),
                 // and `skip + size` is within it; `value` is a local of
-                // `size` bytes. The guest may write these bytes meanwhile:
-                // each is fetched once, by one plain copy, as vm-memory's
-                // `copy_to` copies anything longer than a word; any bytes,
-                // torn or not, make a valid `ByteValued`.
+                // `size` bytes, and a byte copy needs no alignment. The guest
+                // may write these bytes meanwhile; any bytes, torn or not,
+                // make a valid `ByteValued`.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         seg.addr.as_ptr().add(self.skip),
@@ -517,6 +516,14 @@ impl SgReader<'_> {
                         size,
                     );
                 }
+                // Each byte is fetched once: the copy is what the caller
+                // checks and uses. Without this the compiler, which assumes
+                // no one else writes that memory, could read a field from
+                // guest memory again instead of from the copy (a double
+                // fetch). A volatile read of the whole `T` would say the same
+                // but is made of byte loads: 300 instructions more per
+                // request.
+                std::hint::black_box(&mut value);
                 self.skip += size;
                 self.left -= size;
                 if self.skip == seg.len {

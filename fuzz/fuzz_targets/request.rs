@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use vhost_user_accel::chain::{walk, ChainStart};
+use vhost_user_accel::chain::{walk, ChainStart, Walk};
 use vhost_user_accel::command::decode_request;
 use vhost_user_accel::config::Limits;
 use vhost_user_accel_fuzz::input::Reader;
@@ -62,7 +62,8 @@ fuzz_target!(|data: &[u8]| {
     // The lists hold this snapshot; they are dropped, with it, before
     // `guarded` unmaps its memory.
     let snapshot = Arc::new(mem.clone());
-    let walked = walk(start, &snapshot, limits.max_segments);
+    let mut walked = Walk::default();
+    walk(start, &snapshot, limits.max_segments, &mut walked);
 
     // A direct chain longer than the table wraps onto itself: not the chain
     // the input describes.
