@@ -42,7 +42,8 @@ pub struct Args {
     /// 0, 1, ...
     #[arg(long, requires = "socket_path")]
     pub socket_count: Option<usize>,
-    /// Read the daemon and its tenants from this TOML file (see README).
+    /// Read the daemon and its tenants from this TOML file (its format:
+    /// vhost-user-accel.toml(5), docs/man/vhost-user-accel.toml.5).
     #[arg(long, conflicts_with_all = [
         "socket_path", "socket_fd", "socket_count", "queues", "queue_size", "poll_us",
         "engine", "engine_threads", "engine_nice", "metrics", "user", "state_dir",
@@ -221,7 +222,33 @@ impl TryFrom<Args> for Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use clap::CommandFactory;
+
     use super::*;
+
+    /// `docs/man/vhost-user-accel.8` is these definitions, rendered; with
+    /// `ACCEL_UPDATE_MAN=1` the test writes it instead of comparing.
+    #[test]
+    fn the_man_page_is_rendered_from_the_arguments() {
+        let page = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/man/vhost-user-accel.8"
+        );
+        let mut rendered = Vec::new();
+        clap_mangen::Man::new(Args::command())
+            .section("8")
+            .render(&mut rendered)
+            .unwrap();
+        if std::env::var_os("ACCEL_UPDATE_MAN").is_some() {
+            std::fs::write(page, &rendered).unwrap();
+        }
+        let committed = std::fs::read(page).unwrap_or_default();
+        assert!(
+            committed == rendered,
+            "{page} is out of date: ACCEL_UPDATE_MAN=1 cargo test -p vhost-user-accel --bin \
+             vhost-user-accel man_page"
+        );
+    }
 
     fn parse(extra: &[&str]) -> Result<Config, ArgsError> {
         let mut argv = vec!["vhost-user-accel", "--socket-path", "/tmp/x.sock"];

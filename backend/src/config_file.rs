@@ -331,6 +331,19 @@ name = "vm2"
 socket = "/run/vm2.sock"
 "#;
 
+    /// The example of the configuration file's man page is a valid file.
+    #[test]
+    fn the_man_page_example_is_valid() {
+        let page = include_str!("../../docs/man/vhost-user-accel.toml.5");
+        let example = page
+            .split_once(".EX\n")
+            .and_then(|(_, rest)| rest.split_once(".EE\n"))
+            .map(|(example, _)| example.replace("\\-", "-"))
+            .unwrap();
+        let config = parse_str(&example).unwrap();
+        assert_eq!(config.tenants.len(), 2);
+    }
+
     #[test]
     fn a_full_file_becomes_a_config() {
         let config = parse_str(TWO).unwrap();

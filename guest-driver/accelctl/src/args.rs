@@ -325,7 +325,43 @@ impl RunArgs {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+
+    /// `docs/man/accelctl.1` and `accelctl-COMMAND.1` are these definitions,
+    /// rendered; with `ACCEL_UPDATE_MAN=1` the test writes them instead of
+    /// comparing.
+    #[test]
+    fn the_man_pages_are_rendered_from_the_arguments() {
+        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/man"));
+        let rendered = std::env::temp_dir().join(format!("accelctl-man-{}", std::process::id()));
+        std::fs::create_dir_all(&rendered).expect("a directory for the pages");
+        clap_mangen::generate_to(Args::command(), &rendered).expect("the pages render");
+        let pages = std::fs::read_dir(&rendered).expect("the rendered pages");
+        let mut names = Vec::new();
+        for page in pages {
+            let name = page.expect("a rendered page").file_name();
+            let text = std::fs::read(rendered.join(&name)).expect("a rendered page");
+            if std::env::var_os("ACCEL_UPDATE_MAN").is_some() {
+                std::fs::write(dir.join(&name), &text).expect("the committed page");
+            }
+            let committed = std::fs::read(dir.join(&name)).unwrap_or_default();
+            assert!(
+                committed == text,
+                "docs/man/{name:?} is out of date: ACCEL_UPDATE_MAN=1 cargo test -p accelctl \
+                 man_pages"
+            );
+            names.push(name);
+        }
+        std::fs::remove_dir_all(&rendered).expect("the rendered pages removed");
+        let stale: Vec<_> = std::fs::read_dir(dir)
+            .expect("docs/man")
+            .map(|entry| entry.expect("a page").file_name())
+            .filter(|name| name.to_string_lossy().starts_with("accelctl") && !names.contains(name))
+            .collect();
+        assert!(stale.is_empty(), "pages of no accelctl command: {stale:?}");
+    }
 
     fn run_args(line: &[&str]) -> RunArgs {
         let args = Args::try_parse_from(line).unwrap();
