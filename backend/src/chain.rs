@@ -230,6 +230,10 @@ pub fn walk(
     max_descriptors: u32,
     walked: &mut Walk,
 ) {
+    debug_assert!(
+        walked.readable.is_empty() && walked.writable.is_empty() && walked.error.is_none(),
+        "a walk fills an empty Walk"
+    );
     let mut walker = Walker::new(mem, max_descriptors, walked);
     let mut table = Table::new(
         &mut walker.translator,

@@ -9,7 +9,9 @@
 //! connection on the same socket. A connection that fails (even for want of
 //! a resource of the whole process, such as descriptors) is retried with a
 //! growing pause: once its socket is bound, a tenant is never given up.
-//! Tenants share the engine and nothing else.
+//! Tenants of one server share its engine and nothing else; the daemon runs
+//! one server per tenant, each in a process of its own, and the test harness
+//! runs several tenants in one.
 
 use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

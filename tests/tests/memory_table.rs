@@ -7,8 +7,8 @@
 //! memfd. A mapping beyond the end of a file faults (SIGBUS) when touched,
 //! so a daemon that accepted either table would die at the first request
 //! whose ring or buffer lies there; with the daemon in this process, so
-//! would this test. Each table must get an error reply (after which
-//! vhost-user-backend ends the connection); A's requests meanwhile stay
+//! would this test. Each table must get an error reply (after which the
+//! daemon ends the connection); A's requests meanwhile stay
 //! untouched (not taken, not answered); tenant B completes requests with
 //! the right results throughout; and A's next VMM connection, with a valid
 //! table, works.

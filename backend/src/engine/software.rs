@@ -392,8 +392,10 @@ fn worker_loop(shared: &Shared) {
 }
 
 /// Executes a job, which stops early once `cancelled` says so; a panic
-/// inside an operation's library comes back as the operation that panicked
-/// (the worker fails that job and lives on).
+/// inside an operation's library comes back as the operation that panicked,
+/// and the worker fails that job and lives on, where panics unwind (the
+/// engine in a test's process). A tenant's process aborts on a panic before
+/// it unwinds (`tenant_process`), and its supervisor starts another.
 fn run_job(job: &Job, scratch: &mut Scratch, cancelled: &dyn Fn() -> bool) -> Result<Outcome, Op> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         execute(
