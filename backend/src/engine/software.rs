@@ -144,9 +144,11 @@ impl CompletionRing {
 
     fn reap(&self, out: &mut Vec<Completion>) {
         let mut pending = lock(&self.pending);
-        // Into an empty `out`, the buffers trade places: nothing is copied,
-        // and the queue keeps `out`'s room for its next completions.
-        if out.is_empty() {
+        // Into an empty `out` with room for them, the buffers trade places:
+        // nothing is copied, and the queue keeps `out`'s room for its next
+        // completions. A new `out` (no room) is appended to instead, so that
+        // the queue keeps its own buffer and its workers allocate nothing.
+        if out.is_empty() && out.capacity() >= pending.done.len() {
             std::mem::swap(out, &mut pending.done);
         } else {
             out.append(&mut pending.done);
