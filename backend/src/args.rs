@@ -27,6 +27,12 @@ pub enum EngineArg {
 /// sharing the engine with the others. Tenants given on the command line are
 /// named by their index (0, 1, ...) and have no quotas; a configuration file
 /// (--config) names them and sets their weights and quotas.
+///
+/// SIGHUP reads the configuration file again: tenants that changed are
+/// restarted, new ones started, removed ones stopped, and the others keep
+/// running untouched (vhost-user-accel.toml(5), "RELOADING"). SIGINT and
+/// SIGTERM stop every tenant and exit. Started by systemd (NOTIFY_SOCKET set),
+/// the daemon tells it when it is ready, reloading and stopping.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Args {

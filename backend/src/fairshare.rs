@@ -175,6 +175,17 @@ impl FairShare {
         }
     }
 
+    /// Gives the tenants' cgroup the weight of `tenants` tenants, after a
+    /// reload changed their number.
+    pub fn resize(&self, tenants: usize) {
+        if let FairShare::Cgroup { hierarchy, dir } = self {
+            let value = hierarchy.group_value(tenants).to_string();
+            if let Err(e) = fs::write(dir.join(hierarchy.weight_file()), value) {
+                warn!("fair sharing: cannot weigh the tenants' cgroup for {tenants} tenants: {e}");
+            }
+        }
+    }
+
     /// Removes the cgroup once no process is left in it.
     pub fn tear_down(&self) {
         if let FairShare::Cgroup { dir, .. } = self {

@@ -34,6 +34,7 @@
 //! - [`arbiter`]: the supervisor slowing down a tenant ahead of one that waits;
 //! - [`shared`]: memory shared between the supervisor and a tenant's process;
 //! - [`metrics`]: the Prometheus endpoint;
+//! - [`sd_notify`]: readiness and reloads told to systemd;
 //! - [`shutdown`]: the signals the supervisor acts on, and its exit report;
 //! - [`config`]: the daemon configuration, its tenants and their quotas;
 //! - [`config_file`]: the TOML configuration file.
@@ -59,6 +60,7 @@ pub mod quota;
 pub mod ratelimit;
 pub mod ring_record;
 pub mod sandbox;
+pub mod sd_notify;
 pub mod server;
 pub mod sg;
 pub mod shared;

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    let config_file = args.config.clone();
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(e) => {
@@ -54,7 +55,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Supervisor::bind(config, OWN_BINARY).and_then(Supervisor::run) {
+    let supervisor = Supervisor::bind(config, OWN_BINARY).map(|s| s.reload_from(config_file));
+    match supervisor.and_then(Supervisor::run) {
         Ok(_signal) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{}", error_chain(&e));

@@ -10,7 +10,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -22,6 +22,15 @@ use crate::stats::{render, TenantStats};
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest request head read; the rest is ignored.
 const MAX_REQUEST: usize = 8192;
+
+/// The tenants whose counters the endpoint reports, in configuration order;
+/// the supervisor replaces the list when a reload changes the tenants.
+pub type Roster = Arc<RwLock<Vec<Arc<TenantStats>>>>;
+
+/// A roster of `tenants`.
+pub fn roster(tenants: Vec<Arc<TenantStats>>) -> Roster {
+    Arc::new(RwLock::new(tenants))
+}
 
 /// A bound metrics endpoint.
 pub enum MetricsServer {
@@ -84,17 +93,18 @@ impl MetricsServer {
         }
     }
 
-    /// Answers requests with the counters of `tenants` on a thread of its own.
-    pub fn spawn(self, tenants: Vec<Arc<TenantStats>>) -> Result<(), crate::ServerError> {
+    /// Answers requests with the counters of the tenants of `roster`, as it
+    /// is at each request, on a thread of its own.
+    pub fn spawn(self, roster: Roster) -> Result<(), crate::ServerError> {
         info!("metrics on {}", self.describe());
         std::thread::Builder::new()
             .name(String::from("metrics"))
-            .spawn(move || self.serve(&tenants))
+            .spawn(move || self.serve(&roster))
             .map(drop)
             .map_err(crate::ServerError::Spawn)
     }
 
-    fn serve(&self, tenants: &[Arc<TenantStats>]) {
+    fn serve(&self, roster: &Roster) {
         loop {
             let accepted: io::Result<Box<dyn Stream>> = match self {
                 MetricsServer::Tcp(listener) => listener
@@ -106,7 +116,11 @@ impl MetricsServer {
             };
             match accepted {
                 Ok(mut stream) => {
-                    if let Err(e) = answer(stream.as_mut(), tenants) {
+                    let tenants = roster
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    if let Err(e) = answer(stream.as_mut(), &tenants) {
                         debug!("metrics client: {e}");
                     }
                 }
@@ -213,7 +227,7 @@ mod tests {
             MetricsServer::Unix(_) => addr.clone(),
         };
         let stats = Arc::new(TenantStats::new("vm1"));
-        server.spawn(vec![Arc::clone(&stats)]).unwrap();
+        server.spawn(roster(vec![Arc::clone(&stats)])).unwrap();
         (bound, stats)
     }
 

@@ -185,7 +185,7 @@ impl Server {
                 .iter()
                 .map(|t| Arc::clone(&t.state.stats))
                 .collect();
-            metrics.spawn(stats)?;
+            metrics.spawn(crate::metrics::roster(stats))?;
         }
         let threads = self
             .tenants

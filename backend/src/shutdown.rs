@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The signals the supervisor acts on: SIGCHLD (a tenant's process ended),
-//! SIGINT and SIGTERM (exit with a report of every tenant's counters).
+//! SIGHUP (read the configuration file again), SIGINT and SIGTERM (exit
+//! with a report of every tenant's counters).
 //!
 //! They are blocked in every thread (the mask is inherited, so
 //! [`block_signals`] must run before any thread starts) and taken
@@ -18,7 +19,7 @@ use crate::stats::TenantStats;
 /// A set of blocked signals, to be taken with [`Signals::wait`].
 pub struct Signals(libc::sigset_t);
 
-/// Blocks SIGCHLD, SIGINT and SIGTERM in this thread and in the threads it
+/// Blocks SIGCHLD, SIGHUP, SIGINT and SIGTERM in this thread and in the threads it
 /// starts.
 pub fn block_signals() -> io::Result<Signals> {
     // SAFETY: an all-zero sigset_t is a valid value to hand to sigemptyset,
@@ -29,6 +30,7 @@ pub fn block_signals() -> io::Result<Signals> {
     let rc = unsafe {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
@@ -67,6 +69,7 @@ pub fn signal_name(signal: libc::c_int) -> String {
         libc::SIGABRT => "SIGABRT",
         libc::SIGBUS => "SIGBUS",
         libc::SIGFPE => "SIGFPE",
+        libc::SIGHUP => "SIGHUP",
         libc::SIGILL => "SIGILL",
         libc::SIGINT => "SIGINT",
         libc::SIGKILL => "SIGKILL",

@@ -28,6 +28,17 @@
 //! saves each record there when it stops, and the next daemon takes the
 //! records back, so that an upgrade is a pause too.
 //!
+//! On SIGHUP (`systemctl reload`) the supervisor reads its configuration
+//! file again ([`Supervisor::reload_from`]) and brings the tenants in line
+//! with it: a tenant whose settings are unchanged keeps its process, socket
+//! and connection; a tenant that is gone or changed is stopped as at exit
+//! (its record saved to the state directory, if any, so that a changed
+//! tenant's device resumes where the record still fits); a new or changed
+//! tenant is bound and started. Daemon-wide settings (engine, metrics, user,
+//! state directory) take effect at the next start only. A file that does
+//! not parse changes nothing. Under systemd the daemon reports each step
+//! ([`crate::sd_notify`]).
+//!
 //! Tenants' processes are killed with the supervisor (`PR_SET_PDEATHSIG`)
 //! and sit in a process group of their own, so that a terminal's ^C reaches
 //! the supervisor only, which then stops them and reports.
@@ -38,7 +49,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
@@ -46,10 +57,12 @@ use thiserror::Error;
 use vhost::vhost_user::Listener;
 
 use crate::arbiter::{Arbiter, Member};
-use crate::config::{Config, MetricsAddr, TenantConfig};
+use crate::config::{Config, MetricsAddr, SocketSource, TenantConfig};
+use crate::config_file;
 use crate::device_record::{DeviceRecord, Saved};
 use crate::fairshare::{self, FairShare};
-use crate::metrics::MetricsServer;
+use crate::metrics::{MetricsServer, Roster};
+use crate::sd_notify;
 use crate::server::{listen, ServerError};
 use crate::shutdown::{self, signal_name, Signals};
 use crate::stats::TenantStats;
@@ -147,9 +160,13 @@ struct Slot {
 /// The supervisor of the tenants' processes.
 pub struct Supervisor {
     config: Config,
+    /// The file SIGHUP reads again, if the configuration came from one.
+    config_file: Option<PathBuf>,
     program: PathBuf,
     signals: Signals,
     slots: Vec<Slot>,
+    /// The tenants the metrics endpoint reports, in configuration order.
+    roster: Roster,
     metrics: Option<MetricsServer>,
     share: FairShare,
     /// With several tenants, the arbiter of their CPU time.
@@ -174,28 +191,7 @@ impl Supervisor {
         let slots = config
             .tenants
             .iter()
-            .map(|tenant| {
-                let shared_error = |source| SupervisorError::Counters {
-                    tenant: tenant.name.clone(),
-                    source,
-                };
-                let stats = TenantStats::shared(tenant.name.clone()).map_err(shared_error)?;
-                let record = DeviceRecord::shared(tenant).map_err(shared_error)?;
-                if let Some(dir) = &config.state_dir {
-                    take_saved_record(&record, &tenant.name, dir);
-                }
-                Ok(Slot {
-                    config: tenant.clone(),
-                    listener: listen(tenant)?,
-                    stats: Arc::new(stats),
-                    record,
-                    process: None,
-                    start_at: Instant::now(),
-                    delay: first_delay(config.max_restart_pause),
-                    max_delay: config.max_restart_pause,
-                    incarnations: 0,
-                })
-            })
+            .map(|tenant| Slot::bind(tenant, &config))
             .collect::<Result<Vec<_>, SupervisorError>>()?;
         let metrics = config
             .metrics
@@ -204,15 +200,27 @@ impl Supervisor {
             .transpose()
             .map_err(|e| SupervisorError::Server(ServerError::Metrics(e)))?;
         let share = FairShare::set_up(&config);
-        Ok(Supervisor {
+        let roster = crate::metrics::roster(Vec::new());
+        let supervisor = Supervisor {
             config,
+            config_file: None,
             program: program.into(),
             signals,
             slots,
+            roster,
             metrics,
             share,
             arbiter: None,
-        })
+        };
+        supervisor.update_roster();
+        Ok(supervisor)
+    }
+
+    /// Reads `path` again on SIGHUP, the file the configuration came from.
+    #[must_use]
+    pub fn reload_from(mut self, path: Option<PathBuf>) -> Self {
+        self.config_file = path;
+        self
     }
 
     /// The counters of every tenant, in configuration order.
@@ -221,24 +229,121 @@ impl Supervisor {
     }
 
     /// Runs the tenants' processes, restarting each that ends, until SIGINT
-    /// or SIGTERM; then stops them, logs every tenant's summary, removes the
-    /// sockets it made and returns the signal.
+    /// or SIGTERM, and reading the configuration again on SIGHUP; then stops
+    /// them, logs every tenant's summary, removes the sockets it made and
+    /// returns the signal.
     pub fn run(mut self) -> Result<libc::c_int, SupervisorError> {
         if let Some(metrics) = self.metrics.take() {
-            metrics.spawn(self.stats())?;
+            metrics.spawn(Arc::clone(&self.roster))?;
         }
         self.arbiter = self.start_arbiter();
+        sd_notify::ready();
         loop {
             self.start_due();
             match self.signals.wait(self.next_wake()) {
                 Some(signal @ (libc::SIGINT | libc::SIGTERM)) => {
                     info!("{}: stopping the tenants and exiting", signal_name(signal));
+                    sd_notify::stopping();
                     self.stop();
                     return Ok(signal);
                 }
+                Some(libc::SIGHUP) => self.reload(),
                 _ => self.reap(),
             }
         }
+    }
+
+    /// Reads the configuration file again and applies what changed in the
+    /// tenants (see the module's documentation).
+    fn reload(&mut self) {
+        let Some(path) = self.config_file.clone() else {
+            warn!("SIGHUP: the configuration came from the command line: nothing to read again");
+            return;
+        };
+        sd_notify::reloading();
+        match config_file::load(&path) {
+            Ok(config) => self.apply(config),
+            Err(e) => error!(
+                "SIGHUP: {}: {}; the running configuration stays",
+                path.display(),
+                crate::error_chain(&e)
+            ),
+        }
+        sd_notify::ready();
+    }
+
+    /// Brings the tenants in line with `new`.
+    fn apply(&mut self, new: Config) {
+        let daemon_wide = Config {
+            tenants: self.config.tenants.clone(),
+            ..new.clone()
+        };
+        if daemon_wide != self.config {
+            warn!(
+                "SIGHUP: settings of the whole daemon changed; they take effect when it \
+                 starts again, only the tenants change now"
+            );
+        }
+        if let Some(tenant) = new
+            .tenants
+            .iter()
+            .filter(|tenant| !self.config.tenants.contains(tenant))
+            .find(|tenant| matches!(tenant.socket, SocketSource::Fd(_)))
+        {
+            error!(
+                "SIGHUP: tenant {}: a socket-fd is only taken at start; the running \
+                 configuration stays",
+                tenant.name
+            );
+            return;
+        }
+        let (kept, ended): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut self.slots)
+            .into_iter()
+            .partition(|slot| new.tenants.contains(&slot.config));
+        let ended_stats: Vec<_> = ended.iter().map(|s| Arc::clone(&s.stats)).collect();
+        self.end_processes(ended, "gone or changed in the configuration");
+        shutdown::report(&ended_stats);
+        let mut kept: Vec<Option<Slot>> = kept.into_iter().map(Some).collect();
+        for tenant in &new.tenants {
+            let old = kept
+                .iter_mut()
+                .find(|slot| slot.as_ref().is_some_and(|s| &s.config == tenant))
+                .and_then(Option::take);
+            match old.map_or_else(|| Slot::bind(tenant, &self.config), Ok) {
+                Ok(slot) => self.slots.push(slot),
+                Err(e) => error!(
+                    "SIGHUP: tenant {}: {}; left out until the next reload",
+                    tenant.name,
+                    crate::error_chain(&e)
+                ),
+            }
+        }
+        self.config.tenants = self.slots.iter().map(|s| s.config.clone()).collect();
+        self.share.resize(self.slots.len());
+        self.update_roster();
+        // The arbiter's members are the tenants by index: start it afresh.
+        self.arbiter = None;
+        self.arbiter = self.start_arbiter();
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let Some(running) = &slot.process {
+                self.watch(index, running.child.id());
+            }
+        }
+        info!(
+            "SIGHUP: {} tenant(s): {}",
+            self.slots.len(),
+            self.config
+                .tenants
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    /// Hands the metrics endpoint the tenants as they now are.
+    fn update_roster(&self) {
+        *self.roster.write().unwrap_or_else(PoisonError::into_inner) = self.stats();
     }
 
     /// The arbiter of several tenants' CPU time, if it can start.
@@ -336,6 +441,7 @@ impl Supervisor {
         command
             .arg0(PROCESS_NAME)
             .args(["--tenant-process", &slot.config.name])
+            .env_remove(sd_notify::NOTIFY_SOCKET)
             .stdin(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec and
         // makes only async-signal-safe calls (dup2, setpgid, prctl,
@@ -427,11 +533,32 @@ impl Supervisor {
     fn stop(&mut self) {
         // Its thread ends, giving every tenant its priority back.
         self.arbiter = None;
-        for running in self.slots.iter_mut().filter_map(|s| s.process.as_mut()) {
-            let _ = running.child.kill();
+        let stats = self.stats();
+        let slots = std::mem::take(&mut self.slots);
+        self.end_processes(slots, "exiting");
+        self.share.tear_down();
+        if let Some(MetricsAddr::Unix(path)) = &self.config.metrics {
+            let _ = std::fs::remove_file(path);
+        }
+        shutdown::report(&stats);
+    }
+
+    /// Kills the processes of `slots`, waits for them (a while), saves their
+    /// records to the state directory, if any, and drops the slots, whose
+    /// listeners bound to paths remove them. `why` goes to the log.
+    fn end_processes(&self, mut slots: Vec<Slot>, why: &str) {
+        for slot in &mut slots {
+            if let Some(running) = &mut slot.process {
+                info!(
+                    "tenant {}: stopping process {} ({why})",
+                    slot.config.name,
+                    running.child.id()
+                );
+                let _ = running.child.kill();
+            }
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
-        for slot in &mut self.slots {
+        for slot in &mut slots {
             let ended = match slot.process.take() {
                 Some(mut running) => {
                     while matches!(running.child.try_wait(), Ok(None)) && Instant::now() < deadline
@@ -448,12 +575,6 @@ impl Supervisor {
                 save_record(slot, dir);
             }
         }
-        self.share.tear_down();
-        if let Some(MetricsAddr::Unix(path)) = &self.config.metrics {
-            let _ = std::fs::remove_file(path);
-        }
-        shutdown::report(&self.stats());
-        // The listeners bound to paths remove them when they drop, with `self`.
     }
 }
 
@@ -535,6 +656,31 @@ fn record_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 impl Slot {
+    /// Binds `tenant`'s socket and makes its shared counters and record,
+    /// taking a record saved in `config`'s state directory.
+    fn bind(tenant: &TenantConfig, config: &Config) -> Result<Slot, SupervisorError> {
+        let shared_error = |source| SupervisorError::Counters {
+            tenant: tenant.name.clone(),
+            source,
+        };
+        let stats = TenantStats::shared(tenant.name.clone()).map_err(shared_error)?;
+        let record = DeviceRecord::shared(tenant).map_err(shared_error)?;
+        if let Some(dir) = &config.state_dir {
+            take_saved_record(&record, &tenant.name, dir);
+        }
+        Ok(Slot {
+            config: tenant.clone(),
+            listener: listen(tenant)?,
+            stats: Arc::new(stats),
+            record,
+            process: None,
+            start_at: Instant::now(),
+            delay: first_delay(config.max_restart_pause),
+            max_delay: config.max_restart_pause,
+            incarnations: 0,
+        })
+    }
+
     /// Schedules the next start after the current pause, and doubles it.
     fn schedule_after(&mut self, now: Instant) {
         self.start_at = now + self.delay;
@@ -601,6 +747,20 @@ fn prepare_child(handed: [RawFd; 3], parent: u32) -> io::Result<()> {
     if !detached {
         return Err(io::Error::last_os_error());
     }
+    // The supervisor's ambient capabilities (CAP_SYS_NICE, which the systemd
+    // unit grants its arbiter) stay with it: a tenant's process, not root,
+    // then runs with none.
+    // SAFETY: an async-signal-safe call that changes only this process's
+    // ambient set; it fails harmlessly (EINVAL) where there is none.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
     // SAFETY: getppid has no preconditions.
     let orphaned = u32::try_from(unsafe { libc::getppid() }).ok() != Some(parent);
     if orphaned {

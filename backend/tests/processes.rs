@@ -13,6 +13,8 @@
 
 mod support;
 
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,8 +28,8 @@ use vhost_user_accel::arbiter::SLOW_STEPS;
 use virtio_accel_spec::{Op, Status};
 
 use support::{
-    assert_interrupted, fill_request, kill, queue_digests, submit_digests, submit_poison, Setup,
-    Supervisor, PATIENCE,
+    assert_interrupted, fill_request, kill, queue_digests, submit_digests, submit_poison,
+    write_config, Setup, Supervisor, PATIENCE,
 };
 
 type AccelDevice = Device<VhostUserTransport>;
@@ -331,6 +333,101 @@ fn sigterm_stops_every_tenant_process_and_removes_what_the_daemon_made() {
         log.contains("tenant t1: 1 connections, 0 process restarts, 1 requests (1 ok"),
         "{log}"
     );
+}
+
+/// systemd's end of the readiness protocol: a datagram socket in the
+/// abstract namespace, named for `NOTIFY_SOCKET` as `@NAME`.
+struct FakeSystemd {
+    socket: UnixDatagram,
+    name: String,
+}
+
+impl FakeSystemd {
+    fn bind(test: &str) -> FakeSystemd {
+        let name = format!("vhost-user-accel-notify-{}-{test}", std::process::id());
+        let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = UnixDatagram::bind_addr(&address).unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        FakeSystemd {
+            socket,
+            name: format!("@{name}"),
+        }
+    }
+
+    /// The next message, which must start with `state`.
+    fn expect(&self, state: &str) {
+        let mut buffer = [0u8; 512];
+        let n = self.socket.recv(&mut buffer).unwrap();
+        let message = String::from_utf8_lossy(&buffer[..n]);
+        assert!(message.starts_with(state), "{message:?} is not {state:?}");
+    }
+}
+
+#[test]
+fn sighup_applies_the_changed_tenants_and_leaves_the_others_alone() {
+    let systemd = FakeSystemd::bind("reload");
+    let supervisor = Supervisor::start_with(
+        "reload",
+        3,
+        Setup {
+            env: &[("NOTIFY_SOCKET", &systemd.name)],
+            ..Setup::default()
+        },
+    );
+    systemd.expect("READY=1");
+    let kept = supervisor.tenant_pid("t0");
+    let changed = supervisor.tenant_pid("t1");
+    let memory = DmaMemory::new(4 << 20).unwrap();
+    let device = connect(&supervisor.socket("t0"), &memory);
+    crc_check(&device, &memory);
+
+    // t0 as it was, t1 with another queue count, t2 gone, t3 new.
+    write_config(
+        &supervisor.dir,
+        "",
+        &[("t0", ""), ("t1", "queues = 3\n"), ("t3", "")],
+    );
+    supervisor.signal(libc::SIGHUP);
+    systemd.expect("RELOADING=1\nMONOTONIC_USEC=");
+    systemd.expect("READY=1");
+    supervisor.wait_until_gone("t1", changed);
+    supervisor.tenant_pid("t1");
+    supervisor.tenant_pid("t3");
+    serves_again(&supervisor.socket("t3"));
+    serves_again(&supervisor.socket("t1"));
+    assert_eq!(
+        supervisor.find_tenant_pid("t2"),
+        None,
+        "{}",
+        supervisor.log()
+    );
+    assert!(!supervisor.socket("t2").exists());
+    // The unchanged tenant kept its process and its VMM's connection.
+    assert_eq!(supervisor.tenant_pid("t0"), kept);
+    crc_check(&device, &memory);
+    let t1 = connect(&supervisor.socket("t1"), &memory);
+    assert_eq!(t1.num_request_queues(), 3);
+    // The metrics endpoint reports the tenants as they now are.
+    let metrics = supervisor.metrics();
+    assert!(
+        metrics.contains("vhost_user_accel_requests_total{tenant=\"t3\",status=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("tenant=\"t2\""), "{metrics}");
+
+    // A file that does not parse changes nothing.
+    std::fs::write(supervisor.dir.join("accel.toml"), "[[tenant]]\nname = 7\n").unwrap();
+    let pids = [supervisor.tenant_pid("t0"), supervisor.tenant_pid("t1")];
+    supervisor.signal(libc::SIGHUP);
+    systemd.expect("RELOADING=1");
+    systemd.expect("READY=1");
+    let log = supervisor.log();
+    assert!(log.contains("the running configuration stays"), "{log}");
+    assert_eq!(
+        [supervisor.tenant_pid("t0"), supervisor.tenant_pid("t1")],
+        pids
+    );
+    crc_check(&device, &memory);
 }
 
 #[test]

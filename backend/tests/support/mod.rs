@@ -97,20 +97,12 @@ impl Supervisor {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut config = format!(
-            "{}metrics = \"unix:{}\"\n",
-            setup.settings,
-            dir.join("metrics").display()
-        );
-        for index in 0..tenants {
-            config.push_str(&format!(
-                "[[tenant]]\nname = \"t{index}\"\nsocket = \"{}\"\n{}",
-                dir.join(format!("t{index}.sock")).display(),
-                setup.tenant_settings
-            ));
-        }
-        let config_path = dir.join("accel.toml");
-        std::fs::write(&config_path, config).unwrap();
+        let names: Vec<String> = (0..tenants).map(|index| format!("t{index}")).collect();
+        let tenant_tables: Vec<(&str, &str)> = names
+            .iter()
+            .map(|name| (name.as_str(), setup.tenant_settings))
+            .collect();
+        write_config(&dir, setup.settings, &tenant_tables);
         let log = dir.join("daemon.log");
         let env: Vec<(String, String)> = setup
             .env
@@ -128,6 +120,11 @@ impl Supervisor {
             supervisor.tenant_pid(&format!("t{index}"));
         }
         supervisor
+    }
+
+    /// Sends `signal` to the supervisor's process.
+    pub fn signal(&self, signal: libc::c_int) {
+        kill(self.child.id(), signal);
     }
 
     /// The daemon on the configuration file in `dir`, logging to `log`
@@ -280,6 +277,23 @@ impl Drop for Supervisor {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes the configuration file of the daemon in `dir`: `settings`, the
+/// metrics socket, and a `[[tenant]]` for each `(name, settings)` of
+/// `tenants`, whose socket is `dir/NAME.sock`.
+pub fn write_config(dir: &std::path::Path, settings: &str, tenants: &[(&str, &str)]) {
+    let mut config = format!(
+        "{settings}metrics = \"unix:{}\"\n",
+        dir.join("metrics").display()
+    );
+    for (name, tenant_settings) in tenants {
+        config.push_str(&format!(
+            "[[tenant]]\nname = \"{name}\"\nsocket = \"{}\"\n{tenant_settings}",
+            dir.join(format!("{name}.sock")).display(),
+        ));
+    }
+    std::fs::write(dir.join("accel.toml"), config).unwrap();
 }
 
 /// Sends `signal` to process `pid`, which must exist.
