@@ -344,6 +344,17 @@ socket = "/run/vm2.sock"
         assert_eq!(config.tenants.len(), 2);
     }
 
+    /// The file the Debian package installs is valid, with its one tenant.
+    #[test]
+    fn the_packaged_configuration_is_valid() {
+        let config = parse_str(include_str!("../debian/vhost-user-accel.toml")).unwrap();
+        assert_eq!(config.tenants.len(), 1);
+        assert_eq!(
+            config.state_dir,
+            Some(PathBuf::from("/var/lib/vhost-user-accel"))
+        );
+    }
+
     #[test]
     fn a_full_file_becomes_a_config() {
         let config = parse_str(TWO).unwrap();
