@@ -30,7 +30,8 @@ pub enum EngineArg {
 ///
 /// SIGHUP reads the configuration file again: tenants that changed are
 /// restarted, new ones started, removed ones stopped, and the others keep
-/// running untouched (vhost-user-accel.toml(5), "RELOADING"). SIGINT and
+/// running untouched (vhost-user-accel.toml(5), "RELOADING"); without
+/// --config it is logged and ignored. SIGINT and
 /// SIGTERM stop every tenant and exit. Started by systemd (NOTIFY_SOCKET set),
 /// the daemon tells it when it is ready, reloading and stopping.
 #[derive(Debug, Parser)]

@@ -56,7 +56,11 @@ pub fn send(socket: &OsStr, state: &str) -> io::Result<()> {
         Some(name) => SocketAddr::from_abstract_name(name)?,
         None => SocketAddr::from_pathname(socket)?,
     };
-    let sent = UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &address)?;
+    let socket = UnixDatagram::unbound()?;
+    // A full queue (systemd not reading) fails the message instead of
+    // stalling the supervisor.
+    socket.set_nonblocking(true)?;
+    let sent = socket.send_to_addr(state.as_bytes(), &address)?;
     if sent != state.len() {
         return Err(io::Error::other("the message was cut short"));
     }

@@ -167,6 +167,9 @@ pub struct Supervisor {
     slots: Vec<Slot>,
     /// The tenants the metrics endpoint reports, in configuration order.
     roster: Roster,
+    /// Processes of tenants a reload ended that had not ended yet when it
+    /// stopped waiting: collected by [`Supervisor::reap`].
+    dying: Vec<Child>,
     metrics: Option<MetricsServer>,
     share: FairShare,
     /// With several tenants, the arbiter of their CPU time.
@@ -208,6 +211,7 @@ impl Supervisor {
             signals,
             slots,
             roster,
+            dying: Vec::new(),
             metrics,
             share,
             arbiter: None,
@@ -247,7 +251,12 @@ impl Supervisor {
                     self.stop();
                     return Ok(signal);
                 }
-                Some(libc::SIGHUP) => self.reload(),
+                Some(libc::SIGHUP) => {
+                    self.reload();
+                    // A stream of SIGHUPs must not keep ended processes
+                    // from being collected and restarted.
+                    self.reap();
+                }
                 _ => self.reap(),
             }
         }
@@ -263,9 +272,9 @@ impl Supervisor {
         sd_notify::reloading();
         match config_file::load(&path) {
             Ok(config) => self.apply(config),
+            // The error names the file.
             Err(e) => error!(
-                "SIGHUP: {}: {}; the running configuration stays",
-                path.display(),
+                "SIGHUP: {}; the running configuration stays",
                 crate::error_chain(&e)
             ),
         }
@@ -274,15 +283,10 @@ impl Supervisor {
 
     /// Brings the tenants in line with `new`.
     fn apply(&mut self, new: Config) {
-        let daemon_wide = Config {
-            tenants: self.config.tenants.clone(),
-            ..new.clone()
-        };
-        if daemon_wide != self.config {
-            warn!(
-                "SIGHUP: settings of the whole daemon changed; they take effect when it \
-                 starts again, only the tenants change now"
-            );
+        self.warn_daemon_wide(&new);
+        if self.config.tenants == new.tenants {
+            info!("SIGHUP: no tenant changed");
+            return;
         }
         if let Some(tenant) = new
             .tenants
@@ -297,32 +301,16 @@ impl Supervisor {
             );
             return;
         }
-        let (kept, ended): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut self.slots)
-            .into_iter()
-            .partition(|slot| new.tenants.contains(&slot.config));
-        let ended_stats: Vec<_> = ended.iter().map(|s| Arc::clone(&s.stats)).collect();
-        self.end_processes(ended, "gone or changed in the configuration");
-        shutdown::report(&ended_stats);
-        let mut kept: Vec<Option<Slot>> = kept.into_iter().map(Some).collect();
-        for tenant in &new.tenants {
-            let old = kept
-                .iter_mut()
-                .find(|slot| slot.as_ref().is_some_and(|s| &s.config == tenant))
-                .and_then(Option::take);
-            match old.map_or_else(|| Slot::bind(tenant, &self.config), Ok) {
-                Ok(slot) => self.slots.push(slot),
-                Err(e) => error!(
-                    "SIGHUP: tenant {}: {}; left out until the next reload",
-                    tenant.name,
-                    crate::error_chain(&e)
-                ),
-            }
-        }
+        // The arbiter lets go of every process before any is collected:
+        // a collected process's id may name another process next.
+        self.arbiter = None;
+        let before = std::mem::take(&mut self.config.tenants);
+        let kept = self.end_departed(&new.tenants);
+        self.bind_tenants(&new.tenants, kept);
         self.config.tenants = self.slots.iter().map(|s| s.config.clone()).collect();
+        self.warn_kept_settings(&before);
         self.share.resize(self.slots.len());
         self.update_roster();
-        // The arbiter's members are the tenants by index: start it afresh.
-        self.arbiter = None;
         self.arbiter = self.start_arbiter();
         for (index, slot) in self.slots.iter().enumerate() {
             if let Some(running) = &slot.process {
@@ -339,6 +327,94 @@ impl Supervisor {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+
+    /// Says that settings of the whole daemon in `new` wait for a restart.
+    fn warn_daemon_wide(&self, new: &Config) {
+        let daemon_wide = Config {
+            tenants: self.config.tenants.clone(),
+            ..new.clone()
+        };
+        if daemon_wide != self.config {
+            warn!(
+                "SIGHUP: settings of the whole daemon changed; they take effect when it \
+                 starts again, only the tenants change now"
+            );
+        }
+    }
+
+    /// Ends the processes of the tenants that are not in `tenants` as they
+    /// are: a changed tenant's record is saved for its next process, a
+    /// removed tenant's is not (another VM may come under its name). Returns
+    /// the slots kept, with their processes.
+    fn end_departed(&mut self, tenants: &[TenantConfig]) -> Vec<Slot> {
+        let (kept, ended): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut self.slots)
+            .into_iter()
+            .partition(|slot| tenants.contains(&slot.config));
+        let (changed, removed): (Vec<Slot>, Vec<Slot>) = ended
+            .into_iter()
+            .partition(|slot| tenants.iter().any(|t| t.name == slot.config.name));
+        let ended_stats: Vec<_> = changed
+            .iter()
+            .chain(&removed)
+            .map(|s| Arc::clone(&s.stats))
+            .collect();
+        let mut dying = self.end_processes(changed, "changed in the configuration", true);
+        dying.extend(self.end_processes(removed, "removed from the configuration", false));
+        self.dying.extend(dying);
+        shutdown::report(&ended_stats);
+        kept
+    }
+
+    /// Makes the slots of `tenants` in their order: a kept one as it is,
+    /// the others bound afresh. A tenant whose socket cannot be bound is
+    /// left out until the next reload.
+    fn bind_tenants(&mut self, tenants: &[TenantConfig], kept: Vec<Slot>) {
+        let mut kept: Vec<Option<Slot>> = kept.into_iter().map(Some).collect();
+        for tenant in tenants {
+            let old = kept
+                .iter_mut()
+                .find(|slot| slot.as_ref().is_some_and(|s| &s.config == tenant))
+                .and_then(Option::take);
+            match old.map_or_else(|| Slot::bind(tenant, &self.config), Ok) {
+                Ok(slot) => self.slots.push(slot),
+                Err(e) => error!(
+                    "SIGHUP: tenant {}: {}; left out until the next reload",
+                    tenant.name,
+                    crate::error_chain(&e)
+                ),
+            }
+        }
+    }
+
+    /// Says which kept tenants run with engine settings or a priority that
+    /// depended on the tenants `before` and now would differ: they keep
+    /// them until their process restarts.
+    fn warn_kept_settings(&self, before: &[TenantConfig]) {
+        let settings = |tenant: &TenantConfig, tenants: &[TenantConfig]| {
+            (
+                fairshare::engine_threads(self.config.engine_threads, tenants.len()),
+                fairshare::engine_nice(self.config.engine_nice, tenants.len()),
+                fairshare::process_nice(tenant, tenants),
+            )
+        };
+        let stale = self
+            .slots
+            .iter()
+            .filter(|slot| slot.process.is_some() && before.contains(&slot.config))
+            .filter(|slot| {
+                settings(&slot.config, before) != settings(&slot.config, &self.config.tenants)
+            })
+            .map(|slot| slot.config.name.as_str())
+            .collect::<Vec<_>>();
+        if !stale.is_empty() {
+            warn!(
+                "SIGHUP: tenant(s) {} keep the engine workers and priority worked out for \
+                 the tenants before; the arbiter evens out their CPU time, and a restart of \
+                 their process gives them the new ones",
+                stale.join(", ")
+            );
+        }
     }
 
     /// Hands the metrics endpoint the tenants as they now are.
@@ -479,6 +555,8 @@ impl Supervisor {
 
     /// Collects every tenant's process that ended and schedules its restart.
     fn reap(&mut self) {
+        self.dying
+            .retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
         let now = Instant::now();
         for index in 0..self.slots.len() {
             let ended = self.slots.get(index).and_then(|s| s.process.as_ref());
@@ -535,7 +613,8 @@ impl Supervisor {
         self.arbiter = None;
         let stats = self.stats();
         let slots = std::mem::take(&mut self.slots);
-        self.end_processes(slots, "exiting");
+        // What has not ended by now dies with the supervisor (its death signal).
+        drop(self.end_processes(slots, "exiting", true));
         self.share.tear_down();
         if let Some(MetricsAddr::Unix(path)) = &self.config.metrics {
             let _ = std::fs::remove_file(path);
@@ -544,9 +623,10 @@ impl Supervisor {
     }
 
     /// Kills the processes of `slots`, waits for them (a while), saves their
-    /// records to the state directory, if any, and drops the slots, whose
-    /// listeners bound to paths remove them. `why` goes to the log.
-    fn end_processes(&self, mut slots: Vec<Slot>, why: &str) {
+    /// records to the state directory, if any and if `save`, and drops the
+    /// slots, whose listeners bound to paths remove them. `why` goes to the
+    /// log. Returns the processes that had not ended by then.
+    fn end_processes(&self, mut slots: Vec<Slot>, why: &str, save: bool) -> Vec<Child> {
         for slot in &mut slots {
             if let Some(running) = &mut slot.process {
                 info!(
@@ -558,23 +638,24 @@ impl Supervisor {
             }
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut unended = Vec::new();
         for slot in &mut slots {
-            let ended = match slot.process.take() {
-                Some(mut running) => {
-                    while matches!(running.child.try_wait(), Ok(None)) && Instant::now() < deadline
-                    {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    slot.stats.process_ended();
-                    matches!(running.child.try_wait(), Ok(Some(_)))
+            if let Some(mut running) = slot.process.take() {
+                while matches!(running.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                None => true,
-            };
-            // Only the record of a process that has ended stands still.
-            if let (true, Some(dir)) = (ended, &self.config.state_dir) {
+                slot.stats.process_ended();
+                if !matches!(running.child.try_wait(), Ok(Some(_))) {
+                    unended.push(running.child);
+                    // Only the record of a process that has ended stands still.
+                    continue;
+                }
+            }
+            if let (true, Some(dir)) = (save, &self.config.state_dir) {
                 save_record(slot, dir);
             }
         }
+        unended
     }
 }
 
@@ -663,6 +744,9 @@ impl Slot {
             tenant: tenant.name.clone(),
             source,
         };
+        // The socket first: a saved record is taken (and its file removed)
+        // only for a tenant that will serve.
+        let listener = listen(tenant)?;
         let stats = TenantStats::shared(tenant.name.clone()).map_err(shared_error)?;
         let record = DeviceRecord::shared(tenant).map_err(shared_error)?;
         if let Some(dir) = &config.state_dir {
@@ -670,7 +754,7 @@ impl Slot {
         }
         Ok(Slot {
             config: tenant.clone(),
-            listener: listen(tenant)?,
+            listener,
             stats: Arc::new(stats),
             record,
             process: None,
@@ -751,7 +835,8 @@ fn prepare_child(handed: [RawFd; 3], parent: u32) -> io::Result<()> {
     // unit grants its arbiter) stay with it: a tenant's process, not root,
     // then runs with none.
     // SAFETY: an async-signal-safe call that changes only this process's
-    // ambient set; it fails harmlessly (EINVAL) where there is none.
+    // ambient set; on a kernel without ambient capabilities (before 4.3) it
+    // fails harmlessly (EINVAL).
     unsafe {
         libc::prctl(
             libc::PR_CAP_AMBIENT,

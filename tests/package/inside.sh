@@ -61,7 +61,8 @@ vm0=$(tenant_pid vm0)
 # processes must not inherit it.
 caps() { sed -n "s/^$2:[[:space:]]*//p" "/proc/$1/status"; }
 [ "$(caps "$main" CapAmb)" = 0000000000800000 ] || fail "the daemon lacks CAP_SYS_NICE"
-[ "$(caps "$vm0" CapEff)$(caps "$vm0" CapAmb)" = 00000000000000000000000000000000 ] ||
+[ "$(caps "$vm0" CapPrm)$(caps "$vm0" CapEff)$(caps "$vm0" CapAmb)" = \
+	000000000000000000000000000000000000000000000000 ] ||
 	fail "tenant vm0's process has capabilities"
 echo "daemon $main, tenant vm0 process $vm0"
 
@@ -79,7 +80,21 @@ crc /run/vhost-user-accel/vm1.sock
 [ "$(systemctl show -p MainPID --value vhost-user-accel.service)" = "$main" ] ||
 	fail "the daemon restarted on reload"
 crc /run/vhost-user-accel/vm0.sock
+# Two tenants now: the arbiter of their CPU time runs (CAP_SYS_NICE).
+journalctl --no-pager -o cat -u vhost-user-accel.service | grep -q "arbiter runs" ||
+	fail "no arbiter for two tenants"
 echo "tenant vm0 kept process $vm0; vm1 served by $(tenant_pid vm1)"
+
+step "systemctl reload of a broken file: nothing changes"
+cp "$conf" /package-check/good.toml
+echo 'queues = "many"' >> "$conf"
+systemctl reload vhost-user-accel.service || fail "reload of a broken file"
+journalctl --no-pager -o cat -u vhost-user-accel.service | grep -q "the running configuration stays" ||
+	fail "the broken file was not refused"
+[ "$(systemctl is-active vhost-user-accel.service)" = active ] || fail "not active after a broken file"
+[ "$(tenant_pid vm0)" = "$vm0" ] || fail "tenant vm0's process changed on a broken file"
+crc /run/vhost-user-accel/vm1.sock
+cp /package-check/good.toml "$conf"
 
 step "vhost-user-accel@vm9.socket: started on the first connection"
 systemctl start vhost-user-accel@vm9.socket || fail "cannot start the socket unit"
@@ -100,7 +115,9 @@ systemd-analyze security vhost-user-accel@vm9.service | tail -n 1
 step "purge"
 dpkg --purge vhost-user-accel
 sleep 0.5
-if pgrep -f /usr/sbin/vhost-user-accel; then fail "a daemon outlived the package"; fi
+# The supervisor's command line starts with /usr/sbin/vhost-user-accel, a
+# tenant's process's with vhost-user-accel --tenant-process.
+if pgrep -f '^(/usr/sbin/)?vhost-user-accel( |$)'; then fail "a daemon outlived the package"; fi
 while read -r f; do
 	[ -d "$f" ] && continue
 	[ -e "$f" ] && fail "$f left behind"
