@@ -15,11 +15,11 @@
 //! |---|---|
 //! | chain walk | `chain::walk` |
 //! | decode | `command::decode_request` |
-//! | objects and fences | `Device::resolve`, `Device::dependencies_signalled` |
-//! | submit | `Device::submit_ready` |
-//! | completion | `Device::finish_all` |
-//! | used ring | `Device::publish_used`, less the notification |
-//! | notify | `Device::notify` |
+//! | objects and fences | `Device::resolve`, `Device::dependencies_signalled` (`device/accept.rs`) |
+//! | submit | `Device::submit_ready` (`device/schedule.rs`) |
+//! | completion | `Device::finish_all` (`device/complete.rs`) |
+//! | used ring | `Device::publish_used` (`device/publish.rs`), less the notification |
+//! | notify | `Device::notify` (`device/publish.rs`) |
 //! | daemon side | `AccelBackend::handle_event`: all the vring thread does for an event |
 //!
 //! The daemon runs with polling off (`poll-us = 0`), so that every request
@@ -27,8 +27,10 @@
 //! the same functions. The rest of the daemon side (reading the rings, the state record, the
 //! engine's completion queue, locks) is printed as "other". Not counted: the
 //! vring thread's epoll loop and its read of a kick (per event, not per
-//! request), the engine's own work and the driver's. A stage that never ran
-//! (no notification asked for) counts 0. Counts depend on the compiler and
+//! request), the engine's own work and the driver's. A stage's function that
+//! callgrind did not count (renamed, moved or inlined) is an error, except
+//! the notification's, which counts 0 when no notification was asked for.
+//! Counts depend on the compiler and
 //! on how many requests each event finds (batching): the baseline names the
 //! `rustc` it was made with.
 //!
@@ -75,31 +77,38 @@ struct Args {
     workload: bool,
 }
 
-/// The stages, each with the functions whose inclusive counts make it.
+/// The stages, each with the functions whose inclusive counts make it, as
+/// callgrind names them (a method of an `impl` block in a child module
+/// carries that module's path).
 const STAGES: [(&str, &[&str]); 7] = [
     ("chain walk", &["vhost_user_accel::chain::walk"]),
     ("decode", &["vhost_user_accel::command::decode_request"]),
     (
         "objects and fences",
         &[
-            "vhost_user_accel::device::Device::resolve",
-            "vhost_user_accel::device::Device::dependencies_signalled",
+            "vhost_user_accel::device::accept::<impl vhost_user_accel::device::Device>::resolve",
+            "vhost_user_accel::device::accept::<impl vhost_user_accel::device::Device>::dependencies_signalled",
         ],
     ),
     (
         "submit",
-        &["vhost_user_accel::device::Device::submit_ready"],
+        &["vhost_user_accel::device::schedule::<impl vhost_user_accel::device::Device>::submit_ready"],
     ),
     (
         "completion",
-        &["vhost_user_accel::device::Device::finish_all"],
+        &["vhost_user_accel::device::complete::<impl vhost_user_accel::device::Device>::finish_all"],
     ),
     (
         "used ring",
-        &["vhost_user_accel::device::Device::publish_used"],
+        &["vhost_user_accel::device::publish::<impl vhost_user_accel::device::Device>::publish_used"],
     ),
-    ("notify", &["vhost_user_accel::device::Device::notify"]),
+    (NOTIFY_STAGE, &[NOTIFY]),
 ];
+/// The one stage that may not run at all: a driver that never asks for a
+/// notification.
+const NOTIFY_STAGE: &str = "notify";
+const NOTIFY: &str =
+    "vhost_user_accel::device::publish::<impl vhost_user_accel::device::Device>::notify";
 const DAEMON_SIDE: &str = "vhost_user_accel::backend::AccelBackend::handle_event";
 const FLOOR: &str = "accel_budget::floor_request";
 
@@ -182,10 +191,12 @@ fn inclusive_counts(annotated: &str) -> BTreeMap<String, u64> {
         let Ok(count) = count.replace(',', "").parse::<u64>() else {
             continue;
         };
-        let Some(place) = rest
-            .split_once(')')
-            .and_then(|(_, after)| after.split_whitespace().next())
-        else {
+        // The function's name may hold spaces (`<impl Trait for Type>`):
+        // it runs up to the object in brackets at the end of the line.
+        let Some(place) = rest.split_once(')').map(|(_, after)| {
+            let after = after.trim();
+            after.rsplit_once(" [").map_or(after, |(place, _)| place)
+        }) else {
             continue;
         };
         let function = place.split_once(':').map_or(place, |(_, f)| f);
@@ -210,18 +221,23 @@ fn figures(
     let per_request = |n: u64| n as f64 / requests as f64;
     let mut figures = Vec::new();
     for (stage, functions) in STAGES {
-        // A stage may not run at all (a driver that never asks for a
-        // notification): it counts nothing.
-        let total: u64 = functions
+        // A function renamed, moved or inlined fails the count, rather than
+        // moving its stage into "other"; only the notification may not
+        // have run at all.
+        let total = functions
             .iter()
-            .map(|f| counts.get(*f).copied().unwrap_or(0))
-            .sum();
+            .map(|&f| match counts.get(f) {
+                Some(&n) => Ok(n),
+                None if f == NOTIFY => Ok(0),
+                None => count(f),
+            })
+            .sum::<Result<u64, _>>()?;
         figures.push((stage.to_owned(), per_request(total)));
     }
     // Notifications happen inside publishing used entries.
     let notify = figures
         .iter()
-        .find(|(s, _)| s == "notify")
+        .find(|(s, _)| s == NOTIFY_STAGE)
         .map_or(0.0, |f| f.1);
     if let Some(used) = figures.iter_mut().find(|(s, _)| s == "used ring") {
         used.1 -= notify;

@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Taking requests: the chains the driver made available in a ring, on a
+//! kick of the ring ([`Device::handle_queue`]) or a poll of the request
+//! rings ([`Device::poll_requests`]), with kicks disabled meanwhile (2.7.10
+//! of the virtio spec). Each chain is recorded as taken (§11.3) and, on a
+//! request queue, gets its fence (§6.2); an entry that names no chain is
+//! consumed unanswered (§6.5), and no ring is taken from while one's
+//! history began with an earlier device instance (§11.2).
+//!
+//! Requests come from the guest's available rings, through the backend's
+//! kick and poll events (or from the record, `resume.rs`). A request chain
+//! goes on to `accept.rs`, a control command to `control.rs`; each pass
+//! ends with a flush (`schedule.rs`), which submits what is ready and
+//! publishes what is complete (`publish.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::Level;
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::{QueueOwnedT, QueueT};
+
+use crate::chain::{walk, ChainStart, Walk};
+use crate::command::FenceId;
+use crate::ring_record::Take;
+
+use super::{binding_of, request_queue, Device, DeviceError, Polled, Snapshot};
+
+impl Device {
+    /// Processes the available chains of virtqueue `vq` (a kick), then
+    /// flushes. A ring the device cannot update (the guest placed it outside
+    /// its memory) is logged, rate-limited; the other queues carry on.
+    pub fn handle_queue(&mut self, vq: u16, vrings: &[VringRwLock]) {
+        self.clock = Instant::now();
+        let polled = self.poll_ring(vq, vrings);
+        // Publish what was taken even if the ring then failed.
+        self.flush(vrings);
+        if let Err(e) = polled {
+            self.guest_error(format_args!("{}", crate::error_chain(&e)));
+        }
+    }
+
+    /// Takes the chains of a request ring that holds some, as a kick of it
+    /// would, if the device may poll for them now; says what came of it.
+    /// The device polls only while nothing of its own is on the engine or
+    /// ready for it: the engine may share its CPU, and a poll would take
+    /// that CPU from the engine's work.
+    pub fn poll_requests(&mut self, vrings: &[VringRwLock]) -> Polled {
+        if self.on_engine > 0 || self.ready.iter().any(|jobs| !jobs.is_empty()) {
+            return Polled::EngineBusy;
+        }
+        let Some((vq, avail)) = self.ring_with_requests(vrings) else {
+            return Polled::Nothing;
+        };
+        let before = self.requests_taken;
+        self.handle_queue(vq, vrings);
+        if self.requests_taken == before {
+            self.stuck = Some((vq, avail));
+            Polled::Stuck
+        } else {
+            self.stats.polled();
+            Polled::Took
+        }
+    }
+
+    /// Chains taken from the request rings since the device was made, by
+    /// kicks and polls alike (wrapping).
+    pub fn requests_taken(&self) -> u64 {
+        self.requests_taken
+    }
+
+    /// A started and enabled request ring (a kick of a disabled one is
+    /// ignored too) whose available index is ahead of the device's, with
+    /// that index, if the device takes requests at all.
+    fn ring_with_requests(&self, vrings: &[VringRwLock]) -> Option<(u16, u16)> {
+        if self.legacy_driver || self.resuming.is_some() || self.history.has_foreign() {
+            return None;
+        }
+        let mem = self.mem.as_deref()?;
+        let first = virtio_accel_spec::FIRST_REQUEST_QUEUE;
+        (first..)
+            .zip(vrings.iter().skip(usize::from(first)))
+            .find_map(|(vq, vring)| {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                // As a kick would find it: started (a kick descriptor, kept
+                // only while the ring is served) and enabled.
+                if state.get_kick().is_none() || !state.is_enabled() || !queue.ready() {
+                    return None;
+                }
+                let avail = queue.avail_idx(mem, Ordering::Acquire).ok()?.0;
+                let ahead = avail != queue.next_avail() && self.stuck != Some((vq, avail));
+                ahead.then_some((vq, avail))
+            })
+    }
+
+    /// Takes every available chain of virtqueue `vq`, with kicks disabled
+    /// meanwhile; then re-enables them and checks once more for chains added
+    /// in between (the usual race-free pattern, 2.7.10 of the virtio spec).
+    /// A ring the device cannot read (a bad `idx`, a queue not ready) is left
+    /// alone until the next kick instead of being polled in a loop.
+    fn poll_ring(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
+        let Some(vring) = vrings.get(usize::from(vq)) else {
+            return Ok(());
+        };
+        let Some(mem) = self.mem.clone() else {
+            return Ok(());
+        };
+        let vring_error = |source| DeviceError::Vring { index: vq, source };
+        loop {
+            // A ring the front-end has not started (again), or has stopped
+            // meanwhile, holds nothing to take, its index tells nothing yet,
+            // and it is not the device's to write, not even its notification
+            // fields: the driver may have freed it (§11.2).
+            if !vring.get_ref().get_queue().ready() {
+                return Ok(());
+            }
+            vring
+                .get_mut()
+                .get_queue_mut()
+                .disable_notification(&*mem)
+                .map_err(vring_error)?;
+            let taken = self.drain_queue(vq, vring, &mem);
+            let more = vring
+                .get_mut()
+                .get_queue_mut()
+                .enable_notification(&*mem)
+                .map_err(vring_error)?;
+            // Go round again only if this pass made progress: an entry the
+            // device cannot read must not turn into a busy loop.
+            if taken == 0 || !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes the available chains of virtqueue `vq` from `mem`; returns how
+    /// many (0 if the ring cannot be read). [`Device::poll_ring`] calls it
+    /// on a started ring only.
+    fn drain_queue(&mut self, vq: u16, vring: &VringRwLock, mem: &Snapshot) -> usize {
+        if self.legacy_driver || self.resuming.is_some() {
+            return 0;
+        }
+        if self.history.restarting(vq) {
+            self.judge_restart();
+        }
+        let (table, size, binding) = {
+            let mut state = vring.get_mut();
+            let size = state.get_queue().size();
+            let table = state.get_queue().desc_table();
+            let binding = binding_of(state.get_queue());
+            if !self.ring_began_here(vq, state.get_queue().next_avail()) {
+                return 0;
+            }
+            self.heads.clear();
+            // Chains made of a plain reference to the memory: no reference
+            // count to change for each.
+            match state.get_queue_mut().iter(&**mem) {
+                Ok(iter) => self.heads.extend(iter.map(|chain| chain.head_index())),
+                Err(e) => {
+                    drop(state);
+                    self.guest_error(format_args!("virtqueue {vq}: {e}"));
+                    return 0;
+                }
+            }
+            (table, size, binding)
+        };
+        let taken = self.heads.len();
+        if request_queue(vq).is_some() {
+            let count = u64::try_from(taken).unwrap_or(u64::MAX);
+            self.requests_taken = self.requests_taken.wrapping_add(count);
+        }
+        let record = Arc::clone(&self.record);
+        let Some(ring) = record.ring(vq) else {
+            return 0;
+        };
+        ring.bind(binding);
+        let heads = std::mem::take(&mut self.heads);
+        for &head in &heads {
+            // A head past the ring's own size (which may be below the
+            // queue's) names no chain (§6.5).
+            let take = if head < size {
+                ring.take(head)
+            } else {
+                Take::Skipped(ring.skip())
+            };
+            match take {
+                Take::Held(seqno) => {
+                    // Fences are issued in step with the record: both count
+                    // the entries taken since the reset (§6.2).
+                    if let Some(queue) = request_queue(vq) {
+                        self.fences.issue(queue, seqno);
+                    }
+                    self.accept_chain(vq, ChainStart { table, size, head }, mem, seqno);
+                }
+                Take::Skipped(seqno) => {
+                    // §6.5: no chain, or one already in flight: it cannot be
+                    // answered without corrupting the request that owns it.
+                    self.guest_error(format_args!(
+                        "virtqueue {vq}: head {head} is out of range or in flight"
+                    ));
+                    self.consume_unanswerable(vq, seqno);
+                }
+            }
+        }
+        self.heads = heads;
+        taken
+    }
+
+    /// Walks the chain at `start` and takes it as a control command, or as
+    /// request `seqno` of its queue, whose fence is issued.
+    pub(super) fn accept_chain(&mut self, vq: u16, start: ChainStart, mem: &Snapshot, seqno: u64) {
+        // The lists hold `mem`: whatever is made of them keeps it mapped.
+        let mut walked = Walk::default();
+        walk(start, mem, self.config.limits.max_segments, &mut walked);
+        match request_queue(vq) {
+            None => self.accept_control(start.head, &mut walked, mem, seqno),
+            Some(queue) => {
+                let fence = FenceId { queue, seqno };
+                self.accept_request(vq, start.head, &mut walked, mem, fence);
+            }
+        }
+    }
+
+    /// Whether the device may take chains from `vq`, whose next index is
+    /// `next_avail`: not while any ring's history began with an earlier
+    /// device instance, whose requests this one can neither answer safely
+    /// (some were completed already) nor run (their objects and fences are
+    /// gone). They stay in the ring, unanswered, until the driver resets the
+    /// device (§11).
+    fn ring_began_here(&mut self, vq: u16, next_avail: u16) -> bool {
+        if self.history.observe(vq, next_avail) == Some(false) {
+            self.vmm_log(
+                Level::Error,
+                format_args!(
+                    "virtqueue {vq} resumes at index {next_avail}, used by an earlier device \
+                     instance (back-end restart or migration without device state): no \
+                     request is taken until the driver resets the device"
+                ),
+            );
+        }
+        !self.history.has_foreign()
+    }
+
+    /// An available entry that names no chain the device may answer, taken
+    /// as number `seqno`: on a request queue it still gets a fence, which
+    /// signals at once (§6.5).
+    fn consume_unanswerable(&mut self, vq: u16, seqno: u64) {
+        if let Some(fence) = request_queue(vq).and_then(|queue| self.fences.issue(queue, seqno)) {
+            self.signal(fence);
+        }
+    }
+}
