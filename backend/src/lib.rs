@@ -9,21 +9,22 @@
 //! - [`chain`]: a descriptor chain walked once into readable and writable lists;
 //! - [`command`]: requests and control commands decoded from bytes (§6, §7);
 //! - [`objects`]: the object table, with fence-tracked lifetime (§7.1, §7.2);
-//! - [`ratelimit`]: rate-limited logging of guest errors;
+//! - [`log_limit`]: rate-limited logging of what guests and VMMs trigger;
 //! - [`quota`]: a tenant's quotas, applied to requests and objects;
 //! - [`stats`]: a tenant's counters, rendered for Prometheus;
 //! - [`fence`]: per-queue fence timelines and waiters (§6.2);
-//! - [`tracking`]: the slab of requests in flight and the rings' histories;
+//! - [`slab`]: the requests in flight, under generational keys;
+//! - [`ring_history`]: whether a ring's history began here, and resets seen
+//!   as rings stopped and started again (§11.2);
 //! - [`ring_record`]: a virtqueue's crash-consistent record of what the device
 //!   took, completed and published, for the process after a crash (§11.3);
 //! - [`device_record`]: the record of a tenant's device, every virtqueue's,
 //!   in memory that outlives the tenant's process;
 //! - [`used`]: a virtqueue's used ring, written a batch at a time;
 //! - [`device`]: the device model tying them together, one per connection;
-//! - [`backend`]: the device's side of a connection: messages and events
-//!   in, calls into the device out;
-//! - [`connection`]: one VMM connection: the vhost-user request handler and
-//!   the worker thread of the rings;
+//! - [`vhost_user`]: the vhost-user glue: a VMM's connection (its request
+//!   handler and the worker thread of its rings) and what its messages and
+//!   events become as calls into the device;
 //! - [`poll`]: how long that worker polls the rings before it sleeps;
 //! - [`memory`]: validation of the guest memory a VMM hands over;
 //! - [`server`]: the tenants' sockets and connection loops;
@@ -40,24 +41,23 @@
 //! - [`config_file`]: the TOML configuration file.
 
 pub mod arbiter;
-pub mod backend;
 pub mod chain;
 pub mod command;
 pub mod config;
 pub mod config_file;
-pub mod connection;
 pub mod device;
 pub mod device_record;
 pub mod engine;
 pub mod fairshare;
 pub mod fence;
+pub mod log_limit;
 pub mod memory;
 pub mod metrics;
 pub mod objects;
 pub mod ops;
 pub mod poll;
 pub mod quota;
-pub mod ratelimit;
+pub mod ring_history;
 pub mod ring_record;
 pub mod sandbox;
 pub mod sd_notify;
@@ -65,11 +65,12 @@ pub mod server;
 pub mod sg;
 pub mod shared;
 pub mod shutdown;
+pub mod slab;
 pub mod stats;
 pub mod supervisor;
 pub mod tenant_process;
-pub mod tracking;
 pub mod used;
+pub mod vhost_user;
 
 pub use config::{Config, EngineKind, Limits, SocketSource, TenantConfig};
 pub use server::{Server, ServerError};

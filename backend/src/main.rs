@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::error;
-use vhost_user_accel::ratelimit::LimitedLogger;
+use vhost_user_accel::log_limit::LimitedLogger;
 use vhost_user_accel::{error_chain, tenant_process, Config, Supervisor};
 
 use crate::args::Args;

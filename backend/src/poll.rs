@@ -16,7 +16,7 @@
 //! Polling is bounded twice more: once a worker has polled [`BUDGET`] of a
 //! [`PERIOD`] of wall time it does not even look until the next period, and
 //! it never polls while the device has work on the engine
-//! ([`crate::device::Device::poll_requests`]), whose CPU it may share.
+//! ([`crate::device::DeviceModel::poll_requests`]), whose CPU it may share.
 
 use std::time::{Duration, Instant};
 

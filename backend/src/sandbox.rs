@@ -574,7 +574,7 @@ const ALLOWED: &[(Syscall, Check)] = &[
     (syscall!(SYS_madvise), Check::Any),
     (syscall!(SYS_brk), Check::Any),
     // Threads: a connection starts a thread for the VMM's messages and one
-    // for its rings (connection.rs); they name themselves, set up their guard and signal
+    // for its rings (vhost_user/connection.rs); they name themselves, set up their guard and signal
     // stacks (Rust's std reads its stack with pthread_getattr_np, hence
     // sched_getaffinity) and wait on futexes.
     (
@@ -618,7 +618,7 @@ const ALLOWED: &[(Syscall, Check)] = &[
     (syscall!(SYS_epoll_create1), Check::Any),
     (syscall!(SYS_epoll_ctl), Check::Any),
     (syscall!(SYS_eventfd2), Check::Any),
-    // The timer of a device waiting to resume after a restart (backend.rs).
+    // The timer of a device waiting to resume after a restart (vhost_user/dispatch.rs).
     (syscall!(SYS_timerfd_create), Check::Any),
     (syscall!(SYS_timerfd_settime), Check::Any),
     // Descriptors: duplicated (EventFd::try_clone), a memory region's file

@@ -22,17 +22,17 @@ use log::Level;
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 
-use crate::backend::{AccelBackend, BackendError};
 use crate::config::{Config, EngineKind, SocketSource, TenantConfig};
-use crate::connection::{Connection, ConnectionError};
 use crate::device::TenantState;
 use crate::device_record::DeviceRecord;
 use crate::engine::software::SoftwareEngine;
 use crate::engine::{Engine, EngineError};
+use crate::log_limit::TenantLog;
 use crate::metrics::MetricsServer;
 use crate::quota::Admission;
-use crate::ratelimit::TenantLog;
 use crate::stats::TenantStats;
+use crate::vhost_user::{AccelBackend, BackendError};
+use crate::vhost_user::{Connection, ConnectionError};
 
 /// Errors of the server.
 #[derive(Debug, Error)]

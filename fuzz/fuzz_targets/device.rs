@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! A whole device (`vhost_user_accel::device::Device`) with the software
+//! A whole device (`vhost_user_accel::device::DeviceModel`) with the software
 //! engine (one thread) on rings that the input fills: chains on the control
 //! queue and the request queues, kicks, completions, quiesces and resets, as
 //! vhost-user-backend's worker would drive them. Checks: no panic, no access
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vhost_user_accel::config::{SocketSource, TenantConfig};
-use vhost_user_accel::device::{Device, TenantState};
+use vhost_user_accel::device::{DeviceModel, TenantState};
 use vhost_user_accel::engine::software::SoftwareEngine;
 use vhost_user_accel::engine::Engine;
 use vhost_user_accel_fuzz::input::Reader;
@@ -84,7 +84,7 @@ impl Driver {
 }
 
 /// Whether hardware queue `queue` has raised its completion event.
-fn completion_raised(device: &Device, queue: u16) -> bool {
+fn completion_raised(device: &DeviceModel, queue: u16) -> bool {
     let Some(hw_queue) = device.hw_queues().get(usize::from(queue)) else {
         return false;
     };
@@ -123,7 +123,7 @@ fuzz_target!(|data: &[u8]| {
     config.request_queues = request_queues;
     config.queue_size = size;
     let tenant = TenantState::new(0, &config);
-    let mut device = Device::new(config, engine.as_ref(), tenant).expect("device");
+    let mut device = DeviceModel::new(config, engine.as_ref(), tenant).expect("device");
     device.set_features(features);
     device.set_memory(&shared).expect("a valid table");
     let queues = request_queues + 1;

@@ -38,12 +38,12 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Listener;
-use vhost_user_accel::backend::AccelBackend;
 use vhost_user_accel::config::{SocketSource, TenantConfig};
-use vhost_user_accel::connection::{Connection, ConnectionError};
 use vhost_user_accel::device::TenantState;
 use vhost_user_accel::engine::software::SoftwareEngine;
 use vhost_user_accel::engine::Engine;
+use vhost_user_accel::vhost_user::AccelBackend;
+use vhost_user_accel::vhost_user::{Connection, ConnectionError};
 use vhost_user_accel_fuzz::input::Reader;
 use vhost_user_accel_fuzz::memory::{memfd, GuardedMemory};
 use vhost_user_accel_fuzz::ring::{

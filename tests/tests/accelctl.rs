@@ -14,7 +14,7 @@ use accel_tests::data::TestRng;
 use accel_tests::harness::{guest_ram, AccelDevice, Daemon};
 use accel_tests::reference;
 use accelctl::data::DataSource;
-use accelctl::run::{execute, Error, Job, Output};
+use accelctl::run::{execute, Error, Output, RunOp};
 use accelctl::selftest::{Outcome, SelfTest, SIZES};
 use accelctl::{bench, chain, report};
 use virtio_accel_spec::{DeflateFormat, Op, Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
@@ -149,19 +149,19 @@ fn large_inputs_are_cut_into_pieces_and_put_back_together() {
     let mut rng = TestRng::new("accelctl-pieces");
     let text = rng.text(5 * LIMIT + 1234);
 
-    let copied = execute(&device, 0, &Job::Copy, std::slice::from_ref(&text)).unwrap();
+    let copied = execute(&device, 0, &RunOp::Copy, std::slice::from_ref(&text)).unwrap();
     assert!(data(&copied) == text.as_slice(), "copy in pieces differs");
 
     let crc = execute(
         &device,
         1,
-        &Job::Crc32c { seed: 7 },
+        &RunOp::Crc32c { seed: 7 },
         std::slice::from_ref(&text),
     )
     .unwrap();
     assert_eq!(crc.summary, format!("{:08x}", reference::crc32c(7, &text)));
 
-    let fill = Job::Fill {
+    let fill = RunOp::Fill {
         pattern: 0xa5,
         len: 3 * LIMIT + 5,
     };
@@ -169,7 +169,7 @@ fn large_inputs_are_cut_into_pieces_and_put_back_together() {
     assert!(data(&filled).len() == 3 * LIMIT + 5 && data(&filled).iter().all(|&b| b == 0xa5));
 
     // gzip: one member per piece, and inflate walks the members back.
-    let deflate = Job::Deflate {
+    let deflate = RunOp::Deflate {
         format: DeflateFormat::Gzip,
         level: 6,
     };
@@ -177,7 +177,7 @@ fn large_inputs_are_cut_into_pieces_and_put_back_together() {
     let members = gzip_members(data(&packed));
     assert_eq!(members.len(), 6, "one member per 64 KiB piece");
     assert!(members.concat() == text, "members decode to other data");
-    let inflate = Job::Inflate {
+    let inflate = RunOp::Inflate {
         format: DeflateFormat::Gzip,
         max_output: usize::MAX,
     };
@@ -194,8 +194,8 @@ fn operations_that_cannot_be_cut_refuse_inputs_over_the_limit() {
     let device = daemon.connect(&guest_ram(16));
     let big = vec![1u8; 4097];
     for job in [
-        Job::Sha256,
-        Job::Deflate {
+        RunOp::Sha256,
+        RunOp::Deflate {
             format: DeflateFormat::Zlib,
             level: 1,
         },
@@ -208,7 +208,7 @@ fn operations_that_cannot_be_cut_refuse_inputs_over_the_limit() {
             other => panic!("{job:?}: {other:?}"),
         }
     }
-    let fits = execute(&device, 0, &Job::Sha256, &[big[..4096].to_vec()]).unwrap();
+    let fits = execute(&device, 0, &RunOp::Sha256, &[big[..4096].to_vec()]).unwrap();
     assert_eq!(
         fits.summary,
         accelctl::run::hex(&reference::sha256(&big[..4096]))
@@ -223,7 +223,7 @@ fn streams_that_cannot_be_cut_and_odd_gzip_files() {
     let mut rng = TestRng::new("accelctl-streams");
     // zlib between the deflate piece and the limit: one stream or nothing,
     // never several streams glued together.
-    let zlib = |level| Job::Deflate {
+    let zlib = |level| RunOp::Deflate {
         format: DeflateFormat::Zlib,
         level,
     };
@@ -237,7 +237,7 @@ fn streams_that_cannot_be_cut_and_odd_gzip_files() {
     let decoded = reference::decompress(DeflateFormat::Zlib, data(&packed)).unwrap();
     assert!(decoded == text, "zlib stream decodes to other data");
 
-    let gzip = |max_output| Job::Inflate {
+    let gzip = |max_output| RunOp::Inflate {
         format: DeflateFormat::Gzip,
         max_output,
     };
@@ -276,7 +276,7 @@ fn run_reports_results_and_refusals() {
     let device = daemon.connect(&guest_ram(16));
     let (key, iv, aad) = ([3u8; 32], [4u8; 12], b"header".to_vec());
     let plain = b"attack at dawn".to_vec();
-    let seal = Job::Seal {
+    let seal = RunOp::Seal {
         key,
         iv,
         aad: aad.clone(),
@@ -285,7 +285,7 @@ fn run_reports_results_and_refusals() {
     let (cipher, tag) = reference::aes256_gcm_seal(&key, &iv, &aad, &plain);
     assert_eq!(data(&sealed), cipher.as_slice());
     assert_eq!(sealed.summary, format!("tag {}", accelctl::run::hex(&tag)));
-    let open = |tag| Job::Open {
+    let open = |tag| RunOp::Open {
         key,
         iv,
         tag,
@@ -303,15 +303,15 @@ fn run_reports_results_and_refusals() {
     let a = b"same prefix, then x".to_vec();
     let mut b = a.clone();
     b[17] = b'y';
-    let differ = execute(&device, 0, &Job::Compare, &[a.clone(), b]).unwrap();
+    let differ = execute(&device, 0, &RunOp::Compare, &[a.clone(), b]).unwrap();
     assert_eq!(
         (differ.summary.as_str(), differ.same),
         ("differ at byte 17", false)
     );
-    let equal = execute(&device, 0, &Job::Compare, &[a.clone(), a.clone()]).unwrap();
+    let equal = execute(&device, 0, &RunOp::Compare, &[a.clone(), a.clone()]).unwrap();
     assert_eq!((equal.summary.as_str(), equal.same), ("equal", true));
     assert!(matches!(
-        execute(&device, 0, &Job::Compare, &[a]),
+        execute(&device, 0, &RunOp::Compare, &[a]),
         Err(Error::Inputs {
             expected: 2,
             given: 1,
@@ -321,7 +321,7 @@ fn run_reports_results_and_refusals() {
 
     // Decoded data beyond --max-output: refused after growing to the limit.
     let packed = reference::compress(DeflateFormat::Raw, 9, &[0u8; 100_000]);
-    let inflate = Job::Inflate {
+    let inflate = RunOp::Inflate {
         format: DeflateFormat::Raw,
         max_output: 50_000,
     };

@@ -20,9 +20,9 @@ use crate::ops::Outcome;
 use crate::quota::QuotaKind;
 use crate::sg::{SgList, Spans};
 
-use super::{lock, Device, InFlight, Replay, Snapshot, RESP_SIZE};
+use super::{lock, DeviceModel, InFlight, Replay, Snapshot, RESP_SIZE};
 
-impl Device {
+impl DeviceModel {
     /// Takes one request (§6), under its fence `fence`: every request gets
     /// one, even a failing one.
     pub(super) fn accept_request(

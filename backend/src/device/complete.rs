@@ -21,9 +21,9 @@ use crate::engine::Completion;
 use crate::ops::Outcome;
 use crate::ring_record::NO_RERUN;
 
-use super::{Device, InFlight, Used, Waiter, RESP_SIZE};
+use super::{DeviceModel, InFlight, Used, Waiter, RESP_SIZE};
 
-impl Device {
+impl DeviceModel {
     /// Takes the completions of hardware queue `queue`, then flushes.
     pub fn handle_completions(&mut self, queue: u16, vrings: &[VringRwLock]) {
         let Some(hw_queue) = self.hw_queues.get(usize::from(queue)) else {

@@ -15,7 +15,7 @@ use crate::command::{decode_control, Control, FenceId};
 use crate::objects::{Object, ObjectError};
 use crate::sg::SgList;
 
-use super::{lock, Device, Snapshot, Waiter, Waiting, CAPABILITIES};
+use super::{lock, DeviceModel, Snapshot, Waiter, Waiting, CAPABILITIES};
 
 const CTRL_RESP_SIZE: usize = std::mem::size_of::<CtrlResp>();
 /// Used length of an answered control command (§7).
@@ -33,7 +33,7 @@ enum ControlOutcome {
     Wait(Vec<FenceId>),
 }
 
-impl Device {
+impl DeviceModel {
     /// Takes one control command (§7), number `seqno` of the control queue.
     pub(super) fn accept_control(
         &mut self,

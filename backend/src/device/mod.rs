@@ -13,7 +13,7 @@
 //! Every chain taken, started, completed and published is written in the
 //! tenant's [`DeviceRecord`] as it happens ([`crate::ring_record`]), so that
 //! the next process of the tenant resumes the device where this one left it
-//! should this one be killed (§11.3: [`Device::resume`]).
+//! should this one be killed (§11.3: [`DeviceModel::resume`]).
 //!
 //! Guest memory is the table the device last validated ([`crate::memory`]),
 //! never the table the connection shares with the vrings: every access to a
@@ -60,14 +60,15 @@ use crate::config::TenantConfig;
 use crate::device_record::{DeviceRecord, DeviceRecordError};
 use crate::engine::{Completion, Engine, EngineError, HwQueue, Job, Share};
 use crate::fence::Fences;
+use crate::log_limit::TenantLog;
 use crate::memory::{check_table, MemoryError};
 use crate::objects::{Object, ObjectError, ObjectTable};
 use crate::quota::Admission;
-use crate::ratelimit::TenantLog;
+use crate::ring_history::{Restart, RingHistory};
 use crate::ring_record::Binding;
 use crate::sg::SgList;
+use crate::slab::Slab;
 use crate::stats::TenantStats;
-use crate::tracking::{Restart, RingHistory, Slab};
 
 use self::resume::{resuming, Replay};
 
@@ -174,7 +175,7 @@ struct Waiting {
     waiter: Waiter,
 }
 
-/// What a poll of the request rings came to ([`Device::poll_requests`]).
+/// What a poll of the request rings came to ([`DeviceModel::poll_requests`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Polled {
     /// Requests were taken.
@@ -199,7 +200,7 @@ struct Used {
 }
 
 /// The state of the accelerator device for one connection.
-pub struct Device {
+pub struct DeviceModel {
     config: TenantConfig,
     ops: u32,
     features: u64,
@@ -232,7 +233,7 @@ pub struct Device {
     /// kept where the next process of the tenant finds it (§11.3).
     record: Arc<DeviceRecord>,
     /// Since when the device waits to resume from the record of an earlier
-    /// process of the tenant ([`Device::resume`]); it takes nothing until
+    /// process of the tenant ([`DeviceModel::resume`]); it takes nothing until
     /// then.
     resuming: Option<Instant>,
     /// Whether the tenant's previous process failed by itself, as the
@@ -242,7 +243,7 @@ pub struct Device {
     /// another record (the front-end's inflight region, §11.3.3).
     after_failure: bool,
     /// Whether the device is taking again the requests of the record, and
-    /// how they run ([`Device::resume`]).
+    /// how they run ([`DeviceModel::resume`]).
     replaying: Replay,
     /// Jobs handed to the engine whose completions are not reaped yet.
     on_engine: usize,
@@ -325,7 +326,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// How long a reset, a ring stop or a memory table change waits for one of
 /// the requests in flight to complete before it ends the process
-/// ([`Device::stop`]): the engine made no progress in that time. A reset
+/// ([`DeviceModel::stop`]): the engine made no progress in that time. A reset
 /// cancels the running jobs first, which stop within a chunk's time
 /// (milliseconds); a stop lets every accepted request finish, up to
 /// `max_inflight` jobs of up to `max_buffer_size` bytes per queue, one after
@@ -342,7 +343,7 @@ const RESP_SIZE: usize = std::mem::size_of::<Resp>();
 /// The capabilities of §3 the device has: every one defined.
 pub const CAPABILITIES: u64 = (1 << VIRTIO_ACCEL_F_OBJECTS) | (1 << VIRTIO_ACCEL_F_FENCES);
 
-impl Device {
+impl DeviceModel {
     /// The device of tenant `config`, with one hardware queue of `engine`
     /// per request queue in the tenant's share of the engine; it counts what
     /// it does in the tenant's counters and answers to its quotas.
@@ -358,7 +359,7 @@ impl Device {
         let hw_queues = (0..config.request_queues)
             .map(|_| engine.create_queue(usize::from(config.queue_size), share))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Device {
+        Ok(DeviceModel {
             ops: engine.capabilities(),
             features: 0,
             capabilities: 0,
@@ -436,7 +437,7 @@ impl Device {
     /// VMM gets an error reply, and until a valid table arrives the device
     /// touches no guest memory (it takes nothing from its rings and holds
     /// back used entries). The connection ends after any error reply
-    /// ([`crate::connection`]), so in practice the next valid table comes
+    /// ([`crate::vhost_user::connection`]), so in practice the next valid table comes
     /// with the VMM's next connection.
     pub fn set_memory(
         &mut self,
@@ -485,7 +486,7 @@ impl Device {
     /// chunks, [`HwQueue::cancel`]), then objects, fences and all pending
     /// state are forgotten. The driver sees none of these requests again
     /// (§11). Nothing touches guest memory after this returns: it does not
-    /// return otherwise (see [`Device::stop`] on the time limit).
+    /// return otherwise (see [`DeviceModel::stop`] on the time limit).
     pub fn reset(&mut self) {
         for (_, waiting) in self.waiting.drain() {
             if let Waiter::Request { job, .. } = waiting.waiter {
@@ -530,7 +531,7 @@ impl Device {
     /// published in its used ring before this returns, so the ring state
     /// handed back to the VMM is final (§11).
     ///
-    /// Neither this nor [`Device::reset`] returns while a job may still touch
+    /// Neither this nor [`DeviceModel::reset`] returns while a job may still touch
     /// guest memory: if no request completes for [`QUIESCE_TIMEOUT`] (an
     /// engine that ignores cancellation, or hangs), the tenant's process
     /// ends with an error naming the tenant and what was still in flight,
@@ -547,7 +548,7 @@ impl Device {
 
     /// Calls `step` on each hardware queue until no request is in flight;
     /// ends the process once [`QUIESCE_TIMEOUT`] passes without a request
-    /// completing ([`Device::give_up`]).
+    /// completing ([`DeviceModel::give_up`]).
     fn run_until_idle(&mut self, mut step: impl FnMut(&mut Self, u16)) {
         let started = Instant::now();
         let (mut progress, mut left) = (started, self.inflight.len());
@@ -603,7 +604,7 @@ impl Device {
     }
 
     /// A ring stop (`GET_VRING_BASE`): quiesces the device (see
-    /// [`Device::stop`]) and records where the ring stopped, so that its
+    /// [`DeviceModel::stop`]) and records where the ring stopped, so that its
     /// restart can show a reset (§11.2); a ring whose history began before
     /// this instance is judged again when it restarts (§11).
     pub fn stop_ring(&mut self, vq: u16) {
@@ -658,7 +659,7 @@ impl Device {
         }
     }
 
-    /// Remembers the vrings of the connection, for [`Device::stop`].
+    /// Remembers the vrings of the connection, for [`DeviceModel::stop`].
     pub fn attach_vrings(&mut self, vrings: &[VringRwLock]) {
         if self.vrings.len() != vrings.len() {
             self.vrings = vrings.to_vec();

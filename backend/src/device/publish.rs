@@ -10,9 +10,9 @@ use vhost_user_backend::{VringRwLock, VringT};
 
 use crate::used;
 
-use super::{Device, Snapshot};
+use super::{DeviceModel, Snapshot};
 
-impl Device {
+impl DeviceModel {
     /// Adds the queued used entries to their rings (§6.4) and notifies each
     /// touched ring once, if the driver asked for it. A ring the guest broke
     /// (used ring outside its memory) costs only its own entries. Without a

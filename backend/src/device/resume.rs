@@ -26,8 +26,8 @@ use crate::ops::Outcome;
 use crate::ring_record::{Recovered, MAX_LOST_RUNS};
 
 use super::{
-    binding_of, request_queue, Device, DeviceError, InFlight, Snapshot, CAPABILITIES, RESP_SIZE,
-    RESUME_WAIT,
+    binding_of, request_queue, DeviceError, DeviceModel, InFlight, Snapshot, CAPABILITIES,
+    RESP_SIZE, RESUME_WAIT,
 };
 
 /// How the device takes a request (§11.3).
@@ -55,9 +55,9 @@ pub(super) fn resuming(record: &DeviceRecord) -> Option<Instant> {
     }
 }
 
-impl Device {
+impl DeviceModel {
     /// Whether the device waits to resume from the record of an earlier
-    /// process of the tenant: the backend then calls [`Device::resume`]
+    /// process of the tenant: the backend then calls [`DeviceModel::resume`]
     /// now and then until it does not.
     pub fn is_resuming(&self) -> bool {
         self.resuming.is_some()
@@ -117,7 +117,7 @@ impl Device {
         }
     }
 
-    /// The record in the region of [`Device::offer_record`]: `None` if it
+    /// The record in the region of [`DeviceModel::offer_record`]: `None` if it
     /// is the device's record already, an error saying why it cannot be.
     fn record_offered(
         &self,
@@ -275,7 +275,7 @@ impl Device {
         Ok(recovered)
     }
 
-    /// Puts the device back where the record says (see [`Device::resume`]).
+    /// Puts the device back where the record says (see [`DeviceModel::resume`]).
     fn replay(
         &mut self,
         vrings: &[VringRwLock],

@@ -19,9 +19,9 @@ use crate::engine::Job;
 use crate::ops::Outcome;
 use crate::ring_record::NO_RERUN;
 
-use super::{Device, Waiter, Waiting};
+use super::{DeviceModel, Waiter, Waiting};
 
-impl Device {
+impl DeviceModel {
     /// Parks `job`, of hardware queue `queue`, until those of `deps` that
     /// have not signalled do (§6.2).
     pub(super) fn park(&mut self, queue: u16, deps: &Deps, job: Job) {

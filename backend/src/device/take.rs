@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Taking requests: the chains the driver made available in a ring, on a
-//! kick of the ring ([`Device::handle_queue`]) or a poll of the request
-//! rings ([`Device::poll_requests`]), with kicks disabled meanwhile (2.7.10
+//! kick of the ring ([`DeviceModel::handle_queue`]) or a poll of the request
+//! rings ([`DeviceModel::poll_requests`]), with kicks disabled meanwhile (2.7.10
 //! of the virtio spec). Each chain is recorded as taken (§11.3) and, on a
 //! request queue, gets its fence (§6.2); an entry that names no chain is
 //! consumed unanswered (§6.5), and no ring is taken from while one's
@@ -25,9 +25,9 @@ use crate::chain::{walk, ChainStart, Walk};
 use crate::command::FenceId;
 use crate::ring_record::Take;
 
-use super::{binding_of, request_queue, Device, DeviceError, Polled, Snapshot};
+use super::{binding_of, request_queue, DeviceError, DeviceModel, Polled, Snapshot};
 
-impl Device {
+impl DeviceModel {
     /// Processes the available chains of virtqueue `vq` (a kick), then
     /// flushes. A ring the device cannot update (the guest placed it outside
     /// its memory) is logged, rate-limited; the other queues carry on.
@@ -136,7 +136,7 @@ impl Device {
     }
 
     /// Takes the available chains of virtqueue `vq` from `mem`; returns how
-    /// many (0 if the ring cannot be read). [`Device::poll_ring`] calls it
+    /// many (0 if the ring cannot be read). [`DeviceModel::poll_ring`] calls it
     /// on a started ring only.
     fn drain_queue(&mut self, vq: u16, vring: &VringRwLock, mem: &Snapshot) -> usize {
         if self.legacy_driver || self.resuming.is_some() {

@@ -37,7 +37,7 @@ fn stop_a_stuck_device() {
     let config = TenantConfig::new("stuck", SocketSource::Fd(-1));
     let engine = SoftwareEngine::new(1).unwrap();
     let tenant = TenantState::new(0, &config);
-    let mut device = Device::new(config, &engine, tenant).unwrap();
+    let mut device = DeviceModel::new(config, &engine, tenant).unwrap();
     device
         .inflight
         .insert(bare_request(FenceId { queue: 0, seqno: 1 }, false));
@@ -65,7 +65,7 @@ fn bare_request(fence: FenceId, alone: bool) -> InFlight {
 /// Issues fence `seqno` of request queue `queue` to a request with no
 /// buffers (a CRC-32C of nothing) ready for the engine; `alone` if it
 /// runs alone (§11.3).
-fn ready_request(device: &mut Device, queue: u16, seqno: u64, alone: bool) {
+fn ready_request(device: &mut DeviceModel, queue: u16, seqno: u64, alone: bool) {
     let fence = device.fences.issue(queue, seqno).unwrap();
     device.alone += usize::from(alone);
     let cookie = device.inflight.insert(bare_request(fence, alone));
@@ -75,7 +75,7 @@ fn ready_request(device: &mut Device, queue: u16, seqno: u64, alone: bool) {
 
 /// Waits for `count` completions of hardware queue `queue`, then
 /// finishes their requests.
-fn complete(device: &mut Device, queue: u16, count: usize) {
+fn complete(device: &mut DeviceModel, queue: u16, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut completions = Vec::new();
     while completions.len() < count {
@@ -96,9 +96,9 @@ fn a_request_that_runs_alone_never_shares_the_engine() {
     config.request_queues = 2;
     let engine = SoftwareEngine::new(2).unwrap();
     let tenant = TenantState::new(0, &config);
-    let mut device = Device::new(config, &engine, tenant).unwrap();
-    let left = |device: &Device| device.ready.iter().map(Vec::len).collect::<Vec<_>>();
-    let engine_holds = |device: &Device| (device.on_engine, device.alone_on_engine);
+    let mut device = DeviceModel::new(config, &engine, tenant).unwrap();
+    let left = |device: &DeviceModel| device.ready.iter().map(Vec::len).collect::<Vec<_>>();
+    let engine_holds = |device: &DeviceModel| (device.on_engine, device.alone_on_engine);
     ready_request(&mut device, 0, 1, false);
     ready_request(&mut device, 0, 2, true);
     ready_request(&mut device, 0, 3, false);
@@ -174,7 +174,7 @@ fn a_ring_not_started_is_never_written() {
     let config = TenantConfig::new("idle", SocketSource::Fd(-1));
     let engine = SoftwareEngine::new(1).unwrap();
     let tenant = TenantState::new(0, &config);
-    let mut device = Device::new(config, &engine, tenant).unwrap();
+    let mut device = DeviceModel::new(config, &engine, tenant).unwrap();
     let mem = guest_memory(1 << 20);
     device.set_memory(&mem).unwrap();
     let size = 256u16;

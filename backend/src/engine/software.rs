@@ -32,8 +32,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::scheduler::{Charge, FlowId, Scheduler, ACTIVE_WINDOW};
 use super::{Completion, Engine, EngineError, HwQueue, Job, Share};
+use crate::log_limit::RateLimit;
 use crate::ops::{execute, Outcome, Scratch};
-use crate::ratelimit::RateLimit;
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it:
 /// the queues hold plain data that stays consistent across a panic.

@@ -9,7 +9,7 @@ use virtio_accel_spec::op::DEFLATE_MAX_LEVEL;
 use virtio_accel_spec::op::{GCM_IV_SIZE, GCM_TAG_SIZE};
 use virtio_accel_spec::{DeflateFormat, Op};
 
-use crate::run::Job;
+use crate::run::RunOp;
 
 /// Command-line errors that clap cannot catch.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -275,7 +275,7 @@ pub fn parse_hex<const N: usize>(option: &'static str, text: &str) -> Result<[u8
 
 impl RunArgs {
     /// The typed job, with `aad` the contents of the `--aad` file.
-    pub fn job(&self, aad: Vec<u8>) -> Result<Job, Error> {
+    pub fn job(&self, aad: Vec<u8>) -> Result<RunOp, Error> {
         let op = Op::from(self.op).name();
         fn need<'a>(
             value: &'a Option<String>,
@@ -285,22 +285,22 @@ impl RunArgs {
             value.as_deref().ok_or(Error::Missing { op, option })
         }
         Ok(match self.op {
-            OpName::Copy => Job::Copy,
-            OpName::Fill => Job::Fill {
+            OpName::Copy => RunOp::Copy,
+            OpName::Fill => RunOp::Fill {
                 pattern: self.pattern,
                 len: self.len.ok_or(Error::Missing { op, option: "len" })?,
             },
-            OpName::Compare => Job::Compare,
-            OpName::Crc32c => Job::Crc32c {
+            OpName::Compare => RunOp::Compare,
+            OpName::Crc32c => RunOp::Crc32c {
                 seed: u32::from_be_bytes(parse_hex("seed", &self.seed)?),
             },
-            OpName::Sha256 => Job::Sha256,
-            OpName::AesGcmSeal => Job::Seal {
+            OpName::Sha256 => RunOp::Sha256,
+            OpName::AesGcmSeal => RunOp::Seal {
                 key: parse_hex("key", need(&self.key, op, "key")?)?,
                 iv: parse_hex::<GCM_IV_SIZE>("iv", need(&self.iv, op, "iv")?)?,
                 aad,
             },
-            OpName::AesGcmOpen => Job::Open {
+            OpName::AesGcmOpen => RunOp::Open {
                 key: parse_hex("key", need(&self.key, op, "key")?)?,
                 iv: parse_hex::<GCM_IV_SIZE>("iv", need(&self.iv, op, "iv")?)?,
                 tag: parse_hex::<GCM_TAG_SIZE>("tag", need(&self.tag, op, "tag")?)?,
@@ -310,12 +310,12 @@ impl RunArgs {
                 if self.level > DEFLATE_MAX_LEVEL {
                     return Err(Error::BadLevel(self.level));
                 }
-                Job::Deflate {
+                RunOp::Deflate {
                     format: self.format.into(),
                     level: self.level,
                 }
             }
-            OpName::Inflate => Job::Inflate {
+            OpName::Inflate => RunOp::Inflate {
                 format: self.format.into(),
                 max_output: self.max_output,
             },
@@ -410,7 +410,7 @@ mod tests {
         ]);
         assert_eq!(
             run.job(vec![]),
-            Ok(Job::Deflate {
+            Ok(RunOp::Deflate {
                 format: DeflateFormat::Gzip,
                 level: 9
             })
@@ -418,7 +418,7 @@ mod tests {
         let run = run_args(&[
             "accelctl", "run", "crc32c", "--in", "a", "--seed", "e3069283",
         ]);
-        assert_eq!(run.job(vec![]), Ok(Job::Crc32c { seed: 0xe306_9283 }));
+        assert_eq!(run.job(vec![]), Ok(RunOp::Crc32c { seed: 0xe306_9283 }));
         let run = run_args(&["accelctl", "run", "aes-gcm-seal", "--in", "a", "--iv", "00"]);
         assert_eq!(
             run.job(vec![]),

@@ -103,7 +103,7 @@ const NO_PARAMS: [u8; PARAMS_SIZE] = [0; PARAMS_SIZE];
 
 /// An operation with its parameters, as the command line gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Job {
+pub enum RunOp {
     /// COPY the input.
     Copy,
     /// FILL `len` bytes with `pattern`.
@@ -158,27 +158,27 @@ pub enum Job {
     },
 }
 
-impl Job {
+impl RunOp {
     /// The operation.
     pub fn op(&self) -> Op {
         match self {
-            Job::Copy => Op::Copy,
-            Job::Fill { .. } => Op::Fill,
-            Job::Compare => Op::Compare,
-            Job::Crc32c { .. } => Op::Crc32c,
-            Job::Sha256 => Op::Sha256,
-            Job::Seal { .. } => Op::AesGcmSeal,
-            Job::Open { .. } => Op::AesGcmOpen,
-            Job::Deflate { .. } => Op::DeflateCompress,
-            Job::Inflate { .. } => Op::DeflateDecompress,
+            RunOp::Copy => Op::Copy,
+            RunOp::Fill { .. } => Op::Fill,
+            RunOp::Compare => Op::Compare,
+            RunOp::Crc32c { .. } => Op::Crc32c,
+            RunOp::Sha256 => Op::Sha256,
+            RunOp::Seal { .. } => Op::AesGcmSeal,
+            RunOp::Open { .. } => Op::AesGcmOpen,
+            RunOp::Deflate { .. } => Op::DeflateCompress,
+            RunOp::Inflate { .. } => Op::DeflateDecompress,
         }
     }
 
     /// Input files the job reads.
     pub fn input_files(&self) -> usize {
         match self {
-            Job::Fill { .. } => 0,
-            Job::Compare => 2,
+            RunOp::Fill { .. } => 0,
+            RunOp::Compare => 2,
             _ => 1,
         }
     }
@@ -187,17 +187,17 @@ impl Job {
     pub fn memory_needed(&self, input_len: usize) -> usize {
         let piece = input_len.min(MAX_PIECE);
         let data = match self {
-            Job::Copy => 2 * piece,
-            Job::Fill { len, .. } => (*len).min(MAX_PIECE),
-            Job::Crc32c { .. } => piece,
-            Job::Compare | Job::Sha256 => input_len,
-            Job::Seal { aad, .. } | Job::Open { aad, .. } => {
+            RunOp::Copy => 2 * piece,
+            RunOp::Fill { len, .. } => (*len).min(MAX_PIECE),
+            RunOp::Crc32c { .. } => piece,
+            RunOp::Compare | RunOp::Sha256 => input_len,
+            RunOp::Seal { aad, .. } | RunOp::Open { aad, .. } => {
                 input_len.saturating_mul(2).saturating_add(aad.len())
             }
-            Job::Deflate { .. } => piece.saturating_add(deflate_room(piece)),
+            RunOp::Deflate { .. } => piece.saturating_add(deflate_room(piece)),
             // One request reads at most the input and writes at most the
             // device's default limit.
-            Job::Inflate { max_output, .. } => input_len
+            RunOp::Inflate { max_output, .. } => input_len
                 .min(MAX_INFLATE_ROOM)
                 .saturating_add((*max_output).min(MAX_INFLATE_ROOM)),
         };
@@ -220,7 +220,7 @@ pub struct Output {
 pub fn execute<D: Accelerator + ?Sized>(
     device: &D,
     queue: u16,
-    job: &Job,
+    job: &RunOp,
     inputs: &[Vec<u8>],
 ) -> Result<Output, Error> {
     let op = job.op();
@@ -240,19 +240,19 @@ pub fn execute<D: Accelerator + ?Sized>(
     };
     let first = inputs.first().map_or(&[][..], Vec::as_slice);
     match job {
-        Job::Copy => runner.copy(first),
-        Job::Fill { pattern, len } => runner.fill(*pattern, *len),
-        Job::Compare => runner.compare(first, inputs.get(1).map_or(&[][..], Vec::as_slice)),
-        Job::Crc32c { seed } => runner.crc32c(*seed, first),
-        Job::Sha256 => {
+        RunOp::Copy => runner.copy(first),
+        RunOp::Fill { pattern, len } => runner.fill(*pattern, *len),
+        RunOp::Compare => runner.compare(first, inputs.get(1).map_or(&[][..], Vec::as_slice)),
+        RunOp::Crc32c { seed } => runner.crc32c(*seed, first),
+        RunOp::Sha256 => {
             runner.fits(first.len())?;
             let done = runner.run(Op::Sha256, NO_PARAMS, &[first], &[])?;
             Ok(Output::summary(hex(&done.completion.result()[..32])))
         }
-        Job::Seal { key, iv, aad } => runner.gcm(key, iv, None, aad, first),
-        Job::Open { key, iv, tag, aad } => runner.gcm(key, iv, Some(tag), aad, first),
-        Job::Deflate { format, level } => runner.deflate(*format, *level, first),
-        Job::Inflate { format, max_output } => runner.inflate(*format, *max_output, first),
+        RunOp::Seal { key, iv, aad } => runner.gcm(key, iv, None, aad, first),
+        RunOp::Open { key, iv, tag, aad } => runner.gcm(key, iv, Some(tag), aad, first),
+        RunOp::Deflate { format, level } => runner.deflate(*format, *level, first),
+        RunOp::Inflate { format, max_output } => runner.inflate(*format, *max_output, first),
     }
 }
 
@@ -609,12 +609,12 @@ mod tests {
 
     #[test]
     fn memory_estimate_holds_a_piece_and_its_output() {
-        let job = Job::Deflate {
+        let job = RunOp::Deflate {
             format: DeflateFormat::Gzip,
             level: 6,
         };
         assert!(job.memory_needed(1 << 30) >= 2 * MAX_PIECE);
         assert!(job.memory_needed(1 << 30) < 64 << 20);
-        assert!(Job::Copy.memory_needed(100) >= 200);
+        assert!(RunOp::Copy.memory_needed(100) >= 200);
     }
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Jobs (accel-uapi §3, §5, §7): a [`Submission`] names an operation, its
 //! buffers and its in-fences; [`KernelDevice::submit`] queues it and returns
-//! a [`Job`], whose out-fence is a sync_file and whose result record lives in
+//! a [`KernelJob`], whose out-fence is a sync_file and whose result record lives in
 //! a results object the device keeps mapped. A record decodes into the same
 //! [`Completion`] the virtqueue driver gives.
 
@@ -309,7 +309,7 @@ impl JobRecord {
 pub(crate) struct Results {
     handle: u32,
     map: Mapping,
-    /// Slots a live [`Job`] holds.
+    /// Slots a live [`KernelJob`] holds.
     held: Mutex<Vec<bool>>,
 }
 
@@ -401,7 +401,7 @@ impl Results {
 /// memory of this process waits for it to finish (the device may write that
 /// memory until then), one that uses only GEM objects does not.
 #[derive(Debug)]
-pub struct Job<'a> {
+pub struct KernelJob<'a> {
     device: &'a KernelDevice,
     slot: usize,
     job_id: u64,
@@ -414,7 +414,7 @@ pub struct Job<'a> {
 impl KernelDevice {
     /// Queues `submission` (`DRM_IOCTL_VACCEL_SUBMIT`) with an out
     /// sync_file and a result record, and returns at once.
-    pub fn submit<'a>(&'a self, submission: &Submission<'a>) -> Result<Job<'a>> {
+    pub fn submit<'a>(&'a self, submission: &Submission<'a>) -> Result<KernelJob<'a>> {
         submission.check_outputs()?;
         let slot = self.results.acquire()?;
         let buffers = submission.raw_buffers();
@@ -432,7 +432,7 @@ impl KernelDevice {
             SyncFile::from_raw(arg.out_sync_file, uapi::DRM_IOCTL_VACCEL_SUBMIT.name)
         });
         match fence {
-            Ok(fence) => Ok(Job {
+            Ok(fence) => Ok(KernelJob {
                 device: self,
                 slot,
                 job_id: arg.job_id,
@@ -459,7 +459,7 @@ impl KernelDevice {
     }
 }
 
-impl Job<'_> {
+impl KernelJob<'_> {
     /// The job's number on the device.
     pub fn id(&self) -> u64 {
         self.job_id
@@ -500,7 +500,7 @@ impl Job<'_> {
     }
 }
 
-impl Drop for Job<'_> {
+impl Drop for KernelJob<'_> {
     fn drop(&mut self) {
         if self.pins_memory && !self.finished {
             if let Err(e) = self.wait(None) {

@@ -59,7 +59,7 @@ use vm_memory::endian::{Le32, Le64};
 pub use discover::{list_nodes, KernelNode, DEV_ROOT};
 pub use fence::{SyncFile, Syncobj};
 pub use gem::GemObject;
-pub use job::{Job, JobBuffer, JobRecord, Submission};
+pub use job::{JobBuffer, JobRecord, KernelJob, Submission};
 pub use map::Mapping;
 pub use uapi::{DrmVaccelInfo, DRIVER_NAME};
 pub use udmabuf::{Udmabuf, UDMABUF_PATH};

@@ -15,11 +15,11 @@
 //! |---|---|
 //! | chain walk | `chain::walk` |
 //! | decode | `command::decode_request` |
-//! | objects and fences | `Device::resolve`, `Device::dependencies_signalled` (`device/accept.rs`) |
-//! | submit | `Device::submit_ready` (`device/schedule.rs`) |
-//! | completion | `Device::finish_all` (`device/complete.rs`) |
-//! | used ring | `Device::publish_used` (`device/publish.rs`), less the notification |
-//! | notify | `Device::notify` (`device/publish.rs`) |
+//! | objects and fences | `DeviceModel::resolve`, `DeviceModel::dependencies_signalled` (`device/accept.rs`) |
+//! | submit | `DeviceModel::submit_ready` (`device/schedule.rs`) |
+//! | completion | `DeviceModel::finish_all` (`device/complete.rs`) |
+//! | used ring | `DeviceModel::publish_used` (`device/publish.rs`), less the notification |
+//! | notify | `DeviceModel::notify` (`device/publish.rs`) |
 //! | daemon side | `AccelBackend::handle_event`: all the vring thread does for an event |
 //!
 //! The daemon runs with polling off (`poll-us = 0`), so that every request
@@ -86,21 +86,21 @@ const STAGES: [(&str, &[&str]); 7] = [
     (
         "objects and fences",
         &[
-            "vhost_user_accel::device::accept::<impl vhost_user_accel::device::Device>::resolve",
-            "vhost_user_accel::device::accept::<impl vhost_user_accel::device::Device>::dependencies_signalled",
+            "vhost_user_accel::device::accept::<impl vhost_user_accel::device::DeviceModel>::resolve",
+            "vhost_user_accel::device::accept::<impl vhost_user_accel::device::DeviceModel>::dependencies_signalled",
         ],
     ),
     (
         "submit",
-        &["vhost_user_accel::device::schedule::<impl vhost_user_accel::device::Device>::submit_ready"],
+        &["vhost_user_accel::device::schedule::<impl vhost_user_accel::device::DeviceModel>::submit_ready"],
     ),
     (
         "completion",
-        &["vhost_user_accel::device::complete::<impl vhost_user_accel::device::Device>::finish_all"],
+        &["vhost_user_accel::device::complete::<impl vhost_user_accel::device::DeviceModel>::finish_all"],
     ),
     (
         "used ring",
-        &["vhost_user_accel::device::publish::<impl vhost_user_accel::device::Device>::publish_used"],
+        &["vhost_user_accel::device::publish::<impl vhost_user_accel::device::DeviceModel>::publish_used"],
     ),
     (NOTIFY_STAGE, &[NOTIFY]),
 ];
@@ -108,8 +108,8 @@ const STAGES: [(&str, &[&str]); 7] = [
 /// notification.
 const NOTIFY_STAGE: &str = "notify";
 const NOTIFY: &str =
-    "vhost_user_accel::device::publish::<impl vhost_user_accel::device::Device>::notify";
-const DAEMON_SIDE: &str = "vhost_user_accel::backend::AccelBackend::handle_event";
+    "vhost_user_accel::device::publish::<impl vhost_user_accel::device::DeviceModel>::notify";
+const DAEMON_SIDE: &str = "vhost_user_accel::vhost_user::dispatch::AccelBackend::handle_event";
 const FLOOR: &str = "accel_budget::floor_request";
 
 /// Keys of the baseline file.

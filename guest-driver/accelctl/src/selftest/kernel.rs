@@ -9,7 +9,7 @@
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
 
-use accel_driver::kernel::{self, GemObject, Job, JobBuffer, JobRecord, Mapping, Submission};
+use accel_driver::kernel::{self, GemObject, JobBuffer, JobRecord, KernelJob, Mapping, Submission};
 use accel_driver::kernel::{Udmabuf, UDMABUF_PATH};
 use accel_driver::KernelDevice;
 use virtio_accel_spec::{Crc32cParams, FillParams, Op, Status, VIRTIO_ACCEL_F_OBJECTS};
@@ -78,7 +78,7 @@ fn describe(record: &JobRecord) -> String {
 }
 
 /// The error kind a refused submission got, or `None` if it was accepted.
-fn refusal(submitted: Result<Job<'_>, kernel::Error>) -> Option<ErrorKind> {
+fn refusal(submitted: Result<KernelJob<'_>, kernel::Error>) -> Option<ErrorKind> {
     match submitted {
         Ok(_) => None,
         Err(kernel::Error::Ioctl { source, .. }) => Some(source.kind()),
@@ -103,7 +103,7 @@ impl SelfTest<'_, KernelDevice> {
     }
 
     /// Waits for `job` within the device's timeout.
-    fn finish(&self, job: Job<'_>) -> Result<JobRecord, Error> {
+    fn finish(&self, job: KernelJob<'_>) -> Result<JobRecord, Error> {
         Ok(job.finish(Some(self.device.timeout()))?)
     }
 

@@ -27,7 +27,7 @@
 //!
 //! The request thread and the worker share the backend behind a lock, as
 //! they did under vhost-user-backend; so does a memory table change, which
-//! waits for the work in flight (`Device::set_memory`) with it held.
+//! waits for the work in flight (`DeviceModel::set_memory`) with it held.
 
 use std::fs::File;
 use std::io;
@@ -57,7 +57,7 @@ use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMma
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
-use crate::backend::{lock_backend, AccelBackend, BackendError, SharedBackend};
+use super::dispatch::{lock_backend, AccelBackend, BackendError, SharedBackend};
 use crate::device::Polled;
 use crate::poll::PollWindow;
 

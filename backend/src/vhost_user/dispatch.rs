@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The device's side of a connection: what the front-end's messages and the
-//! worker's events ([`crate::connection`]) turn into, as calls into
-//! [`Device`].
+//! worker's events ([`super::connection`]) turn into, as calls into
+//! [`DeviceModel`].
 //!
 //! A device that resumes from the record of the tenant's previous process
 //! (§11.3) waits for the front-end to start its rings again: a timer the
@@ -23,7 +23,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::TenantConfig;
-use crate::device::{Device, DeviceError, Polled, TenantState};
+use crate::device::{DeviceError, DeviceModel, Polled, TenantState};
 use crate::engine::Engine;
 
 /// Size of the configuration window a VMM may read (virtio-pci maps device
@@ -58,7 +58,7 @@ pub fn lock_backend(backend: &SharedBackend) -> RwLockWriteGuard<'_, AccelBacken
 
 /// The vhost-user backend of one connection.
 pub struct AccelBackend {
-    device: Device,
+    device: DeviceModel,
     num_queues: usize,
     queue_size: u16,
     /// The longest poll of the request rings after an event.
@@ -78,7 +78,7 @@ impl AccelBackend {
         let num_queues = usize::from(config.request_queues) + 1;
         let queue_size = config.queue_size;
         let poll_max = Duration::from_micros(u64::from(config.poll_us));
-        let device = Device::new(config, engine.as_ref(), tenant)?;
+        let device = DeviceModel::new(config, engine.as_ref(), tenant)?;
         let mut resume_timer = TimerFd::new().map_err(BackendError::ResumeTimer)?;
         if device.is_resuming() {
             resume_timer
@@ -129,7 +129,7 @@ impl AccelBackend {
         std::iter::once(timer).chain(completions).collect()
     }
 
-    /// The connection is over (§11): see [`Device::disconnect`].
+    /// The connection is over (§11): see [`DeviceModel::disconnect`].
     pub fn disconnect(&mut self) {
         self.device.disconnect();
     }
@@ -235,12 +235,12 @@ impl AccelBackend {
         self.poll_max
     }
 
-    /// Chains taken from the request rings so far ([`Device::requests_taken`]).
+    /// Chains taken from the request rings so far ([`DeviceModel::requests_taken`]).
     pub fn requests_taken(&self) -> u64 {
         self.device.requests_taken()
     }
 
-    /// Polls the request rings ([`Device::poll_requests`]): the connection's
+    /// Polls the request rings ([`DeviceModel::poll_requests`]): the connection's
     /// worker does, for a while after an event, instead of sleeping.
     pub fn poll_requests(&mut self, vrings: &[VringRwLock]) -> Polled {
         self.device.attach_vrings(vrings);
