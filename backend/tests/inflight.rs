@@ -25,7 +25,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use accel_driver::vhost_user::InflightRegion;
+use accel_driver::transport::vhost_user::InflightRegion;
 use accel_driver::{
     Buffer, Completion, Device, DmaBuf, DmaMemory, FrontendModel, OpenOptions, Request,
     VhostUserOptions, VhostUserTransport,

@@ -18,7 +18,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use accel_driver::vhost_user::Error as VhostUserError;
+use accel_driver::transport::vhost_user::Error as VhostUserError;
 use accel_driver::{Buffer, DmaBuf, DmaMemory, MemoryRegion, RawDesc, Request};
 use accel_tests::data::TestRng;
 use accel_tests::harness::{guest_ram, AccelDevice, Daemon};

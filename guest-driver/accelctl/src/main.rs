@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use accel_driver::pci::{self, SYSFS_ROOT, UIO_DRIVER};
+use accel_driver::transport::pci::{self, SYSFS_ROOT, UIO_DRIVER};
 use accelctl::args::{Args, BenchArgs, ChainArgs, Command, RunArgs};
 use accelctl::data::DataSource;
 use accelctl::report::{describe_any, supported_ops};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use accel_driver::kernel::{self, KernelNode, DEV_ROOT};
-use accel_driver::pci::{self, InterruptMode, PciDeviceInfo, SYSFS_ROOT};
+use accel_driver::transport::pci::{self, InterruptMode, PciDeviceInfo, SYSFS_ROOT};
 use accel_driver::{
     Device, DmaMemory, KernelDevice, OpenOptions, PciOptions, PciTransport, Transport,
     VhostUserTransport,
@@ -61,7 +61,7 @@ pub enum Error {
         path: PathBuf,
         /// Cause.
         #[source]
-        source: accel_driver::vhost_user::Error,
+        source: accel_driver::transport::vhost_user::Error,
     },
     /// The virtio-pci function could not be found or used.
     #[error("virtio-pci")]
@@ -276,7 +276,7 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use accel_driver::pci::NoIntx;
+    use accel_driver::transport::pci::NoIntx;
     use clap::Parser;
 
     fn node(n: u32) -> KernelNode {

@@ -18,7 +18,7 @@
 //! - [`transport`]: [`PciTransport`], the [`Transport`](crate::Transport) itself.
 //!
 //! ```no_run
-//! use accel_driver::pci::{self, PciOptions, PciTransport};
+//! use accel_driver::transport::pci::{self, PciOptions, PciTransport};
 //! use accel_driver::{Device, DmaMemory, DEFAULT_FEATURES};
 //! use std::path::Path;
 //!

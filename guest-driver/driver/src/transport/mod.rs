@@ -5,6 +5,14 @@
 //! queue's rings are, delivers notifications (driver to device) and waits for
 //! interrupts (device to driver). It knows nothing of the accelerator protocol.
 //! Queue indices are virtqueue indices (0 = control queue).
+//!
+//! The transports: [`vhost_user`] (the VMM's part, on the host: tests and
+//! benchmarks) and [`pci`] (virtio-pci from a guest's userspace). The
+//! kernel module's device node is not a transport: [`crate::kernel`] drives
+//! the device through it instead.
+
+pub mod pci;
+pub mod vhost_user;
 
 use std::io;
 use std::time::{Duration, Instant};

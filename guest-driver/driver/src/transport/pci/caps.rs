@@ -481,7 +481,7 @@ pub(crate) mod synth {
         c
     }
 
-    const VIRTIO_PCI_CAP_PCI_CFG_T: u8 = crate::pci::layout::VIRTIO_PCI_CAP_PCI_CFG;
+    const VIRTIO_PCI_CAP_PCI_CFG_T: u8 = crate::transport::pci::layout::VIRTIO_PCI_CAP_PCI_CFG;
 
     /// BAR sizes matching [`qemu_like`]: BAR 4 is 16 KiB, BAR 1 (MSI-X table) 4 KiB.
     pub(crate) const QEMU_BARS: [Option<u64>; 6] = [
@@ -498,7 +498,7 @@ pub(crate) mod synth {
 mod tests {
     use super::synth::*;
     use super::*;
-    use crate::pci::layout::ACCEL_PCI_DEVICE_ID;
+    use crate::transport::pci::layout::ACCEL_PCI_DEVICE_ID;
 
     fn expected() -> VirtioPciCaps {
         VirtioPciCaps {
@@ -753,7 +753,7 @@ mod tests {
         for (cfg_type, cap_len) in [
             (7u8, 4u8),
             (0x42, 8),
-            (crate::pci::layout::VIRTIO_PCI_CAP_PCI_CFG, 3),
+            (crate::transport::pci::layout::VIRTIO_PCI_CAP_PCI_CFG, 3),
             (0, 15),
         ] {
             let mut c = with_extra_first(cfg_type, 0, 0, 0, None);

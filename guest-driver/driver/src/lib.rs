@@ -11,12 +11,14 @@
 //! - [`virtqueue`]: [`SplitQueue`], the driver side of a split virtqueue
 //!   (descriptors, indirect tables, event-index notification suppression,
 //!   and a raw API to build malformed chains);
-//! - [`transport`]: the [`Transport`] trait the core needs from a transport;
-//! - [`vhost_user`]: [`VhostUserTransport`], a vhost-user frontend that plays
-//!   the VMM toward a vhost-user backend;
-//! - [`pci`]: [`PciTransport`], a modern virtio-pci transport from Linux
-//!   userspace (`uio_pci_generic`, sysfs BARs, hugepage DMA memory from
-//!   [`DmaMemory::hugepages`]), plus listing and binding of devices;
+//! - [`transport`]: the [`Transport`] trait the core needs from a transport,
+//!   and the two transports side by side:
+//!   - [`transport::vhost_user`]: [`VhostUserTransport`], a vhost-user
+//!     frontend that plays the VMM toward a vhost-user backend;
+//!   - [`transport::pci`]: [`PciTransport`], a modern virtio-pci transport
+//!     from Linux userspace (`uio_pci_generic`, sysfs BARs, hugepage DMA
+//!     memory from [`DmaMemory::hugepages`]), plus listing and binding of
+//!     devices;
 //! - [`device`]: [`Device`], the accelerator protocol over any transport:
 //!   feature negotiation, control commands (objects, fences), requests,
 //!   completions, and raw queue access for fault tests;
@@ -65,9 +67,7 @@
 pub mod device;
 pub mod kernel;
 pub mod memory;
-pub mod pci;
 pub mod transport;
-pub mod vhost_user;
 pub mod virtqueue;
 
 #[cfg(test)]
@@ -79,9 +79,9 @@ pub use device::{
 };
 pub use kernel::KernelDevice;
 pub use memory::{DmaBuf, DmaMemory, MemoryRegion};
-pub use pci::{PciOptions, PciTransport};
-pub use transport::Transport;
-pub use vhost_user::{
+pub use transport::pci::{PciOptions, PciTransport};
+pub use transport::vhost_user::{
     FrontendModel, VhostUserOptions, VhostUserTransport, CLOUD_HYPERVISOR_FEATURES,
 };
+pub use transport::Transport;
 pub use virtqueue::{Descriptor, QueueAddresses, RawDesc, RawNext, SplitQueue, Used};

@@ -512,7 +512,7 @@ mod tests {
 
     /// The ioctl table of spec/accel-uapi.md §1: `| NAME | 0x... | ...`.
     fn spec_numbers() -> Vec<(String, u32)> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/accel-uapi.md");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../spec/accel-uapi.md");
         let text = std::fs::read_to_string(path).unwrap();
         text.lines()
             .filter_map(|line| {
