@@ -4,10 +4,12 @@
 //!
 //! Map of the crate, from the hardware up:
 //! - [`sg`]: scatter-gather lists of host memory, the buffers hardware sees;
-//! - [`ops`]: the operations of §8 on such buffers (no virtio here);
+//! - [`ops`]: the operations of §8 executed on such buffers (no virtio, no
+//!   decoding here);
 //! - [`engine`]: the hardware-queue trait and the software engine;
 //! - [`chain`]: a descriptor chain walked once into readable and writable lists;
-//! - [`command`]: requests and control commands decoded from bytes (§6, §7);
+//! - [`command`]: all the decoding: requests, control commands, operations
+//!   and their parameters, from bytes (§6 to §8);
 //! - [`objects`]: the object table, with fence-tracked lifetime (§7.1, §7.2);
 //! - [`log_limit`]: rate-limited logging of what guests and VMMs trigger;
 //! - [`quota`]: a tenant's quotas, applied to requests and objects;

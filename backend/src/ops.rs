@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The operations of §8, executed on scatter-gather lists.
 //!
-//! Nothing here knows about virtio: an [`Operation`] is decoded from a request's
-//! `op` and parameter block, and [`execute`] runs it on host buffers. Guest
+//! Nothing here knows about virtio, and nothing decodes: an [`Operation`],
+//! decoded from a request's `op` and parameter block by [`crate::command`],
+//! is run on host buffers by [`execute`]. Guest
 //! memory may change under the device at any time (a guest vCPU, or another
 //! job on overlapping buffers), so no Rust reference to it is ever made: inputs
 //! are copied to per-worker scratch memory a chunk at a time and the libraries
@@ -20,169 +21,13 @@ use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use sha2::{Digest, Sha256};
-use thiserror::Error;
-use virtio_accel_spec::op::{
-    OpParams, COMPARE_EQUAL, DEFLATE_MAX_LEVEL, GCM_IV_SIZE, GCM_TAG_SIZE, PARAMS_SIZE,
-};
+use virtio_accel_spec::op::{COMPARE_EQUAL, GCM_TAG_SIZE};
 use virtio_accel_spec::request::RESULT_SIZE;
-use virtio_accel_spec::{
-    AesGcmParams, Crc32cParams, DeflateFormat, DeflateParams, FillParams, Op, Status,
-};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use virtio_accel_spec::{DeflateFormat, Status};
+use zeroize::Zeroize;
 
+use crate::command::{GcmKey, Operation};
 use crate::sg::SgList;
-
-/// Why a parameter block was rejected (§8).
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ParamsError {
-    /// A reserved byte is not zero.
-    #[error("reserved parameter bytes of {0:?} are not zero")]
-    ReservedNotZero(Op),
-    /// The deflate format is unknown.
-    #[error(transparent)]
-    Format(#[from] virtio_accel_spec::op::UnknownFormat),
-    /// The deflate level is out of range.
-    #[error("deflate level {0} is above {DEFLATE_MAX_LEVEL}")]
-    Level(u8),
-}
-
-/// AES-256-GCM key material, wiped from memory when dropped (§12.6).
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
-pub struct GcmKey {
-    key: [u8; 32],
-    iv: [u8; GCM_IV_SIZE],
-}
-
-impl std::fmt::Debug for GcmKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GcmKey(..)")
-    }
-}
-
-/// A decoded operation with its parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Operation {
-    /// §8.1.
-    Copy,
-    /// §8.2.
-    Fill {
-        /// Byte to write.
-        pattern: u8,
-    },
-    /// §8.3.
-    Compare,
-    /// §8.4.
-    Crc32c {
-        /// CRC of preceding data.
-        seed: u32,
-    },
-    /// §8.5.
-    Sha256,
-    /// §8.6.
-    AesGcmSeal(Box<GcmKey>),
-    /// §8.7.
-    AesGcmOpen(Box<GcmKey>, [u8; GCM_TAG_SIZE]),
-    /// §8.8.
-    DeflateCompress {
-        /// Framing.
-        format: DeflateFormat,
-        /// Level 0..=9.
-        level: u8,
-    },
-    /// §8.9.
-    DeflateDecompress {
-        /// Framing.
-        format: DeflateFormat,
-    },
-}
-
-fn all_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
-}
-
-impl Operation {
-    /// Decodes `op` and its parameter block, checking reserved bytes (§8).
-    pub fn decode(op: Op, raw: &[u8; PARAMS_SIZE]) -> Result<Self, ParamsError> {
-        let reserved_ok = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ParamsError::ReservedNotZero(op))
-            }
-        };
-        let operation = match op {
-            Op::Copy | Op::Compare | Op::Sha256 => {
-                reserved_ok(all_zero(raw))?;
-                match op {
-                    Op::Copy => Operation::Copy,
-                    Op::Compare => Operation::Compare,
-                    _ => Operation::Sha256,
-                }
-            }
-            Op::Fill => {
-                let p = FillParams::from_params(raw);
-                reserved_ok(all_zero(&p.reserved))?;
-                Operation::Fill { pattern: p.pattern }
-            }
-            Op::Crc32c => {
-                let p = Crc32cParams::from_params(raw);
-                reserved_ok(all_zero(&p.reserved))?;
-                Operation::Crc32c {
-                    seed: p.seed.into(),
-                }
-            }
-            Op::AesGcmSeal | Op::AesGcmOpen => {
-                let p = AesGcmParams::from_params(raw);
-                reserved_ok(all_zero(&p.reserved))?;
-                // Boxed, so that moves of the operation copy no key
-                // material (which only the box's drop wipes).
-                let key = Box::new(GcmKey {
-                    key: p.key,
-                    iv: p.iv,
-                });
-                if op == Op::AesGcmSeal {
-                    reserved_ok(all_zero(&p.tag))?;
-                    Operation::AesGcmSeal(key)
-                } else {
-                    Operation::AesGcmOpen(key, p.tag)
-                }
-            }
-            Op::DeflateCompress | Op::DeflateDecompress => {
-                let p = DeflateParams::from_params(raw);
-                reserved_ok(all_zero(&p.reserved))?;
-                let format = DeflateFormat::try_from(p.format)?;
-                if op == Op::DeflateCompress {
-                    if p.level > DEFLATE_MAX_LEVEL {
-                        return Err(ParamsError::Level(p.level));
-                    }
-                    Operation::DeflateCompress {
-                        format,
-                        level: p.level,
-                    }
-                } else {
-                    reserved_ok(p.level == 0)?;
-                    Operation::DeflateDecompress { format }
-                }
-            }
-        };
-        Ok(operation)
-    }
-
-    /// The operation code.
-    pub fn op(&self) -> Op {
-        match self {
-            Operation::Copy => Op::Copy,
-            Operation::Fill { .. } => Op::Fill,
-            Operation::Compare => Op::Compare,
-            Operation::Crc32c { .. } => Op::Crc32c,
-            Operation::Sha256 => Op::Sha256,
-            Operation::AesGcmSeal(_) => Op::AesGcmSeal,
-            Operation::AesGcmOpen(..) => Op::AesGcmOpen,
-            Operation::DeflateCompress { .. } => Op::DeflateCompress,
-            Operation::DeflateDecompress { .. } => Op::DeflateDecompress,
-        }
-    }
-}
 
 /// What an operation produced (§6.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,10 +327,10 @@ fn gcm(
         gather(aad, &mut scratch.aad, stop)?;
         gather(input, &mut scratch.input, stop)?;
         stop.check()?;
-        let cipher = Aes256Gcm::new(&key.key.into());
+        let cipher = Aes256Gcm::new(&(*key.key()).into());
         let tag = crypt(
             &cipher,
-            &Nonce::from(key.iv),
+            &Nonce::from(*key.iv()),
             &scratch.aad,
             &mut scratch.input,
         )?;
@@ -696,6 +541,7 @@ mod tests {
 
     use super::*;
     use crate::sg::OwnedBuffers;
+    use virtio_accel_spec::op::GCM_IV_SIZE;
 
     /// A job that is never cancelled.
     fn never() -> bool {
@@ -712,10 +558,7 @@ mod tests {
     /// AES-GCM-SEAL of `len` bytes (and as many bytes of AAD) with `scratch`.
     fn seal(len: usize, scratch: &mut Scratch) -> Outcome {
         let buffers = OwnedBuffers::new(vec![vec![1; len], vec![2; len], vec![0; len]]);
-        let key = GcmKey {
-            key: [3; 32],
-            iv: [4; GCM_IV_SIZE],
-        };
+        let key = GcmKey::new([3; 32], [4; GCM_IV_SIZE]);
         let job = buffers
             .job(
                 Operation::AesGcmSeal(Box::new(key)),
@@ -792,10 +635,7 @@ mod tests {
     #[test]
     fn every_operation_stops_between_chunks_once_cancelled() {
         const SIZE: usize = 4 << 20;
-        let key = Box::new(GcmKey {
-            key: [3; 32],
-            iv: [4; GCM_IV_SIZE],
-        });
+        let key = Box::new(GcmKey::new([3; 32], [4; GCM_IV_SIZE]));
         let raw = DeflateFormat::Raw;
         let mut packer = Compress::new(Compression::new(6), false);
         let mut packed = vec![0; 64 << 10];

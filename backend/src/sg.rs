@@ -579,7 +579,7 @@ impl OwnedBuffers {
     /// lists keep the buffers alive. `None` if an index names no buffer.
     pub fn job(
         self: &Arc<Self>,
-        operation: crate::ops::Operation,
+        operation: crate::command::Operation,
         inputs: &[usize],
         outputs: &[usize],
         seg_size: impl Fn(usize) -> usize,
@@ -835,7 +835,7 @@ mod tests {
     fn a_clone_outliving_its_list_and_job_keeps_the_memory() {
         let owned = OwnedBuffers::new(vec![pattern(64)]);
         let job = owned
-            .job(crate::ops::Operation::Sha256, &[0], &[], |_| 5, 1)
+            .job(crate::command::Operation::Sha256, &[0], &[], |_| 5, 1)
             .unwrap();
         let tail = job.inputs()[0].slice(10, 40).unwrap();
         let clone = job.inputs()[0].clone();

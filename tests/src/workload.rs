@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use accel_driver::{DmaBuf, DmaMemory};
 pub use accelctl::workload::Workload;
+use vhost_user_accel::command::Operation;
 use vhost_user_accel::engine::Job;
-use vhost_user_accel::ops::Operation;
 use vhost_user_accel::sg::{HostSeg, SgList};
 
 /// `workload` for an engine queue, on the guest buffers that

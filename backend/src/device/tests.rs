@@ -69,8 +69,10 @@ fn ready_request(device: &mut DeviceModel, queue: u16, seqno: u64, alone: bool) 
     let fence = device.fences.issue(queue, seqno).unwrap();
     device.alone += usize::from(alone);
     let cookie = device.inflight.insert(bare_request(fence, alone));
-    device.ready[usize::from(queue)]
-        .push(Job::new(crate::ops::Operation::Crc32c { seed: 0 }, cookie));
+    device.ready[usize::from(queue)].push(Job::new(
+        crate::command::Operation::Crc32c { seed: 0 },
+        cookie,
+    ));
 }
 
 /// Waits for `count` completions of hardware queue `queue`, then

@@ -19,7 +19,8 @@ use smallvec::SmallVec;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::ops::{Operation, Outcome};
+use crate::command::Operation;
+use crate::ops::Outcome;
 use crate::sg::SgList;
 
 /// Errors of engines and hardware queues.

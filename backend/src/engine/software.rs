@@ -521,7 +521,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::ops::{Operation, CANCELLED};
+    use crate::command::Operation;
+    use crate::ops::CANCELLED;
     use crate::sg::OwnedBuffers;
     use virtio_accel_spec::DeflateFormat;
 

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! Requests and control commands decoded from the bytes of a chain (§6, §7).
+//! Requests and control commands decoded from the bytes of a chain (§6, §7),
+//! their operations and parameters included ([`operation`], §8): all the
+//! decoding of the request path is here.
 //!
 //! Each header is copied out of guest memory exactly once into a typed value;
 //! everything after that works on the copy. Nothing here knows about virtio
@@ -16,8 +18,11 @@ use virtio_accel_spec::{
 use vm_memory::ByteValued;
 
 use crate::config::Limits;
-use crate::ops::{Operation, ParamsError};
 use crate::sg::{SgList, SgReader};
+
+pub mod operation;
+
+pub use operation::{GcmKey, Operation, ParamsError};
 
 /// Why a request or command could not be decoded; [`DecodeError::status`] maps
 /// each case to the status of §9.
