@@ -2,14 +2,19 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # The Debian package as an operator meets it, under a real systemd.
 #
-# Builds the package with cargo-deb, makes a Debian bookworm root with
+# Builds the package with cargo-deb, and the kernel module's
+# virtio-accel-dkms (guest-driver/linux/package-dkms.sh), makes a Debian
+# bookworm root with
 # debootstrap and boots it with systemd-nspawn (systemd as its PID 1: this
 # works on a host whose own PID 1 is not systemd, as on the CI machines).
 # Inside, inside.sh installs the package, starts its units, runs jobs through
 # them as a VMM's user, reloads a changed configuration, activates a VM's
-# socket unit, and purges the package, checking each step. Needs root on
-# Debian (it installs systemd-container and debootstrap) and the Debian
-# mirror; it fails, never skips, when it cannot run.
+# socket unit, and purges the package, checking each step; then installs
+# virtio-accel-dkms next to the headers of the VM test's guest kernel
+# (vmm-config/guest/kernel.sh), checks that DKMS built and installed the
+# module for it, and purges it. Needs root on Debian (it installs
+# systemd-container and debootstrap) and the Debian mirror (the container
+# installs dkms and the headers); it fails, never skips, when it cannot run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -35,6 +40,9 @@ echo "== build the package"
 cargo build --release --locked -p vhost-user-accel -p accelctl
 cargo deb -p vhost-user-accel --no-build --locked --strip --output "$work/vhost-user-accel.deb"
 dpkg-deb --info "$work/vhost-user-accel.deb" | sed -n '/Package:/,/Depends:/p'
+dkms_deb=$(guest-driver/linux/package-dkms.sh "$work")
+# shellcheck source=../../vmm-config/guest/kernel.sh
+source vmm-config/guest/kernel.sh
 
 echo "== a Debian bookworm root with systemd"
 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps \
@@ -43,6 +51,8 @@ debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps \
 check="$work/root/package-check"
 mkdir -m 755 "$check"
 cp "$work/vhost-user-accel.deb" tests/package/inside.sh "$check/"
+cp "$dkms_deb" "$check/virtio-accel-dkms.deb"
+echo "$KERNEL_RELEASE" >"$check/kernel-release"
 printf 123456789 >"$check/in"
 chmod 644 "$check/in"
 # The check runs as a unit of the container's systemd, then powers it off.

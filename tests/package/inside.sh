@@ -125,4 +125,29 @@ done < /package-check/files
 for f in /var/lib/vhost-user-accel /run/vhost-user-accel /run/vhost-user-accel-vm/vm9.sock /etc/vhost-user-accel; do
 	[ -e "$f" ] && fail "$f left behind"
 done
+
+step "virtio-accel-dkms: DKMS builds the module for a kernel with headers"
+release=$(cat /package-check/kernel-release)
+echo "deb http://deb.debian.org/debian bookworm-backports main" \
+	> /etc/apt/sources.list.d/backports.list
+apt-get update -qq || fail "apt-get update"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	dkms "linux-headers-$release" > /package-check/apt.log 2>&1 ||
+	{ tail -n 20 /package-check/apt.log; fail "cannot install dkms and the headers of $release"; }
+dpkg -i /package-check/virtio-accel-dkms.deb || fail "cannot install virtio-accel-dkms"
+dkms status virtio-accel/0.1.0
+dkms status virtio-accel/0.1.0 -k "$release" | grep installed > /dev/null ||
+	fail "DKMS did not install the module for $release"
+module=$(find "/lib/modules/$release/updates/dkms" -name 'virtio_accel.ko*' | head -n 1)
+[ -n "$module" ] || fail "no virtio_accel.ko in /lib/modules/$release/updates/dkms"
+vermagic=$(modinfo -F vermagic "$module")
+case "$vermagic" in
+"$release "*) echo "$module: vermagic $vermagic" ;;
+*) fail "the module was built for \"$vermagic\", not $release" ;;
+esac
+dpkg --purge virtio-accel-dkms
+[ -z "$(find "/lib/modules/$release" -name 'virtio_accel.ko*')" ] || fail "the module outlived its package"
+[ ! -e /usr/src/virtio-accel-0.1.0 ] || fail "the sources outlived their package"
+[ -z "$(dkms status virtio-accel)" ] || fail "DKMS still knows virtio-accel"
+
 echo "PASS"
