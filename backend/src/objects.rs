@@ -93,7 +93,7 @@ impl ObjectError {
 /// as held by its tenant (quotas, metrics) until it is dropped, after its
 /// handle is destroyed and the last request using it has completed.
 #[derive(Debug)]
-pub struct Object {
+pub struct HostObject {
     segments: Vec<(u64, u64)>,
     size: u64,
     stats: Arc<TenantStats>,
@@ -103,7 +103,7 @@ pub struct Object {
     slot: Option<(usize, u64)>,
 }
 
-impl Drop for Object {
+impl Drop for HostObject {
     fn drop(&mut self) {
         self.stats.object_released(self.size);
         match self.slot {
@@ -113,7 +113,7 @@ impl Drop for Object {
     }
 }
 
-impl Object {
+impl HostObject {
     /// Host segments of bytes `offset..offset + len` in the memory snapshot
     /// `mem`, which the list holds.
     pub fn resolve(
@@ -155,7 +155,7 @@ impl Object {
 /// The objects of one device (one connection).
 #[derive(Debug)]
 pub struct ObjectTable {
-    objects: HashMap<u32, Arc<Object>>,
+    objects: HashMap<u32, Arc<HostObject>>,
     next_handle: u32,
     limits: Limits,
     stats: Arc<TenantStats>,
@@ -166,7 +166,7 @@ pub struct ObjectTable {
     /// destroyed and which the last process had not released (its
     /// OBJECT_DESTROY unanswered, or requests still using them), by
     /// handle, with the command that destroyed them.
-    retired: HashMap<u32, (Arc<Object>, u64)>,
+    retired: HashMap<u32, (Arc<HostObject>, u64)>,
     /// While the device resumes: live objects by the command that created
     /// them, should that command run again.
     created_by: HashMap<u64, u32>,
@@ -220,7 +220,7 @@ impl ObjectTable {
         let handle = self.free_handle();
         let slot = self.record_object(handle, command, &segments);
         self.stats.object_held(size);
-        let object = Object {
+        let object = HostObject {
             segments,
             size,
             stats: Arc::clone(&self.stats),
@@ -295,7 +295,7 @@ impl ObjectTable {
     /// caller drops it once the command is answered, so that the record
     /// shows who destroyed it until then (§11.3). A command that destroyed
     /// it already (it runs again after a restart) gets it again.
-    pub fn destroy(&mut self, handle: u32, command: u64) -> Result<Arc<Object>, ObjectError> {
+    pub fn destroy(&mut self, handle: u32, command: u64) -> Result<Arc<HostObject>, ObjectError> {
         if let Some(object) = self.objects.remove(&handle) {
             if let Some((slot, serial)) = object.slot {
                 self.record.destroy_object(slot, serial, command);
@@ -310,7 +310,7 @@ impl ObjectTable {
 
     /// The object named `handle` (while the device resumes, also one whose
     /// handle was destroyed and which requests taken again use).
-    pub fn get(&self, handle: u32) -> Result<Arc<Object>, ObjectError> {
+    pub fn get(&self, handle: u32) -> Result<Arc<HostObject>, ObjectError> {
         self.objects
             .get(&handle)
             .or_else(|| self.retired.get(&handle).map(|(object, _)| object))
@@ -350,7 +350,7 @@ impl ObjectTable {
             )));
         }
         self.stats.object_held(size);
-        let object = Arc::new(Object {
+        let object = Arc::new(HostObject {
             segments: entry.segments,
             size,
             stats: Arc::clone(&self.stats),

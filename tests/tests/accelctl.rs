@@ -15,7 +15,7 @@ use accel_tests::harness::{guest_ram, AccelDevice, Daemon};
 use accel_tests::reference;
 use accelctl::data::DataSource;
 use accelctl::run::{execute, Error, Output, RunOp};
-use accelctl::selftest::{Outcome, SelfTest, SIZES};
+use accelctl::selftest::{CheckOutcome, SelfTest, SIZES};
 use accelctl::{bench, chain, report};
 use virtio_accel_spec::{DeflateFormat, Op, Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
 
@@ -78,7 +78,7 @@ fn selftest_passes_every_check(model: FrontendModel) {
     let not_passed: Vec<_> = report
         .checks
         .iter()
-        .filter(|c| c.outcome != Outcome::Passed)
+        .filter(|c| c.outcome != CheckOutcome::Passed)
         .collect();
     assert!(not_passed.is_empty(), "{model:?}: {not_passed:#?}");
     // Every operation at every size, then objects and fences.
@@ -106,11 +106,11 @@ fn selftest_lists_what_it_cannot_check_and_strict_makes_that_a_failure() {
             .iter()
             .any(|size| check.name.ends_with(&format!(" {size} B")));
         match &check.outcome {
-            Outcome::Skipped(why) => {
+            CheckOutcome::Skipped(why) => {
                 assert!(too_large, "{} not run: {why}", check.name);
                 assert!(why.contains("max_buffer_size"), "{why}");
             }
-            outcome => assert!(!too_large && *outcome == Outcome::Passed, "{check:?}"),
+            outcome => assert!(!too_large && *outcome == CheckOutcome::Passed, "{check:?}"),
         }
     }
     assert_eq!(report.failures(), 0);
@@ -129,11 +129,14 @@ fn selftest_lists_object_and_fence_checks_as_not_run_without_the_features() {
     let mut data = DataSource::new(TestRng::new("selftest-features").seed());
     let report = SelfTest::new(&device, &mut data).run(|_| ()).unwrap();
     let (ops, rest) = report.checks.split_at(Op::ALL.len() * SIZES.len());
-    assert!(ops.iter().all(|c| c.outcome == Outcome::Passed), "{ops:#?}");
+    assert!(
+        ops.iter().all(|c| c.outcome == CheckOutcome::Passed),
+        "{ops:#?}"
+    );
     assert_eq!(rest.len(), 3);
     for check in rest {
         assert!(
-            matches!(&check.outcome, Outcome::Skipped(why) if why.contains("not enabled")),
+            matches!(&check.outcome, CheckOutcome::Skipped(why) if why.contains("not enabled")),
             "{check:?}"
         );
     }
@@ -335,7 +338,7 @@ fn run_reports_results_and_refusals() {
 fn bench_measures_every_point_it_is_asked_for() {
     let daemon = Daemon::start();
     let device = daemon.connect(&guest_ram(64));
-    let options = bench::Options {
+    let options = bench::BenchOptions {
         ops: vec![Op::Crc32c, Op::DeflateDecompress],
         sizes: vec![64, 65536],
         duration: std::time::Duration::from_millis(50),
@@ -375,7 +378,7 @@ fn chain_rounds_pass_across_queues() {
         let transport =
             VhostUserTransport::connect_with(daemon.socket(), &memory, &options).unwrap();
         let device = AccelDevice::open_with(transport, &OpenOptions::default()).unwrap();
-        let options = chain::Options {
+        let options = chain::ChainOptions {
             jobs: 5 * chain::RUN + 1,
             size: 4096,
             duration: std::time::Duration::ZERO,
@@ -392,7 +395,7 @@ fn chain_rounds_pass_across_queues() {
         assert_eq!(summary.size, 4096);
         // Both objects were destroyed at the end: the next run gets handles
         // again and passes, as many rounds as asked for however long.
-        let options = chain::Options {
+        let options = chain::ChainOptions {
             rounds: Some(2),
             duration: std::time::Duration::from_secs(3600),
             ..options
@@ -409,7 +412,7 @@ fn chain_refuses_a_device_without_fences() {
         &guest_ram(64),
         DEFAULT_FEATURES & !feature(VIRTIO_ACCEL_F_FENCES),
     );
-    let options = chain::Options {
+    let options = chain::ChainOptions {
         jobs: 4,
         size: 64,
         duration: std::time::Duration::ZERO,

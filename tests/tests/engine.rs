@@ -19,7 +19,7 @@ use accel_tests::reference::{self, GzipHeader, InflateError};
 use rand::RngCore;
 use vhost_user_accel::command::{Operation, ParamsError};
 use vhost_user_accel::engine::software::SoftwareEngine;
-use vhost_user_accel::engine::{self, Completion, Engine, EngineError, HwQueue, Job, Share};
+use vhost_user_accel::engine::{self, Engine, EngineError, HwCompletion, HwQueue, Job, Share};
 use vhost_user_accel::ops::Outcome;
 use vhost_user_accel::sg::OwnedBuffers;
 use virtio_accel_spec::op::{OpParams, COMPARE_EQUAL, PARAMS_SIZE};
@@ -1584,7 +1584,7 @@ fn run_concurrently(
         order.push(cookie);
         assert!(pending.insert(cookie, (p, expected)).is_none());
     }
-    let mut completions: Vec<Completion> = Vec::new();
+    let mut completions: Vec<HwCompletion> = Vec::new();
     if batched {
         while !jobs.is_empty() {
             let take = (1 + rng.below(32)).min(jobs.len());
@@ -1598,7 +1598,7 @@ fn run_concurrently(
         assert!(jobs.is_empty(), "submit drains the vector");
     }
     let mut seen = Vec::with_capacity(total);
-    let mut check = |completions: &mut Vec<Completion>, seen: &mut Vec<u64>| {
+    let mut check = |completions: &mut Vec<HwCompletion>, seen: &mut Vec<u64>| {
         for completion in completions.drain(..) {
             let (p, expected) = pending
                 .remove(&completion.cookie)

@@ -148,7 +148,7 @@ pub type BufSpecs = SmallVec<[BufSpec; 2]>;
 
 /// A decoded request (§6.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct DecodedRequest {
     /// What to do.
     pub operation: Operation,
     /// Fences that must signal first.
@@ -277,11 +277,17 @@ fn check_count(
 // A stage of the instruction budget (`accel-budget`): kept out of line so
 // that callgrind counts it.
 #[inline(never)]
-pub fn decode_request(readable: &mut SgList, limits: &Limits) -> Result<Request, DecodeError> {
+pub fn decode_request(
+    readable: &mut SgList,
+    limits: &Limits,
+) -> Result<DecodedRequest, DecodeError> {
     consume(readable, |reader| read_request(reader, limits))
 }
 
-fn read_request(readable: &mut SgReader<'_>, limits: &Limits) -> Result<Request, DecodeError> {
+fn read_request(
+    readable: &mut SgReader<'_>,
+    limits: &Limits,
+) -> Result<DecodedRequest, DecodeError> {
     let req: Req = take(readable, "request header")?;
     let op = Op::try_from(u32::from(req.op))?;
     if req.reserved != [0; 8] {
@@ -300,7 +306,7 @@ fn read_request(readable: &mut SgReader<'_>, limits: &Limits) -> Result<Request,
     let deps = take_fences(readable, num_deps)?;
     let inputs = take_bufs(readable, req.num_in)?;
     let outputs = take_bufs(readable, req.num_out)?;
-    Ok(Request {
+    Ok(DecodedRequest {
         operation,
         deps,
         inputs,
@@ -390,7 +396,7 @@ mod tests {
     use crate::sg::OwnedBuffers;
     use virtio_accel_spec::{Crc32cParams, FillParams};
 
-    fn decode(bytes: Vec<u8>, seg: usize) -> (Result<Request, DecodeError>, usize) {
+    fn decode(bytes: Vec<u8>, seg: usize) -> (Result<DecodedRequest, DecodeError>, usize) {
         let owned = OwnedBuffers::new(vec![bytes]);
         let mut list = owned.sg(0, seg).unwrap();
         let result = decode_request(&mut list, &Limits::default());

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use virtio_accel_spec::{Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
 
 use crate::chain::Walk;
-use crate::command::{decode_request, BufSpec, Deps, FenceId, Request};
+use crate::command::{decode_request, BufSpec, DecodedRequest, Deps, FenceId};
 use crate::engine::Job;
-use crate::objects::Object;
+use crate::objects::HostObject;
 use crate::ops::Outcome;
 use crate::quota::QuotaKind;
 use crate::sg::{SgList, Spans};
@@ -106,7 +106,7 @@ impl DeviceModel {
     }
 
     /// Decodes the request of a walked chain (§6.1).
-    fn decode(&mut self, walked: &mut Walk) -> Result<Request, Status> {
+    fn decode(&mut self, walked: &mut Walk) -> Result<DecodedRequest, Status> {
         if let Some(error) = walked.error {
             self.guest_error(format_args!("request chain: {error}"));
             return Err(error.status());
@@ -120,7 +120,7 @@ impl DeviceModel {
 
     /// Checks that the device may run `request`, and that its dependencies
     /// are fences it issued before `fence`, its own (§6.2).
-    fn check(&mut self, request: &Request, fence: FenceId) -> Result<(), Status> {
+    fn check(&mut self, request: &DecodedRequest, fence: FenceId) -> Result<(), Status> {
         let op = request.operation.op();
         if self.ops & op.capability() == 0 {
             return Err(Status::Unsupported);
@@ -143,7 +143,7 @@ impl DeviceModel {
     /// `read_again` the runs of memory a second run reads.
     fn prepare(
         &mut self,
-        request: &Request,
+        request: &DecodedRequest,
         mut read_again: Spans,
         walked: &mut Walk,
         inflight: &mut InFlight,
@@ -193,7 +193,7 @@ impl DeviceModel {
         spec: BufSpec,
         direct: &mut SgList,
         mem: &Snapshot,
-        objects: &mut Vec<Arc<Object>>,
+        objects: &mut Vec<Arc<HostObject>>,
     ) -> Result<SgList, Status> {
         if spec.len() > self.config.limits.max_buffer_size {
             self.guest_error(format_args!(

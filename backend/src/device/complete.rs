@@ -17,7 +17,7 @@ use vhost_user_backend::VringRwLock;
 use virtio_accel_spec::{Fence, Resp, Status};
 
 use crate::command::FenceId;
-use crate::engine::Completion;
+use crate::engine::HwCompletion;
 use crate::ops::Outcome;
 use crate::ring_record::NO_RERUN;
 
@@ -52,7 +52,7 @@ impl DeviceModel {
     }
 
     /// The pending completions of hardware queue `queue`.
-    pub(super) fn reap(&self, queue: u16) -> Vec<Completion> {
+    pub(super) fn reap(&self, queue: u16) -> Vec<HwCompletion> {
         let mut completions = Vec::new();
         if let Some(hw_queue) = self.hw_queues.get(usize::from(queue)) {
             hw_queue.reap(&mut completions);
@@ -65,14 +65,14 @@ impl DeviceModel {
     // A stage of the instruction budget (`accel-budget`): kept out of line
     // so that callgrind counts it.
     #[inline(never)]
-    pub(super) fn finish_all(&mut self, completions: &mut Vec<Completion>) {
+    pub(super) fn finish_all(&mut self, completions: &mut Vec<HwCompletion>) {
         debug_assert!(
             completions.len() <= self.on_engine,
             "more completions than jobs"
         );
         self.on_engine = self.on_engine.saturating_sub(completions.len());
         self.alone_on_engine &= self.on_engine > 0;
-        for Completion { cookie, outcome } in completions.drain(..) {
+        for HwCompletion { cookie, outcome } in completions.drain(..) {
             if let Some(inflight) = self.inflight.remove(cookie) {
                 self.finish(inflight, outcome);
             }

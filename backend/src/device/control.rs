@@ -12,7 +12,7 @@ use virtio_accel_spec::{CtrlResp, Status};
 
 use crate::chain::Walk;
 use crate::command::{decode_control, Control, FenceId};
-use crate::objects::{Object, ObjectError};
+use crate::objects::{HostObject, ObjectError};
 use crate::sg::SgList;
 
 use super::{lock, DeviceModel, Snapshot, Waiter, Waiting, CAPABILITIES};
@@ -28,7 +28,7 @@ enum ControlOutcome {
     Done(u64),
     /// OBJECT_DESTROY: answer Ok, then drop the object (its record says
     /// which command destroyed it until the answer is recorded, §11.3).
-    Destroyed(Arc<Object>),
+    Destroyed(Arc<HostObject>),
     /// A FENCE_WAIT on these unsignalled fences.
     Wait(Vec<FenceId>),
 }

@@ -58,11 +58,11 @@ use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMma
 use crate::command::FenceId;
 use crate::config::TenantConfig;
 use crate::device_record::{DeviceRecord, DeviceRecordError};
-use crate::engine::{Completion, Engine, EngineError, HwQueue, Job, Share};
+use crate::engine::{Engine, EngineError, HwCompletion, HwQueue, Job, Share};
 use crate::fence::Fences;
 use crate::log_limit::TenantLog;
 use crate::memory::{check_table, MemoryError};
-use crate::objects::{Object, ObjectError, ObjectTable};
+use crate::objects::{HostObject, ObjectError, ObjectTable};
 use crate::quota::Admission;
 use crate::ring_history::{Restart, RingHistory};
 use crate::ring_record::Binding;
@@ -156,7 +156,7 @@ struct InFlight {
     /// Fence attachments: the objects stay alive until this request completes.
     /// A boxed slice, not a vector, keeps the record within 128 bytes, which
     /// the compiler moves inline instead of calling `memcpy`.
-    _objects: Box<[Arc<Object>]>,
+    _objects: Box<[Arc<HostObject>]>,
 }
 
 // A move of a larger record is a call to `memcpy` (see `InFlight::_objects`).
@@ -228,7 +228,7 @@ pub struct DeviceModel {
     /// passes so that a pass allocates nothing.
     heads: Vec<u16>,
     /// The completions of one reap, kept between reaps likewise.
-    completions: Vec<Completion>,
+    completions: Vec<HwCompletion>,
     /// What the device took, ran, completed and published, per virtqueue,
     /// kept where the next process of the tenant finds it (§11.3).
     record: Arc<DeviceRecord>,

@@ -110,7 +110,7 @@ impl Job {
 
 /// The completion of a [`Job`].
 #[derive(Debug, Clone, Copy)]
-pub struct Completion {
+pub struct HwCompletion {
     /// The job's cookie.
     pub cookie: u64,
     /// What the operation produced.
@@ -145,7 +145,7 @@ pub trait HwQueue: Send + Sync {
     fn submit(&self, jobs: &mut Vec<Job>) -> Result<(), EngineError>;
 
     /// Moves every pending completion into `out`.
-    fn reap(&self, out: &mut Vec<Completion>);
+    fn reap(&self, out: &mut Vec<HwCompletion>);
 
     /// Cancels every job submitted before the call: returns those that have
     /// not started (they will not complete), and makes those that have stop
@@ -184,7 +184,7 @@ pub trait Engine: Send + Sync {
 /// Runs one job through `queue` and waits for its completion: the "direct"
 /// path of tests, without any virtio in between. The queue must have no other
 /// job in flight: a completion of another job is reported as an error.
-pub fn run_blocking(queue: &dyn HwQueue, job: Job) -> Result<Completion, EngineError> {
+pub fn run_blocking(queue: &dyn HwQueue, job: Job) -> Result<HwCompletion, EngineError> {
     let cookie = job.cookie;
     let mut batch = vec![job];
     queue.submit(&mut batch)?;

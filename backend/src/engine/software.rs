@@ -31,7 +31,7 @@ use virtio_accel_spec::{Op, Status};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::scheduler::{Charge, FlowId, Scheduler, ACTIVE_WINDOW};
-use super::{Completion, Engine, EngineError, HwQueue, Job, Share};
+use super::{Engine, EngineError, HwCompletion, HwQueue, Job, Share};
 use crate::log_limit::RateLimit;
 use crate::ops::{execute, Outcome, Scratch};
 
@@ -51,7 +51,7 @@ pub const MODERATION_DELAY: Duration = Duration::from_micros(30);
 #[derive(Default)]
 struct Pending {
     /// At most the queue's depth (see [`CompletionRing::reserve`]).
-    done: Vec<Completion>,
+    done: Vec<HwCompletion>,
     /// The interrupt was raised and not yet acknowledged by a reap.
     raised: bool,
     /// When the oldest unreaped completion was posted.
@@ -81,7 +81,7 @@ impl CompletionRing {
 
     /// Adds a completion; raises the interrupt if it is due, else makes sure
     /// the moderation timer will.
-    fn post(self: &Arc<Self>, completion: Completion, timer: &ModerationTimer) {
+    fn post(self: &Arc<Self>, completion: HwCompletion, timer: &ModerationTimer) {
         let now = Instant::now();
         let (raise, arm) = {
             let mut pending = lock(&self.pending);
@@ -142,7 +142,7 @@ impl CompletionRing {
         Ok(())
     }
 
-    fn reap(&self, out: &mut Vec<Completion>) {
+    fn reap(&self, out: &mut Vec<HwCompletion>) {
         let mut pending = lock(&self.pending);
         // Into an empty `out` with room for them, the buffers trade places:
         // nothing is copied, and the queue keeps `out`'s room for its next
@@ -389,7 +389,7 @@ fn worker_loop(shared: &Shared) {
         let cookie = job.cookie;
         // The buffers are done with: release their mappings before completing.
         drop(job);
-        ring.post(Completion { cookie, outcome }, &shared.timer);
+        ring.post(HwCompletion { cookie, outcome }, &shared.timer);
     }
 }
 
@@ -492,7 +492,7 @@ impl HwQueue for SoftwareQueue {
         Ok(())
     }
 
-    fn reap(&self, out: &mut Vec<Completion>) {
+    fn reap(&self, out: &mut Vec<HwCompletion>) {
         self.ring.reap(out);
     }
 
@@ -630,7 +630,7 @@ mod tests {
     }
 
     /// Waits for the next completions of `queue`.
-    fn next_completions(queue: &dyn HwQueue) -> Vec<Completion> {
+    fn next_completions(queue: &dyn HwQueue) -> Vec<HwCompletion> {
         let mut done = Vec::new();
         while done.is_empty() {
             queue.completion_event().read().unwrap();

@@ -37,7 +37,7 @@ pub enum Error {
 
 /// Where a job's bytes are while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
+pub enum JobPlacement {
     /// Direct buffers of the driver's DMA memory, in the chain (§6.3).
     Direct,
     /// GEM objects of the kernel driver: device objects.
@@ -46,12 +46,12 @@ pub enum Placement {
     DmaBufs,
 }
 
-impl fmt::Display for Placement {
+impl fmt::Display for JobPlacement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Placement::Direct => "direct buffers",
-            Placement::GemObjects => "GEM objects",
-            Placement::DmaBufs => "dma-bufs",
+            JobPlacement::Direct => "direct buffers",
+            JobPlacement::GemObjects => "GEM objects",
+            JobPlacement::DmaBufs => "dma-bufs",
         })
     }
 }
@@ -99,10 +99,10 @@ pub trait Accelerator {
     fn timeout(&self) -> Duration;
 
     /// Where jobs' bytes can be placed, the default first.
-    fn placements(&self) -> &'static [Placement];
+    fn placements(&self) -> &'static [JobPlacement];
 
     /// Why `placement` cannot be used here, if it cannot.
-    fn unavailable(&self, placement: Placement) -> Option<String>;
+    fn unavailable(&self, placement: JobPlacement) -> Option<String>;
 
     /// The largest buffer sure to be accepted: a piece of an input that
     /// `run` cuts (the device's `max_buffer_size` if the transport adds no
@@ -116,7 +116,7 @@ pub trait Accelerator {
         &self,
         queue: u16,
         job: &JobData<'_>,
-        placement: Placement,
+        placement: JobPlacement,
     ) -> Result<Executed, Error>;
 }
 
@@ -141,12 +141,12 @@ impl<T: Transport> Accelerator for Device<T> {
         Device::timeout(self)
     }
 
-    fn placements(&self) -> &'static [Placement] {
-        &[Placement::Direct]
+    fn placements(&self) -> &'static [JobPlacement] {
+        &[JobPlacement::Direct]
     }
 
-    fn unavailable(&self, placement: Placement) -> Option<String> {
-        (placement != Placement::Direct)
+    fn unavailable(&self, placement: JobPlacement) -> Option<String> {
+        (placement != JobPlacement::Direct)
             .then(|| format!("{placement} belong to the kernel transport"))
     }
 
@@ -158,7 +158,7 @@ impl<T: Transport> Accelerator for Device<T> {
         &self,
         queue: u16,
         job: &JobData<'_>,
-        _placement: Placement,
+        _placement: JobPlacement,
     ) -> Result<Executed, Error> {
         let memory = self.memory();
         let request = Request::new(job.op).raw_params(job.params);
@@ -199,17 +199,17 @@ impl Staged<'_> {
 }
 
 /// A GEM object of `len` bytes (at least 1) in `placement`.
-fn stage(device: &KernelDevice, placement: Placement, len: usize) -> Result<Staged<'_>, Error> {
+fn stage(device: &KernelDevice, placement: JobPlacement, len: usize) -> Result<Staged<'_>, Error> {
     let size = len.max(1) as u64;
     Ok(match placement {
-        Placement::DmaBufs => {
+        JobPlacement::DmaBufs => {
             let udmabuf = Udmabuf::new(UDMABUF_PATH.as_ref(), size)?;
             Staged {
                 object: device.import(std::os::fd::AsFd::as_fd(&udmabuf))?,
                 udmabuf: Some(udmabuf),
             }
         }
-        Placement::GemObjects | Placement::Direct => Staged {
+        JobPlacement::GemObjects | JobPlacement::Direct => Staged {
             object: device.create_object(size)?,
             udmabuf: None,
         },
@@ -233,19 +233,21 @@ impl Accelerator for KernelDevice {
         KernelDevice::timeout(self)
     }
 
-    fn placements(&self) -> &'static [Placement] {
-        &[Placement::GemObjects, Placement::DmaBufs]
+    fn placements(&self) -> &'static [JobPlacement] {
+        &[JobPlacement::GemObjects, JobPlacement::DmaBufs]
     }
 
-    fn unavailable(&self, placement: Placement) -> Option<String> {
+    fn unavailable(&self, placement: JobPlacement) -> Option<String> {
         match placement {
-            Placement::Direct => Some("direct buffers belong to the virtqueue transports".into()),
-            Placement::GemObjects => None,
-            Placement::DmaBufs if !self.has_capability(VIRTIO_ACCEL_F_OBJECTS) => Some(
+            JobPlacement::Direct => {
+                Some("direct buffers belong to the virtqueue transports".into())
+            }
+            JobPlacement::GemObjects => None,
+            JobPlacement::DmaBufs if !self.has_capability(VIRTIO_ACCEL_F_OBJECTS) => Some(
                 "importing a dma-buf needs the OBJECTS capability, which the driver did not enable"
                     .into(),
             ),
-            Placement::DmaBufs => OpenOptions::new()
+            JobPlacement::DmaBufs => OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(UDMABUF_PATH)
@@ -266,7 +268,7 @@ impl Accelerator for KernelDevice {
         &self,
         queue: u16,
         job: &JobData<'_>,
-        placement: Placement,
+        placement: JobPlacement,
     ) -> Result<Executed, Error> {
         let mut submission = Submission::new(job.op)
             .raw_params(job.params)

@@ -52,14 +52,14 @@ pub const BENCH_SEED: u64 = 0x5eed;
 
 /// Jobs completed and time taken.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Run {
+pub struct BenchRun {
     /// Jobs completed.
     pub jobs: u64,
     /// Wall-clock time.
     pub elapsed: Duration,
 }
 
-impl Run {
+impl BenchRun {
     /// Jobs per second.
     pub fn jobs_per_sec(&self) -> f64 {
         self.jobs as f64 / self.elapsed.as_secs_f64()
@@ -82,7 +82,7 @@ pub fn pipeline<T: Transport>(
     slots: &[Slot],
     batch: usize,
     duration: Duration,
-) -> Result<Run, Error> {
+) -> Result<BenchRun, Error> {
     for (token, (request, _)) in (0u64..).zip(slots) {
         device.submit(queue, request, token)?;
     }
@@ -116,7 +116,7 @@ pub fn pipeline<T: Transport>(
         }
         device.flush(queue)?;
     }
-    Ok(Run {
+    Ok(BenchRun {
         jobs,
         elapsed: start.elapsed(),
     })
@@ -124,7 +124,7 @@ pub fn pipeline<T: Transport>(
 
 /// What to measure.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct BenchOptions {
     /// Operations.
     pub ops: Vec<Op>,
     /// Job sizes in bytes.
@@ -149,7 +149,7 @@ pub struct Point {
     /// Requests that were in flight.
     pub depth: usize,
     /// The result.
-    pub run: Run,
+    pub run: BenchRun,
 }
 
 /// The slots of one point: `depth` jobs of `workload`, fewer if the memory
@@ -178,7 +178,7 @@ pub fn make_slots(
 /// before each point with its number (from 1) and the total.
 pub fn measure<T: Transport>(
     device: &accel_driver::Device<T>,
-    options: &Options,
+    options: &BenchOptions,
     data: &mut DataSource,
     progress: impl FnMut(usize, usize, Op, usize),
 ) -> Result<Vec<Point>, Error> {
@@ -201,7 +201,7 @@ pub fn measure<T: Transport>(
 /// ([`kernel::Error::Fragmented`]) is left out and passed to `skipped`.
 pub fn measure_kernel(
     device: &KernelDevice,
-    options: &Options,
+    options: &BenchOptions,
     data: &mut DataSource,
     progress: impl FnMut(usize, usize, Op, usize),
     mut skipped: impl FnMut(Op, usize, Error),
@@ -221,10 +221,10 @@ pub fn measure_kernel(
 /// Measures `point` (the depth it kept and its run, or nothing) for every
 /// operation and size of `options`, calling `progress` before each.
 fn each_point(
-    options: &Options,
+    options: &BenchOptions,
     data: &mut DataSource,
     mut progress: impl FnMut(usize, usize, Op, usize),
-    mut point: impl FnMut(&Workload) -> Result<Option<(usize, Run)>, Error>,
+    mut point: impl FnMut(&Workload) -> Result<Option<(usize, BenchRun)>, Error>,
 ) -> Result<Vec<Point>, Error> {
     let total = options.ops.len() * options.sizes.len();
     let mut points = Vec::with_capacity(total);
@@ -282,7 +282,7 @@ pub fn kernel_pipeline(
     workload: &Workload,
     depth: usize,
     duration: Duration,
-) -> Result<(usize, Run), Error> {
+) -> Result<(usize, BenchRun), Error> {
     let slots = (0..depth.clamp(1, device.result_slots()))
         .map(|_| kernel_slot(device, workload, queue))
         .collect::<Result<Vec<_>, _>>()?;
@@ -302,7 +302,7 @@ pub fn kernel_pipeline(
     }
     Ok((
         slots.len(),
-        Run {
+        BenchRun {
             jobs,
             elapsed: start.elapsed(),
         },

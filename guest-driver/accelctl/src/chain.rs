@@ -68,7 +68,7 @@ pub enum Error {
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
-pub struct Options {
+pub struct ChainOptions {
     /// Jobs of each chain (a round runs two).
     pub jobs: usize,
     /// Bytes of each object (at most the device's `max_buffer_size`).
@@ -91,7 +91,7 @@ pub struct Summary {
 }
 
 /// DMA memory a run of `options` needs, with room for the driver's rings.
-pub fn memory_needed(options: &Options) -> usize {
+pub fn memory_needed(options: &ChainOptions) -> usize {
     2 * options.size + (4 << 20)
 }
 
@@ -99,7 +99,7 @@ pub fn memory_needed(options: &Options) -> usize {
 /// `on_round` after each round that passed.
 pub fn run<T: Transport>(
     device: &Device<T>,
-    options: &Options,
+    options: &ChainOptions,
     data: &mut DataSource,
     mut on_round: impl FnMut(u64),
 ) -> Result<Summary, Error> {

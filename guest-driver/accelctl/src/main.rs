@@ -12,7 +12,7 @@ use accelctl::args::{Args, BenchArgs, ChainArgs, Command, RunArgs};
 use accelctl::data::DataSource;
 use accelctl::report::{describe_any, supported_ops};
 use accelctl::run::execute;
-use accelctl::selftest::{self, Outcome, SelfTest, TransportChecks};
+use accelctl::selftest::{self, CheckOutcome, SelfTest, TransportChecks};
 use accelctl::target::{kernel_nodes, pci_address, pci_devices, AnyDevice, Target};
 use accelctl::{bench, chain};
 use clap::Parser;
@@ -227,10 +227,10 @@ fn run_selftest<D: TransportChecks>(
     data: &mut DataSource,
 ) -> Result<selftest::Report, selftest::Error> {
     SelfTest::new(device, data).run(|check| match &check.outcome {
-        Outcome::Passed => println!("ok    {}", check.name),
-        Outcome::Failed(why) => println!("FAIL  {}: {why}", check.name),
-        Outcome::Skipped(why) => println!("skip  {}: {why}", check.name),
-        Outcome::NotApplicable(why) => println!("n/a   {}: {why}", check.name),
+        CheckOutcome::Passed => println!("ok    {}", check.name),
+        CheckOutcome::Failed(why) => println!("FAIL  {}: {why}", check.name),
+        CheckOutcome::Skipped(why) => println!("skip  {}: {why}", check.name),
+        CheckOutcome::NotApplicable(why) => println!("n/a   {}: {why}", check.name),
     })
 }
 
@@ -242,7 +242,7 @@ fn bench_command(args: &Args, bench_args: &BenchArgs) -> Result<ExitCode, Box<dy
     } else {
         bench_args.ops.iter().map(|&name| Op::from(name)).collect()
     };
-    let options = bench::Options {
+    let options = bench::BenchOptions {
         ops,
         sizes: bench_args.sizes.clone(),
         duration: Duration::try_from_secs_f64(bench_args.seconds)
@@ -290,7 +290,7 @@ fn bench_command(args: &Args, bench_args: &BenchArgs) -> Result<ExitCode, Box<dy
 }
 
 fn chain_command(args: &Args, chain_args: &ChainArgs) -> Result<ExitCode, Box<dyn Error>> {
-    let options = chain::Options {
+    let options = chain::ChainOptions {
         jobs: usize::from(chain_args.jobs),
         size: usize::try_from(chain_args.size)?,
         duration: Duration::try_from_secs_f64(chain_args.seconds)

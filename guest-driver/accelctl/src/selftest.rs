@@ -20,7 +20,7 @@ use virtio_accel_spec::{
     VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS,
 };
 
-use crate::accelerator::{self, Accelerator, JobData, Placement};
+use crate::accelerator::{self, Accelerator, JobData, JobPlacement};
 use crate::data::DataSource;
 use crate::reference;
 
@@ -60,7 +60,7 @@ impl From<accelerator::Error> for Error {
 
 /// How one check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CheckOutcome {
     /// It ran, and the device's results matched the reference.
     Passed,
     /// It ran, and they did not: what went wrong.
@@ -78,7 +78,7 @@ pub struct Check {
     /// What was checked.
     pub name: String,
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: CheckOutcome,
 }
 
 /// All checks of a run.
@@ -96,20 +96,20 @@ impl Report {
 
     /// Number of failed checks.
     pub fn failures(&self) -> usize {
-        self.count(|outcome| matches!(outcome, Outcome::Failed(_)))
+        self.count(|outcome| matches!(outcome, CheckOutcome::Failed(_)))
     }
 
     /// Number of checks that did not run.
     pub fn skips(&self) -> usize {
-        self.count(|outcome| matches!(outcome, Outcome::Skipped(_)))
+        self.count(|outcome| matches!(outcome, CheckOutcome::Skipped(_)))
     }
 
     /// Number of checks that have no meaning on the transport.
     pub fn not_applicable(&self) -> usize {
-        self.count(|outcome| matches!(outcome, Outcome::NotApplicable(_)))
+        self.count(|outcome| matches!(outcome, CheckOutcome::NotApplicable(_)))
     }
 
-    fn count(&self, which: impl Fn(&Outcome) -> bool) -> usize {
+    fn count(&self, which: impl Fn(&CheckOutcome) -> bool) -> usize {
         self.checks.iter().filter(|c| which(&c.outcome)).count()
     }
 }
@@ -117,8 +117,8 @@ impl Report {
 /// What a check compares: `Ok(())` or a description of the difference.
 type Verdict = Result<(), String>;
 
-fn outcome(verdict: Verdict) -> Outcome {
-    verdict.map_or_else(Outcome::Failed, |()| Outcome::Passed)
+fn outcome(verdict: Verdict) -> CheckOutcome {
+    verdict.map_or_else(CheckOutcome::Failed, |()| CheckOutcome::Passed)
 }
 
 fn expect(ok: bool, what: impl FnOnce() -> String) -> Verdict {
@@ -193,7 +193,7 @@ pub struct SelfTest<'a, D> {
     data: &'a mut DataSource,
     report: Report,
     /// Where the operation checks put their bytes.
-    placement: Placement,
+    placement: JobPlacement,
 }
 
 impl<'a, D: TransportChecks> SelfTest<'a, D> {
@@ -221,16 +221,16 @@ impl<'a, D: TransportChecks> SelfTest<'a, D> {
                     name.push_str(&format!(" in {}", self.placement));
                 }
                 let outcome = if offered & op.capability() == 0 {
-                    Outcome::Skipped("the device does not offer the operation".into())
+                    CheckOutcome::Skipped("the device does not offer the operation".into())
                 } else if let Some(why) = self.too_large(size) {
-                    Outcome::Skipped(why)
+                    CheckOutcome::Skipped(why)
                 } else if let Some(why) = self.device.unavailable(self.placement) {
-                    Outcome::Skipped(why)
+                    CheckOutcome::Skipped(why)
                 } else {
                     match self.check_op(op, size) {
                         Ok(verdict) => outcome(verdict),
                         Err(Error::Kernel(e @ accel_driver::kernel::Error::Fragmented { .. })) => {
-                            Outcome::Skipped(e.to_string())
+                            CheckOutcome::Skipped(e.to_string())
                         }
                         Err(e) => return Err(e),
                     }
@@ -260,11 +260,11 @@ impl<'a, D: TransportChecks> SelfTest<'a, D> {
     }
 
     /// `Ok` if capability `bit` (`name`) is enabled, else the skip.
-    fn enabled(&self, bit: u32, name: &str) -> Result<(), Outcome> {
+    fn enabled(&self, bit: u32, name: &str) -> Result<(), CheckOutcome> {
         if self.device.has_capability(bit) {
             return Ok(());
         }
-        Err(Outcome::Skipped(format!(
+        Err(CheckOutcome::Skipped(format!(
             "{name} is not enabled: neither negotiated as VIRTIO_ACCEL_F_{name} nor enabled \
              with CAPABILITIES (the device does not have it, or the driver did not ask for it)"
         )))
@@ -274,7 +274,7 @@ impl<'a, D: TransportChecks> SelfTest<'a, D> {
     fn gated(
         &mut self,
         name: &str,
-        gate: &Result<(), Outcome>,
+        gate: &Result<(), CheckOutcome>,
         check: fn(&mut Self) -> Result<Verdict, Error>,
         on_check: &mut dyn FnMut(&Check),
     ) -> Result<(), Error> {
@@ -286,7 +286,7 @@ impl<'a, D: TransportChecks> SelfTest<'a, D> {
         Ok(())
     }
 
-    fn record(&mut self, name: String, outcome: Outcome, on_check: &mut dyn FnMut(&Check)) {
+    fn record(&mut self, name: String, outcome: CheckOutcome, on_check: &mut dyn FnMut(&Check)) {
         let check = Check { name, outcome };
         on_check(&check);
         self.report.checks.push(check);

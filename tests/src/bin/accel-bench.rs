@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use accel_driver::{DmaBuf, DmaMemory, Request};
 use accel_tests::harness::{cpu_time, tenant, AccelDevice, Daemon};
 use accel_tests::workload::{engine_job, Workload};
-use accelctl::bench::{make_slots, pipeline, Run, Slot, BENCH_SEED};
+use accelctl::bench::{make_slots, pipeline, BenchRun, Slot, BENCH_SEED};
 use accelctl::data::DataSource;
 use clap::Parser;
 use vhost_user_accel::engine::software::SoftwareEngine;
@@ -143,7 +143,7 @@ fn direct(
     memory: &DmaMemory,
     slots: &[Slot],
     seconds: f64,
-) -> Result<Run, Box<dyn Error>> {
+) -> Result<BenchRun, Box<dyn Error>> {
     let job = |cookie: u64| -> Result<_, Box<dyn Error>> {
         engine_job(workload, memory, &slot(slots, cookie)?.1, cookie)
             .ok_or_else(|| "buffer outside guest memory".into())
@@ -173,7 +173,7 @@ fn direct(
         }
         queue.submit(&mut batch)?;
     }
-    Ok(Run {
+    Ok(BenchRun {
         jobs,
         elapsed: start.elapsed(),
     })
@@ -325,10 +325,10 @@ fn latency(
 }
 
 /// The run with the median rate (the upper one of an even count).
-fn median(mut runs: Vec<Run>) -> Run {
+fn median(mut runs: Vec<BenchRun>) -> BenchRun {
     runs.sort_by(|a, b| a.jobs_per_sec().total_cmp(&b.jobs_per_sec()));
     let middle = runs.len() / 2;
-    runs.into_iter().nth(middle).unwrap_or(Run {
+    runs.into_iter().nth(middle).unwrap_or(BenchRun {
         jobs: 0,
         elapsed: Duration::from_secs(1),
     })

@@ -14,8 +14,8 @@ use accel_driver::kernel::{Udmabuf, UDMABUF_PATH};
 use accel_driver::KernelDevice;
 use virtio_accel_spec::{Crc32cParams, FillParams, Op, Status, VIRTIO_ACCEL_F_OBJECTS};
 
-use super::{Check, Error, Outcome, SelfTest, TransportChecks, Verdict};
-use crate::accelerator::{Accelerator, Placement};
+use super::{Check, CheckOutcome, Error, SelfTest, TransportChecks, Verdict};
+use crate::accelerator::{Accelerator, JobPlacement};
 use crate::reference;
 
 /// Why the virtqueue check of a dependency on an unissued fence has no
@@ -43,8 +43,8 @@ impl TransportChecks for KernelDevice {
         let always = Ok(());
         let name = "objects: GEM objects created, mapped, used by range, closed";
         test.gated(name, &always, SelfTest::check_gem_objects, on_check)?;
-        let dmabufs = match test.device.unavailable(Placement::DmaBufs) {
-            Some(why) => Err(Outcome::Skipped(why)),
+        let dmabufs = match test.device.unavailable(JobPlacement::DmaBufs) {
+            Some(why) => Err(CheckOutcome::Skipped(why)),
             None => Ok(()),
         };
         let name = "dma-bufs: a udmabuf imported as a device object, read and written";
@@ -62,7 +62,7 @@ impl TransportChecks for KernelDevice {
         let name = "fences: a dependency on a fence the device never issued (NoFence)";
         test.record(
             name.into(),
-            Outcome::NotApplicable(NO_DEVICE_FENCES.into()),
+            CheckOutcome::NotApplicable(NO_DEVICE_FENCES.into()),
             on_check,
         );
         Ok(())

@@ -144,7 +144,7 @@ pub fn physical_address(pagemap: &File, vaddr: u64) -> Result<u64> {
 
 /// One region to map: `size` bytes of the file at `file_offset`, at physical `gpa`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
+pub struct RegionPlacement {
     /// (Guest-)physical address.
     pub gpa: u64,
     /// Size in bytes.
@@ -156,7 +156,7 @@ pub struct Placement {
 /// Physically contiguous pages: the page at physical `gpa + k * page` is
 /// the one at file offset `file_offsets[k]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Run {
+pub struct PageRun {
     /// Physical address of the first page.
     pub gpa: u64,
     /// Size in bytes (`file_offsets.len()` pages).
@@ -168,17 +168,17 @@ pub struct Run {
 /// Groups pages `(physical address, file offset)` of `page` bytes each into
 /// physically contiguous runs, sorted by physical address, whatever the order
 /// of the pages in the file (the kernel often hands them out descending).
-pub fn group_runs(pages: &[(u64, u64)], page: u64) -> Vec<Run> {
+pub fn group_runs(pages: &[(u64, u64)], page: u64) -> Vec<PageRun> {
     let mut sorted = pages.to_vec();
     sorted.sort_unstable();
-    let mut out: Vec<Run> = Vec::new();
+    let mut out: Vec<PageRun> = Vec::new();
     for (gpa, file_offset) in sorted {
         match out.last_mut() {
             Some(last) if last.gpa.checked_add(last.size) == Some(gpa) => {
                 last.size += page;
                 last.file_offsets.push(file_offset);
             }
-            _ => out.push(Run {
+            _ => out.push(PageRun {
                 gpa,
                 size: page,
                 file_offsets: vec![file_offset],
@@ -224,7 +224,7 @@ fn is_no_hugepages(e: &io::Error) -> bool {
 /// The returned region owns the range and unmaps all of it on drop; its
 /// `prot`/`flags`/`file_offset` describe the reservation, not the file
 /// mappings that replaced it (nothing in vm-memory relies on them).
-pub(crate) fn map_run(file: &File, run: &Run, page: u64, hugetlb: bool) -> Result<MmapRegion> {
+pub(crate) fn map_run(file: &File, run: &PageRun, page: u64, hugetlb: bool) -> Result<MmapRegion> {
     let len = usize::try_from(run.size).map_err(|_| Error::Size(usize::MAX))?;
     let page_len = usize::try_from(page).map_err(|_| Error::Size(usize::MAX))?;
     let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
@@ -423,7 +423,7 @@ mod tests {
         let runs = group_runs(&file_order(&phys), P);
         assert_eq!(
             runs,
-            vec![Run {
+            vec![PageRun {
                 gpa: 92 * P,
                 size: 9 * P,
                 file_offsets: (0..9).rev().map(|i| i * P).collect(),
@@ -437,7 +437,7 @@ mod tests {
         let runs = group_runs(&file_order(&phys), P);
         assert_eq!(
             runs,
-            vec![Run {
+            vec![PageRun {
                 gpa: 7 * P,
                 size: 4 * P,
                 file_offsets: vec![0, P, 2 * P, 3 * P],
@@ -451,22 +451,22 @@ mod tests {
         assert_eq!(
             group_runs(&file_order(&phys), P),
             vec![
-                Run {
+                PageRun {
                     gpa: 3 * P,
                     size: 2 * P,
                     file_offsets: vec![4 * P, 3 * P],
                 },
-                Run {
+                PageRun {
                     gpa: 10 * P,
                     size: 3 * P,
                     file_offsets: vec![0, P, 2 * P],
                 },
-                Run {
+                PageRun {
                     gpa: 20 * P,
                     size: 2 * P,
                     file_offsets: vec![6 * P, 5 * P],
                 },
-                Run {
+                PageRun {
                     gpa: 40 * P,
                     size: P,
                     file_offsets: vec![7 * P],

@@ -34,7 +34,7 @@ use vm_memory::{
 
 pub use alloc::Error as AllocError;
 use alloc::RangeAllocator;
-use hugepage::Placement;
+use hugepage::RegionPlacement;
 pub use hugepage::{Error as HugepageError, HUGEPAGE_SIZE};
 
 /// Page size assumed for region placement and page-aligned allocations.
@@ -191,7 +191,7 @@ impl DmaMemory {
         let mut placements = Vec::with_capacity(sorted.len());
         let mut offset = 0u64;
         for &(gpa, size) in &sorted {
-            placements.push(Placement {
+            placements.push(RegionPlacement {
                 gpa,
                 size,
                 file_offset: offset,
@@ -232,7 +232,7 @@ impl DmaMemory {
 
     /// Maps `placements` (sorted by guest-physical address, not overlapping,
     /// page aligned) of `file`.
-    fn from_file(file: File, placements: &[Placement]) -> Result<Self> {
+    fn from_file(file: File, placements: &[RegionPlacement]) -> Result<Self> {
         let file = Arc::new(file);
         let mut mapped = Vec::with_capacity(placements.len());
         for p in placements {
