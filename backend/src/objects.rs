@@ -2,7 +2,7 @@
 //! Memory objects: guest memory wrapped into handles (the dma-buf model, §7.1, §7.2).
 //!
 //! An object is validated ("pinned") once, when created. Requests hold an
-//! `Arc<Object>` while their work is queued or running: that reference is the
+//! `Arc<HostObject>` while their work is queued or running: that reference is the
 //! object's fence attachment. OBJECT_DESTROY removes the handle at once, and the
 //! object itself is released when the last request using it completes.
 //!

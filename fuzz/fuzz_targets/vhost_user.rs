@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Sequences of vhost-user messages into the daemon's own connection code:
-//! `connection::Connection` (the daemon's vhost-user request handler and
+//! `vhost_user::Connection` (the daemon's vhost-user request handler and
 //! the worker of its rings, with the accelerator backend), accepted on a
 //! listening socket as `server.rs` does, with a fresh `AccelBackend` per input. The harness is
 //! the VMM: it writes each message (with its descriptors, SCM_RIGHTS) on

@@ -10,6 +10,7 @@
 # writes OUT_DIR/virtio-accel-dkms_VERSION_all.deb. Needs dpkg-deb only.
 # tests/package/check.sh installs it under systemd with a kernel's headers.
 set -euo pipefail
+umask 022
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${1:?usage: package-dkms.sh OUT_DIR}
@@ -24,10 +25,13 @@ chmod 755 "$root"
 src="$root/usr/src/$package-$version"
 doc="$root/usr/share/doc/$package-dkms"
 mkdir -p "$src" "$doc" "$root/DEBIAN"
-# What kbuild and DKMS need, nothing of the tests, the benchmark module or
-# the scripts.
-cp "$here"/{Kbuild,Makefile,dkms.conf,*.c,*.h} "$src/"
-cp -r "$here/include" "$src/"
+# What kbuild and DKMS need: the sources Kbuild names and the headers, as
+# git tracks them (no build products of a `make` run here), nothing of the
+# tests, the benchmark module or the scripts.
+sources=$(git -C "$here" ls-files -- Kbuild Makefile dkms.conf '*.c' '*.h' 'include/*' |
+    grep -v -e '^tests/' -e '^bench/')
+[[ -n $sources ]] || { echo "package-dkms.sh: git lists no sources in $here" >&2; exit 1; }
+(cd "$here" && cp --parents $sources "$src/")
 cp "$here/LICENSE" "$doc/copyright"
 cp "$here/README.md" "$doc/"
 

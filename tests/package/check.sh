@@ -53,6 +53,7 @@ mkdir -m 755 "$check"
 cp "$work/vhost-user-accel.deb" tests/package/inside.sh "$check/"
 cp "$dkms_deb" "$check/virtio-accel-dkms.deb"
 echo "$KERNEL_RELEASE" >"$check/kernel-release"
+sed -n 's/^PACKAGE_VERSION="\(.*\)"$/\1/p' guest-driver/linux/dkms.conf >"$check/dkms-version"
 printf 123456789 >"$check/in"
 chmod 644 "$check/in"
 # The check runs as a unit of the container's systemd, then powers it off.
@@ -73,7 +74,7 @@ ln -s /etc/systemd/system/package-check.service \
 echo "== boot it (systemd-nspawn) and run tests/package/inside.sh"
 # No machined or systemd on the host to register with: --register=no and
 # --keep-unit.
-timeout 600 systemd-nspawn --quiet --directory="$work/root" --boot --register=no \
+timeout 900 systemd-nspawn --quiet --directory="$work/root" --boot --register=no \
   --keep-unit --console=pipe >"$work/console.log" 2>&1 || true
 cat "$check/log" 2>/dev/null || { echo "no log from the container:"; tail -n 30 "$work/console.log"; }
 rc=$(cat "$check/rc" 2>/dev/null || echo none)

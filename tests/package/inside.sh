@@ -128,16 +128,19 @@ done
 
 step "virtio-accel-dkms: DKMS builds the module for a kernel with headers"
 release=$(cat /package-check/kernel-release)
+version=$(cat /package-check/dkms-version)
+[ -n "$version" ] || fail "no module version"
 echo "deb http://deb.debian.org/debian bookworm-backports main" \
 	> /etc/apt/sources.list.d/backports.list
 apt-get update -qq || fail "apt-get update"
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	dkms "linux-headers-$release" > /package-check/apt.log 2>&1 ||
+	-t bookworm-backports dkms "linux-headers-$release" > /package-check/apt.log 2>&1 ||
 	{ tail -n 20 /package-check/apt.log; fail "cannot install dkms and the headers of $release"; }
-dpkg -i /package-check/virtio-accel-dkms.deb || fail "cannot install virtio-accel-dkms"
-dkms status virtio-accel/0.1.0
-dkms status virtio-accel/0.1.0 -k "$release" | grep installed > /dev/null ||
-	fail "DKMS did not install the module for $release"
+dkms_log() { cat /var/lib/dkms/virtio-accel/"$version"/build/make.log 2>/dev/null | tail -n 30; }
+dpkg -i /package-check/virtio-accel-dkms.deb || { dkms_log; fail "cannot install virtio-accel-dkms"; }
+dkms status "virtio-accel/$version"
+dkms status "virtio-accel/$version" -k "$release" | grep ': installed' > /dev/null ||
+	{ dkms_log; fail "DKMS did not install the module for $release"; }
 module=$(find "/lib/modules/$release/updates/dkms" -name 'virtio_accel.ko*' | head -n 1)
 [ -n "$module" ] || fail "no virtio_accel.ko in /lib/modules/$release/updates/dkms"
 vermagic=$(modinfo -F vermagic "$module")
@@ -147,7 +150,8 @@ case "$vermagic" in
 esac
 dpkg --purge virtio-accel-dkms
 [ -z "$(find "/lib/modules/$release" -name 'virtio_accel.ko*')" ] || fail "the module outlived its package"
-[ ! -e /usr/src/virtio-accel-0.1.0 ] || fail "the sources outlived their package"
-[ -z "$(dkms status virtio-accel)" ] || fail "DKMS still knows virtio-accel"
+[ ! -e "/usr/src/virtio-accel-$version" ] || fail "the sources outlived their package"
+[ ! -e /var/lib/dkms/virtio-accel ] && [ -z "$(dkms status virtio-accel)" ] ||
+	fail "DKMS still knows virtio-accel"
 
 echo "PASS"
