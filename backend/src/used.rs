@@ -127,17 +127,32 @@ fn needs_notification(queue: &Queue, mem: &GuestMemoryMmap, old: u16, next: u16)
     if !queue.event_idx_enabled() {
         return true;
     }
-    let offset = AVAIL_HEADER + AVAIL_ENTRY * u64::from(queue.size());
-    let Some(at) = queue.avail_ring().checked_add(offset) else {
-        return true;
-    };
-    match mem.load::<u16>(GuestAddress(at), Ordering::Relaxed) {
-        Ok(event) => {
-            let event = u16::from_le(event);
-            next.wrapping_sub(event).wrapping_sub(1) < next.wrapping_sub(old)
-        }
-        Err(_) => true,
+    used_event(queue, mem)
+        .is_none_or(|event| next.wrapping_sub(event).wrapping_sub(1) < next.wrapping_sub(old))
+}
+
+/// How many more used entries the driver waits for before it wants a
+/// notification (2.7.7): with `VIRTIO_F_EVENT_IDX`, when its `used_event`
+/// lies at or ahead of the used index, less than half the index space
+/// ahead. `None` when it wants one for the next entry, or has interrupts
+/// off (an event behind the index), or says nothing.
+pub fn entries_until_notification(queue: &Queue, mem: &GuestMemoryMmap) -> Option<u16> {
+    if !queue.event_idx_enabled() {
+        return None;
     }
+    let count = used_event(queue, mem)?
+        .wrapping_sub(queue.next_used())
+        .wrapping_add(1);
+    (2..=0x8000).contains(&count).then_some(count)
+}
+
+/// The driver's `used_event`, if it lies in guest memory.
+fn used_event(queue: &Queue, mem: &GuestMemoryMmap) -> Option<u16> {
+    let offset = AVAIL_HEADER + AVAIL_ENTRY * u64::from(queue.size());
+    let at = queue.avail_ring().checked_add(offset)?;
+    mem.load::<u16>(GuestAddress(at), Ordering::Relaxed)
+        .ok()
+        .map(u16::from_le)
 }
 
 #[cfg(test)]
@@ -218,6 +233,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The count of entries the driver waits for is exact: publishing one
+    /// fewer asks for no notification and the last of them asks for one,
+    /// across the wrap of the index. An event behind the index, or at it,
+    /// or no `VIRTIO_F_EVENT_IDX`, gives no count.
+    #[test]
+    fn counts_the_entries_until_the_drivers_event() {
+        let never = |head, e| panic!("head {head} refused: {e}");
+        for start in [0, 5, u16::MAX - 3] {
+            for shift in 0..12u16 {
+                let event = start.wrapping_add(shift).wrapping_sub(3);
+                let (mem, mut queue) = queue_at(USED, true);
+                set_used_event(&mem, event);
+                queue.set_next_used(start);
+                let count = entries_until_notification(&queue, &mem);
+                let case = format!("start {start}, event {event}: {count:?}");
+                let Some(count) = count else {
+                    assert!(shift <= 3, "{case}");
+                    continue;
+                };
+                assert_eq!(count, shift - 2, "{case}");
+                for entry in 1..=count {
+                    let head = entry % SIZE;
+                    let notify = publish(&mut queue, &mem, &[(head, 0)], never);
+                    assert_eq!(notify, entry == count, "{case}, entry {entry}");
+                }
+            }
+        }
+        let (mem, queue) = queue_at(USED, false);
+        set_used_event(&mem, 7);
+        assert_eq!(entries_until_notification(&queue, &mem), None);
     }
 
     /// A head past the queue is refused and takes no entry; the others go

@@ -7,6 +7,8 @@
 
 use log::{error, Level};
 use vhost_user_backend::{VringRwLock, VringT};
+use virtio_accel_spec::FIRST_REQUEST_QUEUE;
+use virtio_queue::QueueT;
 
 use crate::used;
 
@@ -47,6 +49,37 @@ impl DeviceModel {
         used.clear();
         self.used = used;
         self.batch = batch;
+    }
+
+    /// Tells each hardware queue how many completions the driver of its
+    /// ring waits for before it wants a notification (`used_event`, 2.7.7
+    /// of the virtio spec): the engine may then hold its interrupt until
+    /// that many are pending or it has run all it had, and the worker is
+    /// not woken for completions it could only publish unannounced. Not
+    /// while a request or a FENCE_WAIT waits on a fence (§6.2), or a
+    /// request runs alone (§11.3): a completion may release them, and they
+    /// wait for no driver. A count past the device's jobs on the engine is
+    /// no count: the driver has interrupts off (Linux writes 0 then).
+    pub(super) fn coalesce_completions(&self, vrings: &[VringRwLock]) {
+        let Some(mem) = self.mem.as_deref() else {
+            return;
+        };
+        let others_wait = !self.waiting.is_empty() || self.alone > 0;
+        let rings = vrings.iter().skip(usize::from(FIRST_REQUEST_QUEUE));
+        for (hw_queue, vring) in self.hw_queues.iter().zip(rings) {
+            let count = if others_wait {
+                0
+            } else {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                queue
+                    .ready()
+                    .then(|| used::entries_until_notification(queue, mem))
+                    .flatten()
+                    .map_or(0, usize::from)
+            };
+            hw_queue.coalesce(if count <= self.on_engine { count } else { 0 });
+        }
     }
 
     /// Sends the driver a used-buffer notification for virtqueue `vq`.

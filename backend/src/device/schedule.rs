@@ -66,10 +66,12 @@ impl DeviceModel {
     }
 
     /// Submits ready jobs and publishes used entries, notifying the guest once
-    /// per touched queue.
+    /// per touched queue, then tells the engine how many completions each
+    /// driver waits for.
     pub(super) fn flush(&mut self, vrings: &[VringRwLock]) {
         self.submit_ready();
         self.publish_used(vrings);
+        self.coalesce_completions(vrings);
         self.stats.set_inflight(self.inflight.len());
     }
 

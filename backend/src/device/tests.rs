@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Tests of the device model that reach inside it: a request that runs
-//! alone (§11.3), rings not started (§11.2), and a stop past its time
-//! limit (§11.2).
+//! alone (§11.3), rings not started (§11.2), a stop past its time limit
+//! (§11.2), and the count of completions asked of the engine (§6.4).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -202,6 +202,130 @@ fn a_ring_not_started_is_never_written() {
             assert_eq!(value, CANARY, "EVENT_IDX {event_idx}: {field:?} written");
         }
     }
+}
+
+/// An engine whose queues remember the last count of completions they
+/// were asked to coalesce ([`HwQueue::coalesce`]).
+struct CoalesceRecorder {
+    inner: SoftwareEngine,
+    counts: Mutex<Vec<Arc<std::sync::atomic::AtomicUsize>>>,
+}
+
+struct RecordingQueue {
+    inner: Box<dyn HwQueue>,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HwQueue for RecordingQueue {
+    fn submit(&self, jobs: &mut Vec<Job>) -> Result<(), EngineError> {
+        self.inner.submit(jobs)
+    }
+    fn reap(&self, out: &mut Vec<HwCompletion>) {
+        self.inner.reap(out);
+    }
+    fn coalesce(&self, count: usize) {
+        self.count
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn cancel(&self) -> Vec<Job> {
+        self.inner.cancel()
+    }
+    fn completion_event(&self) -> &vmm_sys_util::eventfd::EventFd {
+        self.inner.completion_event()
+    }
+}
+
+impl Engine for CoalesceRecorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn capabilities(&self) -> u32 {
+        self.inner.capabilities()
+    }
+    fn create_queue(&self, depth: usize, share: Share) -> Result<Box<dyn HwQueue>, EngineError> {
+        let count = Arc::default();
+        self.counts.lock().unwrap().push(Arc::clone(&count));
+        Ok(Box::new(RecordingQueue {
+            inner: self.inner.create_queue(depth, share)?,
+            count,
+        }))
+    }
+}
+
+/// Each hardware queue is told how many completions the driver of its
+/// ring waits for (`used_event`, with EVENT_IDX), and nothing (0) when the
+/// driver wants the next one or has interrupts off, when the count is past
+/// the jobs on the engine, or while a job waits on a fence.
+#[test]
+fn the_engine_hears_how_many_completions_the_driver_waits_for() {
+    const AVAIL: u64 = 0x1000;
+    const START: u16 = 65525;
+    let size = 256u16;
+    let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(size));
+    let mut config = TenantConfig::new("coalesce", SocketSource::Fd(-1));
+    config.request_queues = 2;
+    let engine = CoalesceRecorder {
+        inner: SoftwareEngine::new(1).unwrap(),
+        counts: Mutex::default(),
+    };
+    let tenant = TenantState::new(0, &config);
+    let mut device = DeviceModel::new(config, &engine, tenant).unwrap();
+    let counts = || {
+        let queues = engine.counts.lock().unwrap();
+        queues
+            .iter()
+            .map(|count| count.load(std::sync::atomic::Ordering::Relaxed))
+            .collect::<Vec<_>>()
+    };
+    let mem = guest_memory(1 << 20);
+    device.set_memory(&mem).unwrap();
+    // The control queue, then two request queues; the second has no
+    // EVENT_IDX, its driver hears of every entry.
+    let vrings: Vec<VringRwLock> = (0..3)
+        .map(|_| VringRwLock::new(mem.clone(), size).unwrap())
+        .collect();
+    for (vq, vring) in vrings.iter().enumerate() {
+        vring.set_queue_size(size);
+        vring.set_queue_info(0, AVAIL, 0x2000).unwrap();
+        vring.set_queue_event_idx(vq != 2);
+        vring.set_queue_ready(true);
+    }
+    vrings[1].get_mut().get_queue_mut().set_next_used(START);
+    device.on_engine = 20;
+    let told = |event: u16| {
+        mem.memory().write_obj(event.to_le(), used_event).unwrap();
+        device.coalesce_completions(&vrings);
+        counts()
+    };
+    assert_eq!(
+        told(START + 7),
+        [8, 0],
+        "the eighth entry crosses the event"
+    );
+    assert_eq!(told(START.wrapping_add(19)), [20, 0], "across the wrap");
+    assert_eq!(
+        told(START.wrapping_add(20)),
+        [0, 0],
+        "more than on the engine"
+    );
+    assert_eq!(told(START), [0, 0], "the next entry");
+    assert_eq!(told(START - 1), [0, 0], "interrupts off");
+    assert_eq!(told(START + 3), [4, 0]);
+    vrings[1].get_mut().get_queue_mut().set_next_used(1000);
+    assert_eq!(told(0), [0, 0], "Linux's interrupts off");
+    device.waiting.insert(
+        0,
+        Waiting {
+            remaining: 1,
+            waiter: Waiter::Request {
+                queue: 0,
+                job: Box::new(Job::new(crate::command::Operation::Copy, 0)),
+            },
+        },
+    );
+    device.coalesce_completions(&vrings);
+    assert_eq!(counts(), [0, 0], "a job waits on a fence");
+    device.on_engine = 0;
 }
 
 /// The process ends instead of returning while work may still touch

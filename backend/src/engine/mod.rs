@@ -147,6 +147,16 @@ pub trait HwQueue: Send + Sync {
     /// Moves every pending completion into `out`.
     fn reap(&self, out: &mut Vec<HwCompletion>);
 
+    /// The consumer will not act on fewer than `count` completions (the
+    /// driver asked to hear of no fewer, §6.4): the queue may hold its
+    /// interrupt until `count` are pending or it has nothing left to run,
+    /// as an interrupt coalescing threshold does. 0 or 1 restore the
+    /// engine's own moderation. It holds until the next call, and applies
+    /// to completions already pending. The default ignores it.
+    fn coalesce(&self, count: usize) {
+        let _ = count;
+    }
+
     /// Cancels every job submitted before the call: returns those that have
     /// not started (they will not complete), and makes those that have stop
     /// as soon as they can, between two chunks of their operation (§11).

@@ -10,7 +10,10 @@
 //! [`MODERATION_BATCH`] completions are pending, or when the oldest pending
 //! completion has waited [`MODERATION_DELAY`]; a timer thread enforces that
 //! delay when no other completion comes along (a short job finishing next to
-//! a long one). The timer's timed wait adds the thread's timer slack (50 µs
+//! a long one). A consumer that will not act on fewer than some count of
+//! completions says so ([`HwQueue::coalesce`]); the queue then raises its
+//! interrupt once that many are pending or when it runs idle, and keeps no
+//! deadline. The timer's timed wait adds the thread's timer slack (50 µs
 //! by default) and its wake-up to the delay: on the 2-CPU test machine a
 //! 30 µs timed wait lasted 100 µs at p50 and 839 µs at p99
 //! (`docs/benchmarks.md`, "2026-12-05 (4)"), so that is how long such a
@@ -60,6 +63,33 @@ struct Pending {
     /// [`MODERATION_DELAY`]: no other is armed meanwhile, so the timer holds
     /// at most one deadline per hardware queue.
     timer_armed: bool,
+    /// Completions the consumer waits for ([`HwQueue::coalesce`]); 0: the
+    /// engine's own moderation.
+    coalesce: usize,
+}
+
+impl Pending {
+    /// Whether the pending completions are due to raise the interrupt at
+    /// `now`, the queue `idle` or not (see the module's documentation).
+    fn due(&self, idle: bool, now: Instant) -> bool {
+        if idle {
+            return true;
+        }
+        if self.coalesce > 1 {
+            return self.done.len() >= self.coalesce;
+        }
+        self.done.len() >= MODERATION_BATCH
+            || self
+                .oldest
+                .is_some_and(|oldest| now.duration_since(oldest) >= MODERATION_DELAY)
+    }
+
+    /// Whether the moderation timer must be armed for these completions:
+    /// some wait, none raised, the engine's own moderation applies, and no
+    /// deadline is armed already.
+    fn wants_timer(&self) -> bool {
+        !self.done.is_empty() && !self.raised && self.coalesce <= 1 && !self.timer_armed
+    }
 }
 
 /// Completion side of one hardware queue.
@@ -83,36 +113,57 @@ impl CompletionRing {
     /// the moderation timer will.
     fn post(self: &Arc<Self>, completion: HwCompletion, timer: &ModerationTimer) {
         let now = Instant::now();
-        let (raise, arm) = {
-            let mut pending = lock(&self.pending);
-            pending.done.push(completion);
-            let first = pending.oldest.is_none();
-            let oldest = *pending.oldest.get_or_insert(now);
-            let idle = self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1;
-            let due = idle
-                || pending.done.len() >= MODERATION_BATCH
-                || now.duration_since(oldest) >= MODERATION_DELAY;
-            let raise = due && !pending.raised;
-            pending.raised |= raise;
-            // A deadline armed for an earlier batch is due before this one's.
-            let arm = first && !pending.raised && !pending.timer_armed;
-            pending.timer_armed |= arm;
-            (raise, arm)
-        };
+        let mut pending = lock(&self.pending);
+        pending.done.push(completion);
+        pending.oldest.get_or_insert(now);
+        let idle = self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1;
+        self.moderate(pending, idle, now, timer);
+    }
+
+    /// Asks for `count` completions before the interrupt (see
+    /// [`HwQueue::coalesce`]); those pending are judged again at once.
+    fn coalesce(self: &Arc<Self>, count: usize, timer: &ModerationTimer) {
+        let mut pending = lock(&self.pending);
+        if pending.coalesce == count {
+            return;
+        }
+        pending.coalesce = count;
+        let idle = self.outstanding.load(Ordering::Acquire) == 0;
+        self.moderate(pending, idle, Instant::now(), timer);
+    }
+
+    /// Raises the interrupt if the pending completions are due, else makes
+    /// sure the moderation timer will when the engine's own moderation
+    /// applies; lets go of the lock before either.
+    fn moderate(
+        self: &Arc<Self>,
+        mut pending: MutexGuard<'_, Pending>,
+        idle: bool,
+        now: Instant,
+        timer: &ModerationTimer,
+    ) {
+        let raise = !pending.done.is_empty() && !pending.raised && pending.due(idle, now);
+        pending.raised |= raise;
+        // A deadline armed for an earlier batch is due before this one's.
+        let arm = pending.wants_timer();
+        pending.timer_armed |= arm;
+        let deadline = pending.oldest.map(|oldest| oldest + MODERATION_DELAY);
+        drop(pending);
         if raise {
             self.raise();
-        } else if arm {
-            timer.arm(now + MODERATION_DELAY, Arc::downgrade(self));
+        } else if let Some(deadline) = deadline.filter(|_| arm) {
+            timer.arm(deadline, Arc::downgrade(self));
         }
     }
 
-    /// Raises the interrupt if completions wait without one (the timer's
-    /// path, at the deadline this queue armed).
+    /// Raises the interrupt if completions wait without one under the
+    /// engine's own moderation (the timer's path, at the deadline this queue
+    /// armed).
     fn raise_if_pending(&self) {
         let raise = {
             let mut pending = lock(&self.pending);
             pending.timer_armed = false;
-            let raise = !pending.done.is_empty() && !pending.raised;
+            let raise = !pending.done.is_empty() && !pending.raised && pending.coalesce <= 1;
             pending.raised |= raise;
             raise
         };
@@ -496,6 +547,10 @@ impl HwQueue for SoftwareQueue {
         self.ring.reap(out);
     }
 
+    fn coalesce(&self, count: usize) {
+        self.ring.coalesce(count, &self.shared.timer);
+    }
+
     fn cancel(&self) -> Vec<Job> {
         let mut run = lock(&self.shared.run);
         let mine = run
@@ -627,6 +682,71 @@ mod tests {
         let mut cookies: Vec<u64> = done.iter().map(|c| c.cookie).collect();
         cookies.sort_unstable();
         assert_eq!(cookies, (0..40).collect::<Vec<_>>());
+    }
+
+    /// A 64 MiB copy: milliseconds of work, that keeps its queue busy.
+    fn long_copy(cookie: u64) -> Job {
+        OwnedBuffers::new(vec![vec![7; 64 << 20], vec![0; 64 << 20]])
+            .job(Operation::Copy, &[0], &[1], |_| 4096, cookie)
+            .unwrap()
+    }
+
+    /// A 1 MiB fill, tens of microseconds: longer than the moderation delay
+    /// when two follow each other.
+    fn slow_fill(cookie: u64) -> Job {
+        OwnedBuffers::new(vec![vec![0; 1 << 20]])
+            .job(Operation::Fill { pattern: 1 }, &[], &[0], |_| 4096, cookie)
+            .unwrap()
+    }
+
+    /// Whether the queue's interrupt is raised within `wait`.
+    fn raised_within(queue: &dyn HwQueue, wait: Duration) -> bool {
+        let mut poll = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(queue.completion_event()),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(wait.as_millis()).unwrap();
+        // SAFETY: one valid pollfd, for the duration of the call.
+        unsafe { libc::poll(&mut poll, 1, millis) == 1 }
+    }
+
+    #[test]
+    fn coalescing_holds_the_interrupt_for_the_count_asked() {
+        let engine = SoftwareEngine::with_priority(1, 0).unwrap();
+        let queue = engine.create_queue(16, Share::default()).unwrap();
+        queue.coalesce(5);
+        let mut jobs: Vec<Job> = (0..8).map(slow_fill).collect();
+        jobs.push(long_copy(8));
+        queue.submit(&mut jobs).unwrap();
+        // The copy keeps the queue busy: only the count raises it.
+        let first = next_completions(&*queue);
+        assert!(first.len() >= 5, "woken for {} completions", first.len());
+        assert!(first.iter().all(|c| c.cookie < 8));
+        let mut done = first;
+        while done.len() < 9 {
+            done.extend(next_completions(&*queue));
+        }
+    }
+
+    #[test]
+    fn coalescing_lowered_raises_what_waits() {
+        let engine = SoftwareEngine::with_priority(1, 0).unwrap();
+        let queue = engine.create_queue(16, Share::default()).unwrap();
+        queue.coalesce(50);
+        queue
+            .submit(&mut vec![fill_job(0), fill_job(1), long_copy(2)])
+            .unwrap();
+        assert!(
+            !raised_within(&*queue, Duration::from_millis(1)),
+            "raised before the count or the end of the copy"
+        );
+        queue.coalesce(0);
+        assert!(raised_within(&*queue, Duration::from_millis(1)));
+        let done = next_completions(&*queue);
+        let cookies: Vec<u64> = done.iter().map(|c| c.cookie).collect();
+        assert_eq!(cookies, [0, 1]);
+        next_completions(&*queue);
     }
 
     /// Waits for the next completions of `queue`.

@@ -137,12 +137,15 @@ fn slot(slots: &[Slot], cookie: u64) -> Result<&Slot, Box<dyn Error>> {
         .ok_or_else(|| format!("no slot {cookie}").into())
 }
 
+/// The direct path: `slots.len()` jobs kept in flight on `queue` for
+/// `seconds`, woken once `batch` completions are pending (or the queue has
+/// run all it had), as the daemon's driver asks to be.
 fn direct(
     queue: &dyn HwQueue,
     workload: &Workload,
     memory: &DmaMemory,
     slots: &[Slot],
-    seconds: f64,
+    (batch_size, seconds): (usize, f64),
 ) -> Result<BenchRun, Box<dyn Error>> {
     let job = |cookie: u64| -> Result<_, Box<dyn Error>> {
         engine_job(workload, memory, &slot(slots, cookie)?.1, cookie)
@@ -151,6 +154,7 @@ fn direct(
     let mut batch = (0..slots.len() as u64)
         .map(job)
         .collect::<Result<Vec<_>, _>>()?;
+    queue.coalesce(batch_size);
     queue.submit(&mut batch)?;
     let duration = Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -173,6 +177,7 @@ fn direct(
         }
         queue.submit(&mut batch)?;
     }
+    queue.coalesce(0);
     Ok(BenchRun {
         jobs,
         elapsed: start.elapsed(),
@@ -456,7 +461,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                         &workload,
                         &memory,
                         &slots,
-                        args.seconds,
+                        (batch, args.seconds),
                     )?);
                 }
             }
