@@ -8,16 +8,19 @@
 //! queue's eventfd (its interrupt) is moderated like a NIC's: it is raised
 //! once per batch of completions, when the queue runs idle, when
 //! [`MODERATION_BATCH`] completions are pending, or when the oldest pending
-//! completion has waited [`MODERATION_DELAY`]; a timer thread enforces that
-//! delay when no other completion comes along (a short job finishing next to
-//! a long one). A consumer that will not act on fewer than some count of
-//! completions says so ([`HwQueue::coalesce`]); the queue then raises its
-//! interrupt once that many are pending or when it runs idle, and keeps no
-//! deadline. The timer's timed wait adds the thread's timer slack (50 µs
-//! by default) and its wake-up to the delay: on the 2-CPU test machine a
-//! 30 µs timed wait lasted 100 µs at p50 and 839 µs at p99
-//! (`docs/benchmarks.md`, "2026-12-05 (4)"), so that is how long such a
-//! completion may wait for its interrupt.
+//! completion has waited [`MODERATION_DELAY`]. A consumer that will not act
+//! on fewer than some count of completions says so ([`HwQueue::coalesce`]);
+//! the queue then raises its interrupt once that many are pending or when it
+//! runs idle, and keeps no deadline.
+//!
+//! The workers keep the deadlines ([`Deadlines`]) when no other completion
+//! comes along (a short job finishing next to a long one): after each job,
+//! between two chunks of one ([`crate::ops`]), and by sleeping, when idle, no
+//! longer than the earliest. There is no timer thread, whose two wake-ups
+//! per batch took 8 to 20 % of the engine's CPU (`docs/benchmarks.md`,
+//! "2026-12-05 (6)"). So a deadline passes unseen at most until the end of
+//! the chunk a worker is in, when every worker is busy; an idle worker's
+//! timed wait adds its timer slack (50 µs by default) and its wake-up.
 //!
 //! Cancelling a queue ([`HwQueue::cancel`]) takes its waiting jobs out of the
 //! run queue and moves the queue to a new *epoch*: a running job submitted in
@@ -47,8 +50,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Pending completions that raise the interrupt at once.
 pub const MODERATION_BATCH: usize = 16;
 /// How long a completion waits for its interrupt while the queue stays
-/// busy, before the timer's slack and wake-up (see the module's
-/// documentation).
+/// busy, give or take the rest of a chunk or a worker's wake-up (see the
+/// module's documentation).
 pub const MODERATION_DELAY: Duration = Duration::from_micros(30);
 
 #[derive(Default)]
@@ -59,10 +62,10 @@ struct Pending {
     raised: bool,
     /// When the oldest unreaped completion was posted.
     oldest: Option<Instant>,
-    /// The moderation timer holds a deadline of this queue, due within
-    /// [`MODERATION_DELAY`]: no other is armed meanwhile, so the timer holds
-    /// at most one deadline per hardware queue.
-    timer_armed: bool,
+    /// The engine's [`Deadlines`] hold one of this queue, due within
+    /// [`MODERATION_DELAY`]: no other is armed meanwhile, so they hold at
+    /// most one per hardware queue.
+    deadline_armed: bool,
     /// Completions the consumer waits for ([`HwQueue::coalesce`]); 0: the
     /// engine's own moderation.
     coalesce: usize,
@@ -84,11 +87,11 @@ impl Pending {
                 .is_some_and(|oldest| now.duration_since(oldest) >= MODERATION_DELAY)
     }
 
-    /// Whether the moderation timer must be armed for these completions:
-    /// some wait, none raised, the engine's own moderation applies, and no
-    /// deadline is armed already.
-    fn wants_timer(&self) -> bool {
-        !self.done.is_empty() && !self.raised && self.coalesce <= 1 && !self.timer_armed
+    /// Whether a deadline must be armed for these completions: some wait,
+    /// none raised, the engine's own moderation applies, and no deadline is
+    /// armed already.
+    fn wants_deadline(&self) -> bool {
+        !self.done.is_empty() && !self.raised && self.coalesce <= 1 && !self.deadline_armed
     }
 }
 
@@ -110,59 +113,64 @@ impl CompletionRing {
     }
 
     /// Adds a completion; raises the interrupt if it is due, else makes sure
-    /// the moderation timer will.
-    fn post(self: &Arc<Self>, completion: HwCompletion, timer: &ModerationTimer) {
+    /// a deadline will.
+    fn post(self: &Arc<Self>, completion: HwCompletion, deadlines: &Deadlines) {
         let now = Instant::now();
         let mut pending = lock(&self.pending);
         pending.done.push(completion);
         pending.oldest.get_or_insert(now);
         let idle = self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1;
-        self.moderate(pending, idle, now, timer);
+        self.moderate(pending, idle, now, deadlines);
     }
 
     /// Asks for `count` completions before the interrupt (see
     /// [`HwQueue::coalesce`]); those pending are judged again at once.
-    fn coalesce(self: &Arc<Self>, count: usize, timer: &ModerationTimer) {
+    /// Returns whether that armed a deadline.
+    fn coalesce(self: &Arc<Self>, count: usize, deadlines: &Deadlines) -> bool {
         let mut pending = lock(&self.pending);
         if pending.coalesce == count {
-            return;
+            return false;
         }
         pending.coalesce = count;
         let idle = self.outstanding.load(Ordering::Acquire) == 0;
-        self.moderate(pending, idle, Instant::now(), timer);
+        self.moderate(pending, idle, Instant::now(), deadlines)
     }
 
-    /// Raises the interrupt if the pending completions are due, else makes
-    /// sure the moderation timer will when the engine's own moderation
-    /// applies; lets go of the lock before either.
+    /// Raises the interrupt if the pending completions are due, else arms a
+    /// deadline when the engine's own moderation applies; lets go of the
+    /// lock before either. Returns whether it armed one.
     fn moderate(
         self: &Arc<Self>,
         mut pending: MutexGuard<'_, Pending>,
         idle: bool,
         now: Instant,
-        timer: &ModerationTimer,
-    ) {
+        deadlines: &Deadlines,
+    ) -> bool {
         let raise = !pending.done.is_empty() && !pending.raised && pending.due(idle, now);
         pending.raised |= raise;
         // A deadline armed for an earlier batch is due before this one's.
-        let arm = pending.wants_timer();
-        pending.timer_armed |= arm;
+        let arm = pending.wants_deadline();
+        pending.deadline_armed |= arm;
         let deadline = pending.oldest.map(|oldest| oldest + MODERATION_DELAY);
         drop(pending);
         if raise {
             self.raise();
-        } else if let Some(deadline) = deadline.filter(|_| arm) {
-            timer.arm(deadline, Arc::downgrade(self));
+        }
+        match deadline.filter(|_| arm) {
+            Some(deadline) => {
+                deadlines.arm(deadline, Arc::downgrade(self));
+                true
+            }
+            None => false,
         }
     }
 
     /// Raises the interrupt if completions wait without one under the
-    /// engine's own moderation (the timer's path, at the deadline this queue
-    /// armed).
+    /// engine's own moderation (at the deadline this queue armed).
     fn raise_if_pending(&self) {
         let raise = {
             let mut pending = lock(&self.pending);
-            pending.timer_armed = false;
+            pending.deadline_armed = false;
             let raise = !pending.done.is_empty() && !pending.raised && pending.coalesce <= 1;
             pending.raised |= raise;
             raise
@@ -209,70 +217,75 @@ impl CompletionRing {
     }
 }
 
-/// Raises the interrupts of queues whose completions reached
-/// [`MODERATION_DELAY`] with no other event to raise them.
-#[derive(Default)]
-struct ModerationTimer {
-    state: Mutex<TimerState>,
-    wake: Condvar,
+/// The moderation deadlines of the engine's queues, kept by its workers
+/// (see the module's documentation): a queue whose completions wait under
+/// the engine's own moderation arms one, due [`MODERATION_DELAY`] after the
+/// oldest, and the first worker to see it passed raises the queue's
+/// interrupt if they still wait.
+struct Deadlines {
+    /// Deadlines are kept as nanoseconds since this instant.
+    epoch: Instant,
+    /// The earliest deadline armed, [`Deadlines::NONE`] if none: read
+    /// without the lock. Changed under it.
+    earliest: AtomicU64,
+    armed: Mutex<Vec<(Instant, Weak<CompletionRing>)>>,
 }
 
-#[derive(Default)]
-struct TimerState {
-    deadlines: Vec<(Instant, Weak<CompletionRing>)>,
-    shutdown: bool,
-}
+impl Deadlines {
+    const NONE: u64 = u64::MAX;
 
-impl ModerationTimer {
-    /// Adds a deadline. The timer thread is woken only when it would
-    /// otherwise sleep past it: deadlines are mostly armed in time order, so
-    /// the thread usually wakes for an earlier one first and picks this one up.
-    fn arm(&self, deadline: Instant, ring: Weak<CompletionRing>) {
-        let mut state = lock(&self.state);
-        let sooner = state.deadlines.iter().all(|(armed, _)| deadline < *armed);
-        state.deadlines.push((deadline, ring));
-        drop(state);
-        if sooner {
-            self.wake.notify_one();
+    fn new() -> Self {
+        Deadlines {
+            epoch: Instant::now(),
+            earliest: AtomicU64::new(Self::NONE),
+            armed: Mutex::default(),
         }
     }
 
-    fn run(&self) {
-        let mut state = lock(&self.state);
-        while !state.shutdown {
-            let now = Instant::now();
-            let (due, later) = std::mem::take(&mut state.deadlines)
+    fn nanos(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(since).unwrap_or(Self::NONE - 1)
+    }
+
+    fn arm(&self, deadline: Instant, ring: Weak<CompletionRing>) {
+        let mut armed = lock(&self.armed);
+        armed.push((deadline, ring));
+        self.earliest
+            .fetch_min(self.nanos(deadline), Ordering::AcqRel);
+    }
+
+    /// How long until the earliest deadline, if one is armed.
+    fn next_in(&self, now: Instant) -> Option<Duration> {
+        let earliest = self.earliest.load(Ordering::Acquire);
+        (earliest != Self::NONE)
+            .then(|| Duration::from_nanos(earliest.saturating_sub(self.nanos(now))))
+    }
+
+    /// Raises the interrupts of the queues whose deadlines have passed. Costs
+    /// one atomic load while none is armed.
+    fn keep(&self) {
+        let earliest = self.earliest.load(Ordering::Acquire);
+        if earliest == Self::NONE || earliest > self.nanos(Instant::now()) {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<_> = {
+            let mut armed = lock(&self.armed);
+            let (due, later) = std::mem::take(&mut *armed)
                 .into_iter()
                 .partition::<Vec<_>, _>(|(deadline, _)| *deadline <= now);
-            state.deadlines = later;
-            if !due.is_empty() {
-                drop(state);
-                due.iter()
-                    .filter_map(|(_, ring)| ring.upgrade())
-                    .for_each(|ring| ring.raise_if_pending());
-                state = lock(&self.state);
-                continue;
-            }
-            let next = state.deadlines.iter().map(|(deadline, _)| *deadline).min();
-            state = match next {
-                Some(deadline) => {
-                    let timeout = deadline.saturating_duration_since(now);
-                    self.wake
-                        .wait_timeout(state, timeout)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-                None => self
-                    .wake
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-            };
-        }
-    }
-
-    fn shut_down(&self) {
-        lock(&self.state).shutdown = true;
-        self.wake.notify_all();
+            *armed = later;
+            let next = armed
+                .iter()
+                .map(|(deadline, _)| self.nanos(*deadline))
+                .min();
+            self.earliest
+                .store(next.unwrap_or(Self::NONE), Ordering::Release);
+            due
+        };
+        due.iter()
+            .filter_map(|(_, ring)| ring.upgrade())
+            .for_each(|ring| ring.raise_if_pending());
     }
 }
 
@@ -296,7 +309,7 @@ struct RunQueue {
 struct Shared {
     run: Mutex<RunQueue>,
     wake: Condvar,
-    timer: ModerationTimer,
+    deadlines: Deadlines,
     /// Limits the lines about operations that panicked: a guest's input
     /// reaches them.
     panic_log: Mutex<RateLimit>,
@@ -305,7 +318,7 @@ struct Shared {
 /// An engine that executes jobs on `threads` host threads.
 pub struct SoftwareEngine {
     shared: Arc<Shared>,
-    /// The workers and the moderation timer.
+    /// The workers.
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -326,7 +339,7 @@ impl SoftwareEngine {
                 shutdown: false,
             }),
             wake: Condvar::new(),
-            timer: ModerationTimer::default(),
+            deadlines: Deadlines::new(),
             panic_log: Mutex::new(RateLimit::new(10, Duration::from_secs(1))),
         });
         let mut engine = SoftwareEngine {
@@ -355,15 +368,6 @@ impl SoftwareEngine {
         drop(ready);
         // Ends early only if a worker died before reporting.
         for _ in started.iter().take(engine.workers.len()) {}
-        let shared = Arc::clone(&engine.shared);
-        let timer = std::thread::Builder::new()
-            .name(String::from("accel-moderation"))
-            .spawn(move || shared.timer.run())
-            .map_err(|source| EngineError::Resource {
-                what: "moderation timer thread",
-                source,
-            })?;
-        engine.workers.push(timer);
         Ok(engine)
     }
 }
@@ -395,39 +399,53 @@ fn worker_loop(shared: &Shared) {
     // The engine time of the last job, charged to its flow under the next lock.
     let mut done: Option<(Charge, Duration)> = None;
     loop {
+        shared.deadlines.keep();
         let (Submitted { job, ring, epoch }, charge) = {
             let mut run = lock(&shared.run);
             if let Some((charge, elapsed)) = done.take() {
                 run.jobs.complete(charge, elapsed);
             }
             loop {
-                if let Some(next) = run.jobs.pop(Instant::now()) {
+                let now = Instant::now();
+                if let Some(next) = run.jobs.pop(now) {
                     break next;
                 }
                 if run.shutdown {
                     return;
                 }
+                // Jobs that wait while their flows are at their share of the
+                // workers are looked at again when the other flows may have
+                // gone quiet, if no submission comes first.
+                let share_wait = (!run.jobs.is_empty()).then_some(ACTIVE_WINDOW);
+                let wait = match (share_wait, shared.deadlines.next_in(now)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 run.sleeping += 1;
-                run = if run.jobs.is_empty() {
-                    shared
+                run = match wait {
+                    None => shared
                         .wake
                         .wait(run)
-                        .unwrap_or_else(PoisonError::into_inner)
-                } else {
-                    // Jobs wait whose flows are at their share of the
-                    // workers: look again when the other flows may have
-                    // gone quiet, if no submission comes first.
-                    shared
-                        .wake
-                        .wait_timeout(run, ACTIVE_WINDOW)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                        .unwrap_or_else(PoisonError::into_inner),
+                    Some(wait) => {
+                        let run = shared
+                            .wake
+                            .wait_timeout(run, wait)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                        shared.deadlines.keep();
+                        run
+                    }
                 };
                 run.sleeping -= 1;
             }
         };
         let started = Instant::now();
-        let outcome = run_job(&job, &mut scratch, &|| ring.cancelled_since(epoch))
+        let between_chunks = || {
+            shared.deadlines.keep();
+            ring.cancelled_since(epoch)
+        };
+        let outcome = run_job(&job, &mut scratch, &between_chunks)
             .unwrap_or_else(|op| {
                 let (allowed, suppressed) = lock(&shared.panic_log).allow();
                 if allowed {
@@ -440,7 +458,7 @@ fn worker_loop(shared: &Shared) {
         let cookie = job.cookie;
         // The buffers are done with: release their mappings before completing.
         drop(job);
-        ring.post(HwCompletion { cookie, outcome }, &shared.timer);
+        ring.post(HwCompletion { cookie, outcome }, &shared.deadlines);
     }
 }
 
@@ -466,7 +484,6 @@ impl Drop for SoftwareEngine {
     fn drop(&mut self) {
         lock(&self.shared.run).shutdown = true;
         self.shared.wake.notify_all();
-        self.shared.timer.shut_down();
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 error!("software engine: a worker thread panicked");
@@ -548,7 +565,11 @@ impl HwQueue for SoftwareQueue {
     }
 
     fn coalesce(&self, count: usize) {
-        self.ring.coalesce(count, &self.shared.timer);
+        if self.ring.coalesce(count, &self.shared.deadlines) && lock(&self.shared.run).sleeping > 0
+        {
+            // An idle worker sleeps no longer than the deadlines it saw.
+            self.shared.wake.notify_one();
+        }
     }
 
     fn cancel(&self) -> Vec<Job> {
