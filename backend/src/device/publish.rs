@@ -59,24 +59,26 @@ impl DeviceModel {
     /// while a request or a FENCE_WAIT waits on a fence (§6.2), or a
     /// request runs alone (§11.3): a completion may release them, and they
     /// wait for no driver. A count past the device's jobs on the engine is
-    /// no count: the driver has interrupts off (Linux writes 0 then).
+    /// no count: the driver has interrupts off (Linux writes 0 then). The
+    /// engine bounds the wait ([`crate::engine::software::COALESCE_DELAY`]):
+    /// the driver may ask for an interrupt sooner without telling the
+    /// device.
     pub(super) fn coalesce_completions(&self, vrings: &[VringRwLock]) {
-        let Some(mem) = self.mem.as_deref() else {
-            return;
-        };
+        let mem = self.mem.as_deref();
         let others_wait = !self.waiting.is_empty() || self.alone > 0;
         let rings = vrings.iter().skip(usize::from(FIRST_REQUEST_QUEUE));
         for (hw_queue, vring) in self.hw_queues.iter().zip(rings) {
-            let count = if others_wait {
-                0
-            } else {
-                let state = vring.get_ref();
-                let queue = state.get_queue();
-                queue
-                    .ready()
-                    .then(|| used::entries_until_notification(queue, mem))
-                    .flatten()
-                    .map_or(0, usize::from)
+            let count = match mem {
+                Some(mem) if !others_wait => {
+                    let state = vring.get_ref();
+                    let queue = state.get_queue();
+                    queue
+                        .ready()
+                        .then(|| used::entries_until_notification(queue, mem))
+                        .flatten()
+                        .map_or(0, usize::from)
+                }
+                _ => 0,
             };
             hw_queue.coalesce(if count <= self.on_engine { count } else { 0 });
         }

@@ -10,17 +10,21 @@
 //! [`MODERATION_BATCH`] completions are pending, or when the oldest pending
 //! completion has waited [`MODERATION_DELAY`]. A consumer that will not act
 //! on fewer than some count of completions says so ([`HwQueue::coalesce`]);
-//! the queue then raises its interrupt once that many are pending or when it
-//! runs idle, and keeps no deadline.
+//! the queue then raises its interrupt once that many are pending, when it
+//! runs idle, or when the oldest has waited [`COALESCE_DELAY`], a bound for a
+//! consumer whose count is out of date.
 //!
-//! The workers keep the deadlines ([`Deadlines`]) when no other completion
+//! The workers keep the deadlines (`Deadlines`) when no other completion
 //! comes along (a short job finishing next to a long one): after each job,
-//! between two chunks of one ([`crate::ops`]), and by sleeping, when idle, no
-//! longer than the earliest. There is no timer thread, whose two wake-ups
-//! per batch took 8 to 20 % of the engine's CPU (`docs/benchmarks.md`,
-//! "2026-12-05 (6)"). So a deadline passes unseen at most until the end of
-//! the chunk a worker is in, when every worker is busy; an idle worker's
-//! timed wait adds its timer slack (50 µs by default) and its wake-up.
+//! between two chunks of one ([`crate::ops`]), and one idle worker, the
+//! *keeper*, by sleeping no longer than the earliest. There is no timer
+//! thread, whose two wake-ups per batch took 8 to 20 % of the engine's CPU
+//! (`docs/benchmarks.md`, "2026-12-05 (6)"). So while every worker is busy a
+//! deadline passes unseen until one of them ends a chunk or a job: a chunk
+//! takes up to a few milliseconds (a step of deflate at level 9), and an
+//! AES-GCM job, which its library runs in one call, is one chunk. The
+//! keeper's timed wait adds its timer slack (50 µs by default) and its
+//! wake-up.
 //!
 //! Cancelling a queue ([`HwQueue::cancel`]) takes its waiting jobs out of the
 //! run queue and moves the queue to a new *epoch*: a running job submitted in
@@ -53,6 +57,11 @@ pub const MODERATION_BATCH: usize = 16;
 /// busy, give or take the rest of a chunk or a worker's wake-up (see the
 /// module's documentation).
 pub const MODERATION_DELAY: Duration = Duration::from_micros(30);
+/// How long a completion waits for its interrupt at most while the consumer
+/// asks for more ([`HwQueue::coalesce`]), with the same give or take: a
+/// guest's driver may have asked for an interrupt sooner since the count was
+/// read (§6.4.2).
+pub const COALESCE_DELAY: Duration = Duration::from_millis(1);
 
 #[derive(Default)]
 struct Pending {
@@ -78,20 +87,30 @@ impl Pending {
         if idle {
             return true;
         }
-        if self.coalesce > 1 {
-            return self.done.len() >= self.coalesce;
-        }
-        self.done.len() >= MODERATION_BATCH
+        let count = if self.coalesce > 1 {
+            self.coalesce
+        } else {
+            MODERATION_BATCH
+        };
+        self.done.len() >= count
             || self
                 .oldest
-                .is_some_and(|oldest| now.duration_since(oldest) >= MODERATION_DELAY)
+                .is_some_and(|oldest| now.duration_since(oldest) >= self.delay())
+    }
+
+    /// How long the oldest completion may wait for the interrupt.
+    fn delay(&self) -> Duration {
+        if self.coalesce > 1 {
+            COALESCE_DELAY
+        } else {
+            MODERATION_DELAY
+        }
     }
 
     /// Whether a deadline must be armed for these completions: some wait,
-    /// none raised, the engine's own moderation applies, and no deadline is
-    /// armed already.
+    /// none raised, and no deadline is armed already.
     fn wants_deadline(&self) -> bool {
-        !self.done.is_empty() && !self.raised && self.coalesce <= 1 && !self.deadline_armed
+        !self.done.is_empty() && !self.raised && !self.deadline_armed
     }
 }
 
@@ -132,13 +151,19 @@ impl CompletionRing {
             return false;
         }
         pending.coalesce = count;
+        self.judge(pending, deadlines)
+    }
+
+    /// [`CompletionRing::moderate`]s what is pending now, whether the queue
+    /// is idle read afresh.
+    fn judge(self: &Arc<Self>, pending: MutexGuard<'_, Pending>, deadlines: &Deadlines) -> bool {
         let idle = self.outstanding.load(Ordering::Acquire) == 0;
         self.moderate(pending, idle, Instant::now(), deadlines)
     }
 
     /// Raises the interrupt if the pending completions are due, else arms a
-    /// deadline when the engine's own moderation applies; lets go of the
-    /// lock before either. Returns whether it armed one.
+    /// deadline for them; lets go of the lock before either. Returns whether
+    /// it armed one.
     fn moderate(
         self: &Arc<Self>,
         mut pending: MutexGuard<'_, Pending>,
@@ -151,7 +176,7 @@ impl CompletionRing {
         // A deadline armed for an earlier batch is due before this one's.
         let arm = pending.wants_deadline();
         pending.deadline_armed |= arm;
-        let deadline = pending.oldest.map(|oldest| oldest + MODERATION_DELAY);
+        let deadline = pending.oldest.map(|oldest| oldest + pending.delay());
         drop(pending);
         if raise {
             self.raise();
@@ -165,19 +190,13 @@ impl CompletionRing {
         }
     }
 
-    /// Raises the interrupt if completions wait without one under the
-    /// engine's own moderation (at the deadline this queue armed).
-    fn raise_if_pending(&self) {
-        let raise = {
-            let mut pending = lock(&self.pending);
-            pending.deadline_armed = false;
-            let raise = !pending.done.is_empty() && !pending.raised && pending.coalesce <= 1;
-            pending.raised |= raise;
-            raise
-        };
-        if raise {
-            self.raise();
-        }
+    /// A deadline this queue armed has passed: the pending completions are
+    /// judged again, and raise the interrupt or get the deadline they are
+    /// due (the count or the delay may have changed since it was armed).
+    fn deadline_passed(self: &Arc<Self>, deadlines: &Deadlines) {
+        let mut pending = lock(&self.pending);
+        pending.deadline_armed = false;
+        self.judge(pending, deadlines);
     }
 
     fn raise(&self) {
@@ -285,7 +304,9 @@ impl Deadlines {
         };
         due.iter()
             .filter_map(|(_, ring)| ring.upgrade())
-            .for_each(|ring| ring.raise_if_pending());
+            .for_each(|ring| {
+                ring.deadline_passed(self);
+            });
     }
 }
 
@@ -303,6 +324,9 @@ struct RunQueue {
     /// Workers asleep on [`Shared::wake`]: a submission wakes at most this
     /// many, and none (no futex call) while every worker is busy.
     sleeping: usize,
+    /// A sleeping worker keeps the moderation deadlines (see the module's
+    /// documentation): the others need not wake for them.
+    keeper: bool,
     shutdown: bool,
 }
 
@@ -336,6 +360,7 @@ impl SoftwareEngine {
             run: Mutex::new(RunQueue {
                 jobs: Scheduler::new(threads.max(1)),
                 sleeping: 0,
+                keeper: false,
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -405,39 +430,9 @@ fn worker_loop(shared: &Shared) {
             if let Some((charge, elapsed)) = done.take() {
                 run.jobs.complete(charge, elapsed);
             }
-            loop {
-                let now = Instant::now();
-                if let Some(next) = run.jobs.pop(now) {
-                    break next;
-                }
-                if run.shutdown {
-                    return;
-                }
-                // Jobs that wait while their flows are at their share of the
-                // workers are looked at again when the other flows may have
-                // gone quiet, if no submission comes first.
-                let share_wait = (!run.jobs.is_empty()).then_some(ACTIVE_WINDOW);
-                let wait = match (share_wait, shared.deadlines.next_in(now)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                run.sleeping += 1;
-                run = match wait {
-                    None => shared
-                        .wake
-                        .wait(run)
-                        .unwrap_or_else(PoisonError::into_inner),
-                    Some(wait) => {
-                        let run = shared
-                            .wake
-                            .wait_timeout(run, wait)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
-                        shared.deadlines.keep();
-                        run
-                    }
-                };
-                run.sleeping -= 1;
+            match next_job(shared, run) {
+                Some(next) => next,
+                None => return,
             }
         };
         let started = Instant::now();
@@ -459,6 +454,61 @@ fn worker_loop(shared: &Shared) {
         // The buffers are done with: release their mappings before completing.
         drop(job);
         ring.post(HwCompletion { cookie, outcome }, &shared.deadlines);
+    }
+}
+
+/// The next job the run queue gives this worker, which sleeps while it gives
+/// none; `None` once the engine shuts down. One sleeping worker, the keeper,
+/// sleeps no longer than the earliest moderation deadline and keeps it; the
+/// others sleep until a submission or, while jobs wait for their flows'
+/// share of the workers, until those flows may have gone quiet
+/// ([`ACTIVE_WINDOW`]).
+fn next_job<'a>(
+    shared: &'a Shared,
+    mut run: MutexGuard<'a, RunQueue>,
+) -> Option<(Submitted, Charge)> {
+    let mut kept = false;
+    loop {
+        let now = Instant::now();
+        if let Some(next) = run.jobs.pop(now) {
+            if kept && run.sleeping > 0 && shared.deadlines.next_in(now).is_some() {
+                // Another sleeper takes over the deadlines.
+                shared.wake.notify_one();
+            }
+            return Some(next);
+        }
+        if run.shutdown {
+            return None;
+        }
+        let share_wait = (!run.jobs.is_empty()).then_some(ACTIVE_WINDOW);
+        let deadline_wait = if run.keeper {
+            None
+        } else {
+            shared.deadlines.next_in(now)
+        };
+        kept = deadline_wait.is_some();
+        run.keeper |= kept;
+        run.sleeping += 1;
+        run = match share_wait.into_iter().chain(deadline_wait).min() {
+            None => shared
+                .wake
+                .wait(run)
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(wait) => {
+                shared
+                    .wake
+                    .wait_timeout(run, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+        run.sleeping -= 1;
+        if kept {
+            run.keeper = false;
+            drop(run);
+            shared.deadlines.keep();
+            run = lock(&shared.run);
+        }
     }
 }
 
@@ -567,8 +617,9 @@ impl HwQueue for SoftwareQueue {
     fn coalesce(&self, count: usize) {
         if self.ring.coalesce(count, &self.shared.deadlines) && lock(&self.shared.run).sleeping > 0
         {
-            // An idle worker sleeps no longer than the deadlines it saw.
-            self.shared.wake.notify_one();
+            // The keeper sleeps no longer than the deadlines it saw, and
+            // the other sleepers not for deadlines at all.
+            self.shared.wake.notify_all();
         }
     }
 
@@ -584,6 +635,9 @@ impl HwQueue for SoftwareQueue {
             .fetch_sub(mine.len(), Ordering::AcqRel);
         self.ring.epoch.fetch_add(1, Ordering::AcqRel);
         drop(run);
+        // The queue may have nothing left to run now: what is pending is due.
+        self.ring
+            .judge(lock(&self.ring.pending), &self.shared.deadlines);
         mine.into_iter().map(|submitted| submitted.job).collect()
     }
 
@@ -705,69 +759,80 @@ mod tests {
         assert_eq!(cookies, (0..40).collect::<Vec<_>>());
     }
 
-    /// A 64 MiB copy: milliseconds of work, that keeps its queue busy.
-    fn long_copy(cookie: u64) -> Job {
-        OwnedBuffers::new(vec![vec![7; 64 << 20], vec![0; 64 << 20]])
-            .job(Operation::Copy, &[0], &[1], |_| 4096, cookie)
-            .unwrap()
-    }
-
-    /// A 1 MiB fill, tens of microseconds: longer than the moderation delay
-    /// when two follow each other.
-    fn slow_fill(cookie: u64) -> Job {
-        OwnedBuffers::new(vec![vec![0; 1 << 20]])
-            .job(Operation::Fill { pattern: 1 }, &[], &[0], |_| 4096, cookie)
-            .unwrap()
-    }
-
-    /// Whether the queue's interrupt is raised within `wait`.
-    fn raised_within(queue: &dyn HwQueue, wait: Duration) -> bool {
-        let mut poll = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(queue.completion_event()),
-            events: libc::POLLIN,
-            revents: 0,
+    /// Completions pending under `coalesce`, the oldest posted `age` ago.
+    fn pending(count: usize, coalesce: usize, age: Duration, now: Instant) -> Pending {
+        let completion = HwCompletion {
+            cookie: 0,
+            outcome: Outcome::failed(Status::Ok),
         };
-        let millis = i32::try_from(wait.as_millis()).unwrap();
-        // SAFETY: one valid pollfd, for the duration of the call.
-        unsafe { libc::poll(&mut poll, 1, millis) == 1 }
-    }
-
-    #[test]
-    fn coalescing_holds_the_interrupt_for_the_count_asked() {
-        let engine = SoftwareEngine::with_priority(1, 0).unwrap();
-        let queue = engine.create_queue(16, Share::default()).unwrap();
-        queue.coalesce(5);
-        let mut jobs: Vec<Job> = (0..8).map(slow_fill).collect();
-        jobs.push(long_copy(8));
-        queue.submit(&mut jobs).unwrap();
-        // The copy keeps the queue busy: only the count raises it.
-        let first = next_completions(&*queue);
-        assert!(first.len() >= 5, "woken for {} completions", first.len());
-        assert!(first.iter().all(|c| c.cookie < 8));
-        let mut done = first;
-        while done.len() < 9 {
-            done.extend(next_completions(&*queue));
+        Pending {
+            done: vec![completion; count],
+            oldest: Some(now - age),
+            coalesce,
+            ..Pending::default()
         }
     }
 
     #[test]
-    fn coalescing_lowered_raises_what_waits() {
+    fn completions_are_due_at_the_count_asked_or_when_they_waited_too_long() {
+        let now = Instant::now();
+        let fresh = Duration::from_micros(1);
+        let due = |count, coalesce, age, idle| pending(count, coalesce, age, now).due(idle, now);
+        // The engine's own moderation: its batch or its delay.
+        assert!(!due(15, 0, fresh, false));
+        assert!(due(16, 0, fresh, false));
+        assert!(due(1, 0, MODERATION_DELAY, false));
+        // A consumer's count: that many, or the longer bound.
+        assert!(!due(16, 20, MODERATION_DELAY * 10, false));
+        assert!(due(20, 20, fresh, false));
+        assert!(due(3, 20, COALESCE_DELAY, false));
+        assert!(due(2, 1, MODERATION_DELAY, false), "1 asks for nothing");
+        // A queue with nothing left to run raises whatever waits.
+        assert!(due(1, 20, fresh, true));
+        assert!(due(1, 0, fresh, true));
+    }
+
+    /// A deflate of 64 MiB at level 9: seconds of work, which keeps its
+    /// queue busy until it is cancelled.
+    fn long_deflate(cookie: u64) -> Job {
+        const SIZE: usize = 64 << 20;
+        let buffers = OwnedBuffers::new(vec![noise(SIZE), vec![0; SIZE + (1 << 20)]]);
+        let deflate = Operation::DeflateCompress {
+            format: DeflateFormat::Raw,
+            level: 9,
+        };
+        buffers
+            .job(deflate, &[0], &[1], |_| 1 << 20, cookie)
+            .unwrap()
+    }
+
+    /// A count the queue will not reach while it stays busy holds the
+    /// interrupt only for [`COALESCE_DELAY`] (a driver may have asked for one
+    /// sooner since); a cancel that leaves the queue with nothing to run
+    /// raises the interrupt for what completes.
+    #[test]
+    fn a_count_out_of_reach_holds_the_interrupt_for_a_bounded_time() {
         let engine = SoftwareEngine::with_priority(1, 0).unwrap();
         let queue = engine.create_queue(16, Share::default()).unwrap();
         queue.coalesce(50);
+        let deflate = long_deflate(2);
+        let start = Instant::now();
         queue
-            .submit(&mut vec![fill_job(0), fill_job(1), long_copy(2)])
+            .submit(&mut vec![fill_job(0), fill_job(1), deflate])
             .unwrap();
-        assert!(
-            !raised_within(&*queue, Duration::from_millis(1)),
-            "raised before the count or the end of the copy"
-        );
-        queue.coalesce(0);
-        assert!(raised_within(&*queue, Duration::from_millis(1)));
         let done = next_completions(&*queue);
         let cookies: Vec<u64> = done.iter().map(|c| c.cookie).collect();
         assert_eq!(cookies, [0, 1]);
-        next_completions(&*queue);
+        // The worker keeps the deadline between two chunks of the deflate,
+        // each milliseconds at most; the deflate itself takes seconds.
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "raised after {:?}",
+            start.elapsed()
+        );
+        assert!(queue.cancel().is_empty(), "the deflate had started");
+        let done = next_completions(&*queue);
+        assert_eq!((done[0].cookie, done[0].outcome.status), (2, CANCELLED));
     }
 
     /// Waits for the next completions of `queue`.

@@ -366,7 +366,16 @@ impl DriverQueue {
                 // whole batch: make the next used entry interrupt it, so that
                 // this waiter is not held up by that batch. If entries are
                 // already pending, reap them now instead of sleeping.
+                let batch_event = st.vq.used_event().map_err(vq_err)?;
                 if st.vq.enable_notifications_after(1).map_err(vq_err)? {
+                    continue;
+                }
+                if st.vq.used_event().map_err(vq_err)? != batch_event {
+                    // The device may hold completions back until the batch's
+                    // event (§6.4.2): tell it that the event moved.
+                    drop(st);
+                    transport.notify(self.index)?;
+                    st = self.lock();
                     continue;
                 }
                 st = match left {
