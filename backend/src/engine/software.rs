@@ -71,10 +71,10 @@ struct Pending {
     raised: bool,
     /// When the oldest unreaped completion was posted.
     oldest: Option<Instant>,
-    /// The engine's [`Deadlines`] hold one of this queue, due within
-    /// [`MODERATION_DELAY`]: no other is armed meanwhile, so they hold at
-    /// most one per hardware queue.
-    deadline_armed: bool,
+    /// The earliest deadline of this queue in the engine's [`Deadlines`]
+    /// that has not passed: a later one is not armed meanwhile, an earlier
+    /// one is (the delay shrank), so they hold a few per queue at most.
+    armed: Option<Instant>,
     /// Completions the consumer waits for ([`HwQueue::coalesce`]); 0: the
     /// engine's own moderation.
     coalesce: usize,
@@ -107,10 +107,16 @@ impl Pending {
         }
     }
 
-    /// Whether a deadline must be armed for these completions: some wait,
-    /// none raised, and no deadline is armed already.
-    fn wants_deadline(&self) -> bool {
-        !self.done.is_empty() && !self.raised && !self.deadline_armed
+    /// The deadline to arm for these completions, if some wait, none was
+    /// raised, and no deadline as early is armed already.
+    fn deadline_wanted(&self) -> Option<Instant> {
+        if self.done.is_empty() || self.raised {
+            return None;
+        }
+        let wanted = self.oldest? + self.delay();
+        self.armed
+            .is_none_or(|armed| wanted < armed)
+            .then_some(wanted)
     }
 }
 
@@ -173,15 +179,15 @@ impl CompletionRing {
     ) -> bool {
         let raise = !pending.done.is_empty() && !pending.raised && pending.due(idle, now);
         pending.raised |= raise;
-        // A deadline armed for an earlier batch is due before this one's.
-        let arm = pending.wants_deadline();
-        pending.deadline_armed |= arm;
-        let deadline = pending.oldest.map(|oldest| oldest + pending.delay());
+        // A deadline armed for an earlier batch is due before this one's,
+        // which it arms when it passes.
+        let deadline = pending.deadline_wanted();
+        pending.armed = deadline.or(pending.armed);
         drop(pending);
         if raise {
             self.raise();
         }
-        match deadline.filter(|_| arm) {
+        match deadline {
             Some(deadline) => {
                 deadlines.arm(deadline, Arc::downgrade(self));
                 true
@@ -190,12 +196,15 @@ impl CompletionRing {
         }
     }
 
-    /// A deadline this queue armed has passed: the pending completions are
-    /// judged again, and raise the interrupt or get the deadline they are
-    /// due (the count or the delay may have changed since it was armed).
-    fn deadline_passed(self: &Arc<Self>, deadlines: &Deadlines) {
+    /// A deadline this queue armed, `at`, has passed: the pending
+    /// completions are judged again, and raise the interrupt or get the
+    /// deadline they are due (the count or the delay may have changed since
+    /// it was armed).
+    fn deadline_passed(self: &Arc<Self>, at: Instant, deadlines: &Deadlines) {
         let mut pending = lock(&self.pending);
-        pending.deadline_armed = false;
+        if pending.armed.is_some_and(|armed| armed <= at) {
+            pending.armed = None;
+        }
         self.judge(pending, deadlines);
     }
 
@@ -302,11 +311,11 @@ impl Deadlines {
                 .store(next.unwrap_or(Self::NONE), Ordering::Release);
             due
         };
-        due.iter()
-            .filter_map(|(_, ring)| ring.upgrade())
-            .for_each(|ring| {
-                ring.deadline_passed(self);
-            });
+        for (at, ring) in due {
+            if let Some(ring) = ring.upgrade() {
+                ring.deadline_passed(at, self);
+            }
+        }
     }
 }
 
@@ -324,9 +333,10 @@ struct RunQueue {
     /// Workers asleep on [`Shared::wake`]: a submission wakes at most this
     /// many, and none (no futex call) while every worker is busy.
     sleeping: usize,
-    /// A sleeping worker keeps the moderation deadlines (see the module's
-    /// documentation): the others need not wake for them.
-    keeper: bool,
+    /// Until when a sleeping worker keeps the moderation deadlines (see the
+    /// module's documentation): the others need not wake for those due
+    /// later.
+    keeper_until: Option<Instant>,
     shutdown: bool,
 }
 
@@ -360,7 +370,7 @@ impl SoftwareEngine {
             run: Mutex::new(RunQueue {
                 jobs: Scheduler::new(threads.max(1)),
                 sleeping: 0,
-                keeper: false,
+                keeper_until: None,
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -481,13 +491,17 @@ fn next_job<'a>(
             return None;
         }
         let share_wait = (!run.jobs.is_empty()).then_some(ACTIVE_WINDOW);
-        let deadline_wait = if run.keeper {
-            None
-        } else {
-            shared.deadlines.next_in(now)
-        };
-        kept = deadline_wait.is_some();
-        run.keeper |= kept;
+        // The keeper's, unless it wakes later than the earliest deadline.
+        let keeps = shared
+            .deadlines
+            .next_in(now)
+            .map(|wait| now + wait)
+            .filter(|deadline| run.keeper_until.is_none_or(|until| *deadline < until));
+        if keeps.is_some() {
+            run.keeper_until = keeps;
+        }
+        kept = keeps.is_some();
+        let deadline_wait = keeps.map(|deadline| deadline.saturating_duration_since(now));
         run.sleeping += 1;
         run = match share_wait.into_iter().chain(deadline_wait).min() {
             None => shared
@@ -504,7 +518,9 @@ fn next_job<'a>(
         };
         run.sleeping -= 1;
         if kept {
-            run.keeper = false;
+            if run.keeper_until == keeps {
+                run.keeper_until = None;
+            }
             drop(run);
             shared.deadlines.keep();
             run = lock(&shared.run);
@@ -790,6 +806,20 @@ mod tests {
         // A queue with nothing left to run raises whatever waits.
         assert!(due(1, 20, fresh, true));
         assert!(due(1, 0, fresh, true));
+    }
+
+    #[test]
+    fn a_shorter_delay_arms_an_earlier_deadline() {
+        let now = Instant::now();
+        let mut waiting = pending(1, 20, Duration::ZERO, now);
+        assert_eq!(waiting.deadline_wanted(), Some(now + COALESCE_DELAY));
+        waiting.armed = Some(now + COALESCE_DELAY);
+        assert_eq!(waiting.deadline_wanted(), None, "armed already");
+        // The consumer lowers its count: the engine's own delay applies.
+        waiting.coalesce = 0;
+        assert_eq!(waiting.deadline_wanted(), Some(now + MODERATION_DELAY));
+        waiting.raised = true;
+        assert_eq!(waiting.deadline_wanted(), None, "raised");
     }
 
     /// A deflate of 64 MiB at level 9: seconds of work, which keeps its

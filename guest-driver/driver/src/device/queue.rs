@@ -95,6 +95,9 @@ pub(crate) struct QueueState {
     raw_ready: VecDeque<Used>,
     next_waiter: u64,
     polling: bool,
+    /// The `used_event` the thread that sleeps on the interrupt asked for,
+    /// until another waiter moves it back and tells the device.
+    sleeper_event: Option<u16>,
     spare: Vec<DmaBuf>,
 }
 
@@ -208,6 +211,7 @@ impl DriverQueue {
                 raw_ready: VecDeque::new(),
                 next_waiter: 0,
                 polling: false,
+                sleeper_event: None,
                 spare: Vec::new(),
             }),
             cond: Condvar::new(),
@@ -366,13 +370,15 @@ impl DriverQueue {
                 // whole batch: make the next used entry interrupt it, so that
                 // this waiter is not held up by that batch. If entries are
                 // already pending, reap them now instead of sleeping.
-                let batch_event = st.vq.used_event().map_err(vq_err)?;
                 if st.vq.enable_notifications_after(1).map_err(vq_err)? {
                     continue;
                 }
-                if st.vq.used_event().map_err(vq_err)? != batch_event {
-                    // The device may hold completions back until the batch's
-                    // event (§6.4.2): tell it that the event moved.
+                let event = st.vq.used_event().map_err(vq_err)?;
+                let asked = st.sleeper_event.take();
+                if asked.is_some_and(|asked| (1..0x8000).contains(&asked.wrapping_sub(event))) {
+                    // The device may hold completions back until the
+                    // sleeper's event (§6.4.2): tell it, once, that the
+                    // event moved back.
                     drop(st);
                     transport.notify(self.index)?;
                     st = self.lock();
@@ -394,11 +400,13 @@ impl DriverQueue {
                 st.vq.disable_notifications().map_err(vq_err)?;
                 continue;
             }
+            st.sleeper_event = Some(st.vq.used_event().map_err(vq_err)?);
             st.polling = true;
             drop(st);
             let woke = transport.wait_interrupt(self.index, left);
             st = self.lock();
             st.polling = false;
+            st.sleeper_event = None;
             let disabled = st.vq.disable_notifications();
             self.cond.notify_all();
             woke?;
