@@ -24,7 +24,8 @@ use crate::ring_record::NO_RERUN;
 use super::{DeviceModel, InFlight, Used, Waiter, RESP_SIZE};
 
 impl DeviceModel {
-    /// Takes the completions of hardware queue `queue`, then flushes.
+    /// Takes the completions of hardware queue `queue`, and the chains of
+    /// its ring if the device holds its kicks off (`take.rs`), then flushes.
     pub fn handle_completions(&mut self, queue: u16, vrings: &[VringRwLock]) {
         let Some(hw_queue) = self.hw_queues.get(usize::from(queue)) else {
             return;
@@ -36,6 +37,7 @@ impl DeviceModel {
             debug!("hardware queue {queue}: completion event: {e}");
         }
         self.finish_reaped(queue);
+        self.take_held(queue, vrings);
         self.flush(vrings);
     }
 

@@ -250,6 +250,10 @@ pub struct DeviceModel {
     /// A request ring and its available index whose entries could not be
     /// taken: polls pass it by until the index moves.
     stuck: Option<(u16, u16)>,
+    /// Per request queue: its ring's kicks stay off while the hardware
+    /// queue has a backlog, and the queue's next event takes its chains
+    /// (`take.rs`, [`DeviceModel::release_kicks`]).
+    kicks_held: Vec<bool>,
     /// Chains taken from the request rings (wrapping).
     requests_taken: u64,
     /// Requests in flight that run alone on the engine (§11.3).
@@ -385,6 +389,7 @@ impl DeviceModel {
             replaying: Replay::No,
             on_engine: 0,
             stuck: None,
+            kicks_held: vec![false; usize::from(config.request_queues)],
             requests_taken: 0,
             alone: 0,
             alone_on_engine: false,
@@ -514,6 +519,7 @@ impl DeviceModel {
         self.ready.iter_mut().for_each(Vec::clear);
         self.on_engine = 0;
         self.stuck = None;
+        self.kicks_held.fill(false);
         self.alone = 0;
         self.alone_on_engine = false;
         self.used.clear();

@@ -2,10 +2,12 @@
 //! Taking requests: the chains the driver made available in a ring, on a
 //! kick of the ring ([`DeviceModel::handle_queue`]) or a poll of the request
 //! rings ([`DeviceModel::poll_requests`]), with kicks disabled meanwhile (2.7.10
-//! of the virtio spec). Each chain is recorded as taken (§11.3) and, on a
-//! request queue, gets its fence (§6.2); an entry that names no chain is
-//! consumed unanswered (§6.5), and no ring is taken from while one's
-//! history began with an earlier device instance (§11.2).
+//! of the virtio spec). While the engine has a backlog of a request queue's
+//! jobs, the ring's kicks stay off after the pass, and the hardware queue's
+//! next event takes its chains instead (§4.2). Each chain is recorded as
+//! taken (§11.3) and, on a request queue, gets its fence (§6.2); an entry
+//! that names no chain is consumed unanswered (§6.5), and no ring is taken
+//! from while one's history began with an earlier device instance (§11.2).
 //!
 //! Requests come from the guest's available rings, through the backend's
 //! kick and poll events (or from the record, `resume.rs`). A request chain
@@ -26,6 +28,13 @@ use crate::command::FenceId;
 use crate::ring_record::Take;
 
 use super::{binding_of, request_queue, DeviceError, DeviceModel, Polled, Snapshot};
+
+/// How many jobs of a request queue must wait to start on the engine for
+/// the device to leave its ring's kicks off ([`DeviceModel::hold_kicks`]):
+/// about a batch of a driver that keeps the queue deep, so that a driver
+/// sending a request or a few at a time keeps the kick's latency, and the
+/// engine still has a backlog to run while the device takes more.
+const KICK_HOLD_BACKLOG: usize = 8;
 
 impl DeviceModel {
     /// Processes the available chains of virtqueue `vq` (a kick), then
@@ -112,8 +121,13 @@ impl DeviceModel {
             // A ring the front-end has not started (again), or has stopped
             // meanwhile, holds nothing to take, its index tells nothing yet,
             // and it is not the device's to write, not even its notification
-            // fields: the driver may have freed it (§11.2).
-            if !vring.get_ref().get_queue().ready() {
+            // fields: the driver may have freed it (§11.2). A disabled one
+            // is not taken from (§4); enabled, it is served at once.
+            let served = {
+                let state = vring.get_ref();
+                state.get_queue().ready() && state.is_enabled()
+            };
+            if !served {
                 return Ok(());
             }
             vring
@@ -122,6 +136,9 @@ impl DeviceModel {
                 .disable_notification(&*mem)
                 .map_err(vring_error)?;
             let taken = self.drain_queue(vq, vring, &mem);
+            if self.hold_kicks(vq) {
+                return Ok(());
+            }
             let more = vring
                 .get_mut()
                 .get_queue_mut()
@@ -132,6 +149,78 @@ impl DeviceModel {
             if taken == 0 || !more {
                 return Ok(());
             }
+        }
+    }
+
+    /// Whether the kicks of virtqueue `vq`, off for the pass that took its
+    /// chains, stay off: while its hardware queue has a backlog of at least
+    /// [`KICK_HOLD_BACKLOG`] jobs waiting to start. The engine's next event
+    /// on that queue (a completion, or the end of the backlog,
+    /// [`crate::engine::HwQueue::watch_backlog`]) then takes the ring's new
+    /// chains ([`DeviceModel::take_held`]) before a worker could run out of
+    /// them, and a kick would only wake the device once more, on a CPU the
+    /// engine may share. Never for the control queue. The ready jobs are
+    /// submitted first, so that the backlog counts them.
+    fn hold_kicks(&mut self, vq: u16) -> bool {
+        let Some(queue) = request_queue(vq).map(usize::from) else {
+            return false;
+        };
+        self.submit_ready();
+        let held = self
+            .hw_queues
+            .get(queue)
+            .is_some_and(|hw_queue| hw_queue.watch_backlog(KICK_HOLD_BACKLOG));
+        if let Some(flag) = self.kicks_held.get_mut(queue) {
+            *flag = held;
+        }
+        held
+    }
+
+    /// Takes the chains of the ring of request queue `queue` if its kicks
+    /// are held off ([`DeviceModel::hold_kicks`]): an event of its hardware
+    /// queue stands for them.
+    pub(super) fn take_held(&mut self, queue: u16, vrings: &[VringRwLock]) {
+        if !self
+            .kicks_held
+            .get(usize::from(queue))
+            .is_some_and(|held| *held)
+        {
+            return;
+        }
+        let Some(vq) = queue.checked_add(virtio_accel_spec::FIRST_REQUEST_QUEUE) else {
+            return;
+        };
+        if let Err(e) = self.poll_ring(vq, vrings) {
+            self.guest_error(format_args!("{}", crate::error_chain(&e)));
+        }
+    }
+
+    /// The front-end is about to stop or disable virtqueue `vq`
+    /// (`GET_VRING_BASE`, `SET_VRING_ENABLE`): kicks the device held off
+    /// are turned back on while the ring is still the device's to write
+    /// (§4.2, §11.2). Chains the driver made available meanwhile stay in
+    /// the ring for whoever serves it next, which takes them when it starts
+    /// the ring, kick or not (§4.2; this device does so in
+    /// `serve_started_rings`, and QEMU's kick eventfds come signalled).
+    pub fn release_kicks(&mut self, vq: u16) {
+        let Some(held) = request_queue(vq).and_then(|q| self.kicks_held.get_mut(usize::from(q)))
+        else {
+            return;
+        };
+        if !std::mem::take(held) {
+            return;
+        }
+        let (Some(vring), Some(mem)) = (self.vrings.get(usize::from(vq)), self.mem.as_deref())
+        else {
+            return;
+        };
+        let mut state = vring.get_mut();
+        if !state.get_queue().ready() {
+            return;
+        }
+        if let Err(e) = state.get_queue_mut().enable_notification(mem) {
+            drop(state);
+            self.guest_error(format_args!("virtqueue {vq}: {e}"));
         }
     }
 

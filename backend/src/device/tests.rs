@@ -1,16 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Tests of the device model that reach inside it: a request that runs
 //! alone (§11.3), rings not started (§11.2), a stop past its time limit
-//! (§11.2), and the count of completions asked of the engine (§6.4).
+//! (§11.2), the count of completions asked of the engine (§6.4), and a
+//! request ring's kicks held off while the engine has a backlog (§4.1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::FromRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use virtio_accel_spec::{BufRef, Fence, Op, Req, Resp, Status};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use super::*;
@@ -205,15 +210,38 @@ fn a_ring_not_started_is_never_written() {
 }
 
 /// An engine whose queues remember the last count of completions they
-/// were asked to coalesce ([`HwQueue::coalesce`]).
+/// were asked to coalesce ([`HwQueue::coalesce`]), and answer
+/// [`HwQueue::watch_backlog`] as the test sets `backlog`, counting the
+/// calls in `watched`.
 struct CoalesceRecorder {
     inner: SoftwareEngine,
-    counts: Mutex<Vec<Arc<std::sync::atomic::AtomicUsize>>>,
+    counts: Mutex<Vec<Arc<AtomicUsize>>>,
+    backlog: Arc<AtomicBool>,
+    watched: Arc<AtomicUsize>,
+}
+
+impl CoalesceRecorder {
+    /// A software engine of one worker, with no backlog to report.
+    fn new() -> Self {
+        CoalesceRecorder {
+            inner: SoftwareEngine::new(1).unwrap(),
+            counts: Mutex::default(),
+            backlog: Arc::default(),
+            watched: Arc::default(),
+        }
+    }
+
+    /// How many times the device asked a queue to watch its backlog.
+    fn watched(&self) -> usize {
+        self.watched.load(Ordering::Relaxed)
+    }
 }
 
 struct RecordingQueue {
     inner: Box<dyn HwQueue>,
-    count: Arc<std::sync::atomic::AtomicUsize>,
+    count: Arc<AtomicUsize>,
+    backlog: Arc<AtomicBool>,
+    watched: Arc<AtomicUsize>,
 }
 
 impl HwQueue for RecordingQueue {
@@ -224,8 +252,12 @@ impl HwQueue for RecordingQueue {
         self.inner.reap(out);
     }
     fn coalesce(&self, count: usize) {
-        self.count
-            .store(count, std::sync::atomic::Ordering::Relaxed);
+        self.count.store(count, Ordering::Relaxed);
+    }
+    fn watch_backlog(&self, at_least: usize) -> bool {
+        assert!(at_least > 0, "a backlog of nothing");
+        self.watched.fetch_add(1, Ordering::Relaxed);
+        self.backlog.load(Ordering::Relaxed)
     }
     fn cancel(&self) -> Vec<Job> {
         self.inner.cancel()
@@ -248,6 +280,8 @@ impl Engine for CoalesceRecorder {
         Ok(Box::new(RecordingQueue {
             inner: self.inner.create_queue(depth, share)?,
             count,
+            backlog: Arc::clone(&self.backlog),
+            watched: Arc::clone(&self.watched),
         }))
     }
 }
@@ -264,17 +298,14 @@ fn the_engine_hears_how_many_completions_the_driver_waits_for() {
     let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(size));
     let mut config = TenantConfig::new("coalesce", SocketSource::Fd(-1));
     config.request_queues = 2;
-    let engine = CoalesceRecorder {
-        inner: SoftwareEngine::new(1).unwrap(),
-        counts: Mutex::default(),
-    };
+    let engine = CoalesceRecorder::new();
     let tenant = TenantState::new(0, &config);
     let mut device = DeviceModel::new(config, &engine, tenant).unwrap();
     let counts = || {
         let queues = engine.counts.lock().unwrap();
         queues
             .iter()
-            .map(|count| count.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|count| count.load(Ordering::Relaxed))
             .collect::<Vec<_>>()
     };
     let mem = guest_memory(1 << 20);
@@ -359,4 +390,369 @@ fn a_stop_past_the_time_limit_ends_the_process() {
         stderr.contains("tenant stuck: 1 requests still in flight"),
         "{stderr}"
     );
+}
+
+/// Where the request ring of [`KickTest`] lies in guest memory: its
+/// descriptor table, available ring and used ring; the control ring's are
+/// at [`CONTROL`] less. Then the requests' buffers.
+const DESC: u64 = 0x4000;
+const AVAIL: u64 = DESC + 0x1000;
+const USED: u64 = DESC + 0x2000;
+const CONTROL: u64 = 0x4000;
+const BUFFERS: u64 = 0x1_0000;
+/// The entries of each ring.
+const RING_SIZE: u16 = 256;
+/// The direct input of each request of [`KickTest`]: a CRC-32C of it.
+const DATA: [u8; 4] = *b"kick";
+
+/// A device with one request queue, its rings in guest memory, and a
+/// driver that makes CRC-32C requests available on the request ring
+/// (virtqueue 1) without kicking it: the test calls the device as its kick
+/// and completion events would.
+struct KickTest {
+    device: DeviceModel,
+    vrings: Vec<VringRwLock>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    /// Requests made available on virtqueue 1.
+    offered: u16,
+    /// The other end of virtqueue 1's kick eventfd, nonblocking.
+    kick: File,
+    /// Declared last: dropped after the device's hardware queues.
+    engine: CoalesceRecorder,
+}
+
+impl KickTest {
+    /// Started and enabled rings, with or without EVENT_IDX; the request
+    /// queue's hardware queue answers `watch_backlog` with `backlog`.
+    fn new(event_idx: bool, backlog: bool) -> Self {
+        let mut config = TenantConfig::new("kicks", SocketSource::Fd(-1));
+        config.request_queues = 1;
+        let engine = CoalesceRecorder::new();
+        engine.backlog.store(backlog, Ordering::Relaxed);
+        let tenant = TenantState::new(0, &config);
+        let mut device = DeviceModel::new(config, &engine, tenant).unwrap();
+        let mem = guest_memory(1 << 20);
+        device.set_memory(&mem).unwrap();
+        let vrings: Vec<VringRwLock> = (0..2)
+            .map(|_| VringRwLock::new(mem.clone(), RING_SIZE).unwrap())
+            .collect();
+        // SAFETY: no pointer is passed; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just returned by eventfd and nothing else owns it.
+        let kick = File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        for (vq, vring) in (0..).zip(&vrings) {
+            let base = if vq == 0 { CONTROL } else { 0 };
+            vring.set_queue_size(RING_SIZE);
+            vring
+                .set_queue_info(DESC - base, AVAIL - base, USED - base)
+                .unwrap();
+            vring.set_queue_event_idx(event_idx);
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            vring.set_kick(Some(kick.try_clone().unwrap()));
+        }
+        device.attach_vrings(&vrings);
+        KickTest {
+            device,
+            vrings,
+            mem,
+            offered: 0,
+            kick,
+            engine,
+        }
+    }
+
+    /// Makes request `self.offered` available on virtqueue 1, with no kick:
+    /// a header, a direct reference and [`DATA`] in one readable descriptor,
+    /// the response in a writable one.
+    fn offer(&mut self) {
+        let mem = self.mem.memory();
+        let n = self.offered;
+        let head = n % (RING_SIZE / 2) * 2;
+        let request = BUFFERS + u64::from(n) * 0x200;
+        let response = request + 0x100;
+        let header = std::mem::size_of::<Req>() as u64;
+        let reference = std::mem::size_of::<BufRef>() as u64;
+        mem.write_obj(Req::new(Op::Crc32c), GuestAddress(request))
+            .unwrap();
+        mem.write_obj(
+            BufRef::direct(DATA.len() as u64),
+            GuestAddress(request + header),
+        )
+        .unwrap();
+        mem.write_slice(&DATA, GuestAddress(request + header + reference))
+            .unwrap();
+        let readable = u32::try_from(header + reference + DATA.len() as u64).unwrap();
+        let flag = |flag: u32| u16::try_from(flag).unwrap();
+        let descriptors = [
+            Descriptor::new(request, readable, flag(VRING_DESC_F_NEXT), head + 1),
+            Descriptor::new(
+                response,
+                u32::try_from(RESP_SIZE).unwrap(),
+                flag(VRING_DESC_F_WRITE),
+                0,
+            ),
+        ];
+        for (index, descriptor) in (head..).zip(descriptors) {
+            let at = GuestAddress(DESC + 16 * u64::from(index));
+            mem.write_obj(descriptor, at).unwrap();
+        }
+        let slot = AVAIL + 4 + 2 * u64::from(n % RING_SIZE);
+        mem.write_obj(head.to_le(), GuestAddress(slot)).unwrap();
+        self.offered = n + 1;
+        mem.store(
+            self.offered.to_le(),
+            GuestAddress(AVAIL + 2),
+            Ordering::Release,
+        )
+        .unwrap();
+    }
+
+    /// A kick of the request ring.
+    fn kick_device(&mut self) {
+        self.device.handle_queue(1, &self.vrings);
+    }
+
+    /// An event of the request queue's hardware queue, as the engine
+    /// raises it for a completion or the end of a backlog.
+    fn engine_event(&mut self) {
+        let event = self.device.hw_queues()[0].completion_event();
+        event.write(1).unwrap();
+        self.device.handle_completions(0, &self.vrings);
+    }
+
+    fn taken(&self) -> u64 {
+        self.device.requests_taken()
+    }
+
+    /// The request ring's `next_avail`.
+    fn next_avail(&self) -> u16 {
+        self.vrings[1].get_ref().get_queue().next_avail()
+    }
+
+    /// A 16-bit field of the request ring at `addr`.
+    fn field(&self, addr: u64) -> u16 {
+        u16::from_le(self.mem.memory().read_obj(GuestAddress(addr)).unwrap())
+    }
+
+    /// The used ring's flags (VRING_USED_F_NO_NOTIFY, without EVENT_IDX).
+    fn used_flags(&self) -> u16 {
+        self.field(USED)
+    }
+
+    /// The used ring's `avail_event` (with EVENT_IDX), after its elements.
+    fn avail_event(&self) -> u16 {
+        self.field(USED + 4 + 8 * u64::from(RING_SIZE))
+    }
+
+    fn set_avail_event(&self, value: u16) {
+        let at = GuestAddress(USED + 4 + 8 * u64::from(RING_SIZE));
+        self.mem.memory().write_obj(value.to_le(), at).unwrap();
+    }
+
+    /// Kicks written on the request ring's kick eventfd since the last
+    /// look (which takes them).
+    fn kicks(&self) -> u64 {
+        let mut count = [0u8; 8];
+        match (&self.kick).read(&mut count) {
+            Ok(8) => u64::from_ne_bytes(count),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            other => panic!("kick eventfd: {other:?}"),
+        }
+    }
+
+    /// Runs the device until every request taken has completed, then
+    /// checks that each request offered was answered, in order, as a valid
+    /// CRC-32C request: the chains the test writes are real requests.
+    fn finish(&mut self) {
+        assert_eq!(
+            self.taken(),
+            u64::from(self.offered),
+            "requests left untaken"
+        );
+        self.device.stop();
+        assert_eq!(self.field(USED + 2), self.offered, "used idx");
+        let mem = self.mem.memory();
+        for n in 0..self.offered {
+            let response = BUFFERS + u64::from(n) * 0x200 + 0x100;
+            let resp: Resp = mem.read_obj(GuestAddress(response)).unwrap();
+            assert_eq!(u32::from(resp.status), u32::from(Status::Ok), "request {n}");
+            assert_eq!(resp.fence, Fence::new(0, u64::from(n) + 1), "request {n}");
+            let crc = crc32c::crc32c(&DATA).to_le_bytes();
+            assert_eq!(resp.result[..4], crc, "request {n}");
+        }
+    }
+}
+
+/// Without EVENT_IDX, a pass over a request ring whose hardware queue has
+/// a backlog leaves VRING_USED_F_NO_NOTIFY set in the used ring, so that
+/// the driver does not kick, and the queue's next engine event takes the
+/// chains added meanwhile; the pass that finds the backlog gone turns kicks
+/// back on (flags 0) and stops taking chains on engine events. Without a
+/// backlog the flags are 0 after each pass and engine events take nothing.
+#[test]
+fn kicks_stay_off_while_the_engine_has_a_backlog() {
+    // No backlog: kicks on after the pass; a chain added later waits for
+    // its kick.
+    let mut test = KickTest::new(false, false);
+    test.offer();
+    test.kick_device();
+    assert_eq!((test.taken(), test.engine.watched()), (1, 1));
+    assert_eq!(test.used_flags(), 0, "kicks on after the pass");
+    test.offer();
+    test.engine_event();
+    assert_eq!(test.taken(), 1, "an engine event took a chain");
+    assert_eq!(test.used_flags(), 0);
+    test.kick_device();
+    assert_eq!(test.taken(), 2);
+    test.finish();
+
+    // A backlog: kicks stay off, and engine events take the chains.
+    let mut test = KickTest::new(false, true);
+    test.offer();
+    test.offer();
+    test.kick_device();
+    assert_eq!((test.taken(), test.engine.watched()), (2, 1));
+    assert_eq!(test.used_flags(), 1, "VRING_USED_F_NO_NOTIFY while held");
+    test.offer();
+    test.engine_event();
+    assert_eq!(test.taken(), 3, "the engine event took the new chain");
+    assert_eq!(test.engine.watched(), 2);
+    assert_eq!(test.used_flags(), 1, "still held: the backlog remains");
+    // An event with nothing new keeps them off too.
+    test.engine_event();
+    assert_eq!((test.taken(), test.used_flags()), (3, 1));
+    // The backlog ends: the next event takes what came and turns kicks on.
+    test.engine.backlog.store(false, Ordering::Relaxed);
+    test.offer();
+    test.engine_event();
+    assert_eq!(test.taken(), 4);
+    assert_eq!(test.used_flags(), 0, "kicks on once the backlog is gone");
+    test.offer();
+    test.engine_event();
+    assert_eq!(test.taken(), 4, "an engine event took a chain, kicks on");
+    test.kick_device();
+    assert_eq!(test.taken(), 5);
+    test.finish();
+}
+
+/// With EVENT_IDX, a pass over a ring whose kicks are held leaves
+/// `avail_event` where it was (the driver's next chains do not kick), and
+/// so does each engine event that takes chains while held. Releasing the
+/// kicks (a ring stop or disable) writes `avail_event` = `next_avail` and
+/// ends the hold: engine events take nothing more, and chains that wait
+/// beyond `next_avail` stay for the pass that starts the ring again
+/// (§4.2); no kick is written. A second release, or a release of a ring
+/// not held, does nothing.
+#[test]
+fn released_kicks_are_on_again_where_the_device_stopped_taking() {
+    const STALE: u16 = 0xa5a5;
+    let mut test = KickTest::new(true, true);
+    test.set_avail_event(STALE);
+    test.offer();
+    test.kick_device();
+    assert_eq!(test.taken(), 1);
+    assert_eq!(test.avail_event(), STALE, "avail_event moved while held");
+    test.offer();
+    test.engine_event();
+    assert_eq!(test.taken(), 2, "the engine event took the new chain");
+    assert_eq!(test.avail_event(), STALE, "avail_event moved while held");
+
+    // Nothing waits: kicks on at next_avail.
+    test.device.release_kicks(1);
+    assert_eq!(test.avail_event(), test.next_avail());
+    assert_eq!(test.next_avail(), 2);
+    test.offer();
+    test.engine_event();
+    assert_eq!(
+        test.taken(),
+        2,
+        "an engine event took a chain after the release"
+    );
+
+    // Held again by a kick's pass; a chain waits at the release.
+    test.kick_device();
+    assert_eq!(test.taken(), 3);
+    assert_eq!(test.avail_event(), 2, "avail_event moved while held");
+    test.offer();
+    test.device.release_kicks(1);
+    assert_eq!(test.avail_event(), 3);
+    test.set_avail_event(STALE);
+    test.device.release_kicks(1);
+    assert_eq!(test.avail_event(), STALE, "a second release wrote the ring");
+    test.engine_event();
+    assert_eq!(
+        test.taken(),
+        3,
+        "an engine event took a chain after the release"
+    );
+    assert_eq!(test.kicks(), 0, "the device wrote a kick");
+    // The pass that starts the ring again takes it.
+    test.kick_device();
+    assert_eq!(test.taken(), 4);
+    test.finish();
+
+    // The control queue, and a request ring never held, are left alone.
+    let mut test = KickTest::new(true, false);
+    test.set_avail_event(STALE);
+    test.offer();
+    test.device.release_kicks(0);
+    test.device.release_kicks(1);
+    assert_eq!((test.avail_event(), test.kicks()), (STALE, 0));
+    test.kick_device();
+    test.finish();
+}
+
+/// A ring the front-end disabled is not taken from (§4), neither on a
+/// kick nor on an engine event, and its notification fields are not
+/// written; enabled again, it is served at once. The control queue's
+/// kicks (virtqueue 0) are never held: its commands never wait on the
+/// engine.
+#[test]
+fn a_disabled_ring_is_not_taken_from_and_the_control_queue_never_holds_kicks() {
+    for event_idx in [false, true] {
+        let mut test = KickTest::new(event_idx, true);
+        test.vrings[1].set_enabled(false);
+        test.set_avail_event(0xa5a5);
+        test.offer();
+        test.kick_device();
+        test.engine_event();
+        assert_eq!(
+            test.taken(),
+            0,
+            "EVENT_IDX {event_idx}: taken while disabled"
+        );
+        assert_eq!(test.engine.watched(), 0, "EVENT_IDX {event_idx}: asked");
+        assert_eq!(
+            (test.avail_event(), test.used_flags()),
+            (0xa5a5, 0),
+            "EVENT_IDX {event_idx}: a disabled ring written"
+        );
+        test.vrings[1].set_enabled(true);
+        test.kick_device();
+        assert_eq!(test.taken(), 1, "EVENT_IDX {event_idx}: enabled");
+        test.device.release_kicks(1);
+        test.finish();
+
+        // The control queue, with no chain: the pass ends with kicks on.
+        let mut test = KickTest::new(event_idx, true);
+        let avail_event = USED - CONTROL + 4 + 8 * u64::from(RING_SIZE);
+        for field in [USED - CONTROL, avail_event] {
+            let canary = 0xa5a5u16.to_le();
+            test.mem
+                .memory()
+                .write_obj(canary, GuestAddress(field))
+                .unwrap();
+        }
+        test.device.handle_queue(0, &test.vrings);
+        assert_eq!(test.engine.watched(), 0, "EVENT_IDX {event_idx}: asked");
+        let flags = test.field(USED - CONTROL);
+        let avail_event = test.field(avail_event);
+        if event_idx {
+            assert_eq!(avail_event, 0, "control kicks held");
+        } else {
+            assert_eq!(flags, 0, "control kicks held");
+        }
+    }
 }

@@ -157,6 +157,19 @@ pub trait HwQueue: Send + Sync {
         let _ = count;
     }
 
+    /// If at least `at_least` (and at least one) of the jobs submitted to
+    /// the queue wait to start, arms a single raise of the completion event
+    /// for when none waits any more (the last one starts, or is cancelled),
+    /// even with no completion pending, and returns `true`: a consumer that
+    /// stops looking for new work while the queue has a backlog hears when
+    /// to feed it again, as from a submission queue's low-water interrupt.
+    /// Otherwise it arms nothing and returns `false`, as the default does
+    /// for an engine that cannot tell.
+    fn watch_backlog(&self, at_least: usize) -> bool {
+        let _ = at_least;
+        false
+    }
+
     /// Cancels every job submitted before the call: returns those that have
     /// not started (they will not complete), and makes those that have stop
     /// as soon as they can, between two chunks of their operation (§11).

@@ -12,7 +12,10 @@
 //! on fewer than some count of completions says so ([`HwQueue::coalesce`]);
 //! the queue then raises its interrupt once that many are pending, when it
 //! runs idle, or when the oldest has waited [`COALESCE_DELAY`], a bound for a
-//! consumer whose count is out of date.
+//! consumer whose count is out of date. A consumer that stops looking for
+//! new work while the queue has a backlog asks to hear when that backlog
+//! ends ([`HwQueue::watch_backlog`]): the worker that starts the queue's last
+//! waiting job raises the interrupt, pending completions or not.
 //!
 //! The workers keep the deadlines (`Deadlines`) when no other completion
 //! comes along (a short job finishing next to a long one): after each job,
@@ -31,7 +34,7 @@
 //! an earlier epoch sees that between two chunks of its operation
 //! ([`crate::ops`]), stops, and completes with [`crate::ops::CANCELLED`].
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -125,6 +128,11 @@ struct CompletionRing {
     pending: Mutex<Pending>,
     /// Jobs submitted and not yet posted.
     outstanding: AtomicUsize,
+    /// Jobs submitted and not yet started (or cancelled).
+    queued: AtomicUsize,
+    /// Whether the consumer waits for `queued` to reach 0
+    /// ([`HwQueue::watch_backlog`]).
+    watching: AtomicBool,
     /// How many times the queue was cancelled: jobs submitted before the
     /// last cancel stop at their next chunk. Changed under the run lock.
     epoch: AtomicU64,
@@ -206,6 +214,31 @@ impl CompletionRing {
             pending.armed = None;
         }
         self.judge(pending, deadlines);
+    }
+
+    /// Arms the raise of [`HwQueue::watch_backlog`] if at least `at_least`
+    /// jobs wait to start. The flag is set before the count is read, and a
+    /// worker lowers the count before it takes the flag (both sequentially
+    /// consistent): a backlog seen here is seen ending there.
+    fn watch_backlog(&self, at_least: usize) -> bool {
+        self.watching.store(true, Ordering::SeqCst);
+        let backlog = self.queued.load(Ordering::SeqCst) >= at_least.max(1);
+        if !backlog {
+            // A worker that took the flag meanwhile raised once for nothing.
+            self.watching.store(false, Ordering::SeqCst);
+        }
+        backlog
+    }
+
+    /// `count` jobs of the queue left its backlog (started or cancelled):
+    /// raises the interrupt if that ended a watched backlog.
+    fn left_backlog(&self, count: usize) {
+        if count > 0
+            && self.queued.fetch_sub(count, Ordering::SeqCst) == count
+            && self.watching.swap(false, Ordering::SeqCst)
+        {
+            self.raise();
+        }
     }
 
     fn raise(&self) {
@@ -445,6 +478,7 @@ fn worker_loop(shared: &Shared) {
                 None => return,
             }
         };
+        ring.left_backlog(1);
         let started = Instant::now();
         let between_chunks = || {
             shared.deadlines.keep();
@@ -578,6 +612,8 @@ impl Engine for SoftwareEngine {
             ring: Arc::new(CompletionRing {
                 pending: Mutex::new(Pending::default()),
                 outstanding: AtomicUsize::new(0),
+                queued: AtomicUsize::new(0),
+                watching: AtomicBool::new(false),
                 epoch: AtomicU64::new(0),
                 event,
             }),
@@ -611,6 +647,8 @@ impl HwQueue for SoftwareQueue {
             }
             let now = Instant::now();
             let epoch = self.ring.epoch.load(Ordering::Acquire);
+            // Before any of them can start.
+            self.ring.queued.fetch_add(count, Ordering::SeqCst);
             let ring = &self.ring;
             let submitted = jobs.drain(..).map(|job| Submitted {
                 job,
@@ -639,6 +677,10 @@ impl HwQueue for SoftwareQueue {
         }
     }
 
+    fn watch_backlog(&self, at_least: usize) -> bool {
+        self.ring.watch_backlog(at_least)
+    }
+
     fn cancel(&self) -> Vec<Job> {
         let mut run = lock(&self.shared.run);
         let mine = run
@@ -651,6 +693,7 @@ impl HwQueue for SoftwareQueue {
             .fetch_sub(mine.len(), Ordering::AcqRel);
         self.ring.epoch.fetch_add(1, Ordering::AcqRel);
         drop(run);
+        self.ring.left_backlog(mine.len());
         // The queue may have nothing left to run now: what is pending is due.
         self.ring
             .judge(lock(&self.ring.pending), &self.shared.deadlines);
@@ -670,6 +713,7 @@ mod tests {
     use crate::command::Operation;
     use crate::ops::CANCELLED;
     use crate::sg::OwnedBuffers;
+    use std::os::fd::AsRawFd;
     use virtio_accel_spec::DeflateFormat;
 
     fn fill_job(cookie: u64) -> Job {
@@ -863,6 +907,59 @@ mod tests {
         assert!(queue.cancel().is_empty(), "the deflate had started");
         let done = next_completions(&*queue);
         assert_eq!((done[0].cookie, done[0].outcome.status), (2, CANCELLED));
+    }
+
+    /// Whether `queue`'s completion event is raised within `wait`.
+    fn raised_within(queue: &dyn HwQueue, wait: Duration) -> bool {
+        let mut poll = libc::pollfd {
+            fd: queue.completion_event().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout = i32::try_from(wait.as_millis()).unwrap();
+        // SAFETY: one valid pollfd, which poll only writes `revents` of.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout) };
+        assert!(ready >= 0, "poll: {}", std::io::Error::last_os_error());
+        ready == 1
+    }
+
+    /// A watched backlog raises the completion event when its last job
+    /// starts, with no completion pending, or when a cancel empties it; a
+    /// backlog shorter than asked arms nothing.
+    #[test]
+    fn the_end_of_a_watched_backlog_raises_the_interrupt() {
+        let engine = SoftwareEngine::with_priority(1, 0).unwrap();
+        let [busy, watched, cancelled] =
+            [(); 3].map(|()| engine.create_queue(16, Share::default()).unwrap());
+        busy.submit(&mut vec![long_deflate(0)]).unwrap();
+        // Its deflate waits to start until the worker takes it.
+        while busy.watch_backlog(1) {
+            std::thread::yield_now();
+        }
+        watched.submit(&mut vec![long_deflate(1)]).unwrap();
+        cancelled.submit(&mut vec![fill_job(2)]).unwrap();
+        assert!(!watched.watch_backlog(2), "a backlog of one is not two");
+        assert!(watched.watch_backlog(1));
+        assert!(cancelled.watch_backlog(1));
+        assert!(!raised_within(&*watched, Duration::from_millis(50)));
+        let not_started = cancelled.cancel();
+        assert_eq!(not_started.len(), 1);
+        assert!(raised_within(&*cancelled, Duration::ZERO), "cancelled");
+        assert!(!raised_within(&*watched, Duration::ZERO));
+        // The worker moves on to the watched deflate, which runs for
+        // seconds: the raise is the backlog's, not a completion's.
+        assert!(busy.cancel().is_empty());
+        assert!(raised_within(&*watched, Duration::from_secs(5)));
+        watched.completion_event().read().unwrap();
+        let mut done = Vec::new();
+        watched.reap(&mut done);
+        assert!(done.is_empty(), "{done:?}");
+        assert!(!watched.watch_backlog(1), "nothing waits to start");
+        assert!(watched.cancel().is_empty());
+        let done = next_completions(&*watched);
+        assert_eq!((done[0].cookie, done[0].outcome.status), (1, CANCELLED));
+        let done = next_completions(&*busy);
+        assert_eq!((done[0].cookie, done[0].outcome.status), (0, CANCELLED));
     }
 
     /// Waits for the next completions of `queue`.

@@ -359,7 +359,12 @@ impl VhostUserBackendReqHandlerMut for Handler {
 
     fn get_vring_base(&mut self, index: u32) -> VhostUserResult<VhostUserVringState> {
         let vring = self.vring(index)?;
-        vring.set_queue_ready(false);
+        {
+            // Under one lock, so that the worker cannot hold them off again.
+            let mut backend = self.backend();
+            backend.release_kicks(index);
+            vring.set_queue_ready(false);
+        }
         self.update_ring(index)?;
         self.backend()
             .stop_vring(index)
@@ -418,7 +423,15 @@ impl VhostUserBackendReqHandlerMut for Handler {
             ));
         }
         debug!("virtqueue {index}: enabled {enable}");
-        self.vring(index)?.set_enabled(enable);
+        let vring = self.vring(index)?;
+        {
+            // Under one lock, so that the worker cannot hold them off again.
+            let mut backend = self.backend();
+            if !enable {
+                backend.release_kicks(index);
+            }
+            vring.set_enabled(enable);
+        }
         self.update_ring(index)
     }
 

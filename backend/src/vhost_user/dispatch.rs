@@ -201,6 +201,14 @@ impl AccelBackend {
         self.device.set_memory(mem).map_err(io::Error::other)
     }
 
+    /// Virtqueue `queue_index` is about to stop or be disabled: the device
+    /// turns its kicks back on ([`DeviceModel::release_kicks`]).
+    pub fn release_kicks(&mut self, queue_index: u32) {
+        if let Ok(vq) = u16::try_from(queue_index) {
+            self.device.release_kicks(vq);
+        }
+    }
+
     /// `GET_VRING_BASE` of virtqueue `queue_index`.
     pub fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
         let vq = u16::try_from(queue_index)
