@@ -105,10 +105,15 @@ impl DeviceModel {
     }
 
     /// Takes every available chain of virtqueue `vq`, with kicks disabled
-    /// meanwhile; then re-enables them and checks once more for chains added
-    /// in between (the usual race-free pattern, 2.7.10 of the virtio spec).
-    /// A ring the device cannot read (a bad `idx`, a queue not ready) is left
-    /// alone until the next kick instead of being polled in a loop.
+    /// meanwhile; then re-enables them, unless it holds them off
+    /// ([`DeviceModel::hold_kicks`]), and checks once more for chains added
+    /// in between (the usual race-free pattern, 2.7.10 of the virtio spec):
+    /// if some came, it goes round again. A pass that takes nothing although
+    /// chains came may have raced with the driver (a chain added after it
+    /// read the index, which sent no kick while kicks were off or held): it
+    /// gets one more pass. A ring the device cannot read (a bad `idx` or
+    /// entry, a queue not ready) is then left alone until the next kick
+    /// instead of being polled in a loop.
     fn poll_ring(&mut self, vq: u16, vrings: &[VringRwLock]) -> Result<(), DeviceError> {
         let Some(vring) = vrings.get(usize::from(vq)) else {
             return Ok(());
@@ -117,6 +122,7 @@ impl DeviceModel {
             return Ok(());
         };
         let vring_error = |source| DeviceError::Vring { index: vq, source };
+        let mut empty_passes = 0;
         loop {
             // A ring the front-end has not started (again), or has stopped
             // meanwhile, holds nothing to take, its index tells nothing yet,
@@ -130,11 +136,15 @@ impl DeviceModel {
             if !served {
                 return Ok(());
             }
-            vring
-                .get_mut()
-                .get_queue_mut()
-                .disable_notification(&*mem)
-                .map_err(vring_error)?;
+            // Held kicks are off already: no write to a cache line the
+            // driver reads on each chain it adds.
+            if !self.kicks_held(vq) {
+                vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .disable_notification(&*mem)
+                    .map_err(vring_error)?;
+            }
             let taken = self.drain_queue(vq, vring, &mem);
             if self.hold_kicks(vq) {
                 return Ok(());
@@ -144,9 +154,12 @@ impl DeviceModel {
                 .get_queue_mut()
                 .enable_notification(&*mem)
                 .map_err(vring_error)?;
-            // Go round again only if this pass made progress: an entry the
-            // device cannot read must not turn into a busy loop.
-            if taken == 0 || !more {
+            if taken == 0 {
+                empty_passes += 1;
+            }
+            // An entry the device cannot read must not turn into a busy
+            // loop.
+            if !more || empty_passes > 1 {
                 return Ok(());
             }
         }
@@ -155,12 +168,13 @@ impl DeviceModel {
     /// Whether the kicks of virtqueue `vq`, off for the pass that took its
     /// chains, stay off: while its hardware queue has a backlog of at least
     /// [`KICK_HOLD_BACKLOG`] jobs waiting to start. The engine's next event
-    /// on that queue (a completion, or the end of the backlog,
+    /// on that queue (a completion, or the start of the backlog's last job,
     /// [`crate::engine::HwQueue::watch_backlog`]) then takes the ring's new
-    /// chains ([`DeviceModel::take_held`]) before a worker could run out of
-    /// them, and a kick would only wake the device once more, on a CPU the
-    /// engine may share. Never for the control queue. The ready jobs are
-    /// submitted first, so that the backlog counts them.
+    /// chains ([`DeviceModel::take_held`]), and a kick would only wake the
+    /// device once more, on a CPU the engine may share. (A worker may idle
+    /// from the end of the backlog until the device has taken and submitted
+    /// new chains, as it would until a kick's.) Never for the control queue.
+    /// The ready jobs are submitted first, so that the backlog counts them.
     fn hold_kicks(&mut self, vq: u16) -> bool {
         let Some(queue) = request_queue(vq).map(usize::from) else {
             return false;
@@ -176,21 +190,28 @@ impl DeviceModel {
         held
     }
 
+    /// Whether the device holds the kicks of virtqueue `vq` off.
+    fn kicks_held(&self, vq: u16) -> bool {
+        request_queue(vq)
+            .and_then(|queue| self.kicks_held.get(usize::from(queue)))
+            .is_some_and(|held| *held)
+    }
+
     /// Takes the chains of the ring of request queue `queue` if its kicks
     /// are held off ([`DeviceModel::hold_kicks`]): an event of its hardware
-    /// queue stands for them.
+    /// queue stands for them. A ring the device cannot update is logged
+    /// once and no longer held: the driver's next kick finds it.
     pub(super) fn take_held(&mut self, queue: u16, vrings: &[VringRwLock]) {
-        if !self
-            .kicks_held
-            .get(usize::from(queue))
-            .is_some_and(|held| *held)
-        {
-            return;
-        }
         let Some(vq) = queue.checked_add(virtio_accel_spec::FIRST_REQUEST_QUEUE) else {
             return;
         };
+        if !self.kicks_held(vq) {
+            return;
+        }
         if let Err(e) = self.poll_ring(vq, vrings) {
+            if let Some(held) = self.kicks_held.get_mut(usize::from(queue)) {
+                *held = false;
+            }
             self.guest_error(format_args!("{}", crate::error_chain(&e)));
         }
     }
