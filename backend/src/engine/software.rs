@@ -217,12 +217,19 @@ impl CompletionRing {
     }
 
     /// Arms the raise of [`HwQueue::watch_backlog`] if at least `at_least`
-    /// jobs wait to start. The flag is set before the count is read, and a
-    /// worker lowers the count before it takes the flag (both sequentially
-    /// consistent): a backlog seen here is seen ending there.
+    /// jobs wait to start. A short backlog is seen with one load and no
+    /// write (the common case of a device that takes a few requests at a
+    /// time, on every pass over its ring). Otherwise the flag is set before
+    /// the count is read again, and a worker lowers the count before it
+    /// takes the flag (both sequentially consistent): a backlog seen here
+    /// is seen ending there.
     fn watch_backlog(&self, at_least: usize) -> bool {
+        let at_least = at_least.max(1);
+        if self.queued.load(Ordering::SeqCst) < at_least {
+            return false;
+        }
         self.watching.store(true, Ordering::SeqCst);
-        let backlog = self.queued.load(Ordering::SeqCst) >= at_least.max(1);
+        let backlog = self.queued.load(Ordering::SeqCst) >= at_least;
         if !backlog {
             // A worker that took the flag meanwhile raised once for nothing.
             self.watching.store(false, Ordering::SeqCst);

@@ -360,7 +360,8 @@ impl VhostUserBackendReqHandlerMut for Handler {
     fn get_vring_base(&mut self, index: u32) -> VhostUserResult<VhostUserVringState> {
         let vring = self.vring(index)?;
         {
-            // Under one lock, so that the worker cannot hold them off again.
+            // Under one lock, so that the worker cannot hold the kicks off
+            // again in between.
             let mut backend = self.backend();
             backend.release_kicks(index);
             vring.set_queue_ready(false);
@@ -424,13 +425,14 @@ impl VhostUserBackendReqHandlerMut for Handler {
         }
         debug!("virtqueue {index}: enabled {enable}");
         let vring = self.vring(index)?;
-        {
-            // Under one lock, so that the worker cannot hold them off again.
+        if enable {
+            vring.set_enabled(true);
+        } else {
+            // Under one lock, so that the worker cannot hold the kicks off
+            // again in between.
             let mut backend = self.backend();
-            if !enable {
-                backend.release_kicks(index);
-            }
-            vring.set_enabled(enable);
+            backend.release_kicks(index);
+            vring.set_enabled(false);
         }
         self.update_ring(index)
     }
