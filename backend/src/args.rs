@@ -19,6 +19,9 @@ use vhost_user_accel::{Config, EngineKind, SocketSource};
 pub enum EngineArg {
     /// Host CPU worker threads.
     Software,
+    /// A Vulkan device (COPY, FILL, COMPARE, CRC32C and SHA256 where it
+    /// runs them), host CPU worker threads for the rest.
+    Vulkan,
 }
 
 /// vhost-user daemon exposing a shared accelerator to virtual machines.
@@ -53,7 +56,8 @@ pub struct Args {
     /// vhost-user-accel.toml(5), docs/man/vhost-user-accel.toml.5).
     #[arg(long, conflicts_with_all = [
         "socket_path", "socket_fd", "socket_count", "queues", "queue_size", "poll_us",
-        "engine", "engine_threads", "engine_nice", "metrics", "user", "state_dir",
+        "engine", "engine_threads", "engine_nice", "vulkan_device",
+        "dmabuf_objects", "metrics", "user", "state_dir",
     ])]
     pub config: Option<PathBuf>,
     /// Number of request queues of each tenant (the control queue comes on top).
@@ -81,6 +85,15 @@ pub struct Args {
     /// With several tenants the workers run at their process's priority.
     #[arg(long, default_value_t = 10)]
     pub engine_nice: u64,
+    /// With `--engine vulkan`, the Vulkan device: its index, or part of its
+    /// name (the first able device if not given).
+    #[arg(long, value_name = "INDEX|NAME")]
+    pub vulkan_device: Option<String>,
+    /// Make objects host dma-bufs where the host allows it (`/dev/udmabuf`,
+    /// sealed memfd guest memory): other host drivers can then use them in
+    /// place, and their pages stay pinned while they live.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    pub dmabuf_objects: String,
     /// Serve per-tenant metrics in the Prometheus text format on a loopback
     /// `HOST:PORT` or on `unix:PATH`.
     #[arg(long)]
@@ -194,7 +207,10 @@ impl TryFrom<Args> for Config {
         let config = Config {
             engine: match args.engine {
                 EngineArg::Software => EngineKind::Software,
+                EngineArg::Vulkan => EngineKind::Vulkan,
             },
+            vulkan_device: args.vulkan_device.clone(),
+            dmabuf_objects: args.dmabuf_objects == "on",
             engine_threads: check_engine_threads(args.engine_threads)
                 .map_err(option("engine-threads"))?,
             engine_nice: check_engine_nice(args.engine_nice).map_err(option("engine-nice"))?,
@@ -293,6 +309,12 @@ mod tests {
             message(&["--poll-us", "1001"]),
             "--poll-us: must be at most 1000 (microseconds), got 1001"
         );
+        assert_eq!(parse(&[]).unwrap().engine, EngineKind::Software);
+        let vulkan = parse(&["--engine", "vulkan", "--vulkan-device", "1"]).unwrap();
+        assert_eq!(vulkan.engine, EngineKind::Vulkan);
+        assert_eq!(vulkan.vulkan_device.as_deref(), Some("1"));
+        assert!(parse(&[]).unwrap().dmabuf_objects);
+        assert!(!parse(&["--dmabuf-objects", "off"]).unwrap().dmabuf_objects);
         assert_eq!(parse(&[]).unwrap().engine_nice, 10);
         assert_eq!(parse(&["--engine-nice", "0"]).unwrap().engine_nice, 0);
         assert_eq!(

@@ -127,6 +127,9 @@ impl std::fmt::Display for SocketSource {
 pub enum EngineKind {
     /// Host CPU threads ([`crate::engine::software::SoftwareEngine`]).
     Software,
+    /// A Vulkan device for what it runs, host CPU threads for the rest
+    /// ([`crate::engine::vulkan::VulkanEngine`]).
+    Vulkan,
 }
 
 /// Where the metrics endpoint listens.
@@ -291,6 +294,12 @@ pub struct Config {
     /// How many nice steps below the daemon the software engine's workers run
     /// when it serves a single tenant ([`crate::fairshare::engine_nice`]).
     pub engine_nice: i32,
+    /// The Vulkan engine's device: an index, or part of its name; the first
+    /// able one if `None`.
+    pub vulkan_device: Option<String>,
+    /// Whether objects become host dma-bufs where the host allows it
+    /// (§7.1.3, [`crate::dmabuf`]).
+    pub dmabuf_objects: bool,
     /// The Prometheus endpoint, if any.
     pub metrics: Option<MetricsAddr>,
     /// The tenants.
@@ -320,6 +329,8 @@ impl Config {
             engine: EngineKind::Software,
             engine_threads: 2,
             engine_nice: crate::engine::software::DEFAULT_WORKER_NICE,
+            vulkan_device: None,
+            dmabuf_objects: true,
             metrics: None,
             tenants,
             user: None,

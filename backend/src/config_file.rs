@@ -78,6 +78,8 @@ struct File {
     engine: Option<Engine>,
     engine_threads: Option<Spanned<u64>>,
     engine_nice: Option<Spanned<u64>>,
+    vulkan_device: Option<String>,
+    dmabuf_objects: Option<bool>,
     metrics: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
     max_restart_pause_ms: Option<Spanned<u64>>,
@@ -92,6 +94,7 @@ struct File {
 #[serde(rename_all = "kebab-case")]
 enum Engine {
     Software,
+    Vulkan,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,9 +138,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigFileError> {
     })?;
     let at = Locator { text, path };
     let mut config = Config::with_tenants(Vec::new());
-    if let Some(Engine::Software) = file.engine {
-        config.engine = EngineKind::Software;
-    }
+    config.engine = match file.engine {
+        None | Some(Engine::Software) => EngineKind::Software,
+        Some(Engine::Vulkan) => EngineKind::Vulkan,
+    };
+    config.vulkan_device = file.vulkan_device;
+    config.dmabuf_objects = file.dmabuf_objects.unwrap_or(true);
     if let Some(threads) = &file.engine_threads {
         config.engine_threads = at.check("engine-threads", threads, check_engine_threads)?;
     }
@@ -359,6 +365,17 @@ socket = "/run/vm2.sock"
     fn a_full_file_becomes_a_config() {
         let config = parse_str(TWO).unwrap();
         assert_eq!((config.engine_threads, config.engine_nice), (3, 0));
+        assert_eq!(config.engine, EngineKind::Software);
+        assert_eq!(config.vulkan_device, None);
+        let vulkan = parse_str(
+            "engine = \"vulkan\"\nvulkan-device = \"llvmpipe\"\n[[tenant]]\nname = \"a\"\nsocket = \"/x\"\n",
+        )
+        .unwrap();
+        assert_eq!(vulkan.engine, EngineKind::Vulkan);
+        assert_eq!(vulkan.vulkan_device.as_deref(), Some("llvmpipe"));
+        assert!(config.dmabuf_objects);
+        let plain = "dmabuf-objects = false\n[[tenant]]\nname = \"a\"\nsocket = \"/x\"\n";
+        assert!(!parse_str(plain).unwrap().dmabuf_objects);
         assert_eq!(config.max_restart_pause, Duration::from_millis(250));
         assert_eq!(config.state_dir, Some(PathBuf::from("/run/accel-state")));
         let plain = parse_str("[[tenant]]\nname = \"a\"\nsocket = \"/x\"\n").unwrap();

@@ -11,6 +11,8 @@
 //! - [`command`]: all the decoding: requests, control commands, operations
 //!   and their parameters, from bytes (§6 to §8);
 //! - [`objects`]: the object table, with fence-tracked lifetime (§7.1, §7.2);
+//! - [`dmabuf`]: objects as host dma-bufs (udmabuf), and the waits for other
+//!   drivers' fences on them (§7.1.3);
 //! - [`log_limit`]: rate-limited logging of what guests and VMMs trigger;
 //! - [`quota`]: a tenant's quotas, applied to requests and objects;
 //! - [`stats`]: a tenant's counters, rendered for Prometheus;
@@ -49,6 +51,7 @@ pub mod config;
 pub mod config_file;
 pub mod device;
 pub mod device_record;
+pub mod dmabuf;
 pub mod engine;
 pub mod fairshare;
 pub mod fence;

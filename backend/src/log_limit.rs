@@ -9,11 +9,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use log::{log, warn, Level, Log, Metadata, Record};
+use log::{info, log, warn, Level, Log, Metadata, Record};
+
+use crate::dmabuf::Fallback;
 
 /// Allows `burst` messages per `window`, then counts what it suppressed.
 #[derive(Debug)]
@@ -76,6 +78,9 @@ pub struct TenantLog {
     vmm: Mutex<RateLimit>,
     /// Whether the VMM's guest memory was found unsealed before.
     unsealed_seen: AtomicBool,
+    /// The reasons objects were not made dma-bufs that were logged, one
+    /// bit per [`Fallback::index`].
+    fallbacks_seen: AtomicU32,
 }
 
 impl TenantLog {
@@ -86,6 +91,7 @@ impl TenantLog {
             guest: Mutex::new(RateLimit::new(BURST, WINDOW)),
             vmm: Mutex::new(RateLimit::new(BURST, WINDOW)),
             unsealed_seen: AtomicBool::new(false),
+            fallbacks_seen: AtomicU32::new(0),
         }
     }
 
@@ -95,6 +101,22 @@ impl TenantLog {
     /// every table of every connection.
     pub fn first_unsealed_table(&self) -> bool {
         !self.unsealed_seen.swap(true, Ordering::Relaxed)
+    }
+
+    /// Says why an object is not a dma-buf (§7.1.3), once per reason and
+    /// process: an operator learns what keeps the tenant's objects plain
+    /// memory, and a driver that creates objects in a loop floods nothing.
+    pub fn dmabuf_fallback(&self, reason: Fallback) {
+        let bit = 1 << reason.index();
+        if self.fallbacks_seen.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            let tenant = &self.tenant;
+            info!(
+                target: TENANT_TARGET,
+                "tenant {tenant}: an object is not a host dma-buf: {reason} \
+                 (counted as {}, said once per process)",
+                reason.name()
+            );
+        }
     }
 
     /// Logs something the guest's driver did (a malformed request...).

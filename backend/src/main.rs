@@ -55,6 +55,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = vhost_user_accel::server::check_engine(&config) {
+        eprintln!("vhost-user-accel: {}", error_chain(&e));
+        return ExitCode::from(2);
+    }
     let supervisor = Supervisor::bind(config, OWN_BINARY).map(|s| s.reload_from(config_file));
     match supervisor.and_then(Supervisor::run) {
         Ok(_signal) => ExitCode::SUCCESS,

@@ -80,23 +80,36 @@ pub enum Sealing {
     Unsealable,
 }
 
-/// The seals of `file` that matter to its mappings.
-pub fn sealing(file: &File) -> io::Result<Sealing> {
+/// The seals of `file` (`F_GET_SEALS`), or `None` for a file of a file
+/// system without seals.
+pub fn seals(file: &File) -> io::Result<Option<libc::c_int>> {
     // SAFETY: F_GET_SEALS only reads the seals of the open descriptor that
     // `file` owns for the duration of the call; the result is checked.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 {
-        let error = io::Error::last_os_error();
-        return match error.raw_os_error() {
-            Some(libc::EINVAL) => Ok(Sealing::Unsealable),
-            _ => Err(error),
-        };
+    if seals >= 0 {
+        return Ok(Some(seals));
     }
-    Ok(if seals & libc::F_SEAL_SHRINK != 0 {
-        Sealing::ShrinkSealed
-    } else {
-        Sealing::Unsealed
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EINVAL) => Ok(None),
+        _ => Err(error),
+    }
+}
+
+/// The seals of `file` that matter to its mappings.
+pub fn sealing(file: &File) -> io::Result<Sealing> {
+    Ok(match seals(file)? {
+        None => Sealing::Unsealable,
+        Some(seals) if seals & libc::F_SEAL_SHRINK != 0 => Sealing::ShrinkSealed,
+        Some(_) => Sealing::Unsealed,
     })
+}
+
+/// The size of the host's pages, the unit of udmabuf's ranges.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf reads a value the kernel gave the process at exec.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
 }
 
 /// Checks that `file` covers `region` entirely (from its file offset, for
@@ -140,7 +153,7 @@ pub fn check_table(mem: &GuestMemoryMmap) -> Result<TableCheck, MemoryError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
@@ -151,7 +164,7 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn memfd(size: u64, flags: libc::c_uint) -> File {
+    pub(crate) fn memfd(size: u64, flags: libc::c_uint) -> File {
         // SAFETY: a valid NUL-terminated name and flags; the result is checked.
         let fd = unsafe { libc::memfd_create(c"memory-test".as_ptr(), flags) };
         assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
@@ -161,7 +174,7 @@ mod tests {
         file
     }
 
-    fn add_seals(file: &File, seals: libc::c_int) {
+    pub(crate) fn add_seals(file: &File, seals: libc::c_int) {
         // SAFETY: F_ADD_SEALS on a descriptor `file` owns; the result is checked.
         let result = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
         assert_eq!(result, 0, "F_ADD_SEALS: {}", io::Error::last_os_error());
@@ -242,7 +255,7 @@ mod tests {
         );
     }
 
-    fn table(file: &Arc<File>, regions: &[(u64, u64, u64)]) -> GuestMemoryMmap {
+    pub(crate) fn table(file: &Arc<File>, regions: &[(u64, u64, u64)]) -> GuestMemoryMmap {
         let ranges: Vec<_> = regions
             .iter()
             .map(|&(gpa, size, offset)| {

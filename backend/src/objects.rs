@@ -6,6 +6,11 @@
 //! object's fence attachment. OBJECT_DESTROY removes the handle at once, and the
 //! object itself is released when the last request using it completes.
 //!
+//! Where the tenant's memory allows it, an object is also a host dma-buf of
+//! its pages ([`crate::dmabuf`], §7.1.3), which it holds until it is
+//! released: a request that reads or writes it first waits for the fences
+//! other drivers attached to the buffer (`device/accept.rs`).
+//!
 //! Each object is written in a slot of the tenant's [`DeviceRecord`], so
 //! that the next process of the tenant finds it (§11.3,
 //! [`ObjectTable::restore`]).
@@ -15,11 +20,13 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_accel_spec::Status;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::chain::{ChainError, Translator};
 use crate::config::Limits;
 use crate::device_record::{DeviceRecord, DeviceRecordError, ObjectEntry, ObjectState};
+use crate::dmabuf::{DmaBuf, DmaBufMaker, Fallback, FileRange};
+use crate::log_limit::TenantLog;
 use crate::quota::{Admission, QuotaKind};
 use crate::sg::SgList;
 use crate::stats::TenantStats;
@@ -101,11 +108,16 @@ pub struct HostObject {
     /// Its slot in the record, and its serial number there; `None` if every
     /// slot was taken (by objects released later than their handles).
     slot: Option<(usize, u64)>,
+    /// Its pages as a host dma-buf, pinned while it lives (§7.1.3).
+    dma_buf: Option<Arc<DmaBuf>>,
 }
 
 impl Drop for HostObject {
     fn drop(&mut self) {
         self.stats.object_released(self.size);
+        if self.dma_buf.is_some() {
+            self.stats.dmabuf_released();
+        }
         match self.slot {
             Some((slot, serial)) => self.record.free_object(slot, serial),
             None => self.record.count_unrecorded(-1),
@@ -114,6 +126,11 @@ impl Drop for HostObject {
 }
 
 impl HostObject {
+    /// Its host dma-buf, if it is one (§7.1.3).
+    pub fn dma_buf(&self) -> Option<&Arc<DmaBuf>> {
+        self.dma_buf.as_ref()
+    }
+
     /// Host segments of bytes `offset..offset + len` in the memory snapshot
     /// `mem`, which the list holds.
     pub fn resolve(
@@ -152,6 +169,68 @@ impl HostObject {
     }
 }
 
+#[cfg(test)]
+impl HostObject {
+    /// An object of no bytes whose dma-buf is `dma_buf`, for tests of the
+    /// waits for other drivers' fences.
+    pub(crate) fn with_dma_buf(
+        dma_buf: DmaBuf,
+        stats: Arc<TenantStats>,
+        record: Arc<DeviceRecord>,
+    ) -> Self {
+        stats.object_held(0);
+        stats.object_made(Ok(()));
+        record.count_unrecorded(1);
+        HostObject {
+            segments: Vec::new(),
+            size: 0,
+            stats,
+            record,
+            slot: None,
+            dma_buf: Some(Arc::new(dma_buf)),
+        }
+    }
+}
+
+/// The runs of memory files that `segments` of `mem` lie in, contiguous
+/// runs of one file merged, as udmabuf takes them, at most `max_ranges`.
+/// The segments were checked to lie in `mem`.
+fn file_ranges<'a>(
+    segments: &[(u64, u64)],
+    mem: &'a GuestMemoryMmap,
+    max_ranges: usize,
+) -> Result<Vec<FileRange<'a>>, Fallback> {
+    let mut ranges: Vec<FileRange<'a>> = Vec::new();
+    for &(mut addr, mut len) in segments {
+        while len > 0 {
+            let region = mem
+                .find_region(GuestAddress(addr))
+                .ok_or(Fallback::Unsealed)?;
+            let file = region.file_offset().ok_or(Fallback::Unsealed)?;
+            let in_region = addr - region.start_addr().0;
+            let run = len.min(region.len() - in_region);
+            let offset = file.start() + in_region;
+            let full = ranges.len() == max_ranges;
+            match ranges.last_mut() {
+                Some(last)
+                    if std::ptr::eq(last.file, file.file()) && last.offset + last.len == offset =>
+                {
+                    last.len += run;
+                }
+                _ if full => return Err(Fallback::TooManyRanges),
+                _ => ranges.push(FileRange {
+                    file: file.file(),
+                    offset,
+                    len: run,
+                }),
+            }
+            addr += run;
+            len -= run;
+        }
+    }
+    Ok(ranges)
+}
+
 /// The objects of one device (one connection).
 #[derive(Debug)]
 pub struct ObjectTable {
@@ -160,6 +239,9 @@ pub struct ObjectTable {
     limits: Limits,
     stats: Arc<TenantStats>,
     record: Arc<DeviceRecord>,
+    /// What makes objects host dma-bufs, and where to say why it did not.
+    dma_bufs: Arc<DmaBufMaker>,
+    log: Arc<TenantLog>,
     /// Where to look for a free slot next.
     slot_cursor: usize,
     /// While the device resumes (§11.3): objects whose handles were
@@ -174,14 +256,23 @@ pub struct ObjectTable {
 
 impl ObjectTable {
     /// An empty table enforcing `limits`, counting held objects in `stats`,
-    /// writing them in `record`.
-    pub fn new(limits: Limits, stats: Arc<TenantStats>, record: Arc<DeviceRecord>) -> Self {
+    /// writing them in `record`, making them dma-bufs with `dma_bufs` where
+    /// it can and telling `log` why where it cannot.
+    pub fn new(
+        limits: Limits,
+        stats: Arc<TenantStats>,
+        record: Arc<DeviceRecord>,
+        dma_bufs: Arc<DmaBufMaker>,
+        log: Arc<TenantLog>,
+    ) -> Self {
         ObjectTable {
             objects: HashMap::new(),
             next_handle: 1,
             limits,
             stats,
             record,
+            dma_bufs,
+            log,
             slot_cursor: 0,
             retired: HashMap::new(),
             created_by: HashMap::new(),
@@ -219,16 +310,57 @@ impl ObjectTable {
             .map_err(ObjectError::Quota)?;
         let handle = self.free_handle();
         let slot = self.record_object(handle, command, &segments);
+        let (object, fallback) = self.hold(segments, size, slot, mem);
+        if let Some(reason) = fallback {
+            self.stats.object_made(Err(reason));
+            self.log.dmabuf_fallback(reason);
+        }
+        self.objects.insert(handle, Arc::new(object));
+        Ok(handle)
+    }
+
+    /// A new object of `segments`, `size` bytes, in `slot` of the record,
+    /// counted as held, a dma-buf of its pages if they allow it (§7.1.3);
+    /// with why it is not one otherwise.
+    fn hold(
+        &self,
+        segments: Vec<(u64, u64)>,
+        size: u64,
+        slot: Option<(usize, u64)>,
+        mem: &GuestMemoryMmap,
+    ) -> (HostObject, Option<Fallback>) {
+        let made = self.make_dma_buf(&segments, mem);
         self.stats.object_held(size);
+        let (dma_buf, fallback) = match made {
+            Ok(dma_buf) => {
+                self.stats.object_made(Ok(()));
+                (Some(Arc::new(dma_buf)), None)
+            }
+            Err(reason) => (None, Some(reason)),
+        };
         let object = HostObject {
             segments,
             size,
             stats: Arc::clone(&self.stats),
             record: Arc::clone(&self.record),
             slot,
+            dma_buf,
         };
-        self.objects.insert(handle, Arc::new(object));
-        Ok(handle)
+        (object, fallback)
+    }
+
+    /// A dma-buf of the pages of `segments`, checked in `mem`, or why
+    /// there is none.
+    fn make_dma_buf(
+        &self,
+        segments: &[(u64, u64)],
+        mem: &GuestMemoryMmap,
+    ) -> Result<DmaBuf, Fallback> {
+        if !self.dma_bufs.available() {
+            return Err(Fallback::NoDevice);
+        }
+        let ranges = file_ranges(segments, mem, self.dma_bufs.max_ranges())?;
+        self.dma_bufs.make(&ranges)
     }
 
     /// The size of an object of `segments`, each checked to be in `mem`.
@@ -349,14 +481,9 @@ impl ObjectTable {
                 self.limits.max_objects,
             )));
         }
-        self.stats.object_held(size);
-        let object = Arc::new(HostObject {
-            segments: entry.segments,
-            size,
-            stats: Arc::clone(&self.stats),
-            record: Arc::clone(&self.record),
-            slot: Some((entry.slot, entry.serial)),
-        });
+        // Its fallback, if any, was counted when it was created.
+        let (object, _) = self.hold(entry.segments, size, Some((entry.slot, entry.serial)), mem);
+        let object = Arc::new(object);
         match entry.state {
             ObjectState::Live => {
                 self.objects.insert(handle, object);
@@ -402,14 +529,72 @@ mod tests {
 
     use super::*;
     use crate::config::{SocketSource, TenantConfig};
+    use vm_memory::FileOffset;
 
     fn memory(len: usize) -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).unwrap()
     }
 
+    /// Segments become runs of the memory files: contiguous runs of one
+    /// file merged, split where a region ends, wherever its file lies.
+    #[test]
+    fn segments_become_runs_of_the_memory_files() {
+        use crate::memory::tests::{memfd, table as file_table};
+        const K: u64 = 0x1000;
+        let file = Arc::new(memfd(64 * K, 0));
+        let other = Arc::new(memfd(16 * K, 0));
+        // Guest 0..16K is file 0..16K, 16K..32K is file 48K..64K (not
+        // contiguous in the file), and 1M.. is the other file.
+        let mem = file_table(&file, &[(0, 16 * K, 0), (16 * K, 16 * K, 48 * K)]);
+        let runs = |segments: &[(u64, u64)], mem: &GuestMemoryMmap| -> Vec<(u64, u64, bool)> {
+            file_ranges(segments, mem, 16)
+                .unwrap()
+                .iter()
+                .map(|r| (r.offset, r.len, std::ptr::eq(r.file, &*file)))
+                .collect()
+        };
+        assert_eq!(
+            runs(&[(K, 2 * K), (3 * K, K), (8 * K, 1)], &mem),
+            [(K, 3 * K, true), (8 * K, 1, true)]
+        );
+        assert_eq!(
+            runs(&[(14 * K, 4 * K)], &mem),
+            [(14 * K, 2 * K, true), (48 * K, 2 * K, true)]
+        );
+        let two_files = GuestMemoryMmap::from_ranges_with_files([
+            (
+                GuestAddress(0),
+                usize::try_from(16 * K).unwrap(),
+                Some(FileOffset::from_arc(Arc::clone(&file), 0)),
+            ),
+            (
+                GuestAddress(16 * K),
+                usize::try_from(16 * K).unwrap(),
+                Some(FileOffset::from_arc(Arc::clone(&other), 0)),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            runs(&[(15 * K, 2 * K)], &two_files),
+            [(15 * K, K, true), (0, K, false)]
+        );
+        let many: Vec<_> = (0..5).map(|i| (i * 2, 1)).collect();
+        assert_eq!(file_ranges(&many, &mem, 5).map(|r| r.len()), Ok(5));
+        assert_eq!(
+            file_ranges(&many, &mem, 4).map(|r| r.len()),
+            Err(Fallback::TooManyRanges)
+        );
+    }
+
     fn table(config: &TenantConfig, record: &Arc<DeviceRecord>) -> ObjectTable {
         let stats = Arc::new(TenantStats::new("t"));
-        ObjectTable::new(config.limits, stats, Arc::clone(record))
+        ObjectTable::new(
+            config.limits,
+            stats,
+            Arc::clone(record),
+            Arc::new(DmaBufMaker::none()),
+            Arc::new(TenantLog::new("t")),
+        )
     }
 
     /// The table of a process that dies is restored from the record by the

@@ -49,9 +49,12 @@
 //!
 //! After `apply` the process cannot open a path, create a socket other than
 //! by `accept4` on a socket it holds, execute a program, send a signal to
-//! another process, change its limits or priorities, or `ioctl` anything. So
-//! before it:
+//! another process, change its limits or priorities, or `ioctl` anything but
+//! `UDMABUF_CREATE_LIST` (which makes an object a dma-buf; an engine whose
+//! driver needs its device's ioctls, a hardware GPU's, has them all:
+//! [`SandboxConfig::device_ioctls`]). So before it:
 //! - initialise logging: it goes to the inherited stderr;
+//! - open `/dev/udmabuf` ([`crate::dmabuf::DmaBufMaker::open`]);
 //! - start the engine, and let its workers lower their priority
 //!   (`setpriority` is refused afterwards, so that a tenant cannot undo the
 //!   priority that weighs it against the others);
@@ -256,6 +259,11 @@ pub struct SandboxConfig {
     pub landlock: bool,
     /// Install the seccomp allow-list.
     pub seccomp: bool,
+    /// Allow every `ioctl`: the engine's driver makes them on its device
+    /// while it runs (a hardware GPU's Vulkan driver on its render node,
+    /// [`crate::engine::Engine::device_ioctls`]); otherwise only
+    /// `UDMABUF_CREATE_LIST` is.
+    pub device_ioctls: bool,
 }
 
 impl SandboxConfig {
@@ -266,6 +274,7 @@ impl SandboxConfig {
             user,
             landlock: true,
             seccomp: true,
+            device_ioctls: false,
         }
     }
 }
@@ -364,7 +373,7 @@ pub fn apply(config: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
         LandlockOutcome::Disabled
     };
     let seccomp_allowed = if config.seccomp {
-        Some(install_seccomp()?)
+        Some(install_seccomp(config.device_ioctls)?)
     } else {
         None
     };
@@ -638,6 +647,13 @@ const ALLOWED: &[(Syscall, Check)] = &[
         ),
     ),
     (syscall!(SYS_fstat), Check::Any),
+    // Objects as dma-bufs (dmabuf.rs): made by the udmabuf device opened
+    // before the sandbox, and polled for other drivers' fences.
+    (
+        syscall!(SYS_ioctl),
+        Check::OneOf(Arg::Int(1), &[crate::dmabuf::UDMABUF_CREATE_LIST]),
+    ),
+    (syscall!(SYS_ppoll), Check::Any),
     // Time (clock_gettime when the vDSO falls back to the kernel), sleeps
     // (retry pauses), HashMap keys, and the end.
     (syscall!(SYS_clock_gettime), Check::Any),
@@ -706,7 +722,6 @@ const NAMED_REFUSALS: &[Syscall] = &[
     syscall!(SYS_connect),
     syscall!(SYS_bind),
     syscall!(SYS_listen),
-    syscall!(SYS_ioctl),
     syscall!(SYS_ptrace),
     syscall!(SYS_kill),
     syscall!(SYS_unlinkat),
@@ -728,10 +743,16 @@ const NAMED_REFUSALS: &[Syscall] = &[
 /// checks, and the [`REFUSED_WITH_ERROR`] calls with any arguments (their
 /// own filter turns those it refuses into the error, which takes
 /// precedence).
-fn allow_list(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+fn allow_list(
+    pid: u32,
+    device_ioctls: bool,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let mut rules = BTreeMap::new();
     for (syscall, check) in ALLOWED {
         rules.insert(syscall.number, argument_rules(*check, pid)?);
+    }
+    if device_ioctls {
+        rules.insert(syscall!(SYS_ioctl).number, Vec::new());
     }
     for (syscall, _, _) in REFUSED_WITH_ERROR {
         rules.insert(syscall.number, Vec::new());
@@ -768,7 +789,7 @@ fn argument_rules(check: Check, pid: u32) -> Result<Vec<SeccompRule>, BackendErr
 /// The compiled filters, in the order of installation: one per error of
 /// [`REFUSED_WITH_ERROR`], then the allow-list (anything else traps), last
 /// because it refuses the `prctl` and `seccomp` calls that install a filter.
-fn filters(pid: u32) -> Result<Vec<BpfProgram>, BackendError> {
+fn filters(pid: u32, device_ioctls: bool) -> Result<Vec<BpfProgram>, BackendError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)?;
     let mut errors: BTreeMap<i32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     for (syscall, check, errno) in REFUSED_WITH_ERROR {
@@ -782,7 +803,7 @@ fn filters(pid: u32) -> Result<Vec<BpfProgram>, BackendError> {
         SeccompFilter::new(rules, SeccompAction::Allow, action, arch)
     });
     let allow = SeccompFilter::new(
-        allow_list(pid)?,
+        allow_list(pid, device_ioctls)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
         arch,
@@ -795,8 +816,8 @@ fn filters(pid: u32) -> Result<Vec<BpfProgram>, BackendError> {
 
 /// Installs the SIGSYS handler, then the filters on every thread; returns
 /// the number of system calls allowed (some with some arguments only).
-fn install_seccomp() -> Result<usize, SandboxError> {
-    let programs = filters(std::process::id())?;
+fn install_seccomp(device_ioctls: bool) -> Result<usize, SandboxError> {
+    let programs = filters(std::process::id(), device_ioctls)?;
     install_sigsys_handler().map_err(SandboxError::SigsysHandler)?;
     for program in &programs {
         seccompiler::apply_filter_all_threads(program)?;
@@ -1005,7 +1026,8 @@ mod tests {
 
     #[test]
     fn the_filters_compile_and_every_call_is_listed_once() {
-        assert_eq!(filters(1).unwrap().len(), 3);
+        assert_eq!(filters(1, false).unwrap().len(), 3);
+        assert_eq!(filters(1, true).unwrap().len(), 3);
         let mut numbers: Vec<i64> = ALLOWED
             .iter()
             .map(|(s, _)| s.number)

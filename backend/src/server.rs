@@ -25,7 +25,9 @@ use vhost::vhost_user::Listener;
 use crate::config::{Config, EngineKind, SocketSource, TenantConfig};
 use crate::device::TenantState;
 use crate::device_record::DeviceRecord;
+use crate::dmabuf::DmaBufMaker;
 use crate::engine::software::SoftwareEngine;
+use crate::engine::vulkan::{VulkanEngine, VulkanError};
 use crate::engine::{Engine, EngineError};
 use crate::log_limit::TenantLog;
 use crate::metrics::MetricsServer;
@@ -54,6 +56,9 @@ pub enum ServerError {
     /// The engine could not start.
     #[error("cannot start the engine")]
     Engine(#[from] EngineError),
+    /// The Vulkan engine could not start.
+    #[error("cannot start the Vulkan engine")]
+    Vulkan(#[from] VulkanError),
     /// The backend of a connection could not be set up.
     #[error("cannot set up the device")]
     Backend(#[from] BackendError),
@@ -102,6 +107,27 @@ pub struct Server {
     metrics: Option<MetricsServer>,
 }
 
+/// Starts the engine of `config`.
+fn start_engine(config: &Config) -> Result<Arc<dyn Engine>, ServerError> {
+    let software = SoftwareEngine::with_priority(config.engine_threads, config.engine_nice)?;
+    Ok(match config.engine {
+        EngineKind::Software => Arc::new(software),
+        EngineKind::Vulkan => {
+            let engine = VulkanEngine::with_software(config.vulkan_device.as_deref(), software)?;
+            log::info!("Vulkan engine on {}", engine.device_name());
+            Arc::new(engine)
+        }
+    })
+}
+
+/// Starts the engine of `config` once and stops it: the supervisor checks
+/// so that a configuration naming an engine that cannot run (no such
+/// Vulkan device, one without what the engine needs) fails at start-up,
+/// instead of every tenant's process failing in turn.
+pub fn check_engine(config: &Config) -> Result<(), ServerError> {
+    start_engine(config).map(drop)
+}
+
 impl Server {
     /// Starts the engine of `config` and binds every tenant's socket and the
     /// metrics endpoint; nothing is served until [`Server::serve_forever`].
@@ -135,12 +161,13 @@ impl Server {
         kept: Vec<Kept>,
         incarnation: u64,
     ) -> Result<Self, ServerError> {
-        let engine: Arc<dyn Engine> = match config.engine {
-            EngineKind::Software => Arc::new(SoftwareEngine::with_priority(
-                config.engine_threads,
-                config.engine_nice,
-            )?),
-        };
+        let engine = start_engine(&config)?;
+        // Opened here, before a tenant's process is sandboxed.
+        let dma_bufs = Arc::new(if config.dmabuf_objects {
+            DmaBufMaker::open()
+        } else {
+            DmaBufMaker::none()
+        });
         let tenants = (0u32..)
             .zip(config.tenants)
             .zip(listeners.into_iter().zip(kept))
@@ -153,6 +180,7 @@ impl Server {
                     log: Arc::new(TenantLog::new(&config.name)),
                     stats: kept.stats,
                     record: kept.record,
+                    dma_bufs: Arc::clone(&dma_bufs),
                 },
                 config,
             })
@@ -164,6 +192,14 @@ impl Server {
             .transpose()
             .map_err(ServerError::Metrics)?;
         Ok(Server { tenants, metrics })
+    }
+
+    /// Whether the engine's driver makes `ioctl`s on its device while it
+    /// runs ([`Engine::device_ioctls`]).
+    pub fn device_ioctls(&self) -> bool {
+        self.tenants
+            .first()
+            .is_some_and(|tenant| tenant.engine.device_ioctls())
     }
 
     /// The counters of every tenant, in configuration order.

@@ -68,6 +68,12 @@ impl HostSeg {
         })
     }
 
+    /// Its first byte's address: for a device to reach the memory (an
+    /// engine importing it), valid while the list holding the segment lives.
+    pub fn addr(&self) -> NonNull<u8> {
+        self.addr
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -189,6 +195,14 @@ impl SgList {
         self.len = len;
         self.segs.push(seg);
         Ok(())
+    }
+
+    /// Its segments, in order, as a device's descriptors carry them: the
+    /// memory stays mapped while this list (or a clone) lives, so a device
+    /// given the addresses must be done with them before the list is
+    /// dropped, as [`crate::engine::HwQueue`]'s contract has it.
+    pub fn segments(&self) -> &[HostSeg] {
+        &self.segs
     }
 
     /// Total length in bytes.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use virtio_accel_spec::Status;
 
+use crate::dmabuf::Fallback;
 use crate::quota::QuotaKind;
 use crate::shared::{SharedMemory, SharedPlain};
 
@@ -101,6 +102,12 @@ pub struct Counters {
     connected: AtomicU64,
     /// Polls of the request rings that took requests ([`crate::poll`]).
     polled: AtomicU64,
+    /// Objects held as host dma-bufs (a gauge, §7.1.3).
+    dmabuf_objects: AtomicU64,
+    /// Objects created as plain memory, by [`Fallback`] reason.
+    dmabuf_fallbacks: [AtomicU64; Fallback::ALL.len()],
+    /// Requests that waited for other drivers' fences on a dma-buf (§7.1.3).
+    implicit_sync_waits: AtomicU64,
     latency: Histogram,
 }
 
@@ -201,6 +208,7 @@ impl TenantStats {
             &self.inflight,
             &self.objects,
             &self.object_bytes,
+            &self.dmabuf_objects,
         ] {
             gauge.store(0, Ordering::Relaxed);
         }
@@ -262,6 +270,46 @@ impl TenantStats {
     pub fn object_released(&self, size: u64) {
         self.objects.fetch_sub(1, Ordering::Relaxed);
         self.object_bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// An object held is a dma-buf (`true`, counted until
+    /// [`TenantStats::dmabuf_released`]) or plain memory for `reason`.
+    pub fn object_made(&self, made: Result<(), Fallback>) {
+        let counter = match made {
+            Ok(()) => &self.dmabuf_objects,
+            Err(reason) => match self.dmabuf_fallbacks.get(reason.index()) {
+                Some(counter) => counter,
+                None => return,
+            },
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An object that was a dma-buf was released.
+    pub fn dmabuf_released(&self) {
+        self.dmabuf_objects.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A request waited for other drivers' fences.
+    pub fn implicit_sync_waited(&self) {
+        self.implicit_sync_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Objects created as plain memory for `reason`.
+    pub fn dmabuf_fallbacks(&self, reason: Fallback) -> u64 {
+        self.dmabuf_fallbacks
+            .get(reason.index())
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Objects held as dma-bufs.
+    pub fn dmabuf_objects(&self) -> u64 {
+        self.dmabuf_objects.load(Ordering::Relaxed)
+    }
+
+    /// Requests that waited for other drivers' fences.
+    pub fn implicit_sync_waits(&self) -> u64 {
+        self.implicit_sync_waits.load(Ordering::Relaxed)
     }
 
     /// Objects held and their bytes.
@@ -393,24 +441,45 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
         "Control commands answered, by status.",
         |t| &t.commands,
     );
-    family(
+    let by_label = |out: &mut String,
+                    name: &str,
+                    help: &str,
+                    label: &str,
+                    pick: &dyn Fn(&TenantStats) -> Vec<(&'static str, u64)>| {
+        family(out, name, "counter", help);
+        for tenant in tenants {
+            for (value, count) in pick(tenant) {
+                let _ = writeln!(
+                    out,
+                    "vhost_user_accel_{name}{{tenant=\"{}\",{label}=\"{value}\"}} {count}",
+                    tenant.name
+                );
+            }
+        }
+    };
+    by_label(
         &mut out,
         "quota_refusals_total",
-        "counter",
         "Requests and commands refused with Busy, by quota.",
+        "quota",
+        &|t| {
+            QuotaKind::ALL
+                .map(|kind| (kind.name(), t.quota_refusals(kind)))
+                .to_vec()
+        },
     );
-    for tenant in tenants {
-        for (kind, counter) in QuotaKind::ALL.iter().zip(&tenant.quota_refusals) {
-            let _ = writeln!(
-                out,
-                "vhost_user_accel_quota_refusals_total{{tenant=\"{}\",quota=\"{}\"}} {}",
-                tenant.name,
-                kind.name(),
-                counter.load(Ordering::Relaxed)
-            );
-        }
-    }
-    let singles: [(&str, &str, &str, Pick); 8] = [
+    by_label(
+        &mut out,
+        "dmabuf_fallbacks_total",
+        "Objects created as plain guest memory, not a host dma-buf, by reason.",
+        "reason",
+        &|t| {
+            Fallback::ALL
+                .map(|reason| (reason.name(), t.dmabuf_fallbacks(reason)))
+                .to_vec()
+        },
+    );
+    let singles: [(&str, &str, &str, Pick); 10] = [
         (
             "bytes_total",
             "counter",
@@ -446,6 +515,18 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
             "counter",
             "Polls of the request rings that took requests without waiting for a kick.",
             |t| &t.polled,
+        ),
+        (
+            "dmabuf_objects",
+            "gauge",
+            "Objects held as host dma-bufs (udmabuf).",
+            |t| &t.dmabuf_objects,
+        ),
+        (
+            "implicit_sync_waits_total",
+            "counter",
+            "Requests that waited for other host drivers' fences on an object's dma-buf.",
+            |t| &t.implicit_sync_waits,
         ),
         (
             "process_restarts_total",
@@ -525,6 +606,11 @@ mod tests {
         a.request_done(Status::NoObject, 10, Duration::from_micros(5));
         a.quota_refused(QuotaKind::Inflight);
         a.set_connected(true);
+        a.object_made(Err(Fallback::Unaligned));
+        b.object_made(Ok(()));
+        b.object_made(Ok(()));
+        b.dmabuf_released();
+        b.implicit_sync_waited();
         b.request_done(Status::Ok, 1, Duration::from_secs(3));
         let text = render(&[a, b]);
         for line in [
@@ -535,6 +621,10 @@ mod tests {
             "vhost_user_accel_bytes_total{tenant=\"vm-a\"} 4096",
             "vhost_user_accel_connected{tenant=\"vm-a\"} 1",
             "vhost_user_accel_connections_total{tenant=\"vm-b\"} 0",
+            "vhost_user_accel_dmabuf_fallbacks_total{tenant=\"vm-a\",reason=\"unaligned\"} 1",
+            "vhost_user_accel_dmabuf_fallbacks_total{tenant=\"vm-a\",reason=\"no_device\"} 0",
+            "vhost_user_accel_dmabuf_objects{tenant=\"vm-b\"} 1",
+            "vhost_user_accel_implicit_sync_waits_total{tenant=\"vm-b\"} 1",
             "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-a\",le=\"0.00001\"} 1",
             "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-a\",le=\"0.00005\"} 2",
             "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-b\",le=\"1\"} 0",

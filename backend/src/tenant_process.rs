@@ -53,6 +53,10 @@ pub struct ProcessConfig {
     /// configured alone, none beside other tenants
     /// ([`fairshare::engine_nice`]).
     pub engine_nice: i32,
+    /// The Vulkan engine's device, as configured.
+    pub vulkan_device: Option<String>,
+    /// Whether objects become host dma-bufs, as configured.
+    pub dmabuf_objects: bool,
     /// The tenant; its socket is [`LISTENER_FD`].
     pub tenant: TenantConfig,
     /// How many processes of this tenant ran before this one.
@@ -105,6 +109,8 @@ impl ProcessConfig {
             engine: config.engine,
             engine_threads: fairshare::engine_threads(config.engine_threads, config.tenants.len()),
             engine_nice: fairshare::engine_nice(config.engine_nice, config.tenants.len()),
+            vulkan_device: config.vulkan_device.clone(),
+            dmabuf_objects: config.dmabuf_objects,
             tenant: TenantConfig {
                 socket: SocketSource::Fd(LISTENER_FD),
                 ..tenant.clone()
@@ -141,6 +147,8 @@ impl ProcessConfig {
             engine: self.engine,
             engine_threads: self.engine_threads,
             engine_nice: self.engine_nice,
+            vulkan_device: self.vulkan_device.clone(),
+            dmabuf_objects: self.dmabuf_objects,
             metrics: None,
             tenants: vec![self.tenant.clone()],
             user: self.user.clone(),
@@ -201,7 +209,11 @@ pub fn run(name: &str, input: impl Read) -> Result<(), TenantProcessError> {
     )?;
     // Everything the process needs from the file system and the kernel's
     // wider interfaces it has by now: its engine runs, its socket listens.
-    sandbox::apply(&SandboxConfig::new(config.user.clone()))?;
+    let sandbox = SandboxConfig {
+        device_ioctls: server.device_ioctls(),
+        ..SandboxConfig::new(config.user.clone())
+    };
+    sandbox::apply(&sandbox)?;
     Ok(server.serve_forever()?)
 }
 

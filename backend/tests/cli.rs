@@ -57,6 +57,20 @@ fn bad_command_lines_are_refused_with_a_message() {
             "invalid value 'gpu'",
         ),
         (
+            // Refused at start-up whether or not the host has a Vulkan
+            // loader and devices.
+            &[
+                "--socket-path",
+                "/tmp/x",
+                "--engine",
+                "vulkan",
+                "--vulkan-device",
+                "no-such-device",
+            ],
+            2,
+            "cannot start the Vulkan engine",
+        ),
+        (
             &["--socket-fd", "987"],
             2,
             "--socket-fd: 987 is not an open socket",

@@ -687,9 +687,9 @@ mod child {
         require_root();
         let nobody = nobody();
         let report = apply(&SandboxConfig {
-            user: Some(nobody.clone()),
             landlock: false,
             seccomp: false,
+            ..SandboxConfig::new(Some(nobody.clone()))
         });
         assert_eq!(report.user, UserOutcome::Switched(nobody.clone()));
         let expected = [

@@ -515,7 +515,7 @@ static u64 vaccel_output_len(const struct vaccel_request *req, bool direct)
 }
 
 /*
- * Decodes a returned chain's response; the device is not trusted (§12.8).
+ * Decodes a returned chain's response; the device is not trusted (§12.9).
  * Returns false if the device returned the chain out of step with the
  * driver: with a used length this chain cannot have (the driver's chains
  * always have room for the response, §6.4), or with another chain's fence

@@ -10,10 +10,11 @@
 //! Everything here panics, with the ends of the logs, when a step fails: it
 //! is meant for tests.
 
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use virtio_accel_spec::DeflateFormat;
@@ -490,15 +491,18 @@ pub struct GuestBinaries {
     pub accelctl: PathBuf,
     /// The daemon, `vhost-user-accel` (static, for a VM that runs it).
     pub daemon: PathBuf,
+    /// `accel-dmabuf-check` (static), which runs beside the daemon in the
+    /// guest that plays the host of `tests/vm_dmabuf.rs`.
+    pub dmabuf_check: PathBuf,
 }
 
-/// Builds the static `accelctl` for the initramfs and the daemon binary, in
-/// a target directory of their own under `out` (the one of this test run is
-/// locked).
+/// Builds the static `accelctl` for the initramfs, the daemon binary and
+/// `accel-dmabuf-check`, in a target directory of their own under `out`
+/// (the one of this test run is locked).
 pub fn build_binaries(out: &Path) -> GuestBinaries {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = "x86_64-unknown-linux-gnu";
-    let status = Command::new(cargo)
+    let status = Command::new(&cargo)
         .current_dir(workspace())
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .args(["build", "--release", "--locked", "-p", "accelctl"])
@@ -507,12 +511,25 @@ pub fn build_binaries(out: &Path) -> GuestBinaries {
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
     assert!(status.success(), "cannot build accelctl and the daemon");
+    // A build of its own: the two above keep the features they are built
+    // with alone.
+    let status = Command::new(&cargo)
+        .current_dir(workspace())
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "--locked", "-p", "accel-tests"])
+        .args(["--bin", "accel-dmabuf-check"])
+        .args(["--target", target, "--target-dir"])
+        .arg(out.join("build"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+    assert!(status.success(), "cannot build accel-dmabuf-check");
     let dir = out.join("build").join(target).join("release");
     let binaries = GuestBinaries {
         accelctl: dir.join("accelctl"),
         daemon: dir.join("vhost-user-accel"),
+        dmabuf_check: dir.join("accel-dmabuf-check"),
     };
-    for binary in [&binaries.accelctl, &binaries.daemon] {
+    for binary in [&binaries.accelctl, &binaries.daemon, &binaries.dmabuf_check] {
         let ldd = Command::new("ldd")
             .arg(binary)
             .output()
@@ -525,6 +542,45 @@ pub fn build_binaries(out: &Path) -> GuestBinaries {
         );
     }
     binaries
+}
+
+/// What a VM test starts from ([`set_up`]).
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The cache of the VM builds ([`cache_dir`]).
+    pub cache: PathBuf,
+    /// The test's own directory in `target/`, for its logs.
+    pub out: PathBuf,
+    /// The static binaries, built in `target/vm-test` (one build for every
+    /// VM test).
+    pub binaries: GuestBinaries,
+    /// The patched QEMU (`vmm-config/qemu/build-qemu.sh`).
+    pub qemu: String,
+}
+
+/// Builds what the VM test `test` needs, with `target/OUT` (made here) for
+/// its logs; `None` where this machine cannot build and boot a VM
+/// ([`can_run`]), once it said so loudly ([`skip`]).
+pub fn set_up(test: &str, out: &str) -> Option<Setup> {
+    let cache = cache_dir();
+    if let Err(why) = can_run(&cache) {
+        skip(test, &why);
+        return None;
+    }
+    let root = workspace();
+    let out = root.join("target").join(out);
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("cannot make {}: {e}", out.display()));
+    let binaries = build_binaries(&root.join("target/vm-test"));
+    let qemu = run_script(&[&root.join("vmm-config/qemu/build-qemu.sh"), &cache])
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("build-qemu.sh printed no QEMU"));
+    Some(Setup {
+        cache,
+        out,
+        binaries,
+        qemu,
+    })
 }
 
 /// Builds the guest's kernel and initramfs with `accelctl`, the kernel
@@ -552,6 +608,41 @@ pub fn build_guest(out: &Path, cache: &Path, accelctl: &Path) -> (String, String
         (Some(kernel), Some(initrd)) => (kernel, initrd),
         _ => panic!("build-initramfs.sh printed no kernel and initramfs"),
     }
+}
+
+/// QEMU's options that say where its firmware is (Debian's packages put
+/// it there).
+pub const QEMU_FIRMWARE: [&str; 4] = ["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"];
+
+/// QEMU's options that boot `kernel` with `initrd`: a quiet kernel, its
+/// console on the first serial port, that stops at a panic.
+pub fn qemu_boot<'a>(kernel: &'a str, initrd: &'a str) -> [&'a str; 6] {
+    [
+        "-kernel",
+        kernel,
+        "-initrd",
+        initrd,
+        "-append",
+        "console=ttyS0 quiet panic=-1",
+    ]
+}
+
+/// The command of a `qemu` machine for a guest with no device of the
+/// project's (a guest that plays a host): q35 under TCG (`-cpu max`) with
+/// `cpus` vCPUs and `memory` of RAM, no default devices, no display and its
+/// first serial port, the console, on stdio, that boots `kernel` with
+/// `initrd` ([`qemu_boot`]) and exits instead of rebooting. The caller adds
+/// its other serial ports.
+pub fn tcg_machine(qemu: &str, cpus: u32, memory: &str, kernel: &str, initrd: &str) -> Command {
+    let mut command = Command::new(qemu);
+    command
+        .args(QEMU_FIRMWARE)
+        .args(["-machine", "q35", "-accel", "tcg,thread=multi"])
+        .args(["-cpu", "max", "-smp", &cpus.to_string(), "-m", memory])
+        .args(["-nodefaults", "-display", "none", "-serial", "stdio"])
+        .arg("-no-reboot")
+        .args(qemu_boot(kernel, initrd));
+    command
 }
 
 /// Decodes base64 text, skipping whatever is not a base64 digit (line
@@ -677,6 +768,34 @@ impl Vm {
             name: name.to_string(),
             logs,
         }
+    }
+
+    /// Starts the VMM `command`, called `name` in messages, whose console is
+    /// its stdio: its stdout goes to the file `console`, its stderr to the
+    /// file `stderr`. Returns the machine, with the ends of those files and
+    /// of `logs` for failures, and the console, which types on its stdin.
+    pub fn start(
+        command: &mut Command,
+        name: &str,
+        console: &Path,
+        stderr: &Path,
+        logs: &[&Path],
+    ) -> (Self, Console) {
+        let create =
+            |path: &Path| File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(create(console))
+            .stderr(create(stderr))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let input = child
+            .stdin
+            .take()
+            .unwrap_or_else(|| panic!("{name} has no stdin"));
+        let files = [console, stderr].into_iter().chain(logs.iter().copied());
+        let vm = Vm::new(child, name, files.map(Path::to_path_buf).collect());
+        (vm, Console::new(console.to_path_buf(), input))
     }
 
     /// The ends of the logs, for failure messages.
@@ -1418,15 +1537,32 @@ const KERNEL_CRASH_MARKERS: &[&str] = &[
     "WARNING: CPU:",
 ];
 
-/// No boot of the guest (the reboot with the kernel module bound
-/// included) printed a kernel crash on the console.
-fn check_no_kernel_crash(log: &str, context: &str) {
+/// No boot of a guest printed a kernel crash on its console, `log` (in
+/// tests/vm.rs, the reboot with the kernel module bound included);
+/// `context` goes with a failure.
+pub fn check_no_kernel_crash(log: &str, context: &str) {
     let crashes: Vec<&str> = log
         .lines()
         .filter(|line| KERNEL_CRASH_MARKERS.iter().any(|m| line.contains(m)))
         .collect();
     assert!(crashes.is_empty(), "{}\n{context}", crashes.join("\n"));
 }
+
+/// The checks of `accel-dmabuf-check`, in the order it runs them: it prints
+/// `PASS NAME` or `FAIL NAME: WHY` for each (its module documentation says
+/// what each checks), and `tests/vm_dmabuf.rs` wants a `PASS` line for
+/// every one.
+pub const DMABUF_CHECKS: &[&str] = &[
+    "sealed-memory",
+    "dmabuf-object",
+    "unaligned-fallback",
+    "too-big-fallback",
+    "unsealed-fallback",
+    "vgem-write-fence",
+    "vgem-read-fence",
+    "vivid-capture",
+    "dmabuf-released",
+];
 
 #[cfg(test)]
 mod tests {

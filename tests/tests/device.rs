@@ -2861,3 +2861,49 @@ fn polling_never_takes_from_a_disabled_ring() {
     assert_eq!(done.token, 7);
     done.check().unwrap();
 }
+
+/// An object whose memory udmabuf cannot take stays plain guest memory,
+/// works as ever, and its reason is counted (spec §7.1.3). This guest RAM
+/// is a memfd not sealed against shrinking: where this process can open
+/// `/dev/udmabuf` (as the in-process daemon then does), a page-aligned
+/// object is `unsealed` and one off a page boundary `unaligned`; elsewhere
+/// (the CI machines have no udmabuf) both are `no_device`. Real dma-bufs
+/// are made and used in `tests/vm_dmabuf.rs`.
+#[test]
+fn objects_that_are_not_dma_bufs_are_counted_by_reason() {
+    use vhost_user_accel::dmabuf::Fallback;
+    let test = "objects_that_are_not_dma_bufs_are_counted_by_reason";
+    let Some(daemon) = custom_daemon(test, |_| {}) else {
+        return;
+    };
+    let rig = Rig::with(daemon, guest_ram(RAM_MIB));
+    let stats = rig.daemon.stats().unwrap();
+    let udmabuf = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/udmabuf")
+        .is_ok();
+    let expected_reasons = if udmabuf {
+        [Fallback::Unsealed, Fallback::Unaligned]
+    } else {
+        [Fallback::NoDevice, Fallback::NoDevice]
+    };
+    let page = rig.mem.alloc_pages(2 * PAGE).unwrap();
+    let data = TestRng::new(test).data(2 * PAGE);
+    rig.mem.write_at(page.gpa(), &data).unwrap();
+    let counts = || Fallback::ALL.map(|reason| stats.dmabuf_fallbacks(reason));
+    let mut expected = counts();
+    let segments = [(page.gpa(), 2 * PAGE as u64), (page.gpa() + 1, 100)];
+    let mut handles = Vec::new();
+    for (segment, reason) in segments.iter().zip(expected_reasons) {
+        handles.push(rig.dev.create_object(&[*segment]).unwrap());
+        expected[reason.index()] += 1;
+        assert_eq!(counts(), expected, "fallbacks by reason after {segment:x?}");
+    }
+    assert_eq!(stats.dmabuf_objects(), 0);
+    let done = crc_of(&rig.dev, Buffer::object(handles[0], 0, 2 * PAGE as u64));
+    assert_eq!(
+        done.check().unwrap().result_u32(),
+        reference::crc32c(0, &data)
+    );
+}

@@ -200,7 +200,7 @@ fn accelerator(qemu: &str, kernel: &str) -> Vec<&'static str> {
         ])
         .args(["-nodefaults", "-serial", "stdio", "-no-reboot"])
         .args(kvm)
-        .args(["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"])
+        .args(vm::QEMU_FIRMWARE)
         .args(["-kernel", kernel, "-append", "console=ttyS0 panic=-1"])
         .stdin(Stdio::null())
         .output()
@@ -254,29 +254,22 @@ impl GuestHost for QemuHost {
 
 #[test]
 fn guest_uses_the_device_across_daemon_restarts_and_a_reboot() {
-    let root = vm::workspace();
-    let cache = vm::cache_dir();
-    if let Err(why) = vm::can_run(&cache) {
-        vm::skip("vm", &why);
+    let Some(setup) = vm::set_up("vm", "vm-test") else {
         return;
-    }
-    let out = root.join("target/vm-test");
-    std::fs::create_dir_all(&out).unwrap();
-    let binaries = vm::build_binaries(&out);
-    let qemu = vm::run_script(&[&root.join("vmm-config/qemu/build-qemu.sh"), &cache]);
-    let (kernel, initrd) = vm::build_guest(&out, &cache, &binaries.accelctl);
+    };
+    let out = &setup.out;
+    let (kernel, initrd) = vm::build_guest(out, &setup.cache, &setup.binaries.accelctl);
 
     let socket = out.join("accel.sock");
     let daemon_log = out.join("daemon.log");
     let _ = std::fs::remove_file(&daemon_log);
     let metrics = out.join("metrics.sock");
-    let daemon = DaemonProcess::start(&binaries.daemon, &socket, &metrics, &daemon_log);
-    let console = out.join("console.log");
-    let qemu_stderr = out.join("qemu.stderr");
-    let mut child = Command::new(&qemu[0])
-        .args(["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"])
+    let daemon = DaemonProcess::start(&setup.binaries.daemon, &socket, &metrics, &daemon_log);
+    let mut command = Command::new(&setup.qemu);
+    command
+        .args(vm::QEMU_FIRMWARE)
         .args(["-machine", "q35,memory-backend=mem", "-smp", "2", "-m", "1G"])
-        .args(accelerator(&qemu[0], &kernel))
+        .args(accelerator(&setup.qemu, &kernel))
         .args(["-object", "memory-backend-memfd,id=mem,size=1G,share=on"])
         .arg("-chardev")
         .arg(format!(
@@ -285,21 +278,17 @@ fn guest_uses_the_device_across_daemon_restarts_and_a_reboot() {
         ))
         .args(["-device", "vhost-user-device-pci,chardev=accel0,virtio-id=63,num_vqs=3,vq_size=256,config_size=40"])
         .args(["-nic", "none", "-nographic"])
-        .args(["-kernel", &kernel, "-initrd", &initrd])
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&console).unwrap())
-        .stderr(std::fs::File::create(&qemu_stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap();
+        .args(vm::qemu_boot(&kernel, &initrd));
+    let (machine, console) = Vm::start(
+        &mut command,
+        "qemu",
+        &out.join("console.log"),
+        &out.join("qemu.stderr"),
+        &[&daemon_log],
+    );
     let mut host = QemuHost {
-        vm: Vm::new(
-            child,
-            "qemu",
-            vec![console.clone(), qemu_stderr, daemon_log.clone()],
-        ),
-        console: Console::new(console, stdin),
+        vm: machine,
+        console,
         daemon,
     };
     // Every step, the daemon killed while idle before it is killed under jobs.

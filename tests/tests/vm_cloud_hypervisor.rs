@@ -54,7 +54,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use accel_tests::vm::{self, Console, GuestHost, Step, Vm};
@@ -248,33 +248,28 @@ fn fifo(path: &Path) -> File {
 
 #[test]
 fn guest_uses_the_device_under_cloud_hypervisor() {
-    let root = vm::workspace();
-    let cache = vm::cache_dir();
-    let ch = match cloud_hypervisor().and_then(|ch| vm::can_run(&cache).map(|()| ch)) {
+    let ch = match cloud_hypervisor() {
         Ok(ch) => ch,
         Err(why) => {
             vm::skip("vm_cloud_hypervisor", &why);
             return;
         }
     };
-    // The binaries are built where tests/vm.rs builds them (one build for
-    // both); the logs go to a directory of their own.
-    let binaries = vm::build_binaries(&root.join("target/vm-test"));
-    let out = root.join("target/vm-test-ch");
-    std::fs::create_dir_all(&out).unwrap();
-    let qemu = vm::run_script(&[&root.join("vmm-config/qemu/build-qemu.sh"), &cache]);
-    let (kernel, initrd) = vm::build_guest(&out, &cache, &binaries.accelctl);
+    let Some(setup) = vm::set_up("vm_cloud_hypervisor", "vm-test-ch") else {
+        return;
+    };
+    let (kernel, initrd) = vm::build_guest(&setup.out, &setup.cache, &setup.binaries.accelctl);
     let l1 = vm::run_script(&[
-        &root.join("vmm-config/cloud-hypervisor/build-l1.sh"),
-        &cache,
+        &vm::workspace().join("vmm-config/cloud-hypervisor/build-l1.sh"),
+        &setup.cache,
         &ch,
-        &binaries.daemon,
+        &setup.binaries.daemon,
         Path::new(&kernel),
         Path::new(&initrd),
     ]);
-
+    let out = &setup.out;
     for attempt in 1..=ATTEMPTS {
-        let run = std::panic::catch_unwind(|| run_nested(&out, &qemu[0], &l1));
+        let run = std::panic::catch_unwind(|| run_nested(out, &setup.qemu, &l1));
         let Err(panic) = run else {
             return;
         };
@@ -282,7 +277,7 @@ fn guest_uses_the_device_under_cloud_hypervisor() {
             std::panic::resume_unwind(panic);
         }
         let kept = out.join(format!("attempt-{attempt}"));
-        keep_logs(&out, &kept);
+        keep_logs(out, &kept);
         eprintln!(
             "*** vm_cloud_hypervisor: attempt {attempt} failed (above); its logs are in {}; \
              running the nested VMs once more ***",
@@ -317,43 +312,23 @@ fn run_nested(out: &Path, qemu: &str, l1: &[String]) {
     File::create(&l2_console).unwrap();
     let daemon_log = out.join("daemon.log");
     let ch_log = out.join("cloud-hypervisor.log");
-    let qemu_stderr = out.join("qemu.stderr");
-    let mut child = Command::new(qemu)
-        .args(["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"])
-        .args([
-            "-machine",
-            "q35",
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-        ])
-        // One vCPU: see the module documentation.
-        .args(["-smp", "1", "-m", "3G", "-nodefaults", "-display", "none"])
-        .args(["-serial", "stdio", "-serial"])
-        .arg(format!("pipe:{}", out.join("l2-console").display()))
-        .arg("-serial")
-        .arg(format!("file:{}", daemon_log.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", ch_log.display()))
-        .args(["-no-reboot", "-kernel", &l1[0], "-initrd", &l1[1]])
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .stdin(Stdio::piped())
-        .stdout(File::create(&l1_console).unwrap())
-        .stderr(File::create(&qemu_stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let logs = vec![
-        l1_console.clone(),
-        qemu_stderr,
-        ch_log.clone(),
-        daemon_log.clone(),
-        l2_console.clone(),
-    ];
+    // One vCPU: see the module documentation.
+    let (machine, console) = Vm::start(
+        vm::tcg_machine(qemu, 1, "3G", &l1[0], &l1[1])
+            .arg("-serial")
+            .arg(format!("pipe:{}", out.join("l2-console").display()))
+            .arg("-serial")
+            .arg(format!("file:{}", daemon_log.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", ch_log.display())),
+        "L1 (qemu)",
+        &l1_console,
+        &out.join("qemu.stderr"),
+        &[&ch_log, &daemon_log, &l2_console],
+    );
     let mut host = NestedHost {
-        l1: Vm::new(child, "L1 (qemu)", logs),
-        l1_console: Console::new(l1_console, stdin),
+        l1: machine,
+        l1_console: console,
         l2_console: Console::new(l2_console.clone(), l2_input),
         l2_log: l2_console,
     };

@@ -13,6 +13,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../guest/initramfs-lib.sh
+source "$here/../guest/initramfs-lib.sh"
 cache=$(mkdir -p "$1" && cd "$1" && pwd)
 ch=$2
 daemon=$3
@@ -24,14 +26,10 @@ kroot=$(cd "$(dirname "$l2_kernel")/.." && pwd)
 ver=$(ls "$kroot/lib/modules")
 modules="$kroot/lib/modules/$ver/kernel"
 
-root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,proc,sys,dev,run,tmp,mod,l2}
-cp "$cache/busybox/bin/busybox" "$root/bin/busybox"
-for applet in sh mount insmod echo cat ls sleep usleep rm kill stty mkfifo poweroff \
-    ifconfig wget tr dmesg tail head grep; do
-    ln -s busybox "$root/bin/$applet"
-done
+new_root bin proc sys dev run tmp mod l2
+add_busybox "$cache/busybox/bin/busybox" \
+    sh mount insmod echo cat ls sleep usleep rm kill stty mkfifo poweroff \
+    ifconfig wget tr dmesg tail head grep
 # kvm-amd needs ccp (SEV) and kvm; kvm needs irqbypass.
 for module in virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm/kvm-amd; do
     xz -dc "$modules/$module.ko.xz" > "$root/mod/$(basename "$module").ko"
@@ -48,5 +46,5 @@ cp "$l2_initrd" "$root/l2/initrd.gz"
 cp "$here/l1-init.sh" "$root/init"
 chmod +x "$root/init"
 initrd="$cache/initrd-l1-cloud-hypervisor.gz"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd"
+pack_initramfs "$initrd"
 echo "$l2_kernel $initrd"

@@ -18,8 +18,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=kernel.sh
-source "$here/kernel.sh"
+# shellcheck source=initramfs-lib.sh
+source "$here/initramfs-lib.sh"
 cache=$(mkdir -p "$1" && cd "$1" && pwd)
 accelctl=$2
 script=${3:-}
@@ -38,83 +38,21 @@ GUEST_MODULES=(
     zram loop vgem
 )
 
-kroot="$cache/$KERNEL_IMAGE_PACKAGE"
-if [[ ! -d "$kroot/boot" ]]; then
-    log "fetching $KERNEL_IMAGE_PACKAGE and busybox-static"
-    # shellcheck source=../debian-backports.sh
-    source "$here/../debian-backports.sh"
-    ensure_backports
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio xz-utils >&2
-    tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get download -t bookworm-backports "$KERNEL_IMAGE_PACKAGE" busybox-static >&2)
-    mkdir -p "$kroot" "$cache/busybox"
-    dpkg-deb -x "$tmp"/linux-image-*.deb "$kroot"
-    dpkg-deb -x "$tmp"/busybox-static_*.deb "$cache/busybox"
-    rm -rf "$tmp"
-fi
-ver=$(ls "$kroot/lib/modules")
-kernel=$(ls "$kroot"/boot/vmlinuz-*)
-
-modules="$kroot/lib/modules/$ver"
-
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-root="$work/root"
-mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp} "$root/lib/modules/$ver"
-cp "$cache/busybox/bin/busybox" "$root/bin/busybox"
-for applet in sh mount insmod modprobe depmod poweroff echo cat ls sleep mkdir \
+fetch_kernel "$cache"
+new_root bin sbin proc sys dev tmp
+add_busybox "$cache/busybox/bin/busybox" \
+    sh mount insmod modprobe depmod poweroff echo cat ls sleep mkdir \
     gzip gunzip sha256sum cmp head dd uname sync rm seq base64 \
     grep sed tail dmesg rmmod lsmod modinfo readlink basename free mkswap \
-    swapon swapoff losetup awk wc; do
-    ln -s busybox "$root/bin/$applet"
-done
-# Where the kernel runs modprobe to load a module it needs (an algorithm,
-# an AF_ALG socket type).
-ln -s ../bin/busybox "$root/sbin/modprobe"
-
-# The kernel's modules, by name ("-" and "_" alike), and those built in.
-declare -A module_path=() builtin=() copied=()
-while read -r path; do
-    name=${path##*/}
-    name=${name%.ko.xz}
-    module_path[${name//-/_}]=${path%.xz}
-done < <(cd "$modules" && find kernel -name '*.ko.xz')
-while read -r path; do
-    name=${path##*/}
-    name=${name%.ko}
-    builtin[${name//-/_}]=1
-done < "$modules/modules.builtin"
-
-# The modules that the module file $1 depends on (its "depends" field).
-depends_of() {
-    objcopy -O binary --only-section=.modinfo "$1" "$work/modinfo"
-    tr '\0' '\n' < "$work/modinfo" | sed -n 's/^depends=//p' | tr ',' ' '
-}
-
-# Puts the kernel's module $1 and the modules it depends on into the
-# initramfs, uncompressed (busybox's modprobe reads no .xz); built-in ones
-# need nothing.
-copy_module() {
-    local name=${1//-/_} path dep
-    [[ -z ${copied[$name]:-} && -z ${builtin[$name]:-} ]] || return 0
-    copied[$name]=1
-    path=${module_path[$name]:-}
-    if [[ -z $path ]]; then
-        log "the kernel $ver has no module $1"
-        exit 1
-    fi
-    mkdir -p "$root/lib/modules/$ver/$(dirname "$path")"
-    xz -dc "$modules/$path.xz" > "$root/lib/modules/$ver/$path"
-    for dep in $(depends_of "$root/lib/modules/$ver/$path"); do
-        copy_module "$dep"
-    done
-}
+    swapon swapoff losetup awk wc
+# The kernel loads what it needs (an algorithm, an AF_ALG socket type)
+# through /sbin/modprobe.
+init_modules
 
 copy_module uio_pci_generic
-cp "$modules/modules.builtin" "$root/lib/modules/$ver/"
 if [[ -n $module ]]; then
-    mkdir -p "$root/lib/modules/$ver/updates"
-    cp "$module" "$root/lib/modules/$ver/updates/"
+    mkdir -p "$initramfs_modules/updates"
+    cp "$module" "$initramfs_modules/updates/"
     for dep in $(depends_of "$module") "${GUEST_MODULES[@]}"; do
         copy_module "$dep"
     done
@@ -148,5 +86,5 @@ poweroff -f
 INIT
 chmod +x "$root/init"
 initrd="$cache/initrd-accel.gz"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd"
+pack_initramfs "$initrd"
 echo "$kernel $initrd"

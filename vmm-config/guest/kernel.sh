@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # shellcheck shell=bash disable=SC2034  # the scripts that source it use these
-# Sourced by build-initramfs.sh and build-module.sh: the guest's kernel, named
+# Sourced by initramfs-lib.sh and build-module.sh: the guest's kernel, named
 # in this one place. Debian's kernel from bookworm-backports: the image the
 # guests boot, and the headers the kernel module (guest-driver/linux/) is
 # built against. Changing the version here moves both.

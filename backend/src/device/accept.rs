@@ -14,7 +14,7 @@ use virtio_accel_spec::{Status, VIRTIO_ACCEL_F_FENCES, VIRTIO_ACCEL_F_OBJECTS};
 
 use crate::chain::Walk;
 use crate::command::{decode_request, BufSpec, DecodedRequest, Deps, FenceId};
-use crate::engine::Job;
+use crate::engine::{DmaBufRange, Job};
 use crate::objects::HostObject;
 use crate::ops::Outcome;
 use crate::quota::QuotaKind;
@@ -57,6 +57,7 @@ impl DeviceModel {
             accepted: self.clock,
             bytes: 0,
             _objects: Box::default(),
+            objects_read: 0,
         };
         // Kept before decoding takes the header off the list.
         let read_again = walked.readable.spans();
@@ -77,11 +78,14 @@ impl DeviceModel {
         {
             return self.finish(inflight, Outcome::failed(status));
         }
+        let shared = inflight._objects.iter().any(|o| o.dma_buf().is_some());
         job.cookie = self.inflight.insert(inflight);
-        if self.dependencies_signalled(&request.deps) {
-            self.make_ready(queue, job);
-        } else {
+        if !self.dependencies_signalled(&request.deps) {
             self.park(queue, &request.deps, job);
+        } else if shared {
+            self.wait_for_host_fences(queue, job);
+        } else {
+            self.make_ready(queue, job);
         }
     }
 
@@ -140,7 +144,8 @@ impl DeviceModel {
 
     /// Resolves the buffers of `request` into `job` (§6.3) and admits it
     /// (§10.3). `walked` holds the chain's buffers past the header, and
-    /// `read_again` the runs of memory a second run reads.
+    /// `read_again` the runs of memory a second run reads. The objects it
+    /// uses go to `inflight`, those it reads first.
     fn prepare(
         &mut self,
         request: &DecodedRequest,
@@ -153,14 +158,22 @@ impl DeviceModel {
         let mut objects = Vec::new();
         for spec in &request.inputs {
             let input = self.resolve(*spec, &mut walked.readable, mem, &mut objects)?;
-            if matches!(spec, BufSpec::Object { .. }) {
+            if let BufSpec::Object { offset, len, .. } = *spec {
                 read_again.add(&input);
+                job.push_input(input);
+                attach_dma_buf(job, false, &objects, offset, len);
+            } else {
+                job.push_input(input);
             }
-            job.push_input(input);
         }
+        // At most three buffers (§8).
+        inflight.objects_read = u8::try_from(objects.len()).unwrap_or(u8::MAX);
         for spec in &request.outputs {
             let output = self.resolve(*spec, &mut walked.writable, mem, &mut objects)?;
             job.push_output(output);
+            if let BufSpec::Object { offset, len, .. } = *spec {
+                attach_dma_buf(job, true, &objects, offset, len);
+            }
         }
         inflight.no_rerun |= read_again.overlaps(&inflight.resp)
             || job
@@ -243,5 +256,19 @@ impl DeviceModel {
     fn dependencies_signalled(&self, deps: &Deps) -> bool {
         deps.iter()
             .all(|dep| self.fences.is_signalled(*dep) != Ok(false))
+    }
+}
+
+/// Tells the engine that the buffer `job` got last, bytes `offset..offset +
+/// len` of the object resolved last (the last of `objects`), is a range of
+/// that object's dma-buf, if it has one (§7.1.3).
+fn attach_dma_buf(job: &mut Job, output: bool, objects: &[Arc<HostObject>], offset: u64, len: u64) {
+    if let Some(buffer) = objects.last().and_then(|object| object.dma_buf()) {
+        let range = DmaBufRange {
+            buffer: Arc::clone(buffer),
+            offset,
+            len,
+        };
+        job.set_dma_buf(output, range);
     }
 }

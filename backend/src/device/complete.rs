@@ -123,21 +123,37 @@ impl DeviceModel {
     /// Signals a fence and releases what waited on it.
     pub(super) fn signal(&mut self, fence: FenceId) {
         for id in self.fences.signal(fence) {
-            let Some(waiting) = self.waiting.get_mut(&id) else {
-                continue;
-            };
-            waiting.remaining -= 1;
-            if waiting.remaining > 0 {
-                continue;
-            }
-            let Some(done) = self.waiting.remove(&id) else {
-                continue;
-            };
-            match done.waiter {
-                Waiter::Request { queue, job } => self.make_ready(queue, *job),
-                Waiter::Control { head, resp } => self.answer_control(head, &resp, Status::Ok, 0),
-            }
+            self.release(id);
         }
+    }
+
+    /// One of the things that wait `id` waited for is over: once none is
+    /// left, its request is ready or its FENCE_WAIT answered. An id no
+    /// longer waiting (the device was reset) is passed over.
+    pub(super) fn release(&mut self, id: u64) {
+        let Some(waiting) = self.waiting.get_mut(&id) else {
+            return;
+        };
+        waiting.remaining = waiting.remaining.saturating_sub(1);
+        if waiting.remaining > 0 {
+            return;
+        }
+        let Some(done) = self.waiting.remove(&id) else {
+            return;
+        };
+        match done.waiter {
+            Waiter::Request { queue, job } => self.wait_for_host_fences(queue, *job),
+            Waiter::HostFences { queue, job } => self.make_ready(queue, *job),
+            Waiter::Control { head, resp } => self.answer_control(head, &resp, Status::Ok, 0),
+        }
+    }
+
+    /// Releases the requests whose dma-buf waits ended (§7.1.3), then
+    /// flushes.
+    pub fn handle_sync_waits(&mut self, vrings: &[VringRwLock]) {
+        self.clock = Instant::now();
+        self.release_synced();
+        self.flush(vrings);
     }
 
     /// `head` is complete, its output and response written, with used

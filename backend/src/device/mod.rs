@@ -28,8 +28,9 @@
 //!   §6.2, §6.5, §11.2).
 //! - `accept.rs`: a request chain made a job: decoded, checked, its buffers
 //!   resolved and its quotas applied (§6.1 to §6.3, §10.3).
-//! - `schedule.rs`: jobs waiting for their fences, ready, and handed to the
-//!   engine, recorded as started (§6.2, §11.3).
+//! - `schedule.rs`: jobs waiting for their fences (and for other drivers'
+//!   fences on objects' dma-bufs), ready, and handed to the engine,
+//!   recorded as started (§6.2, §7.1.3, §11.3).
 //! - `complete.rs`: completions reaped from the engine made responses and
 //!   used entries, and fences signalled (§6.2, §6.4).
 //! - `publish.rs`: used entries added to the used rings, recorded as
@@ -58,6 +59,7 @@ use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMma
 use crate::command::FenceId;
 use crate::config::TenantConfig;
 use crate::device_record::{DeviceRecord, DeviceRecordError};
+use crate::dmabuf::{DmaBufMaker, SyncError, SyncWaits};
 use crate::engine::{Engine, EngineError, HwCompletion, HwQueue, Job, Share};
 use crate::fence::Fences;
 use crate::log_limit::TenantLog;
@@ -89,6 +91,9 @@ pub enum DeviceError {
     /// A hardware queue could not be opened.
     #[error("cannot open hardware queue")]
     Engine(#[from] EngineError),
+    /// The set of implicit-sync waits could not be made.
+    #[error("cannot wait for dma-buf fences")]
+    Sync(#[from] SyncError),
     /// The used ring could not be updated or the guest notified.
     #[error("cannot update virtqueue {index}")]
     Vring {
@@ -157,6 +162,9 @@ struct InFlight {
     /// A boxed slice, not a vector, keeps the record within 128 bytes, which
     /// the compiler moves inline instead of calling `memcpy`.
     _objects: Box<[Arc<HostObject>]>,
+    /// How many of `_objects` it reads (the first ones); it writes the
+    /// others (§7.1.3).
+    objects_read: u8,
 }
 
 // A move of a larger record is a call to `memcpy` (see `InFlight::_objects`).
@@ -164,8 +172,12 @@ const _: () = assert!(std::mem::size_of::<InFlight>() <= 128);
 
 /// Something waiting for fences to signal.
 enum Waiter {
-    /// A request whose job starts when its dependencies have signalled.
+    /// A request whose job starts when its dependencies have signalled
+    /// (and then other drivers' fences on its objects, §7.1.3).
     Request { queue: u16, job: Box<Job> },
+    /// A request whose job starts when other drivers' fences on its
+    /// objects' dma-bufs have signalled (§7.1.3).
+    HostFences { queue: u16, job: Box<Job> },
     /// A FENCE_WAIT command.
     Control { head: u16, resp: SgList },
 }
@@ -216,6 +228,9 @@ pub struct DeviceModel {
     inflight: Slab<InFlight>,
     /// What waits for fences (requests and FENCE_WAIT commands), by wait id.
     waiting: HashMap<u64, Waiting>,
+    /// Requests waiting for other drivers' fences on objects' dma-bufs
+    /// (§7.1.3), by wait id in `waiting`.
+    sync_waits: SyncWaits,
     next_wait_id: u64,
     /// The memory table, once one is valid; `None` before the first table
     /// and after a refused one (nothing touches guest memory then).
@@ -291,6 +306,9 @@ pub struct TenantState {
     /// The record of its device, which outlives its processes where the
     /// supervisor holds it.
     pub record: Arc<DeviceRecord>,
+    /// What makes its objects host dma-bufs (§7.1.3), opened before the
+    /// process is sandboxed.
+    pub dma_bufs: Arc<DmaBufMaker>,
 }
 
 impl TenantState {
@@ -302,6 +320,7 @@ impl TenantState {
             admission: Arc::new(Mutex::new(Admission::new(config.quota, Instant::now()))),
             log: Arc::new(TenantLog::new(&config.name)),
             record: Arc::new(DeviceRecord::private(config)),
+            dma_bufs: Arc::new(DmaBufMaker::open()),
         }
     }
 }
@@ -373,7 +392,10 @@ impl DeviceModel {
                 config.limits,
                 Arc::clone(&tenant.stats),
                 Arc::clone(&tenant.record),
+                tenant.dma_bufs,
+                Arc::clone(&tenant.log),
             ),
+            sync_waits: SyncWaits::new()?,
             fences: Fences::new(config.request_queues),
             inflight: Slab::default(),
             waiting: HashMap::new(),
@@ -403,6 +425,12 @@ impl DeviceModel {
             stats: tenant.stats,
             config,
         })
+    }
+
+    /// Readable when a request's wait for other drivers' fences may have
+    /// ended ([`DeviceModel::handle_sync_waits`]).
+    pub fn sync_waits_fd(&self) -> std::os::fd::RawFd {
+        self.sync_waits.as_raw_fd()
     }
 
     /// The hardware queues, to register their completion eventfds.
@@ -494,7 +522,7 @@ impl DeviceModel {
     /// return otherwise (see [`DeviceModel::stop`] on the time limit).
     pub fn reset(&mut self) {
         for (_, waiting) in self.waiting.drain() {
-            if let Waiter::Request { job, .. } = waiting.waiter {
+            if let Waiter::Request { job, .. } | Waiter::HostFences { job, .. } = waiting.waiter {
                 self.inflight.remove(job.cookie);
             }
         }
@@ -516,6 +544,7 @@ impl DeviceModel {
         self.fences = Fences::new(self.config.request_queues);
         self.inflight.clear();
         self.waiting.clear();
+        self.sync_waits.clear();
         self.ready.iter_mut().for_each(Vec::clear);
         self.on_engine = 0;
         self.stuck = None;
@@ -547,6 +576,7 @@ impl DeviceModel {
         self.run_until_idle(|device, queue| {
             device.clock = Instant::now();
             device.finish_reaped(queue);
+            device.release_synced();
             device.submit_ready();
         });
         self.publish_used(&vrings);
@@ -583,7 +613,12 @@ impl DeviceModel {
         let waiting = self
             .waiting
             .values()
-            .filter(|waiting| matches!(waiting.waiter, Waiter::Request { .. }))
+            .filter(|waiting| {
+                matches!(
+                    waiting.waiter,
+                    Waiter::Request { .. } | Waiter::HostFences { .. }
+                )
+            })
             .count();
         let ready: usize = self.ready.iter().map(Vec::len).sum();
         error!(

@@ -399,6 +399,7 @@ impl DeviceModel {
             accepted: self.clock,
             bytes: 0,
             _objects: Box::default(),
+            objects_read: 0,
         };
         self.finish(inflight, Outcome::failed(Status::Interrupted));
     }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Scheduling jobs onto the engine: a job whose dependencies have not all
-//! signalled waits for them (§6.2); the others are ready, and ready jobs go
-//! to their hardware queue, each recorded as started (§11.3). A request
+//! signalled waits for them (§6.2), then for the fences other drivers hold
+//! on its objects' dma-bufs (§7.1.3); the others are ready, and ready jobs
+//! go to their hardware queue, each recorded as started (§11.3). A request
 //! that runs alone after a failure of the tenant's process (§11.3) waits
 //! for the engine to empty, and holds back every other job while it runs.
 //!
@@ -15,11 +16,12 @@ use vhost_user_backend::VringRwLock;
 use virtio_accel_spec::Status;
 
 use crate::command::Deps;
+use crate::dmabuf::{Access, SyncError, SyncWaits};
 use crate::engine::Job;
 use crate::ops::Outcome;
 use crate::ring_record::NO_RERUN;
 
-use super::{DeviceModel, Waiter, Waiting};
+use super::{DeviceModel, InFlight, Waiter, Waiting};
 
 impl DeviceModel {
     /// Parks `job`, of hardware queue `queue`, until those of `deps` that
@@ -35,7 +37,7 @@ impl DeviceModel {
         }
         if remaining == 0 {
             // Nothing to wait for after all.
-            return self.make_ready(queue, job);
+            return self.wait_for_host_fences(queue, job);
         }
         self.waiting.insert(
             id,
@@ -47,6 +49,50 @@ impl DeviceModel {
                 },
             },
         );
+    }
+
+    /// `job`, whose dependencies have signalled, waits for the fences of
+    /// other drivers on the dma-bufs of the objects its request uses (§7.1.3):
+    /// those of writers for an object it reads, all for one it writes. It
+    /// is ready at once if none is pending now; otherwise it waits, in
+    /// [`SyncWaits`](crate::dmabuf::SyncWaits), until each buffer has none
+    /// pending. A wait that cannot be armed (which the kernel does not
+    /// refuse) is logged and not waited for.
+    pub(super) fn wait_for_host_fences(&mut self, queue: u16, job: Job) {
+        let id = self.next_wait_id();
+        let armed = match self.inflight.get(job.cookie) {
+            Some(inflight) => arm_host_fence_waits(inflight, &mut self.sync_waits, id),
+            None => Ok(0),
+        };
+        let armed = armed.unwrap_or_else(|e| {
+            self.log.vmm(
+                Level::Warn,
+                format_args!("a request runs without waiting for a dma-buf's fences: {e}"),
+            );
+            0
+        });
+        if armed == 0 {
+            return self.make_ready(queue, job);
+        }
+        self.stats.implicit_sync_waited();
+        self.waiting.insert(
+            id,
+            Waiting {
+                remaining: armed,
+                waiter: Waiter::HostFences {
+                    queue,
+                    job: Box::new(job),
+                },
+            },
+        );
+    }
+
+    /// Releases the requests whose waits for other drivers' fences have
+    /// ended (§7.1.3).
+    pub(super) fn release_synced(&mut self) {
+        for id in self.sync_waits.ended() {
+            self.release(id);
+        }
     }
 
     /// Queues a job whose dependencies have signalled for its hardware queue.
@@ -160,4 +206,30 @@ impl DeviceModel {
         }
         crate::tenant_process::poison_point(inflight.bytes);
     }
+}
+
+/// Arms a wait, under wait id `id`, for each dma-buf of the objects of
+/// `inflight` that another driver's fences keep from it now (the first
+/// `objects_read` objects it reads, the others it writes); returns how many.
+fn arm_host_fence_waits(
+    inflight: &InFlight,
+    waits: &mut SyncWaits,
+    id: u64,
+) -> Result<usize, SyncError> {
+    let mut armed = 0;
+    for (index, object) in inflight._objects.iter().enumerate() {
+        let Some(buffer) = object.dma_buf() else {
+            continue;
+        };
+        let access = if index < usize::from(inflight.objects_read) {
+            Access::Read
+        } else {
+            Access::Write
+        };
+        if !buffer.is_idle(access) {
+            waits.arm(buffer, access, id)?;
+            armed += 1;
+        }
+    }
+    Ok(armed)
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Tests of the device model that reach inside it: a request that runs
 //! alone (§11.3), rings not started (§11.2), a stop past its time limit
-//! (§11.2), the count of completions asked of the engine (§6.4), and a
-//! request ring's kicks held off while the engine has a backlog (§4.2).
+//! (§11.2), the count of completions asked of the engine (§6.4), a
+//! request ring's kicks held off while the engine has a backlog (§4.2), and
+//! requests waiting for other drivers' fences on objects' dma-bufs (§7.1.3).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -64,6 +65,7 @@ fn bare_request(fence: FenceId, alone: bool) -> InFlight {
         accepted: Instant::now(),
         bytes: 0,
         _objects: Box::default(),
+        objects_read: 0,
     }
 }
 
@@ -797,4 +799,115 @@ fn a_disabled_ring_is_not_taken_from_and_the_control_queue_never_holds_kicks() {
             assert_eq!(flags, 0, "control kicks held");
         }
     }
+}
+
+/// A pipe standing in for a dma-buf (the unit tests' host kernel has no
+/// udmabuf): its read end is readable, as a dma-buf is when no write fence
+/// is pending, once the write end has been written to, and never writable,
+/// as a dma-buf whose read fences never signal.
+fn busy_buffer() -> (crate::dmabuf::DmaBuf, File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both were just made and are owned by nobody else.
+    let (read, write) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            File::from_raw_fd(fds[1]),
+        )
+    };
+    (crate::dmabuf::DmaBuf::stand_in(read), write)
+}
+
+/// A request reading an object whose dma-buf has another driver's write
+/// fence waits until it signals, then goes to the engine; one writing an
+/// object waits for every fence; one with a dependency looks at the fences
+/// once the dependency has signalled; a reset drops the waits (§7.1.3).
+#[test]
+fn requests_wait_for_other_drivers_fences_on_their_objects() {
+    let config = TenantConfig::new("sync", SocketSource::Fd(-1));
+    let engine = SoftwareEngine::new(1).unwrap();
+    let tenant = TenantState::new(0, &config);
+    let mut device = DeviceModel::new(config, &engine, tenant).unwrap();
+    let (buffer, mut fence) = busy_buffer();
+    let object = Arc::new(HostObject::with_dma_buf(
+        buffer,
+        Arc::clone(&device.stats),
+        Arc::clone(&device.record),
+    ));
+    // Request `seqno` reads the object (`read`) or writes it; whether it
+    // waits.
+    let submit = |device: &mut DeviceModel, seqno: u64, read: bool| {
+        let fence = device.fences.issue(0, seqno).unwrap();
+        let inflight = InFlight {
+            _objects: Box::new([Arc::clone(&object)]),
+            objects_read: u8::from(read),
+            ..bare_request(fence, false)
+        };
+        let cookie = device.inflight.insert(inflight);
+        let waits = device.waiting.len();
+        let job = Job::new(crate::command::Operation::Crc32c { seed: 0 }, cookie);
+        device.wait_for_host_fences(0, job);
+        device.waiting.len() > waits
+    };
+
+    assert!(
+        submit(&mut device, 1, true),
+        "a read waits for the write fence"
+    );
+    device.release_synced();
+    assert!(
+        device.ready[0].is_empty(),
+        "released before its fence signalled"
+    );
+    io::Write::write_all(&mut fence, b"signalled").unwrap();
+    device.release_synced();
+    assert_eq!(
+        device.ready[0].len(),
+        1,
+        "not released when its fence signalled"
+    );
+    assert_eq!(device.stats.implicit_sync_waits(), 1);
+
+    assert!(!submit(&mut device, 2, true), "an idle buffer is no wait");
+    assert_eq!(device.ready[0].len(), 2);
+    assert!(
+        submit(&mut device, 3, false),
+        "a write waits for every fence"
+    );
+    device.release_synced();
+    assert_eq!(device.ready[0].len(), 2);
+    assert_eq!(device.stats.implicit_sync_waits(), 2);
+    // A request with a dependency looks at the fences once it has
+    // signalled, not before.
+    let dependency = device.fences.issue(0, 4).unwrap();
+    let fence = device.fences.issue(0, 5).unwrap();
+    let inflight = InFlight {
+        _objects: Box::new([Arc::clone(&object)]),
+        ..bare_request(fence, false)
+    };
+    let cookie = device.inflight.insert(inflight);
+    let job = Job::new(crate::command::Operation::Crc32c { seed: 0 }, cookie);
+    device.park(0, &crate::command::Deps::from_slice(&[dependency]), job);
+    assert_eq!(
+        device.stats.implicit_sync_waits(),
+        2,
+        "looked before the dependency"
+    );
+    device.signal(dependency);
+    assert_eq!(
+        device.stats.implicit_sync_waits(),
+        3,
+        "did not look after it"
+    );
+    assert_eq!(device.ready[0].len(), 2);
+    device.reset();
+    assert!(device.sync_waits.is_empty() && device.waiting.is_empty());
+    assert_eq!(
+        device.stats.dmabuf_objects(),
+        1,
+        "the object outlives the reset"
+    );
+    drop(object);
+    assert_eq!(device.stats.dmabuf_objects(), 0);
 }

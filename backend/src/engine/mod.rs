@@ -10,16 +10,21 @@
 //! ([`Share`]): the engine arbitrates between tenants by weight, as
 //! accelerators do between their queue groups. The default engine,
 //! [`software::SoftwareEngine`], runs the operations on host CPU threads, in
-//! the order of [`scheduler`].
+//! the order of [`scheduler`]; [`vulkan::VulkanEngine`] runs COPY and FILL
+//! on a Vulkan device and the rest on a software engine.
 
 pub mod scheduler;
 pub mod software;
+pub mod vulkan;
+
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::command::Operation;
+use crate::dmabuf::DmaBuf;
 use crate::ops::Outcome;
 use crate::sg::SgList;
 
@@ -49,6 +54,32 @@ pub enum EngineError {
 /// The buffers of a job, inline: no operation has more than three (§8).
 type Buffers = SmallVec<[SgList; 3]>;
 
+/// Which of a job's buffers: the `index`th input or output, in the
+/// operation's order (§8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferIndex {
+    /// An input buffer.
+    Input(usize),
+    /// An output buffer.
+    Output(usize),
+}
+
+/// The buffers of a job that are ranges of dma-bufs.
+type DmaBufRanges = SmallVec<[(BufferIndex, DmaBufRange); 3]>;
+
+/// A buffer of a job that is a range of an object shared as a host dma-buf
+/// (spec §7.1.3): the same bytes as the buffer's [`SgList`], as an engine
+/// that imports dma-bufs (a GPU's) takes them.
+#[derive(Debug, Clone)]
+pub struct DmaBufRange {
+    /// The object's dma-buf.
+    pub buffer: Arc<DmaBuf>,
+    /// Where the range begins in it.
+    pub offset: u64,
+    /// Its length, the buffer's.
+    pub len: u64,
+}
+
 /// One unit of work, as a hardware descriptor would carry it. Its lists keep
 /// the memory of their segments mapped (see [`crate::sg`]); the engine drops
 /// the job only after it has finished with the buffers.
@@ -65,6 +96,9 @@ pub struct Job {
     buffers: Buffers,
     /// How many of `buffers` are inputs.
     inputs: usize,
+    /// The buffers that are ranges of dma-bufs, if any (boxed: most jobs
+    /// have none, and a job stays small).
+    dma_bufs: Option<Box<DmaBufRanges>>,
     /// Opaque value returned with the completion.
     pub cookie: u64,
 }
@@ -78,6 +112,7 @@ impl Job {
             operation,
             buffers: Buffers::new(),
             inputs: 0,
+            dma_bufs: None,
             cookie,
         }
     }
@@ -95,6 +130,27 @@ impl Job {
     /// Adds an output buffer, after the other outputs.
     pub fn push_output(&mut self, list: SgList) {
         self.buffers.push(list);
+    }
+
+    /// Says that the last input (`output` false) or output buffer pushed is
+    /// `range` of a dma-buf.
+    pub fn set_dma_buf(&mut self, output: bool, range: DmaBufRange) {
+        let index = if output {
+            BufferIndex::Output(self.buffers.len().saturating_sub(self.inputs + 1))
+        } else {
+            BufferIndex::Input(self.inputs.saturating_sub(1))
+        };
+        self.dma_bufs
+            .get_or_insert_with(Box::default)
+            .push((index, range));
+    }
+
+    /// The dma-buf range that buffer `index` is, if it is one.
+    pub fn dma_buf(&self, index: BufferIndex) -> Option<&DmaBufRange> {
+        self.dma_bufs
+            .as_ref()?
+            .iter()
+            .find_map(|(at, range)| (*at == index).then_some(range))
     }
 
     /// The input buffers, in the operation's order (§8).
@@ -202,6 +258,14 @@ pub trait Engine: Send + Sync {
 
     /// Opens a hardware queue of `share`'s tenant able to hold `depth` jobs in flight.
     fn create_queue(&self, depth: usize, share: Share) -> Result<Box<dyn HwQueue>, EngineError>;
+
+    /// Whether its driver makes `ioctl`s on a device once started (a
+    /// hardware GPU's, on its render node), which the tenant's sandbox must
+    /// then allow ([`crate::sandbox::SandboxConfig::device_ioctls`]). The
+    /// default, for engines on host threads or a CPU device, is `false`.
+    fn device_ioctls(&self) -> bool {
+        false
+    }
 }
 
 /// Runs one job through `queue` and waits for its completion: the "direct"
@@ -247,5 +311,31 @@ mod tests {
         let lens = |lists: &[SgList]| lists.iter().map(SgList::len).collect::<Vec<_>>();
         assert_eq!(lens(job.inputs()), [1, 2]);
         assert_eq!(lens(job.outputs()), [3]);
+    }
+
+    /// A dma-buf range names the buffer last pushed, wherever inputs pushed
+    /// later move it in the list.
+    #[test]
+    fn dma_buf_ranges_name_their_buffers() {
+        let owned = OwnedBuffers::new(vec![vec![0; 1], vec![0; 2], vec![0; 3]]);
+        let list = |index| owned.sg(index, 16).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let buffer = Arc::new(DmaBuf::stand_in(file.into()));
+        let range = |offset| DmaBufRange {
+            buffer: Arc::clone(&buffer),
+            offset,
+            len: 1,
+        };
+        let mut job = Job::new(Operation::Compare, 7);
+        assert!(job.dma_buf(BufferIndex::Input(0)).is_none());
+        job.push_output(list(2));
+        job.set_dma_buf(true, range(30));
+        job.push_input(list(0));
+        job.push_input(list(1));
+        job.set_dma_buf(false, range(10));
+        let offset = |index| job.dma_buf(index).map(|range| range.offset);
+        assert_eq!(offset(BufferIndex::Output(0)), Some(30));
+        assert_eq!(offset(BufferIndex::Input(1)), Some(10));
+        assert_eq!(offset(BufferIndex::Input(0)), None);
     }
 }

@@ -609,12 +609,30 @@ impl Engine for SoftwareEngine {
     }
 
     fn create_queue(&self, depth: usize, share: Share) -> Result<Box<dyn HwQueue>, EngineError> {
-        let flow = lock(&self.shared.run).jobs.flow(share.tenant, share.weight);
         let event = EventFd::new(0).map_err(|source| EngineError::Resource {
             what: "completion eventfd",
             source,
         })?;
-        Ok(Box::new(SoftwareQueue {
+        Ok(self.create_queue_signalling(depth, share, event))
+    }
+}
+
+impl SoftwareEngine {
+    /// Opens a hardware queue as [`Engine::create_queue`] does, whose
+    /// completion event is `event` instead of an eventfd of its own: an
+    /// engine that forwards some of its jobs here (the Vulkan engine, for
+    /// the operations it does not run) passes a clone of its own queue's
+    /// eventfd, so that its consumer hears of both through one event. The
+    /// queue only ever adds to `event`; whoever shares it reads it, and
+    /// reaps this queue after each read like its own.
+    pub fn create_queue_signalling(
+        &self,
+        depth: usize,
+        share: Share,
+        event: EventFd,
+    ) -> Box<dyn HwQueue> {
+        let flow = lock(&self.shared.run).jobs.flow(share.tenant, share.weight);
+        Box::new(SoftwareQueue {
             shared: Arc::clone(&self.shared),
             ring: Arc::new(CompletionRing {
                 pending: Mutex::new(Pending::default()),
@@ -626,7 +644,7 @@ impl Engine for SoftwareEngine {
             }),
             depth,
             flow,
-        }))
+        })
     }
 }
 

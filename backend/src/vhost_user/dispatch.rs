@@ -33,6 +33,8 @@ const CONFIG_WINDOW: usize = 4096;
 /// The event id of the resume timer: past every virtqueue and completion
 /// event id.
 const RESUME_EVENT_ID: u16 = u16::MAX - 1;
+/// The device's event id of the dma-buf waits' epoll set (§7.1.3).
+const SYNC_EVENT_ID: u16 = u16::MAX - 2;
 /// How often a device waiting to resume looks at its rings.
 const RESUME_POLL: Duration = Duration::from_millis(5);
 
@@ -112,9 +114,11 @@ impl AccelBackend {
     }
 
     /// The descriptors the worker waits on for the device, with their event
-    /// ids: the resume timer and every hardware queue's completions.
+    /// ids: the resume timer, the dma-buf waits' epoll set and every
+    /// hardware queue's completions.
     pub fn event_sources(&self) -> Vec<(RawFd, u64)> {
         let timer = (self.resume_timer.as_raw_fd(), u64::from(RESUME_EVENT_ID));
+        let sync = (self.device.sync_waits_fd(), u64::from(SYNC_EVENT_ID));
         let completions = self
             .device
             .hw_queues()
@@ -126,7 +130,7 @@ impl AccelBackend {
                     self.completion_event_id(queue),
                 )
             });
-        std::iter::once(timer).chain(completions).collect()
+        [timer, sync].into_iter().chain(completions).collect()
     }
 
     /// The connection is over (§11): see [`DeviceModel::disconnect`].
@@ -266,6 +270,10 @@ impl AccelBackend {
             return self.poll_resume(vrings);
         }
         self.device.attach_vrings(vrings);
+        if device_event == SYNC_EVENT_ID {
+            self.device.handle_sync_waits(vrings);
+            return Ok(());
+        }
         let event = usize::from(device_event);
         if event < self.num_queues {
             crate::tenant_process::fault_point();

@@ -31,8 +31,9 @@ use accelctl::bench::{make_slots, pipeline, BenchRun, Slot, BENCH_SEED};
 use accelctl::data::DataSource;
 use clap::Parser;
 use vhost_user_accel::engine::software::SoftwareEngine;
+use vhost_user_accel::engine::vulkan::VulkanEngine;
 use vhost_user_accel::engine::{Engine, HwQueue, Job, Share};
-use vhost_user_accel::{Config, TenantConfig};
+use vhost_user_accel::{Config, EngineKind, TenantConfig};
 use virtio_accel_spec::Op;
 
 #[derive(Debug, Parser)]
@@ -60,6 +61,11 @@ struct Args {
     /// Engine worker threads (both paths).
     #[arg(long, default_value_t = 2)]
     engine_threads: usize,
+    /// The engine (both paths): `software`, or `vulkan` (the first Vulkan
+    /// device able to run it; the operations it does not run go to its
+    /// software engine of `--engine-threads`).
+    #[arg(long, default_value = "software", value_parser = ["software", "vulkan"])]
+    engine: String,
     /// Measure only the path through the daemon (for profiling it); prints no ratio.
     #[arg(long)]
     daemon_only: bool,
@@ -397,7 +403,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     if let Some(pin) = args.pin {
         pin_to(pin.engine)?;
     }
+    let vulkan = args.engine == "vulkan";
     let config = Config {
+        engine: if vulkan {
+            EngineKind::Vulkan
+        } else {
+            EngineKind::Software
+        },
         engine_threads: args.engine_threads,
         ..Config::with_tenants(vec![TenantConfig {
             poll_us: args.poll_us,
@@ -408,7 +420,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     let ram = (args.depth * (3 * largest + largest / 4 + 8192)).div_ceil(1 << 20) + 64;
     let memory = accel_tests::harness::guest_ram(ram);
     let device = daemon.connect(&memory);
-    let engine = SoftwareEngine::new(args.engine_threads)?;
+    let software = SoftwareEngine::new(args.engine_threads)?;
+    let engine: Box<dyn Engine> = if vulkan {
+        Box::new(VulkanEngine::with_software(None, software)?)
+    } else {
+        Box::new(software)
+    };
     let queue = engine.create_queue(args.depth, Share::default())?;
     if let Some(Pin { driver, engine }) = args.pin {
         pin_to(driver)?;
@@ -419,7 +436,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let duration = Duration::from_secs_f64(args.seconds);
 
     println!(
-        "engine threads {}, daemon polls up to {} µs, depth {}, driver batch {}, median of {} alternating runs of {:.1} s per path and point; GB/s counts the job's input bytes",
+        "engine {} ({} threads), daemon polls up to {} µs, depth {}, driver batch {}, median of {} alternating runs of {:.1} s per path and point; GB/s counts the job's input bytes",
+        engine.name(),
         args.engine_threads,
         args.poll_us,
         args.depth,

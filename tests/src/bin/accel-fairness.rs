@@ -68,6 +68,10 @@ struct Args {
     /// rings after an event (0: they never poll).
     #[arg(long, default_value_t = vhost_user_accel::config::DEFAULT_POLL_US)]
     poll_us: u32,
+    /// The daemon's `engine`: `software`, or `vulkan` (each tenant's
+    /// process opens the first able Vulkan device; COPY runs there).
+    #[arg(long, default_value = "software", value_parser = ["software", "vulkan"])]
+    engine: String,
     /// Runs of the last two measurements; medians are compared.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
@@ -77,8 +81,8 @@ impl Args {
     /// The daemon's configuration, but for its tenants.
     fn daemon_settings(&self) -> String {
         format!(
-            "engine-threads = {}\npoll-us = {}",
-            self.engine_threads, self.poll_us
+            "engine = \"{}\"\nengine-threads = {}\npoll-us = {}",
+            self.engine, self.engine_threads, self.poll_us
         )
     }
 }

@@ -10,6 +10,12 @@
 //! guest-physical space, which fault tests use to build addresses that are not
 //! backed by memory.
 //!
+//! The memfd of [`DmaMemory::sealed`] and [`DmaMemory::with_regions_sealed`]
+//! is sealed against shrinking and growing, as QEMU's `memory-backend-memfd`
+//! seals guest RAM: a device process can then make host dma-bufs of its pages
+//! (udmabuf requires `F_SEAL_SHRINK`). The other constructors leave it
+//! unsealed, as cloud-hypervisor's guest memory is.
+//!
 //! [`DmaBuf`] is an allocated range; it returns itself to the allocator when
 //! dropped. The driver never keeps a reference from the device to a buffer: the
 //! owner of a buffer must keep it alive while a request that names it is in
@@ -156,6 +162,16 @@ fn lock(alloc: &Mutex<RangeAllocator>) -> MutexGuard<'_, RangeAllocator> {
 
 const MEMFD_NAME: &CStr = c"accel-driver-guest-ram";
 
+/// How the memfd of [`DmaMemory::with_regions_in`] is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sealing {
+    /// Not at all (the kernel seals a memfd made without
+    /// `MFD_ALLOW_SEALING` against seals).
+    None,
+    /// Against changes of size, and further seals ([`memfd::SEALS`]).
+    Size,
+}
+
 impl DmaMemory {
     /// One region of `size` bytes at guest-physical address 0.
     pub fn new(size: usize) -> Result<Self> {
@@ -170,6 +186,40 @@ impl DmaMemory {
     /// Regions `(gpa, size)`, each page aligned and non-empty, in any order,
     /// not overlapping. Addresses between regions are holes.
     pub fn with_regions(regions: &[(u64, usize)]) -> Result<Self> {
+        Self::with_regions_in(regions, Sealing::None)
+    }
+
+    /// One region of `size` bytes at guest-physical address 0, in a memfd
+    /// sealed against shrinking and growing (see
+    /// [`with_regions_sealed`](Self::with_regions_sealed)).
+    pub fn sealed(size: usize) -> Result<Self> {
+        Self::with_regions_sealed(&[(0, size)])
+    }
+
+    /// Regions as [`with_regions`](Self::with_regions) lays them out, in a
+    /// memfd created with `MFD_ALLOW_SEALING` and sealed with
+    /// `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` once sized, the seals of
+    /// QEMU's `memory-backend-memfd`: its size never changes, and no one
+    /// holding it (a device process) can seal it further, against writes
+    /// for one. A device process may then make host dma-bufs of its pages
+    /// (udmabuf requires `F_SEAL_SHRINK`, and refuses `F_SEAL_WRITE`).
+    /// [`seals`](Self::seals) reads them back.
+    pub fn with_regions_sealed(regions: &[(u64, usize)]) -> Result<Self> {
+        Self::with_regions_in(regions, Sealing::Size)
+    }
+
+    /// The seals of the memfd ([`file`](Self::file)), `F_SEAL_*` bits as
+    /// `fcntl(F_GET_SEALS)` reads them: `F_SEAL_SHRINK | F_SEAL_GROW |
+    /// F_SEAL_SEAL` for [`sealed`](Self::sealed) memory; `F_SEAL_SEAL` alone
+    /// for the memfd of the other constructors, which the kernel seals
+    /// against seals.
+    pub fn seals(&self) -> io::Result<i32> {
+        memfd::seals(&self.inner.file)
+    }
+
+    /// Regions as [`with_regions`](Self::with_regions) lays them out, in a
+    /// memfd sealed as `sealing` says.
+    fn with_regions_in(regions: &[(u64, usize)], sealing: Sealing) -> Result<Self> {
         if regions.is_empty() {
             return Err(Error::NoRegions);
         }
@@ -187,7 +237,11 @@ impl DmaMemory {
             prev_end = end;
         }
         let total: u64 = sorted.iter().map(|&(_, s)| s).sum();
-        let file = memfd::create(MEMFD_NAME, total).map_err(Error::Memfd)?;
+        let file = match sealing {
+            Sealing::None => memfd::create(MEMFD_NAME, total),
+            Sealing::Size => memfd::create_sealed(MEMFD_NAME, total),
+        }
+        .map_err(Error::Memfd)?;
         let mut placements = Vec::with_capacity(sorted.len());
         let mut offset = 0u64;
         for &(gpa, size) in &sorted {
@@ -530,6 +584,58 @@ mod tests {
         assert_eq!(&out, b"abc");
         assert!(mem.host_address(0x10_0000).is_some());
         assert!(mem.host_address(0x8000).is_none());
+    }
+
+    #[test]
+    fn sealed_memory_keeps_its_size_and_works() {
+        use std::os::unix::fs::FileExt;
+        let mem = DmaMemory::with_regions_sealed(&[(0x10_0000, 0x1000), (0, 0x2000)]).unwrap();
+        let seals = mem.seals().unwrap();
+        let wanted = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        assert_eq!(seals, wanted, "seals {seals:#x}");
+        assert_eq!(
+            seals & libc::F_SEAL_WRITE,
+            0,
+            "shared mappings stay writable"
+        );
+        // Laid out as the unsealed memory is.
+        assert_eq!(mem.regions()[1].file_offset, 0x2000);
+        assert_eq!(mem.file().metadata().unwrap().len(), 0x3000);
+        let errno = |e: io::Error| e.raw_os_error();
+        assert_eq!(
+            mem.file().set_len(0x1000).map_err(errno),
+            Err(Some(libc::EPERM))
+        );
+        assert_eq!(
+            mem.file().set_len(0x4000).map_err(errno),
+            Err(Some(libc::EPERM))
+        );
+        // SAFETY: F_ADD_SEALS takes an integer argument; the result is checked.
+        let added = unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(mem.file()),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_WRITE,
+            )
+        };
+        assert_eq!(added, -1, "no further seal");
+        let buf = mem.alloc_pages(0x1000).unwrap();
+        mem.write(&buf, 7, b"sealed").unwrap();
+        let mut out = [0u8; 6];
+        let region = mem.regions().iter().find(|r| r.contains(buf.gpa(), 1));
+        let region = region.unwrap();
+        let at = region.file_offset + buf.gpa() - region.gpa + 7;
+        mem.file().read_exact_at(&mut out, at).unwrap();
+        assert_eq!(&out, b"sealed");
+        let one = DmaMemory::sealed(1 << 20).unwrap();
+        assert_eq!((one.size(), one.seals().unwrap()), (1 << 20, wanted));
+    }
+
+    #[test]
+    fn unsealed_memory_stays_so() {
+        let mem = DmaMemory::new(1 << 20).unwrap();
+        assert_eq!(mem.seals().unwrap(), libc::F_SEAL_SEAL);
+        mem.file().set_len(2 << 20).unwrap();
     }
 
     #[test]
