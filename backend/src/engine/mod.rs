@@ -10,8 +10,9 @@
 //! ([`Share`]): the engine arbitrates between tenants by weight, as
 //! accelerators do between their queue groups. The default engine,
 //! [`software::SoftwareEngine`], runs the operations on host CPU threads, in
-//! the order of [`scheduler`]; [`vulkan::VulkanEngine`] runs COPY and FILL
-//! on a Vulkan device and the rest on a software engine.
+//! the order of [`scheduler`]; [`vulkan::VulkanEngine`] runs COPY, FILL,
+//! COMPARE, CRC32C and SHA-256 on a Vulkan device and the rest on a
+//! software engine.
 
 pub mod scheduler;
 pub mod software;

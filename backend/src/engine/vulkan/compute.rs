@@ -87,7 +87,8 @@ pub const SHA_CHUNK: usize = 1 << 20;
 
 // lavapipe (Mesa 22.3) ends an invocation after 65535 loop iterations in
 // all: the SHA-256 shader loops once per block, so a chunk must hold fewer.
-const _: () = assert!(SHA_CHUNK % 64 == 0 && SHA_CHUNK / 64 < 65_535);
+// (A chunk's blocks, and the padding block after the last chunk.)
+const _: () = assert!(SHA_CHUNK % 64 == 0 && SHA_CHUNK / 64 + 1 < 65_535);
 
 /// Room for the padding after the last bytes of a SHA-256 input.
 const SHA_PAD: usize = 128;
@@ -481,8 +482,9 @@ impl Compute {
         let code = ash::util::read_spv(&mut Cursor::new(kernel.spirv()))
             .map_err(|source| VulkanError::Shader(kernel.name(), source))?;
         let info = vk::ShaderModuleCreateInfo::default().code(&code);
-        // SAFETY: `code` is SPIR-V that glslangValidator made and spirv-val
-        // accepts (build.sh), and outlives the call.
+        // SAFETY: `code` is the SPIR-V glslangValidator made of this
+        // engine's shaders (shaders/build.sh, compared byte for byte in
+        // CI; spirv-val accepts it), in words, and outlives the call.
         let module = unsafe { device.create_shader_module(&info, None) }
             .map_err(vk_error("vkCreateShaderModule"))?;
         let stage = vk::PipelineShaderStageCreateInfo::default()
@@ -521,80 +523,43 @@ impl Compute {
     /// The host's writes before the call are visible to the device (a
     /// queue submission makes them so).
     fn dispatch(&mut self, kernel: Kernel, params: Params, groups: u32) -> Result<(), VulkanError> {
-        let device = &self.gpu.device;
-        let cmd = self.cmd;
-        let begin = vk::CommandBufferBeginInfo::default()
-            .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
         let mut constants = [0u8; PARAMS_SIZE as usize];
         for (bytes, value) in constants.chunks_exact_mut(4).zip(params) {
             bytes.copy_from_slice(&value.to_ne_bytes());
         }
-        let to_host = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ)];
-        // SAFETY: the command buffer is not pending (every submission is
-        // waited for), so it may be reset and recorded; the pipeline, its
-        // layout and the set are live and compatible; the push constants
-        // are the layout's range; the barrier makes the shader's writes
-        // visible to the host once the semaphore signals.
-        unsafe {
-            device
-                .reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
-                .map_err(vk_error("vkResetCommandBuffer"))?;
-            device
-                .begin_command_buffer(cmd, &begin)
-                .map_err(vk_error("vkBeginCommandBuffer"))?;
-            device.cmd_bind_pipeline(
-                cmd,
-                vk::PipelineBindPoint::COMPUTE,
-                self.pipelines[kernel as usize],
-            );
-            device.cmd_bind_descriptor_sets(
-                cmd,
-                vk::PipelineBindPoint::COMPUTE,
-                self.layout,
-                0,
-                &[self.set],
-                &[],
-            );
-            device.cmd_push_constants(
-                cmd,
-                self.layout,
-                vk::ShaderStageFlags::COMPUTE,
-                0,
-                &constants,
-            );
-            device.cmd_dispatch(cmd, groups, 1, 1);
-            device.cmd_pipeline_barrier(
-                cmd,
+        let (pipeline, layout, set) = (self.pipelines[kernel as usize], self.layout, self.set);
+        self.gpu.run_recorded(
+            self.cmd,
+            (self.timeline, &mut self.value),
+            (
                 vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &to_host,
-                &[],
-                &[],
-            );
-            device
-                .end_command_buffer(cmd)
-                .map_err(vk_error("vkEndCommandBuffer"))?;
-        }
-        let value = self.value + 1;
-        let values = [value];
-        let mut timeline =
-            vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-        let cmds = [cmd];
-        let signals = [self.timeline];
-        let submit = [vk::SubmitInfo::default()
-            .command_buffers(&cmds)
-            .signal_semaphores(&signals)
-            .push_next(&mut timeline)];
-        // SAFETY: only this thread submits to the queue (see `Gpu`); the
-        // command buffer is recorded, the semaphore is a timeline one below
-        // `value`, and everything `submit` points to outlives the call.
-        unsafe { device.queue_submit(self.gpu.queue, &submit, vk::Fence::null()) }
-            .map_err(vk_error("vkQueueSubmit"))?;
-        self.value = value;
-        self.gpu.wait(self.timeline, value)
+                vk::AccessFlags::SHADER_WRITE,
+            ),
+            |device, cmd| {
+                // SAFETY: the command buffer is recording; the pipeline,
+                // its layout and the set are live and compatible; the
+                // push constants are the layout's range.
+                unsafe {
+                    device.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipeline);
+                    device.cmd_bind_descriptor_sets(
+                        cmd,
+                        vk::PipelineBindPoint::COMPUTE,
+                        layout,
+                        0,
+                        &[set],
+                        &[],
+                    );
+                    device.cmd_push_constants(
+                        cmd,
+                        layout,
+                        vk::ShaderStageFlags::COMPUTE,
+                        0,
+                        &constants,
+                    );
+                    device.cmd_dispatch(cmd, groups, 1, 1);
+                }
+            },
+        )
     }
 
     /// The first difference of the first `n` bytes of the two staging

@@ -5,6 +5,8 @@
 //! (`VK_EXT_external_memory_host`, timeline semaphores).
 
 use std::ffi::{c_void, CStr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use ash::vk;
 
@@ -65,7 +67,14 @@ pub(super) struct Gpu {
     instance: ash::Instance,
     /// Keeps the loader, and so every function pointer above, loaded.
     _entry: ash::Entry,
+    /// A submission failed or did not end in [`WAIT_LIMIT`]: the device is
+    /// taken as lost, and nothing is submitted to it any more.
+    lost: AtomicBool,
 }
+
+/// The longest a submission (one chunk, at most a few MiB) may take
+/// before the device is taken as hung.
+const WAIT_LIMIT: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,26 +144,149 @@ impl Gpu {
             timeline_khr,
             instance,
             _entry: entry,
+            lost: AtomicBool::new(false),
         }
     }
 
-    /// Waits until `semaphore`, a timeline semaphore of this device, reaches
-    /// `value`.
-    pub(super) fn wait(&self, semaphore: vk::Semaphore, value: u64) -> Result<(), VulkanError> {
+    /// Takes the device as lost, as a failed submission does.
+    #[cfg(test)]
+    pub(super) fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the device failed: nothing runs on it any more.
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Records in `cmd` what `record` records, then a barrier that makes
+    /// the writes of `stage` (`access`) visible to the host; submits it,
+    /// signalling `timeline` with the value after `*value` (which it
+    /// counts), and waits until the device has run it. A failure, or a
+    /// submission still running after [`WAIT_LIMIT`], marks the device
+    /// lost (after waiting for it to go idle, so that no submission uses
+    /// memory that is released next): later calls fail at once.
+    pub(super) fn run_recorded(
+        &self,
+        cmd: vk::CommandBuffer,
+        (timeline, value): (vk::Semaphore, &mut u64),
+        (stage, access): (vk::PipelineStageFlags, vk::AccessFlags),
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<(), VulkanError> {
+        if self.is_lost() {
+            return Err(VulkanError::Vulkan {
+                what: "a submission: the device was lost",
+                source: vk::Result::ERROR_DEVICE_LOST,
+            });
+        }
+        self.record(cmd, (stage, access), record)?;
+        let next = *value + 1;
+        let values = [next];
+        let mut signal =
+            vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+        let cmds = [cmd];
+        let signals = [timeline];
+        let submit = [vk::SubmitInfo::default()
+            .command_buffers(&cmds)
+            .signal_semaphores(&signals)
+            .push_next(&mut signal)];
+        // SAFETY: only the engine's one thread submits to the queue (see
+        // `Gpu`); the command buffer is recorded, the semaphore is a
+        // timeline one of this device below `next`, and everything
+        // `submit` points to outlives the call.
+        let ran = unsafe {
+            self.device
+                .queue_submit(self.queue, &submit, vk::Fence::null())
+        }
+        .map_err(vk_error("vkQueueSubmit"))
+        .and_then(|()| {
+            *value = next;
+            self.wait(timeline, next)
+        });
+        ran.inspect_err(|_| {
+            self.lost.store(true, Ordering::Relaxed);
+            // The submission may still run: let it end (or the device be
+            // lost) before its memory is released.
+            // SAFETY: only this thread uses the queue (see `Gpu`).
+            let _ = unsafe { self.device.device_wait_idle() };
+        })
+    }
+
+    /// Resets `cmd` and records in it what `record` records, then a
+    /// barrier that makes the writes of `stage` (`access`) visible to the
+    /// host.
+    fn record(
+        &self,
+        cmd: vk::CommandBuffer,
+        (stage, access): (vk::PipelineStageFlags, vk::AccessFlags),
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<(), VulkanError> {
+        let begin = vk::CommandBufferBeginInfo::default()
+            .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+        // SAFETY: `cmd` is a command buffer of this device that is not
+        // pending (every submission is waited for, or the device idled),
+        // so it may be reset and recorded.
+        unsafe {
+            self.device
+                .reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
+                .map_err(vk_error("vkResetCommandBuffer"))?;
+            self.device
+                .begin_command_buffer(cmd, &begin)
+                .map_err(vk_error("vkBeginCommandBuffer"))?;
+        }
+        record(&self.device, cmd);
+        let to_host = [vk::MemoryBarrier::default()
+            .src_access_mask(access)
+            .dst_access_mask(vk::AccessFlags::HOST_READ)];
+        // SAFETY: the command buffer is recording; the barrier makes the
+        // recorded commands' writes visible to the host once they end.
+        unsafe {
+            self.device.cmd_pipeline_barrier(
+                cmd,
+                stage,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &to_host,
+                &[],
+                &[],
+            );
+            self.device
+                .end_command_buffer(cmd)
+                .map_err(vk_error("vkEndCommandBuffer"))
+        }
+    }
+
+    /// Waits until `semaphore`, a timeline semaphore of this device,
+    /// reaches `value`: an error if it has not within [`WAIT_LIMIT`], or if
+    /// the device says it has but its counter is below `value` (a lost
+    /// device may answer a wait with success).
+    fn wait(&self, semaphore: vk::Semaphore, value: u64) -> Result<(), VulkanError> {
         let semaphores = [semaphore];
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default()
             .semaphores(&semaphores)
             .values(&values);
+        let limit = u64::try_from(WAIT_LIMIT.as_nanos()).unwrap_or(u64::MAX);
         // SAFETY: `semaphore` is a live timeline semaphore of this device
-        // (caller), and `info` points to locals that outlive the call.
-        let waited = unsafe {
+        // (caller), and `info` points to locals that outlive the calls.
+        let reached = unsafe {
             match &self.timeline_khr {
-                Some(khr) => khr.wait_semaphores(&info, u64::MAX),
-                None => self.device.wait_semaphores(&info, u64::MAX),
+                Some(khr) => khr
+                    .wait_semaphores(&info, limit)
+                    .and_then(|()| khr.get_semaphore_counter_value(semaphore)),
+                None => self
+                    .device
+                    .wait_semaphores(&info, limit)
+                    .and_then(|()| self.device.get_semaphore_counter_value(semaphore)),
             }
         };
-        waited.map_err(vk_error("vkWaitSemaphores"))
+        match reached.map_err(vk_error("vkWaitSemaphores"))? {
+            counter if counter >= value => Ok(()),
+            _ => Err(VulkanError::Vulkan {
+                what: "vkWaitSemaphores: the semaphore did not reach its value",
+                source: vk::Result::ERROR_DEVICE_LOST,
+            }),
+        }
     }
 
     /// A memory type among `bits` that the host sees coherently.
@@ -328,6 +460,10 @@ fn probe(instance: &ash::Instance, physical: vk::PhysicalDevice) -> Result<Candi
         Some("Vulkan 1.1")
     } else if !has_host_memory {
         Some("VK_EXT_external_memory_host")
+    } else if import_alignment > crate::memory::page_size() {
+        // Imports are rounded out to it: past a page, they would cover
+        // memory that is not the job's (or not mapped at all).
+        Some("a minImportedHostPointerAlignment of at most a page")
     } else if timeline.is_none() {
         Some(TIMELINE_NEEDS)
     } else if family.is_none() {

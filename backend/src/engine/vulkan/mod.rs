@@ -38,10 +38,16 @@
 //! new epoch, which the thread sees between two chunks, as the software
 //! engine does.
 //!
-//! Not yet: the guest's pages imported in place (see modules `transfer` and
-//! `compute`: today the chunks go through staging memory), a compute queue
-//! apart from the transfer one (the engine uses one queue, of a family that
-//! must be able to compute), interrupt moderation of the GPU
+//! COPY and FILL use the guest's pages in place (module `transfer`); the
+//! compute shaders read their input from staging memory (module `compute`).
+//! A submission that fails, or runs past its time limit, marks the device
+//! lost (`Gpu::run_recorded`): its jobs fail with DeviceError, and new
+//! ones go to the software engine.
+//!
+//! Not yet: the dma-buf ranges of objects ([`super::Job::dma_buf`])
+//! imported with `VK_EXT_external_memory_dma_buf`, a queue of its own for
+//! transfers (the engine uses one queue, of a family able to compute when
+//! the device has one), interrupt moderation of the GPU
 //! part ([`HwQueue::coalesce`] applies to the software part only; each
 //! completion raises the eventfd unless it is raised already), and
 //! [`HwQueue::watch_backlog`] (it reports that it cannot tell).
@@ -144,6 +150,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Shared {
     run: Mutex<RunQueue>,
     wake: Condvar,
+    /// The device: once it is lost ([`Gpu::is_lost`]), new jobs go to the
+    /// software engine.
+    gpu: Arc<Gpu>,
 }
 
 struct RunQueue {
@@ -210,13 +219,13 @@ impl VulkanEngine {
         let runs_compute = compute.is_some();
         let device_name = gpu.name.clone();
         let cpu = gpu.cpu;
-        drop(gpu);
         let shared = Arc::new(Shared {
             run: Mutex::new(RunQueue {
                 jobs: Scheduler::new(1),
                 shutdown: false,
             }),
             wake: Condvar::new(),
+            gpu,
         });
         let thread_shared = Arc::clone(&shared);
         // The thread reports once it runs and has allocated (its malloc
@@ -278,7 +287,7 @@ impl JobStop {
         match self {
             JobStop::Status(status) => Outcome::failed(status),
             JobStop::Device(error) => {
-                warn!("vulkan engine: {error}; job failed");
+                log::debug!("vulkan engine: a job failed: {}", error_chain(&error));
                 Outcome::failed(Status::DeviceError)
             }
         }
@@ -338,6 +347,7 @@ impl Engine for VulkanEngine {
 /// `transfer`.
 fn gpu_loop(shared: &Shared, mut transfer: Transfer, mut compute: Option<Compute>) {
     let mut done: Option<(Charge, Duration)> = None;
+    let mut lost = false;
     loop {
         let (Submitted { job, ring, epoch }, charge) = {
             let mut run = lock(&shared.run);
@@ -356,6 +366,14 @@ fn gpu_loop(shared: &Shared, mut transfer: Transfer, mut compute: Option<Compute
             _ => transfer.run_job(&job, &cancelled),
         };
         done = Some((charge, started.elapsed()));
+        if !lost && shared.gpu.is_lost() {
+            lost = true;
+            error!(
+                "vulkan engine: the device {:?} failed or hung; its jobs fail with DeviceError \
+                 until the next ones go to the CPU",
+                shared.gpu.name
+            );
+        }
         let cookie = job.cookie;
         // The buffers are done with: release their mappings before completing.
         drop(job);

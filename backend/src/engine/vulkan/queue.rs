@@ -169,7 +169,8 @@ impl HwQueue for VulkanQueue {
         }
         let count = jobs.len();
         self.reserve(count)?;
-        let on_gpu = |job: &Job| runs_on_gpu(job, self.compute);
+        let lost = self.shared.gpu.is_lost();
+        let on_gpu = |job: &Job| !lost && runs_on_gpu(job, self.compute);
         if !jobs.iter().any(on_gpu) {
             return self
                 .software

@@ -701,3 +701,37 @@ fn import_cost() {
     }
     let _ = writeln!(std::io::stderr(), "{report}");
 }
+
+/// Once the device is lost, a job on it fails with DeviceError at once
+/// (nothing is submitted: no wait for a device that may never answer), and
+/// the queue sends new jobs to the software engine, whose results they get.
+#[test]
+fn a_lost_device_fails_its_jobs_and_new_ones_run_on_the_cpu() {
+    let Some(engine) = engine() else { return };
+    let Some((gpu, mut transfer)) = transfer() else {
+        return;
+    };
+    gpu.mark_lost();
+    let owned = OwnedBuffers::new(vec![noise(4096, 3), vec![0; 4096]]);
+    let mut job = Job::new(Operation::Copy, 1);
+    job.push_input(list(&owned, 0, 0, 4096, 4096));
+    job.push_output(list(&owned, 1, 0, 4096, 4096));
+    let started = Instant::now();
+    let outcome = transfer.run_job(&job, &|| false);
+    assert_eq!(outcome.status, Status::DeviceError);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        owned.to_vec(1).unwrap().iter().all(|&b| b == 0),
+        "the lost device wrote"
+    );
+
+    engine.shared.gpu.mark_lost();
+    let buffers = [noise(65_537, 4), vec![0xaa; 65_540]];
+    let outcome = same_as_software(&engine, &buffers, "COPY after the loss", |owned| {
+        let mut job = Job::new(Operation::Copy, 1);
+        job.push_input(list(owned, 0, 0, 65_537, 4096));
+        job.push_output(list(owned, 1, 1, 65_537, 4096));
+        job
+    });
+    assert_eq!(outcome.status, Status::Ok);
+}

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! COPY and FILL on the device's transfer queue, over host memory imported
+//! COPY and FILL on the device's queue, over host memory imported
 //! with `VK_EXT_external_memory_host`.
 //!
 //! [`HostImport`] imports a run of host memory: it rounds the run out to
@@ -685,66 +685,20 @@ impl Transfer {
 
     /// Records what `record` records in the command buffer, submits it,
     /// and waits until the device has run it and its writes are visible to
-    /// the host.
+    /// the host ([`Gpu::run_recorded`]).
     pub(super) fn run(
         &mut self,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<(), VulkanError> {
-        let device = &self.gpu.device;
-        let begin = vk::CommandBufferBeginInfo::default()
-            .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-        // SAFETY: the command buffer is not pending (every submission is
-        // waited for), so it may be reset and recorded.
-        unsafe {
-            device
-                .reset_command_buffer(self.cmd, vk::CommandBufferResetFlags::empty())
-                .map_err(vk_error("vkResetCommandBuffer"))?;
-            device
-                .begin_command_buffer(self.cmd, &begin)
-                .map_err(vk_error("vkBeginCommandBuffer"))?;
-        }
-        record(device, self.cmd);
-        let to_host = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ)];
-        // SAFETY: the command buffer is recording; the barrier makes the
-        // transfers' writes visible to the host once the semaphore signals.
-        unsafe {
-            device.cmd_pipeline_barrier(
-                self.cmd,
+        self.gpu.run_recorded(
+            self.cmd,
+            (self.timeline, &mut self.value),
+            (
                 vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &to_host,
-                &[],
-                &[],
-            );
-            device
-                .end_command_buffer(self.cmd)
-                .map_err(vk_error("vkEndCommandBuffer"))?;
-        }
-        let value = self.value + 1;
-        let values = [value];
-        let mut timeline =
-            vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-        let cmds = [self.cmd];
-        let signals = [self.timeline];
-        let submit = [vk::SubmitInfo::default()
-            .command_buffers(&cmds)
-            .signal_semaphores(&signals)
-            .push_next(&mut timeline)];
-        // SAFETY: only this thread submits to the queue (see `Gpu`); the
-        // command buffer is recorded, the semaphore is a timeline one below
-        // `value`, and everything `submit` points to outlives the call.
-        unsafe { device.queue_submit(self.gpu.queue, &submit, vk::Fence::null()) }
-            .map_err(vk_error("vkQueueSubmit"))?;
-        self.value = value;
-        self.gpu.wait(self.timeline, value).inspect_err(|_| {
-            // The submission may still run: let it end (or the device be
-            // lost) before its memory is released.
-            // SAFETY: only this thread uses the queue (see `Gpu`).
-            let _ = unsafe { device.device_wait_idle() };
-        })
+                vk::AccessFlags::TRANSFER_WRITE,
+            ),
+            record,
+        )
     }
 
     /// Runs a COPY or FILL job, a chunk per submission, asking `cancelled`
