@@ -384,22 +384,8 @@ impl Compute {
         // SAFETY: `pool_info` outlives the call.
         self.pool = unsafe { device.create_command_pool(&pool_info, None) }
             .map_err(vk_error("vkCreateCommandPool"))?;
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(self.pool)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(1);
-        // SAFETY: `alloc` names the live pool.
-        let buffers = unsafe { device.allocate_command_buffers(&alloc) }
-            .map_err(vk_error("vkAllocateCommandBuffers"))?;
-        self.cmd = buffers.first().copied().unwrap_or_default();
-        let mut kind = vk::SemaphoreTypeCreateInfo::default()
-            .semaphore_type(vk::SemaphoreType::TIMELINE)
-            .initial_value(0);
-        let info = vk::SemaphoreCreateInfo::default().push_next(&mut kind);
-        // SAFETY: the device enabled timeline semaphores; `info` and its
-        // chain outlive the call.
-        self.timeline = unsafe { device.create_semaphore(&info, None) }
-            .map_err(vk_error("vkCreateSemaphore"))?;
+        self.cmd = self.gpu.command_buffer(self.pool)?;
+        self.timeline = self.gpu.timeline_semaphore()?;
         Ok(())
     }
 

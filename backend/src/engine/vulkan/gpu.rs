@@ -148,6 +148,37 @@ impl Gpu {
         }
     }
 
+    /// A primary command buffer of `pool`, a live command pool of this
+    /// device.
+    pub(super) fn command_buffer(
+        &self,
+        pool: vk::CommandPool,
+    ) -> Result<vk::CommandBuffer, VulkanError> {
+        let alloc = vk::CommandBufferAllocateInfo::default()
+            .command_pool(pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: `alloc` names a live pool of this device (caller) and
+        // outlives the call.
+        let buffers = unsafe { self.device.allocate_command_buffers(&alloc) }
+            .map_err(vk_error("vkAllocateCommandBuffers"))?;
+        buffers.first().copied().ok_or(VulkanError::Vulkan {
+            what: "vkAllocateCommandBuffers: no command buffer",
+            source: vk::Result::ERROR_UNKNOWN,
+        })
+    }
+
+    /// A timeline semaphore of this device, at 0.
+    pub(super) fn timeline_semaphore(&self) -> Result<vk::Semaphore, VulkanError> {
+        let mut kind = vk::SemaphoreTypeCreateInfo::default()
+            .semaphore_type(vk::SemaphoreType::TIMELINE)
+            .initial_value(0);
+        let info = vk::SemaphoreCreateInfo::default().push_next(&mut kind);
+        // SAFETY: the device enabled timeline semaphores; `info` and its
+        // chain outlive the call.
+        unsafe { self.device.create_semaphore(&info, None) }.map_err(vk_error("vkCreateSemaphore"))
+    }
+
     /// Takes the device as lost, as a failed submission does.
     #[cfg(test)]
     pub(super) fn mark_lost(&self) {

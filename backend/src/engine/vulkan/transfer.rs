@@ -614,22 +614,8 @@ impl Transfer {
             counters: Counters::default(),
             gpu: Arc::clone(gpu),
         };
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(pool)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(1);
-        // SAFETY: `alloc` names the live pool.
-        let buffers = unsafe { gpu.device.allocate_command_buffers(&alloc) }
-            .map_err(vk_error("vkAllocateCommandBuffers"))?;
-        transfer.cmd = buffers.first().copied().unwrap_or_default();
-        let mut kind = vk::SemaphoreTypeCreateInfo::default()
-            .semaphore_type(vk::SemaphoreType::TIMELINE)
-            .initial_value(0);
-        let info = vk::SemaphoreCreateInfo::default().push_next(&mut kind);
-        // SAFETY: the device enabled timeline semaphores; `info` and its
-        // chain outlive the call.
-        transfer.timeline = unsafe { gpu.device.create_semaphore(&info, None) }
-            .map_err(vk_error("vkCreateSemaphore"))?;
+        transfer.cmd = gpu.command_buffer(pool)?;
+        transfer.timeline = gpu.timeline_semaphore()?;
         for (word, pattern) in transfer
             .patterns
             .alloc
