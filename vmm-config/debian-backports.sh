@@ -15,3 +15,18 @@ SOURCES
         apt-get update -qq >&2
     fi
 }
+
+# unpack_backports DIR PACKAGE...: downloads the PACKAGEs of
+# bookworm-backports (not installed) and unpacks them all into DIR.
+unpack_backports() {
+    local dir=$1 tmp deb
+    shift
+    ensure_backports
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -t bookworm-backports "$@" >&2)
+    mkdir -p "$dir"
+    for deb in "$tmp"/*.deb; do
+        dpkg-deb -x "$deb" "$dir"
+    done
+    rm -rf "$tmp"
+}

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -304,6 +304,13 @@ impl DmaBuf {
         // lives on this stack, and reads `now`; no signal mask is passed.
         let ready = unsafe { libc::ppoll(&mut pollfd, 1, &now, std::ptr::null()) };
         ready != 0
+    }
+}
+
+impl AsFd for DmaBuf {
+    /// The buffer's descriptor, for an engine that imports it.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

@@ -51,8 +51,9 @@
 //! by `accept4` on a socket it holds, execute a program, send a signal to
 //! another process, change its limits or priorities, or `ioctl` anything but
 //! `UDMABUF_CREATE_LIST` (which makes an object a dma-buf; an engine whose
-//! driver needs its device's ioctls, a hardware GPU's, has them all:
-//! [`SandboxConfig::device_ioctls`]). So before it:
+//! driver needs its device's ioctls, a hardware GPU's, has them all, and
+//! one that imports dma-bufs has `lseek`: [`SandboxConfig::driver_calls`]).
+//! So before it:
 //! - initialise logging: it goes to the inherited stderr;
 //! - open `/dev/udmabuf` ([`crate::dmabuf::DmaBufMaker::open`]);
 //! - start the engine, and let its workers lower their priority
@@ -106,6 +107,8 @@ use seccompiler::{
     SeccompFilter, SeccompRule, TargetArch,
 };
 use thiserror::Error;
+
+use crate::engine::DriverCalls;
 
 /// Errors of the sandbox: of `--user` at configuration time, then of each
 /// step of [`apply`].
@@ -259,11 +262,12 @@ pub struct SandboxConfig {
     pub landlock: bool,
     /// Install the seccomp allow-list.
     pub seccomp: bool,
-    /// Allow every `ioctl`: the engine's driver makes them on its device
-    /// while it runs (a hardware GPU's Vulkan driver on its render node,
-    /// [`crate::engine::Engine::device_ioctls`]); otherwise only
-    /// `UDMABUF_CREATE_LIST` is.
-    pub device_ioctls: bool,
+    /// What the engine's driver calls while it runs
+    /// ([`crate::engine::Engine::driver_calls`]): every `ioctl` (a
+    /// hardware GPU's Vulkan driver on its render node; otherwise only
+    /// `UDMABUF_CREATE_LIST` is allowed), `lseek` (a driver that imports
+    /// dma-bufs).
+    pub driver_calls: DriverCalls,
 }
 
 impl SandboxConfig {
@@ -274,7 +278,7 @@ impl SandboxConfig {
             user,
             landlock: true,
             seccomp: true,
-            device_ioctls: false,
+            driver_calls: DriverCalls::default(),
         }
     }
 }
@@ -373,7 +377,7 @@ pub fn apply(config: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
         LandlockOutcome::Disabled
     };
     let seccomp_allowed = if config.seccomp {
-        Some(install_seccomp(config.device_ioctls)?)
+        Some(install_seccomp(config.driver_calls)?)
     } else {
         None
     };
@@ -745,14 +749,17 @@ const NAMED_REFUSALS: &[Syscall] = &[
 /// precedence).
 fn allow_list(
     pid: u32,
-    device_ioctls: bool,
+    driver_calls: DriverCalls,
 ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let mut rules = BTreeMap::new();
     for (syscall, check) in ALLOWED {
         rules.insert(syscall.number, argument_rules(*check, pid)?);
     }
-    if device_ioctls {
+    if driver_calls.device_ioctls {
         rules.insert(syscall!(SYS_ioctl).number, Vec::new());
+    }
+    if driver_calls.lseek {
+        rules.insert(syscall!(SYS_lseek).number, Vec::new());
     }
     for (syscall, _, _) in REFUSED_WITH_ERROR {
         rules.insert(syscall.number, Vec::new());
@@ -789,7 +796,7 @@ fn argument_rules(check: Check, pid: u32) -> Result<Vec<SeccompRule>, BackendErr
 /// The compiled filters, in the order of installation: one per error of
 /// [`REFUSED_WITH_ERROR`], then the allow-list (anything else traps), last
 /// because it refuses the `prctl` and `seccomp` calls that install a filter.
-fn filters(pid: u32, device_ioctls: bool) -> Result<Vec<BpfProgram>, BackendError> {
+fn filters(pid: u32, driver_calls: DriverCalls) -> Result<Vec<BpfProgram>, BackendError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)?;
     let mut errors: BTreeMap<i32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     for (syscall, check, errno) in REFUSED_WITH_ERROR {
@@ -803,7 +810,7 @@ fn filters(pid: u32, device_ioctls: bool) -> Result<Vec<BpfProgram>, BackendErro
         SeccompFilter::new(rules, SeccompAction::Allow, action, arch)
     });
     let allow = SeccompFilter::new(
-        allow_list(pid, device_ioctls)?,
+        allow_list(pid, driver_calls)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
         arch,
@@ -816,8 +823,8 @@ fn filters(pid: u32, device_ioctls: bool) -> Result<Vec<BpfProgram>, BackendErro
 
 /// Installs the SIGSYS handler, then the filters on every thread; returns
 /// the number of system calls allowed (some with some arguments only).
-fn install_seccomp(device_ioctls: bool) -> Result<usize, SandboxError> {
-    let programs = filters(std::process::id(), device_ioctls)?;
+fn install_seccomp(driver_calls: DriverCalls) -> Result<usize, SandboxError> {
+    let programs = filters(std::process::id(), driver_calls)?;
     install_sigsys_handler().map_err(SandboxError::SigsysHandler)?;
     for program in &programs {
         seccompiler::apply_filter_all_threads(program)?;
@@ -1026,8 +1033,19 @@ mod tests {
 
     #[test]
     fn the_filters_compile_and_every_call_is_listed_once() {
-        assert_eq!(filters(1, false).unwrap().len(), 3);
-        assert_eq!(filters(1, true).unwrap().len(), 3);
+        let none = DriverCalls::default();
+        let all = DriverCalls {
+            device_ioctls: true,
+            lseek: true,
+        };
+        assert_eq!(filters(1, none).unwrap().len(), 3);
+        assert_eq!(filters(1, all).unwrap().len(), 3);
+        let (ioctl, lseek) = (syscall!(SYS_ioctl).number, syscall!(SYS_lseek).number);
+        let allowed = |calls| allow_list(1, calls).unwrap();
+        let (without, with) = (allowed(none), allowed(all));
+        assert!(!without.contains_key(&lseek) && with.contains_key(&lseek));
+        // UDMABUF_CREATE_LIST alone, or every ioctl (no condition).
+        assert!(!without[&ioctl].is_empty() && with[&ioctl].is_empty());
         let mut numbers: Vec<i64> = ALLOWED
             .iter()
             .map(|(s, _)| s.number)

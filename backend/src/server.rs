@@ -28,7 +28,7 @@ use crate::device_record::DeviceRecord;
 use crate::dmabuf::DmaBufMaker;
 use crate::engine::software::SoftwareEngine;
 use crate::engine::vulkan::{VulkanEngine, VulkanError};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{DriverCalls, Engine, EngineError};
 use crate::log_limit::TenantLog;
 use crate::metrics::MetricsServer;
 use crate::quota::Admission;
@@ -114,7 +114,15 @@ fn start_engine(config: &Config) -> Result<Arc<dyn Engine>, ServerError> {
         EngineKind::Software => Arc::new(software),
         EngineKind::Vulkan => {
             let engine = VulkanEngine::with_software(config.vulkan_device.as_deref(), software)?;
-            log::info!("Vulkan engine on {}", engine.device_name());
+            let objects = if engine.imports_dma_bufs() {
+                "imported as dma-bufs"
+            } else {
+                "imported as host memory"
+            };
+            log::info!(
+                "Vulkan engine on {}, objects {objects}",
+                engine.device_name()
+            );
             Arc::new(engine)
         }
     })
@@ -194,12 +202,13 @@ impl Server {
         Ok(Server { tenants, metrics })
     }
 
-    /// Whether the engine's driver makes `ioctl`s on its device while it
-    /// runs ([`Engine::device_ioctls`]).
-    pub fn device_ioctls(&self) -> bool {
+    /// What the engine's driver calls while it runs that the sandbox
+    /// allows only for it ([`Engine::driver_calls`]).
+    pub fn driver_calls(&self) -> DriverCalls {
         self.tenants
             .first()
-            .is_some_and(|tenant| tenant.engine.device_ioctls())
+            .map(|tenant| tenant.engine.driver_calls())
+            .unwrap_or_default()
     }
 
     /// The counters of every tenant, in configuration order.

@@ -108,6 +108,9 @@ pub struct Counters {
     dmabuf_fallbacks: [AtomicU64; Fallback::ALL.len()],
     /// Requests that waited for other drivers' fences on a dma-buf (§7.1.3).
     implicit_sync_waits: AtomicU64,
+    /// Buffers of requests that the engine took through their objects'
+    /// dma-bufs (§7.1.3).
+    dmabuf_imports: AtomicU64,
     latency: Histogram,
 }
 
@@ -295,6 +298,13 @@ impl TenantStats {
         self.implicit_sync_waits.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The engine took `count` buffers of a request through their objects'
+    /// dma-bufs.
+    pub fn dmabuf_imported(&self, count: u8) {
+        self.dmabuf_imports
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+    }
+
     /// Objects created as plain memory for `reason`.
     pub fn dmabuf_fallbacks(&self, reason: Fallback) -> u64 {
         self.dmabuf_fallbacks
@@ -479,7 +489,7 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
                 .to_vec()
         },
     );
-    let singles: [(&str, &str, &str, Pick); 10] = [
+    let singles: [(&str, &str, &str, Pick); 11] = [
         (
             "bytes_total",
             "counter",
@@ -527,6 +537,12 @@ pub fn render(tenants: &[std::sync::Arc<TenantStats>]) -> String {
             "counter",
             "Requests that waited for other host drivers' fences on an object's dma-buf.",
             |t| &t.implicit_sync_waits,
+        ),
+        (
+            "dmabuf_imports_total",
+            "counter",
+            "Request buffers the engine took through their object's dma-buf, imported into its device.",
+            |t| &t.dmabuf_imports,
         ),
         (
             "process_restarts_total",
@@ -611,6 +627,7 @@ mod tests {
         b.object_made(Ok(()));
         b.dmabuf_released();
         b.implicit_sync_waited();
+        b.dmabuf_imported(2);
         b.request_done(Status::Ok, 1, Duration::from_secs(3));
         let text = render(&[a, b]);
         for line in [
@@ -625,6 +642,7 @@ mod tests {
             "vhost_user_accel_dmabuf_fallbacks_total{tenant=\"vm-a\",reason=\"no_device\"} 0",
             "vhost_user_accel_dmabuf_objects{tenant=\"vm-b\"} 1",
             "vhost_user_accel_implicit_sync_waits_total{tenant=\"vm-b\"} 1",
+            "vhost_user_accel_dmabuf_imports_total{tenant=\"vm-b\"} 2",
             "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-a\",le=\"0.00001\"} 1",
             "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-a\",le=\"0.00005\"} 2",
             "vhost_user_accel_request_latency_seconds_bucket{tenant=\"vm-b\",le=\"1\"} 0",

@@ -210,7 +210,7 @@ pub fn run(name: &str, input: impl Read) -> Result<(), TenantProcessError> {
     // Everything the process needs from the file system and the kernel's
     // wider interfaces it has by now: its engine runs, its socket listens.
     let sandbox = SandboxConfig {
-        device_ioctls: server.device_ioctls(),
+        driver_calls: server.driver_calls(),
         ..SandboxConfig::new(config.user.clone())
     };
     sandbox::apply(&sandbox)?;

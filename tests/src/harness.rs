@@ -6,7 +6,7 @@
 //! the real daemon code behind a real socket. Setting `ACCEL_TEST_SOCKET` to
 //! the socket of an installed daemon runs the same tests against it instead.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -174,14 +174,21 @@ pub fn guest_ram(mib: usize) -> DmaMemory {
     DmaMemory::new(mib << 20).unwrap_or_else(|e| panic!("cannot create guest RAM: {e}"))
 }
 
-/// The daemon's binary, `vhost-user-accel` beside the running program (both
-/// in `target/<profile>/`), or the path in `ACCEL_DAEMON_BIN`.
+/// The daemon's binary, `vhost-user-accel` in the running program's
+/// `target/<profile>/` (beside it, or above an integration test's `deps/`),
+/// or the path in `ACCEL_DAEMON_BIN`.
 pub fn daemon_binary() -> Result<PathBuf, String> {
     let path = match std::env::var_os("ACCEL_DAEMON_BIN") {
         Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()
-            .map_err(|e| format!("cannot locate this program: {e}"))?
-            .with_file_name("vhost-user-accel"),
+        None => {
+            let exe =
+                std::env::current_exe().map_err(|e| format!("cannot locate this program: {e}"))?;
+            let mut dir = exe.parent().unwrap_or(Path::new("/")).to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir.join("vhost-user-accel")
+        }
     };
     if path.is_file() {
         Ok(path)

@@ -1564,6 +1564,17 @@ pub const DMABUF_CHECKS: &[&str] = &[
     "dmabuf-released",
 ];
 
+/// The checks of `accel-dmabuf-check --vulkan`, against the daemon with the
+/// Vulkan engine on a device that imports dma-bufs, in the order it runs
+/// them, as [`DMABUF_CHECKS`].
+pub const VULKAN_DMABUF_CHECKS: &[&str] = &[
+    "vulkan-sealed-memory",
+    "vulkan-copy-between-objects",
+    "vulkan-fill-object",
+    "vulkan-copy-into-object",
+    "vulkan-crc32c-of-object",
+];
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -17,17 +17,23 @@
 //! limit and a second tenant's unsealed memory (each counted), waits for vgem's
 //! fences on an object's dma-buf (implicit sync, both ways), lets vivid
 //! capture a frame straight into an object that the daemon then reads, and
-//! releases the dma-buf with the object.
+//! releases the dma-buf with the object. The init then starts the daemon
+//! again (its usual, dynamic build: the Vulkan loader is loaded at run
+//! time) with `--engine vulkan` on lavapipe from bookworm-backports' Mesa,
+//! which imports dma-bufs, and runs `accel-dmabuf-check --vulkan`
+//! (`vm::VULKAN_DMABUF_CHECKS`): COPY and FILL over objects go through the
+//! objects' dma-bufs, imported into the Vulkan device, with the right bytes.
 //!
-//! This test wants a `PASS` line for every check, no `FAIL` line, the
-//! program's exit status 0 and no kernel crash on the console. The console
+//! This test wants a `PASS` line for every check of both runs, no `FAIL`
+//! line, both runs' exit status 0 and no kernel crash on the console. The console
 //! and the daemon's log are kept in `target/vm-test-dmabuf/`. Like the other
 //! VM tests it needs root on Debian the first time (the builds), skips
 //! loudly where it cannot build the VM, and fails instead with
 //! `ACCEL_VM_REQUIRED=1`. About a minute once built.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use accel_tests::vm::{self, Vm, DMABUF_CHECKS};
+use accel_tests::harness::daemon_binary;
+use accel_tests::vm::{self, Vm, DMABUF_CHECKS, VULKAN_DMABUF_CHECKS};
 
 /// What the guest's init prints last: `accel-dmabuf-check`'s exit status
 /// follows.
@@ -38,11 +44,13 @@ fn guest_objects_are_host_dmabufs_for_vgem_and_vivid() {
     let Some(setup) = vm::set_up("vm_dmabuf", "vm-test-dmabuf") else {
         return;
     };
+    let vulkan_daemon = daemon_binary().unwrap_or_else(|e| panic!("{e}"));
     let boot = vm::run_script(&[
         &vm::workspace().join("vmm-config/guest/build-dmabuf-host.sh"),
         &setup.cache,
         &setup.binaries.daemon,
         &setup.binaries.dmabuf_check,
+        &vulkan_daemon,
     ]);
     let [kernel, initrd] = &boot[..] else {
         panic!("build-dmabuf-host.sh printed no kernel and initramfs: {boot:?}");
@@ -76,6 +84,7 @@ fn check_console(log: &str, context: &str) {
         .collect();
     let missing: Vec<&str> = DMABUF_CHECKS
         .iter()
+        .chain(VULKAN_DMABUF_CHECKS)
         .copied()
         .filter(|name| !lines.contains(&format!("PASS {name}").as_str()))
         .collect();
@@ -97,6 +106,7 @@ fn check_console(log: &str, context: &str) {
 fn console_check_wants_every_pass() {
     let passes: String = DMABUF_CHECKS
         .iter()
+        .chain(VULKAN_DMABUF_CHECKS)
         .map(|name| format!("PASS {name}\r\n"))
         .collect();
     let good = format!("dmabuf-host: up\r\n{passes}{CHECK_EXIT}0\r\n");
@@ -110,6 +120,7 @@ fn console_check_wants_every_pass() {
         good.replace(CHECK_EXIT, "dmabuf-host: "),
         format!("{good}[   12.3] Oops: general protection fault\r\n"),
         good.replace(&format!("PASS {first}"), &format!("PASS {first}-not")),
+        good.replace(&format!("PASS {}\r\n", VULKAN_DMABUF_CHECKS[1]), ""),
     ];
     for log in bad {
         let result = std::panic::catch_unwind(|| check_console(&log, "bad"));

@@ -47,13 +47,9 @@ fetch_headers() {
         log "fetching ${KERNEL_HEADER_PACKAGES[*]}"
         # shellcheck source=../debian-backports.sh
         source "$here/../debian-backports.sh"
-        ensure_backports
-        local tmp deb
+        local tmp
         tmp=$(mktemp -d)
-        (cd "$tmp" && apt-get download -t bookworm-backports "${KERNEL_HEADER_PACKAGES[@]}" >&2)
-        for deb in "$tmp"/*.deb; do
-            dpkg-deb -x "$deb" "$tmp/root"
-        done
+        unpack_backports "$tmp/root" "${KERNEL_HEADER_PACKAGES[@]}"
         # The flavour's Makefile includes the common one by its installed
         # path; the scripts and tools links are relative and stay valid.
         sed -i "s|^include /usr/src/|include $headers/usr/src/|" \

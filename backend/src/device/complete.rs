@@ -74,9 +74,12 @@ impl DeviceModel {
         );
         self.on_engine = self.on_engine.saturating_sub(completions.len());
         self.alone_on_engine &= self.on_engine > 0;
-        for HwCompletion { cookie, outcome } in completions.drain(..) {
-            if let Some(inflight) = self.inflight.remove(cookie) {
-                self.finish(inflight, outcome);
+        for completion in completions.drain(..) {
+            if let Some(inflight) = self.inflight.remove(completion.cookie) {
+                if completion.dma_buf_imports > 0 {
+                    self.stats.dmabuf_imported(completion.dma_buf_imports);
+                }
+                self.finish(inflight, completion.outcome);
             }
         }
     }

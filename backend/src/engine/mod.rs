@@ -172,6 +172,9 @@ pub struct HwCompletion {
     pub cookie: u64,
     /// What the operation produced.
     pub outcome: Outcome,
+    /// How many of the job's buffers the engine took through their
+    /// objects' dma-bufs ([`Job::dma_buf`]), imported into its device.
+    pub dma_buf_imports: u8,
 }
 
 /// The tenant a hardware queue works for: queues of one tenant share its
@@ -260,13 +263,23 @@ pub trait Engine: Send + Sync {
     /// Opens a hardware queue of `share`'s tenant able to hold `depth` jobs in flight.
     fn create_queue(&self, depth: usize, share: Share) -> Result<Box<dyn HwQueue>, EngineError>;
 
-    /// Whether its driver makes `ioctl`s on a device once started (a
-    /// hardware GPU's, on its render node), which the tenant's sandbox must
-    /// then allow ([`crate::sandbox::SandboxConfig::device_ioctls`]). The
-    /// default, for engines on host threads or a CPU device, is `false`.
-    fn device_ioctls(&self) -> bool {
-        false
+    /// What its driver calls once started that the tenant's sandbox must
+    /// then allow ([`crate::sandbox::SandboxConfig::driver_calls`]). The
+    /// default, for engines on host threads, is nothing.
+    fn driver_calls(&self) -> DriverCalls {
+        DriverCalls::default()
     }
+}
+
+/// The calls an engine's driver makes while it runs that a tenant's sandbox
+/// allows only for it ([`Engine::driver_calls`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverCalls {
+    /// Every `ioctl`: a hardware GPU's driver makes them on its render node.
+    pub device_ioctls: bool,
+    /// `lseek`: drivers that import dma-bufs (Mesa's, libdrm's) seek to a
+    /// buffer's end to learn its size.
+    pub lseek: bool,
 }
 
 /// Runs one job through `queue` and waits for its completion: the "direct"

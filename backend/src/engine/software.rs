@@ -504,7 +504,12 @@ fn worker_loop(shared: &Shared) {
         let cookie = job.cookie;
         // The buffers are done with: release their mappings before completing.
         drop(job);
-        ring.post(HwCompletion { cookie, outcome }, &shared.deadlines);
+        let completion = HwCompletion {
+            cookie,
+            outcome,
+            dma_buf_imports: 0,
+        };
+        ring.post(completion, &shared.deadlines);
     }
 }
 
@@ -849,6 +854,7 @@ mod tests {
         let completion = HwCompletion {
             cookie: 0,
             outcome: Outcome::failed(Status::Ok),
+            dma_buf_imports: 0,
         };
         Pending {
             done: vec![completion; count],

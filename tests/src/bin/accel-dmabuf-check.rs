@@ -42,6 +42,23 @@
 //!   the gauge falls by one and the tenant's process no longer holds its
 //!   dma-buf.
 //!
+//! With `--vulkan`, against a daemon running the Vulkan engine on a device
+//! that imports dma-bufs (bookworm-backports' lavapipe in that guest), the
+//! checks are [`VULKAN_DMABUF_CHECKS`] instead, each over objects that are
+//! dma-bufs, and each request must complete Ok with the bytes of the
+//! software engine's semantics and raise `dmabuf_imports_total` by the
+//! number of its buffers that are objects:
+//!
+//! - `vulkan-sealed-memory`: as `sealed-memory`;
+//! - `vulkan-copy-between-objects`: a COPY from one object to another, at
+//!   offsets inside pages and words (two imports);
+//! - `vulkan-fill-object`: a FILL of a range that starts and ends inside a
+//!   word (one import); the bytes around it stay zero;
+//! - `vulkan-copy-into-object`: a COPY from plain guest memory into an
+//!   object (one import: the source's pages are imported as host memory);
+//! - `vulkan-crc32c-of-object`: the CRC-32C of an object, which the compute
+//!   shader reads from staging memory: the reference's, and no import.
+//!
 //! The kernel's interfaces (vgem's, V4L2's, dma-buf's) are declared here
 //! from the Linux uAPI headers, sizes and ioctl numbers asserted; the DRM
 //! core's come from `accel_driver::kernel::uapi`. Exits 1 when a check
@@ -68,10 +85,10 @@ use accel_driver::{
     VhostUserTransport, DEFAULT_FEATURES,
 };
 use accel_tests::reference;
-use accel_tests::vm::DMABUF_CHECKS;
+use accel_tests::vm::{DMABUF_CHECKS, VULKAN_DMABUF_CHECKS};
 use clap::Parser;
 use vhost_user_accel::{SocketSource, TenantConfig};
-use virtio_accel_spec::{Op, Status};
+use virtio_accel_spec::{FillParams, Op, Status};
 
 #[derive(Debug, Parser)]
 #[command(about = "Guest objects as host dma-bufs, with vgem and vivid (run as root)")]
@@ -82,8 +99,13 @@ struct Args {
     socket: PathBuf,
     /// The daemon's vhost-user socket of tenant `1`, which gets guest RAM
     /// in an unsealed memfd.
+    #[arg(long, required_unless_present = "vulkan")]
+    unsealed_socket: Option<PathBuf>,
+    /// Run the checks of the Vulkan engine's dma-buf imports
+    /// (`VULKAN_DMABUF_CHECKS`) instead, against a daemon running
+    /// `--engine vulkan` on a device that imports dma-bufs.
     #[arg(long)]
-    unsealed_socket: PathBuf,
+    vulkan: bool,
     /// The daemon's metrics endpoint (`--metrics=unix:PATH`).
     #[arg(long)]
     metrics: PathBuf,
@@ -308,19 +330,30 @@ unsafe fn ioctl<T>(fd: BorrowedFd<'_>, request: &Ioctl<T>, arg: &mut T) -> Resul
 // ---- the report ---------------------------------------------------------------------
 
 /// The checks' outcomes, printed as they come.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Report {
-    /// How many checks ran (their names are `DMABUF_CHECKS[..ran]`).
+    /// The checks to run, in order.
+    names: &'static [&'static str],
+    /// How many checks ran (their names are `names[..ran]`).
     ran: usize,
     failed: usize,
 }
 
 impl Report {
+    /// A report of the checks `names`.
+    fn new(names: &'static [&'static str]) -> Self {
+        Report {
+            names,
+            ran: 0,
+            failed: 0,
+        }
+    }
+
     /// Prints `PASS name` or `FAIL name: why` for `outcome`; returns its value.
-    /// Checks must come in the order of [`DMABUF_CHECKS`].
+    /// Checks must come in the order of `names`.
     fn check<T>(&mut self, name: &str, outcome: Result<T, String>) -> Option<T> {
         assert_eq!(
-            DMABUF_CHECKS.get(self.ran).copied(),
+            self.names.get(self.ran).copied(),
             Some(name),
             "checks out of order"
         );
@@ -335,6 +368,42 @@ impl Report {
                 println!("FAIL {name}: {why}");
                 None
             }
+        }
+    }
+}
+
+impl Report {
+    /// Fails the checks not run yet, for `why`.
+    fn fail_the_rest(mut self, why: &str) -> ExitCode {
+        for name in &self.names[self.ran..] {
+            self.check(name, Err::<(), _>(why.to_owned()));
+        }
+        ExitCode::FAILURE
+    }
+
+    /// Prints the daemon's dma-buf metrics and the count of checks; the
+    /// exit status.
+    fn end(self, host: &Host) -> ExitCode {
+        assert_eq!(self.ran, self.names.len(), "a check did not run");
+        if let Ok(text) = metrics(&host.metrics) {
+            for line in text.lines().filter(|l| {
+                [
+                    DMABUF_OBJECTS,
+                    DMABUF_FALLBACKS,
+                    IMPLICIT_SYNC_WAITS,
+                    DMABUF_IMPORTS,
+                ]
+                .iter()
+                .any(|name| l.starts_with(name))
+            }) {
+                say(&format!("metrics: {line}"));
+            }
+        }
+        say(&format!("{} checks, {} failed", self.ran, self.failed));
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
     }
 }
@@ -398,6 +467,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
 const DMABUF_OBJECTS: &str = "vhost_user_accel_dmabuf_objects";
 const DMABUF_FALLBACKS: &str = "vhost_user_accel_dmabuf_fallbacks_total";
 const IMPLICIT_SYNC_WAITS: &str = "vhost_user_accel_implicit_sync_waits_total";
+const DMABUF_IMPORTS: &str = "vhost_user_accel_dmabuf_imports_total";
 
 /// The pid of the process that serves tenant `name` (command line
 /// `vhost-user-accel --tenant-process NAME`), if exactly one does.
@@ -847,12 +917,11 @@ fn too_big_fallback(host: &Host) -> Result<(), String> {
 /// dma-buf for an object over page-aligned memory: counted, and it works.
 fn unsealed_fallback(args: &Args) -> Result<(), String> {
     let memory = DmaMemory::new(UNSEALED_MEMORY).map_err(|e| format!("unsealed guest RAM: {e}"))?;
-    let host = Host::connect(
-        &args.unsealed_socket,
-        &args.metrics,
-        memory,
-        UNSEALED_TENANT,
-    )?;
+    let socket = args
+        .unsealed_socket
+        .as_ref()
+        .ok_or("no --unsealed-socket")?;
+    let host = Host::connect(socket, &args.metrics, memory, UNSEALED_TENANT)?;
     let reason = [("reason", "unsealed")];
     let before = host.metric(DMABUF_FALLBACKS, &reason)?;
     let (buf, bytes) = host.buffer(OBJECT_SIZE, 7)?;
@@ -1293,18 +1362,174 @@ fn dmabuf_released(host: &Host, object: Object<'_, VhostUserTransport>) -> Resul
     }
 }
 
+// ---- the Vulkan engine's dma-buf imports ------------------------------------------
+
+/// Two dma-buf objects of [`OBJECT_SIZE`], the first holding
+/// `pattern(.., 21)`, the second zeroes, with their memory.
+struct ObjectPair<'a> {
+    source: Object<'a, VhostUserTransport>,
+    source_bytes: Vec<u8>,
+    target: Object<'a, VhostUserTransport>,
+    target_memory: DmaBuf,
+}
+
+impl<'a> ObjectPair<'a> {
+    fn new(host: &'a Host) -> Result<Self, String> {
+        let before = host.metric(DMABUF_OBJECTS, &[])?;
+        let (source_memory, source_bytes) = host.buffer(OBJECT_SIZE, 21)?;
+        let (target_memory, _) = host.buffer(OBJECT_SIZE, 0)?;
+        host.memory
+            .fill(&target_memory, 0)
+            .map_err(|e| format!("guest memory: {e}"))?;
+        let register = |memory: &DmaBuf| {
+            host.device
+                .register(&[memory])
+                .map_err(|e| format!("OBJECT_CREATE: {e}"))
+        };
+        let (source, target) = (register(&source_memory)?, register(&target_memory)?);
+        host.metric_becomes(DMABUF_OBJECTS, &[], before + 2)?;
+        Ok(ObjectPair {
+            source,
+            source_bytes,
+            target,
+            target_memory,
+        })
+    }
+
+    /// The target object's bytes, read from guest memory.
+    fn target_bytes(&self, host: &Host) -> Result<Vec<u8>, String> {
+        host.memory
+            .read_vec(&self.target_memory, 0, OBJECT_SIZE)
+            .map_err(|e| format!("guest memory: {e}"))
+    }
+}
+
+/// Runs `request`, which must complete Ok, with the engine having imported
+/// `imports` of its buffers from their objects' dma-bufs
+/// (`dmabuf_imports_total`).
+fn run_imported(host: &Host, request: &Request, imports: u64) -> Result<(), String> {
+    let before = host.metric(DMABUF_IMPORTS, &[])?;
+    host.run_ok(request)?;
+    host.metric_becomes(DMABUF_IMPORTS, &[], before + imports)
+}
+
+/// Bytes `at..at + len` of a buffer of [`OBJECT_SIZE`] zeroes that
+/// `written` was written into; an error naming the first byte that
+/// differs from `got`.
+fn expect_written(got: &[u8], at: usize, written: &[u8]) -> Result<(), String> {
+    let mut wanted = vec![0; OBJECT_SIZE];
+    wanted[at..at + written.len()].copy_from_slice(written);
+    match got.iter().zip(&wanted).position(|(a, b)| a != b) {
+        None if got.len() == wanted.len() => Ok(()),
+        None => Err(format!("{} bytes, not {}", got.len(), wanted.len())),
+        Some(i) => Err(format!(
+            "byte {i} is {:#04x}, not {:#04x}",
+            got[i], wanted[i]
+        )),
+    }
+}
+
+/// `vulkan-copy-between-objects`: a COPY from one dma-buf object to
+/// another, at offsets that are not a page's or a word's, runs with both
+/// buffers imported from the dma-bufs and writes the bytes.
+fn vulkan_copy_between_objects(host: &Host) -> Result<(), String> {
+    let pair = ObjectPair::new(host)?;
+    let (from, to, len) = (100, PAGE + 3, 5 * PAGE + 11);
+    let request = Request::new(Op::Copy)
+        .input(
+            pair.source
+                .range(from as u64, len as u64)
+                .map_err(|e| e.to_string())?,
+        )
+        .output(
+            pair.target
+                .range(to as u64, len as u64)
+                .map_err(|e| e.to_string())?,
+        );
+    run_imported(host, &request, 2)?;
+    expect_written(
+        &pair.target_bytes(host)?,
+        to,
+        &pair.source_bytes[from..from + len],
+    )
+}
+
+/// `vulkan-fill-object`: a FILL of a range of a dma-buf object that starts
+/// and ends inside a word runs through the dma-buf and writes exactly the
+/// range.
+fn vulkan_fill_object(host: &Host) -> Result<(), String> {
+    let pair = ObjectPair::new(host)?;
+    let (at, len) = (5, 3 * PAGE + 7);
+    let fill = FillParams {
+        pattern: 0xa5,
+        ..FillParams::default()
+    };
+    let request = Request::new(Op::Fill).params(&fill).output(
+        pair.target
+            .range(at as u64, len as u64)
+            .map_err(|e| e.to_string())?,
+    );
+    run_imported(host, &request, 1)?;
+    expect_written(&pair.target_bytes(host)?, at, &vec![0xa5; len])
+}
+
+/// `vulkan-copy-into-object`: a COPY from plain guest memory (imported as
+/// host memory) into a dma-buf object (imported as a dma-buf).
+fn vulkan_copy_into_object(host: &Host) -> Result<(), String> {
+    let pair = ObjectPair::new(host)?;
+    let (source, bytes) = host.buffer(2 * PAGE, 33)?;
+    let (skip, to, len) = (7, 2 * PAGE - 1, PAGE + 9);
+    let request = Request::new(Op::Copy)
+        .input(Buffer::direct_range(&source, skip, len).map_err(|e| e.to_string())?)
+        .output(
+            pair.target
+                .range(to as u64, len as u64)
+                .map_err(|e| e.to_string())?,
+        );
+    run_imported(host, &request, 1)?;
+    expect_written(&pair.target_bytes(host)?, to, &bytes[skip..skip + len])
+}
+
+/// `vulkan-crc32c-of-object`: the CRC-32C of a dma-buf object, which the
+/// engine's compute shader reads from staging memory (no import), is the
+/// reference's.
+fn vulkan_crc32c_of_object(host: &Host) -> Result<(), String> {
+    let pair = ObjectPair::new(host)?;
+    let before = host.metric(DMABUF_IMPORTS, &[])?;
+    let crc = host.crc32c(pair.source.all())?;
+    let wanted = reference::crc32c(0, &pair.source_bytes);
+    if crc != wanted {
+        return Err(format!("CRC-32C {crc:#010x}, not {wanted:#010x}"));
+    }
+    host.metric_becomes(DMABUF_IMPORTS, &[], before)
+}
+
+/// `accel-dmabuf-check --vulkan`: [`VULKAN_DMABUF_CHECKS`].
+fn vulkan_checks(args: &Args) -> ExitCode {
+    let mut report = Report::new(VULKAN_DMABUF_CHECKS);
+    let host = report.check("vulkan-sealed-memory", Host::connect_sealed(args));
+    let Some(host) = host else {
+        return report.fail_the_rest("no device (vulkan-sealed-memory)");
+    };
+    report.check(
+        "vulkan-copy-between-objects",
+        vulkan_copy_between_objects(&host),
+    );
+    report.check("vulkan-fill-object", vulkan_fill_object(&host));
+    report.check("vulkan-copy-into-object", vulkan_copy_into_object(&host));
+    report.check("vulkan-crc32c-of-object", vulkan_crc32c_of_object(&host));
+    report.end(&host)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut report = Report::default();
+    if args.vulkan {
+        return vulkan_checks(&args);
+    }
+    let mut report = Report::new(DMABUF_CHECKS);
     let host = report.check("sealed-memory", Host::connect_sealed(&args));
     let Some(host) = host else {
-        for name in &DMABUF_CHECKS[report.ran..] {
-            report.check(
-                name,
-                Err::<(), _>(String::from("no device (sealed-memory)")),
-            );
-        }
-        return ExitCode::FAILURE;
+        return report.fail_the_rest("no device (sealed-memory)");
     };
     let kept = report.check("dmabuf-object", dmabuf_object(&host));
     report.check("unaligned-fallback", unaligned_fallback(&host));
@@ -1327,20 +1552,5 @@ fn main() -> ExitCode {
         .ok_or_else(|| String::from("no object held as a dma-buf (dmabuf-object)"))
         .and_then(|(object, _buf)| dmabuf_released(&host, object));
     report.check("dmabuf-released", released);
-    assert_eq!(report.ran, DMABUF_CHECKS.len(), "a check did not run");
-    if let Ok(text) = metrics(&host.metrics) {
-        for line in text.lines().filter(|l| {
-            [DMABUF_OBJECTS, DMABUF_FALLBACKS, IMPLICIT_SYNC_WAITS]
-                .iter()
-                .any(|name| l.starts_with(name))
-        }) {
-            say(&format!("metrics: {line}"));
-        }
-    }
-    say(&format!("{} checks, {} failed", report.ran, report.failed));
-    if report.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report.end(&host)
 }

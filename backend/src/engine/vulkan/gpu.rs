@@ -2,9 +2,12 @@
 //! The Vulkan device of the engine: the loader, an instance, the physical
 //! device picked by the operator's selector, and a logical device with one
 //! queue able to transfer and the extensions the engine needs
-//! (`VK_EXT_external_memory_host`, timeline semaphores).
+//! (`VK_EXT_external_memory_host`, timeline semaphores), with those that
+//! import dma-bufs (`VK_EXT_external_memory_dma_buf` and
+//! `VK_KHR_external_memory_fd`) where the device has them.
 
 use std::ffi::{c_void, CStr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -14,6 +17,15 @@ use super::VulkanError;
 
 /// The device extension that imports host memory.
 const HOST_MEMORY: &CStr = ash::ext::external_memory_host::NAME;
+/// The device extensions that import dma-bufs: the handle type, and the
+/// import of a descriptor.
+const DMA_BUF: &CStr = ash::ext::external_memory_dma_buf::NAME;
+const MEMORY_FD: &CStr = ash::khr::external_memory_fd::NAME;
+/// What the engine makes of the memory it imports: buffers that transfer
+/// commands read and write.
+pub(super) const IMPORTED_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw(
+    vk::BufferUsageFlags::TRANSFER_SRC.as_raw() | vk::BufferUsageFlags::TRANSFER_DST.as_raw(),
+);
 /// The device extension of timeline semaphores before Vulkan 1.2.
 const TIMELINE_KHR: &CStr = ash::khr::timeline_semaphore::NAME;
 /// What the engine asks of a device for timeline semaphores.
@@ -41,6 +53,8 @@ struct Candidate {
     family: Option<u32>,
     /// `minImportedHostPointerAlignment`.
     import_alignment: u64,
+    /// Whether the device imports dma-bufs as transfer buffers.
+    dma_buf: bool,
 }
 
 /// The device the engine runs on. Only the engine's one GPU thread submits
@@ -62,6 +76,9 @@ pub(super) struct Gpu {
     pub(super) import_alignment: u64,
     pub(super) memory_types: vk::PhysicalDeviceMemoryProperties,
     pub(super) host_memory: ash::ext::external_memory_host::Device,
+    /// The import of descriptors, on a device that imports dma-bufs (else
+    /// objects' buffers are imported as host memory, like the others).
+    pub(super) memory_fd: Option<ash::khr::external_memory_fd::Device>,
     /// Timeline semaphore functions when they come from the extension.
     timeline_khr: Option<ash::khr::timeline_semaphore::Device>,
     instance: ash::Instance,
@@ -116,6 +133,9 @@ impl Gpu {
         device: ash::Device,
     ) -> Gpu {
         let host_memory = ash::ext::external_memory_host::Device::new(&instance, &device);
+        let memory_fd = chosen
+            .dma_buf
+            .then(|| ash::khr::external_memory_fd::Device::new(&instance, &device));
         let timeline_khr = (chosen.timeline == Some(Timeline::Extension))
             .then(|| ash::khr::timeline_semaphore::Device::new(&instance, &device));
         let family = chosen.family.unwrap_or(0);
@@ -141,6 +161,7 @@ impl Gpu {
             import_alignment: chosen.import_alignment.max(1),
             memory_types,
             host_memory,
+            memory_fd,
             timeline_khr,
             instance,
             _entry: entry,
@@ -353,6 +374,28 @@ impl Gpu {
             .map_err(vk_error("vkGetMemoryHostPointerPropertiesEXT"))?;
         Ok(properties.memory_type_bits)
     }
+
+    /// The memory types a dma-buf may be imported as (`vkGetMemoryFdPropertiesKHR`),
+    /// on a device that imports dma-bufs.
+    pub(super) fn dma_buf_types(&self, dma_buf: BorrowedFd<'_>) -> Result<u32, VulkanError> {
+        let memory_fd = self
+            .memory_fd
+            .as_ref()
+            .ok_or(VulkanError::Import("the device imports no dma-buf"))?;
+        let mut properties = vk::MemoryFdPropertiesKHR::default();
+        // SAFETY: the function was loaded for this device, which enabled
+        // the extension; the descriptor is only looked at, and `properties`
+        // is a valid output structure.
+        unsafe {
+            memory_fd.get_memory_fd_properties(
+                vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT,
+                dma_buf.as_raw_fd(),
+                &mut properties,
+            )
+        }
+        .map_err(vk_error("vkGetMemoryFdPropertiesKHR"))?;
+        Ok(properties.memory_type_bits)
+    }
 }
 
 impl Drop for Gpu {
@@ -510,7 +553,30 @@ fn probe(instance: &ash::Instance, physical: vk::PhysicalDevice) -> Result<Candi
         timeline,
         family,
         import_alignment,
+        dma_buf: api >= vk::API_VERSION_1_1
+            && has(DMA_BUF)
+            && has(MEMORY_FD)
+            && imports_dma_bufs(instance, physical),
     })
+}
+
+/// Whether the device says a transfer buffer can be imported from a dma-buf
+/// (`vkGetPhysicalDeviceExternalBufferProperties`): the extension alone
+/// does not promise it for every use.
+fn imports_dma_bufs(instance: &ash::Instance, physical: vk::PhysicalDevice) -> bool {
+    let info = vk::PhysicalDeviceExternalBufferInfo::default()
+        .usage(IMPORTED_USAGE)
+        .handle_type(vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT);
+    let mut properties = vk::ExternalBufferProperties::default();
+    // SAFETY: a plain query of a Vulkan 1.1 device (the caller checks) of
+    // `instance`; both structures outlive it.
+    unsafe {
+        instance.get_physical_device_external_buffer_properties(physical, &info, &mut properties);
+    }
+    properties
+        .external_memory_properties
+        .external_memory_features
+        .contains(vk::ExternalMemoryFeatureFlags::IMPORTABLE)
 }
 
 /// How the device offers timeline semaphores, if it does.
@@ -569,6 +635,9 @@ fn create_device(instance: &ash::Instance, chosen: &Candidate) -> Result<ash::De
     let mut extensions = vec![HOST_MEMORY.as_ptr()];
     if chosen.timeline == Some(Timeline::Extension) {
         extensions.push(TIMELINE_KHR.as_ptr());
+    }
+    if chosen.dma_buf {
+        extensions.extend([DMA_BUF.as_ptr(), MEMORY_FD.as_ptr()]);
     }
     let mut timeline =
         vk::PhysicalDeviceTimelineSemaphoreFeatures::default().timeline_semaphore(true);

@@ -5,7 +5,8 @@
 //!
 //! [`VulkanEngine::new`] loads `libvulkan.so.1` at run time (`ash`), picks a
 //! device by index or by part of its name (module `gpu`), refuses one without
-//! `VK_EXT_external_memory_host` or timeline semaphores, and runs a first
+//! `VK_EXT_external_memory_host` or timeline semaphores, enables dma-buf
+//! imports where the device has them, and runs a first
 //! tiny copy and fill so that the driver's first-submission work is done
 //! before the process is sandboxed (module `transfer`). It then makes the
 //! compute pipelines and runs each once, checked against the CPU (module
@@ -38,15 +39,16 @@
 //! new epoch, which the thread sees between two chunks, as the software
 //! engine does.
 //!
-//! COPY and FILL use the guest's pages in place (module `transfer`); the
-//! compute shaders read their input from staging memory (module `compute`).
-//! A submission that fails, or runs past its time limit, marks the device
-//! lost (`Gpu::run_recorded`): its jobs fail with DeviceError, and new
-//! ones go to the software engine.
+//! COPY and FILL use the guest's pages in place (module `transfer`), and,
+//! on a device that imports dma-bufs (`VK_EXT_external_memory_dma_buf`),
+//! take a buffer that is a range of an object's dma-buf
+//! ([`super::Job::dma_buf`], spec §7.1.3) through that dma-buf, counted in
+//! [`HwCompletion::dma_buf_imports`]; the compute shaders read their input
+//! from staging memory (module `compute`). A submission that fails, or runs
+//! past its time limit, marks the device lost (`Gpu::run_recorded`): its
+//! jobs fail with DeviceError, and new ones go to the software engine.
 //!
-//! Not yet: the dma-buf ranges of objects ([`super::Job::dma_buf`])
-//! imported with `VK_EXT_external_memory_dma_buf`, a queue of its own for
-//! transfers (the engine uses one queue, of a family able to compute when
+//! Not yet: a queue of its own for transfers (the engine uses one queue, of a family able to compute when
 //! the device has one), interrupt moderation of the GPU
 //! part ([`HwQueue::coalesce`] applies to the software part only; each
 //! completion raises the eventfd unless it is raised already), and
@@ -74,7 +76,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::scheduler::{Charge, Scheduler, ACTIVE_WINDOW};
 use super::software::SoftwareEngine;
-use super::{Engine, EngineError, HwCompletion, HwQueue, Share};
+use super::{DriverCalls, Engine, EngineError, HwCompletion, HwQueue, Share};
 use crate::error_chain;
 use crate::ops::Outcome;
 use compute::Compute;
@@ -171,6 +173,8 @@ pub struct VulkanEngine {
     compute: bool,
     /// The device is the host's CPU (lavapipe).
     cpu: bool,
+    /// The device imports dma-bufs.
+    dma_bufs: bool,
 }
 
 impl std::fmt::Debug for VulkanEngine {
@@ -218,7 +222,7 @@ impl VulkanEngine {
         };
         let runs_compute = compute.is_some();
         let device_name = gpu.name.clone();
-        let cpu = gpu.cpu;
+        let (cpu, dma_bufs) = (gpu.cpu, gpu.memory_fd.is_some());
         let shared = Arc::new(Shared {
             run: Mutex::new(RunQueue {
                 jobs: Scheduler::new(1),
@@ -252,6 +256,7 @@ impl VulkanEngine {
             device_name,
             compute: runs_compute,
             cpu,
+            dma_bufs,
         })
     }
 
@@ -264,6 +269,13 @@ impl VulkanEngine {
     /// shaders passed their check at start), not on the CPU.
     pub fn runs_compute(&self) -> bool {
         self.compute
+    }
+
+    /// Whether the device imports objects' dma-bufs
+    /// (`VK_EXT_external_memory_dma_buf`), rather than their pages as host
+    /// memory.
+    pub fn imports_dma_bufs(&self) -> bool {
+        self.dma_bufs
     }
 }
 
@@ -315,8 +327,11 @@ impl Engine for VulkanEngine {
         self.software.capabilities() | Op::Copy.capability() | Op::Fill.capability()
     }
 
-    fn device_ioctls(&self) -> bool {
-        !self.cpu
+    fn driver_calls(&self) -> DriverCalls {
+        DriverCalls {
+            device_ioctls: !self.cpu,
+            lseek: self.dma_bufs,
+        }
     }
 
     fn create_queue(&self, depth: usize, share: Share) -> Result<Box<dyn HwQueue>, EngineError> {
@@ -361,8 +376,10 @@ fn gpu_loop(shared: &Shared, mut transfer: Transfer, mut compute: Option<Compute
         };
         let started = Instant::now();
         let cancelled = || ring.cancelled_since(epoch);
-        let outcome = match compute.as_mut() {
-            Some(compute) if compute::runs_on_compute(&job) => compute.run_job(&job, &cancelled),
+        let (outcome, dma_buf_imports) = match compute.as_mut() {
+            Some(compute) if compute::runs_on_compute(&job) => {
+                (compute.run_job(&job, &cancelled), 0)
+            }
             _ => transfer.run_job(&job, &cancelled),
         };
         done = Some((charge, started.elapsed()));
@@ -377,7 +394,11 @@ fn gpu_loop(shared: &Shared, mut transfer: Transfer, mut compute: Option<Compute
         let cookie = job.cookie;
         // The buffers are done with: release their mappings before completing.
         drop(job);
-        ring.post(HwCompletion { cookie, outcome });
+        ring.post(HwCompletion {
+            cookie,
+            outcome,
+            dma_buf_imports,
+        });
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use virtio_accel_spec::Status;
 
 use super::gpu::Gpu;
-use super::transfer::{record_copy, record_fill, HostImport, Order, Region, Transfer};
+use super::transfer::{record_copy, record_fill, Import, Order, Region, Transfer};
 use super::{VulkanEngine, VulkanError, GPU_CHUNK};
 use crate::command::Operation;
 use crate::engine::software::SoftwareEngine;
@@ -111,7 +111,9 @@ fn transfer_same_as_software(
     make: impl Fn(&Arc<OwnedBuffers>) -> Job,
 ) -> Outcome {
     compare(buffers, what, &make, |job| {
-        transfer.run_job(&job, &|| false)
+        let (outcome, imported) = transfer.run_job(&job, &|| false);
+        assert_eq!(imported, 0, "{what}: no buffer here is a dma-buf");
+        outcome
     })
 }
 
@@ -365,11 +367,11 @@ fn unaligned_host_memory_imported_in_place() {
         // the iteration, and are neither moved nor reallocated meanwhile.
         let (from, to) = unsafe {
             (
-                HostImport::new(&gpu, src.as_ptr() as usize + src_at, len).unwrap(),
-                HostImport::new(&gpu, dst_addr, len).unwrap(),
+                Import::host(&gpu, src.as_ptr() as usize + src_at, len).unwrap(),
+                Import::host(&gpu, dst_addr, len).unwrap(),
             )
         };
-        let split = |import: &HostImport, at: usize| {
+        let split = |import: &Import, at: usize| {
             let at = at.min(len) as u64;
             [import.region(0, at), import.region(at, len as u64 - at)]
         };
@@ -596,7 +598,7 @@ fn shared_pages_are_imported_once() {
     // every one touched by a segment of one list or the other.
     job.push_input(pieces(&owned, 0, &[(1, 100), (4095, 10), (8000, 4300)]));
     job.push_output(pieces(&owned, 0, &[(150, 100), (300, 4300), (4500, 10)]));
-    assert_eq!(transfer.run_job(&job, &|| false).status, Status::Ok);
+    assert_eq!(transfer.run_job(&job, &|| false).0.status, Status::Ok);
     let counters = transfer.counters();
     assert_eq!(
         (counters.in_place, counters.imports),
@@ -661,7 +663,7 @@ fn import_cost() {
         let started = Instant::now();
         for _ in 0..ROUNDS {
             // SAFETY: `src` outlives the import, dropped at once.
-            drop(unsafe { HostImport::new(&gpu, addr, len) }.unwrap());
+            drop(unsafe { Import::host(&gpu, addr, len) }.unwrap());
         }
         let import = started.elapsed() / ROUNDS;
         let started = Instant::now();
@@ -690,7 +692,7 @@ fn import_cost() {
             let mut time = |job: &Job| {
                 let started = Instant::now();
                 for _ in 0..20 {
-                    assert_eq!(transfer.run_job(job, &|| false).status, Status::Ok);
+                    assert_eq!(transfer.run_job(job, &|| false).0.status, Status::Ok);
                 }
                 started.elapsed() / 20
             };
@@ -717,7 +719,7 @@ fn a_lost_device_fails_its_jobs_and_new_ones_run_on_the_cpu() {
     job.push_input(list(&owned, 0, 0, 4096, 4096));
     job.push_output(list(&owned, 1, 0, 4096, 4096));
     let started = Instant::now();
-    let outcome = transfer.run_job(&job, &|| false);
+    let (outcome, _) = transfer.run_job(&job, &|| false);
     assert_eq!(outcome.status, Status::DeviceError);
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(

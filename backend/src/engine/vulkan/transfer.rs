@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! COPY and FILL on the device's queue, over host memory imported
-//! with `VK_EXT_external_memory_host`.
+//! with `VK_EXT_external_memory_host`, or objects' dma-bufs imported with
+//! `VK_EXT_external_memory_dma_buf`.
 //!
-//! [`HostImport`] imports a run of host memory: it rounds the run out to
+//! [`Import::host`] imports a run of host memory: it rounds the run out to
 //! `minImportedHostPointerAlignment` (a page on every driver known), imports
 //! those pages, and binds a buffer to them, in which the run is a
 //! [`Region`] at the offset of its first byte within its first page.
+//! [`Import::dma_buf`] imports the pages of an object's dma-buf up to the
+//! end of a job's range of it, for the whole job: the range, however
+//! scattered the object's segments are in guest memory, is one region.
 //!
 //! COPY is `vkCmdCopyBuffer`, which takes any offset and size. FILL is
 //! `vkCmdFillBuffer` for the 4-byte words of a region, which is all it can
@@ -46,6 +50,11 @@
 //!   sends it to the software engine).
 //! - If an import fails (memory a driver cannot pin), the chunk goes
 //!   through the staging path below, and the engine says so once.
+//! - A job's buffer that is a range of an object's dma-buf, on a device
+//!   that imports them, is imported once for the job from the dma-buf
+//!   (udmabuf pinned its pages already), and counts as one piece below. If
+//!   such an import fails, the engine says so once and imports the pages
+//!   of objects like any others' from then on.
 //!
 //! A chunk whose segments average fewer than [`STAGE_SEGMENTS_UNDER`]
 //! bytes goes through two staging buffers of the engine instead, imported
@@ -55,16 +64,18 @@
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
+use std::os::fd::{AsFd, IntoRawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use ash::vk;
+use log::warn;
 use virtio_accel_spec::Status;
 
-use super::gpu::{vk_error, Gpu};
+use super::gpu::{vk_error, Gpu, IMPORTED_USAGE};
 use super::{JobStop, VulkanError};
 use crate::command::Operation;
-use crate::engine::Job;
+use crate::engine::{BufferIndex, DmaBufRange, Job};
 use crate::ops::{Outcome, CANCELLED};
 use crate::sg::{HostSeg, SgList};
 
@@ -149,13 +160,15 @@ impl Drop for HostAlloc {
     }
 }
 
-/// A run of host memory imported into the device, with a buffer bound to it.
+/// Memory imported into the device, with a buffer bound to it: a run of
+/// host memory ([`Import::host`]) or a range of a dma-buf
+/// ([`Import::dma_buf`]).
 #[derive(Debug)]
-pub(super) struct HostImport {
+pub(super) struct Import {
     gpu: Arc<Gpu>,
     memory: vk::DeviceMemory,
     buffer: vk::Buffer,
-    /// Where the run imported starts within `buffer`.
+    /// Where the run or range imported starts within `buffer`.
     offset: u64,
     /// Its length.
     len: u64,
@@ -169,7 +182,7 @@ pub(super) struct Region {
     pub(super) len: u64,
 }
 
-impl HostImport {
+impl Import {
     /// Imports the `len` bytes (not 0) at `addr`, rounded out to the
     /// device's import alignment.
     ///
@@ -179,7 +192,11 @@ impl HostImport {
     /// and hold the same memory (not be unmapped and mapped again) for as
     /// long as the import lives: a device may keep them pinned, and writes
     /// through it go to them.
-    pub(super) unsafe fn new(gpu: &Arc<Gpu>, addr: usize, len: usize) -> Result<Self, VulkanError> {
+    pub(super) unsafe fn host(
+        gpu: &Arc<Gpu>,
+        addr: usize,
+        len: usize,
+    ) -> Result<Self, VulkanError> {
         let align = usize::try_from(gpu.import_alignment)
             .map_err(|_| VulkanError::Import("import alignment beyond the address space"))?;
         let base = addr & !(align - 1);
@@ -188,13 +205,98 @@ impl HostImport {
             .and_then(|end| end.checked_add(align - 1))
             .ok_or(VulkanError::Import("run past the end of the address space"))?
             & !(align - 1);
-        let size = (end - base) as u64;
         let types = gpu.host_pointer_types(base as *const c_void)?;
-        let mut external = vk::ExternalMemoryBufferCreateInfo::default()
-            .handle_types(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT);
+        let mut import = vk::ImportMemoryHostPointerInfoEXT::default()
+            .handle_type(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT)
+            .host_pointer(base as *mut c_void);
+        // SAFETY: the pages from `base` to `end` are host memory that stays
+        // mapped while the import lives (caller), aligned as the device
+        // asks.
+        unsafe {
+            Import::bound(
+                gpu,
+                (
+                    vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT,
+                    &mut import,
+                ),
+                (end - base) as u64,
+                |bits| gpu.coherent_type(types & bits),
+                (addr - base) as u64,
+                len as u64,
+            )
+        }
+    }
+
+    /// Imports `range` of an object's dma-buf (§7.1.3), on a device that
+    /// imports dma-bufs: its pages from the dma-buf's first, so that the
+    /// range lies at its offset in the buffer, whatever the device's
+    /// alignment of buffers. The device gets a duplicate of the buffer's
+    /// descriptor, and keeps the pages (udmabuf pins them) for as long as
+    /// the import lives.
+    ///
+    /// If the allocation fails, the duplicate is left open: Vulkan leaves
+    /// it to the application then, but lavapipe 25.0 closes it, and
+    /// closing a number that another thread may have been given since
+    /// would close that thread's file. The engine imports no more dma-bufs
+    /// after a failure ([`Transfer`]), so at most one is left.
+    pub(super) fn dma_buf(gpu: &Arc<Gpu>, range: &DmaBufRange) -> Result<Self, VulkanError> {
+        let page = crate::memory::page_size();
+        // The dma-buf is made of whole pages (`crate::dmabuf`), the range
+        // within it: the pages up to the range's end are the dma-buf's.
+        let size = range
+            .offset
+            .checked_add(range.len.max(1))
+            .and_then(|end| end.checked_next_multiple_of(page))
+            .ok_or(VulkanError::Import("a dma-buf range past 2^64 bytes"))?;
+        let fd = range
+            .buffer
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(VulkanError::Memory)?;
+        let types = gpu.dma_buf_types(fd.as_fd())?;
+        // From here on the descriptor is the driver's (see above).
+        let fd = fd.into_raw_fd();
+        let mut import = vk::ImportMemoryFdInfoKHR::default()
+            .handle_type(vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT)
+            .fd(fd);
+        // SAFETY: a dma-buf is memory the kernel keeps for as long as a
+        // descriptor of it (the device's, once imported) is open, and this
+        // one has the range's pages up to `size` (the range lies within
+        // the dma-buf, made of whole pages by `crate::dmabuf`). The device
+        // does not read it through the CPU: any memory type will do.
+        unsafe {
+            Import::bound(
+                gpu,
+                (vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT, &mut import),
+                size,
+                |bits| (types & bits != 0).then(|| (types & bits).trailing_zeros()),
+                range.offset,
+                range.len,
+            )
+        }
+    }
+
+    /// Allocates `size` bytes of memory imported as `import` (of
+    /// `handle_type`), of the memory type that `memory_type` picks among
+    /// those a buffer takes, and binds a transfer buffer of that size to
+    /// it, in which `len` bytes at `offset` are the import's.
+    ///
+    /// # Safety
+    ///
+    /// `import` must describe memory of at least `size` bytes that stays
+    /// valid for as long as the import lives.
+    unsafe fn bound<T: vk::ExtendsMemoryAllocateInfo>(
+        gpu: &Arc<Gpu>,
+        (handle_type, import): (vk::ExternalMemoryHandleTypeFlags, &mut T),
+        size: u64,
+        memory_type: impl FnOnce(u32) -> Option<u32>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Self, VulkanError> {
+        let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle_type);
         let info = vk::BufferCreateInfo::default()
             .size(size)
-            .usage(vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST)
+            .usage(IMPORTED_USAGE)
             .sharing_mode(vk::SharingMode::EXCLUSIVE)
             .push_next(&mut external);
         // SAFETY: `info` and its chain outlive the call.
@@ -202,43 +304,38 @@ impl HostImport {
             unsafe { gpu.device.create_buffer(&info, None) }.map_err(vk_error("vkCreateBuffer"))?;
         // SAFETY: `buffer` was just made on this device.
         let needs = unsafe { gpu.device.get_buffer_memory_requirements(buffer) };
-        let memory_type = gpu
-            .coherent_type(types & needs.memory_type_bits)
-            .filter(|_| needs.size <= size);
+        let memory_type = memory_type(needs.memory_type_bits).filter(|_| needs.size <= size);
         let Some(memory_type) = memory_type else {
             // SAFETY: `buffer` is unused and destroyed once.
             unsafe { gpu.device.destroy_buffer(buffer, None) };
             return Err(VulkanError::Import(
-                "no host-coherent memory type fits an imported buffer",
+                "no memory type of the import fits a transfer buffer",
             ));
         };
-        let mut import = vk::ImportMemoryHostPointerInfoEXT::default()
-            .handle_type(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT)
-            .host_pointer(base as *mut c_void);
         let allocate = vk::MemoryAllocateInfo::default()
             .allocation_size(size)
             .memory_type_index(memory_type)
-            .push_next(&mut import);
-        // SAFETY: the pages from `base` to `end` are host memory that stays
-        // mapped while the import lives (caller), aligned as the device
-        // asks; `allocate` and its chain outlive the call.
+            .push_next(import);
+        // SAFETY: `import` is memory of `size` bytes that stays valid while
+        // the import lives (caller); `allocate` and its chain outlive the
+        // call.
         let memory = match unsafe { gpu.device.allocate_memory(&allocate, None) } {
             Ok(memory) => memory,
             Err(error) => {
                 // SAFETY: `buffer` is unused and destroyed once.
                 unsafe { gpu.device.destroy_buffer(buffer, None) };
                 return Err(VulkanError::Vulkan {
-                    what: "vkAllocateMemory (host pointer import)",
+                    what: "vkAllocateMemory (import)",
                     source: error,
                 });
             }
         };
-        let import = HostImport {
+        let import = Import {
             gpu: Arc::clone(gpu),
             memory,
             buffer,
-            offset: (addr - base) as u64,
-            len: len as u64,
+            offset,
+            len,
         };
         // SAFETY: the memory is as large as the buffer needs, of a type it
         // takes, and neither is bound yet; `import`'s drop frees both.
@@ -247,7 +344,7 @@ impl HostImport {
         Ok(import)
     }
 
-    /// `len` bytes at byte `at` of the run imported.
+    /// `len` bytes at byte `at` of the run or range imported.
     pub(super) fn region(&self, at: u64, len: u64) -> Region {
         debug_assert!(at + len <= self.len);
         Region {
@@ -256,9 +353,19 @@ impl HostImport {
             len,
         }
     }
+
+    /// The `len` bytes at `at` of a job's buffer that is this import of
+    /// its dma-buf range, as its only region.
+    fn whole(&self, at: usize, len: usize) -> Result<Vec<Region>, VulkanError> {
+        let (at, len) = (at as u64, len as u64);
+        if at.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(VulkanError::Import("a chunk past its dma-buf range"));
+        }
+        Ok(vec![self.region(at, len)])
+    }
 }
 
-impl Drop for HostImport {
+impl Drop for Import {
     fn drop(&mut self) {
         // SAFETY: no submission using the buffer is pending (every one is
         // waited for before its job completes), and both are freed once.
@@ -273,7 +380,7 @@ impl Drop for HostImport {
 #[derive(Debug)]
 struct Staging {
     /// Dropped before `alloc`, whose pages it imports.
-    import: HostImport,
+    import: Import,
     alloc: HostAlloc,
 }
 
@@ -282,7 +389,7 @@ impl Staging {
         let alloc = HostAlloc::new(len)?;
         // SAFETY: the mapping is page-aligned, lives as long as `alloc`,
         // which outlives the import (field order), and is never remapped.
-        let import = unsafe { HostImport::new(gpu, alloc.addr.as_ptr() as usize, alloc.len) }?;
+        let import = unsafe { Import::host(gpu, alloc.addr.as_ptr() as usize, alloc.len) }?;
         Ok(Staging { import, alloc })
     }
 }
@@ -325,6 +432,15 @@ impl Order {
         Order::Any
     }
 
+    /// The order writing `list` needs: [`Order::Any`] through `object`,
+    /// its dma-buf import (one region), else [`Order::of`] its segments.
+    fn of_side(list: &SgList, object: Option<&Import>) -> Order {
+        match object {
+            Some(_) => Order::Any,
+            None => Order::of(list.segments()),
+        }
+    }
+
     /// Records, in `Serial` order, a barrier between a command and the
     /// next.
     fn between(self, device: &ash::Device, cmd: vk::CommandBuffer) {
@@ -357,7 +473,7 @@ impl Order {
 pub(super) struct ChunkImports<'a> {
     /// The imports, by the address of their first page, ascending and
     /// disjoint.
-    runs: Vec<(usize, HostImport)>,
+    runs: Vec<(usize, Import)>,
     /// The lists imported, which keep the memory mapped, outlive the
     /// imports.
     _lists: PhantomData<&'a SgList>,
@@ -369,7 +485,7 @@ impl<'a> ChunkImports<'a> {
     /// # Safety
     ///
     /// Those pages must stay mapped, and hold the same memory, for as long
-    /// as the value lives, as [`HostImport::new`] requires: the lists (or
+    /// as the value lives, as [`Import::new`] requires: the lists (or
     /// lists sharing their keepalive) must outlive it.
     pub(super) unsafe fn new(gpu: &Arc<Gpu>, lists: &[&'a SgList]) -> Result<Self, VulkanError> {
         let align = usize::try_from(gpu.import_alignment)
@@ -402,7 +518,7 @@ impl<'a> ChunkImports<'a> {
             // segment (the runs are unions of the segments' pages), so it
             // is mapped while the lists live, which the caller vouches
             // outlive `self`.
-            runs.push((start, unsafe { HostImport::new(gpu, start, end - start) }?));
+            runs.push((start, unsafe { Import::host(gpu, start, end - start) }?));
         }
         Ok(ChunkImports {
             runs,
@@ -413,6 +529,21 @@ impl<'a> ChunkImports<'a> {
     /// How many imports were made.
     pub(super) fn count(&self) -> usize {
         self.runs.len()
+    }
+
+    /// The regions of `list`, the chunk at byte `at` of a job's buffer:
+    /// the chunk's part of `object`, the buffer's dma-buf import, if it has
+    /// one, else those of its segments, one of the lists imported.
+    fn regions_at(
+        &self,
+        list: &SgList,
+        object: Option<&Import>,
+        at: usize,
+    ) -> Result<Vec<Region>, VulkanError> {
+        match object {
+            Some(object) => object.whole(at, list.len()),
+            None => self.regions(list),
+        }
     }
 
     /// The regions of the segments of `list`, one of the lists imported.
@@ -567,6 +698,8 @@ pub(super) struct Counters {
     pub(super) staged_bytes: u64,
     /// Chunks staged because their memory could not be imported.
     pub(super) import_failures: u64,
+    /// Buffers imported whole from their objects' dma-bufs.
+    pub(super) dma_buf_imports: u64,
 }
 
 /// The engine thread's means to run COPY and FILL: a command buffer, the
@@ -584,6 +717,9 @@ pub(super) struct Transfer {
     /// Chunks whose segments are shorter than this on average are staged:
     /// [`STAGE_SEGMENTS_UNDER`], but for tests.
     stage_under: usize,
+    /// Whether buffers that are ranges of objects' dma-bufs are imported
+    /// as such: the device can, and no such import has failed.
+    dma_bufs: bool,
     counters: Counters,
     /// Dropped last: the objects above are of its device.
     gpu: Arc<Gpu>,
@@ -611,6 +747,7 @@ impl Transfer {
             src,
             dst,
             stage_under: STAGE_SEGMENTS_UNDER,
+            dma_bufs: gpu.memory_fd.is_some(),
             counters: Counters::default(),
             gpu: Arc::clone(gpu),
         };
@@ -688,28 +825,74 @@ impl Transfer {
     }
 
     /// Runs a COPY or FILL job, a chunk per submission, asking `cancelled`
-    /// before each. Other operations fail: the queue does not send them.
-    pub(super) fn run_job(&mut self, job: &Job, cancelled: &dyn Fn() -> bool) -> Outcome {
+    /// before each; also says how many of its buffers were imported from
+    /// their objects' dma-bufs. Other operations fail: the queue does not
+    /// send them.
+    pub(super) fn run_job(&mut self, job: &Job, cancelled: &dyn Fn() -> bool) -> (Outcome, u8) {
+        let objects = match (&job.operation, job.inputs(), job.outputs()) {
+            (Operation::Copy, [_], [_]) => [
+                self.import_dma_buf(job, BufferIndex::Input(0)),
+                self.import_dma_buf(job, BufferIndex::Output(0)),
+            ],
+            (Operation::Fill { .. }, [], [_]) => {
+                [None, self.import_dma_buf(job, BufferIndex::Output(0))]
+            }
+            _ => [None, None],
+        };
+        let [src_object, dst_object] = objects.each_ref().map(Option::as_ref);
         let result = match (&job.operation, job.inputs(), job.outputs()) {
-            (Operation::Copy, [src], [dst]) => self.copy(src, dst, cancelled),
-            (Operation::Fill { pattern }, [], [dst]) => self.fill(dst, *pattern, cancelled),
+            (Operation::Copy, [src], [dst]) => {
+                self.copy((src, src_object), (dst, dst_object), cancelled)
+            }
+            (Operation::Fill { pattern }, [], [dst]) => {
+                self.fill((dst, dst_object), *pattern, cancelled)
+            }
             _ => Err(JobStop::Status(Status::DeviceError)),
         };
-        match result {
+        let imported = objects
+            .iter()
+            .map(|object| u8::from(object.is_some()))
+            .sum();
+        let outcome = match result {
             Ok(written) => Outcome {
                 bytes_written: written as u64,
                 ..Outcome::failed(Status::Ok)
             },
             Err(stop) => stop.outcome(),
+        };
+        (outcome, imported)
+    }
+
+    /// Buffer `index` of `job` imported whole from its object's dma-buf, if
+    /// it is a range of one and the device imports them. After a failed
+    /// import, none is tried again (see [`Import::dma_buf`]): the buffers'
+    /// pages are imported like any others'.
+    fn import_dma_buf(&mut self, job: &Job, index: BufferIndex) -> Option<Import> {
+        let range = job.dma_buf(index).filter(|_| self.dma_bufs)?;
+        match Import::dma_buf(&self.gpu, range) {
+            Ok(import) => {
+                self.counters.dma_buf_imports += 1;
+                Some(import)
+            }
+            Err(error) => {
+                warn!(
+                    "vulkan engine: cannot import an object's dma-buf ({}); objects' pages are \
+                     imported as host memory from now on",
+                    crate::error_chain(&error)
+                );
+                self.dma_bufs = false;
+                None
+            }
         }
     }
 
-    /// Copies `src` to `dst`. The two share no byte (the queue sends a
-    /// COPY whose input and output overlap to the software engine).
+    /// Copies `src` to `dst`, each with its dma-buf import if it has one.
+    /// The two share no byte (the queue sends a COPY whose input and output
+    /// overlap to the software engine).
     fn copy(
         &mut self,
-        src: &SgList,
-        dst: &SgList,
+        (src, src_object): (&SgList, Option<&Import>),
+        (dst, dst_object): (&SgList, Option<&Import>),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<usize, JobStop> {
         if dst.len() < src.len() {
@@ -720,9 +903,11 @@ impl Transfer {
                 .slice(at, n)
                 .zip(dst.slice(at, n))
                 .ok_or(JobStop::Status(Status::DeviceError))?;
-            if let Some(imports) = self.import(&[&from, &to], n) {
-                let (regions_from, regions_to) = (imports.regions(&from)?, imports.regions(&to)?);
-                let order = Order::of(to.segments());
+            let sides = [(&from, src_object), (&to, dst_object)];
+            if let Some(imports) = self.import(&sides, n) {
+                let regions_from = imports.regions_at(&from, src_object, at)?;
+                let regions_to = imports.regions_at(&to, dst_object, at)?;
+                let order = Order::of_side(&to, dst_object);
                 self.run(|device, cmd| {
                     record_copy(device, cmd, &regions_from, &regions_to, order);
                 })?;
@@ -746,9 +931,10 @@ impl Transfer {
         Ok(src.len())
     }
 
+    /// Fills `dst`, with its dma-buf import if it has one.
     fn fill(
         &mut self,
-        dst: &SgList,
+        (dst, dst_object): (&SgList, Option<&Import>),
         pattern: u8,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<usize, JobStop> {
@@ -757,9 +943,9 @@ impl Transfer {
             let to = dst
                 .slice(at, n)
                 .ok_or(JobStop::Status(Status::DeviceError))?;
-            if let Some(imports) = self.import(&[&to], n) {
-                let regions = imports.regions(&to)?;
-                let order = Order::of(to.segments());
+            if let Some(imports) = self.import(&[(&to, dst_object)], n) {
+                let regions = imports.regions_at(&to, dst_object, at)?;
+                let order = Order::of_side(&to, dst_object);
                 self.run(|device, cmd| {
                     record_fill(device, cmd, &regions, pattern, table, order);
                 })?;
@@ -778,21 +964,35 @@ impl Transfer {
         Ok(dst.len())
     }
 
-    /// The imports of a chunk of `len` bytes over `lists`, or `None` if it
-    /// is to be staged: its segments, those of all its lists counted,
-    /// average fewer than `stage_under` bytes, or its memory could not be
-    /// imported (said once in the log). The imports borrow the lists.
-    fn import<'a>(&mut self, lists: &[&'a SgList], len: usize) -> Option<ChunkImports<'a>> {
-        let segments: usize = lists.iter().map(|list| list.segments().len()).sum();
-        if len < self.stage_under.saturating_mul(segments) {
+    /// The imports of a chunk of `len` bytes over the lists of `sides`
+    /// that have no dma-buf import (those that have one are a piece each,
+    /// imported already), or `None` if it is to be staged: its pieces,
+    /// those of all its lists counted, average fewer than `stage_under`
+    /// bytes, or its memory could not be imported (said once in the log).
+    /// The imports borrow the lists.
+    fn import<'a>(
+        &mut self,
+        sides: &[(&'a SgList, Option<&Import>)],
+        len: usize,
+    ) -> Option<ChunkImports<'a>> {
+        let pieces: usize = sides
+            .iter()
+            .map(|(list, object)| object.map_or(list.segments().len(), |_| 1))
+            .sum();
+        if len < self.stage_under.saturating_mul(pieces) {
             self.counters.staged += 1;
             return None;
         }
+        let lists: Vec<&SgList> = sides
+            .iter()
+            .filter(|(_, object)| object.is_none())
+            .map(|(list, _)| *list)
+            .collect();
         // SAFETY: the lists are the chunk's, sliced from the job's, which
         // the engine holds until it posts the completion; the imports
         // borrow them, so are dropped first, and the callers drop them once
         // the device is done with them (`run` waits, or idles the device).
-        match unsafe { ChunkImports::new(&self.gpu, lists) } {
+        match unsafe { ChunkImports::new(&self.gpu, &lists) } {
             Ok(imports) => {
                 self.counters.in_place += 1;
                 self.counters.imports += imports.count() as u64;
@@ -842,12 +1042,14 @@ impl Drop for Transfer {
         let c = self.counters;
         log::debug!(
             "vulkan engine: {} chunks run in place ({} imports), {} staged ({} bytes \
-             copied by the CPU; {} for want of an import)",
+             copied by the CPU; {} for want of an import); {} buffers imported from \
+             objects' dma-bufs",
             c.in_place,
             c.imports,
             c.staged,
             c.staged_bytes,
-            c.import_failures
+            c.import_failures,
+            c.dma_buf_imports
         );
         // SAFETY: every submission was waited for (or failed; waiting for
         // the device's idle covers those), so neither object is in use;
