@@ -30,3 +30,23 @@ unpack_backports() {
     done
     rm -rf "$tmp"
 }
+
+# fetch_mesa_backports DIR: lavapipe of bookworm-backports' Mesa (25.0,
+# which imports dma-bufs; bookworm's 22.3 does not), with the libdrm it
+# wants, unpacked into DIR unless it is there; prints DIR. Its other
+# libraries are bookworm's (LLVM 15, xcb...): bookworm's mesa-vulkan-drivers
+# and Vulkan loader are installed if missing. The Vulkan loader takes it
+# with VK_DRIVER_FILES=DIR/usr/share/vulkan/icd.d/lvp_icd.json and
+# LD_LIBRARY_PATH=DIR/usr/lib/x86_64-linux-gnu.
+fetch_mesa_backports() {
+    local dir=$1 lib=/usr/lib/x86_64-linux-gnu
+    if [[ ! -f $dir$lib/libvulkan_lvp.so ]]; then
+        echo "fetching lavapipe from bookworm-backports into $dir" >&2
+        rm -rf "$dir"
+        unpack_backports "$dir" mesa-vulkan-drivers libdrm2 libdrm-amdgpu1
+    fi
+    if [[ ! -e $lib/libvulkan.so.1 || ! -e $lib/libvulkan_lvp.so ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libvulkan1 mesa-vulkan-drivers >&2
+    fi
+    echo "$dir"
+}

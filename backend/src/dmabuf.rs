@@ -14,10 +14,12 @@
 //! - [`SyncWaits`]: the requests waiting for such fences, as an epoll set
 //!   that the connection's worker waits on with its other events.
 //!
-//! The device's own work attaches no fence to the buffer (the daemon has
-//! no way to make a kernel fence of a request); a driver that writes into a
-//! guest object while a request reads it is the host's own race, as between
-//! any two users of a dma-buf without fences.
+//! The daemon attaches no fence of a request to the buffer (it has no way
+//! to make a kernel fence of one; a GPU's kernel driver fences the work of
+//! an engine that imports the buffer, which has ended by the time the
+//! request completes); a driver that writes into a guest object while a
+//! request reads it is the host's own race, as between any two users of a
+//! dma-buf without fences.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -62,8 +62,9 @@
 //! - hold the listening socket as a descriptor (`socket`, `bind`, `listen`
 //!   are refused), and map or open whatever is shared with the supervisor;
 //! - read any file it needs (configuration, `/proc`, `/sys`): with no
-//!   `openat`, no `readlink`, no `lseek`, `std::thread::available_parallelism`
-//!   and `std::fs::read_to_string` no longer work;
+//!   `openat`, no `readlink`, no `lseek` (but to offset 0, for an engine
+//!   that imports dma-bufs), `std::thread::available_parallelism` and
+//!   `std::fs::read_to_string` no longer work;
 //! - leave socket files to the supervisor (`unlink` is refused).
 //!
 //! Call `apply` from the thread that starts the connections' threads, so
@@ -759,7 +760,12 @@ fn allow_list(
         rules.insert(syscall!(SYS_ioctl).number, Vec::new());
     }
     if driver_calls.lseek {
-        rules.insert(syscall!(SYS_lseek).number, Vec::new());
+        // To a dma-buf's end, for its size, or back to its start.
+        let to_offset_0 = Check::OneOf(Arg::Long(1), &[0]);
+        rules.insert(
+            syscall!(SYS_lseek).number,
+            argument_rules(to_offset_0, pid)?,
+        );
     }
     for (syscall, _, _) in REFUSED_WITH_ERROR {
         rules.insert(syscall.number, Vec::new());
@@ -1043,7 +1049,7 @@ mod tests {
         let (ioctl, lseek) = (syscall!(SYS_ioctl).number, syscall!(SYS_lseek).number);
         let allowed = |calls| allow_list(1, calls).unwrap();
         let (without, with) = (allowed(none), allowed(all));
-        assert!(!without.contains_key(&lseek) && with.contains_key(&lseek));
+        assert!(!without.contains_key(&lseek) && !with[&lseek].is_empty());
         // UDMABUF_CREATE_LIST alone, or every ioctl (no condition).
         assert!(!without[&ioctl].is_empty() && with[&ioctl].is_empty());
         let mut numbers: Vec<i64> = ALLOWED

@@ -114,13 +114,13 @@ fn start_engine(config: &Config) -> Result<Arc<dyn Engine>, ServerError> {
         EngineKind::Software => Arc::new(software),
         EngineKind::Vulkan => {
             let engine = VulkanEngine::with_software(config.vulkan_device.as_deref(), software)?;
-            let objects = if engine.imports_dma_bufs() {
-                "imported as dma-bufs"
+            let dma_bufs = if engine.imports_dma_bufs() {
+                "imports"
             } else {
-                "imported as host memory"
+                "does not import"
             };
             log::info!(
-                "Vulkan engine on {}, objects {objects}",
+                "Vulkan engine on {}, which {dma_bufs} objects' dma-bufs",
                 engine.device_name()
             );
             Arc::new(engine)

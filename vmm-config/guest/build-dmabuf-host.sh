@@ -34,25 +34,7 @@ log() { echo "build-dmabuf-host: $*" >&2; }
 
 # The kernel's modules that the init loads, with what they depend on.
 HOST_MODULES=(vgem vivid)
-# bookworm-backports' packages of lavapipe, with the libdrm it wants.
-MESA_PACKAGES=(mesa-vulkan-drivers libdrm2 libdrm-amdgpu1)
 multiarch=usr/lib/x86_64-linux-gnu
-
-# fetch_mesa: unpacks MESA_PACKAGES into $mesa unless they are there, and
-# installs bookworm's Vulkan loader here if it is missing.
-fetch_mesa() {
-    mesa=$cache/mesa-backports
-    if [[ ! -f $mesa/$multiarch/libvulkan_lvp.so ]]; then
-        log "fetching ${MESA_PACKAGES[*]} from bookworm-backports"
-        # shellcheck source=../debian-backports.sh
-        source "$here/../debian-backports.sh"
-        rm -rf "$mesa"
-        unpack_backports "$mesa" "${MESA_PACKAGES[@]}"
-    fi
-    if [[ ! -e /$multiarch/libvulkan.so.1 ]]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libvulkan1 >&2
-    fi
-}
 
 # add_libraries_of FILE: copies every library that FILE loads (as ldd
 # resolves them, backports' first) to its path in the initramfs; one from
@@ -73,7 +55,9 @@ add_libraries_of() {
 }
 
 fetch_kernel "$cache"
-fetch_mesa
+# shellcheck source=../debian-backports.sh
+source "$here/../debian-backports.sh"
+mesa=$(fetch_mesa_backports "$cache/mesa-backports")
 new_root bin sbin proc sys dev run tmp "$multiarch" usr/lib64 usr/bin usr/share/vulkan/icd.d
 # The layout of Debian's merged /usr, which the libraries' paths assume.
 ln -s usr/lib "$root/lib"

@@ -370,9 +370,7 @@ impl Report {
             }
         }
     }
-}
 
-impl Report {
     /// Fails the checks not run yet, for `why`.
     fn fail_the_rest(mut self, why: &str) -> ExitCode {
         for name in &self.names[self.ran..] {
@@ -1477,8 +1475,10 @@ fn vulkan_fill_object(host: &Host) -> Result<(), String> {
 /// host memory) into a dma-buf object (imported as a dma-buf).
 fn vulkan_copy_into_object(host: &Host) -> Result<(), String> {
     let pair = ObjectPair::new(host)?;
-    let (source, bytes) = host.buffer(2 * PAGE, 33)?;
-    let (skip, to, len) = (7, 2 * PAGE - 1, PAGE + 9);
+    // Long enough for the chunk to run in place, not staged, whatever the
+    // source's segments (`STAGE_SEGMENTS_UNDER`).
+    let (source, bytes) = host.buffer(4 * PAGE, 33)?;
+    let (skip, to, len) = (7, 2 * PAGE - 1, 3 * PAGE + 9);
     let request = Request::new(Op::Copy)
         .input(Buffer::direct_range(&source, skip, len).map_err(|e| e.to_string())?)
         .output(

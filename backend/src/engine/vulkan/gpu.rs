@@ -561,8 +561,9 @@ fn probe(instance: &ash::Instance, physical: vk::PhysicalDevice) -> Result<Candi
 }
 
 /// Whether the device says a transfer buffer can be imported from a dma-buf
-/// (`vkGetPhysicalDeviceExternalBufferProperties`): the extension alone
-/// does not promise it for every use.
+/// (`vkGetPhysicalDeviceExternalBufferProperties`; the extension alone does
+/// not promise it for every use), without the dedicated allocation that
+/// the engine does not make.
 fn imports_dma_bufs(instance: &ash::Instance, physical: vk::PhysicalDevice) -> bool {
     let info = vk::PhysicalDeviceExternalBufferInfo::default()
         .usage(IMPORTED_USAGE)
@@ -573,10 +574,11 @@ fn imports_dma_bufs(instance: &ash::Instance, physical: vk::PhysicalDevice) -> b
     unsafe {
         instance.get_physical_device_external_buffer_properties(physical, &info, &mut properties);
     }
-    properties
+    let features = properties
         .external_memory_properties
-        .external_memory_features
-        .contains(vk::ExternalMemoryFeatureFlags::IMPORTABLE)
+        .external_memory_features;
+    features.contains(vk::ExternalMemoryFeatureFlags::IMPORTABLE)
+        && !features.contains(vk::ExternalMemoryFeatureFlags::DEDICATED_ONLY)
 }
 
 /// How the device offers timeline semaphores, if it does.

@@ -48,9 +48,9 @@
 //! past its time limit, marks the device lost (`Gpu::run_recorded`): its
 //! jobs fail with DeviceError, and new ones go to the software engine.
 //!
-//! Not yet: a queue of its own for transfers (the engine uses one queue, of a family able to compute when
-//! the device has one), interrupt moderation of the GPU
-//! part ([`HwQueue::coalesce`] applies to the software part only; each
+//! Not yet: a queue of its own for transfers (the engine uses one queue,
+//! of a family able to compute when the device has one), interrupt
+//! moderation of the GPU part ([`HwQueue::coalesce`] applies to the software part only; each
 //! completion raises the eventfd unless it is raised already), and
 //! [`HwQueue::watch_backlog`] (it reports that it cannot tell).
 
@@ -61,6 +61,8 @@ mod transfer;
 
 #[cfg(test)]
 mod compute_tests;
+#[cfg(test)]
+mod dmabuf_tests;
 #[cfg(test)]
 mod tests;
 

@@ -64,7 +64,7 @@
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -220,9 +220,9 @@ impl Import {
                     &mut import,
                 ),
                 (end - base) as u64,
-                |bits| gpu.coherent_type(types & bits),
-                (addr - base) as u64,
-                len as u64,
+                types,
+                ((addr - base) as u64, len as u64),
+                || {},
             )
         }
     }
@@ -238,14 +238,18 @@ impl Import {
     /// it to the application then, but lavapipe 25.0 closes it, and
     /// closing a number that another thread may have been given since
     /// would close that thread's file. The engine imports no more dma-bufs
-    /// after a failure ([`Transfer`]), so at most one is left.
+    /// after a failure ([`Transfer`]), so at most one is left. On an
+    /// error before the allocation, the duplicate is closed.
     pub(super) fn dma_buf(gpu: &Arc<Gpu>, range: &DmaBufRange) -> Result<Self, VulkanError> {
+        if range.len == 0 {
+            return Err(VulkanError::Import("an empty dma-buf range"));
+        }
         let page = crate::memory::page_size();
         // The dma-buf is made of whole pages (`crate::dmabuf`), the range
         // within it: the pages up to the range's end are the dma-buf's.
         let size = range
             .offset
-            .checked_add(range.len.max(1))
+            .checked_add(range.len)
             .and_then(|end| end.checked_next_multiple_of(page))
             .ok_or(VulkanError::Import("a dma-buf range past 2^64 bytes"))?;
         let fd = range
@@ -254,32 +258,33 @@ impl Import {
             .try_clone_to_owned()
             .map_err(VulkanError::Memory)?;
         let types = gpu.dma_buf_types(fd.as_fd())?;
-        // From here on the descriptor is the driver's (see above).
-        let fd = fd.into_raw_fd();
         let mut import = vk::ImportMemoryFdInfoKHR::default()
             .handle_type(vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT)
-            .fd(fd);
+            .fd(fd.as_raw_fd());
         // SAFETY: a dma-buf is memory the kernel keeps for as long as a
         // descriptor of it (the device's, once imported) is open, and this
         // one has the range's pages up to `size` (the range lies within
-        // the dma-buf, made of whole pages by `crate::dmabuf`). The device
-        // does not read it through the CPU: any memory type will do.
+        // the dma-buf, made of whole pages by `crate::dmabuf`).
         unsafe {
             Import::bound(
                 gpu,
                 (vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT, &mut import),
                 size,
-                |bits| (types & bits != 0).then(|| (types & bits).trailing_zeros()),
-                range.offset,
-                range.len,
+                types,
+                (range.offset, range.len),
+                // The driver's from the allocation on (see above).
+                move || {
+                    let _ = fd.into_raw_fd();
+                },
             )
         }
     }
 
     /// Allocates `size` bytes of memory imported as `import` (of
-    /// `handle_type`), of the memory type that `memory_type` picks among
-    /// those a buffer takes, and binds a transfer buffer of that size to
-    /// it, in which `len` bytes at `offset` are the import's.
+    /// `handle_type`), of a host-coherent type among `types`, and binds a
+    /// transfer buffer of that size to it, in which `len` bytes at
+    /// `offset` are the import's. `handing_over` runs just before the
+    /// allocation takes what `import` names.
     ///
     /// # Safety
     ///
@@ -289,9 +294,9 @@ impl Import {
         gpu: &Arc<Gpu>,
         (handle_type, import): (vk::ExternalMemoryHandleTypeFlags, &mut T),
         size: u64,
-        memory_type: impl FnOnce(u32) -> Option<u32>,
-        offset: u64,
-        len: u64,
+        types: u32,
+        (offset, len): (u64, u64),
+        handing_over: impl FnOnce(),
     ) -> Result<Self, VulkanError> {
         let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle_type);
         let info = vk::BufferCreateInfo::default()
@@ -304,18 +309,21 @@ impl Import {
             unsafe { gpu.device.create_buffer(&info, None) }.map_err(vk_error("vkCreateBuffer"))?;
         // SAFETY: `buffer` was just made on this device.
         let needs = unsafe { gpu.device.get_buffer_memory_requirements(buffer) };
-        let memory_type = memory_type(needs.memory_type_bits).filter(|_| needs.size <= size);
+        let memory_type = gpu
+            .coherent_type(types & needs.memory_type_bits)
+            .filter(|_| needs.size <= size);
         let Some(memory_type) = memory_type else {
             // SAFETY: `buffer` is unused and destroyed once.
             unsafe { gpu.device.destroy_buffer(buffer, None) };
             return Err(VulkanError::Import(
-                "no memory type of the import fits a transfer buffer",
+                "no host-coherent memory type of the import fits a transfer buffer",
             ));
         };
         let allocate = vk::MemoryAllocateInfo::default()
             .allocation_size(size)
             .memory_type_index(memory_type)
             .push_next(import);
+        handing_over();
         // SAFETY: `import` is memory of `size` bytes that stays valid while
         // the import lives (caller); `allocate` and its chain outlive the
         // call.
@@ -432,15 +440,6 @@ impl Order {
         Order::Any
     }
 
-    /// The order writing `list` needs: [`Order::Any`] through `object`,
-    /// its dma-buf import (one region), else [`Order::of`] its segments.
-    fn of_side(list: &SgList, object: Option<&Import>) -> Order {
-        match object {
-            Some(_) => Order::Any,
-            None => Order::of(list.segments()),
-        }
-    }
-
     /// Records, in `Serial` order, a barrier between a command and the
     /// next.
     fn between(self, device: &ash::Device, cmd: vk::CommandBuffer) {
@@ -485,7 +484,7 @@ impl<'a> ChunkImports<'a> {
     /// # Safety
     ///
     /// Those pages must stay mapped, and hold the same memory, for as long
-    /// as the value lives, as [`Import::new`] requires: the lists (or
+    /// as the value lives, as [`Import::host`] requires: the lists (or
     /// lists sharing their keepalive) must outlive it.
     pub(super) unsafe fn new(gpu: &Arc<Gpu>, lists: &[&'a SgList]) -> Result<Self, VulkanError> {
         let align = usize::try_from(gpu.import_alignment)
@@ -529,21 +528,6 @@ impl<'a> ChunkImports<'a> {
     /// How many imports were made.
     pub(super) fn count(&self) -> usize {
         self.runs.len()
-    }
-
-    /// The regions of `list`, the chunk at byte `at` of a job's buffer:
-    /// the chunk's part of `object`, the buffer's dma-buf import, if it has
-    /// one, else those of its segments, one of the lists imported.
-    fn regions_at(
-        &self,
-        list: &SgList,
-        object: Option<&Import>,
-        at: usize,
-    ) -> Result<Vec<Region>, VulkanError> {
-        match object {
-            Some(object) => object.whole(at, list.len()),
-            None => self.regions(list),
-        }
     }
 
     /// The regions of the segments of `list`, one of the lists imported.
@@ -825,34 +809,27 @@ impl Transfer {
     }
 
     /// Runs a COPY or FILL job, a chunk per submission, asking `cancelled`
-    /// before each; also says how many of its buffers were imported from
-    /// their objects' dma-bufs. Other operations fail: the queue does not
-    /// send them.
+    /// before each; also says how many of its buffers went through their
+    /// objects' dma-bufs. Other operations fail: the queue does not send
+    /// them.
     pub(super) fn run_job(&mut self, job: &Job, cancelled: &dyn Fn() -> bool) -> (Outcome, u8) {
-        let objects = match (&job.operation, job.inputs(), job.outputs()) {
-            (Operation::Copy, [_], [_]) => [
-                self.import_dma_buf(job, BufferIndex::Input(0)),
-                self.import_dma_buf(job, BufferIndex::Output(0)),
-            ],
-            (Operation::Fill { .. }, [], [_]) => {
-                [None, self.import_dma_buf(job, BufferIndex::Output(0))]
-            }
-            _ => [None, None],
-        };
-        let [src_object, dst_object] = objects.each_ref().map(Option::as_ref);
-        let result = match (&job.operation, job.inputs(), job.outputs()) {
+        let dma_bufs = self.dma_bufs;
+        let (result, imported) = match (&job.operation, job.inputs(), job.outputs()) {
             (Operation::Copy, [src], [dst]) => {
-                self.copy((src, src_object), (dst, dst_object), cancelled)
+                let mut sides = [
+                    Side::new(job, src, BufferIndex::Input(0), dma_bufs),
+                    Side::new(job, dst, BufferIndex::Output(0), dma_bufs),
+                ];
+                let result = self.copy(&mut sides, cancelled);
+                (result, Side::imported(&sides))
             }
             (Operation::Fill { pattern }, [], [dst]) => {
-                self.fill((dst, dst_object), *pattern, cancelled)
+                let mut sides = [Side::new(job, dst, BufferIndex::Output(0), dma_bufs)];
+                let result = self.fill(&mut sides, *pattern, cancelled);
+                (result, Side::imported(&sides))
             }
-            _ => Err(JobStop::Status(Status::DeviceError)),
+            _ => (Err(JobStop::Status(Status::DeviceError)), 0),
         };
-        let imported = objects
-            .iter()
-            .map(|object| u8::from(object.is_some()))
-            .sum();
         let outcome = match result {
             Ok(written) => Outcome {
                 bytes_written: written as u64,
@@ -863,53 +840,33 @@ impl Transfer {
         (outcome, imported)
     }
 
-    /// Buffer `index` of `job` imported whole from its object's dma-buf, if
-    /// it is a range of one and the device imports them. After a failed
-    /// import, none is tried again (see [`Import::dma_buf`]): the buffers'
-    /// pages are imported like any others'.
-    fn import_dma_buf(&mut self, job: &Job, index: BufferIndex) -> Option<Import> {
-        let range = job.dma_buf(index).filter(|_| self.dma_bufs)?;
-        match Import::dma_buf(&self.gpu, range) {
-            Ok(import) => {
-                self.counters.dma_buf_imports += 1;
-                Some(import)
-            }
-            Err(error) => {
-                warn!(
-                    "vulkan engine: cannot import an object's dma-buf ({}); objects' pages are \
-                     imported as host memory from now on",
-                    crate::error_chain(&error)
-                );
-                self.dma_bufs = false;
-                None
-            }
-        }
-    }
-
-    /// Copies `src` to `dst`, each with its dma-buf import if it has one.
-    /// The two share no byte (the queue sends a COPY whose input and output
-    /// overlap to the software engine).
+    /// Copies `src` to `dst` (the two share no byte: the queue sends a
+    /// COPY whose input and output overlap to the software engine).
     fn copy(
         &mut self,
-        (src, src_object): (&SgList, Option<&Import>),
-        (dst, dst_object): (&SgList, Option<&Import>),
+        [src, dst]: &mut [Side<'_>; 2],
         cancelled: &dyn Fn() -> bool,
     ) -> Result<usize, JobStop> {
-        if dst.len() < src.len() {
+        let (src_len, dst_len) = (src.list.len(), dst.list.len());
+        if dst_len < src_len {
             return Err(JobStop::Status(Status::NoSpace));
         }
-        in_chunks(src.len(), cancelled, |at, n| {
+        in_chunks(src_len, cancelled, |at, n| {
             let (from, to) = src
+                .list
                 .slice(at, n)
-                .zip(dst.slice(at, n))
+                .zip(dst.list.slice(at, n))
                 .ok_or(JobStop::Status(Status::DeviceError))?;
-            let sides = [(&from, src_object), (&to, dst_object)];
-            if let Some(imports) = self.import(&sides, n) {
-                let regions_from = imports.regions_at(&from, src_object, at)?;
-                let regions_to = imports.regions_at(&to, dst_object, at)?;
-                let order = Order::of_side(&to, dst_object);
+            if let Some(imports) = self.import(&mut [&mut *src, &mut *dst], &[&from, &to], n) {
+                let regions_from = src.regions(&imports, &from, at)?;
+                let regions_to = dst.regions(&imports, &to, at)?;
+                let order = dst.order(&to);
+                let external = Side::external(&[&*src, &*dst]);
+                let family = self.gpu.family;
                 self.run(|device, cmd| {
+                    record_ownership(device, cmd, family, &external, Ownership::Acquire);
                     record_copy(device, cmd, &regions_from, &regions_to, order);
+                    record_ownership(device, cmd, family, &external, Ownership::Release);
                 })?;
                 // Released only now that the device is done, while the
                 // lists (and the job's) keep the memory mapped.
@@ -928,26 +885,32 @@ impl Transfer {
             self.counters.staged_bytes += 2 * n as u64;
             Ok(())
         })?;
-        Ok(src.len())
+        Ok(src_len)
     }
 
-    /// Fills `dst`, with its dma-buf import if it has one.
+    /// Fills `dst` with `pattern`.
     fn fill(
         &mut self,
-        (dst, dst_object): (&SgList, Option<&Import>),
+        [dst]: &mut [Side<'_>; 1],
         pattern: u8,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<usize, JobStop> {
         let table = self.table();
-        in_chunks(dst.len(), cancelled, |at, n| {
+        let len = dst.list.len();
+        in_chunks(len, cancelled, |at, n| {
             let to = dst
+                .list
                 .slice(at, n)
                 .ok_or(JobStop::Status(Status::DeviceError))?;
-            if let Some(imports) = self.import(&[(&to, dst_object)], n) {
-                let regions = imports.regions_at(&to, dst_object, at)?;
-                let order = Order::of_side(&to, dst_object);
+            if let Some(imports) = self.import(&mut [&mut *dst], &[&to], n) {
+                let regions = dst.regions(&imports, &to, at)?;
+                let order = dst.order(&to);
+                let external = Side::external(&[&*dst]);
+                let family = self.gpu.family;
                 self.run(|device, cmd| {
+                    record_ownership(device, cmd, family, &external, Ownership::Acquire);
                     record_fill(device, cmd, &regions, pattern, table, order);
+                    record_ownership(device, cmd, family, &external, Ownership::Release);
                 })?;
                 // As in `copy`.
                 drop(imports);
@@ -961,32 +924,40 @@ impl Transfer {
             self.counters.staged_bytes += n as u64;
             Ok(())
         })?;
-        Ok(dst.len())
+        Ok(len)
     }
 
-    /// The imports of a chunk of `len` bytes over the lists of `sides`
-    /// that have no dma-buf import (those that have one are a piece each,
-    /// imported already), or `None` if it is to be staged: its pieces,
-    /// those of all its lists counted, average fewer than `stage_under`
-    /// bytes, or its memory could not be imported (said once in the log).
-    /// The imports borrow the lists.
+    /// The imports of a chunk of `len` bytes, `chunks[i]` of `sides[i]`,
+    /// or `None` if it is to be staged: its pieces (one for a side that
+    /// goes through its dma-buf, else its segments) average fewer than
+    /// `stage_under` bytes, or its memory could not be imported (said
+    /// once in the log). A side that goes through its dma-buf is imported
+    /// from it at its first chunk run in place, for the rest of the job;
+    /// the pages of the others are imported for the chunk. The imports
+    /// borrow the lists.
     fn import<'a>(
         &mut self,
-        sides: &[(&'a SgList, Option<&Import>)],
+        sides: &mut [&mut Side<'_>],
+        chunks: &[&'a SgList],
         len: usize,
     ) -> Option<ChunkImports<'a>> {
         let pieces: usize = sides
             .iter()
-            .map(|(list, object)| object.map_or(list.segments().len(), |_| 1))
+            .zip(chunks)
+            .map(|(side, chunk)| side.pieces(chunk))
             .sum();
         if len < self.stage_under.saturating_mul(pieces) {
             self.counters.staged += 1;
             return None;
         }
+        for side in sides.iter_mut() {
+            self.import_dma_buf(side);
+        }
         let lists: Vec<&SgList> = sides
             .iter()
-            .filter(|(_, object)| object.is_none())
-            .map(|(list, _)| *list)
+            .zip(chunks)
+            .filter(|(side, _)| side.import.is_none())
+            .map(|(_, chunk)| *chunk)
             .collect();
         // SAFETY: the lists are the chunk's, sliced from the job's, which
         // the engine holds until it posts the completion; the imports
@@ -1010,6 +981,184 @@ impl Transfer {
                 None
             }
         }
+    }
+
+    /// Imports `side` from its object's dma-buf if it goes through it and
+    /// is not imported yet. After a failed import, none is tried again
+    /// (see [`Import::dma_buf`]): the side, and every later one, has its
+    /// pages imported like any others'.
+    fn import_dma_buf(&mut self, side: &mut Side<'_>) {
+        let Some(range) = side.range.filter(|_| side.import.is_none()) else {
+            return;
+        };
+        match Import::dma_buf(&self.gpu, range) {
+            Ok(import) => {
+                self.counters.dma_buf_imports += 1;
+                side.import = Some(import);
+            }
+            Err(error) => {
+                warn!(
+                    "vulkan engine: cannot import an object's dma-buf ({}); objects' pages are \
+                     imported as host memory from now on",
+                    crate::error_chain(&error)
+                );
+                self.dma_bufs = false;
+                side.range = None;
+            }
+        }
+    }
+}
+
+/// A buffer of a job as its chunks take it: its list, and the range of an
+/// object's dma-buf it goes through, if it does, with that range's import
+/// once made ([`Transfer::import`]).
+struct Side<'j> {
+    list: &'j SgList,
+    range: Option<&'j DmaBufRange>,
+    import: Option<Import>,
+}
+
+impl<'j> Side<'j> {
+    /// Buffer `index` of `job`, whose list is `list`. It goes through its
+    /// object's dma-buf if it has one, `dma_bufs` (the device imports
+    /// them), and, for an output, if no two of its segments share a byte:
+    /// the last write of such a byte must win, as in the software engine,
+    /// which one region of the dma-buf (where the byte is twice) cannot
+    /// order ([`Order`]).
+    fn new(job: &'j Job, list: &'j SgList, index: BufferIndex, dma_bufs: bool) -> Self {
+        let written = matches!(index, BufferIndex::Output(_));
+        let range = job
+            .dma_buf(index)
+            .filter(|_| dma_bufs)
+            .filter(|_| !written || Order::of(list.segments()) == Order::Any);
+        Side {
+            list,
+            range,
+            import: None,
+        }
+    }
+
+    /// How many pieces `chunk` of it is to the device: one through the
+    /// dma-buf, else its segments.
+    fn pieces(&self, chunk: &SgList) -> usize {
+        if self.range.is_some() {
+            1
+        } else {
+            chunk.segments().len()
+        }
+    }
+
+    /// The regions of `chunk` of it, at byte `at`: the chunk's part of its
+    /// dma-buf's import if it has one, else those of its segments in
+    /// `imports`.
+    fn regions(
+        &self,
+        imports: &ChunkImports<'_>,
+        chunk: &SgList,
+        at: usize,
+    ) -> Result<Vec<Region>, VulkanError> {
+        match &self.import {
+            Some(import) => import.whole(at, chunk.len()),
+            None => imports.regions(chunk),
+        }
+    }
+
+    /// The order writing `chunk` of it needs: [`Order::Any`] through its
+    /// dma-buf (one region; its segments share no byte, [`Side::new`]),
+    /// else [`Order::of`] its segments.
+    fn order(&self, chunk: &SgList) -> Order {
+        match self.import {
+            Some(_) => Order::Any,
+            None => Order::of(chunk.segments()),
+        }
+    }
+
+    /// The buffers of the dma-buf imports among `sides`.
+    fn external(sides: &[&Side<'_>]) -> Vec<vk::Buffer> {
+        sides
+            .iter()
+            .filter_map(|side| side.import.as_ref().map(|import| import.buffer))
+            .collect()
+    }
+
+    /// How many of `sides` went through their dma-bufs.
+    fn imported(sides: &[Side<'_>]) -> u8 {
+        sides
+            .iter()
+            .map(|side| u8::from(side.import.is_some()))
+            .sum()
+    }
+}
+
+/// Which way [`record_ownership`] moves buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ownership {
+    /// From the other drivers sharing the memory to the engine's queue.
+    Acquire,
+    /// Back.
+    Release,
+}
+
+/// Records the transfer of `buffers`, imports of dma-bufs, between the
+/// external queue family (the other drivers sharing their memory) and the
+/// engine's queue `family`: Vulkan keeps the contents of external memory
+/// only across such transfers. Nothing for no buffer.
+fn record_ownership(
+    device: &ash::Device,
+    cmd: vk::CommandBuffer,
+    family: u32,
+    buffers: &[vk::Buffer],
+    way: Ownership,
+) {
+    if buffers.is_empty() {
+        return;
+    }
+    let transfer = vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE;
+    let (from, to, access, stages) = match way {
+        Ownership::Acquire => (
+            vk::QUEUE_FAMILY_EXTERNAL,
+            family,
+            (vk::AccessFlags::empty(), transfer),
+            (
+                vk::PipelineStageFlags::TOP_OF_PIPE,
+                vk::PipelineStageFlags::TRANSFER,
+            ),
+        ),
+        Ownership::Release => (
+            family,
+            vk::QUEUE_FAMILY_EXTERNAL,
+            (vk::AccessFlags::TRANSFER_WRITE, vk::AccessFlags::empty()),
+            (
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+            ),
+        ),
+    };
+    let barriers: Vec<vk::BufferMemoryBarrier> = buffers
+        .iter()
+        .map(|&buffer| {
+            vk::BufferMemoryBarrier::default()
+                .src_access_mask(access.0)
+                .dst_access_mask(access.1)
+                .src_queue_family_index(from)
+                .dst_queue_family_index(to)
+                .buffer(buffer)
+                .offset(0)
+                .size(vk::WHOLE_SIZE)
+        })
+        .collect();
+    // SAFETY: `cmd` is recording (caller); the buffers are live imports
+    // of external memory, whole.
+    unsafe {
+        device.cmd_pipeline_barrier(
+            cmd,
+            stages.0,
+            stages.1,
+            vk::DependencyFlags::empty(),
+            &[],
+            &barriers,
+            &[],
+        );
     }
 }
 
