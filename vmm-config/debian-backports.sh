@@ -33,7 +33,7 @@ unpack_backports() {
 
 # fetch_mesa_backports DIR: lavapipe of bookworm-backports' Mesa (25.0,
 # which imports dma-bufs; bookworm's 22.3 does not), with the libdrm it
-# wants, unpacked into DIR unless it is there; prints DIR. Its other
+# wants, unpacked into DIR unless it is there. Its other
 # libraries are bookworm's (LLVM 15, xcb...): bookworm's mesa-vulkan-drivers
 # and Vulkan loader are installed if missing. The Vulkan loader takes it
 # with VK_DRIVER_FILES=DIR/usr/share/vulkan/icd.d/lvp_icd.json and
@@ -48,5 +48,4 @@ fetch_mesa_backports() {
     if [[ ! -e $lib/libvulkan.so.1 || ! -e $lib/libvulkan_lvp.so ]]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libvulkan1 mesa-vulkan-drivers >&2
     fi
-    echo "$dir"
 }

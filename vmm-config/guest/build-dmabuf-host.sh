@@ -57,7 +57,8 @@ add_libraries_of() {
 fetch_kernel "$cache"
 # shellcheck source=../debian-backports.sh
 source "$here/../debian-backports.sh"
-mesa=$(fetch_mesa_backports "$cache/mesa-backports")
+mesa=$cache/mesa-backports
+fetch_mesa_backports "$mesa"
 new_root bin sbin proc sys dev run tmp "$multiarch" usr/lib64 usr/bin usr/share/vulkan/icd.d
 # The layout of Debian's merged /usr, which the libraries' paths assume.
 ln -s usr/lib "$root/lib"

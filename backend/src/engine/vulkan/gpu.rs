@@ -21,6 +21,9 @@ const HOST_MEMORY: &CStr = ash::ext::external_memory_host::NAME;
 /// import of a descriptor.
 const DMA_BUF: &CStr = ash::ext::external_memory_dma_buf::NAME;
 const MEMORY_FD: &CStr = ash::khr::external_memory_fd::NAME;
+/// The device extension that names the queue family of other drivers and
+/// the host's CPU, which share a dma-buf's memory.
+const FOREIGN: &CStr = ash::ext::queue_family_foreign::NAME;
 /// What the engine makes of the memory it imports: buffers that transfer
 /// commands read and write.
 pub(super) const IMPORTED_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw(
@@ -55,6 +58,8 @@ struct Candidate {
     import_alignment: u64,
     /// Whether the device imports dma-bufs as transfer buffers.
     dma_buf: bool,
+    /// Whether it has `VK_EXT_queue_family_foreign`.
+    foreign: bool,
 }
 
 /// The device the engine runs on. Only the engine's one GPU thread submits
@@ -79,6 +84,11 @@ pub(super) struct Gpu {
     /// The import of descriptors, on a device that imports dma-bufs (else
     /// objects' buffers are imported as host memory, like the others).
     pub(super) memory_fd: Option<ash::khr::external_memory_fd::Device>,
+    /// The queue family that the users of a dma-buf other than this device
+    /// are (`VK_QUEUE_FAMILY_FOREIGN_EXT` where the device has the
+    /// extension, else `VK_QUEUE_FAMILY_EXTERNAL`), between which and the
+    /// engine's queue its imports change hands.
+    pub(super) other_users: u32,
     /// Timeline semaphore functions when they come from the extension.
     timeline_khr: Option<ash::khr::timeline_semaphore::Device>,
     instance: ash::Instance,
@@ -162,6 +172,11 @@ impl Gpu {
             memory_types,
             host_memory,
             memory_fd,
+            other_users: if chosen.foreign {
+                vk::QUEUE_FAMILY_FOREIGN_EXT
+            } else {
+                vk::QUEUE_FAMILY_EXTERNAL
+            },
             timeline_khr,
             instance,
             _entry: entry,
@@ -557,6 +572,7 @@ fn probe(instance: &ash::Instance, physical: vk::PhysicalDevice) -> Result<Candi
             && has(DMA_BUF)
             && has(MEMORY_FD)
             && imports_dma_bufs(instance, physical),
+        foreign: has(FOREIGN),
     })
 }
 
@@ -640,6 +656,9 @@ fn create_device(instance: &ash::Instance, chosen: &Candidate) -> Result<ash::De
     }
     if chosen.dma_buf {
         extensions.extend([DMA_BUF.as_ptr(), MEMORY_FD.as_ptr()]);
+        if chosen.foreign {
+            extensions.push(FOREIGN.as_ptr());
+        }
     }
     let mut timeline =
         vk::PhysicalDeviceTimelineSemaphoreFeatures::default().timeline_semaphore(true);

@@ -50,9 +50,10 @@
 //!
 //! Not yet: a queue of its own for transfers (the engine uses one queue,
 //! of a family able to compute when the device has one), interrupt
-//! moderation of the GPU part ([`HwQueue::coalesce`] applies to the software part only; each
-//! completion raises the eventfd unless it is raised already), and
-//! [`HwQueue::watch_backlog`] (it reports that it cannot tell).
+//! moderation of the GPU part ([`HwQueue::coalesce`] applies to the
+//! software part only; each completion raises the eventfd unless it is
+//! raised already), and [`HwQueue::watch_backlog`] (it reports that it
+//! cannot tell).
 
 mod compute;
 mod gpu;

@@ -51,10 +51,14 @@
 //! - If an import fails (memory a driver cannot pin), the chunk goes
 //!   through the staging path below, and the engine says so once.
 //! - A job's buffer that is a range of an object's dma-buf, on a device
-//!   that imports them, is imported once for the job from the dma-buf
-//!   (udmabuf pinned its pages already), and counts as one piece below. If
-//!   such an import fails, the engine says so once and imports the pages
-//!   of objects like any others' from then on.
+//!   that imports them, is imported from the dma-buf (udmabuf pinned its
+//!   pages already) at the job's first chunk that runs in place, for the
+//!   rest of the job, and counts as one piece below; not an output whose
+//!   segments share bytes (see [`Order`]). Each submission takes the
+//!   import from its other users' queue family and gives it back. If such
+//!   an import fails, the engine says so once and imports the pages of
+//!   objects like any others' from then on (a chunk already counted as
+//!   one piece then imports that side's pages as well).
 //!
 //! A chunk whose segments average fewer than [`STAGE_SEGMENTS_UNDER`]
 //! bytes goes through two staging buffers of the engine instead, imported
@@ -861,12 +865,11 @@ impl Transfer {
                 let regions_from = src.regions(&imports, &from, at)?;
                 let regions_to = dst.regions(&imports, &to, at)?;
                 let order = dst.order(&to);
-                let external = Side::external(&[&*src, &*dst]);
-                let family = self.gpu.family;
+                let shared = Side::shared(&self.gpu, &[&*src, &*dst]);
                 self.run(|device, cmd| {
-                    record_ownership(device, cmd, family, &external, Ownership::Acquire);
+                    shared.record(device, cmd, Ownership::Acquire);
                     record_copy(device, cmd, &regions_from, &regions_to, order);
-                    record_ownership(device, cmd, family, &external, Ownership::Release);
+                    shared.record(device, cmd, Ownership::Release);
                 })?;
                 // Released only now that the device is done, while the
                 // lists (and the job's) keep the memory mapped.
@@ -905,12 +908,11 @@ impl Transfer {
             if let Some(imports) = self.import(&mut [&mut *dst], &[&to], n) {
                 let regions = dst.regions(&imports, &to, at)?;
                 let order = dst.order(&to);
-                let external = Side::external(&[&*dst]);
-                let family = self.gpu.family;
+                let shared = Side::shared(&self.gpu, &[&*dst]);
                 self.run(|device, cmd| {
-                    record_ownership(device, cmd, family, &external, Ownership::Acquire);
+                    shared.record(device, cmd, Ownership::Acquire);
                     record_fill(device, cmd, &regions, pattern, table, order);
-                    record_ownership(device, cmd, family, &external, Ownership::Release);
+                    shared.record(device, cmd, Ownership::Release);
                 })?;
                 // As in `copy`.
                 drop(imports);
@@ -941,6 +943,7 @@ impl Transfer {
         chunks: &[&'a SgList],
         len: usize,
     ) -> Option<ChunkImports<'a>> {
+        debug_assert_eq!(sides.len(), chunks.len());
         let pieces: usize = sides
             .iter()
             .zip(chunks)
@@ -988,6 +991,9 @@ impl Transfer {
     /// (see [`Import::dma_buf`]): the side, and every later one, has its
     /// pages imported like any others'.
     fn import_dma_buf(&mut self, side: &mut Side<'_>) {
+        if !self.dma_bufs {
+            side.range = None;
+        }
         let Some(range) = side.range.filter(|_| side.import.is_none()) else {
             return;
         };
@@ -1073,12 +1079,17 @@ impl<'j> Side<'j> {
         }
     }
 
-    /// The buffers of the dma-buf imports among `sides`.
-    fn external(sides: &[&Side<'_>]) -> Vec<vk::Buffer> {
-        sides
-            .iter()
-            .filter_map(|side| side.import.as_ref().map(|import| import.buffer))
-            .collect()
+    /// The dma-buf imports among `sides`, which change hands between
+    /// `gpu`'s queue and the buffers' other users.
+    fn shared(gpu: &Gpu, sides: &[&Side<'_>]) -> SharedBuffers {
+        SharedBuffers {
+            buffers: sides
+                .iter()
+                .filter_map(|side| side.import.as_ref().map(|import| import.buffer))
+                .collect(),
+            family: gpu.family,
+            other_users: gpu.other_users,
+        }
     }
 
     /// How many of `sides` went through their dma-bufs.
@@ -1090,7 +1101,7 @@ impl<'j> Side<'j> {
     }
 }
 
-/// Which way [`record_ownership`] moves buffers.
+/// Which way [`SharedBuffers::record`] moves buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ownership {
     /// From the other drivers sharing the memory to the engine's queue.
@@ -1099,24 +1110,46 @@ enum Ownership {
     Release,
 }
 
-/// Records the transfer of `buffers`, imports of dma-bufs, between the
-/// external queue family (the other drivers sharing their memory) and the
-/// engine's queue `family`: Vulkan keeps the contents of external memory
-/// only across such transfers. Nothing for no buffer.
+/// Imports of dma-bufs that a submission uses: buffers whose memory other
+/// users share (the guest, through the CPU, and other drivers), whose
+/// contents Vulkan keeps only across transfers of ownership between their
+/// queue family and the engine's.
+struct SharedBuffers {
+    buffers: Vec<vk::Buffer>,
+    /// The engine's queue family.
+    family: u32,
+    /// The other users' ([`Gpu::other_users`]).
+    other_users: u32,
+}
+
+impl SharedBuffers {
+    /// Records the transfer of the buffers `way`; nothing for no buffer.
+    fn record(&self, device: &ash::Device, cmd: vk::CommandBuffer, way: Ownership) {
+        if !self.buffers.is_empty() {
+            record_ownership(
+                device,
+                cmd,
+                (self.family, self.other_users),
+                &self.buffers,
+                way,
+            );
+        }
+    }
+}
+
+/// Records the transfer of `buffers` between the engine's queue family and
+/// the other users' (`families`), `way`.
 fn record_ownership(
     device: &ash::Device,
     cmd: vk::CommandBuffer,
-    family: u32,
+    (family, other_users): (u32, u32),
     buffers: &[vk::Buffer],
     way: Ownership,
 ) {
-    if buffers.is_empty() {
-        return;
-    }
     let transfer = vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE;
     let (from, to, access, stages) = match way {
         Ownership::Acquire => (
-            vk::QUEUE_FAMILY_EXTERNAL,
+            other_users,
             family,
             (vk::AccessFlags::empty(), transfer),
             (
@@ -1126,7 +1159,7 @@ fn record_ownership(
         ),
         Ownership::Release => (
             family,
-            vk::QUEUE_FAMILY_EXTERNAL,
+            other_users,
             (vk::AccessFlags::TRANSFER_WRITE, vk::AccessFlags::empty()),
             (
                 vk::PipelineStageFlags::TRANSFER,
@@ -1148,7 +1181,8 @@ fn record_ownership(
         })
         .collect();
     // SAFETY: `cmd` is recording (caller); the buffers are live imports
-    // of external memory, whole.
+    // of external memory, whole, and `other_users` is a family the device
+    // takes (FOREIGN only with its extension enabled).
     unsafe {
         device.cmd_pipeline_barrier(
             cmd,
